@@ -1,0 +1,48 @@
+"""keras-adapters: parameter-efficient fine-tuning for Keras/TensorFlow BERT.
+
+The public API is listed here; everything else is internal.
+"""
+
+from keras_adapters.adapter_io import AdapterFormatError
+from keras_adapters.injection import inject_adapters
+from keras_adapters.injection import merge_adapters
+from keras_adapters.methods.base import AdapterConfig
+from keras_adapters.methods.baselines import FullFineTuningConfig
+from keras_adapters.methods.baselines import HeadOnlyConfig
+from keras_adapters.methods.bottleneck import BottleneckAdapter
+from keras_adapters.methods.bottleneck import HoulsbyConfig
+from keras_adapters.methods.bottleneck import PfeifferConfig
+from keras_adapters.methods.ia3 import IA3Config
+from keras_adapters.methods.ia3 import IA3Scaling
+from keras_adapters.methods.lora import LoRAConfig
+from keras_adapters.methods.lora import LoRALayer
+from keras_adapters.methods.registry import available_methods
+from keras_adapters.methods.registry import get_adapter_config
+from keras_adapters.parameters import parameter_report
+from keras_adapters.presets import PresetNotFoundError
+from keras_adapters.presets import default_preset
+from keras_adapters.text_classifier import AdapterTextClassifier
+from keras_adapters.version import __version__
+
+__all__ = [
+    "AdapterConfig",
+    "AdapterFormatError",
+    "AdapterTextClassifier",
+    "BottleneckAdapter",
+    "FullFineTuningConfig",
+    "HeadOnlyConfig",
+    "HoulsbyConfig",
+    "IA3Config",
+    "IA3Scaling",
+    "LoRAConfig",
+    "LoRALayer",
+    "PfeifferConfig",
+    "PresetNotFoundError",
+    "__version__",
+    "available_methods",
+    "default_preset",
+    "get_adapter_config",
+    "inject_adapters",
+    "merge_adapters",
+    "parameter_report",
+]

@@ -1,0 +1,1 @@
+"""Adapter methods: one module per method, mapped by name in `registry`."""

@@ -1,0 +1,114 @@
+"""(IA)^3: learned rescaling of keys, values and FFN activations (Liu et al. 2022)."""
+
+import dataclasses
+import math
+from typing import ClassVar
+
+import keras
+from keras import ops
+
+from keras_adapters.methods.base import AdapterConfig
+from keras_adapters.methods.base import WrappedLayer
+from keras_adapters.methods.base import check_choice
+from keras_adapters.methods.base import kernel_split
+
+
+@keras.saving.register_keras_serializable(package="keras_adapters")
+class IA3Scaling(WrappedLayer):
+    """Scales a frozen projection's output, or its input, by a learned vector.
+
+    Args:
+        base: the `Dense` or `EinsumDense` projection.
+        position: `"output"` computes `base(x) * l` (keys, values);
+            `"input"` computes `base(x * l)`, which for the feed-forward output
+            projection rescales the intermediate activations (as peft does).
+            The vector `l` starts at ones, so the layer starts as `base`.
+
+    Example:
+    ```python
+    IA3Scaling(value_dense, position="output")
+    ```
+    """
+
+    mergeable = True
+
+    def __init__(self, base, position="output", **kwargs):
+        super().__init__(base, **kwargs)
+        check_choice("IA3Scaling", "position", position, ("input", "output"))
+        self.position = position
+
+    def build(self, input_shape):
+        in_shape, out_shape = kernel_split(self.base)
+        self._n_in = len(in_shape)
+        self.scale = self.add_weight(
+            name="scale",
+            shape=out_shape if self.position == "output" else in_shape,
+            initializer="ones",
+        )
+
+    def call(self, inputs, training=None):
+        if self.position == "output":
+            return ops.multiply(self.base(inputs), self.scale)
+        return self.base(ops.multiply(inputs, self.scale))
+
+    def merge(self):
+        kernel = ops.cast(self.base.kernel, "float32")
+        scale = ops.cast(self.scale, "float32")
+        if self.position == "output":
+            self.base.kernel.assign(kernel * scale)
+            if getattr(self.base, "bias", None) is not None:
+                self.base.bias.assign(ops.cast(self.base.bias, "float32") * scale)
+        else:
+            n_out = len(kernel.shape) - self._n_in
+            scale = ops.reshape(scale, tuple(scale.shape) + (1,) * n_out)
+            self.base.kernel.assign(kernel * scale)
+
+    def get_config(self):
+        config = super().get_config()
+        config["position"] = self.position
+        return config
+
+
+#: Which side of each projection (IA)^3 scales.
+IA3_POSITIONS = {
+    "key": "output",
+    "value": "output",
+    "feedforward_output_dense": "input",
+}
+
+
+@dataclasses.dataclass
+class IA3Config(AdapterConfig):
+    """(IA)^3 on keys, values and the feed-forward intermediate activations.
+
+    Args:
+        target_modules: a subset of `key`, `value`, `feedforward_output_dense`
+            (the last scales the feed-forward block's intermediate
+            activation, i.e. the input of its output projection).
+        target_layers: see `AdapterConfig`.
+    """
+
+    method: ClassVar[str] = "ia3"
+    default_learning_rate: ClassVar[float] = 3e-3
+
+    target_modules: tuple = ("key", "value", "feedforward_output_dense")
+
+    def validate(self):
+        super().validate()
+        if isinstance(self.target_modules, str):
+            self.target_modules = (self.target_modules,)
+        self.target_modules = tuple(self.target_modules)
+        unknown = [t for t in self.target_modules if t not in IA3_POSITIONS]
+        if unknown or not self.target_modules:
+            raise ValueError(
+                f"IA3Config.target_modules {list(self.target_modules)} must be "
+                f"a non-empty list of {list(IA3_POSITIONS)}."
+            )
+
+    def sites(self):
+        return tuple(self.target_modules)
+
+    def wrap(self, site, base, *, dtype, hidden_dim):
+        return IA3Scaling(
+            base, position=IA3_POSITIONS[site], dtype=dtype, name=base.name
+        )

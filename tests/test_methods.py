@@ -1,0 +1,192 @@
+"""Method configs and their layers, against float64 references."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_adapters as ka
+from keras_adapters.methods.registry import METHODS
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_config_round_trip(method):
+    config = ka.get_adapter_config(method)
+    data = config.get_config()
+    assert data["method"] == method
+    again = ka.get_adapter_config(data)
+    assert again == config
+    assert type(again) is METHODS[method]
+
+
+def test_non_default_config_round_trip():
+    config = ka.LoRAConfig(rank=4, alpha=8, dropout=0.1, target_modules=("query", "key"))
+    assert ka.LoRAConfig.from_config(config.get_config()) == config
+    config = ka.HoulsbyConfig(bottleneck_size=7, activation="gelu", target_layers="transformer_layer_[01]")
+    assert ka.get_adapter_config(config.get_config()) == config
+
+
+def test_unknown_method_names_the_available_ones():
+    with pytest.raises(ValueError, match=r"Unknown adapter method 'adaptr'.*houlsby"):
+        ka.get_adapter_config("adaptr")
+    with pytest.raises(ValueError, match="'method' key"):
+        ka.get_adapter_config({"rank": 8})
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: ka.LoRAConfig(rank=0), "rank must be a positive integer"),
+        (lambda: ka.LoRAConfig(alpha=-1), "alpha must be > 0"),
+        (lambda: ka.LoRAConfig(dropout=1.5), r"dropout must be in \[0, 1\)"),
+        (lambda: ka.LoRAConfig(target_modules=("qkv",)), "target_modules"),
+        (lambda: ka.HoulsbyConfig(reduction_factor=0), "reduction_factor"),
+        (lambda: ka.HoulsbyConfig(init="random"), "init must be one of"),
+        (lambda: ka.PfeifferConfig(activation="nope"), "not a Keras activation"),
+        (lambda: ka.IA3Config(target_modules=("query",)), "target_modules"),
+        (lambda: ka.HoulsbyConfig(target_layers="(["), "regular expression"),
+    ],
+)
+def test_invalid_fields_are_refused(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_from_config_refuses_unknown_fields():
+    with pytest.raises(ValueError, match=r"Unknown field\(s\) \['rnak'\]"):
+        ka.LoRAConfig.from_config({"method": "lora", "rnak": 4})
+
+
+def _dense(units, in_dim, activation=None, seed=0):
+    layer = keras.layers.Dense(units, activation=activation)
+    layer.build((None, in_dim))
+    rng = np.random.default_rng(seed)
+    layer.kernel.assign(rng.standard_normal((in_dim, units)).astype("float32"))
+    layer.bias.assign(rng.standard_normal((units,)).astype("float32"))
+    return layer
+
+
+def _einsum_query(hidden=8, heads=2, head_dim=3, seed=0):
+    layer = keras.layers.EinsumDense(
+        "abc,cde->abde", output_shape=(None, heads, head_dim), bias_axes="de"
+    )
+    layer.build((None, None, hidden))
+    rng = np.random.default_rng(seed)
+    layer.kernel.assign(rng.standard_normal((hidden, heads, head_dim)).astype("float32"))
+    layer.bias.assign(rng.standard_normal((heads, head_dim)).astype("float32"))
+    return layer
+
+
+def _randomize(weights, seed=5):
+    rng = np.random.default_rng(seed)
+    for w in weights:
+        w.assign(rng.standard_normal(w.shape).astype("float32"))
+
+
+def test_lora_on_attention_projection_matches_float64_reference():
+    base = _einsum_query()
+    lora = ka.LoRALayer(base, rank=2, alpha=6)
+    lora.build((None, None, 8))
+    x = np.random.default_rng(1).standard_normal((2, 4, 8)).astype("float32")
+    np.testing.assert_allclose(lora(x), base(x), atol=1e-6)  # B starts at zero
+    _randomize([lora.lora_a, lora.lora_b])
+    a, b = lora.lora_a.numpy().astype("f8"), lora.lora_b.numpy().astype("f8")
+    w = base.kernel.numpy().astype("f8").reshape(8, 6)
+    x64 = x.astype("f8")
+    expected = x64 @ w + base.bias.numpy().reshape(6) + (6 / 2) * x64 @ a @ b
+    np.testing.assert_allclose(lora(x), expected.reshape(2, 4, 2, 3), rtol=1e-5, atol=1e-4)
+
+
+def test_lora_on_output_projection_contracts_heads():
+    base = keras.layers.EinsumDense("abcd,cde->abe", output_shape=(None, 8), bias_axes="e")
+    base.build((None, None, 2, 3))
+    lora = ka.LoRALayer(base, rank=2, alpha=2)
+    lora.build((None, None, 2, 3))
+    assert tuple(lora.lora_a.shape) == (6, 2) and tuple(lora.lora_b.shape) == (2, 8)
+    _randomize([lora.lora_a, lora.lora_b])
+    x = np.random.default_rng(2).standard_normal((2, 4, 2, 3)).astype("float32")
+    delta = x.reshape(2, 4, 6).astype("f8") @ lora.lora_a.numpy() @ lora.lora_b.numpy()
+    np.testing.assert_allclose(lora(x) - base(x), delta, rtol=1e-4, atol=1e-4)
+
+
+def test_lora_goes_before_a_dense_activation():
+    base = _dense(5, 4, activation="gelu")
+    lora = ka.LoRALayer(base, rank=2, alpha=2)
+    lora.build((None, 4))
+    _randomize([lora.lora_a, lora.lora_b])
+    x = np.random.default_rng(3).standard_normal((3, 4)).astype("float32")
+    pre = x @ base.kernel.numpy() + base.bias.numpy() + x @ lora.lora_a.numpy() @ lora.lora_b.numpy()
+    np.testing.assert_allclose(lora(x), keras.activations.gelu(pre), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("make_base", [_einsum_query, lambda: _dense(6, 8)])
+def test_lora_merge_folds_the_update(make_base):
+    base = make_base()
+    lora = ka.LoRALayer(base, rank=3, alpha=5)
+    lora.build((None, None, 8))
+    _randomize([lora.lora_a, lora.lora_b])
+    x = np.random.default_rng(4).standard_normal((2, 3, 8)).astype("float32")
+    before = lora(x).numpy()
+    lora.merge()
+    np.testing.assert_allclose(base(x), before, rtol=1e-5, atol=1e-5)
+
+
+def test_ia3_scales_outputs_and_inputs_and_merges():
+    base = _einsum_query()
+    ia3 = ka.IA3Scaling(base, position="output")
+    ia3.build(None)
+    x = np.random.default_rng(6).standard_normal((2, 4, 8)).astype("float32")
+    np.testing.assert_allclose(ia3(x), base(x), atol=1e-6)
+    _randomize([ia3.scale])
+    expected = base(x).numpy() * ia3.scale.numpy()
+    np.testing.assert_allclose(ia3(x), expected, rtol=1e-5, atol=1e-5)
+    ia3.merge()
+    np.testing.assert_allclose(base(x), expected, rtol=1e-5, atol=1e-5)
+
+    dense = _dense(3, 8)
+    ia3 = ka.IA3Scaling(dense, position="input")
+    ia3.build(None)
+    assert tuple(ia3.scale.shape) == (8,)
+    _randomize([ia3.scale])
+    expected = (x * ia3.scale.numpy()) @ dense.kernel.numpy() + dense.bias.numpy()
+    np.testing.assert_allclose(ia3(x), expected, rtol=1e-5, atol=1e-5)
+    ia3.merge()
+    np.testing.assert_allclose(dense(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bottleneck_adapter_identity_init_and_reference():
+    adapter = ka.BottleneckAdapter(None, bottleneck_size=3, activation="relu")
+    adapter.build((None, None, 8))
+    x = np.random.default_rng(7).standard_normal((2, 4, 8)).astype("float32")
+    np.testing.assert_array_equal(adapter(x), x)
+    _randomize(adapter.weights)
+    d, u = adapter.down, adapter.up
+    hidden = np.maximum(x @ d.kernel.numpy() + d.bias.numpy(), 0)
+    np.testing.assert_allclose(adapter(x), x + hidden @ u.kernel.numpy() + u.bias.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_bottleneck_near_identity_init_is_small_but_not_zero():
+    adapter = ka.BottleneckAdapter(None, bottleneck_size=4, init="near_identity")
+    adapter.build((None, None, 32))
+    x = np.ones((1, 2, 32), "float32")
+    diff = np.abs(adapter(x).numpy() - x).max()
+    assert 0 < diff < 0.05
+    with pytest.raises(ValueError, match="cannot be merged"):
+        adapter.merge()
+
+
+def test_layers_serialize_their_hyperparameters():
+    layer = ka.BottleneckAdapter(None, bottleneck_size=3, activation="gelu", name="ad")
+    again = ka.BottleneckAdapter.from_config(layer.get_config())
+    assert again.bottleneck_size == 3 and again.name == "ad"
+    assert keras.activations.serialize(again.activation) == "gelu"
+    config = ka.LoRALayer(_dense(2, 2), rank=2, alpha=4, dropout=0.1).get_config()
+    assert (config["rank"], config["alpha"], config["dropout"]) == (2, 4, 0.1)
+
+
+def test_kernel_split_refuses_unusual_einsum():
+    from keras_adapters.methods.base import kernel_split
+
+    odd = keras.layers.EinsumDense("abc,dc->abd", output_shape=(None, 4))
+    odd.build((None, None, 3))
+    with pytest.raises(ValueError, match="not a plain projection"):
+        kernel_split(odd)

