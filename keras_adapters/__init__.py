@@ -4,6 +4,10 @@ The public API is listed here; everything else is internal.
 """
 
 from keras_adapters.adapter_io import AdapterFormatError
+from keras_adapters.data import DatasetError
+from keras_adapters.data import split_directory
+from keras_adapters.data import text_dataset_from_directory
+from keras_adapters.data import tfds_text_dataset
 from keras_adapters.injection import inject_adapters
 from keras_adapters.injection import merge_adapters
 from keras_adapters.methods.base import AdapterConfig
@@ -22,6 +26,7 @@ from keras_adapters.parameters import parameter_report
 from keras_adapters.presets import PresetNotFoundError
 from keras_adapters.presets import default_preset
 from keras_adapters.text_classifier import AdapterTextClassifier
+from keras_adapters.training import train_classifier
 from keras_adapters.version import __version__
 
 __all__ = [
@@ -29,6 +34,7 @@ __all__ = [
     "AdapterFormatError",
     "AdapterTextClassifier",
     "BottleneckAdapter",
+    "DatasetError",
     "FullFineTuningConfig",
     "HeadOnlyConfig",
     "HoulsbyConfig",
@@ -45,4 +51,8 @@ __all__ = [
     "inject_adapters",
     "merge_adapters",
     "parameter_report",
+    "split_directory",
+    "text_dataset_from_directory",
+    "tfds_text_dataset",
+    "train_classifier",
 ]

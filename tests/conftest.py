@@ -92,3 +92,33 @@ def minilm_preset():
 def _reset_policy():
     yield
     keras.config.set_dtype_policy("float32")
+
+
+#: Words that identify each class of the tiny directory dataset.
+CLASS_WORDS = {
+    "business": ["stocks", "market", "bank", "profit"],
+    "politics": ["election", "vote", "minister", "party"],
+    "sport": ["team", "cup", "match", "goal"],
+}
+
+
+def write_class_folders(root, classes=CLASS_WORDS, per_class=8, seed=0):
+    """A directory dataset of short texts made of each class's words."""
+    rng = np.random.default_rng(seed)
+    for name, words in classes.items():
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            text = " ".join(rng.choice(words, size=rng.integers(2, 9)))
+            (folder / f"{i:03d}.txt").write_text(f"the {text} today")
+    return root
+
+
+@pytest.fixture
+def text_folder(tmp_path):
+    return write_class_folders(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def tiny_preprocessor(tiny_preset):
+    return keras_hub.models.TextClassifierPreprocessor.from_preset(tiny_preset, sequence_length=16)

@@ -1,0 +1,51 @@
+"""Shared helpers for the benchmarks: machine description, timing, medians."""
+
+import os
+import platform
+import statistics
+import subprocess
+import time
+
+
+def machine_description():
+    cpu = "unknown CPU"
+    flags = set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    import tensorflow as tf
+
+    extras = [f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (
+        f"{cpu}, {os.cpu_count()} cores ({', '.join(extras) or 'no avx512'}), "
+        f"{mem_gb:.0f} GiB, Python {platform.python_version()}, TensorFlow {tf.__version__}"
+    )
+
+
+class Timer:
+    """Wall time and this process's CPU time (all threads) of a block."""
+
+    def __enter__(self):
+        self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self.wall0
+        self.cpu = time.process_time() - self.cpu0
+
+
+def median(values):
+    return statistics.median(values) if values else float("nan")
+
+
+def git_revision():
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
+    except Exception:
+        return "unknown"

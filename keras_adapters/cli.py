@@ -1,0 +1,169 @@
+"""`keras-adapters`: train, evaluate and predict from the command line."""
+
+import argparse
+import json
+import os
+import sys
+
+DESCRIPTION = """Fine-tune adapters on a pretrained BERT and use them.
+
+  keras-adapters train DATA_DIR --output RUN_DIR [--method houlsby] [--epochs 3] ...
+  keras-adapters evaluate RUN_DIR DATA_DIR [--json]
+  keras-adapters predict RUN_DIR [TEXT ...] [--file F] [--json]
+
+DATA_DIR is a folder with one sub-folder per class and one .txt file per example, or
+tfds:NAME for a prepared TensorFlow Datasets set. RUN_DIR receives adapter/ (load it with
+AdapterTextClassifier.from_adapter), class_names.json, train_config.json, history.json,
+metrics.json and TensorBoard logs/; never a copy of the backbone."""
+
+
+def _parser():
+    from keras_adapters.methods.registry import available_methods
+
+    parser = argparse.ArgumentParser(
+        prog="keras-adapters",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="fine-tune an adapter on a dataset")
+    train.add_argument("data", metavar="DATA_DIR")
+    train.add_argument("--output", "-o", required=True, metavar="RUN_DIR")
+    train.add_argument("--backbone", default="default", metavar="PRESET_OR_DIR",
+                       help="keras-hub preset, checkpoint folder, or 'default' (embedded MiniLM)")
+    train.add_argument("--method", default="houlsby", choices=available_methods())
+    train.add_argument("--epochs", type=int, default=3)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--sequence-length", type=int, default=128)
+    train.add_argument("--learning-rate", type=float, default=None,
+                       help="peak learning rate (default: the method's)")
+    train.add_argument("--precision", default="auto",
+                       choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"])
+    train.add_argument("--validation-split", type=float, default=0.1)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--strategy", default="default", choices=["default", "mirrored"])
+    train.add_argument("--bucket-by-length", action="store_true",
+                       help="batch texts of similar length and trim padding")
+    train.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE")
+    train.add_argument("--pooling", default="cls", choices=["cls", "mean"])
+    train.add_argument("--text-key", default="text", help="tfds: text feature name")
+    train.add_argument("--label-key", default="label", help="tfds: label feature name")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    evaluate = sub.add_parser("evaluate", help="evaluate a run on a labelled dataset")
+    evaluate.add_argument("run", metavar="RUN_DIR")
+    evaluate.add_argument("data", metavar="DATA_DIR")
+    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--text-key", default="text")
+    evaluate.add_argument("--label-key", default="label")
+    evaluate.add_argument("--split", default="test", help="tfds: split to evaluate")
+
+    predict = sub.add_parser("predict", help="classify texts with a run's adapter")
+    predict.add_argument("run", metavar="RUN_DIR")
+    predict.add_argument("texts", nargs="*", metavar="TEXT")
+    predict.add_argument("--file", "-f", help="one text per line ('-' for stdin)")
+    predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument("--json", action="store_true")
+    return parser
+
+
+def _tfds_options(args):
+    if not str(args.data).startswith("tfds:"):
+        return {}
+    options = {"text_key": args.text_key, "label_key": args.label_key}
+    if getattr(args, "split", None):
+        options["split"] = args.split
+    return options
+
+
+def cmd_train(args):
+    from keras_adapters.training import train_classifier
+
+    model, summary = train_classifier(
+        args.data,
+        args.output,
+        preset=args.backbone,
+        method=args.method,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        sequence_length=args.sequence_length,
+        learning_rate=args.learning_rate,
+        precision=args.precision,
+        validation_split=args.validation_split or None,
+        seed=args.seed,
+        strategy=args.strategy,
+        bucket_by_sequence_length=args.bucket_by_length,
+        early_stopping_patience=args.early_stopping,
+        pooling=args.pooling,
+        verbose=0 if args.quiet else 1,
+        **_tfds_options(args),
+    )
+    best = (
+        f"best {summary['best_metric']} {summary['best_value']:.4f} at epoch {summary['best_epoch']}"
+        if summary["best_epoch"]
+        else "no validation metric"
+    )
+    print(
+        f"trained {args.method} in {summary['seconds']:.1f} s "
+        f"({summary['examples_per_second']} examples/s, {summary['epochs_run']} epochs); "
+        f"{best}; adapter: {os.path.join(args.output, 'adapter')}"
+    )
+    return 0
+
+
+def cmd_evaluate(args):
+    from keras_adapters import evaluation
+
+    result = evaluation.evaluate_run(
+        args.run, args.data, batch_size=args.batch_size, **_tfds_options(args)
+    )
+    evaluation.update_metrics_file(args.run, "evaluation", {"data": str(args.data), **result})
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(evaluation.format_report(result))
+        png = evaluation.write_confusion_png(result, os.path.join(args.run, "confusion_matrix.png"))
+        print(f"\nconfusion matrix image: {png}")
+    return 0
+
+
+def cmd_predict(args):
+    from keras_adapters import evaluation
+
+    texts = list(args.texts)
+    if args.file:
+        stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8", errors="replace")
+        with stream:
+            texts += [line.rstrip("\n") for line in stream if line.strip()]
+    if not texts:
+        raise ValueError("No texts to classify: pass TEXT arguments or --file F.")
+    model = evaluation.load_run(args.run)
+    results = evaluation.predict_texts(model, texts, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps([{"text": t, **r} for t, r in zip(texts, results)]))
+    else:
+        for text, r in zip(texts, results):
+            short = text if len(text) <= 70 else text[:67] + "..."
+            print(f"{r['label']}\t{r['probabilities'][r['label']]:.4f}\t{short}")
+    return 0
+
+
+def main(argv=None):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    args = _parser().parse_args(argv)
+    from keras_adapters.adapter_io import AdapterFormatError
+    from keras_adapters.data import DatasetError
+    from keras_adapters.presets import PresetNotFoundError
+
+    handler = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}[args.command]
+    try:
+        return handler(args)
+    except (DatasetError, AdapterFormatError, PresetNotFoundError, ValueError, OSError) as e:
+        print(f"keras-adapters {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

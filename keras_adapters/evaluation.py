@@ -1,0 +1,159 @@
+"""Evaluating and using a run folder: metrics, reports, confusion matrices."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from keras_adapters import data as data_lib
+
+
+def load_run(run_dir, dtype=None):
+    """The model saved in a run folder (`RUN_DIR/adapter/`)."""
+    from keras_adapters.text_classifier import AdapterTextClassifier
+
+    adapter = Path(run_dir) / "adapter"
+    return AdapterTextClassifier.from_adapter(str(adapter), dtype=dtype)
+
+
+def classification_report(labels, probabilities, class_names):
+    """Accuracy, macro-F1, log loss, per-class P/R/F1 and the confusion matrix.
+
+    Computed in NumPy (float64) from the model's probabilities, independent
+    of the Keras metrics used during training.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    num_classes = len(class_names)
+    predicted = probabilities.argmax(axis=1)
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    per_class = {}
+    f1s = []
+    for i, name in enumerate(class_names):
+        tp = confusion[i, i]
+        support = int(confusion[i].sum())
+        predicted_count = confusion[:, i].sum()
+        precision = tp / predicted_count if predicted_count else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {
+            "precision": float(precision),
+            "recall": float(recall),
+            "f1": float(f1),
+            "support": support,
+        }
+        if support:
+            f1s.append(f1)
+    picked = probabilities[np.arange(len(labels)), labels]
+    return {
+        "accuracy": float((predicted == labels).mean()) if len(labels) else 0.0,
+        # Over the classes present in the data, so a subset folder is fair.
+        "macro_f1": float(np.mean(f1s)) if f1s else 0.0,
+        "loss": float(-np.log(np.clip(picked, 1e-12, 1.0)).mean()) if len(labels) else 0.0,
+        "num_examples": int(len(labels)),
+        "class_names": list(class_names),
+        "per_class": per_class,
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def evaluate_run(run_dir, data, batch_size=32, dtype=None, **data_options):
+    """Evaluate the run's adapter on a folder (or `tfds:NAME`), labels by name."""
+    model = load_run(run_dir, dtype=dtype)
+    dataset = data_lib.load_text_dataset(
+        data,
+        model.preprocessor,
+        batch_size=batch_size,
+        shuffle=False,
+        class_names=model.class_names,
+        **data_options,
+    )
+    labels, probabilities = [], []
+    for x, y in dataset:
+        probabilities.append(np.asarray(model.predict_on_batch(x), dtype=np.float64))
+        labels.append(np.asarray(y))
+    if not labels:
+        raise data_lib.DatasetError(f"{data!r} yielded no examples to evaluate.")
+    return classification_report(
+        np.concatenate(labels), np.concatenate(probabilities), model.class_names
+    )
+
+
+def format_report(result):
+    """A readable text report: summary, per-class table, confusion matrix."""
+    names = result["class_names"]
+    width = max(12, max(len(n) for n in names) + 2)
+    lines = [
+        f"examples {result['num_examples']}   accuracy {result['accuracy']:.4f}   "
+        f"macro-F1 {result['macro_f1']:.4f}   loss {result['loss']:.4f}",
+        "",
+        f"{'class':{width}s}{'precision':>10s}{'recall':>10s}{'f1':>10s}{'support':>10s}",
+    ]
+    for name in names:
+        c = result["per_class"][name]
+        lines.append(
+            f"{name:{width}s}{c['precision']:10.4f}{c['recall']:10.4f}{c['f1']:10.4f}{c['support']:10d}"
+        )
+    lines += ["", "confusion matrix (rows: true, columns: predicted)"]
+    cell = max(6, max(len(n) for n in names) + 1)
+    lines.append(" " * width + "".join(f"{n[:cell - 1]:>{cell}s}" for n in names))
+    for name, row in zip(names, result["confusion_matrix"]):
+        lines.append(f"{name:{width}s}" + "".join(f"{v:{cell}d}" for v in row))
+    return "\n".join(lines)
+
+
+def write_confusion_png(result, path):
+    """Draw the confusion matrix (counts, row-normalised colours) to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = result["class_names"]
+    matrix = np.asarray(result["confusion_matrix"], dtype=np.float64)
+    rows = matrix.sum(axis=1, keepdims=True)
+    shares = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
+    size = 1.2 + 0.7 * len(names)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), labels=names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), labels=names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(
+                j, i, int(matrix[i, j]), ha="center", va="center",
+                color="white" if shares[i, j] > 0.5 else "black",
+            )
+    ax.set_title(f"accuracy {result['accuracy']:.3f}, macro-F1 {result['macro_f1']:.3f}")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return str(path)
+
+
+def predict_texts(model, texts, batch_size=32):
+    """[{"label": name, "label_id": i, "probabilities": {name: p}}] per text."""
+    probabilities = model.predict(list(texts), batch_size=batch_size, verbose=0)
+    names = model.class_names or [str(i) for i in range(model.num_classes)]
+    out = []
+    for row in np.asarray(probabilities, dtype=np.float64):
+        best = int(row.argmax())
+        out.append(
+            {
+                "label": names[best],
+                "label_id": best,
+                "probabilities": {n: round(float(p), 6) for n, p in zip(names, row)},
+            }
+        )
+    return out
+
+
+def update_metrics_file(run_dir, key, value):
+    path = Path(run_dir) / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    metrics[key] = value
+    path.write_text(json.dumps(metrics, indent=2) + "\n")

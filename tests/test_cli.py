@@ -1,0 +1,100 @@
+"""`keras-adapters train / evaluate / predict` on a tiny preset and dataset."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import CLASS_WORDS
+from conftest import write_class_folders
+
+from keras_adapters import cli
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_preset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    data = write_class_folders(root / "data", per_class=8)
+    run = root / "run"
+    code = cli.main([
+        "train", str(data), "--output", str(run), "--backbone", tiny_preset, "--method", "lora",
+        "--epochs", "2", "--batch-size", "4", "--sequence-length", "16", "--precision", "float32",
+        "--validation-split", "0.25", "--quiet",
+    ])
+    assert code == 0
+    return run, data
+
+
+def test_train_prints_a_summary_and_fills_the_run(run_dir, capsys, tiny_preset, tmp_path):
+    run, data = run_dir
+    assert (run / "adapter" / "adapter_config.json").is_file()
+    code = cli.main([
+        "train", str(data), "-o", str(tmp_path / "r2"), "--backbone", tiny_preset, "--method", "head",
+        "--epochs", "1", "--batch-size", "8", "--sequence-length", "16", "--quiet",
+        "--bucket-by-length",
+    ])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "trained head in" in out and "examples/s" in out and "best val_accuracy" in out
+
+
+def test_evaluate_json_has_the_metrics(run_dir, capsys):
+    run, data = run_dir
+    assert cli.main(["evaluate", str(run), str(data), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"accuracy", "macro_f1", "loss", "num_examples"} <= set(result)
+    assert result["num_examples"] == 24
+    assert sum(map(sum, result["confusion_matrix"])) == 24
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["evaluation"]["accuracy"] == result["accuracy"]
+
+
+def test_evaluate_report_and_png(run_dir, capsys):
+    run, data = run_dir
+    assert cli.main(["evaluate", str(run), str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "precision" in out and "confusion matrix" in out
+    for name in CLASS_WORDS:
+        assert name in out
+    png = run / "confusion_matrix.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_on_a_folder_with_fewer_classes_maps_by_name(run_dir, tmp_path, capsys):
+    run, _ = run_dir
+    folder = write_class_folders(tmp_path / "sport_only", {"sport": CLASS_WORDS["sport"]}, per_class=3)
+    assert cli.main(["evaluate", str(run), str(folder), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["per_class"]["sport"]["support"] == 3
+    assert result["per_class"]["business"]["support"] == 0
+
+
+def test_predict_texts_and_file(run_dir, tmp_path, capsys):
+    run, _ = run_dir
+    texts = tmp_path / "texts.txt"
+    texts.write_text("the team won the cup\n\nthe bank profit rose\n")
+    assert cli.main(["predict", str(run), "election vote today", "--file", str(texts), "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r["text"] for r in results] == ["election vote today", "the team won the cup", "the bank profit rose"]
+    for r in results:
+        assert r["label"] in CLASS_WORDS
+        assert abs(sum(r["probabilities"].values()) - 1) < 1e-4
+    assert cli.main(["predict", str(run), "the match"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.split("\t")[0] in CLASS_WORDS
+
+
+def test_errors_exit_2_with_a_message(tmp_path, capsys, tiny_preset):
+    assert cli.main(["train", str(tmp_path / "none"), "-o", str(tmp_path / "r"), "--backbone", tiny_preset]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert cli.main(["predict", str(tmp_path / "no_run"), "hello"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert cli.main(["predict", str(tmp_path)]) == 2
+    assert "No texts" in capsys.readouterr().err
+
+
+def test_console_script_is_installed():
+    exe = os.path.join(os.path.dirname(sys.executable), "keras-adapters")
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "train" in out.stdout and "evaluate" in out.stdout
