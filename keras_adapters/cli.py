@@ -10,6 +10,7 @@ DESCRIPTION = """Fine-tune adapters on a pretrained BERT and use them.
   keras-adapters train DATA_DIR --output RUN_DIR [--method houlsby] [--epochs 3] ...
   keras-adapters evaluate RUN_DIR DATA_DIR [--json]
   keras-adapters predict RUN_DIR [TEXT ...] [--file F] [--json]
+  keras-adapters export RUN_DIR --format saved_model|tflite --output OUT [...]
 
 DATA_DIR is a folder with one sub-folder per class and one .txt file per example, or
 tfds:NAME for a prepared TensorFlow Datasets set. RUN_DIR receives adapter/ (load it with
@@ -66,6 +67,17 @@ def _parser():
     predict.add_argument("--file", "-f", help="one text per line ('-' for stdin)")
     predict.add_argument("--batch-size", type=int, default=32)
     predict.add_argument("--json", action="store_true")
+    export = sub.add_parser("export", help="export a run for TF Serving or TFLite")
+    export.add_argument("run", metavar="RUN_DIR", nargs="?")
+    export.add_argument("--format", required=True, choices=["saved_model", "tflite"])
+    export.add_argument("--output", "-o", required=True, metavar="OUT")
+    export.add_argument("--version", type=int, default=1, help="saved_model: version folder")
+    export.add_argument("--adapters", metavar="RUN_A,RUN_B",
+                        help="saved_model: several runs on one backbone, one signature each")
+    export.add_argument("--no-merge", action="store_true",
+                        help="keep LoRA/IA3 as separate layers instead of merging")
+    export.add_argument("--sequence-length", type=int, default=None, help="tflite: fixed length")
+    export.add_argument("--quantize", default="none", choices=["none", "dynamic"])
     return parser
 
 
@@ -150,6 +162,32 @@ def cmd_predict(args):
     return 0
 
 
+def cmd_export(args):
+    from keras_adapters import export
+
+    runs = args.adapters or args.run
+    if not runs:
+        raise ValueError("Pass RUN_DIR, or --adapters RUN_A,RUN_B for a multi-adapter SavedModel.")
+    if args.format == "saved_model":
+        out = export.export_run_saved_model(
+            runs, args.output, version=args.version, merge=not args.no_merge
+        )
+        print(f"SavedModel written to {out} (signatures: serving_default"
+              f"{', serve_token_ids' if ',' not in runs else ', classify_<run>'})")
+        return 0
+    if "," in runs:
+        raise ValueError("TFLite export takes one run.")
+    from keras_adapters.evaluation import load_run
+
+    path = export.export_tflite(
+        load_run(runs), args.output, sequence_length=args.sequence_length,
+        quantize=args.quantize, merge=not args.no_merge,
+    )
+    print(f"TFLite model written to {path} ({os.path.getsize(path) / 1e6:.1f} MB), "
+          "with vocab.txt and labels.txt")
+    return 0
+
+
 def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     args = _parser().parse_args(argv)
@@ -157,7 +195,12 @@ def main(argv=None):
     from keras_adapters.data import DatasetError
     from keras_adapters.presets import PresetNotFoundError
 
-    handler = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}[args.command]
+    handler = {
+        "train": cmd_train,
+        "evaluate": cmd_evaluate,
+        "predict": cmd_predict,
+        "export": cmd_export,
+    }[args.command]
     try:
         return handler(args)
     except (DatasetError, AdapterFormatError, PresetNotFoundError, ValueError, OSError) as e:

@@ -83,7 +83,7 @@ def get_injection(backbone):
     return getattr(backbone, _RECORD, None)
 
 
-def _resolve(encoder, site):
+def resolve_site(encoder, site):
     """(parent layer, attribute name) of `site` inside `encoder`."""
     obj = encoder
     *parents, attr = SITES[site]
@@ -98,7 +98,7 @@ def _resolve(encoder, site):
     return obj, attr
 
 
-def _replace_sublayer(parent, attr, new):
+def replace_sublayer(parent, attr, new):
     """Put `new` where `parent.<attr>` was, tracked in the old one's place."""
     old = getattr(parent, attr)
     tracker = parent._tracker
@@ -159,9 +159,9 @@ def inject_adapters(backbone, adapter):
         )
     # Check every site before changing anything, so a failure leaves the
     # backbone as it was.
-    resolved = [(e, s, *_resolve(e, s)) for e, s in targets]
+    resolved = [(e, s, *resolve_site(e, s)) for e, s in targets]
     unfrozen = [
-        _resolve(e, s)
+        resolve_site(e, s)
         for e in encoders
         if config.applies_to_layer(e.name)
         for s in config.trainable_sites
@@ -186,7 +186,7 @@ def inject_adapters(backbone, adapter):
             for name in parent.path.split("/"):
                 scopes.enter_context(keras.name_scope(name))
             wrapper.build(_input_shape(wrapper, site, hidden_dim))
-        _replace_sublayer(parent, attr, wrapper)
+        replace_sublayer(parent, attr, wrapper)
         wrappers[f"{encoder.name}/{site}"] = wrapper
 
     injection = Injection(config, wrappers)
@@ -215,9 +215,9 @@ def merge_adapters(backbone):
         )
     for path, wrapper in injection.wrappers.items():
         encoder_name, site = path.split("/", 1)
-        parent, attr = _resolve(backbone.get_layer(encoder_name), site)
+        parent, attr = resolve_site(backbone.get_layer(encoder_name), site)
         wrapper.merge()
-        _replace_sublayer(parent, attr, wrapper.base)
+        replace_sublayer(parent, attr, wrapper.base)
     object.__setattr__(backbone, _RECORD, None)
     return injection.config
 

@@ -241,6 +241,19 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         self.adapter_config = None
         return self
 
+    # ---------------------------------------------------------------- export
+    def export_saved_model(self, path, version=1, merge=True):
+        """SavedModel for TF Serving at `path/<version>/` (see `keras_adapters.export`)."""
+        from keras_adapters import export
+
+        return export.export_saved_model(self, path, version=version, merge=merge)
+
+    def export_tflite(self, path, sequence_length=None, quantize="none"):
+        """`model.tflite` + `vocab.txt` + `labels.txt` in `path` (token-id inputs)."""
+        from keras_adapters import export
+
+        return export.export_tflite(self, path, sequence_length=sequence_length, quantize=quantize)
+
     # ---------------------------------------------------------- keras hooks
     def fit(
         self,

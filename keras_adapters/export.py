@@ -1,0 +1,275 @@
+"""Export for serving: SavedModel (TF Serving) and TFLite.
+
+SavedModel signatures (tokenization inside, so clients send text):
+- `serving_default`: `text` (string [None]) -> `probabilities` (float32
+  [None, C]), `label_id` (int64 [None]), `label` (string [None]).
+- `serve_token_ids`: `token_ids`, `segment_ids`, `padding_mask` (int32
+  [None, None]) -> `probabilities`, for clients that tokenize themselves.
+
+Texts are cleaned in the graph as in training (cut to the bytes the sequence
+length can use, invalid UTF-8 replaced) and truncated by the tokenizer, so
+empty, huge or malformed inputs get an answer, never an error. LoRA and
+(IA)^3 adapters are merged into the base weights before export (no extra
+latency); bottleneck adapters export as they are.
+
+The exported graphs need only TensorFlow and tensorflow-text at serving
+time: no Keras, keras-hub or keras-adapters code.
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from keras_adapters import data as data_lib
+
+TOKEN_INPUTS = ("token_ids", "segment_ids", "padding_mask")
+
+
+def _serving_copy(model, merge):
+    """A copy of `model` for export, with LoRA/(IA)^3 merged when asked."""
+    from keras_adapters.injection import get_injection
+
+    injection = get_injection(model.backbone)
+    mergeable = injection is not None and all(w.mergeable for w in injection.wrappers.values())
+    if not (merge and mergeable):
+        return model
+    config = model.get_config()
+    # The tokenizer's vocabulary is an asset, not config: share the layer.
+    config["preprocessor"] = model.preprocessor
+    copy = type(model).from_config(config)
+    for target, source in zip(copy.weights, model.weights):
+        target.assign(source)
+    copy.merge_adapter()
+    return copy
+
+
+def _token_signature():
+    return {name: tf.TensorSpec([None, None], tf.int32, name=name) for name in TOKEN_INPUTS}
+
+
+def _as_model_inputs(token_ids, segment_ids, padding_mask):
+    return {
+        "token_ids": tf.cast(token_ids, tf.int32),
+        "segment_ids": tf.cast(segment_ids, tf.int32),
+        "padding_mask": tf.cast(padding_mask, tf.bool),
+    }
+
+
+class _Task:
+    """The functions one classification task exposes."""
+
+    def __init__(self, model):
+        self.model = model
+        self.class_names = tf.constant(
+            model.class_names or [str(i) for i in range(model.num_classes)]
+        )
+        length = model.sequence_length or 512
+        self.max_bytes = data_lib.BYTES_PER_TOKEN * int(length)
+
+    def classify_text(self, text):
+        text = data_lib.clean_text(tf.reshape(text, [-1]), self.max_bytes)
+        probabilities = self.model(self.model.preprocessor(text), training=False)
+        probabilities = tf.cast(probabilities, tf.float32)
+        label_id = tf.argmax(probabilities, axis=-1)
+        return {
+            "probabilities": probabilities,
+            "label_id": label_id,
+            "label": tf.gather(self.class_names, label_id),
+        }
+
+    def classify_tokens(self, token_ids, segment_ids, padding_mask):
+        inputs = _as_model_inputs(token_ids, segment_ids, padding_mask)
+        probabilities = self.model(inputs, training=False)
+        return {"probabilities": tf.cast(probabilities, tf.float32)}
+
+
+def _version_dir(path, version):
+    out = Path(path) / str(int(version))
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(
+            f"{out} already exists; TF Serving versions are immutable. Pass another "
+            "--version or remove it."
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return str(out)
+
+
+def export_saved_model(model, path, version=1, merge=True):
+    """Write `path/<version>/` for TF Serving (see module docstring).
+
+    Args:
+        model: an `AdapterTextClassifier` with its preprocessor.
+        path: the model base path (TF Serving's `model_base_path`).
+        version: the numbered sub-folder to write.
+        merge: fold LoRA/(IA)^3 into the base weights first (the given
+            model is not changed; a copy is merged).
+
+    Returns:
+        The folder written.
+    """
+    from keras.export import ExportArchive
+
+    if model.preprocessor is None:
+        raise ValueError("The model has no preprocessor; text signatures need one.")
+    out = _version_dir(path, version)
+    served = _serving_copy(model, merge)
+    task = _Task(served)
+    archive = ExportArchive()
+    archive.track(served)
+    archive.add_endpoint(
+        "serving_default",
+        task.classify_text,
+        input_signature=[tf.TensorSpec([None], tf.string, name="text")],
+    )
+    archive.add_endpoint(
+        "serve_token_ids",
+        lambda token_ids, segment_ids, padding_mask: task.classify_tokens(
+            token_ids, segment_ids, padding_mask
+        ),
+        input_signature=list(_token_signature().values()),
+    )
+    archive.write_out(out, verbose=False)
+    return out
+
+
+def export_multi_adapter_saved_model(models, path, version=1):
+    """One SavedModel, one backbone, one `classify_<name>` signature per task.
+
+    Args:
+        models: dict of task name -> `AdapterTextClassifier`, all adapted
+            from the same backbone checkpoint (checked by fingerprint).
+        path, version: as `export_saved_model`.
+
+    Each task keeps its own adapter and head; the frozen backbone weights are
+    stored once, shared by every signature, so the SavedModel is about one
+    backbone plus the adapters. `serving_default` is the first task.
+    """
+    from keras_adapters.multi_adapter import shared_backbone_tasks
+
+    out = _version_dir(path, version)
+    module, signatures = shared_backbone_tasks(models)
+    tf.saved_model.save(module, out, signatures=signatures)
+    return out
+
+
+def export_run_saved_model(run_dirs, path, version=1, merge=True):
+    """Export one run folder, or several (comma list) as a multi-adapter model."""
+    from keras_adapters.evaluation import load_run
+
+    runs = [r for r in str(run_dirs).split(",") if r]
+    if len(runs) == 1:
+        return export_saved_model(load_run(runs[0]), path, version=version, merge=merge)
+    names = [task_name(r) for r in runs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"Run folders must have distinct names to name the signatures: {names}.")
+    return export_multi_adapter_saved_model(
+        {n: load_run(r) for n, r in zip(names, runs)}, path, version=version
+    )
+
+
+def task_name(run_dir):
+    """A signature-safe name from a run folder's name."""
+    name = os.path.basename(os.path.normpath(run_dir))
+    cleaned = "".join(c if c.isalnum() else "_" for c in name).strip("_").lower()
+    return cleaned or "task"
+
+
+# ------------------------------------------------------------------ TFLite
+def export_tflite(model, path, sequence_length=None, quantize="none", merge=True):
+    """Write `model.tflite`, `vocab.txt` and `labels.txt` into `path`.
+
+    The token-id path at a fixed sequence length, TFLite built-in ops only
+    (no Flex ops). The model has a `serving_default` signature with inputs
+    `token_ids`, `segment_ids`, `padding_mask` (int32 [1, L]... any batch)
+    and output `probabilities`.
+
+    Args:
+        quantize: `"none"` (float32) or `"dynamic"` (dynamic-range int8
+            weights).
+    """
+    if quantize not in ("none", "dynamic"):
+        raise ValueError(f"quantize must be 'none' or 'dynamic', got {quantize!r}.")
+    length = int(sequence_length or model.sequence_length or 128)
+    served = _serving_copy(model, merge)
+    os.makedirs(path, exist_ok=True)
+
+    spec = {n: tf.TensorSpec([None, length], tf.int32, name=n) for n in TOKEN_INPUTS}
+
+    class TokenModule(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = served
+
+        @tf.function(input_signature=[spec["token_ids"], spec["segment_ids"], spec["padding_mask"]])
+        def serve(self, token_ids, segment_ids, padding_mask):
+            probabilities = served(
+                _as_model_inputs(token_ids, segment_ids, padding_mask), training=False
+            )
+            return {"probabilities": tf.cast(probabilities, tf.float32)}
+
+    module = TokenModule()
+    # Freeze the weights into constants first: left as resource variables
+    # the interpreter starts them uninitialised (NaN outputs).
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    frozen = convert_variables_to_constants_v2(module.serve.get_concrete_function())
+    signature = [spec["token_ids"], spec["segment_ids"], spec["padding_mask"]]
+
+    class FrozenModule(tf.Module):
+        # Re-wrapped so the TFLite signature keeps the output's name.
+        @tf.function(input_signature=signature)
+        def serve(self, token_ids, segment_ids, padding_mask):
+            outputs = frozen(token_ids=token_ids, segment_ids=segment_ids, padding_mask=padding_mask)
+            probabilities = outputs["probabilities"] if isinstance(outputs, dict) else outputs[0]
+            return {"probabilities": tf.identity(probabilities, name="probabilities")}
+
+    import tempfile
+
+    frozen_module = FrozenModule()
+    with tempfile.TemporaryDirectory() as tmp:
+        tf.saved_model.save(frozen_module, tmp, signatures={"serving_default": frozen_module.serve})
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["serving_default"])
+        flatbuffer = _convert(converter, quantize)
+    model_path = os.path.join(path, "model.tflite")
+    with open(model_path, "wb") as f:
+        f.write(flatbuffer)
+    _write_vocabulary(served, os.path.join(path, "vocab.txt"))
+    names = served.class_names or [str(i) for i in range(served.num_classes)]
+    Path(path, "labels.txt").write_text("\n".join(names) + "\n")
+    return model_path
+
+
+def _convert(converter, quantize):
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if quantize == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    return converter.convert()
+
+
+def _write_vocabulary(model, path):
+    tokenizer = model.preprocessor.tokenizer
+    vocabulary = tokenizer.get_vocabulary()
+    Path(path).write_text("\n".join(vocabulary) + "\n", encoding="utf-8")
+
+
+def tflite_signature_runner(model_path):
+    """A TFLite interpreter's `serving_default` runner (LiteRT if installed)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        Interpreter = tf.lite.Interpreter
+    interpreter = Interpreter(model_path=str(model_path))
+    return interpreter.get_signature_runner("serving_default")
+
+
+def run_tflite(runner, tokens):
+    """Probabilities for a dict of token arrays, one example at a time."""
+    rows = []
+    for i in range(len(tokens["token_ids"])):
+        out = runner(**{k: np.asarray(tokens[k][i : i + 1], np.int32) for k in TOKEN_INPUTS})
+        rows.append(out["probabilities"][0])
+    return np.stack(rows)

@@ -1,0 +1,69 @@
+"""Run a SavedModel the way TF Serving would: only tensorflow + tensorflow_text.
+
+    python serving_client.py SAVED_MODEL_DIR REQUEST.json RESPONSE.json
+
+REQUEST: {"signature": name, "inputs": {name: list}, "dtypes": {name: dtype}}.
+RESPONSE: {"outputs": {name: list}, "ops": [...], "foreign_modules": [...]}.
+"""
+
+import json
+import sys
+
+
+class _Block:
+    """Make keras-hub and keras-adapters unimportable: serving must not need them."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("keras_hub", "keras_adapters", "keras_nlp"):
+            raise ImportError(f"{name} is blocked in the serving process")
+        return None
+
+
+sys.meta_path.insert(0, _Block())
+
+import tensorflow as tf  # noqa: E402
+import tensorflow_text  # noqa: E402,F401  (registers the tokenizer ops, as TF Serving builds do)
+
+
+def graph_ops(saved_model_dir):
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    with open(f"{saved_model_dir}/saved_model.pb", "rb") as f:
+        proto.ParseFromString(f.read())
+    ops = set()
+    for meta in proto.meta_graphs:
+        ops |= {node.op for node in meta.graph_def.node}
+        for fn in meta.graph_def.library.function:
+            ops |= {node.op for node in fn.node_def}
+    return sorted(ops)
+
+
+def main(saved_model_dir, request_path, response_path):
+    request = json.load(open(request_path))
+    loaded = tf.saved_model.load(saved_model_dir)
+    fn = loaded.signatures[request["signature"]]
+    inputs = {}
+    for name, value in request["inputs"].items():
+        dtype = request.get("dtypes", {}).get(name, "string")
+        if dtype == "bytes_hex":
+            inputs[name] = tf.constant([bytes.fromhex(v) for v in value])
+        else:
+            inputs[name] = tf.constant(value, dtype=dtype)
+    outputs = fn(**inputs)
+    response = {
+        "outputs": {
+            k: [x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in v.numpy().tolist()]
+            for k, v in outputs.items()
+        },
+        "ops": graph_ops(saved_model_dir),
+        "foreign_modules": sorted(
+            # (`import tensorflow` itself imports keras when it is installed.)
+            {m.split(".")[0] for m in sys.modules} & {"keras_hub", "keras_adapters", "keras_nlp"}
+        ),
+    }
+    json.dump(response, open(response_path, "w"))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])

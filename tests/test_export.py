@@ -1,0 +1,206 @@
+"""SavedModel and TFLite export, checked in a fresh TensorFlow-only process."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import LABELS
+from conftest import TEXTS
+
+import keras_adapters as ka
+from keras_adapters import export
+
+CLIENT = os.path.join(os.path.dirname(__file__), "serving_client.py")
+ODD_INPUTS_HEX = [
+    b"".hex(),
+    ("the team won the cup " * 5000).encode().hex(),  # ~100 KB
+    b"the \xff\xfe team \xc3".hex(),  # not UTF-8
+]
+
+
+def serve(saved_model_dir, signature, inputs, dtypes, tmp_path):
+    """Outputs of a signature run in a fresh process (tensorflow + tensorflow_text)."""
+    request, response = tmp_path / "request.json", tmp_path / "response.json"
+    request.write_text(json.dumps({"signature": signature, "inputs": inputs, "dtypes": dtypes}))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(
+        [sys.executable, CLIENT, saved_model_dir, str(request), str(response)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(response.read_text())
+
+
+def _trained(preset, method, seed=0, **kwargs):
+    keras.utils.set_random_seed(seed)
+    model = ka.AdapterTextClassifier.from_preset(
+        preset, num_classes=4, adapter=method, sequence_length=16,
+        class_names=["sport", "business", "tech", "politics"], **kwargs,
+    )
+    model.fit(TEXTS, LABELS, epochs=3, batch_size=4, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def houlsby_export(tiny_preset, tmp_path_factory):
+    model = _trained(tiny_preset, "houlsby")
+    out = model.export_saved_model(str(tmp_path_factory.mktemp("sm") / "houlsby"), version=3)
+    return model, out
+
+
+def _ops_allowed(ops):
+    """Ops that are neither core TensorFlow nor tensorflow-text."""
+    from tensorflow.python.framework import op_def_registry
+
+    import tensorflow_text  # noqa: F401
+
+    return [op for op in ops if op_def_registry.get(op) is None]
+
+
+def test_saved_model_layout_and_fresh_process_outputs(houlsby_export, tmp_path):
+    model, out = houlsby_export
+    assert out.endswith(os.path.join("houlsby", "3"))
+    assert {"saved_model.pb", "variables"} <= set(os.listdir(out))
+    texts = TEXTS + ["unseen words entirely", "the cup"]
+    expected = model.predict(texts, verbose=0)
+    response = serve(out, "serving_default", {"text": texts}, {}, tmp_path)
+    assert response["foreign_modules"] == []
+    np.testing.assert_allclose(response["outputs"]["probabilities"], expected, atol=1e-5)
+    assert response["outputs"]["label_id"] == expected.argmax(axis=1).tolist()
+    assert response["outputs"]["label"] == [model.class_names[i] for i in expected.argmax(axis=1)]
+    # Every op is core TensorFlow or tensorflow-text: nothing needs Python/Keras.
+    assert _ops_allowed(response["ops"]) == []
+    assert not {"PyFunc", "EagerPyFunc"} & set(response["ops"])
+
+
+def test_token_signature_matches(houlsby_export, tmp_path):
+    model, out = houlsby_export
+    tokens = {k: np.asarray(v).astype("int32").tolist() for k, v in model.preprocessor(TEXTS).items()}
+    response = serve(out, "serve_token_ids", tokens, {k: "int32" for k in tokens}, tmp_path)
+    expected = model.predict(TEXTS, verbose=0)
+    np.testing.assert_allclose(response["outputs"]["probabilities"], expected, atol=1e-5)
+
+
+def test_signatures_have_the_documented_shapes(houlsby_export):
+    _, out = houlsby_export
+    loaded = tf.saved_model.load(out)
+    fn = loaded.signatures["serving_default"]
+    (spec,) = fn.structured_input_signature[1].values()
+    assert spec.dtype == tf.string and spec.shape.as_list() == [None]
+    outputs = fn.structured_outputs
+    assert outputs["probabilities"].shape.as_list() == [None, 4]
+    assert outputs["probabilities"].dtype == tf.float32
+    assert outputs["label_id"].dtype in (tf.int32, tf.int64)
+    assert outputs["label"].dtype == tf.string
+    tokens = loaded.signatures["serve_token_ids"].structured_input_signature[1]
+    assert sorted(tokens) == ["padding_mask", "segment_ids", "token_ids"]
+    assert all(s.dtype == tf.int32 and s.shape.as_list() == [None, None] for s in tokens.values())
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    shown = subprocess.run([cli, "show", "--dir", out, "--all"], capture_output=True, text=True, timeout=300)
+    assert "signature_def['serving_default']" in shown.stdout
+    assert "signature_def['serve_token_ids']" in shown.stdout
+
+
+def test_serving_answers_odd_inputs(houlsby_export, tmp_path):
+    _, out = houlsby_export
+    response = serve(out, "serving_default", {"text": ODD_INPUTS_HEX}, {"text": "bytes_hex"}, tmp_path)
+    probabilities = np.asarray(response["outputs"]["probabilities"])
+    assert probabilities.shape == (3, 4)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["lora", "ia3"])
+def test_lora_and_ia3_export_merged(tiny_preset, tmp_path, method):
+    model = _trained(tiny_preset, method, seed=1)
+    expected = model.predict(TEXTS, verbose=0)
+    out = model.export_saved_model(str(tmp_path / "m"))
+    # The model given is untouched; the export holds no adapter weights.
+    assert model.adapter_config is not None
+    names = [name for name, _ in tf.train.list_variables(os.path.join(out, "variables", "variables"))]
+    weight = "lora_a" if method == "lora" else "scale"
+    assert not any(weight in n for n in names)
+    unmerged = model.export_saved_model(str(tmp_path / "u"), merge=False)
+    names = [name for name, _ in tf.train.list_variables(os.path.join(unmerged, "variables", "variables"))]
+    assert len(names) > 0
+    response = serve(out, "serving_default", {"text": TEXTS}, {}, tmp_path)
+    np.testing.assert_allclose(response["outputs"]["probabilities"], expected, atol=1e-4)
+
+
+def test_multi_adapter_export_shares_the_backbone(tiny_preset, tmp_path):
+    models = {"news": _trained(tiny_preset, "houlsby", seed=2), "topics": _trained(tiny_preset, "lora", seed=3)}
+    expected = {name: m.predict(TEXTS, verbose=0) for name, m in models.items()}
+    singles = {name: m.export_saved_model(str(tmp_path / f"single_{name}")) for name, m in models.items()}
+    out = export.export_multi_adapter_saved_model(models, str(tmp_path / "multi"))
+    for name in models:
+        response = serve(out, f"classify_{name}", {"text": TEXTS}, {}, tmp_path)
+        np.testing.assert_allclose(response["outputs"]["probabilities"], expected[name], atol=1e-5)
+    response = serve(out, "serving_default", {"text": TEXTS}, {}, tmp_path)
+    np.testing.assert_allclose(response["outputs"]["probabilities"], expected["news"], atol=1e-5)
+
+    def size(path):
+        folder = os.path.join(path, "variables")
+        return sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
+
+    backbone = ka.AdapterTextClassifier.from_preset(tiny_preset, num_classes=4, adapter="head").backbone
+    backbone_bytes = 4 * backbone.count_params()
+    # One backbone plus adapters, not one backbone per task.
+    assert size(out) < sum(size(p) for p in singles.values()) - 0.8 * backbone_bytes
+
+
+def test_multi_adapter_refuses_full_fine_tuning(tiny_preset, tmp_path):
+    models = {"a": _trained(tiny_preset, "houlsby"), "b": _trained(tiny_preset, "full")}
+    with pytest.raises(ValueError, match="cannot share one"):
+        export.export_multi_adapter_saved_model(models, str(tmp_path / "multi"))
+
+
+def test_existing_version_is_not_overwritten(houlsby_export):
+    model, out = houlsby_export
+    with pytest.raises(FileExistsError, match="versions are immutable"):
+        model.export_saved_model(os.path.dirname(out), version=3)
+
+
+@pytest.mark.parametrize("quantize", ["none", "dynamic"])
+def test_tflite_matches_the_saved_model(houlsby_export, tmp_path, quantize):
+    model, saved = houlsby_export
+    path = model.export_tflite(str(tmp_path / "lite"), quantize=quantize)
+    folder = os.path.dirname(path)
+    assert sorted(os.listdir(folder)) == ["labels.txt", "model.tflite", "vocab.txt"]
+    assert open(os.path.join(folder, "labels.txt")).read().split() == model.class_names
+    assert open(os.path.join(folder, "vocab.txt")).read().split("\n")[:3] == ["[PAD]", "[UNK]", "[CLS]"]
+    runner = export.tflite_signature_runner(path)
+    tokens = {k: np.asarray(v) for k, v in model.preprocessor(TEXTS).items()}
+    lite = export.run_tflite(runner, tokens)
+    reference = tf.saved_model.load(saved).signatures["serving_default"](text=tf.constant(TEXTS))
+    np.testing.assert_allclose(lite, reference["probabilities"].numpy(), atol=1e-4)
+
+
+def test_cli_export_both_formats(tiny_preset, tmp_path, capsys):
+    from conftest import write_class_folders
+
+    from keras_adapters import cli
+
+    data = write_class_folders(tmp_path / "data", per_class=4)
+    for name, method in (("run_a", "houlsby"), ("run_b", "lora")):
+        assert cli.main([
+            "train", str(data), "-o", str(tmp_path / name), "--backbone", tiny_preset, "--method", method,
+            "--epochs", "1", "--batch-size", "4", "--sequence-length", "16", "--quiet",
+        ]) == 0
+    assert cli.main(["export", str(tmp_path / "run_a"), "--format", "saved_model", "-o", str(tmp_path / "sm")]) == 0
+    assert os.path.isfile(tmp_path / "sm" / "1" / "saved_model.pb")
+    assert cli.main([
+        "export", "--adapters", f"{tmp_path / 'run_a'},{tmp_path / 'run_b'}", "--format", "saved_model",
+        "-o", str(tmp_path / "multi"), "--version", "2",
+    ]) == 0
+    loaded = tf.saved_model.load(str(tmp_path / "multi" / "2"))
+    assert {"classify_run_a", "classify_run_b", "serving_default"} <= set(loaded.signatures)
+    assert cli.main([
+        "export", str(tmp_path / "run_b"), "--format", "tflite", "-o", str(tmp_path / "lite"),
+        "--quantize", "dynamic", "--sequence-length", "16",
+    ]) == 0
+    assert "TFLite model written" in capsys.readouterr().out
+    assert cli.main(["export", "--format", "tflite", "-o", str(tmp_path / "x")]) == 2
