@@ -17,7 +17,6 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(__file__))
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from common import Timer  # noqa: E402
 from common import git_revision  # noqa: E402
@@ -25,7 +24,6 @@ from common import machine_description  # noqa: E402
 from common import median  # noqa: E402
 
 import keras_adapters as ka  # noqa: E402
-from keras_adapters import presets  # noqa: E402
 
 
 def main():

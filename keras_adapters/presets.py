@@ -9,6 +9,7 @@ is installed on this machine, so adapter folders that name it stay portable.
 
 import hashlib
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -109,15 +110,35 @@ def load_backbone(preset, dtype=None, load_weights=True):
 
 
 def load_preprocessor(preset, sequence_length):
-    """The keras-hub text-classifier preprocessor (in-graph tokenizer)."""
+    """The keras-hub text-classifier preprocessor (in-graph tokenizer).
+
+    For Hugging Face folders the tokenizer is made to normalise text as
+    Hugging Face's BERT tokenizer does: an uncased vocabulary also strips
+    accents ("Café" -> "cafe"), which keras-hub's converter leaves off, so
+    accented words would otherwise become [UNK].
+    """
     import keras_hub
 
-    return _load(
+    preprocessor = _load(
         "preprocessor",
         keras_hub.models.TextClassifierPreprocessor.from_preset,
         preset,
         sequence_length=sequence_length,
     )
+    _match_huggingface_normalization(preprocessor.tokenizer, resolve_preset(preset))
+    return preprocessor
+
+
+def _match_huggingface_normalization(tokenizer, preset):
+    path = os.path.join(preset, "tokenizer_config.json")
+    if not (os.path.isdir(preset) and os.path.isfile(path)) or not hasattr(tokenizer, "strip_accents"):
+        return
+    with open(path) as f:
+        config = json.load(f)
+    lowercase = config.get("do_lower_case", False)
+    strip = config.get("strip_accents")
+    # Hugging Face: strip_accents=None means "strip when lowercasing".
+    tokenizer.strip_accents = bool(lowercase if strip is None else strip)
 
 
 def weights_fingerprint(layer):

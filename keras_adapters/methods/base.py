@@ -117,6 +117,16 @@ def check_choice(owner, name, value, choices):
         )
 
 
+def check_sites(owner, name, value, allowed):
+    """A non-empty tuple of site names from `allowed` (a lone string is one)."""
+    value = (value,) if isinstance(value, str) else tuple(value)
+    if not value or any(v not in allowed for v in value):
+        raise ValueError(
+            f"{owner}.{name} {list(value)} must be a non-empty list of {list(allowed)}."
+        )
+    return value
+
+
 class WrappedLayer(keras.layers.Layer):
     """A layer that stands in for a backbone sublayer and calls it.
 

@@ -1,7 +1,6 @@
 """(IA)^3: learned rescaling of keys, values and FFN activations (Liu et al. 2022)."""
 
 import dataclasses
-import math
 from typing import ClassVar
 
 import keras
@@ -9,6 +8,7 @@ from keras import ops
 
 from keras_adapters.methods.base import AdapterConfig
 from keras_adapters.methods.base import WrappedLayer
+from keras_adapters.methods.base import check_sites
 from keras_adapters.methods.base import check_choice
 from keras_adapters.methods.base import kernel_split
 
@@ -95,18 +95,12 @@ class IA3Config(AdapterConfig):
 
     def validate(self):
         super().validate()
-        if isinstance(self.target_modules, str):
-            self.target_modules = (self.target_modules,)
-        self.target_modules = tuple(self.target_modules)
-        unknown = [t for t in self.target_modules if t not in IA3_POSITIONS]
-        if unknown or not self.target_modules:
-            raise ValueError(
-                f"IA3Config.target_modules {list(self.target_modules)} must be "
-                f"a non-empty list of {list(IA3_POSITIONS)}."
-            )
+        self.target_modules = check_sites(
+            "IA3Config", "target_modules", self.target_modules, IA3_POSITIONS
+        )
 
     def sites(self):
-        return tuple(self.target_modules)
+        return self.target_modules
 
     def wrap(self, site, base, *, dtype, hidden_dim):
         return IA3Scaling(

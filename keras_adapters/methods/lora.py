@@ -9,6 +9,7 @@ from keras import ops
 
 from keras_adapters.methods.base import AdapterConfig
 from keras_adapters.methods.base import WrappedLayer
+from keras_adapters.methods.base import check_sites
 from keras_adapters.methods.base import check_positive_int
 from keras_adapters.methods.base import kernel_split
 
@@ -151,18 +152,12 @@ class LoRAConfig(AdapterConfig):
             raise ValueError(
                 f"LoRAConfig.dropout must be in [0, 1), got {self.dropout!r}."
             )
-        if isinstance(self.target_modules, str):
-            self.target_modules = (self.target_modules,)
-        self.target_modules = tuple(self.target_modules)
-        unknown = [t for t in self.target_modules if t not in LORA_SITES]
-        if unknown or not self.target_modules:
-            raise ValueError(
-                f"LoRAConfig.target_modules {list(self.target_modules)} must be "
-                f"a non-empty list of {list(LORA_SITES)}."
-            )
+        self.target_modules = check_sites(
+            "LoRAConfig", "target_modules", self.target_modules, LORA_SITES
+        )
 
     def sites(self):
-        return tuple(self.target_modules)
+        return self.target_modules
 
     def wrap(self, site, base, *, dtype, hidden_dim):
         return LoRALayer(
