@@ -47,7 +47,8 @@ def _parser():
     train.add_argument("--bucket-by-length", action="store_true",
                        help="batch texts of similar length and trim padding")
     train.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE")
-    train.add_argument("--pooling", default="cls", choices=["cls", "mean"])
+    train.add_argument("--pooling", default="auto", choices=["auto", "cls", "mean"],
+                       help="auto: the checkpoint's own pooling (mean for the default MiniLM)")
     train.add_argument("--text-key", default="text", help="tfds: text feature name")
     train.add_argument("--label-key", default="label", help="tfds: label feature name")
     train.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -141,6 +141,25 @@ def _match_huggingface_normalization(tokenizer, preset):
     tokenizer.strip_accents = bool(lowercase if strip is None else strip)
 
 
+def default_pooling(preset):
+    """`"mean"` for sentence-transformers checkpoints that pool by mean, else `"cls"`.
+
+    A sentence-transformers folder says how its model was trained to pool in
+    `1_Pooling/config.json`; all-MiniLM-L6-v2 averages tokens, and its
+    `[CLS]` vector (and pooler) were never trained to summarise the text.
+    """
+    try:
+        folder = resolve_preset(preset)
+    except PresetNotFoundError:
+        return "cls"
+    path = os.path.join(folder, "1_Pooling", "config.json")
+    if os.path.isdir(folder) and os.path.isfile(path):
+        with open(path) as f:
+            if json.load(f).get("pooling_mode_mean_tokens"):
+                return "mean"
+    return "cls"
+
+
 def weights_fingerprint(layer):
     """sha256 of a layer's weights (names, shapes and values, in path order).
 

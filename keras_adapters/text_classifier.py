@@ -177,10 +177,15 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
             dtype: optional dtype policy for the backbone (e.g.
                 `"mixed_bfloat16"`); defaults to Keras' global policy.
             load_weights: load the pretrained weights (`False`: random init).
-            **kwargs: other `AdapterTextClassifier` arguments.
+            **kwargs: other `AdapterTextClassifier` arguments. `pooling`
+                defaults to the checkpoint's own (`"mean"` for
+                sentence-transformers folders that average, such as the
+                default MiniLM; `"cls"` otherwise).
         """
         backbone = presets.load_backbone(preset, dtype=dtype, load_weights=load_weights)
         preprocessor = presets.load_preprocessor(preset, sequence_length)
+        if kwargs.get("pooling") in (None, "auto"):
+            kwargs["pooling"] = presets.default_pooling(preset)
         return cls(
             backbone=backbone,
             num_classes=num_classes,

@@ -260,7 +260,7 @@ def train_classifier(
     strategy=None,
     bucket_by_sequence_length=False,
     early_stopping_patience=None,
-    pooling="cls",
+    pooling="auto",
     tensorboard=True,
     verbose=1,
     callbacks=(),
@@ -356,7 +356,7 @@ def train_classifier(
         "strategy": strategy.__class__.__name__,
         "num_replicas": strategy.num_replicas_in_sync,
         "bucket_by_sequence_length": bucket_by_sequence_length,
-        "pooling": pooling,
+        "pooling": model.pooling,
         "num_train_examples": train.num_examples,
         "num_validation_examples": None if validation is None else validation.num_examples,
     }

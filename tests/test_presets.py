@@ -71,3 +71,10 @@ def test_in_graph_tokenizer_matches_huggingface(minilm_preset):
     for text, row in zip(texts, ours.numpy().tolist()):
         expected = reference(text, max_length=64, truncation=True, padding="max_length")["input_ids"]
         assert row == expected, text[:40]
+
+
+def test_default_pooling_follows_the_checkpoint(minilm_preset, tiny_preset):
+    assert presets.default_pooling(minilm_preset) == "mean"  # 1_Pooling/config.json says mean
+    assert presets.default_pooling(tiny_preset) == "cls"
+    model = ka.AdapterTextClassifier.from_preset(minilm_preset, num_classes=2, adapter="head", sequence_length=16)
+    assert model.pooling == "mean"

@@ -150,4 +150,4 @@ def test_default_learning_rates_follow_the_method(tiny_preset):
         model = _model(tiny_preset, method)
         lrs[method] = float(model.optimizer.learning_rate.numpy())
     assert lrs["full"] == pytest.approx(3e-5)
-    assert lrs["houlsby"] == pytest.approx(1e-3) and lrs["lora"] == pytest.approx(5e-4)
+    assert lrs["houlsby"] == pytest.approx(1e-3) and lrs["lora"] == pytest.approx(1e-3)

@@ -120,3 +120,14 @@ def test_mixed_bfloat16_training_keeps_float32_adapters(tiny_preset, text_folder
     )
     assert model.dtype_policy.name == "mixed_bfloat16"
     assert all(w.dtype == "float32" for w in model.trainable_weights)
+
+
+def test_mirrored_strategy_is_a_flag(tiny_preset, text_folder, tmp_path):
+    model, _ = ka.train_classifier(
+        text_folder, tmp_path / "r", preset=tiny_preset, method="lora", epochs=1, batch_size=4,
+        sequence_length=16, precision="float32", validation_split=None, strategy="mirrored",
+        verbose=0, tensorboard=False,
+    )
+    config = json.loads((tmp_path / "r" / "train_config.json").read_text())
+    assert config["strategy"] == "MirroredStrategy" and config["num_replicas"] >= 1
+    assert model.predict(["the team won"], verbose=0).shape == (1, 3)
