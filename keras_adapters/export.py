@@ -109,28 +109,26 @@ def export_saved_model(model, path, version=1, merge=True):
     Returns:
         The folder written.
     """
-    from keras.export import ExportArchive
-
     if model.preprocessor is None:
         raise ValueError("The model has no preprocessor; text signatures need one.")
     out = _version_dir(path, version)
     served = _serving_copy(model, merge)
     task = _Task(served)
-    archive = ExportArchive()
-    archive.track(served)
-    archive.add_endpoint(
-        "serving_default",
-        task.classify_text,
-        input_signature=[tf.TensorSpec([None], tf.string, name="text")],
-    )
-    archive.add_endpoint(
-        "serve_token_ids",
-        lambda token_ids, segment_ids, padding_mask: task.classify_tokens(
-            token_ids, segment_ids, padding_mask
-        ),
-        input_signature=list(_token_signature().values()),
-    )
-    archive.write_out(out, verbose=False)
+    # A plain tf.Module rather than keras.export.ExportArchive: the latter
+    # stores every variable twice (as the Keras variable and as the tf.Variable
+    # inside it), doubling the SavedModel (185 MB instead of 91 MB for MiniLM).
+    module = tf.Module()
+    module.model = served
+    signatures = {
+        "serving_default": tf.function(
+            task.classify_text,
+            input_signature=[tf.TensorSpec([None], tf.string, name="text")],
+        ).get_concrete_function(),
+        "serve_token_ids": tf.function(
+            task.classify_tokens, input_signature=list(_token_signature().values())
+        ).get_concrete_function(),
+    }
+    tf.saved_model.save(module, out, signatures=signatures)
     return out
 
 
