@@ -66,9 +66,9 @@ def test_saved_model_layout_and_fresh_process_outputs(houlsby_export, tmp_path):
     model, out = houlsby_export
     assert out.endswith(os.path.join("houlsby", "3"))
     assert {"saved_model.pb", "variables"} <= set(os.listdir(out))
-    folder = os.path.join(out, "variables")
-    stored = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
-    assert stored < 1.2 * 4 * model.count_params()  # each weight stored once
+    # Each variable stored once (keras.export.ExportArchive stores them twice).
+    stored = [n for n, _ in tf.train.list_variables(os.path.join(out, "variables", "variables"))]
+    assert len(stored) - 1 <= len(model.variables)
     texts = TEXTS + ["unseen words entirely", "the cup"]
     expected = model.predict(texts, verbose=0)
     response = serve(out, "serving_default", {"text": texts}, {}, tmp_path)
