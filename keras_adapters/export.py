@@ -117,8 +117,11 @@ def export_saved_model(model, path, version=1, merge=True):
     # A plain tf.Module rather than keras.export.ExportArchive: the latter
     # stores every variable twice (as the Keras variable and as the tf.Variable
     # inside it), doubling the SavedModel (185 MB instead of 91 MB for MiniLM).
+    # The tokenizer's tables are constants captured by the traced functions.
     module = tf.Module()
-    module.model = served
+    # Track the model's variables, not the model: its optimizer state has no
+    # place in a serving artifact.
+    module.model_variables = list(served.variables)
     signatures = {
         "serving_default": tf.function(
             task.classify_text,
