@@ -17,10 +17,12 @@ time: no Keras, keras-hub or keras-adapters code.
 """
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from keras_adapters import data as data_lib
 
@@ -126,9 +128,12 @@ def export_saved_model(model, path, version=1, merge=True):
         "serving_default": tf.function(
             task.classify_text,
             input_signature=[tf.TensorSpec([None], tf.string, name="text")],
+            autograph=False,
         ).get_concrete_function(),
         "serve_token_ids": tf.function(
-            task.classify_tokens, input_signature=list(_token_signature().values())
+            task.classify_tokens,
+            input_signature=list(_token_signature().values()),
+            autograph=False,
         ).get_concrete_function(),
     }
     tf.saved_model.save(module, out, signatures=signatures)
@@ -183,7 +188,7 @@ def export_tflite(model, path, sequence_length=None, quantize="none", merge=True
 
     The token-id path at a fixed sequence length, TFLite built-in ops only
     (no Flex ops). The model has a `serving_default` signature with inputs
-    `token_ids`, `segment_ids`, `padding_mask` (int32 [1, L]... any batch)
+    `token_ids`, `segment_ids`, `padding_mask` (int32 [batch, L])
     and output `probabilities`.
 
     Args:
@@ -196,39 +201,23 @@ def export_tflite(model, path, sequence_length=None, quantize="none", merge=True
     served = _serving_copy(model, merge)
     os.makedirs(path, exist_ok=True)
 
-    spec = {n: tf.TensorSpec([None, length], tf.int32, name=n) for n in TOKEN_INPUTS}
+    signature = [tf.TensorSpec([None, length], tf.int32, name=n) for n in TOKEN_INPUTS]
 
-    class TokenModule(tf.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = served
+    @tf.function(input_signature=signature, autograph=False)
+    def classify_tokens(token_ids, segment_ids, padding_mask):
+        return _Task(served).classify_tokens(token_ids, segment_ids, padding_mask)
 
-        @tf.function(input_signature=[spec["token_ids"], spec["segment_ids"], spec["padding_mask"]])
-        def serve(self, token_ids, segment_ids, padding_mask):
-            probabilities = served(
-                _as_model_inputs(token_ids, segment_ids, padding_mask), training=False
-            )
-            return {"probabilities": tf.cast(probabilities, tf.float32)}
-
-    module = TokenModule()
-    # Freeze the weights into constants first: left as resource variables
+    # Freeze the weights into constants first: left as resource variables,
     # the interpreter starts them uninitialised (NaN outputs).
-    from tensorflow.python.framework.convert_to_constants import (
-        convert_variables_to_constants_v2,
-    )
-
-    frozen = convert_variables_to_constants_v2(module.serve.get_concrete_function())
-    signature = [spec["token_ids"], spec["segment_ids"], spec["padding_mask"]]
+    frozen = convert_variables_to_constants_v2(classify_tokens.get_concrete_function())
 
     class FrozenModule(tf.Module):
-        # Re-wrapped so the TFLite signature keeps the output's name.
-        @tf.function(input_signature=signature)
+        # Re-wrapped and saved, so the TFLite signature keeps its names.
+        @tf.function(input_signature=signature, autograph=False)
         def serve(self, token_ids, segment_ids, padding_mask):
             outputs = frozen(token_ids=token_ids, segment_ids=segment_ids, padding_mask=padding_mask)
             probabilities = outputs["probabilities"] if isinstance(outputs, dict) else outputs[0]
             return {"probabilities": tf.identity(probabilities, name="probabilities")}
-
-    import tempfile
 
     frozen_module = FrozenModule()
     with tempfile.TemporaryDirectory() as tmp:

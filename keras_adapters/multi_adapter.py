@@ -112,7 +112,9 @@ def shared_backbone_tasks(models):
             replace_sublayer(parent, attr, layer)
         try:
             signatures[f"classify_{name}"] = tf.function(
-                classify, input_signature=[tf.TensorSpec([None], tf.string, name="text")]
+                classify,
+                input_signature=[tf.TensorSpec([None], tf.string, name="text")],
+                autograph=False,  # plain tensor code; no Python control flow to convert
             ).get_concrete_function()
         finally:
             for parent, attr, layer in originals:
