@@ -27,7 +27,6 @@ import shutil
 import warnings
 from pathlib import Path
 
-import numpy as np
 import tensorflow as tf
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -429,8 +428,3 @@ def split_directory(source, destination, test_fraction=0.2, seed=0, link=False):
                 else:
                     shutil.copyfile(path, out)
     return str(train_dir), str(test_dir)
-
-
-def labels_of(dataset):
-    """All labels of a (finite) batched dataset, as one NumPy array."""
-    return np.concatenate([np.asarray(y) for _, y in dataset]) if dataset is not None else None

@@ -25,8 +25,8 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from keras_adapters import data as data_lib
+from keras_adapters.text_classifier import TOKEN_INPUTS
 
-TOKEN_INPUTS = ("token_ids", "segment_ids", "padding_mask")
 
 
 def _serving_copy(model, merge):
