@@ -117,6 +117,7 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         # Attributes that compile() (called by Task.__init__) reads.
         self.adapter_config = config
         self.multi_label = multi_label
+        self.num_classes = num_classes
 
         self.backbone = backbone
         self.preprocessor = preprocessor
@@ -145,7 +146,6 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         )(logits)
         super().__init__(inputs=inputs, outputs=probabilities, **kwargs)
 
-        self.num_classes = num_classes
         self.pooling = pooling
         self.dropout = dropout
         self.class_names = class_names
@@ -326,16 +326,14 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
 
         Defaults: AdamW at the method's learning rate (adapters ~1e-3, full
         fine-tuning 3e-5) with weight decay 0.01 (not on biases and norms)
-        and global-norm clipping at 1.0; cross-entropy (binary for
-        multi-label); accuracy.
+        and global-norm clipping at 1.0 (`training.make_optimizer`);
+        cross-entropy (binary for multi-label); accuracy and macro-F1
+        (`training.classification_metrics`).
         """
+        from keras_adapters import training
+
         if optimizer == "auto":
-            optimizer = keras.optimizers.AdamW(
-                learning_rate=learning_rate or self.default_learning_rate,
-                weight_decay=0.01,
-                global_clipnorm=1.0,
-            )
-            optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+            optimizer = training.make_optimizer(learning_rate or self.default_learning_rate)
         if loss == "auto":
             loss = (
                 keras.losses.BinaryCrossentropy()
@@ -343,11 +341,7 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
                 else keras.losses.SparseCategoricalCrossentropy()
             )
         if metrics == "auto":
-            metrics = (
-                [keras.metrics.BinaryAccuracy(name="binary_accuracy")]
-                if self.multi_label
-                else [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-            )
+            metrics = training.classification_metrics(self.num_classes, self.multi_label)
         keras.Model.compile(self, optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
     def compile_from_config(self, config):
