@@ -76,7 +76,7 @@ def main():
             print(key, result["pipeline"][key], flush=True)
 
     precision = default_precision()
-    model = ka.AdapterTextClassifier.from_preset(preset, num_classes=5, adapter="houlsby", sequence_length=128, dtype=precision)
+    model = ka.AdapterTextClassifier.from_preset(preset, num_classes=5, method="houlsby", sequence_length=128, dtype=precision)
     iterators, times = {}, {}
     for name, folder in folders.items():
         for bucket in (False, True):

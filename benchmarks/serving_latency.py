@@ -46,16 +46,16 @@ def main():
     rng = np.random.default_rng(0)
     models = {}
     for name, method in (("base", "head"), ("houlsby", "houlsby"), ("lora_merged", "lora")):
-        model = ka.AdapterTextClassifier.from_preset(preset, num_classes=5, adapter=method, sequence_length=128)
+        model = ka.AdapterTextClassifier.from_preset(preset, num_classes=5, method=method, sequence_length=128)
         for w in adapter_weights(model.backbone):
             w.assign(0.02 * rng.standard_normal(w.shape).astype("float32"))
         models[name] = model
-    saved = {name: tf.saved_model.load(m.export_saved_model(os.path.join(tmp, name)))
+    saved = {name: tf.saved_model.load(ka.export_saved_model(m, os.path.join(tmp, name)))
              for name, m in models.items()}
     sizes = {name: folder_bytes(os.path.join(tmp, name)) for name in models}
     lite = {}
     for q in ("none", "dynamic"):
-        path = models["houlsby"].export_tflite(os.path.join(tmp, f"lite_{q}"), quantize=q)
+        path = ka.export_tflite(models["houlsby"], os.path.join(tmp, f"lite_{q}"), quantize=q)
         lite[f"tflite_houlsby_{'float32' if q == 'none' else 'int8_dynamic'}"] = export.tflite_signature_runner(path)
         sizes[f"tflite_houlsby_{'float32' if q == 'none' else 'int8_dynamic'}"] = os.path.getsize(path)
 

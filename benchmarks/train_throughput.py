@@ -56,7 +56,7 @@ def main():
             for xla in args.xla.split(","):
                 name = f"{method}/{precision}/xla-{xla}"
                 model = ka.AdapterTextClassifier.from_preset(
-                    preset, num_classes=5, adapter=method, sequence_length=L, dtype=precision
+                    preset, num_classes=5, method=method, sequence_length=L, dtype=precision
                 )
                 model.compile(jit_compile=(xla == "on"))
                 with Timer() as t:

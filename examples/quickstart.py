@@ -23,7 +23,7 @@ CLASS_NAMES = ["business", "sport", "tech"]
 model = ka.AdapterTextClassifier.from_preset(
     ka.default_preset(),
     num_classes=3,
-    adapter="houlsby",
+    method="houlsby",
     sequence_length=64,
     class_names=CLASS_NAMES,
 )
@@ -39,3 +39,12 @@ again = ka.AdapterTextClassifier.from_adapter(folder)
 same = np.array_equal(again.predict(TEXTS), expected)
 size = os.path.getsize(os.path.join(folder, "adapter_model.safetensors"))
 print(f"adapter folder {folder}: {size / 1e6:.2f} MB, reloaded predictions identical: {same}")
+
+# Several named adapters on one backbone, each with its own head.
+model.add_adapter("sentiment", "lora", num_classes=2, class_names=["negative", "positive"])
+model.train_adapter("sentiment")  # only its LoRA weights and head train
+model.compile()
+model.fit(["A wonderful, moving film.", "Dull and far too long."] * 4, np.array([1, 0] * 4), epochs=3, verbose=0)
+model.set_active_adapters(ka.Parallel("default", "sentiment"))  # one pass, both tasks
+both = model.predict(["The team's new stadium is a triumph."], verbose=0)
+print({name: probs.round(3).tolist() for name, probs in both.items()})

@@ -4,12 +4,21 @@ The public API is listed here; everything else is internal.
 """
 
 from keras_adapters.adapter_io import AdapterFormatError
+from keras_adapters.composition import Average
+from keras_adapters.composition import Fuse
+from keras_adapters.composition import Parallel
+from keras_adapters.composition import Stack
 from keras_adapters.data import DatasetError
 from keras_adapters.data import split_directory
 from keras_adapters.data import text_dataset_from_directory
 from keras_adapters.data import tfds_text_dataset
+from keras_adapters.export import export_multi_adapter_saved_model
+from keras_adapters.export import export_saved_model
+from keras_adapters.export import export_tflite
+from keras_adapters.fusion import FusionConfig
+from keras_adapters.heads import ClassificationHead
 from keras_adapters.injection import inject_adapters
-from keras_adapters.injection import merge_adapters
+from keras_adapters.merging import merge_lora_adapters
 from keras_adapters.methods.base import AdapterConfig
 from keras_adapters.methods.baselines import FullFineTuningConfig
 from keras_adapters.methods.baselines import HeadOnlyConfig
@@ -25,6 +34,7 @@ from keras_adapters.methods.registry import get_adapter_config
 from keras_adapters.parameters import parameter_report
 from keras_adapters.presets import PresetNotFoundError
 from keras_adapters.presets import default_preset
+from keras_adapters.runs import load_run
 from keras_adapters.text_classifier import AdapterTextClassifier
 from keras_adapters.training import train_classifier
 from keras_adapters.version import __version__
@@ -33,23 +43,33 @@ __all__ = [
     "AdapterConfig",
     "AdapterFormatError",
     "AdapterTextClassifier",
+    "Average",
     "BottleneckAdapter",
+    "ClassificationHead",
     "DatasetError",
     "FullFineTuningConfig",
+    "Fuse",
+    "FusionConfig",
     "HeadOnlyConfig",
     "HoulsbyConfig",
     "IA3Config",
     "IA3Scaling",
     "LoRAConfig",
     "LoRALayer",
+    "Parallel",
     "PfeifferConfig",
     "PresetNotFoundError",
+    "Stack",
     "__version__",
     "available_methods",
     "default_preset",
+    "export_multi_adapter_saved_model",
+    "export_saved_model",
+    "export_tflite",
     "get_adapter_config",
     "inject_adapters",
-    "merge_adapters",
+    "load_run",
+    "merge_lora_adapters",
     "parameter_report",
     "split_directory",
     "text_dataset_from_directory",

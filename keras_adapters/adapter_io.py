@@ -1,31 +1,42 @@
 """The adapter folder: `adapter_config.json` + `adapter_model.safetensors`.
 
-The folder holds what training changed and nothing else: the trainable
-weights (adapter, head, and whatever original weights the method trains),
-keyed by variable path (`transformer_layer_0/self_attention_layer/query/lora_a`,
-`logits/kernel`), never by position. The JSON says which method and fields
-built them, which backbone they belong to (preset, architecture and a
-fingerprint of its weights), the task (classes, pooling, sequence length) and
-a sha256 of the weights file, so a truncated or altered file is caught before
-anything is loaded. Safetensors holds raw tensors only: no pickle, no code.
+A folder holds one named adapter (or one AdapterFusion) and nothing else:
+its trainable weights (its units, its head, its copies of original weights
+it trains), keyed by place (`transformer_layer_0/self_attention_layer/query/lora_a`,
+`logits/kernel`), never by position; the JSON says its name, which method
+and fields built it, which backbone it belongs to (preset, architecture and
+a fingerprint of its weights), the task (classes, pooling, sequence length)
+and a sha256 of the weights file, so a truncated or altered file is caught
+before anything is loaded. Safetensors holds raw tensors only: no pickle, no
+code. A fusion folder also holds its adapters' folders under `adapters/`.
+
+This module reads and writes folders and checks them; it knows nothing of
+models (the model calls it with plain dicts and arrays).
 """
 
 import hashlib
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from keras_adapters import presets
 from keras_adapters.methods.registry import get_adapter_config
+from keras_adapters.methods.registry import known_fields
 from keras_adapters.version import __version__
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
+MEMBERS_DIR = "adapters"
 FORMAT = "keras-adapters/adapter"
-FORMAT_VERSION = 1
+#: 1: one unnamed adapter per folder (0.1); 2: named adapters and fusions.
+FORMAT_VERSION = 2
+KNOWN_KEYS = {
+    "format", "format_version", "library_version", "name", "method", "adapter",
+    "fusion", "backbone", "task", "weights",
+}
 
 
 class AdapterFormatError(ValueError):
@@ -40,25 +51,13 @@ def _sha256(path):
     return digest.hexdigest()
 
 
-def trainable_weights_by_path(model):
-    """dict of variable path -> variable, for every trainable weight."""
-    weights = {}
-    for w in model.trainable_weights:
-        if w.path in weights and weights[w.path] is not w:
-            raise AdapterFormatError(
-                f"Two trainable weights share the path {w.path!r}; give the "
-                "layers distinct names before saving."
-            )
-        weights[w.path] = w
-    return weights
-
-
-def _atomic_write(path, write):
+def atomic_write(path, write):
     """Write via a temporary file in the same folder, then rename."""
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a serving account must read it
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -66,50 +65,21 @@ def _atomic_write(path, write):
         raise
 
 
-def save_adapter(model, directory):
-    """Save `model`'s trainable weights and config to `directory`.
-
-    Returns:
-        The folder path.
-    """
+def write_folder(directory, config, tensors):
+    """Write `tensors` (key -> array) and `config` (with its `weights` section
+    filled in here) to `directory`. Returns the folder path."""
     from safetensors.numpy import save_file
 
-    if model.adapter_config is None:
-        raise AdapterFormatError(
-            "This model has no adapter (it was merged); save it with "
-            "model.save('model.keras') or export it instead."
-        )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {
-        path: np.ascontiguousarray(np.asarray(w.numpy(), dtype=np.float32))
-        for path, w in trainable_weights_by_path(model).items()
-    }
+    tensors = {k: np.ascontiguousarray(np.asarray(v, dtype=np.float32)) for k, v in tensors.items()}
     weights_path = directory / WEIGHTS_FILE
-    _atomic_write(
-        str(weights_path),
-        lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}),
-    )
+    atomic_write(str(weights_path), lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "library_version": __version__,
-        "method": model.adapter_config.method,
-        "adapter": model.adapter_config.get_config(),
-        "backbone": {
-            "preset": model.preset,
-            "architecture": presets.architecture_config(model.backbone),
-            "weights_sha256": model.backbone_fingerprint,
-        },
-        "task": {
-            "type": "text_classification",
-            "num_classes": model.num_classes,
-            "class_names": model.class_names,
-            "multi_label": model.multi_label,
-            "pooling": model.pooling,
-            "dropout": model.dropout,
-            "sequence_length": model.sequence_length,
-        },
+        **config,
         "weights": {
             "file": WEIGHTS_FILE,
             "sha256": _sha256(weights_path),
@@ -117,15 +87,20 @@ def save_adapter(model, directory):
             "num_parameters": int(sum(t.size for t in tensors.values())),
         },
     }
-    _atomic_write(
+    atomic_write(
         str(directory / CONFIG_FILE),
         lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"),
     )
     return str(directory)
 
 
-def read_adapter_config(directory):
-    """Read and check `adapter_config.json` (not the weights)."""
+def read_config(directory):
+    """Read and check `adapter_config.json` (not the weights).
+
+    Folders written by keras-adapters 0.1 (format version 1) are read as
+    unnamed adapters. Keys this release does not know (a newer release wrote
+    the folder) are reported in a warning and ignored.
+    """
     directory = Path(directory)
     config_path = directory / CONFIG_FILE
     if not directory.is_dir():
@@ -141,28 +116,65 @@ def read_adapter_config(directory):
         raise AdapterFormatError(f"{config_path} is not valid JSON: {e}.") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise AdapterFormatError(f"{config_path} is not a keras-adapters adapter config.")
-    if config.get("format_version", 0) > FORMAT_VERSION:
+    version = config.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
         raise AdapterFormatError(
-            f"{config_path} has format version {config['format_version']}; this "
+            f"{config_path} has format version {version!r}; this "
             f"keras-adapters ({__version__}) reads up to {FORMAT_VERSION}. "
             "Upgrade keras-adapters."
         )
-    for key in ("adapter", "backbone", "task", "weights"):
-        if key not in config:
+    unknown = sorted(set(config) - KNOWN_KEYS)
+    if unknown:
+        warnings.warn(
+            f"{config_path} has keys this keras-adapters ({__version__}) does not know, "
+            f"ignored: {unknown} (written by keras-adapters {config.get('library_version')}).",
+            stacklevel=2,
+        )
+    if version < 2:  # 0.1: "adapter" held the method's config, "method" its name
+        config["method"] = config.get("adapter")
+        config.setdefault("name", None)
+    body = "fusion" if "fusion" in config else "method"
+    for key in (body, "backbone", "task", "weights"):
+        if not isinstance(config.get(key), dict):
             raise AdapterFormatError(f"{config_path} lacks the {key!r} section.")
-    # Fails with the list of known methods on an unknown name.
-    get_adapter_config(config["adapter"])
     return config
 
 
-def read_adapter_weights(directory, config):
+def method_config(config, source):
+    """The method config of a folder's JSON; unknown fields warn, not fail."""
+    fields = dict(config["method"])
+    try:
+        extra = sorted(set(fields) - known_fields(fields.get("method")) - {"method"})
+    except ValueError as e:
+        raise AdapterFormatError(f"{source}: {e}") from None
+    if extra:
+        warnings.warn(
+            f"{source}: fields {extra} of method {fields['method']!r} are unknown to this "
+            f"keras-adapters ({__version__}) and are ignored.",
+            stacklevel=2,
+        )
+        fields = {k: v for k, v in fields.items() if k not in extra}
+    try:
+        return get_adapter_config(fields)
+    except (ValueError, TypeError) as e:
+        raise AdapterFormatError(f"{source}: {e}") from None
+
+
+def read_weights(directory, config):
     """Check the weights file against the recorded sha256, then read it."""
     from safetensors.numpy import load_file
 
-    weights_path = Path(directory) / config["weights"]["file"]
+    directory = Path(directory)
+    name = config["weights"].get("file", WEIGHTS_FILE)
+    weights_path = directory / str(name)
+    if Path(str(name)).name != str(name):
+        raise AdapterFormatError(
+            f"{directory / CONFIG_FILE} names the weights file {name!r}, which is not a file in "
+            "the folder itself; adapter folders never point elsewhere."
+        )
     if not weights_path.is_file():
         raise AdapterFormatError(f"The adapter weights file {weights_path} is missing.")
-    if _sha256(weights_path) != config["weights"]["sha256"]:
+    if _sha256(weights_path) != config["weights"].get("sha256"):
         raise AdapterFormatError(
             f"{weights_path} does not match the sha256 recorded in "
             f"{CONFIG_FILE}: the file is truncated, corrupt or from another "
@@ -174,73 +186,40 @@ def read_adapter_weights(directory, config):
         raise AdapterFormatError(f"{weights_path} is not a readable safetensors file: {e}") from e
 
 
-def check_backbone(model, config, source):
+def check_backbone(config, architecture, fingerprint, source):
     """Refuse a backbone other than the one the adapter was trained on."""
     expected = config["backbone"]
-    actual_arch = presets.architecture_config(model.backbone)
-    if actual_arch != expected["architecture"]:
-        diffs = sorted(
-            k
-            for k in set(actual_arch) | set(expected["architecture"])
-            if actual_arch.get(k) != expected["architecture"].get(k)
-        )
+    if architecture != expected.get("architecture"):
+        recorded = expected.get("architecture") or {}
+        diffs = sorted(k for k in set(architecture) | set(recorded) if architecture.get(k) != recorded.get(k))
         details = ", ".join(
-            f"{k}: adapter {expected['architecture'].get(k)!r} vs backbone {actual_arch.get(k)!r}"
-            for k in diffs
+            f"{k}: adapter {recorded.get(k)!r} vs backbone {architecture.get(k)!r}" for k in diffs
         )
         raise AdapterFormatError(
             f"The adapter in {source} was trained for another backbone "
             f"({details}). Load it with the backbone it was saved for "
-            f"(preset {expected['preset']!r})."
+            f"(preset {expected.get('preset')!r})."
         )
-    if model.backbone_fingerprint != expected["weights_sha256"]:
+    if fingerprint != expected.get("weights_sha256"):
         raise AdapterFormatError(
             f"The adapter in {source} was trained on a different checkpoint of "
             f"this architecture (weights fingerprint differs). Pass the "
-            f"checkpoint it was saved for (preset {expected['preset']!r})."
+            f"checkpoint it was saved for (preset {expected.get('preset')!r})."
         )
 
 
-def assign_adapter_weights(model, tensors, source):
-    """Assign saved tensors to the model's trainable weights, by path."""
-    targets = trainable_weights_by_path(model)
-    missing = sorted(set(targets) - set(tensors))
-    unexpected = sorted(set(tensors) - set(targets))
+def check_tensors(shapes, tensors, source):
+    """Every expected key present with its shape, nothing else."""
+    missing = sorted(set(shapes) - set(tensors))
+    unexpected = sorted(set(tensors) - set(shapes))
     if missing or unexpected:
         raise AdapterFormatError(
             f"The weights in {source} do not fit this model: missing "
             f"{missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected "
             f"{unexpected[:5]}{'...' if len(unexpected) > 5 else ''}."
         )
-    for path, variable in targets.items():
-        value = tensors[path]
-        if tuple(value.shape) != tuple(variable.shape):
+    for key, shape in shapes.items():
+        if tuple(tensors[key].shape) != tuple(shape):
             raise AdapterFormatError(
-                f"{path} in {source} has shape {value.shape}, the model expects "
-                f"{tuple(variable.shape)}."
+                f"{key} in {source} has shape {tensors[key].shape}, the model expects {tuple(shape)}."
             )
-    for path, variable in targets.items():
-        variable.assign(tensors[path].astype(variable.dtype))
-
-
-def load_adapter(directory, preset=None, dtype=None):
-    """Rebuild an `AdapterTextClassifier` from an adapter folder."""
-    from keras_adapters.text_classifier import AdapterTextClassifier
-
-    config = read_adapter_config(directory)
-    tensors = read_adapter_weights(directory, config)
-    task = config["task"]
-    model = AdapterTextClassifier.from_preset(
-        preset if preset is not None else config["backbone"]["preset"],
-        num_classes=task["num_classes"],
-        adapter=config["adapter"],
-        sequence_length=task["sequence_length"] or 128,
-        dtype=dtype,
-        multi_label=task["multi_label"],
-        pooling=task["pooling"],
-        dropout=task["dropout"],
-        class_names=task["class_names"],
-    )
-    check_backbone(model, config, str(directory))
-    assign_adapter_weights(model, tensors, str(directory))
-    return model

@@ -5,9 +5,22 @@ import json
 import os
 import sys
 
+# Before TensorFlow is imported (below), so its start-up lines stay quiet.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from keras_adapters import evaluation  # noqa: E402
+from keras_adapters import export  # noqa: E402
+from keras_adapters import runs  # noqa: E402
+from keras_adapters.adapter_io import AdapterFormatError  # noqa: E402
+from keras_adapters.data import DatasetError  # noqa: E402
+from keras_adapters.methods.registry import available_methods  # noqa: E402
+from keras_adapters.presets import PresetNotFoundError  # noqa: E402
+from keras_adapters.training import train_classifier  # noqa: E402
+
 DESCRIPTION = """Fine-tune adapters on a pretrained BERT and use them.
 
   keras-adapters train DATA_DIR --output RUN_DIR [--method houlsby] [--epochs 3] ...
+  keras-adapters train DATA_DIR --output RUN_DIR --fuse RUN_A,RUN_B[,...]   (AdapterFusion)
   keras-adapters evaluate RUN_DIR DATA_DIR [--json]
   keras-adapters predict RUN_DIR [TEXT ...] [--file F] [--json]
   keras-adapters export RUN_DIR --format saved_model|tflite --output OUT [...]
@@ -19,8 +32,6 @@ metrics.json and TensorBoard logs/; never a copy of the backbone."""
 
 
 def _parser():
-    from keras_adapters.methods.registry import available_methods
-
     parser = argparse.ArgumentParser(
         prog="keras-adapters",
         description=DESCRIPTION,
@@ -31,9 +42,12 @@ def _parser():
     train = sub.add_parser("train", help="fine-tune an adapter on a dataset")
     train.add_argument("data", metavar="DATA_DIR")
     train.add_argument("--output", "-o", required=True, metavar="RUN_DIR")
-    train.add_argument("--backbone", default="default", metavar="PRESET_OR_DIR",
-                       help="keras-hub preset, checkpoint folder, or 'default' (embedded MiniLM)")
+    train.add_argument("--preset", "--backbone", dest="preset", default="default", metavar="PRESET_OR_DIR",
+                       help="the backbone: keras-hub preset, checkpoint folder, or 'default' "
+                            "(embedded MiniLM); --backbone is the old spelling")
     train.add_argument("--method", default="houlsby", choices=available_methods())
+    train.add_argument("--fuse", default=None, metavar="RUN_A,RUN_B",
+                       help="train an AdapterFusion over these finished runs' adapters instead")
     train.add_argument("--epochs", type=int, default=3)
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--sequence-length", type=int, default=128)
@@ -92,12 +106,13 @@ def _tfds_options(args):
 
 
 def cmd_train(args):
-    from keras_adapters.training import train_classifier
-
+    fuse = [r for r in args.fuse.split(",") if r] if args.fuse else None
+    if fuse is not None and len(fuse) < 2:
+        raise ValueError("--fuse needs at least two run folders, separated by commas.")
     model, summary = train_classifier(
         args.data,
         args.output,
-        preset=args.backbone,
+        preset=args.preset,
         method=args.method,
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -111,6 +126,7 @@ def cmd_train(args):
         early_stopping_patience=args.early_stopping,
         pooling=args.pooling,
         verbose=0 if args.quiet else 1,
+        fuse=fuse,
         **_tfds_options(args),
     )
     best = (
@@ -118,21 +134,20 @@ def cmd_train(args):
         if summary["best_epoch"]
         else "no validation metric"
     )
+    what = f"a fusion of {', '.join(model.active_adapters.children)}" if fuse else args.method
     print(
-        f"trained {args.method} in {summary['seconds']:.1f} s "
+        f"trained {what} in {summary['seconds']:.1f} s "
         f"({summary['examples_per_second']} examples/s, {summary['epochs_run']} epochs); "
-        f"{best}; adapter: {os.path.join(args.output, 'adapter')}"
+        f"{best}; adapter: {runs.adapter_dir(args.output)}"
     )
     return 0
 
 
 def cmd_evaluate(args):
-    from keras_adapters import evaluation
-
     result = evaluation.evaluate_run(
         args.run, args.data, batch_size=args.batch_size, **_tfds_options(args)
     )
-    evaluation.update_metrics_file(args.run, "evaluation", {"data": str(args.data), **result})
+    runs.update_metrics_file(args.run, "evaluation", {"data": str(args.data), **result})
     if args.json:
         print(json.dumps(result))
     else:
@@ -143,8 +158,6 @@ def cmd_evaluate(args):
 
 
 def cmd_predict(args):
-    from keras_adapters import evaluation
-
     texts = list(args.texts)
     if args.file:
         stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8", errors="replace")
@@ -152,7 +165,7 @@ def cmd_predict(args):
             texts += [line.rstrip("\n") for line in stream if line.strip()]
     if not texts:
         raise ValueError("No texts to classify: pass TEXT arguments or --file F.")
-    model = evaluation.load_run(args.run)
+    model = runs.load_run(args.run)
     results = evaluation.predict_texts(model, texts, batch_size=args.batch_size)
     if args.json:
         print(json.dumps([{"text": t, **r} for t, r in zip(texts, results)]))
@@ -164,24 +177,20 @@ def cmd_predict(args):
 
 
 def cmd_export(args):
-    from keras_adapters import export
-
-    runs = args.adapters or args.run
-    if not runs:
+    run_dirs = args.adapters or args.run
+    if not run_dirs:
         raise ValueError("Pass RUN_DIR, or --adapters RUN_A,RUN_B for a multi-adapter SavedModel.")
     if args.format == "saved_model":
         out = export.export_run_saved_model(
-            runs, args.output, version=args.version, merge=not args.no_merge
+            run_dirs, args.output, version=args.version, merge=not args.no_merge
         )
         print(f"SavedModel written to {out} (signatures: serving_default"
-              f"{', serve_token_ids' if ',' not in runs else ', classify_<run>'})")
+              f"{', serve_token_ids' if ',' not in run_dirs else ', classify_<run>'})")
         return 0
-    if "," in runs:
+    if "," in run_dirs:
         raise ValueError("TFLite export takes one run.")
-    from keras_adapters.evaluation import load_run
-
     path = export.export_tflite(
-        load_run(runs), args.output, sequence_length=args.sequence_length,
+        runs.load_run(run_dirs), args.output, sequence_length=args.sequence_length,
         quantize=args.quantize, merge=not args.no_merge,
     )
     print(f"TFLite model written to {path} ({os.path.getsize(path) / 1e6:.1f} MB), "
@@ -190,11 +199,7 @@ def cmd_export(args):
 
 
 def main(argv=None):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     args = _parser().parse_args(argv)
-    from keras_adapters.adapter_io import AdapterFormatError
-    from keras_adapters.data import DatasetError
-    from keras_adapters.presets import PresetNotFoundError
 
     handler = {
         "train": cmd_train,

@@ -1,19 +1,9 @@
 """Evaluating and using a run folder: metrics, reports, confusion matrices."""
 
-import json
-from pathlib import Path
-
 import numpy as np
 
 from keras_adapters import data as data_lib
-
-
-def load_run(run_dir, dtype=None):
-    """The model saved in a run folder (`RUN_DIR/adapter/`)."""
-    from keras_adapters.text_classifier import AdapterTextClassifier
-
-    adapter = Path(run_dir) / "adapter"
-    return AdapterTextClassifier.from_adapter(str(adapter), dtype=dtype)
+from keras_adapters.runs import load_run
 
 
 def classification_report(labels, probabilities, class_names):
@@ -150,10 +140,3 @@ def predict_texts(model, texts, batch_size=32):
             }
         )
     return out
-
-
-def update_metrics_file(run_dir, key, value):
-    path = Path(run_dir) / "metrics.json"
-    metrics = json.loads(path.read_text()) if path.is_file() else {}
-    metrics[key] = value
-    path.write_text(json.dumps(metrics, indent=2) + "\n")

@@ -25,17 +25,25 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from keras_adapters import data as data_lib
+from keras_adapters import runs
 from keras_adapters.text_classifier import TOKEN_INPUTS
 
 
-
 def _serving_copy(model, merge):
-    """A copy of `model` for export, with LoRA/(IA)^3 merged when asked."""
-    from keras_adapters.injection import get_injection
+    """A copy of `model` for export, with LoRA/(IA)^3 merged when asked.
 
-    injection = get_injection(model.backbone)
-    mergeable = injection is not None and all(w.mergeable for w in injection.wrappers.values())
-    if not (merge and mergeable):
+    Only a model whose one adapter is mergeable is merged (several adapters
+    share the base weights, so they export as they are).
+    """
+    names = model.adapter_names
+    mergeable = (
+        merge
+        and len(names) == 1
+        and model.active_adapters == names[0]
+        and model.merged_adapter is None
+        and model.adapter_config().method in ("lora", "ia3")
+    )
+    if not mergeable:
         return model
     config = model.get_config()
     # The tokenizer's vocabulary is an asset, not config: share the layer.
@@ -60,13 +68,11 @@ def _as_model_inputs(token_ids, segment_ids, padding_mask):
 
 
 class _Task:
-    """The functions one classification task exposes."""
+    """The functions one classification task exposes (its active adapters)."""
 
     def __init__(self, model):
         self.model = model
-        self.class_names = tf.constant(
-            model.class_names or [str(i) for i in range(model.num_classes)]
-        )
+        self.class_names = tf.constant(model._output_head().label_names())
         length = model.sequence_length or 512
         self.max_bytes = data_lib.BYTES_PER_TOKEN * int(length)
 
@@ -87,6 +93,28 @@ class _Task:
         return {"probabilities": tf.cast(probabilities, tf.float32)}
 
 
+def _trace(function, signature):
+    # autograph off: plain tensor code, no Python control flow to convert.
+    return tf.function(function, input_signature=signature, autograph=False).get_concrete_function()
+
+
+TEXT_SIGNATURE = [tf.TensorSpec([None], tf.string, name="text")]
+
+
+def _variables_module(model):
+    """A plain tf.Module that tracks the model's variables once.
+
+    Not keras.export.ExportArchive: it stores every variable twice (as the
+    Keras variable and as the tf.Variable inside it), doubling the
+    SavedModel (185 MB instead of 91 MB for MiniLM). Not the model itself:
+    its optimizer state has no place in a serving artifact. The tokenizer's
+    tables are constants captured by the traced functions.
+    """
+    module = tf.Module()
+    module.model_variables = list(model.variables)
+    return module
+
+
 def _version_dir(path, version):
     out = Path(path) / str(int(version))
     if out.exists() and any(out.iterdir()):
@@ -102,11 +130,12 @@ def export_saved_model(model, path, version=1, merge=True):
     """Write `path/<version>/` for TF Serving (see module docstring).
 
     Args:
-        model: an `AdapterTextClassifier` with its preprocessor.
+        model: an `AdapterTextClassifier` with its preprocessor; its active
+            adapters are exported.
         path: the model base path (TF Serving's `model_base_path`).
         version: the numbered sub-folder to write.
-        merge: fold LoRA/(IA)^3 into the base weights first (the given
-            model is not changed; a copy is merged).
+        merge: fold a lone LoRA/(IA)^3 adapter into the base weights first
+            (the given model is not changed; a copy is merged).
 
     Returns:
         The folder written.
@@ -116,70 +145,61 @@ def export_saved_model(model, path, version=1, merge=True):
     out = _version_dir(path, version)
     served = _serving_copy(model, merge)
     task = _Task(served)
-    # A plain tf.Module rather than keras.export.ExportArchive: the latter
-    # stores every variable twice (as the Keras variable and as the tf.Variable
-    # inside it), doubling the SavedModel (185 MB instead of 91 MB for MiniLM).
-    # The tokenizer's tables are constants captured by the traced functions.
-    module = tf.Module()
-    # Track the model's variables, not the model: its optimizer state has no
-    # place in a serving artifact.
-    module.model_variables = list(served.variables)
     signatures = {
-        "serving_default": tf.function(
-            task.classify_text,
-            input_signature=[tf.TensorSpec([None], tf.string, name="text")],
-            autograph=False,
-        ).get_concrete_function(),
-        "serve_token_ids": tf.function(
-            task.classify_tokens,
-            input_signature=list(_token_signature().values()),
-            autograph=False,
-        ).get_concrete_function(),
+        "serving_default": _trace(task.classify_text, TEXT_SIGNATURE),
+        "serve_token_ids": _trace(task.classify_tokens, list(_token_signature().values())),
     }
-    tf.saved_model.save(module, out, signatures=signatures)
+    tf.saved_model.save(_variables_module(served), out, signatures=signatures)
     return out
 
 
-def export_multi_adapter_saved_model(models, path, version=1):
-    """One SavedModel, one backbone, one `classify_<name>` signature per task.
+def export_multi_adapter_saved_model(model, path, names=None, version=1):
+    """One SavedModel, one backbone, one `classify_<name>` signature per adapter.
 
     Args:
-        models: dict of task name -> `AdapterTextClassifier`, all adapted
-            from the same backbone checkpoint (checked by fingerprint).
+        model: an `AdapterTextClassifier` holding several named adapters.
+        names: the adapters (or fusions) to serve; default: every adapter.
         path, version: as `export_saved_model`.
 
-    Each task keeps its own adapter and head; the frozen backbone weights are
-    stored once, shared by every signature, so the SavedModel is about one
-    backbone plus the adapters. `serving_default` is the first task.
+    The frozen backbone is stored once and shared by every signature, so the
+    SavedModel is about one backbone plus the adapters. `serving_default` is
+    the first one. The model's active adapters are restored afterwards.
     """
-    from keras_adapters.multi_adapter import shared_backbone_tasks
-
+    names = list(names or model.adapter_names)
+    if not names:
+        raise ValueError("No adapters to export.")
+    full = [n for n in names if n in model.adapter_names and not model.adapter_config(n).freezes_backbone]
+    if full:
+        raise ValueError(
+            f"{full} fine-tune the whole backbone and cannot share one; export them on their own."
+        )
     out = _version_dir(path, version)
-    module, signatures = shared_backbone_tasks(models)
-    tf.saved_model.save(module, out, signatures=signatures)
+    active = model.active_adapters
+    signatures = {}
+    try:
+        for name in names:
+            model.set_active_adapters(model._fusion(name) if name in model.fusion_names else name)
+            task = _Task(model)
+            signatures[f"classify_{_signature_name(name)}"] = _trace(task.classify_text, TEXT_SIGNATURE)
+    finally:
+        if active is not None:
+            model.set_active_adapters(active)
+    signatures["serving_default"] = signatures[f"classify_{_signature_name(names[0])}"]
+    tf.saved_model.save(_variables_module(model), out, signatures=signatures)
     return out
+
+
+def _signature_name(name):
+    return "".join(c if c.isalnum() else "_" for c in name)
 
 
 def export_run_saved_model(run_dirs, path, version=1, merge=True):
     """Export one run folder, or several (comma list) as a multi-adapter model."""
-    from keras_adapters.evaluation import load_run
-
-    runs = [r for r in str(run_dirs).split(",") if r]
-    if len(runs) == 1:
-        return export_saved_model(load_run(runs[0]), path, version=version, merge=merge)
-    names = [task_name(r) for r in runs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"Run folders must have distinct names to name the signatures: {names}.")
-    return export_multi_adapter_saved_model(
-        {n: load_run(r) for n, r in zip(names, runs)}, path, version=version
-    )
-
-
-def task_name(run_dir):
-    """A signature-safe name from a run folder's name."""
-    name = os.path.basename(os.path.normpath(run_dir))
-    cleaned = "".join(c if c.isalnum() else "_" for c in name).strip("_").lower()
-    return cleaned or "task"
+    run_list = [r for r in str(run_dirs).split(",") if r]
+    if len(run_list) == 1:
+        return export_saved_model(runs.load_run(run_list[0]), path, version=version, merge=merge)
+    model, names = runs.load_runs(run_list)
+    return export_multi_adapter_saved_model(model, path, names=names, version=version)
 
 
 # ------------------------------------------------------------------ TFLite
@@ -228,8 +248,7 @@ def export_tflite(model, path, sequence_length=None, quantize="none", merge=True
     with open(model_path, "wb") as f:
         f.write(flatbuffer)
     _write_vocabulary(served, os.path.join(path, "vocab.txt"))
-    names = served.class_names or [str(i) for i in range(served.num_classes)]
-    Path(path, "labels.txt").write_text("\n".join(names) + "\n")
+    Path(path, "labels.txt").write_text("\n".join(served._output_head().label_names()) + "\n")
     return model_path
 
 

@@ -1,31 +1,40 @@
-"""The one mechanism that puts adapter methods into a keras-hub backbone.
+"""The one mechanism that puts named adapters into a keras-hub backbone.
 
 keras-hub's `TransformerEncoder` calls its sublayers through attributes
 (`self._self_attention_dropout(x)`, `self._self_attention_layer._query_dense(x)`
 inside `MultiHeadAttention`, ...). A *site* names one of those attributes.
-Injection replaces the layer at a site by a wrapper layer that calls the
-original and adds the method's computation, so:
+The first adapter that acts at a site replaces the layer there by an
+`AdapterSite`, which keeps the original layer and, per named adapter, that
+adapter's *unit* (see `keras_adapters.methods.base.WrappedLayer`). When
+called, the site runs the original layer with the units of the *active*
+adapters (a name or a composition block, `keras_adapters.composition`), so:
 
 - the encoder's own code, weights and functional graph stay untouched (no
   copy of keras-hub code to keep in sync; only the attribute names below are
   relied on, and they are checked, with a clear error, before anything
   changes);
-- the original weights stay the same variable objects: they are frozen at the
-  variable level (`variable.trainable = False`), so a method can leave chosen
-  ones trainable (Houlsby's layer norms) without unfreezing their parents;
-- the wrapper is tracked in place of the original (same position in the
+- the original weights stay the same variable objects, frozen at the
+  variable level; each adapter's weights are its own, so one adapter trains
+  while the others and the backbone stay as they are;
+- the site is tracked in place of the original (same position in the
   parent's sublayer list), so Keras saving, `model.weights` and the optimizer
   see it like any sublayer.
 
-Every method goes through `inject_adapters`; a method only says which sites it
-wraps and with what (see `keras_adapters.methods.base.AdapterConfig`).
+Which adapters are active is read when the model is traced: after changing
+it, Keras' traced functions must be reset (the model does this).
 """
 
 import contextlib
+import re
 
 import keras
+from keras import ops
 
+from keras_adapters import composition
+from keras_adapters.fusion import FusionConfig
+from keras_adapters.fusion import FusionLayer
 from keras_adapters.methods.base import WrappedLayer
+from keras_adapters.methods.base import apply_linear
 from keras_adapters.methods.base import kernel_split
 from keras_adapters.methods.registry import get_adapter_config
 
@@ -43,32 +52,41 @@ SITES = {
     "feedforward_layer_norm": ("_feedforward_layer_norm",),
 }
 
-_RECORD = "_keras_adapters_injection"
+_STATE = "_keras_adapters_state"
 
 
-class Injection:
-    """What `inject_adapters` did to a backbone.
+class AdapterState:
+    """What a backbone carries: its named adapters, fusions and the active spec.
 
     Attributes:
-        config: the `AdapterConfig` injected.
-        wrappers: dict of site path (`"transformer_layer_0/query"`) to the
-            wrapper layer now at that site.
+        configs: dict name -> `AdapterConfig`, in the order added.
+        fusions: dict fusion name -> (`Fuse`, `FusionConfig`).
+        active: the active spec (name or block), or `None` (plain backbone).
+        sites: dict `"transformer_layer_0/query"` -> `AdapterSite`.
+        original_weights: the backbone's own variables.
     """
 
-    def __init__(self, config, wrappers):
-        self.config = config
-        self.wrappers = wrappers
+    def __init__(self, backbone):
+        self.configs = {}
+        self.fusions = {}
+        self.active = None
+        self.sites = {}
+        self.original_weights = list(backbone.weights)
+
+
+def get_state(backbone, create=False):
+    state = getattr(backbone, _STATE, None)
+    if state is None and create:
+        state = AdapterState(backbone)
+        object.__setattr__(backbone, _STATE, state)  # not a tracked attribute
+    return state
 
 
 def encoder_layers(backbone):
     """The backbone's `TransformerEncoder` layers, in order."""
     from keras_hub.layers import TransformerEncoder
 
-    encoders = [
-        layer
-        for layer in backbone.layers
-        if isinstance(layer, TransformerEncoder)
-    ]
+    encoders = [layer for layer in backbone.layers if isinstance(layer, TransformerEncoder)]
     if not encoders:
         raise ValueError(
             f"{type(backbone).__name__} has no keras_hub TransformerEncoder "
@@ -76,11 +94,6 @@ def encoder_layers(backbone):
             "(e.g. BertBackbone)."
         )
     return encoders
-
-
-def get_injection(backbone):
-    """The `Injection` recorded on `backbone`, or `None`."""
-    return getattr(backbone, _RECORD, None)
 
 
 def resolve_site(encoder, site):
@@ -98,39 +111,440 @@ def resolve_site(encoder, site):
     return obj, attr
 
 
-def replace_sublayer(parent, attr, new):
-    """Put `new` where `parent.<attr>` was, tracked in the old one's place."""
-    old = getattr(parent, attr)
-    tracker = parent._tracker
+@contextlib.contextmanager
+def unlocked(layer):
+    """Built layers refuse new sublayers unless their tracker is unlocked."""
+    tracker = layer._tracker
     was_locked = tracker.locked
-    tracker.unlock()  # built layers refuse new sublayers unless unlocked
+    tracker.unlock()
     try:
-        if tracker.is_in_store("layers", old):
-            tracker.replace_tracked_value("layers", old, new)
-        setattr(parent, attr, new)
+        yield
     finally:
         if was_locked:
             tracker.lock()
 
 
-def _input_shape(wrapper, site, hidden_dim):
-    if isinstance(wrapper.base, keras.layers.Dropout):
+def replace_sublayer(parent, attr, new):
+    """Put `new` where `parent.<attr>` was, tracked in the old one's place."""
+    old = getattr(parent, attr)
+    with unlocked(parent):
+        if parent._tracker.is_in_store("layers", old):
+            parent._tracker.replace_tracked_value("layers", old, new)
+        setattr(parent, attr, new)
+
+
+def _label(site, base):
+    """How a site's units are named (the names adapter folders key by)."""
+    return site.replace("dropout", "adapter") if isinstance(base, keras.layers.Dropout) else base.name
+
+
+@keras.saving.register_keras_serializable(package="keras_adapters")
+class AdapterSite(keras.layers.Layer):
+    """Stands where a backbone sublayer was; runs it with the active units.
+
+    Args:
+        base: the original layer at the site.
+        site: the site name (a key of `SITES`).
+        scope: the parent layer's path (adapter weights are keyed under it).
+
+    Units are in `self.units[adapter_name]`, fusion layers in
+    `self.fusion_layers[fusion_name]`. Created by `add_adapter`, never on
+    its own; `get_config` is informative.
+    """
+
+    def __init__(self, base, site, scope, **kwargs):
+        super().__init__(name=base.name, dtype=base.dtype_policy, **kwargs)
+        self.base = base
+        self.site = site
+        self.scope = scope
+        self.label = _label(site, base)
+        self.units = {}
+        self.fusion_layers = {}
+        object.__setattr__(self, "state", None)
+        self.built = True
+
+    def call(self, inputs, training=None):
+        spec = self.state.active if self.state is not None else None
+        if spec is None:
+            return apply_linear(self.base, inputs, None, training)
+        return self._run(spec, inputs, training)
+
+    def _run(self, spec, x, training):
+        if isinstance(spec, composition.Parallel):
+            chunks = ops.split(x, len(spec), axis=0)
+            return ops.concatenate(
+                [self._run(c, chunk, training) for c, chunk in zip(spec, chunks)], axis=0
+            )
+        if isinstance(spec, composition.Average):
+            outputs = [self._run(c, x, training) for c in spec]
+            return sum(ops.multiply(o, ops.cast(w, o.dtype)) for w, o in zip(spec.weights, outputs))
+        items = spec.children if isinstance(spec, composition.Stack) else (spec,)
+        return self._stack(items, x, training)
+
+    def _stack(self, items, x, training):
+        units, replacement, fuses = [], None, []
+        for item in items:
+            if isinstance(item, composition.Fuse):
+                members = [self.units[n] for n in item.children if n in self.units]
+                if members and members[0].replaces_base:
+                    replacement = _mean_of(members)
+                elif members:
+                    units.append(_FuseStep(members, self.fusion_layers.get(item.name)))
+            elif item in self.units:
+                unit = self.units[item]
+                if unit.replaces_base:
+                    replacement = unit
+                else:
+                    units.append(unit)
+        for unit in units:
+            x = unit.transform_input(x, training=training)
+        adjusting = [u for u in units if _adjusts_linear(u)]
+        if replacement is not None:
+            y = replacement(x)
+        elif adjusting:
+
+            def adjust(y):
+                for unit in adjusting:
+                    y = unit.adjust_linear(x, y, training=training)
+                return y
+
+            y = apply_linear(self.base, x, adjust, training)
+        else:
+            y = apply_linear(self.base, x, None, training)
+        for unit in units:
+            y = unit.transform_output(y, training=training)
+        return y
+
+    def compute_output_shape(self, input_shape):
+        return self.base.compute_output_shape(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "site": self.site, "units": sorted(self.units)}
+
+
+def _adjusts_linear(unit):
+    return isinstance(unit, WrappedLayer) and type(unit).adjust_linear is not WrappedLayer.adjust_linear
+
+
+def _mean_of(layers):
+    def mean(x):
+        outputs = [layer(x) for layer in layers]
+        return sum(outputs) / float(len(outputs))
+
+    return mean
+
+
+class _FuseStep:
+    """A `Fuse` at one site: the fusion layer over its members' residuals,
+    or their average where the fusion has no layer (a single member)."""
+
+    def __init__(self, members, fusion_layer):
+        self.members = members
+        self.fusion_layer = fusion_layer
+
+    def transform_input(self, x, training=None):
+        return x
+
+    def transform_output(self, y, training=None):
+        residuals = [m.residual(y) for m in self.members]
+        if self.fusion_layer is None:
+            return ops.add(y, sum(residuals) / float(len(residuals)))
+        return self.fusion_layer(y, ops.stack(residuals, axis=-2), training=training)
+
+
+def _input_shape(base, hidden_dim):
+    if isinstance(base, (keras.layers.Dropout, keras.layers.LayerNormalization)):
         return (None, None, hidden_dim)
-    in_shape, _ = kernel_split(wrapper.base)
+    in_shape, _ = kernel_split(base)
     return (None, None, *in_shape)
 
 
-def inject_adapters(backbone, adapter):
-    """Insert an adapter method into `backbone`, in place, and freeze the rest.
+def _site(state, encoder, site):
+    """The `AdapterSite` at `site` of `encoder`, put there if needed."""
+    key = f"{encoder.name}/{site}"
+    if key not in state.sites:
+        parent, attr = resolve_site(encoder, site)
+        new = AdapterSite(getattr(parent, attr), site, parent.path)
+        object.__setattr__(new, "state", state)
+        replace_sublayer(parent, attr, new)
+        state.sites[key] = new
+    return state.sites[key]
+
+
+def _build_under(scope, layer, *shapes):
+    """Build `layer` so its variables' paths start with `scope`."""
+    with contextlib.ExitStack() as scopes:
+        for name in scope.split("/"):
+            scopes.enter_context(keras.name_scope(name))
+        layer.build(*shapes)
+
+
+def check_name(name, taken):
+    """Names become Keras layer names and name scopes: letters, digits, `_.-`."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ValueError(
+            f"An adapter or fusion name is made of letters, digits, '_', '.' and '-'; got {name!r}."
+        )
+    if name in taken:
+        raise ValueError(f"There is already an adapter or fusion named {name!r}; delete it first or pick another name.")
+
+
+def add_adapter(backbone, name, method):
+    """Add a named adapter's units to `backbone` (in place); not activated.
 
     Args:
-        backbone: a built keras-hub backbone made of `TransformerEncoder`
-            layers (e.g. `keras_hub.models.BertBackbone`).
-        adapter: a method name (`"houlsby"`, `"lora"`, ...), a config dict or
-            an `AdapterConfig`.
+        backbone: a built keras-hub BERT-style backbone.
+        name: the adapter's name.
+        method: a method name, config dict or `AdapterConfig`.
 
     Returns:
-        The `Injection` record (also kept on the backbone).
+        dict of `"transformer_layer_0/query"` -> the unit added there.
+    """
+    config = get_adapter_config(method)
+    state = get_state(backbone, create=True)
+    check_name(name, set(state.configs) | set(state.fusions))
+    full = [n for n, c in state.configs.items() if not c.freezes_backbone]
+    if state.configs and (full or not config.freezes_backbone):
+        raise ValueError(
+            "Full fine-tuning changes the backbone every other adapter relies on, so it must be the "
+            f"model's only adapter (the model has {list(state.configs)}; adding {name!r}, "
+            f"method {config.method!r})."
+        )
+    encoders = encoder_layers(backbone)
+    chosen = [e for e in encoders if config.applies_to_layer(e.name)]
+    if config.unit_sites() and not chosen:
+        raise ValueError(
+            f"target_layers={config.target_layers!r} matches none of the "
+            f"encoder layers {[e.name for e in encoders]}."
+        )
+    # Check every site before changing anything, so a failure leaves the
+    # backbone as it was.
+    targets = [(e, s) for e in chosen for s in config.unit_sites()]
+    for encoder, site in targets:
+        resolve_site(encoder, site)
+    hidden_dim = int(backbone.hidden_dim)
+    added = {}
+    for encoder, site in targets:
+        holder = _site(state, encoder, site)
+        unit = config.make_unit(site, holder.base, dtype=backbone.dtype_policy, hidden_dim=hidden_dim)
+        _build_under(f"{holder.scope}/{name}", unit, _input_shape(holder.base, hidden_dim))
+        with unlocked(holder):
+            holder.units[name] = unit
+        for w in unit.weights:
+            w.trainable = False
+        added[f"{encoder.name}/{site}"] = unit
+    state.configs[name] = config
+    return added
+
+
+def delete_adapter(backbone, name):
+    """Remove an adapter's units (and any fusion that uses it)."""
+    state = _require(backbone, name)
+    for fusion_name, (fuse, _) in list(state.fusions.items()):
+        if name in fuse.children:
+            delete_fusion(backbone, fusion_name)
+    for holder in state.sites.values():
+        if name in holder.units:
+            with unlocked(holder):
+                holder.units.pop(name)
+    del state.configs[name]
+    _drop_empty_sites(backbone, state)
+    if state.active is not None and name in composition.adapter_names(state.active):
+        state.active = None
+
+
+def _drop_empty_sites(backbone, state):
+    encoders = {e.name: e for e in encoder_layers(backbone)}
+    for key, holder in list(state.sites.items()):
+        if not holder.units and not holder.fusion_layers:
+            encoder, site = key.split("/", 1)
+            parent, attr = resolve_site(encoders[encoder], site)
+            replace_sublayer(parent, attr, holder.base)
+            del state.sites[key]
+
+
+def _require(backbone, name):
+    state = get_state(backbone)
+    if state is None or name not in state.configs:
+        known = [] if state is None else list(state.configs)
+        raise ValueError(f"No adapter named {name!r}; the model has {known}.")
+    return state
+
+
+def add_fusion(backbone, fuse, config=None):
+    """Add an AdapterFusion over `fuse`'s adapters (bottleneck methods).
+
+    Returns:
+        dict of site path -> the `FusionLayer` added there.
+    """
+    config = config if isinstance(config, FusionConfig) else FusionConfig(**(config or {}))
+    state = get_state(backbone, create=True)
+    check_name(fuse.name, set(state.configs) | set(state.fusions))
+    for member in fuse.children:
+        _require(backbone, member)
+        if not state.configs[member].fusable:
+            raise ValueError(
+                f"AdapterFusion combines bottleneck adapters (houlsby, pfeiffer); {member!r} is "
+                f"{state.configs[member].method!r}. Use Average or Stack for it instead."
+            )
+    added = {}
+    for key, holder in state.sites.items():
+        members = [n for n in fuse.children if n in holder.units and not holder.units[n].replaces_base]
+        if len(members) < 2:
+            continue
+        layer = FusionLayer(
+            attention_dropout=config.attention_dropout,
+            temperature=config.temperature,
+            dtype=backbone.dtype_policy,
+            name=f"{holder.label}_fusion",
+        )
+        hidden = (None, None, int(backbone.hidden_dim))
+        _build_under(f"{holder.scope}/{fuse.name}", layer, hidden)
+        for w in layer.weights:
+            w.trainable = False
+        with unlocked(holder):
+            holder.fusion_layers[fuse.name] = layer
+        added[key] = layer
+    if not added:
+        raise ValueError(f"The adapters of {fuse!r} share no site, so there is nothing to fuse.")
+    state.fusions[fuse.name] = (fuse, config)
+    return added
+
+
+def delete_fusion(backbone, name):
+    state = get_state(backbone)
+    if state is None or name not in state.fusions:
+        raise ValueError(f"No fusion named {name!r}.")
+    for holder in state.sites.values():
+        if name in holder.fusion_layers:
+            with unlocked(holder):
+                holder.fusion_layers.pop(name)
+    del state.fusions[name]
+    if state.active is not None and name in [f.name for f in composition.fusions(state.active)]:
+        state.active = None
+
+
+def check_spec(backbone, spec):
+    """The spec parsed, with every name and fusion known to `backbone`."""
+    spec = composition.parse(spec)
+    state = get_state(backbone, create=True)
+    for name in composition.adapter_names(spec):
+        _require(backbone, name)
+    for fuse in composition.fusions(spec):
+        if fuse.name not in state.fusions or state.fusions[fuse.name][0].children != fuse.children:
+            raise ValueError(f"{fuse!r} has not been added; call model.add_adapter_fusion(...) first.")
+    return spec
+
+
+def set_active(backbone, spec):
+    """Make `spec` (a name, a block, or `None`) what the sites compute."""
+    state = get_state(backbone, create=True)
+    state.active = None if spec is None else check_spec(backbone, spec)
+    return state.active
+
+
+def set_trainable(backbone, names=(), fusion_names=()):
+    """Freeze everything, then let the named adapters and fusions train.
+
+    A full fine-tuning adapter among `names` unfreezes the whole backbone.
+    """
+    state = get_state(backbone, create=True)
+    for w in backbone.weights:
+        w.trainable = False
+    for name in names:
+        if not state.configs[name].freezes_backbone:
+            for w in state.original_weights:
+                w.trainable = True
+    for holder in state.sites.values():
+        for name, unit in holder.units.items():
+            for w in unit.weights:
+                w.trainable = name in names
+        for name, layer in holder.fusion_layers.items():
+            for w in layer.weights:
+                w.trainable = name in fusion_names
+
+
+def adapter_weights_by_key(backbone, name):
+    """{key: variable} of one adapter's units, keyed as adapter folders are
+    (`transformer_layer_0/self_attention_layer/query/lora_a`). A full
+    fine-tuning adapter owns the backbone's own weights (keyed by path)."""
+    state = _require(backbone, name)
+    weights = {}
+    if not state.configs[name].freezes_backbone:
+        weights.update({w.path: w for w in state.original_weights})
+    for holder in state.sites.values():
+        unit = holder.units.get(name)
+        if unit is None:
+            continue
+        for rel, w in unit.keyed_weights(f"{holder.scope}/{name}").items():
+            weights[f"{holder.scope}/{holder.label}/{rel}"] = w
+    return weights
+
+
+def fusion_weights_by_key(backbone, name):
+    """{key: variable} of one fusion's layers."""
+    state = get_state(backbone)
+    weights = {}
+    for holder in state.sites.values():
+        layer = holder.fusion_layers.get(name)
+        if layer is None:
+            continue
+        prefix = f"{holder.scope}/{name}/{layer.name}/"
+        for w in layer.weights:
+            weights[f"{holder.scope}/{layer.name}/{w.path[len(prefix):]}"] = w
+    return weights
+
+
+def units_of(backbone, name):
+    """{site path: unit} of one adapter."""
+    state = _require(backbone, name)
+    return {key: h.units[name] for key, h in state.sites.items() if name in h.units}
+
+
+def merge_adapter(backbone, name):
+    """Fold a LoRA / (IA)^3 adapter into the base weights and remove it.
+
+    Raises, before changing anything, when the adapter is not linear in the
+    base weights (bottleneck adapters) or other adapters would see the
+    changed backbone.
+    """
+    state = _require(backbone, name)
+    others = [n for n in state.configs if n != name]
+    if others:
+        raise ValueError(
+            f"Merging {name!r} changes the backbone weights that the adapters {others} were "
+            "trained on; delete them first (model.delete_adapter) or export without merging."
+        )
+    units = units_of(backbone, name)
+    unmergeable = sorted({type(u).__name__ for u in units.values() if not u.mergeable})
+    if unmergeable:
+        raise ValueError(
+            f"The {state.configs[name].method!r} adapter ({', '.join(unmergeable)}) "
+            "is not linear in the base weights and cannot be merged; export it "
+            "as it is."
+        )
+    for unit in units.values():
+        unit.merge()
+    config = state.configs[name]
+    delete_adapter(backbone, name)
+    return config
+
+
+def adapter_weights(backbone):
+    """Every weight that adapters and fusions added (not the originals)."""
+    state = get_state(backbone)
+    if state is None:
+        return []
+    return [
+        w
+        for holder in state.sites.values()
+        for layer in [*holder.units.values(), *holder.fusion_layers.values()]
+        for w in layer.weights
+    ]
+
+
+def inject_adapters(backbone, method, name="default"):
+    """Add one adapter, make it active and trainable (the rest frozen).
 
     Example:
     ```python
@@ -138,105 +552,27 @@ def inject_adapters(backbone, adapter):
     inject_adapters(backbone, LoRAConfig(rank=8))
     ```
     """
-    config = get_adapter_config(adapter)
-    if get_injection(backbone) is not None:
-        raise ValueError(
-            f"{backbone.name} already has a {get_injection(backbone).config.method!r} "
-            "adapter; load a fresh backbone to add another method."
-        )
-    encoders = encoder_layers(backbone)
-    hidden_dim = int(backbone.hidden_dim)
-    targets = [
-        (encoder, site)
-        for encoder in encoders
-        if config.applies_to_layer(encoder.name)
-        for site in config.sites()
-    ]
-    if config.sites() and not targets:
-        raise ValueError(
-            f"target_layers={config.target_layers!r} matches none of the "
-            f"encoder layers {[e.name for e in encoders]}."
-        )
-    # Check every site before changing anything, so a failure leaves the
-    # backbone as it was.
-    resolved = [(e, s, *resolve_site(e, s)) for e, s in targets]
-    unfrozen = [
-        resolve_site(e, s)
-        for e in encoders
-        if config.applies_to_layer(e.name)
-        for s in config.trainable_sites
-    ]
-
-    if config.freezes_backbone:
-        for variable in backbone.weights:
-            variable.trainable = False
-    for parent, attr in unfrozen:
-        for variable in getattr(parent, attr).weights:
-            variable.trainable = True
-
-    wrappers = {}
-    for encoder, site, parent, attr in resolved:
-        base = getattr(parent, attr)
-        wrapper = config.wrap(
-            site, base, dtype=backbone.dtype_policy, hidden_dim=hidden_dim
-        )
-        # Build under the parent's name scope, so variable paths read like the
-        # originals' (transformer_layer_0/self_attention_layer/query/lora_a).
-        with contextlib.ExitStack() as scopes:
-            for name in parent.path.split("/"):
-                scopes.enter_context(keras.name_scope(name))
-            wrapper.build(_input_shape(wrapper, site, hidden_dim))
-        replace_sublayer(parent, attr, wrapper)
-        wrappers[f"{encoder.name}/{site}"] = wrapper
-
-    injection = Injection(config, wrappers)
-    object.__setattr__(backbone, _RECORD, injection)  # not a tracked attribute
-    return injection
-
-
-def merge_adapters(backbone):
-    """Fold mergeable wrappers into their base weights and remove them.
-
-    After this, the backbone computes what it computed with the adapter, with
-    no adapter layers left. Raises if any wrapper cannot be merged (bottleneck
-    adapters are non-linear), before changing anything.
-    """
-    injection = get_injection(backbone)
-    if injection is None:
-        raise ValueError(f"{backbone.name} has no adapter to merge.")
-    unmergeable = sorted(
-        {type(w).__name__ for w in injection.wrappers.values() if not w.mergeable}
-    )
-    if unmergeable:
-        raise ValueError(
-            f"The {injection.config.method!r} adapter ({', '.join(unmergeable)}) "
-            "is not linear in the base weights and cannot be merged; export it "
-            "as it is."
-        )
-    for path, wrapper in injection.wrappers.items():
-        encoder_name, site = path.split("/", 1)
-        parent, attr = resolve_site(backbone.get_layer(encoder_name), site)
-        wrapper.merge()
-        replace_sublayer(parent, attr, wrapper.base)
-    object.__setattr__(backbone, _RECORD, None)
-    return injection.config
-
-
-def adapter_weights(backbone):
-    """The weights owned by injected wrappers (not the wrapped originals)."""
-    injection = get_injection(backbone)
-    if injection is None:
-        return []
-    return [w for wrapper in injection.wrappers.values() for w in wrapper.adapter_weights()]
+    units = add_adapter(backbone, name, method)
+    set_active(backbone, name)
+    set_trainable(backbone, [name])
+    return units
 
 
 __all__ = [
     "SITES",
-    "Injection",
-    "WrappedLayer",
+    "AdapterSite",
+    "AdapterState",
+    "add_adapter",
+    "add_fusion",
     "adapter_weights",
+    "adapter_weights_by_key",
+    "delete_adapter",
+    "delete_fusion",
     "encoder_layers",
-    "get_injection",
+    "fusion_weights_by_key",
+    "get_state",
     "inject_adapters",
-    "merge_adapters",
+    "merge_adapter",
+    "set_active",
+    "set_trainable",
 ]

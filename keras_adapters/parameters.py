@@ -12,10 +12,11 @@ def _count(weights):
 def parameter_report(model):
     """Total, trainable and per-group parameter counts of an adapted model.
 
-    Groups: `adapter` (weights the method added), `backbone_trainable`
-    (original backbone weights the method trains, e.g. Houlsby's layer
-    norms, or everything for full fine-tuning), `backbone_frozen`, and
-    `head` (weights outside the backbone).
+    Groups: `adapter` (weights the adapters and fusions added, including
+    Houlsby's per-adapter layer norms), `backbone_trainable` (original
+    backbone weights that train: everything for full fine-tuning),
+    `backbone_frozen`, and `head` (the heads, outside the backbone).
+    `trainable` counts what trains now (see `model.train_adapter`).
 
     Returns:
         dict with `total`, `trainable`, `non_trainable`, `trainable_fraction`,
@@ -40,9 +41,10 @@ def parameter_report(model):
     trainable_ids = {id(w) for w in model.trainable_weights}
     total = _count(model.weights)
     trainable = _count(model.trainable_weights)
-    config = getattr(model, "adapter_config", None)
+    active = model.active_adapters
     return {
-        "method": None if config is None else config.method,
+        "method": model.adapter_config().method if isinstance(active, str) else None,
+        "active_adapters": active if active is None or isinstance(active, str) else repr(active),
         "total": total,
         "trainable": trainable,
         "non_trainable": total - trainable,

@@ -1,4 +1,4 @@
-"""AdapterTextClassifier: preprocessor + backbone with adapters + task head."""
+"""AdapterTextClassifier: preprocessor + backbone with named adapters + their heads."""
 
 import keras
 import keras_hub
@@ -6,61 +6,49 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from keras_adapters import adapter_io
+from keras_adapters import composition
 from keras_adapters import injection
 from keras_adapters import presets
+from keras_adapters import recipe
+from keras_adapters.fusion import FusionConfig
+from keras_adapters.heads import ClassificationHead
+from keras_adapters.methods.baselines import HeadOnlyConfig
 from keras_adapters.methods.registry import get_adapter_config
+from keras_adapters.version import __version__
 
-POOLINGS = ("cls", "mean")
 TOKEN_INPUTS = ("token_ids", "segment_ids", "padding_mask")
-
-
-@keras.saving.register_keras_serializable(package="keras_adapters")
-class MaskedMeanPooling(keras.layers.Layer):
-    """Mean of the token vectors where `padding_mask` is true.
-
-    Example:
-    ```python
-    MaskedMeanPooling()(sequence_output, padding_mask)  # (batch, hidden)
-    ```
-    """
-
-    def call(self, sequence, padding_mask):
-        mask = ops.cast(ops.expand_dims(padding_mask, -1), sequence.dtype)
-        total = ops.sum(sequence * mask, axis=1)
-        count = ops.maximum(ops.sum(mask, axis=1), ops.cast(1.0, mask.dtype))
-        return total / count
-
-    def compute_output_shape(self, sequence_shape, padding_mask_shape):
-        return (sequence_shape[0], sequence_shape[-1])
+DEFAULT_NAME = "default"
 
 
 @keras.saving.register_keras_serializable(package="keras_adapters")
 class AdapterTextClassifier(keras_hub.models.TextClassifier):
-    """A text classifier on a pretrained backbone adapted with one method.
+    """Text classification with named adapters on one frozen backbone.
+
+    An *adapter* is a named unit: its method's layers inside the backbone
+    and its own head (classes, pooling). A model holds several; what runs is
+    the *active* spec: a name or a composition block (`ka.Stack`,
+    `ka.Parallel`, `ka.Average`, `ka.Fuse`). `fit`, `evaluate`, `predict`
+    and `save_adapter` act on it. The backbone's own weights never change
+    (unless an adapter is merged into them, or the method is `"full"`).
 
     The model owns its preprocessor, so `fit`, `evaluate` and `predict` take
     raw strings (as keras-hub tasks do); they also take dicts of
-    already-tokenized `token_ids`, `segment_ids` and `padding_mask`. Its
-    output is class probabilities (softmax, or sigmoid with `multi_label`).
-
-    Construction injects the adapter into `backbone` (in place) and freezes
-    what the method freezes; `model.backbone` is that adapted backbone.
+    already-tokenized `token_ids`, `segment_ids` and `padding_mask`.
 
     Args:
         backbone: a keras-hub BERT-style backbone (e.g. `BertBackbone`).
-        num_classes: int, number of classes (labels, for multi-label).
+        num_classes: classes of the first adapter's head (`None` with
+            `method=None`: no adapter yet).
         preprocessor: a keras-hub `TextClassifierPreprocessor`, or `None` to
             take token inputs only.
-        adapter: a method name (`"houlsby"`, `"pfeiffer"`, `"lora"`, `"ia3"`,
-            `"full"`, `"head"`), a config dict or an `AdapterConfig`. `None`
-            leaves the backbone as it is (used after `merge_adapter()`).
-        multi_label: bool, sigmoid outputs and binary cross-entropy, for
-            multi-hot labels.
-        pooling: `"cls"` (the backbone's pooled `[CLS]` output) or `"mean"`
-            (mean of the token vectors, as sentence-transformers do).
-        dropout: dropout before the classification layer.
-        class_names: optional list of `num_classes` names, saved with the
-            adapter so labels map by name.
+        method: the first adapter's method: a name (`"houlsby"`,
+            `"pfeiffer"`, `"lora"`, `"ia3"`, `"full"`, `"head"`), a config
+            dict or an `AdapterConfig`. It is named `"default"`, active and
+            trainable. `None`: no adapter (add some with `add_adapter`).
+            `adapter=` is accepted as the old spelling.
+        multi_label, pooling, dropout, class_names: the first adapter's head
+            (see `ClassificationHead`).
         preset: how the backbone was loaded (recorded in adapter folders).
         backbone_fingerprint: sha256 of the untouched backbone weights;
             computed here when not given.
@@ -68,18 +56,19 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
     Example:
     ```python
     model = AdapterTextClassifier.from_preset(
-        default_preset(), num_classes=2, adapter="lora", sequence_length=64)
+        default_preset(), num_classes=2, method="lora", sequence_length=64)
     model.fit(["good", "bad"], [1, 0], epochs=1)
-    model.predict(["fine"])
+    model.add_adapter("spam", "houlsby", num_classes=2)
+    model.train_adapter("spam"); model.compile()
     ```
     """
 
     def __init__(
         self,
         backbone,
-        num_classes,
+        num_classes=None,
         preprocessor=None,
-        adapter="houlsby",
+        method="houlsby",
         multi_label=False,
         pooling="cls",
         dropout=0.1,
@@ -87,92 +76,78 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         preset=None,
         backbone_fingerprint=None,
         merged_adapter=None,
+        adapters=None,
+        fusions=None,
+        active_adapters=None,
+        trained=None,
+        adapter="unset",
         **kwargs,
     ):
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}.")
-        if not multi_label and num_classes < 2:
-            raise ValueError(
-                "A single-label classifier needs num_classes >= 2 "
-                f"(got {num_classes}); use multi_label=True for one binary label."
-            )
-        if class_names is not None:
-            class_names = [str(c) for c in class_names]
-            if len(class_names) != num_classes or len(set(class_names)) != num_classes:
-                raise ValueError(
-                    f"class_names must be {num_classes} distinct names, got {class_names}."
-                )
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}.")
-        config = None if adapter is None else get_adapter_config(adapter)
+        if adapter != "unset":
+            method = adapter
         if backbone_fingerprint is None:
             backbone_fingerprint = presets.weights_fingerprint(backbone)
-        if config is not None and injection.get_injection(backbone) is None:
-            injection.inject_adapters(backbone, config)
-        elif config is None and merged_adapter is not None:
-            # A merged LoRA/(IA)^3 model keeps its backbone frozen, as it was.
-            for variable in backbone.weights:
-                variable.trainable = False
-
-        # Attributes that compile() (called by Task.__init__) reads.
-        self.adapter_config = config
-        self.multi_label = multi_label
-        self.num_classes = num_classes
-
         self.backbone = backbone
         self.preprocessor = preprocessor
-        inputs = backbone.input
-        outputs = backbone(inputs)
-        if pooling == "cls":
-            pooled = outputs["pooled_output"]
-        else:
-            pooled = MaskedMeanPooling(dtype=backbone.dtype_policy, name="mean_pooling")(
-                outputs["sequence_output"], inputs["padding_mask"]
-            )
-        pooled = keras.layers.Dropout(
-            dropout, dtype=backbone.dtype_policy, name="classifier_dropout"
-        )(pooled)
-        logits = keras.layers.Dense(
-            num_classes,
-            kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
-            dtype=backbone.dtype_policy,
-            name="logits",
-        )(pooled)
-        # float32 probabilities under mixed precision, for a stable loss.
-        probabilities = keras.layers.Activation(
-            "sigmoid" if multi_label else "softmax",
-            dtype="float32",
-            name="probabilities",
-        )(logits)
-        super().__init__(inputs=inputs, outputs=probabilities, **kwargs)
-
-        self.pooling = pooling
-        self.dropout = dropout
-        self.class_names = class_names
+        self.heads = {}
         self.preset = preset
         self.backbone_fingerprint = backbone_fingerprint
         self.merged_adapter = merged_adapter
+        if adapters is None:  # a new model
+            adapters = []
+            if method is not None:
+                adapters.append(
+                    {
+                        "name": DEFAULT_NAME,
+                        "method": get_adapter_config(method).get_config(),
+                        "head": {
+                            "num_classes": num_classes,
+                            "multi_label": multi_label,
+                            "pooling": pooling,
+                            "dropout": dropout,
+                            "class_names": class_names,
+                        },
+                    }
+                )
+                active_adapters = trained = DEFAULT_NAME
+        for entry in adapters:
+            self._add(entry["name"], entry["method"], entry["head"])
+        for entry in fusions or []:
+            fuse = composition.from_config(entry["fuse"])
+            self._add_fusion(fuse, entry["config"], entry["head"])
+        if merged_adapter is not None:
+            for variable in backbone.weights:
+                variable.trainable = False
+        if active_adapters is not None:
+            injection.set_active(backbone, composition.from_config(active_adapters))
+        if isinstance(trained, dict) and "heads" in trained:
+            self._apply_trained(trained)
+        else:
+            self._set_trained(None if trained is None else composition.from_config(trained))
+        super().__init__(**kwargs)
+        self.built = True  # every weight exists: backbone, units and heads
 
-    # ------------------------------------------------------------------ build
+    # ------------------------------------------------------------- building
     @classmethod
     def from_preset(
         cls,
         preset,
-        num_classes,
-        adapter="houlsby",
+        num_classes=None,
+        method="houlsby",
         sequence_length=128,
         dtype=None,
         load_weights=True,
+        adapter="unset",
         **kwargs,
     ):
-        """Load a backbone and its preprocessor, add an adapter and a head.
+        """Load a backbone and its preprocessor, add an adapter and its head.
 
         Args:
             preset: a keras-hub preset name, a local folder (keras-hub format
                 or a Hugging Face BERT folder) or `"default"` (the embedded
                 all-MiniLM-L6-v2, see `default_preset()`).
-            num_classes: number of classes.
-            adapter: method name, config dict or `AdapterConfig`.
+            num_classes: number of classes of the first adapter.
+            method: the first adapter's method (`None`: none; see class doc).
             sequence_length: tokens per example (longer texts are truncated).
             dtype: optional dtype policy for the backbone (e.g.
                 `"mixed_bfloat16"`); defaults to Keras' global policy.
@@ -182,6 +157,8 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
                 sentence-transformers folders that average, such as the
                 default MiniLM; `"cls"` otherwise).
         """
+        if adapter != "unset":
+            method = adapter
         backbone = presets.load_backbone(preset, dtype=dtype, load_weights=load_weights)
         preprocessor = presets.load_preprocessor(preset, sequence_length)
         if kwargs.get("pooling") in (None, "auto"):
@@ -190,74 +167,396 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
             backbone=backbone,
             num_classes=num_classes,
             preprocessor=preprocessor,
-            adapter=adapter,
+            method=method,
             preset=presets.preset_reference(preset),
             **kwargs,
         )
 
     @classmethod
     def from_adapter(cls, directory, preset=None, dtype=None):
-        """Rebuild a model saved with `save_adapter` (backbone from its preset).
+        """A model with the adapter (or fusion) saved in `directory`, active.
+
+        The backbone comes from the recorded preset, or from `preset` (it
+        must be the same checkpoint; this is checked).
+        """
+        config = adapter_io.read_config(directory)
+        model = cls.from_preset(
+            preset if preset is not None else config["backbone"]["preset"],
+            method=None,
+            sequence_length=config["task"].get("sequence_length") or 128,
+            dtype=dtype,
+        )
+        name = model.load_adapter(directory)
+        if name in model.fusion_names:
+            model.train_adapter_fusion(name)
+        else:
+            model.train_adapter(name)
+        model.compile()
+        return model
+
+    # ------------------------------------------------------------ adapters
+    @property
+    def state(self):
+        return injection.get_state(self.backbone, create=True)
+
+    @property
+    def adapter_names(self):
+        """The adapters' names, in the order added."""
+        return list(self.state.configs)
+
+    @property
+    def fusion_names(self):
+        return list(self.state.fusions)
+
+    @property
+    def active_adapters(self):
+        """The active spec: a name, a composition block, or `None`."""
+        return self.state.active
+
+    def adapter_config(self, name=None):
+        """The `AdapterConfig` of adapter `name` (default: the active one)."""
+        name = self._single_name(name)
+        return self.state.configs[name]
+
+    def _single_name(self, name=None):
+        if name is not None:
+            if name not in self.state.configs:
+                raise ValueError(f"No adapter named {name!r}; the model has {self.adapter_names}.")
+            return name
+        active = self.active_adapters
+        if not isinstance(active, str):
+            raise ValueError(f"The active adapters are {active!r}; name one adapter.")
+        return active
+
+    def add_adapter(
+        self, name, method="houlsby", num_classes=None, class_names=None, multi_label=None,
+        pooling=None, dropout=None,
+    ):
+        """Add a named adapter with its own head (not active, not trainable).
 
         Args:
-            directory: the adapter folder.
-            preset: load the backbone from here instead of the recorded
-                preset (it must be the same checkpoint; this is checked).
-            dtype: optional dtype policy for the rebuilt model.
+            name: the adapter's name.
+            method: a method name, config dict or `AdapterConfig`.
+            num_classes, class_names, multi_label, pooling, dropout: its head;
+                unset ones follow the model's first head (or the defaults).
         """
-        from keras_adapters import adapter_io
+        self._check_not_merged()
+        first = next(iter(self.heads.values()), None)
+        base = first.task_config() if first is not None else {"pooling": "cls", "dropout": 0.1, "multi_label": False}
+        head = {
+            "num_classes": num_classes if num_classes is not None else (
+                len(class_names) if class_names is not None else base.get("num_classes")),
+            "class_names": class_names,
+            "multi_label": base["multi_label"] if multi_label is None else multi_label,
+            "pooling": base["pooling"] if pooling is None else pooling,
+            "dropout": base["dropout"] if dropout is None else dropout,
+        }
+        if head["num_classes"] is None:
+            raise ValueError(f"Adapter {name!r} needs num_classes (the model has no other head to copy).")
+        self._add(name, method, head)
+        self._reset_functions()
+        return name
 
-        return adapter_io.load_adapter(directory, preset=preset, dtype=dtype)
+    def _add(self, name, method, head_config):
+        head = ClassificationHead(**head_config, dtype=self.backbone.dtype_policy, name=f"{name}_head")
+        injection.add_adapter(self.backbone, name, method)
+        head.build(self.backbone.hidden_dim)
+        for w in head.weights:
+            w.trainable = False
+        with injection.unlocked(self):
+            self.heads[name] = head
 
-    # -------------------------------------------------------------- adapters
+    def delete_adapter(self, name):
+        """Remove an adapter, its head, and any fusion over it."""
+        for fusion in list(self.state.fusions.values()):
+            if name in fusion[0].children:
+                with injection.unlocked(self):
+                    self.heads.pop(fusion[0].name, None)
+        injection.delete_adapter(self.backbone, name)
+        with injection.unlocked(self):
+            self.heads.pop(name)
+        self._set_trained(None)
+        self._reset_functions()
+
+    def add_adapter_fusion(self, fuse, num_classes=None, class_names=None, config=None, **head):
+        """Add an AdapterFusion over `fuse`'s adapters, with its own head.
+
+        Args:
+            fuse: a `ka.Fuse(...)` of bottleneck adapters the model has.
+            num_classes, class_names: the fusion's head.
+            config: a `FusionConfig` (or dict) for the fusion layers.
+        """
+        self._check_not_merged()
+        if not isinstance(fuse, composition.Fuse):
+            fuse = composition.Fuse(*fuse)
+        first = self.heads[fuse.children[0]].task_config()
+        head_config = {**first, "class_names": class_names, **head}
+        head_config["num_classes"] = num_classes or (len(class_names) if class_names else first["num_classes"])
+        config = config if isinstance(config, FusionConfig) else FusionConfig(**(config or {}))
+        self._add_fusion(fuse, config.get_config(), head_config)
+        self._reset_functions()
+        return fuse
+
+    def _add_fusion(self, fuse, config, head_config):
+        injection.add_fusion(self.backbone, fuse, FusionConfig.from_config(config))
+        head = ClassificationHead(**head_config, dtype=self.backbone.dtype_policy, name=f"{fuse.name}_head")
+        head.build(self.backbone.hidden_dim)
+        for w in head.weights:
+            w.trainable = False
+        with injection.unlocked(self):
+            self.heads[fuse.name] = head
+
+    def _fusion(self, name):
+        return self.state.fusions[name][0]
+
+    def set_active_adapters(self, spec):
+        """Make `spec` (a name or a composition block) what the model runs."""
+        spec = injection.set_active(self.backbone, spec)
+        self._reset_functions()
+        return spec
+
+    def train_adapter(self, spec):
+        """Activate `spec` and let only its adapters and output head(s) train.
+
+        Everything else is frozen: the backbone, other adapters, other heads
+        and fusions. Compile after it, as after any change of what trains.
+        """
+        spec = self.set_active_adapters(spec)
+        if composition.fusions(spec):
+            raise ValueError(f"{spec!r} contains a fusion; train it with model.train_adapter_fusion(...).")
+        self._set_trained(spec)
+        return spec
+
+    def train_adapter_fusion(self, fuse):
+        """Activate `fuse` and let only its fusion layers and head train."""
+        if isinstance(fuse, str):
+            fuse = self._fusion(fuse)
+        spec = self.set_active_adapters(fuse)
+        self._set_trained(spec)
+        return spec
+
+    def _set_trained(self, spec):
+        """Freeze everything but what training `spec` moves (see train_adapter)."""
+        if spec is None:
+            trained = {"adapters": [], "fusions": [], "heads": []}
+        else:
+            spec = composition.parse(spec)
+            fusions = [f.name for f in composition.fusions(spec)]
+            trained = {
+                "adapters": [] if fusions else composition.adapter_names(spec),
+                "fusions": fusions,
+                "heads": _flatten(composition.head_names(spec)),
+            }
+        self._apply_trained(trained)
+
+    def _apply_trained(self, trained):
+        injection.set_trainable(self.backbone, trained["adapters"], trained["fusions"])
+        for name, head in self.heads.items():
+            for w in head.weights:
+                w.trainable = name in trained["heads"]
+        self._trained = trained
+        self._reset_functions()
+
+    def _reset_functions(self):
+        # Traced train/predict functions captured the previous adapters.
+        self.train_function = self.test_function = self.predict_function = None
+
+    def _check_not_merged(self):
+        if self.merged_adapter is not None:
+            raise ValueError(
+                "This model's backbone has an adapter merged into its weights, so other adapters "
+                "would not see the checkpoint they were trained on; load a fresh model."
+            )
+
+    # -------------------------------------------------------- active head
+    def _output_head(self):
+        spec = self.active_adapters
+        names = _flatten(composition.head_names(spec)) if spec is not None else list(self.heads)[:1]
+        if not names:
+            return None
+        return self.heads[names[0]]
+
+    @property
+    def num_classes(self):
+        head = self._output_head()
+        return None if head is None else head.num_classes
+
+    @property
+    def class_names(self):
+        head = self._output_head()
+        return None if head is None else head.class_names
+
+    @property
+    def multi_label(self):
+        head = self._output_head()
+        return False if head is None else head.multi_label
+
+    @property
+    def pooling(self):
+        head = self._output_head()
+        return None if head is None else head.pooling
+
     @property
     def sequence_length(self):
         return None if self.preprocessor is None else self.preprocessor.sequence_length
 
     @property
     def default_learning_rate(self):
-        config = self.adapter_config
-        return 1e-3 if config is None else config.default_learning_rate
+        trained = self._trained
+        if trained["fusions"]:
+            return self.state.fusions[trained["fusions"][0]][1].learning_rate
+        names = trained["adapters"] or ([self.active_adapters] if isinstance(self.active_adapters, str) else [])
+        if not names:
+            return 1e-3
+        return min(self.state.configs[n].default_learning_rate for n in names)
 
-    def save_adapter(self, directory):
-        """Write the trainable weights and config to a small folder.
+    # ------------------------------------------------------------- forward
+    def call(self, inputs, training=False):
+        spec = self.active_adapters
+        if spec is None:
+            raise ValueError(
+                "No active adapter: call model.set_active_adapters(name) "
+                f"(the model has {self.adapter_names})."
+            )
+        copies = len(spec) if isinstance(spec, composition.Parallel) else 1
+        if copies > 1:
+            inputs = {k: ops.concatenate([v] * copies, axis=0) for k, v in inputs.items()}
+        outputs = self.backbone(inputs, training=training)
+        parts = (outputs["sequence_output"], outputs["pooled_output"], inputs["padding_mask"])
+
+        def head(name, part=(lambda t: t)):
+            return self.heads[name](*[part(t) for t in parts], training=training)
+
+        names = composition.head_names(spec)
+        if isinstance(spec, composition.Parallel):
+            size = ops.shape(inputs["token_ids"])[0] // copies
+            return {
+                name: head(name, lambda t, i=i: t[i * size : (i + 1) * size])
+                for i, name in enumerate(names)
+            }
+        if isinstance(spec, composition.Average):
+            shapes = {self.heads[n].num_classes for n in names}
+            if len(shapes) != 1:
+                raise ValueError(f"Average needs heads with the same number of classes, got {sorted(shapes)}.")
+            return sum(w * head(n) for w, n in zip(spec.weights, names))
+        return head(names)
+
+    # --------------------------------------------------------- adapter folders
+    def save_adapter(self, directory, name=None):
+        """Write one adapter (or fusion) with its head to a small folder.
 
         The folder holds `adapter_config.json` and `adapter_model.safetensors`
-        (see `keras_adapters.adapter_io`); never a copy of the frozen backbone.
+        (see `keras_adapters.adapter_io`); never a copy of the frozen
+        backbone. A fusion's folder also holds its adapters' folders.
+
+        Args:
+            name: the adapter or fusion (default: the active one).
         """
-        from keras_adapters import adapter_io
+        if name is None:
+            active = self.active_adapters
+            name = active.name if isinstance(active, composition.Fuse) else self._single_name()
+        if self.merged_adapter is not None:
+            raise adapter_io.AdapterFormatError(
+                "This model's adapter was merged into the backbone; save it with "
+                "model.save('model.keras') or export it instead."
+            )
+        head = self.heads[name]
+        tensors = {k: w.numpy() for k, w in head.weights_by_key().items()}
+        config = {
+            "name": name,
+            "backbone": {
+                "preset": self.preset,
+                "architecture": presets.architecture_config(self.backbone),
+                "weights_sha256": self.backbone_fingerprint,
+            },
+            "task": {"type": "text_classification", **head.task_config(), "sequence_length": self.sequence_length},
+        }
+        if name in self.state.fusions:
+            fuse, fusion_config = self.state.fusions[name]
+            config["fusion"] = {"adapters": list(fuse.children), "config": fusion_config.get_config()}
+            weights = injection.fusion_weights_by_key(self.backbone, name)
+            for member in fuse.children:
+                self.save_adapter(f"{directory}/{adapter_io.MEMBERS_DIR}/{member}", name=member)
+        else:
+            self._single_name(name)
+            config["method"] = self.state.configs[name].get_config()
+            weights = injection.adapter_weights_by_key(self.backbone, name)
+        tensors.update({k: w.numpy() for k, w in weights.items()})
+        return adapter_io.write_folder(directory, config, tensors)
 
-        return adapter_io.save_adapter(self, directory)
+    def load_adapter(self, directory, name=None):
+        """Add the adapter (or fusion) saved in `directory` to this model.
 
-    def merge_adapter(self):
+        Checks the file's sha256, that it was trained on this model's
+        backbone checkpoint, and every tensor's name and shape. A fusion's
+        adapters are loaded from its folder unless the model has them.
+
+        Args:
+            name: the name to give it (default: the saved name, or
+                `"default"` for folders written by keras-adapters 0.1).
+
+        Returns:
+            The name it was added under (not activated).
+        """
+        self._check_not_merged()
+        source = str(directory)
+        config = adapter_io.read_config(directory)
+        adapter_io.check_backbone(
+            config, presets.architecture_config(self.backbone), self.backbone_fingerprint, source
+        )
+        tensors = adapter_io.read_weights(directory, config)
+        name = name or config.get("name") or DEFAULT_NAME
+        head_config = {k: config["task"][k] for k in ("num_classes", "class_names", "multi_label", "pooling", "dropout")}
+        if "fusion" in config:
+            members = config["fusion"]["adapters"]
+            for member in members:
+                if member not in self.state.configs:
+                    self.load_adapter(f"{directory}/{adapter_io.MEMBERS_DIR}/{member}", name=member)
+            fuse = composition.Fuse(*members, name=name)
+            injection.check_name(name, set(self.state.configs) | set(self.state.fusions))
+            self._add_fusion(fuse, config["fusion"].get("config", {}), head_config)
+            weights = injection.fusion_weights_by_key(self.backbone, name)
+        else:
+            method = adapter_io.method_config(config, source)
+            injection.check_name(name, set(self.state.configs) | set(self.state.fusions))
+            self._add(name, method, head_config)
+            weights = injection.adapter_weights_by_key(self.backbone, name)
+        weights.update(self.heads[name].weights_by_key())
+        try:
+            adapter_io.check_tensors({k: w.shape for k, w in weights.items()}, tensors, source)
+        except adapter_io.AdapterFormatError:
+            self.delete_adapter(name) if name in self.state.configs else self._drop_fusion(name)
+            raise
+        for key, variable in weights.items():
+            variable.assign(tensors[key].astype(variable.dtype))
+        self._reset_functions()
+        return name
+
+    def _drop_fusion(self, name):
+        injection.delete_fusion(self.backbone, name)
+        with injection.unlocked(self):
+            self.heads.pop(name)
+
+    def merge_adapter(self, name=None):
         """Fold a LoRA or (IA)^3 adapter into the backbone weights, in place.
 
         The outputs stay the same (up to float rounding) and no adapter layers
-        are left, so the model runs at the plain backbone's speed. Bottleneck
-        adapters cannot be merged. Returns the model.
+        are left, so the model runs at the plain backbone's speed. The
+        adapter keeps its name and head (as a `"head"` adapter). Bottleneck
+        adapters cannot be merged; nor can one adapter among several (the
+        others would see a changed backbone). Returns the model.
         """
-        merged = injection.merge_adapters(self.backbone)
-        # Traced train/predict functions still call the removed wrappers.
-        self.train_function = self.test_function = self.predict_function = None
+        name = self._single_name(name)
+        head = self.heads[name]
+        merged = injection.merge_adapter(self.backbone, name)
+        injection.add_adapter(self.backbone, name, HeadOnlyConfig())
+        injection.set_active(self.backbone, name)
+        self.merged_adapter = merged.get_config()
+        self._set_trained(name)
         if self.compiled:
             # The optimizer's state belonged to the removed adapter weights.
             self.compile_from_config(self.get_compile_config())
-        self.merged_adapter = merged.get_config()
-        self.adapter_config = None
         return self
-
-    # ---------------------------------------------------------------- export
-    def export_saved_model(self, path, version=1, merge=True):
-        """SavedModel for TF Serving at `path/<version>/` (see `keras_adapters.export`)."""
-        from keras_adapters import export
-
-        return export.export_saved_model(self, path, version=version, merge=merge)
-
-    def export_tflite(self, path, sequence_length=None, quantize="none"):
-        """`model.tflite` + `vocab.txt` + `labels.txt` in `path` (token-id inputs)."""
-        from keras_adapters import export
-
-        return export.export_tflite(self, path, sequence_length=sequence_length, quantize=quantize)
 
     # ---------------------------------------------------------- keras hooks
     def fit(
@@ -277,6 +576,11 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         pipeline; like plain Keras, this shuffles them (unless
         `shuffle=False`). Datasets are used as given.
         """
+        if isinstance(self.active_adapters, composition.Parallel):
+            raise ValueError(
+                "fit() trains one output; activate one adapter (model.train_adapter(name)) "
+                "instead of a Parallel block."
+            )
         if x is not None and not isinstance(x, tf.data.Dataset):
             data = keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
             num_examples = len(tf.nest.flatten(data)[0])
@@ -289,9 +593,7 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
             ds = tf.data.Dataset.from_tensor_slices(_as_tensors(data))
             if shuffle:
                 ds = ds.shuffle(num_examples, reshuffle_each_iteration=True)
-            if validation_data is not None and not isinstance(
-                validation_data, tf.data.Dataset
-            ):
+            if validation_data is not None and not isinstance(validation_data, tf.data.Dataset):
                 validation_data = tf.data.Dataset.from_tensor_slices(
                     _as_tensors(validation_data)
                 ).batch(batch_size or 32)
@@ -309,39 +611,25 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
 
     def preprocess_samples(self, x, y=None, sample_weight=None):
         if isinstance(x, dict) and "token_ids" in x:
-            return keras.utils.pack_x_y_sample_weight(
-                complete_token_inputs(x), y, sample_weight
-            )
+            return keras.utils.pack_x_y_sample_weight(complete_token_inputs(x), y, sample_weight)
         return super().preprocess_samples(x, y=y, sample_weight=sample_weight)
 
-    def compile(
-        self,
-        optimizer="auto",
-        loss="auto",
-        metrics="auto",
-        learning_rate=None,
-        **kwargs,
-    ):
-        """Compile with the method's defaults for anything left `"auto"`.
+    def compile(self, optimizer="auto", loss="auto", metrics="auto", learning_rate=None, **kwargs):
+        """Compile with the trained adapters' defaults for anything left `"auto"`.
 
         Defaults: AdamW at the method's learning rate (adapters ~1e-3, full
         fine-tuning 3e-5) with weight decay 0.01 (not on biases and norms)
-        and global-norm clipping at 1.0 (`training.make_optimizer`);
+        and global-norm clipping at 1.0 (`recipe.make_optimizer`);
         cross-entropy (binary for multi-label); accuracy and macro-F1
-        (`training.classification_metrics`).
+        (`recipe.classification_metrics`).
         """
-        from keras_adapters import training
-
         if optimizer == "auto":
-            optimizer = training.make_optimizer(learning_rate or self.default_learning_rate)
+            optimizer = recipe.make_optimizer(learning_rate or self.default_learning_rate)
         if loss == "auto":
-            loss = (
-                keras.losses.BinaryCrossentropy()
-                if self.multi_label
-                else keras.losses.SparseCategoricalCrossentropy()
-            )
+            loss = keras.losses.BinaryCrossentropy() if self.multi_label else keras.losses.SparseCategoricalCrossentropy()
         if metrics == "auto":
-            metrics = training.classification_metrics(self.num_classes, self.multi_label)
+            single = not isinstance(self.active_adapters, composition.Parallel) and self.num_classes
+            metrics = recipe.classification_metrics(self.num_classes, self.multi_label) if single else []
         keras.Model.compile(self, optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
     def compile_from_config(self, config):
@@ -355,20 +643,27 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         config = super().get_config()
         config.update(
             {
-                "num_classes": self.num_classes,
-                "adapter": None
-                if self.adapter_config is None
-                else self.adapter_config.get_config(),
-                "multi_label": self.multi_label,
-                "pooling": self.pooling,
-                "dropout": self.dropout,
-                "class_names": self.class_names,
+                "method": None,
+                "adapters": [
+                    {"name": n, "method": c.get_config(), "head": self.heads[n].task_config()}
+                    for n, c in self.state.configs.items()
+                ],
+                "fusions": [
+                    {"fuse": f.get_config(), "config": c.get_config(), "head": self.heads[f.name].task_config()}
+                    for f, c in self.state.fusions.values()
+                ],
+                "active_adapters": composition.to_config(self.active_adapters) if self.active_adapters else None,
+                "trained": self._trained,
                 "preset": self.preset,
                 "backbone_fingerprint": self.backbone_fingerprint,
                 "merged_adapter": self.merged_adapter,
             }
         )
         return config
+
+
+def _flatten(names):
+    return [names] if isinstance(names, str) else [n for x in names for n in _flatten(x)]
 
 
 def _as_tensors(data):
@@ -386,10 +681,9 @@ def complete_token_inputs(x):
     """Fill in `segment_ids` (zeros) and `padding_mask` (`token_ids != 0`)."""
     token_ids = x["token_ids"]
     out = {"token_ids": token_ids}
-    out["segment_ids"] = (
-        x["segment_ids"] if "segment_ids" in x else ops.zeros_like(token_ids)
-    )
-    out["padding_mask"] = (
-        x["padding_mask"] if "padding_mask" in x else ops.not_equal(token_ids, 0)
-    )
+    out["segment_ids"] = x["segment_ids"] if "segment_ids" in x else ops.zeros_like(token_ids)
+    out["padding_mask"] = x["padding_mask"] if "padding_mask" in x else ops.not_equal(token_ids, 0)
     return out
+
+
+__all__ = ["AdapterTextClassifier", "TOKEN_INPUTS", "complete_token_inputs", "__version__"]

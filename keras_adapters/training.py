@@ -1,4 +1,4 @@
-"""The training recipe: precision, strategy, optimizer schedule, metrics, callbacks.
+"""Training runs: precision, strategy, callbacks and the run folder.
 
 `train_classifier` is what the CLI's `train` runs and what Python users can
 call: it builds the model inside a `tf.distribute` strategy scope (the default
@@ -8,7 +8,6 @@ rate, trains with `model.fit`, keeps the best adapter by validation metric and
 can resume an interrupted run (`BackupAndRestore`).
 """
 
-import json
 import os
 import shutil
 import time
@@ -18,8 +17,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_adapters import adapter_io
+from keras_adapters import composition
 from keras_adapters import data as data_lib
+from keras_adapters import presets
+from keras_adapters import recipe
+from keras_adapters import runs
 from keras_adapters.methods.registry import get_adapter_config
+from keras_adapters.text_classifier import AdapterTextClassifier
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
@@ -72,111 +77,6 @@ def get_strategy(name=None):
     raise ValueError(f"strategy must be 'default' or 'mirrored', got {name!r}.")
 
 
-# --------------------------------------------------------------- optimizer
-@keras.saving.register_keras_serializable(package="keras_adapters")
-class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up from 0 to `peak` over `warmup_steps`, then linear decay
-    to `end_fraction * peak` at `total_steps` (BERT's schedule).
-
-    Example:
-    ```python
-    schedule = WarmupLinearDecay(1e-3, total_steps=1000, warmup_steps=100)
-    ```
-    """
-
-    def __init__(self, peak, total_steps, warmup_steps, end_fraction=0.0):
-        self.peak = float(peak)
-        self.total_steps = int(max(1, total_steps))
-        self.warmup_steps = int(max(0, min(warmup_steps, self.total_steps)))
-        self.end_fraction = float(end_fraction)
-
-    def __call__(self, step):
-        step = tf.cast(step, tf.float32)
-        warmup = tf.cast(max(1, self.warmup_steps), tf.float32)
-        total = tf.cast(self.total_steps, tf.float32)
-        rising = self.peak * (step + 1.0) / warmup
-        span = tf.maximum(total - warmup, 1.0)
-        progress = tf.clip_by_value((step - warmup) / span, 0.0, 1.0)
-        falling = self.peak * (1.0 - (1.0 - self.end_fraction) * progress)
-        return tf.where(step < warmup, rising, falling) if self.warmup_steps else falling
-
-    def get_config(self):
-        return {
-            "peak": self.peak,
-            "total_steps": self.total_steps,
-            "warmup_steps": self.warmup_steps,
-            "end_fraction": self.end_fraction,
-        }
-
-
-def make_optimizer(
-    learning_rate, total_steps=None, warmup_fraction=0.1, weight_decay=0.01, clipnorm=1.0
-):
-    """AdamW + global-norm clipping, no weight decay on biases/norms; with
-    `total_steps`, the learning rate warms up and decays (`WarmupLinearDecay`),
-    otherwise it stays constant."""
-    if total_steps is not None:
-        learning_rate = WarmupLinearDecay(
-            learning_rate, total_steps, warmup_steps=int(warmup_fraction * total_steps)
-        )
-    optimizer = keras.optimizers.AdamW(
-        learning_rate=learning_rate, weight_decay=weight_decay, global_clipnorm=clipnorm
-    )
-    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
-    return optimizer
-
-
-# ----------------------------------------------------------------- metrics
-@keras.saving.register_keras_serializable(package="keras_adapters")
-class SparseMacroF1(keras.metrics.F1Score):
-    """Macro-averaged F1 for integer labels and class probabilities."""
-
-    def __init__(self, num_classes, name="macro_f1", **kwargs):
-        kwargs.pop("average", None)
-        kwargs.pop("threshold", None)
-        super().__init__(average="macro", threshold=None, name=name, **kwargs)
-        self.num_classes = num_classes
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        y_true = tf.one_hot(tf.cast(tf.reshape(y_true, [-1]), tf.int32), self.num_classes)
-        return super().update_state(y_true, y_pred, sample_weight)
-
-    def get_config(self):
-        config = super().get_config()
-        config["num_classes"] = self.num_classes
-        return config
-
-
-@keras.saving.register_keras_serializable(package="keras_adapters")
-class ExactMatch(keras.metrics.MeanMetricWrapper):
-    """Multi-label: fraction of examples whose every label is right at 0.5."""
-
-    def __init__(self, name="exact_match", dtype=None, threshold=0.5):
-        def exact_match(y_true, y_pred):
-            pred = tf.cast(y_pred > threshold, tf.float32)
-            return tf.cast(tf.reduce_all(tf.equal(pred, tf.cast(y_true, tf.float32)), axis=-1), tf.float32)
-
-        super().__init__(exact_match, name=name, dtype=dtype)
-        self.threshold = threshold
-
-    def get_config(self):
-        return {"name": self.name, "dtype": self.dtype, "threshold": self.threshold}
-
-
-def classification_metrics(num_classes, multi_label):
-    """accuracy + macro-F1; multi-label: binary accuracy, macro-F1, exact match."""
-    if multi_label:
-        return [
-            keras.metrics.BinaryAccuracy(name="binary_accuracy"),
-            keras.metrics.F1Score(average="macro", threshold=0.5, name="macro_f1"),
-            ExactMatch(),
-        ]
-    return [
-        keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-        SparseMacroF1(num_classes),
-    ]
-
-
 # --------------------------------------------------------------- callbacks
 class BestAdapterCheckpoint(keras.callbacks.Callback):
     """Save the adapter folder whenever the monitored metric improves.
@@ -195,7 +95,7 @@ class BestAdapterCheckpoint(keras.callbacks.Callback):
         self.best_epoch = None
         self.state_file = state_file
         if state_file and os.path.isfile(state_file):
-            state = json.loads(Path(state_file).read_text())
+            state = runs.read_json(state_file)
             if state.get("monitor") == monitor:
                 self.best, self.best_epoch = state["value"], state["epoch"]
 
@@ -207,7 +107,7 @@ class BestAdapterCheckpoint(keras.callbacks.Callback):
             self.best, self.best_epoch = float(value), epoch + 1
             self.model.save_adapter(self.directory)
             if self.state_file:
-                _write_json(
+                runs.write_json(
                     self.state_file,
                     {"monitor": self.monitor, "value": self.best, "epoch": self.best_epoch},
                 )
@@ -268,12 +168,18 @@ def train_classifier(
     tensorboard=True,
     verbose=1,
     callbacks=(),
+    fuse=None,
     **data_options,
 ):
-    """Fine-tune an adapter on a directory (or `tfds:NAME`) dataset.
+    """Fine-tune an adapter (or an AdapterFusion) on a directory or `tfds:NAME`.
 
-    `callbacks` are extra Keras callbacks; `data_options` go to the dataset
-    functions (e.g. `text_key`, `label_key`, `split` for TFDS).
+    Args:
+        fuse: run folders of finished adapters (same backbone, checked): train
+            an AdapterFusion over them for this task instead of a new adapter
+            (`method` is then unused; the backbone is the runs').
+        callbacks: extra Keras callbacks.
+        **data_options: go to the dataset functions (e.g. `text_key`,
+            `label_key`, `split` for TFDS).
 
     Writes to `output` (a run folder): `adapter/` (the best adapter, as
     `save_adapter` writes it), `class_names.json`, `train_config.json`,
@@ -285,75 +191,48 @@ def train_classifier(
     Returns:
         (model, summary dict).
     """
-    from keras_adapters.text_classifier import AdapterTextClassifier
-
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     precision = resolve_precision(precision)
-    config = get_adapter_config(method)
     keras.utils.set_random_seed(seed)
     strategy = get_strategy(strategy)
-
-    from keras_adapters import presets
-
-    preprocessor = presets.load_preprocessor(preset, sequence_length)
+    if fuse:
+        preset = adapter_io.read_config(runs.adapter_dir(fuse[0]))["backbone"]["preset"]
     global_batch = batch_size * strategy.num_replicas_in_sync
     train, validation = training_datasets(
         data,
-        preprocessor,
+        presets.load_preprocessor(preset, sequence_length),
         validation_split,
         batch_size=global_batch,
         seed=seed,
         bucket_by_sequence_length=bucket_by_sequence_length,
         **data_options,
     )
-    class_names = train.class_names
-    steps_per_epoch = int(np.ceil(train.num_examples / global_batch))
-
+    steps = int(np.ceil(train.num_examples / global_batch)) * epochs
     with strategy.scope():
-        model = AdapterTextClassifier.from_preset(
-            preset,
-            num_classes=len(class_names),
-            adapter=config,
-            sequence_length=sequence_length,
-            dtype=precision,
-            pooling=pooling,
-            class_names=class_names,
-        )
+        options = dict(sequence_length=sequence_length, dtype=precision, pooling=pooling)
+        if fuse:
+            model = build_fusion_model(fuse, train.class_names, **options)
+        else:
+            model = AdapterTextClassifier.from_preset(
+                preset, num_classes=len(train.class_names), method=get_adapter_config(method),
+                class_names=train.class_names, **options,
+            )
+        peak = learning_rate or model.default_learning_rate
         model.compile(
-            optimizer=make_optimizer(
-                learning_rate or config.default_learning_rate, steps_per_epoch * epochs
-            ),
-            metrics=classification_metrics(len(class_names), model.multi_label),
+            optimizer=recipe.make_optimizer(peak, steps),
+            metrics=recipe.classification_metrics(model.num_classes, model.multi_label),
         )
-
     monitor = "val_accuracy" if validation is not None else "accuracy"
-    summary_cb = TrainingTimer()
-    best_state = output / "best.json"
-    if not (output / "backup").is_dir() and best_state.is_file():
-        best_state.unlink()  # a new run, not a resumed one
-    best = BestAdapterCheckpoint(output / "adapter", monitor=monitor, state_file=str(best_state))
-    fit_callbacks = [
-        *callbacks,
-        summary_cb,
-        best,
-        keras.callbacks.BackupAndRestore(str(output / "backup"), delete_checkpoint=True),
-    ]
-    if tensorboard:
-        fit_callbacks.append(keras.callbacks.TensorBoard(str(output / "logs"), update_freq="epoch"))
-    if early_stopping_patience:
-        fit_callbacks.append(
-            keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=early_stopping_patience)
-        )
-
-    train_config = {
+    record = {
         "data": str(data),
         "preset": model.preset,
-        "method": config.get_config(),
+        "method": None if fuse else model.adapter_config().get_config(),
+        "fuse": [str(r) for r in fuse] if fuse else None,
         "epochs": epochs,
         "batch_size": batch_size,
         "sequence_length": sequence_length,
-        "learning_rate": learning_rate or config.default_learning_rate,
+        "learning_rate": peak,
         "precision": precision,
         "validation_split": validation_split,
         "seed": seed,
@@ -364,39 +243,67 @@ def train_classifier(
         "num_train_examples": train.num_examples,
         "num_validation_examples": None if validation is None else validation.num_examples,
     }
-    _write_json(output / "train_config.json", train_config)
-    _write_json(output / "class_names.json", class_names)
+    runs.write_json(output / "train_config.json", record)
+    runs.write_json(output / "class_names.json", train.class_names)
+    fit_callbacks, timer, best = _callbacks(output, monitor, tensorboard, early_stopping_patience, callbacks)
+    history = model.fit(train, validation_data=validation, epochs=epochs, callbacks=fit_callbacks, verbose=verbose)
+    return model, _finish(model, output, history, timer, best, train.num_examples, monitor)
 
-    history = model.fit(
-        train,
-        validation_data=validation,
-        epochs=epochs,
-        callbacks=fit_callbacks,
-        verbose=verbose,
+
+def build_fusion_model(run_dirs, class_names, sequence_length=128, dtype=None, pooling="auto"):
+    """A model with each run's adapter (named after its folder) and a new
+    AdapterFusion over them with a head for `class_names`, ready to train."""
+    model, names = runs.load_runs(run_dirs, dtype=dtype, sequence_length=sequence_length)
+    if model.fusion_names:
+        raise ValueError("--fuse takes runs of single adapters, not fusion runs.")
+    head = {} if pooling in (None, "auto") else {"pooling": pooling}
+    fuse = model.add_adapter_fusion(
+        composition.Fuse(*names), num_classes=len(class_names), class_names=class_names, **head
     )
-    if best.best_epoch is None:  # e.g. the monitor never appeared
-        model.save_adapter(output / "adapter")
-    _write_json(output / "history.json", _jsonable(history.history))
+    model.train_adapter_fusion(fuse)
+    return model
 
-    seconds = summary_cb.seconds
-    examples = train.num_examples * len(history.history.get("loss", []))
+
+def _callbacks(output, monitor, tensorboard, patience, extra):
+    """The run's callbacks: timer, best adapter, backup (+ TensorBoard, early stop)."""
+    timer = TrainingTimer()
+    best_state = output / "best.json"
+    if not (output / "backup").is_dir() and best_state.is_file():
+        best_state.unlink()  # a new run, not a resumed one
+    best = BestAdapterCheckpoint(runs.adapter_dir(output), monitor=monitor, state_file=str(best_state))
+    callbacks = [
+        *extra,
+        timer,
+        best,
+        keras.callbacks.BackupAndRestore(str(output / "backup"), delete_checkpoint=True),
+    ]
+    if tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(str(output / "logs"), update_freq="epoch"))
+    if patience:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=patience))
+    return callbacks, timer, best
+
+
+def _finish(model, output, history, timer, best, num_examples, monitor):
+    """Save what the run produced; the summary that `metrics.json` holds."""
+    if best.best_epoch is None:  # e.g. the monitor never appeared
+        model.save_adapter(runs.adapter_dir(output))
+    runs.write_json(output / "history.json", _jsonable(history.history))
+    epochs_run = len(history.history.get("loss", []))
+    seconds = timer.seconds
     summary = {
         "seconds": round(seconds, 2),
-        "epochs_run": len(history.history.get("loss", [])),
-        "examples_per_second": round(examples / seconds, 2) if seconds else None,
+        "epochs_run": epochs_run,
+        "examples_per_second": round(num_examples * epochs_run / seconds, 2) if seconds else None,
         "best_metric": monitor,
         "best_value": None if best.best_epoch is None else best.best,
         "best_epoch": best.best_epoch,
     }
-    _write_json(output / "metrics.json", {"train": summary})
+    runs.write_json(output / "metrics.json", {"train": summary})
     if os.path.isdir(output / "backup"):
         shutil.rmtree(output / "backup")
-    return model, summary
+    return summary
 
 
 def _jsonable(history):
     return {k: [float(v) for v in values] for k, values in history.items()}
-
-
-def _write_json(path, obj):
-    Path(path).write_text(json.dumps(obj, indent=2) + "\n")

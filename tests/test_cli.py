@@ -98,3 +98,40 @@ def test_console_script_is_installed():
     exe = os.path.join(os.path.dirname(sys.executable), "keras-adapters")
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "train" in out.stdout and "evaluate" in out.stdout
+
+
+def _train(data, output, preset, *extra):
+    return cli.main([
+        "train", str(data), "--output", str(output), "--preset", preset, "--epochs", "2",
+        "--batch-size", "4", "--sequence-length", "16", "--precision", "float32", "--quiet", *extra,
+    ])
+
+
+def test_fuse_trains_a_fusion_over_finished_runs(tiny_preset, tmp_path, capsys):
+    data = write_class_folders(tmp_path / "data", per_class=6)
+    for name in ("first", "second"):
+        assert _train(data, tmp_path / name, tiny_preset, "--method", "houlsby", "--seed", str(len(name))) == 0
+    fused = tmp_path / "fused"
+    assert _train(data, fused, "default", "--fuse", f"{tmp_path / 'first'},{tmp_path / 'second'}") == 0
+    assert "trained a fusion of first, second" in capsys.readouterr().out
+    config = json.loads((fused / "adapter" / "adapter_config.json").read_text())
+    assert config["fusion"]["adapters"] == ["first", "second"] and config["name"] == "first_second_fusion"
+    assert sorted(os.listdir(fused / "adapter" / "adapters")) == ["first", "second"]
+    assert cli.main(["evaluate", str(fused), str(data), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["num_examples"] == 18 and 0.0 <= result["accuracy"] <= 1.0
+    assert cli.main(["predict", str(fused), "the team won the cup", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["label"] in CLASS_WORDS
+    assert cli.main(["export", str(fused), "--format", "saved_model", "--output", str(tmp_path / "sm")]) == 0
+    # A fusion over runs on another checkpoint is refused.
+    other = tmp_path / "other_preset"
+    import keras_hub
+    from conftest import VOCAB, tiny_backbone
+
+    tiny_backbone(seed=9).save_to_preset(str(other))
+    keras_hub.models.BertTextClassifierPreprocessor(
+        keras_hub.models.BertTokenizer(vocabulary=VOCAB, lowercase=True), sequence_length=16
+    ).save_to_preset(str(other))
+    assert _train(data, tmp_path / "third", str(other), "--method", "houlsby") == 0
+    code = _train(data, tmp_path / "bad", "default", "--fuse", f"{tmp_path / 'first'},{tmp_path / 'third'}")
+    assert code == 2 and "different checkpoint" in capsys.readouterr().err

@@ -39,7 +39,7 @@ def serve(saved_model_dir, signature, inputs, dtypes, tmp_path):
 def _trained(preset, method, seed=0, **kwargs):
     keras.utils.set_random_seed(seed)
     model = ka.AdapterTextClassifier.from_preset(
-        preset, num_classes=4, adapter=method, sequence_length=16,
+        preset, num_classes=4, method=method, sequence_length=16,
         class_names=["sport", "business", "tech", "politics"], **kwargs,
     )
     model.fit(TEXTS, LABELS, epochs=3, batch_size=4, verbose=0)
@@ -49,7 +49,7 @@ def _trained(preset, method, seed=0, **kwargs):
 @pytest.fixture(scope="module")
 def houlsby_export(tiny_preset, tmp_path_factory):
     model = _trained(tiny_preset, "houlsby")
-    out = model.export_saved_model(str(tmp_path_factory.mktemp("sm") / "houlsby"), version=3)
+    out = ka.export_saved_model(model, str(tmp_path_factory.mktemp("sm") / "houlsby"), version=3)
     return model, out
 
 
@@ -121,57 +121,74 @@ def test_serving_answers_odd_inputs(houlsby_export, tmp_path):
 def test_lora_and_ia3_export_merged(tiny_preset, tmp_path, method):
     model = _trained(tiny_preset, method, seed=1)
     expected = model.predict(TEXTS, verbose=0)
-    out = model.export_saved_model(str(tmp_path / "m"))
+    out = ka.export_saved_model(model, str(tmp_path / "m"))
     # The model given is untouched; the export holds no adapter weights.
-    assert model.adapter_config is not None
-    names = [name for name, _ in tf.train.list_variables(os.path.join(out, "variables", "variables"))]
-    weight = "lora_a" if method == "lora" else "scale"
-    assert not any(weight in n for n in names)
-    unmerged = model.export_saved_model(str(tmp_path / "u"), merge=False)
-    names = [name for name, _ in tf.train.list_variables(os.path.join(unmerged, "variables", "variables"))]
-    assert len(names) > 0
+    assert model.adapter_names == ["default"] and model.merged_adapter is None
+    unmerged = ka.export_saved_model(model, str(tmp_path / "u"), merge=False)
+    adapter_values = ka.parameter_report(model)["groups"]["adapter"]["total"]
+    assert adapter_values == (2 * 2 * (16 * 8 + 8 * 16) if method == "lora" else 2 * (16 + 16 + 32))
+    assert _stored_values(unmerged) - _stored_values(out) == adapter_values
     response = serve(out, "serving_default", {"text": TEXTS}, {}, tmp_path)
     np.testing.assert_allclose(response["outputs"]["probabilities"], expected, atol=1e-4)
 
 
+def _stored_values(path):
+    entries = tf.train.list_variables(os.path.join(path, "variables", "variables"))
+    return sum(int(np.prod(shape)) for name, shape in entries if name != "_CHECKPOINTABLE_OBJECT_GRAPH")
+
+
+def _two_task_model(preset):
+    keras.utils.set_random_seed(2)
+    model = ka.AdapterTextClassifier.from_preset(preset, method=None, sequence_length=16)
+    for name, method, labels in (("news", "houlsby", LABELS), ("topics", "lora", LABELS[::-1] % 3)):
+        model.add_adapter(name, method, num_classes=4 if name == "news" else 3)
+        model.train_adapter(name)
+        model.compile()
+        model.fit(TEXTS, labels, epochs=2, batch_size=4, verbose=0)
+    return model
+
+
 def test_multi_adapter_export_shares_the_backbone(tiny_preset, tmp_path):
-    models = {"news": _trained(tiny_preset, "houlsby", seed=2), "topics": _trained(tiny_preset, "lora", seed=3)}
-    expected = {name: m.predict(TEXTS, verbose=0) for name, m in models.items()}
-    singles = {name: m.export_saved_model(str(tmp_path / f"single_{name}")) for name, m in models.items()}
-    out = export.export_multi_adapter_saved_model(models, str(tmp_path / "multi"))
-    for name in models:
+    model = _two_task_model(tiny_preset)
+    expected, singles = {}, {}
+    for name in ("news", "topics"):
+        model.set_active_adapters(name)
+        expected[name] = model.predict(TEXTS, verbose=0)
+        model.save_adapter(str(tmp_path / f"adapter_{name}"))
+        alone = ka.AdapterTextClassifier.from_adapter(str(tmp_path / f"adapter_{name}"))
+        singles[name] = ka.export_saved_model(alone, str(tmp_path / f"single_{name}"), merge=False)
+    assert expected["news"].shape == (8, 4) and expected["topics"].shape == (8, 3)
+    out = ka.export_multi_adapter_saved_model(model, str(tmp_path / "multi"))
+    assert model.active_adapters == "topics"  # restored
+    for name in ("news", "topics"):
         response = serve(out, f"classify_{name}", {"text": TEXTS}, {}, tmp_path)
         np.testing.assert_allclose(response["outputs"]["probabilities"], expected[name], atol=1e-5)
+        single = serve(singles[name], "serving_default", {"text": TEXTS}, {}, tmp_path)
+        np.testing.assert_allclose(single["outputs"]["probabilities"], expected[name], atol=1e-5)
     response = serve(out, "serving_default", {"text": TEXTS}, {}, tmp_path)
     np.testing.assert_allclose(response["outputs"]["probabilities"], expected["news"], atol=1e-5)
 
-    def stored_values(path):
-        entries = tf.train.list_variables(os.path.join(path, "variables", "variables"))
-        return sum(int(np.prod(shape)) for _, shape in entries)
-
-    backbone = ka.AdapterTextClassifier.from_preset(tiny_preset, num_classes=4, adapter="head").backbone
     # One backbone plus each task's own weights, not one backbone per task.
-    task_weights = sum(ka.parameter_report(m)["trainable"] for m in models.values())
-    assert backbone.count_params() < stored_values(out) <= backbone.count_params() + task_weights + 64
-    assert stored_values(out) < sum(stored_values(p) for p in singles.values())
+    assert _stored_values(out) == sum(int(np.prod(v.shape)) for v in model.variables)
+    assert _stored_values(out) < sum(_stored_values(p) for p in singles.values())
 
 
 def test_multi_adapter_refuses_full_fine_tuning(tiny_preset, tmp_path):
-    models = {"a": _trained(tiny_preset, "houlsby"), "b": _trained(tiny_preset, "full")}
+    model = _trained(tiny_preset, "full")
     with pytest.raises(ValueError, match="cannot share one"):
-        export.export_multi_adapter_saved_model(models, str(tmp_path / "multi"))
+        ka.export_multi_adapter_saved_model(model, str(tmp_path / "multi"))
 
 
 def test_existing_version_is_not_overwritten(houlsby_export):
     model, out = houlsby_export
     with pytest.raises(FileExistsError, match="versions are immutable"):
-        model.export_saved_model(os.path.dirname(out), version=3)
+        ka.export_saved_model(model, os.path.dirname(out), version=3)
 
 
 @pytest.mark.parametrize("quantize", ["none", "dynamic"])
 def test_tflite_matches_the_saved_model(houlsby_export, tmp_path, quantize):
     model, saved = houlsby_export
-    path = model.export_tflite(str(tmp_path / "lite"), quantize=quantize)
+    path = ka.export_tflite(model, str(tmp_path / "lite"), quantize=quantize)
     folder = os.path.dirname(path)
     assert sorted(os.listdir(folder)) == ["labels.txt", "model.tflite", "vocab.txt"]
     assert open(os.path.join(folder, "labels.txt")).read().split() == model.class_names

@@ -8,14 +8,14 @@ from conftest import tiny_backbone
 from conftest import token_batch
 
 import keras_adapters as ka
+from keras_adapters import injection
 from keras_adapters.injection import SITES
+from keras_adapters.injection import AdapterSite
 from keras_adapters.injection import adapter_weights
-from keras_adapters.injection import get_injection
-from keras_adapters.methods.base import WrappedLayer
 from keras_adapters.methods.registry import METHODS
 
 EXPECTED_SITES = {
-    "houlsby": ("self_attention_dropout", "feedforward_dropout"),
+    "houlsby": ("self_attention_dropout", "feedforward_dropout", "self_attention_layer_norm", "feedforward_layer_norm"),
     "pfeiffer": ("feedforward_dropout",),
     "lora": ("query", "value"),
     "ia3": ("key", "value", "feedforward_output_dense"),
@@ -35,54 +35,130 @@ def test_injected_backbone_starts_as_the_original(method):
     backbone = tiny_backbone()
     ka.inject_adapters(backbone, method)
     np.testing.assert_allclose(_sequence_output(backbone, x), reference, atol=1e-6)
+    # Not vacuous: the method's units are there (and move the output once trained).
+    assert len(injection.units_of(backbone, "default")) == 2 * len(EXPECTED_SITES[method])
+    if method not in ("full", "head"):
+        randomize_adapter_weights(backbone)
+        assert np.abs(_sequence_output(backbone, x) - reference).max() > 1e-3
 
 
 @pytest.mark.parametrize("method", ["houlsby", "pfeiffer", "lora", "ia3"])
-def test_adapters_sit_at_their_sites_and_change_the_output(method):
-    x = token_batch()
+def test_units_sit_at_their_sites(method):
     backbone = tiny_backbone()
-    reference = _sequence_output(backbone, x)
-    injection = ka.inject_adapters(backbone, method)
-    expected = {
-        f"transformer_layer_{i}/{site}" for i in range(2) for site in EXPECTED_SITES[method]
-    }
-    assert set(injection.wrappers) == expected
-    for path, wrapper in injection.wrappers.items():
+    originals = {id(w) for w in backbone.weights}
+    units = ka.inject_adapters(backbone, method)
+    expected = {f"transformer_layer_{i}/{site}" for i in range(2) for site in EXPECTED_SITES[method]}
+    assert set(units) == expected
+    for path, unit in units.items():
         encoder, site = path.split("/", 1)
         parent = backbone.get_layer(encoder)
         *parents, attr = SITES[site]
         for name in parents:
             parent = getattr(parent, name)
-        assert getattr(parent, attr) is wrapper
-        # Tracked in place of the original, exactly once.
-        assert wrapper in parent._layers and wrapper.base not in parent._layers
-    randomize_adapter_weights(backbone)
-    assert np.abs(_sequence_output(backbone, x) - reference).max() > 1e-3
+        holder = getattr(parent, attr)
+        # Tracked in place of the original, exactly once; the unit inside it.
+        assert isinstance(holder, AdapterSite) and holder.units["default"] is unit
+        assert holder in parent._layers and holder.base not in parent._layers
+    # No weight counted twice, and the originals are all still there.
+    assert len({id(w) for w in backbone.weights}) == len(backbone.weights)
+    assert originals <= {id(w) for w in backbone.weights}
 
 
-def test_trainable_weights_are_exactly_what_the_method_trains():
+def test_houlsby_trains_its_own_layer_norm_copies_not_the_originals():
     backbone = tiny_backbone()
     originals = {id(w) for w in backbone.weights}
     ka.inject_adapters(backbone, "houlsby")
     trainable = backbone.trainable_weights
-    norms = [w for w in trainable if id(w) in originals]
-    assert sorted(w.path for w in norms) == sorted(
-        f"transformer_layer_{i}/{n}_layer_norm/{p}"
-        for i in range(2)
-        for n in ("self_attention", "feedforward")
-        for p in ("gamma", "beta")
-    )
-    added = [w for w in trainable if id(w) not in originals]
-    assert {id(w) for w in added} == {id(w) for w in adapter_weights(backbone)}
-    assert len(added) == 2 * 2 * 4  # 2 layers x 2 adapters x (down, up) x (kernel, bias)
-    # No weight counted twice.
-    assert len({id(w) for w in backbone.weights}) == len(backbone.weights)
+    assert not [w for w in trainable if id(w) in originals]
+    norms = [w for w in trainable if "layer_norm" in w.path]
+    assert len(norms) == 2 * 2 * 2  # 2 layers x 2 norms x (gamma, beta)
+    assert {id(w) for w in trainable} == {id(w) for w in adapter_weights(backbone)}
+
+
+def test_keys_are_the_release_0_1_names():
+    backbone = tiny_backbone()
+    injection.add_adapter(backbone, "a", "houlsby")
+    injection.add_adapter(backbone, "b", ka.LoRAConfig(target_modules=("query",)))
+    keys_a = injection.adapter_weights_by_key(backbone, "a")
+    keys_b = injection.adapter_weights_by_key(backbone, "b")
+    assert "transformer_layer_0/feedforward_adapter/down/kernel" in keys_a
+    assert "transformer_layer_1/self_attention_layer_norm/gamma" in keys_a
+    assert sorted(keys_b) == [
+        f"transformer_layer_{i}/self_attention_layer/query/lora_{m}" for i in range(2) for m in "ab"
+    ]
+    assert not {id(w) for w in keys_a.values()} & {id(w) for w in keys_b.values()}
+
+
+def test_several_adapters_switch_and_delete_back_to_the_original():
+    x = token_batch()
+    reference = _sequence_output(tiny_backbone(), x)
+    backbone = tiny_backbone()
+    for name, method in (("a", "houlsby"), ("b", "lora"), ("c", "ia3")):
+        injection.add_adapter(backbone, name, method)
+    randomize_adapter_weights(backbone)
+    outputs = {}
+    for name in "abc":
+        injection.set_active(backbone, name)
+        outputs[name] = _sequence_output(backbone, x)
+    assert min(np.abs(outputs[p] - outputs[q]).max() for p, q in ("ab", "bc", "ac")) > 1e-3
+    injection.set_active(backbone, None)
+    np.testing.assert_allclose(_sequence_output(backbone, x), reference, atol=1e-6)
+    injection.set_active(backbone, "b")
+    for name in "abc":
+        injection.delete_adapter(backbone, name)
+    assert injection.get_state(backbone).active is None
+    assert not any(isinstance(layer, AdapterSite) for layer in backbone._flatten_layers())
+    assert len(backbone.weights) == len(tiny_backbone().weights)
+    np.testing.assert_allclose(_sequence_output(backbone, x), reference, atol=1e-6)
+
+
+def test_stack_composes_units_at_a_site():
+    """Bottleneck outputs feed the next; LoRA updates add; IA3 scales multiply."""
+    backbone = tiny_backbone()
+    for name, method in (("h1", "pfeiffer"), ("h2", "pfeiffer"), ("l1", "lora"), ("l2", "lora"), ("i", "ia3")):
+        injection.add_adapter(backbone, name, method)
+    randomize_adapter_weights(backbone)
+    rng = np.random.default_rng(0)
+    y = rng.standard_normal((2, 5, 16)).astype("float32")
+    state = injection.get_state(backbone)
+    site = state.sites["transformer_layer_0/feedforward_dropout"]
+    h1, h2 = site.units["h1"], site.units["h2"]
+    injection.set_active(backbone, ka.Stack("h1", "h2"))
+    expected = h2.transform_output(h1.transform_output(y))
+    np.testing.assert_allclose(site(y).numpy(), expected.numpy(), atol=1e-6)
+    value = state.sites["transformer_layer_0/value"]
+    base = value.base(y).numpy()
+    deltas = {n: value.units[n](y).numpy() - base for n in ("l1", "l2")}
+    scale = value.units["i"].scale.numpy()
+    injection.set_active(backbone, ka.Stack("l1", "l2", "i"))
+    np.testing.assert_allclose(value(y).numpy(), (base + deltas["l1"] + deltas["l2"]) * scale, atol=1e-5)
+    injection.set_active(backbone, ka.Average("l1", "l2", weights=[3, 1]))
+    np.testing.assert_allclose(value(y).numpy(), base + 0.75 * deltas["l1"] + 0.25 * deltas["l2"], atol=1e-5)
+
+
+def test_parallel_gives_each_branch_its_own_rows():
+    x = token_batch()
+    backbone = tiny_backbone()
+    injection.add_adapter(backbone, "a", "houlsby")
+    injection.add_adapter(backbone, "b", "lora")
+    randomize_adapter_weights(backbone)
+    alone = {}
+    for name in "ab":
+        injection.set_active(backbone, name)
+        alone[name] = _sequence_output(backbone, x)
+    injection.set_active(backbone, ka.Parallel("a", "b"))
+    doubled = {k: np.concatenate([v, v]) for k, v in x.items()}
+    both = _sequence_output(backbone, doubled)
+    np.testing.assert_allclose(both[:3], alone["a"], atol=1e-5)
+    np.testing.assert_allclose(both[3:], alone["b"], atol=1e-5)
 
 
 def test_full_trains_everything_head_nothing():
     backbone = tiny_backbone()
     ka.inject_adapters(backbone, "full")
     assert len(backbone.trainable_weights) == len(backbone.weights)
+    with pytest.raises(ValueError, match="must be the model's only adapter"):
+        injection.add_adapter(backbone, "other", "lora")
     backbone = tiny_backbone()
     ka.inject_adapters(backbone, "head")
     assert backbone.trainable_weights == []
@@ -90,19 +166,20 @@ def test_full_trains_everything_head_nothing():
 
 def test_target_layers_restricts_injection():
     backbone = tiny_backbone()
-    injection = ka.inject_adapters(
+    units = ka.inject_adapters(
         backbone, ka.LoRAConfig(target_layers="transformer_layer_1", target_modules=("key",))
     )
-    assert list(injection.wrappers) == ["transformer_layer_1/key"]
+    assert list(units) == ["transformer_layer_1/key"]
     with pytest.raises(ValueError, match="matches none of the encoder layers"):
         ka.inject_adapters(tiny_backbone(), ka.LoRAConfig(target_layers="layer_9"))
 
 
-def test_second_injection_is_refused():
+@pytest.mark.parametrize("name, message", [("a", "already an adapter"), ("a/b", "letters, digits"), ("", "letters, digits")])
+def test_bad_or_taken_names_are_refused(name, message):
     backbone = tiny_backbone()
-    ka.inject_adapters(backbone, "lora")
-    with pytest.raises(ValueError, match="already has a 'lora' adapter"):
-        ka.inject_adapters(backbone, "ia3")
+    injection.add_adapter(backbone, "a", "lora")
+    with pytest.raises(ValueError, match=message):
+        injection.add_adapter(backbone, name, "ia3")
 
 
 def test_missing_site_fails_before_changing_anything():
@@ -113,10 +190,10 @@ def test_missing_site_fails_before_changing_anything():
     trainable_before = [w.trainable for w in backbone.weights]
     with pytest.raises(RuntimeError, match="lays out TransformerEncoder differently"):
         ka.inject_adapters(backbone, "houlsby")
-    assert get_injection(backbone) is None
+    assert not injection.get_state(backbone).configs
     assert [w.trainable for w in backbone.weights] == trainable_before
     first = backbone.get_layer("transformer_layer_0")
-    assert not isinstance(first._self_attention_dropout, WrappedLayer)
+    assert not isinstance(first._self_attention_dropout, AdapterSite)
 
 
 def test_non_transformer_backbone_is_refused():
@@ -127,25 +204,29 @@ def test_non_transformer_backbone_is_refused():
 
 
 @pytest.mark.parametrize("method", ["lora", "ia3"])
-def test_merge_keeps_outputs_and_removes_wrappers(method):
+def test_merge_keeps_outputs_and_removes_units(method):
     x = token_batch()
     backbone = tiny_backbone()
     ka.inject_adapters(backbone, method)
     randomize_adapter_weights(backbone)
     adapted = _sequence_output(backbone, x)
-    ka.merge_adapters(backbone)
-    assert get_injection(backbone) is None
-    assert not any(isinstance(layer, WrappedLayer) for layer in backbone._flatten_layers())
+    injection.merge_adapter(backbone, "default")
+    assert not injection.get_state(backbone).configs
+    assert not any(isinstance(layer, AdapterSite) for layer in backbone._flatten_layers())
     assert len(backbone.weights) == len(tiny_backbone().weights)
     np.testing.assert_allclose(_sequence_output(backbone, x), adapted, atol=1e-4)
+    assert np.abs(_sequence_output(tiny_backbone(), x) - adapted).max() > 1e-3
 
 
-def test_bottleneck_merge_is_refused_without_changes():
+def test_merge_is_refused_without_changes():
     backbone = tiny_backbone()
     ka.inject_adapters(backbone, "houlsby")
     with pytest.raises(ValueError, match="cannot be merged"):
-        ka.merge_adapters(backbone)
-    assert get_injection(backbone) is not None
+        injection.merge_adapter(backbone, "default")
+    assert list(injection.get_state(backbone).configs) == ["default"]
+    injection.add_adapter(backbone, "lora", "lora")
+    with pytest.raises(ValueError, match=r"adapters \['default'\] were\s+trained on"):
+        injection.merge_adapter(backbone, "lora")
 
 
 def test_adapter_weights_stay_float32_under_mixed_precision():

@@ -76,5 +76,5 @@ def test_in_graph_tokenizer_matches_huggingface(minilm_preset):
 def test_default_pooling_follows_the_checkpoint(minilm_preset, tiny_preset):
     assert presets.default_pooling(minilm_preset) == "mean"  # 1_Pooling/config.json says mean
     assert presets.default_pooling(tiny_preset) == "cls"
-    model = ka.AdapterTextClassifier.from_preset(minilm_preset, num_classes=2, adapter="head", sequence_length=16)
+    model = ka.AdapterTextClassifier.from_preset(minilm_preset, num_classes=2, method="head", sequence_length=16)
     assert model.pooling == "mean"

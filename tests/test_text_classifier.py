@@ -1,19 +1,24 @@
 """AdapterTextClassifier on a tiny preset: fit, inputs, heads, saving."""
 
+import json
+import os
+
 import keras
 import numpy as np
 import pytest
 from conftest import LABELS
 from conftest import TEXTS
+from conftest import randomize_adapter_weights
 
 import keras_adapters as ka
+from keras_adapters import injection
 from keras_adapters.injection import adapter_weights
 
 
-def _model(preset, adapter="houlsby", **kwargs):
+def _model(preset, method="houlsby", **kwargs):
     kwargs.setdefault("num_classes", 4)
     kwargs.setdefault("sequence_length", 16)
-    return ka.AdapterTextClassifier.from_preset(preset, adapter=adapter, **kwargs)
+    return ka.AdapterTextClassifier.from_preset(preset, method=method, **kwargs)
 
 
 def _snapshot(weights):
@@ -31,7 +36,7 @@ def test_fit_on_strings_trains_only_what_the_method_trains(tiny_preset):
     after = _snapshot(model.weights)
     changed = {p for p, v in before_trainable.items() if not np.array_equal(v, after[p])}
     assert changed == set(before_trainable)  # adapters, head and layer norms all moved
-    assert any("layer_norm" in p for p in changed) and "logits/kernel" in changed
+    assert any("layer_norm" in p for p in changed) and "default_head/logits/kernel" in changed
     for path, value in before_frozen.items():
         np.testing.assert_array_equal(after[path], value, err_msg=path)
 
@@ -88,7 +93,7 @@ def test_keras_save_and_load_model_round_trip(tiny_preset, tmp_path):
     model.save(path)
     loaded = keras.models.load_model(path)
     assert isinstance(loaded, ka.AdapterTextClassifier)
-    assert loaded.adapter_config == model.adapter_config
+    assert loaded.adapter_config() == model.adapter_config()
     assert loaded.class_names == ["sport", "business", "tech", "politics"]
     np.testing.assert_allclose(loaded.predict(TEXTS, verbose=0), expected, atol=1e-6)
     assert len(loaded.trainable_weights) == len(model.trainable_weights)
@@ -104,14 +109,14 @@ def test_merge_adapter_keeps_predictions(tiny_preset, method, tmp_path):
     model.fit(TEXTS, LABELS, epochs=3, batch_size=4, verbose=0)
     unmerged = model.predict(TEXTS, verbose=0)
     model.merge_adapter()
-    assert model.adapter_config is None and model.merged_adapter["method"] == method
+    assert model.adapter_config().method == "head" and model.merged_adapter["method"] == method
     assert ka.parameter_report(model)["groups"]["adapter"]["total"] == 0
     merged = model.predict(TEXTS, verbose=0)
     np.testing.assert_allclose(merged, unmerged, atol=1e-4)
     model.save(str(tmp_path / "merged.keras"))
     loaded = keras.models.load_model(str(tmp_path / "merged.keras"))
     np.testing.assert_allclose(loaded.predict(TEXTS, verbose=0), merged, atol=1e-6)
-    with pytest.raises(ka.AdapterFormatError, match="no adapter"):
+    with pytest.raises(ka.AdapterFormatError, match="was merged into the backbone"):
         model.save_adapter(str(tmp_path / "adapter"))
 
 
@@ -121,9 +126,10 @@ def test_parameter_report_counts_groups(tiny_preset):
     groups = report["groups"]
     assert report["total"] == sum(g["total"] for g in groups.values()) == model.count_params()
     assert report["trainable"] == sum(g["trainable"] for g in groups.values())
-    # hidden 16 // 16 = bottleneck 1: per adapter 16*1+1 + 1*16+16 = 49.
-    assert groups["adapter"]["total"] == 2 * 2 * 49
-    assert groups["backbone_trainable"]["trainable"] == 2 * 2 * 32
+    # hidden 16 // 16 = bottleneck 1: per adapter 16*1+1 + 1*16+16 = 49,
+    # plus the adapter's own copies of 2 layer norms (16 gamma + 16 beta).
+    assert groups["adapter"]["total"] == groups["adapter"]["trainable"] == 2 * 2 * (49 + 32)
+    assert groups["backbone_trainable"]["total"] == 0
     assert groups["head"]["trainable"] == 16 * 4 + 4
     assert groups["backbone_frozen"]["trainable"] == 0
     assert report["trainable_fraction"] == pytest.approx(report["trainable"] / report["total"])
@@ -136,7 +142,8 @@ def test_parameter_report_counts_groups(tiny_preset):
         ({"num_classes": 0}, "positive integer"),
         ({"class_names": ["a", "b"]}, "class_names must be 4 distinct names"),
         ({"pooling": "max"}, "pooling must be one of"),
-        ({"adapter": "prefix"}, "Unknown adapter method 'prefix'"),
+        ({"method": "prefix"}, "Unknown adapter method 'prefix'"),
+        ({"adapter": "prefix"}, "Unknown adapter method 'prefix'"),  # the old spelling
     ],
 )
 def test_bad_arguments_get_clear_errors(tiny_preset, kwargs, message):
@@ -151,3 +158,155 @@ def test_default_learning_rates_follow_the_method(tiny_preset):
         lrs[method] = float(model.optimizer.learning_rate.numpy())
     assert lrs["full"] == pytest.approx(3e-5)
     assert lrs["houlsby"] == pytest.approx(1e-3) and lrs["lora"] == pytest.approx(1e-3)
+
+
+# ----------------------------------------------------------- named adapters
+def _weights(model):
+    return {id(w): (w.path, w.numpy().copy()) for w in model.weights}
+
+
+def test_from_preset_names_its_adapter_default(tiny_preset):
+    model = _model(tiny_preset, "lora")
+    assert model.adapter_names == ["default"] and model.active_adapters == "default"
+    model.add_adapter("spam", "houlsby", num_classes=2, class_names=["ham", "spam"])
+    assert model.adapter_names == ["default", "spam"]
+    assert model.active_adapters == "default" and model.num_classes == 4
+    model.set_active_adapters("spam")
+    assert model.num_classes == 2 and model.class_names == ["ham", "spam"]
+    assert model.predict(TEXTS, verbose=0).shape == (8, 2)
+    with pytest.raises(ValueError, match="No adapter named 'nope'"):
+        model.set_active_adapters("nope")
+    model.delete_adapter("spam")
+    assert model.adapter_names == ["default"] and "spam" not in model.heads
+
+
+def test_train_adapter_moves_its_weights_and_head_only(tiny_preset):
+    keras.utils.set_random_seed(0)
+    model = _model(tiny_preset, ka.HoulsbyConfig(bottleneck_size=4))
+    model.add_adapter("b", ka.HoulsbyConfig(bottleneck_size=4), num_classes=2)
+    model.add_adapter("c", "lora")
+    model.train_adapter("b")
+    model.compile()
+    mine = {id(w) for w in injection.adapter_weights_by_key(model.backbone, "b").values()}
+    mine |= {id(w) for w in model.heads["b"].weights}
+    assert {id(w) for w in model.trainable_weights} == mine
+    before = _weights(model)
+    model.fit(TEXTS, LABELS % 2, epochs=2, batch_size=4, verbose=0)
+    for w in model.weights:
+        path, value = before[id(w)]
+        if id(w) in mine:
+            assert not np.array_equal(w.numpy(), value), path
+        else:
+            np.testing.assert_array_equal(w.numpy(), value, err_msg=path)
+
+
+def test_parallel_returns_every_head_and_matches_each_adapter(tiny_preset):
+    keras.utils.set_random_seed(1)
+    model = _model(tiny_preset, "houlsby")
+    model.add_adapter("spam", "lora", num_classes=2)
+    randomize_adapter_weights(model.backbone)
+    alone = {}
+    for name in ("default", "spam"):
+        model.set_active_adapters(name)
+        alone[name] = model.predict(TEXTS, verbose=0)
+    model.set_active_adapters(ka.Parallel("default", "spam"))
+    both = model.predict(TEXTS, verbose=0)
+    assert sorted(both) == ["default", "spam"]
+    for name in both:
+        np.testing.assert_allclose(both[name], alone[name], atol=1e-5)
+    with pytest.raises(ValueError, match="fit\\(\\) trains one output"):
+        model.fit(TEXTS, LABELS, epochs=1, verbose=0)
+
+
+def test_average_with_all_weight_on_one_is_that_adapter(tiny_preset):
+    model = _model(tiny_preset, "lora")
+    model.add_adapter("b", "lora")
+    randomize_adapter_weights(model.backbone)
+    model.set_active_adapters("default")
+    alone = model.predict(TEXTS, verbose=0)
+    model.set_active_adapters(ka.Average("default", "b", weights=[1, 0]))
+    np.testing.assert_allclose(model.predict(TEXTS, verbose=0), alone, atol=1e-6)
+    model.set_active_adapters(ka.Average("default", "b"))
+    assert np.abs(model.predict(TEXTS, verbose=0) - alone).max() > 1e-4
+
+
+def test_save_and_load_by_name(tiny_preset, tmp_path):
+    keras.utils.set_random_seed(2)
+    model = _model(tiny_preset, "houlsby")
+    model.add_adapter("spam", "ia3", num_classes=2, class_names=["ham", "spam"])
+    randomize_adapter_weights(model.backbone)
+    model.set_active_adapters("spam")
+    expected = model.predict(TEXTS, verbose=0)
+    model.save_adapter(str(tmp_path / "spam"), name="spam")
+    other = _model(tiny_preset, "lora")
+    assert other.load_adapter(str(tmp_path / "spam")) == "spam"
+    assert other.adapter_names == ["default", "spam"] and other.active_adapters == "default"
+    other.set_active_adapters("spam")
+    np.testing.assert_allclose(other.predict(TEXTS, verbose=0), expected, atol=1e-6)
+    assert other.load_adapter(str(tmp_path / "spam"), name="spam2") == "spam2"
+    with pytest.raises(ValueError, match="already an adapter"):
+        other.load_adapter(str(tmp_path / "spam"))
+
+
+def test_release_0_1_adapter_folders_still_load():
+    """Folders written by keras-adapters 0.1 (tests/data), with their outputs then."""
+    data = os.path.join(os.path.dirname(__file__), "data", "release_0_1_adapters")
+    for method in ("houlsby", "lora", "ia3"):
+        model = ka.AdapterTextClassifier.from_adapter(
+            os.path.join(data, method), preset=os.path.join(data, "tiny_preset")
+        )
+        assert model.adapter_names == ["default"] and model.adapter_config().method == method
+        expected = np.load(os.path.join(data, f"{method}_probs.npy"))
+        np.testing.assert_allclose(model.predict(TEXTS, verbose=0), expected, atol=1e-6)
+
+
+def test_unknown_fields_from_a_newer_release_load_with_a_warning(tiny_preset, tmp_path):
+    model = _model(tiny_preset, "lora")
+    folder = tmp_path / "a"
+    model.save_adapter(str(folder))
+    path = folder / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config["comments"] = "from the future"
+    config["method"]["use_qalora"] = True
+    path.write_text(json.dumps(config))
+    with pytest.warns(UserWarning) as caught:
+        again = ka.AdapterTextClassifier.from_adapter(str(folder))
+    messages = " ".join(str(w.message) for w in caught)
+    assert "['comments']" in messages and "['use_qalora']" in messages
+    np.testing.assert_allclose(again.predict(TEXTS, verbose=0), model.predict(TEXTS, verbose=0), atol=1e-6)
+
+
+def test_keras_round_trip_keeps_every_adapter_fusion_and_head(tiny_preset, tmp_path):
+    keras.utils.set_random_seed(3)
+    model = _model(tiny_preset, "houlsby")
+    model.add_adapter("p", "pfeiffer", num_classes=2)
+    model.add_adapter("l", "lora", num_classes=3)
+    model.add_adapter_fusion(ka.Fuse("default", "p"), num_classes=4)
+    randomize_adapter_weights(model.backbone)
+    model.train_adapter_fusion("default_p_fusion")
+    model.compile()
+    model.fit(TEXTS, LABELS, epochs=1, batch_size=4, verbose=0)
+    expected = {}
+    for spec in ("default", "p", "l", ka.Fuse("default", "p")):
+        model.set_active_adapters(spec)
+        expected[repr(spec)] = model.predict(TEXTS, verbose=0)
+    model.save(str(tmp_path / "m.keras"))
+    loaded = keras.models.load_model(str(tmp_path / "m.keras"))
+    assert loaded.adapter_names == ["default", "p", "l"]
+    assert loaded.fusion_names == ["default_p_fusion"]
+    assert loaded.active_adapters == ka.Fuse("default", "p")
+    assert [w.path for w in loaded.trainable_weights] == [w.path for w in model.trainable_weights]
+    for spec in ("default", "p", "l", ka.Fuse("default", "p")):
+        loaded.set_active_adapters(spec)
+        np.testing.assert_allclose(loaded.predict(TEXTS, verbose=0), expected[repr(spec)], atol=1e-6)
+
+
+def test_merge_is_refused_while_other_adapters_share_the_backbone(tiny_preset):
+    model = _model(tiny_preset, "lora")
+    model.add_adapter("other", "ia3")
+    with pytest.raises(ValueError, match="delete them first"):
+        model.merge_adapter()
+    model.delete_adapter("other")
+    model.merge_adapter()
+    with pytest.raises(ValueError, match="merged into its weights"):
+        model.add_adapter("late", "lora")

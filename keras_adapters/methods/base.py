@@ -13,6 +13,7 @@ import re
 from typing import ClassVar
 
 import keras
+from keras import ops
 
 
 @dataclasses.dataclass
@@ -37,6 +38,9 @@ class AdapterConfig:
     trainable_sites: ClassVar[tuple] = ()
     #: Whether the original backbone weights are frozen.
     freezes_backbone: ClassVar[bool] = True
+    #: Whether AdapterFusion can combine adapters of this method (its units
+    #: add a residual to the site's output).
+    fusable: ClassVar[bool] = False
     #: Learning rate that works for this method with AdamW (overridable).
     default_learning_rate: ClassVar[float] = 1e-3
 
@@ -71,6 +75,17 @@ class AdapterConfig:
             hidden_dim: the backbone's hidden size.
         """
         raise NotImplementedError
+
+    def unit_sites(self):
+        """Every site this method puts a unit at: its own layers, then the
+        per-adapter copies of the original layers it trains."""
+        return tuple(self.sites()) + tuple(self.trainable_sites)
+
+    def make_unit(self, site, base, *, dtype, hidden_dim):
+        """The unit for `site`: `wrap`, or a trainable copy of `base`."""
+        if site in self.trainable_sites:
+            return TrainableCopy(base, dtype=dtype, name=base.name)
+        return self.wrap(site, base, dtype=dtype, hidden_dim=hidden_dim)
 
     def get_config(self):
         config = {"method": self.method}
@@ -128,28 +143,58 @@ def check_sites(owner, name, value, allowed):
 
 
 class WrappedLayer(keras.layers.Layer):
-    """A layer that stands in for a backbone sublayer and calls it.
+    """One adapter's layer at one site of a backbone: a *unit*.
 
-    `base` is the original (frozen) layer; the wrapper adds the method's
-    computation around it. Wrappers that can be folded into `base` implement
-    `merge()`, which updates `base`'s weights so that `base` alone computes
-    what the wrapper computed.
+    `base` is the original (frozen) layer at the site. The unit keeps a plain
+    reference to it (not tracked: the site owns it), and says how it changes
+    the site's computation through up to four hooks, which the site
+    (`keras_adapters.injection.AdapterSite`) calls in this order, so units of
+    several adapters compose (see `keras_adapters.composition.Stack`):
 
-    Wrappers are created by `inject_adapters` and are not deserialized on
-    their own: a model's config records the adapter config and injection
-    recreates them, so `get_config` here is informative.
+    - `transform_input(x)`: the input of `base` ((IA)^3 on inputs);
+    - `adjust_linear(x, y)`: `base`'s linear output, before its activation
+      (LoRA adds `x @ A @ B`; (IA)^3 scales outputs);
+    - `transform_output(y)`: the site's output (bottleneck adapters);
+    - `replaces_base`: the unit *is* a replacement of `base` (a per-adapter
+      copy of a layer norm that the method trains).
+
+    Calling a unit on its own computes `base` with this one unit applied.
+    Units that can be folded into `base` implement `merge()`, which updates
+    `base`'s weights so that `base` alone computes what the unit computed.
     """
 
     mergeable = False
+    replaces_base = False
 
     def __init__(self, base, **kwargs):
         super().__init__(**kwargs)
-        self.base = base
+        object.__setattr__(self, "base", base)  # owned by the site, not tracked here
+
+    def transform_input(self, x, training=None):
+        return x
+
+    def adjust_linear(self, x, y, training=None):
+        return y
+
+    def transform_output(self, y, training=None):
+        return y
+
+    def call(self, inputs, training=None):
+        x = self.transform_input(inputs, training=training)
+        y = apply_linear(
+            self.base, x, lambda y: self.adjust_linear(x, y, training=training), training
+        )
+        return self.transform_output(y, training=training)
 
     def adapter_weights(self):
-        """This wrapper's own weights (not the wrapped layer's)."""
-        base_ids = {id(w) for w in self.base.weights} if self.base else set()
-        return [w for w in self.weights if id(w) not in base_ids]
+        """This unit's own weights (never the wrapped layer's)."""
+        return list(self.weights)
+
+    def keyed_weights(self, scope):
+        """{name relative to the unit: variable}; `scope` is the path the
+        unit was built under (its variables' paths start with it)."""
+        prefix = f"{scope}/{self.name}/"
+        return {w.path[len(prefix):]: w for w in self.weights}
 
     def merge(self):
         raise ValueError(
@@ -160,6 +205,56 @@ class WrappedLayer(keras.layers.Layer):
         if self.base is None:
             return input_shape
         return self.base.compute_output_shape(input_shape)
+
+
+@keras.saving.register_keras_serializable(package="keras_adapters")
+class TrainableCopy(WrappedLayer):
+    """A per-adapter copy of an original layer that the method trains.
+
+    Houlsby adapters train the layer norms of the backbone; each named
+    adapter gets its own copy (starting from the original weights), so two
+    adapters never share a trained weight and the backbone stays unchanged.
+    """
+
+    replaces_base = True
+
+    def build(self, input_shape):
+        self.layer = type(self.base).from_config(
+            {**self.base.get_config(), "name": self.base.name, "dtype": self.dtype_policy}
+        )
+        self.layer.build(input_shape)
+        for target, source in zip(self.layer.weights, self.base.weights):
+            target.assign(source)
+
+    def call(self, inputs, training=None):
+        return self.layer(inputs)
+
+    def keyed_weights(self, scope):
+        prefix = f"{scope}/{self.name}/{self.layer.name}/"
+        return {w.path[len(prefix):]: w for w in self.weights}
+
+
+def apply_linear(base, x, adjust, training=None):
+    """`base(x)` with `adjust` applied to its linear part (before activation).
+
+    `adjust=None` calls `base` as it is. A `Dense` with a non-linear
+    activation is computed by hand so that the adjustment goes in before it.
+    """
+    if base is None:
+        return x if adjust is None else adjust(x)
+    if adjust is None:
+        return base(x, training=training) if _takes_training(base) else base(x)
+    activation = getattr(base, "activation", None)
+    if activation is None or activation is keras.activations.linear:
+        return adjust(base(x))
+    pre = ops.matmul(x, ops.cast(base.kernel, x.dtype))
+    if base.use_bias:
+        pre = ops.add(pre, ops.cast(base.bias, x.dtype))
+    return activation(adjust(pre))
+
+
+def _takes_training(layer):
+    return isinstance(layer, (keras.layers.Dropout,))
 
 
 def kernel_split(layer):

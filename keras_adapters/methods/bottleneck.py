@@ -68,9 +68,12 @@ class BottleneckAdapter(WrappedLayer):
         )
         self.up.build(tuple(input_shape[:-1]) + (self.bottleneck_size,))
 
-    def call(self, inputs, training=None):
-        x = inputs if self.base is None else self.base(inputs, training=training)
-        return ops.add(x, self.up(self.activation(self.down(x))))
+    def residual(self, y):
+        """What the adapter adds to `y` (the input AdapterFusion combines)."""
+        return self.up(self.activation(self.down(y)))
+
+    def transform_output(self, y, training=None):
+        return ops.add(y, self.residual(y))
 
     def get_config(self):
         config = super().get_config()
@@ -102,6 +105,7 @@ class BottleneckConfig(AdapterConfig):
     """
 
     default_learning_rate: ClassVar[float] = 1e-3
+    fusable: ClassVar[bool] = True
 
     reduction_factor: int = 16
     bottleneck_size: int | None = None

@@ -46,10 +46,15 @@ class IA3Scaling(WrappedLayer):
             initializer="ones",
         )
 
-    def call(self, inputs, training=None):
+    def transform_input(self, x, training=None):
+        if self.position == "input":
+            return ops.multiply(x, ops.cast(self.scale, x.dtype))
+        return x
+
+    def adjust_linear(self, x, y, training=None):
         if self.position == "output":
-            return ops.multiply(self.base(inputs), self.scale)
-        return self.base(ops.multiply(inputs, self.scale))
+            return ops.multiply(y, ops.cast(self.scale, y.dtype))
+        return y
 
     def merge(self):
         kernel = ops.cast(self.base.kernel, "float32")

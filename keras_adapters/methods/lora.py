@@ -88,16 +88,8 @@ class LoRALayer(WrappedLayer):
             delta = ops.reshape(delta, (*lead, *self._out_shape))
         return delta
 
-    def call(self, inputs, training=None):
-        delta = self._delta(inputs, training)
-        activation = getattr(self.base, "activation", None)
-        if activation is None or activation is keras.activations.linear:
-            return ops.add(self.base(inputs), delta)
-        # A Dense with a built-in activation: the update goes in before it.
-        pre = ops.matmul(inputs, self.base.kernel)
-        if self.base.use_bias:
-            pre = ops.add(pre, self.base.bias)
-        return activation(ops.add(pre, delta))
+    def adjust_linear(self, x, y, training=None):
+        return ops.add(y, self._delta(x, training))
 
     def delta_kernel(self):
         """The update as a kernel shaped like `base.kernel` (float32)."""

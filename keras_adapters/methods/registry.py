@@ -1,5 +1,7 @@
 """Maps method names to their config classes."""
 
+import dataclasses
+
 from keras_adapters.methods.base import AdapterConfig
 from keras_adapters.methods.baselines import FullFineTuningConfig
 from keras_adapters.methods.baselines import HeadOnlyConfig
@@ -49,6 +51,11 @@ def get_adapter_config(adapter):
         "adapter must be a method name, a config dict or an AdapterConfig; "
         f"got {type(adapter).__name__}."
     )
+
+
+def known_fields(method):
+    """The field names of `method`'s config."""
+    return {f.name for f in dataclasses.fields(_config_class(method))}
 
 
 def _config_class(method):

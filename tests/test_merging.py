@@ -1,0 +1,106 @@
+"""Weighted LoRA merging (peft's add_weighted_adapter), checked in float64."""
+
+import numpy as np
+import pytest
+from conftest import TEXTS
+from conftest import token_batch
+
+import keras_adapters as ka
+from keras_adapters import injection
+from keras_adapters.merging import COMBINATIONS
+
+
+def _model(preset):
+    model = ka.AdapterTextClassifier.from_preset(preset, num_classes=4, method="lora", sequence_length=16)
+    model.add_adapter("b", ka.LoRAConfig(rank=8, alpha=8.0))
+    rng = np.random.default_rng(0)
+    for w in injection.adapter_weights(model.backbone):
+        w.assign(w.numpy() + 0.3 * rng.standard_normal(w.shape).astype("float32"))
+    return model
+
+
+def _delta(model, name, site="transformer_layer_0/query"):
+    """The update a LoRA adapter makes to one kernel, in float64."""
+    unit = injection.units_of(model.backbone, name)[site]
+    a = unit.lora_a.numpy().astype("f8")
+    b = unit.lora_b.numpy().astype("f8")
+    return unit.scaling * a @ b
+
+
+def _sequence(model, name):
+    model.set_active_adapters(name)
+    return model.backbone(token_batch(vocabulary_size=30))["sequence_output"].numpy()
+
+
+@pytest.mark.parametrize("combination", COMBINATIONS)
+def test_one_adapter_at_weight_one_reproduces_itself(tiny_preset, combination):
+    model = _model(tiny_preset)
+    ka.merge_lora_adapters(model, {"default": 1.0}, "copy", combination=combination, density=1.0)
+    for site in injection.units_of(model.backbone, "default"):
+        np.testing.assert_allclose(_delta(model, "copy", site), _delta(model, "default", site), atol=1e-6)
+    np.testing.assert_allclose(_sequence(model, "copy"), _sequence(model, "default"), atol=1e-5)
+    model.set_active_adapters("copy")
+    merged = model.predict(TEXTS, verbose=0)
+    model.set_active_adapters("default")
+    np.testing.assert_allclose(merged, model.predict(TEXTS, verbose=0), atol=1e-6)
+
+
+def test_cat_is_the_exact_weighted_sum_of_updates(tiny_preset):
+    model = _model(tiny_preset)
+    ka.merge_lora_adapters(model, {"default": 0.7, "b": 0.3}, "mix", combination="cat")
+    assert model.adapter_config("mix").rank == 16
+    expected = 0.7 * _delta(model, "default") + 0.3 * _delta(model, "b")
+    np.testing.assert_allclose(_delta(model, "mix"), expected, atol=1e-6)
+    # ... which is what Average computes at each site, without a new adapter.
+    model.set_active_adapters(ka.Average("default", "b", weights=[0.7, 0.3]))
+    average = model.backbone(token_batch(vocabulary_size=30))["sequence_output"].numpy()
+    np.testing.assert_allclose(_sequence(model, "mix"), average, atol=1e-5)
+
+
+def test_svd_is_the_best_low_rank_approximation(tiny_preset):
+    model = _model(tiny_preset)
+    ka.merge_lora_adapters(model, {"default": 0.5, "b": 0.5}, "svd4", combination="svd", svd_rank=4)
+    target = 0.5 * _delta(model, "default") + 0.5 * _delta(model, "b")
+    sigma = np.linalg.svd(target, compute_uv=False)
+    error = np.linalg.norm(_delta(model, "svd4") - target)
+    np.testing.assert_allclose(error, np.sqrt((sigma[4:] ** 2).sum()), rtol=1e-4)
+    assert error > 1e-3  # rank 4 < 16: not exact, and not vacuous
+
+
+def test_linear_follows_peft_definition(tiny_preset):
+    """peft: A = sum sqrt(w) s A_i, B = sum sqrt(w) B_i (cross terms included)."""
+    model = _model(tiny_preset)
+    ka.merge_lora_adapters(model, {"default": 0.6, "b": 0.4}, "lin", combination="linear")
+    units = {n: injection.units_of(model.backbone, n)["transformer_layer_1/value"] for n in ("default", "b")}
+    a = sum(np.sqrt(w) * units[n].scaling * units[n].lora_a.numpy() for n, w in (("default", 0.6), ("b", 0.4)))
+    b = sum(np.sqrt(w) * units[n].lora_b.numpy() for n, w in (("default", 0.6), ("b", 0.4)))
+    np.testing.assert_allclose(_delta(model, "lin", "transformer_layer_1/value"), a @ b, atol=1e-5)
+
+
+def test_ties_and_dare_prune(tiny_preset):
+    model = _model(tiny_preset)
+    ka.merge_lora_adapters(model, {"default": 1.0}, "ties", combination="ties", density=0.5)
+    unit = injection.units_of(model.backbone, "ties")["transformer_layer_0/query"]
+    kept = np.count_nonzero(unit.lora_a.numpy()) / unit.lora_a.numpy().size
+    assert kept == pytest.approx(0.5, abs=0.01)
+    ka.merge_lora_adapters(model, {"default": 1.0}, "dare", combination="dare_linear", density=0.5)
+    unit = injection.units_of(model.backbone, "dare")["transformer_layer_0/query"]
+    assert 0.35 < np.count_nonzero(unit.lora_a.numpy()) / unit.lora_a.numpy().size < 0.65
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"combination": "sum"}, "combination must be one of"),
+        ({"combination": "ties"}, "needs density"),
+        ({"combination": "linear", "weights": {"default": 1.0, "h": 1.0}}, "Only LoRA adapters"),
+        ({"combination": "linear", "weights": {"default": 1.0, "r4": 1.0}}, "same rank"),
+    ],
+)
+def test_bad_merges_are_refused(tiny_preset, kwargs, message):
+    model = _model(tiny_preset)
+    model.add_adapter("h", "houlsby")
+    model.add_adapter("r4", ka.LoRAConfig(rank=4))
+    weights = kwargs.pop("weights", {"default": 1.0})
+    with pytest.raises(ValueError, match=message):
+        ka.merge_lora_adapters(model, weights, "m", **kwargs)

@@ -1,0 +1,36 @@
+"""The compile recipe: schedule and metrics."""
+
+import numpy as np
+import pytest
+
+from keras_adapters import recipe
+from keras_adapters.evaluation import classification_report
+
+
+def test_warmup_linear_decay_shape():
+    schedule = recipe.WarmupLinearDecay(1e-3, total_steps=100, warmup_steps=10)
+    lr = lambda s: float(schedule(s))  # noqa: E731
+    assert lr(0) == pytest.approx(1e-4)
+    assert lr(9) == pytest.approx(1e-3)
+    assert lr(10) == pytest.approx(1e-3)
+    assert lr(55) == pytest.approx(5e-4)
+    assert lr(100) == pytest.approx(0.0, abs=1e-9)
+    assert lr(500) == pytest.approx(0.0, abs=1e-9)
+    again = recipe.WarmupLinearDecay.from_config(schedule.get_config())
+    assert float(again(30)) == pytest.approx(lr(30))
+
+
+def test_sparse_macro_f1_matches_numpy_reference():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 50)
+    probs = rng.dirichlet(np.ones(4), 50).astype("float32")
+    metric = recipe.SparseMacroF1(4)
+    metric.update_state(labels, probs)
+    expected = classification_report(labels, probs, list("abcd"))["macro_f1"]
+    assert float(metric.result()) == pytest.approx(expected, abs=1e-6)
+
+
+def test_exact_match_metric():
+    metric = recipe.ExactMatch()
+    metric.update_state(np.array([[1, 0], [1, 1]]), np.array([[0.9, 0.2], [0.9, 0.3]]))
+    assert float(metric.result()) == pytest.approx(0.5)
