@@ -21,6 +21,14 @@ TOKEN_INPUTS = ("token_ids", "segment_ids", "padding_mask")
 DEFAULT_NAME = "default"
 
 
+def _from_head(attribute, default=None):
+    """A property read from the head that gives the model's output."""
+    return property(
+        lambda self: getattr(self._output_head(), attribute, default),
+        doc=f"The output head's `{attribute}` (`{default}` without a head).",
+    )
+
+
 @keras.saving.register_keras_serializable(package="keras_adapters")
 class AdapterTextClassifier(keras_hub.models.TextClassifier):
     """Text classification with named adapters on one frozen backbone.
@@ -115,9 +123,6 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         for entry in fusions or []:
             fuse = composition.from_config(entry["fuse"])
             self._add_fusion(fuse, entry["config"], entry["head"])
-        if merged_adapter is not None:
-            for variable in backbone.weights:
-                variable.trainable = False
         if active_adapters is not None:
             injection.set_active(backbone, composition.from_config(active_adapters))
         if isinstance(trained, dict) and "heads" in trained:
@@ -376,25 +381,10 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
             return None
         return self.heads[names[0]]
 
-    @property
-    def num_classes(self):
-        head = self._output_head()
-        return None if head is None else head.num_classes
-
-    @property
-    def class_names(self):
-        head = self._output_head()
-        return None if head is None else head.class_names
-
-    @property
-    def multi_label(self):
-        head = self._output_head()
-        return False if head is None else head.multi_label
-
-    @property
-    def pooling(self):
-        head = self._output_head()
-        return None if head is None else head.pooling
+    num_classes = _from_head("num_classes")
+    class_names = _from_head("class_names")
+    multi_label = _from_head("multi_label", False)
+    pooling = _from_head("pooling")
 
     @property
     def sequence_length(self):
