@@ -7,7 +7,9 @@
    question_labels.txt, the standard training set, coarse label).
 2. AdapterFusion with scarce data (`train --fuse`): for N in --fusion-sizes, a
    TREC adapter trained on N TREC examples against a fusion of the BBC and SMS
-   adapters with that N-example TREC adapter, trained on the same N examples.
+   adapters with that N-example TREC adapter, trained on the same N examples;
+   and, as a control for the fusion's extra epochs, the TREC adapter trained
+   on the N examples for as many epochs as adapter + fusion together.
 3. `Parallel` over the three adapters: each branch against the adapter alone.
 
     .venv/bin/python examples/named_adapters_demo.py [--workdir runs/multi] [--epochs 3]
@@ -134,15 +136,24 @@ def main():
         few = subset(trec_train, work / "data" / f"trec_{size}", size, args.seed)
         own = work / f"trec_{size}"
         fused = work / f"fusion_{size}"
-        for d in (own, fused):
+        longer = work / f"trec_{size}_long"
+        for d in (own, fused, longer):
             shutil.rmtree(d, ignore_errors=True)
         common = ["--epochs", args.small_epochs, "--sequence-length", 64, "--seed", args.seed, "--quiet"]
         run(cli, "train", few, "--output", own, "--method", "houlsby", *common)
         run(cli, "evaluate", own, trec_test, "--json")
         run(cli, "train", few, "--output", fused, "--fuse", f"{work / 'bbc'},{work / 'sms'},{own}", *common)
         run(cli, "evaluate", fused, trec_test, "--json")
+        common[1] = 2 * args.small_epochs
+        run(cli, "train", few, "--output", longer, "--method", "houlsby", *common)
+        run(cli, "evaluate", longer, trec_test, "--json")
         results["fusion"].append(
-            {"examples": size, "own_adapter": accuracy(own), "fusion": accuracy(fused)}
+            {
+                "examples": size,
+                "own_adapter": accuracy(own),
+                "fusion": accuracy(fused),
+                "own_adapter_double_epochs": accuracy(longer),
+            }
         )
 
     results["parallel"] = parallel_check([work / t for t in ("bbc", "trec", "sms")], data)
@@ -179,9 +190,12 @@ def print_table(results):
     print("\ntask   test accuracy   macro-F1   examples")
     for task, r in results["tasks"].items():
         print(f"{task:6s} {r['accuracy']:14.4f} {r['macro_f1']:10.4f} {r['num_examples']:10d}")
-    print("\nTREC with N examples: own adapter vs fusion of (BBC, SMS, own)")
+    print("\nTREC with N examples: own adapter vs fusion of (BBC, SMS, own); own with 2x epochs")
     for r in results["fusion"]:
-        print(f"N={r['examples']:5d}  own {r['own_adapter']['accuracy']:.4f}  fusion {r['fusion']['accuracy']:.4f}")
+        print(
+            f"N={r['examples']:5d}  own {r['own_adapter']['accuracy']:.4f}  "
+            f"fusion {r['fusion']['accuracy']:.4f}  own 2x {r['own_adapter_double_epochs']['accuracy']:.4f}"
+        )
     print(f"\nParallel vs each adapter alone (max |difference|): {results['parallel']['max_abs_difference']}")
 
 

@@ -262,7 +262,11 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         self._reset_functions()
         return name
 
+    def _taken(self):
+        return set(self.state.configs) | set(self.state.fusions)
+
     def _add(self, name, method, head_config):
+        injection.check_name(name, self._taken())  # before the name becomes a layer name
         head = ClassificationHead(**head_config, dtype=self.backbone.dtype_policy, name=f"{name}_head")
         injection.add_adapter(self.backbone, name, method)
         head.build(self.backbone.hidden_dim)
@@ -303,8 +307,9 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         return fuse
 
     def _add_fusion(self, fuse, config, head_config):
-        injection.add_fusion(self.backbone, fuse, FusionConfig.from_config(config))
+        injection.check_name(fuse.name, self._taken())
         head = ClassificationHead(**head_config, dtype=self.backbone.dtype_policy, name=f"{fuse.name}_head")
+        injection.add_fusion(self.backbone, fuse, FusionConfig.from_config(config))
         head.build(self.backbone.hidden_dim)
         for w in head.weights:
             w.trainable = False
@@ -503,19 +508,19 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
                 if member not in self.state.configs:
                     self.load_adapter(f"{directory}/{adapter_io.MEMBERS_DIR}/{member}", name=member)
             fuse = composition.Fuse(*members, name=name)
-            injection.check_name(name, set(self.state.configs) | set(self.state.fusions))
             self._add_fusion(fuse, config["fusion"].get("config", {}), head_config)
             weights = injection.fusion_weights_by_key(self.backbone, name)
         else:
-            method = adapter_io.method_config(config, source)
-            injection.check_name(name, set(self.state.configs) | set(self.state.fusions))
-            self._add(name, method, head_config)
+            self._add(name, adapter_io.method_config(config, source), head_config)
             weights = injection.adapter_weights_by_key(self.backbone, name)
         weights.update(self.heads[name].weights_by_key())
         try:
             adapter_io.check_tensors({k: w.shape for k, w in weights.items()}, tensors, source)
         except adapter_io.AdapterFormatError:
-            self.delete_adapter(name) if name in self.state.configs else self._drop_fusion(name)
+            if name in self.state.configs:
+                self.delete_adapter(name)
+            else:
+                self._drop_fusion(name)
             raise
         for key, variable in weights.items():
             variable.assign(tensors[key].astype(variable.dtype))
