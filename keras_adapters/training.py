@@ -224,30 +224,33 @@ def train_classifier(
             metrics=recipe.classification_metrics(model.num_classes, model.multi_label),
         )
     monitor = "val_accuracy" if validation is not None else "accuracy"
-    record = {
-        "data": str(data),
-        "preset": model.preset,
-        "method": None if fuse else model.adapter_config().get_config(),
-        "fuse": [str(r) for r in fuse] if fuse else None,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "sequence_length": sequence_length,
-        "learning_rate": peak,
-        "precision": precision,
-        "validation_split": validation_split,
-        "seed": seed,
-        "strategy": strategy.__class__.__name__,
-        "num_replicas": strategy.num_replicas_in_sync,
-        "bucket_by_sequence_length": bucket_by_sequence_length,
-        "pooling": model.pooling,
-        "num_train_examples": train.num_examples,
-        "num_validation_examples": None if validation is None else validation.num_examples,
-    }
+    record = _run_record(
+        model, data, fuse, train, validation, strategy,
+        epochs=epochs, batch_size=batch_size, sequence_length=sequence_length, learning_rate=peak,
+        precision=precision, validation_split=validation_split, seed=seed,
+        bucket_by_sequence_length=bucket_by_sequence_length,
+    )
     runs.write_json(output / "train_config.json", record)
     runs.write_json(output / "class_names.json", train.class_names)
     fit_callbacks, timer, best = _callbacks(output, monitor, tensorboard, early_stopping_patience, callbacks)
     history = model.fit(train, validation_data=validation, epochs=epochs, callbacks=fit_callbacks, verbose=verbose)
     return model, _finish(model, output, history, timer, best, train.num_examples, monitor)
+
+
+def _run_record(model, data, fuse, train, validation, strategy, **options):
+    """What `train_config.json` records about a run."""
+    return {
+        "data": str(data),
+        "preset": model.preset,
+        "method": None if fuse else model.adapter_config().get_config(),
+        "fuse": [str(r) for r in fuse] if fuse else None,
+        **options,
+        "strategy": strategy.__class__.__name__,
+        "num_replicas": strategy.num_replicas_in_sync,
+        "pooling": model.pooling,
+        "num_train_examples": train.num_examples,
+        "num_validation_examples": None if validation is None else validation.num_examples,
+    }
 
 
 def build_fusion_model(run_dirs, class_names, sequence_length=128, dtype=None, pooling="auto"):
