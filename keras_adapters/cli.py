@@ -149,7 +149,7 @@ def cmd_evaluate(args):
     )
     runs.update_metrics_file(args.run, "evaluation", {"data": str(args.data), **result})
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(runs.finite(result), allow_nan=False))
     else:
         print(evaluation.format_report(result))
         png = evaluation.write_confusion_png(result, os.path.join(args.run, "confusion_matrix.png"))
@@ -162,13 +162,14 @@ def cmd_predict(args):
     if args.file:
         stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8", errors="replace")
         with stream:
-            texts += [line.rstrip("\n") for line in stream if line.strip()]
+            # Blank lines are texts too, so output line i answers input line i.
+            texts += [line.rstrip("\r\n") for line in stream]
     if not texts:
         raise ValueError("No texts to classify: pass TEXT arguments or --file F.")
     model = runs.load_run(args.run)
     results = evaluation.predict_texts(model, texts, batch_size=args.batch_size)
     if args.json:
-        print(json.dumps([{"text": t, **r} for t, r in zip(texts, results)]))
+        print(json.dumps(runs.finite([{"text": t, **r} for t, r in zip(texts, results)]), allow_nan=False))
     else:
         for text, r in zip(texts, results):
             short = text if len(text) <= 70 else text[:67] + "..."

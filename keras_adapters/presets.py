@@ -141,6 +141,20 @@ def _match_huggingface_normalization(tokenizer, preset):
     tokenizer.strip_accents = bool(lowercase if strip is None else strip)
 
 
+def max_sequence_length(preset):
+    """How many positions the preset's backbone has, read from its
+    `config.json` without loading weights; `None` when it does not say."""
+    try:
+        folder = resolve_preset(preset)
+        with open(os.path.join(folder, "config.json")) as f:
+            config = json.load(f)
+    except (PresetNotFoundError, OSError, ValueError):
+        return None
+    if isinstance(config.get("config"), dict):  # keras-hub preset folder
+        return config["config"].get("max_sequence_length")
+    return config.get("max_position_embeddings")  # Hugging Face folder
+
+
 def default_pooling(preset):
     """`"mean"` for sentence-transformers checkpoints that pool by mean, else `"cls"`.
 

@@ -6,6 +6,7 @@ the fusion with its adapters inside), `class_names.json`,
 """
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -60,9 +61,21 @@ def read_json(path):
     return json.loads(Path(path).read_text())
 
 
+def finite(obj):
+    """`obj` with NaN and infinities as `None`, so that it is valid JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
 def write_json(path, obj):
-    """Write `obj` as JSON atomically (a killed write leaves the old file)."""
-    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
+    """Write `obj` as valid JSON (NaN as null), atomically: a killed write
+    leaves the old file."""
+    text = json.dumps(finite(obj), indent=2, allow_nan=False) + "\n"
     atomic_write(str(path), lambda tmp: Path(tmp).write_text(text))
 
 

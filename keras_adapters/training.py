@@ -100,9 +100,10 @@ class BestAdapterCheckpoint(keras.callbacks.Callback):
                 self.best, self.best_epoch = state["value"], state["epoch"]
 
     def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
-        if value is None:
-            return
+        logs = logs or {}
+        value = logs.get(self.monitor)
+        if value is None or not _finite(value, logs.get("loss", 0.0)) or not self._weights_finite():
+            return  # a diverged epoch never becomes the best adapter
         if self.better(value, self.best):
             self.best, self.best_epoch = float(value), epoch + 1
             self.model.save_adapter(self.directory)
@@ -111,6 +112,37 @@ class BestAdapterCheckpoint(keras.callbacks.Callback):
                     self.state_file,
                     {"monitor": self.monitor, "value": self.best, "epoch": self.best_epoch},
                 )
+
+
+    def _weights_finite(self):
+        return all(np.isfinite(w.numpy()).all() for w in self.model.trainable_weights)
+
+
+def _finite(*values):
+    return all(np.isfinite(float(v)) for v in values)
+
+
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite; the message says what was kept."""
+
+
+def check_options(epochs, batch_size, sequence_length, validation_split, learning_rate, preset):
+    """Refuse impossible numeric options before anything is loaded."""
+    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("sequence_length", sequence_length)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    if sequence_length < 3:
+        raise ValueError(f"sequence_length {sequence_length} leaves no room for text between [CLS] and [SEP]; use 3 or more.")
+    limit = presets.max_sequence_length(preset)
+    if limit and sequence_length > limit:
+        raise ValueError(
+            f"sequence_length {sequence_length} is more than the {limit} positions this backbone has; "
+            f"use at most {limit} (longer texts are truncated)."
+        )
+    if validation_split is not None and not 0.0 <= validation_split < 1.0:
+        raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}.")
+    if learning_rate is not None and not (learning_rate > 0 and np.isfinite(learning_rate)):
+        raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}.")
 
 
 class TrainingTimer(keras.callbacks.Callback):
@@ -191,6 +223,7 @@ def train_classifier(
     Returns:
         (model, summary dict).
     """
+    check_options(epochs, batch_size, sequence_length, validation_split, learning_rate, preset)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     precision = resolve_precision(precision)
@@ -277,6 +310,7 @@ def _callbacks(output, monitor, tensorboard, patience, extra):
     callbacks = [
         *extra,
         timer,
+        keras.callbacks.TerminateOnNaN(),
         best,
         keras.callbacks.BackupAndRestore(str(output / "backup"), delete_checkpoint=True),
     ]
@@ -288,11 +322,18 @@ def _callbacks(output, monitor, tensorboard, patience, extra):
 
 
 def _finish(model, output, history, timer, best, num_examples, monitor):
-    """Save what the run produced; the summary that `metrics.json` holds."""
-    if best.best_epoch is None:  # e.g. the monitor never appeared
+    """Save what the run produced; the summary that `metrics.json` holds.
+
+    Raises:
+        TrainingDiverged: the loss became NaN or infinite (nothing non-finite
+            is saved; an adapter saved at an earlier epoch is kept).
+    """
+    losses = history.history.get("loss", [])
+    diverged = not _finite(*losses)
+    if best.best_epoch is None and not diverged:  # e.g. the monitor never appeared
         model.save_adapter(runs.adapter_dir(output))
     runs.write_json(output / "history.json", _jsonable(history.history))
-    epochs_run = len(history.history.get("loss", []))
+    epochs_run = len(losses)
     seconds = timer.seconds
     summary = {
         "seconds": round(seconds, 2),
@@ -302,9 +343,20 @@ def _finish(model, output, history, timer, best, num_examples, monitor):
         "best_value": None if best.best_epoch is None else best.best,
         "best_epoch": best.best_epoch,
     }
+    summary["diverged"] = diverged
     runs.write_json(output / "metrics.json", {"train": summary})
     if os.path.isdir(output / "backup"):
         shutil.rmtree(output / "backup")
+    if diverged:
+        kept = (
+            f"the adapter of epoch {best.best_epoch} is kept in {runs.adapter_dir(output)}"
+            if best.best_epoch
+            else "no adapter was saved"
+        )
+        raise TrainingDiverged(
+            f"Training diverged: the loss became {losses[-1]} in epoch {epochs_run}; {kept}. "
+            "Lower --learning-rate (the method's default is a good start) and train again."
+        )
     return summary
 
 

@@ -135,3 +135,59 @@ def test_fuse_trains_a_fusion_over_finished_runs(tiny_preset, tmp_path, capsys):
     assert _train(data, tmp_path / "third", str(other), "--method", "houlsby") == 0
     code = _train(data, tmp_path / "bad", "default", "--fuse", f"{tmp_path / 'first'},{tmp_path / 'third'}")
     assert code == 2 and "different checkpoint" in capsys.readouterr().err
+
+
+# --------------------------------------------- faults, in real processes
+def _process(*args, stdin=None):
+    return subprocess.run(
+        [sys.executable, "-m", "keras_adapters.cli", *map(str, args)],
+        capture_output=True, text=True, input=stdin, timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--epochs", "-1"], "epochs must be a positive integer, got -1"),
+        (["--batch-size", "0"], "batch_size must be a positive integer, got 0"),
+        (["--sequence-length", "0"], "sequence_length must be a positive integer, got 0"),
+        (["--sequence-length", "100000"], "more than the 16 positions this backbone has"),
+        (["--learning-rate", "-0.1"], "learning_rate must be a positive number"),
+    ],
+)
+def test_impossible_options_are_refused_before_anything_loads(tiny_preset, tmp_path, option, message):
+    data = write_class_folders(tmp_path / "data", per_class=3)
+    result = _process(
+        "train", data, "--output", tmp_path / "run", "--preset", tiny_preset, "--sequence-length", "16", *option
+    )
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_diverging_run_fails_and_saves_nothing_non_finite(tiny_preset, tmp_path):
+    data = write_class_folders(tmp_path / "data", per_class=6)
+    run = tmp_path / "run"
+    result = _process(
+        "train", data, "--output", run, "--preset", tiny_preset, "--method", "lora", "--epochs", "3",
+        "--batch-size", "4", "--sequence-length", "16", "--learning-rate", "1e6", "--precision", "float32",
+        "--quiet",
+    )
+    assert result.returncode == 2 and "Training diverged" in result.stderr, result.stderr
+    metrics = json.loads((run / "metrics.json").read_text())  # valid JSON: NaN written as null
+    assert metrics["train"]["diverged"] is True
+    if (run / "adapter").exists():  # an epoch before the divergence may have been the best
+        from safetensors.numpy import load_file
+        import numpy as np
+
+        tensors = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+        assert all(np.isfinite(t).all() for t in tensors.values())
+
+
+def test_predict_keeps_blank_lines_in_step_with_the_input(run_dir):
+    run, _ = run_dir
+    result = _process("predict", run, "--file", "-", stdin="the team won the cup\n\nbank profit rose\n")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip("\n").split("\n")
+    assert len(lines) == 3 and lines[1].endswith("\t")  # the blank line's answer, text empty
