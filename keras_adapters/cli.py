@@ -213,6 +213,14 @@ def main(argv=None):
     except (DatasetError, AdapterFormatError, PresetNotFoundError, ValueError, OSError) as e:
         print(f"keras-adapters {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        resume = (
+            f" Run the same command again to resume from the last finished epoch ({args.output}/backup)."
+            if args.command == "train"
+            else ""
+        )
+        print(f"\nkeras-adapters {args.command}: interrupted.{resume}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

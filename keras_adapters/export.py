@@ -17,6 +17,7 @@ time: no Keras, keras-hub or keras-adapters code.
 """
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -126,6 +127,25 @@ def _version_dir(path, version):
     return str(out)
 
 
+def _save(module, out, signatures):
+    """Save into a hidden temporary folder beside `out`, then rename it.
+
+    TF Serving only loads numbered folders, so a killed export leaves no
+    half-written version behind (only a `.tmp-*` folder, which a rerun
+    ignores), and the version appears complete or not at all.
+    """
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(out), prefix=f".tmp-{os.path.basename(out)}-")
+    try:
+        tf.saved_model.save(module, tmp, signatures=signatures)
+        if os.path.isdir(out):  # an empty folder left by an earlier release
+            os.rmdir(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
 def export_saved_model(model, path, version=1, merge=True):
     """Write `path/<version>/` for TF Serving (see module docstring).
 
@@ -149,8 +169,7 @@ def export_saved_model(model, path, version=1, merge=True):
         "serving_default": _trace(task.classify_text, TEXT_SIGNATURE),
         "serve_token_ids": _trace(task.classify_tokens, list(_token_signature().values())),
     }
-    tf.saved_model.save(_variables_module(served), out, signatures=signatures)
-    return out
+    return _save(_variables_module(served), out, signatures)
 
 
 def export_multi_adapter_saved_model(model, path, names=None, version=1):
@@ -185,8 +204,7 @@ def export_multi_adapter_saved_model(model, path, names=None, version=1):
         if active is not None:
             model.set_active_adapters(active)
     signatures["serving_default"] = signatures[f"classify_{_signature_name(names[0])}"]
-    tf.saved_model.save(_variables_module(model), out, signatures=signatures)
-    return out
+    return _save(_variables_module(model), out, signatures)
 
 
 def _signature_name(name):

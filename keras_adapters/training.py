@@ -8,6 +8,8 @@ rate, trains with `model.fit`, keeps the best adapter by validation metric and
 can resume an interrupted run (`BackupAndRestore`).
 """
 
+import contextlib
+import fcntl
 import os
 import shutil
 import time
@@ -145,6 +147,37 @@ def check_options(epochs, batch_size, sequence_length, validation_split, learnin
         raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}.")
 
 
+@contextlib.contextmanager
+def run_lock(output):
+    """Hold `output/.lock` while training, so a second `train` on the same run
+    folder is refused. An OS lock (flock): the kernel drops it when the
+    holding process ends, however it ends, so a killed run never blocks the
+    rerun that resumes it."""
+    path = Path(output) / ".lock"
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise RunInUse(
+                f"{output} is in use by another keras-adapters train (pid {holder}). Wait for it to "
+                "finish, or pass another --output."
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class RunInUse(ValueError):
+    """Another process is training into the same run folder."""
+
+
 class TrainingTimer(keras.callbacks.Callback):
     """Wall time of `fit`, for the end-of-training summary line."""
 
@@ -226,48 +259,49 @@ def train_classifier(
     check_options(epochs, batch_size, sequence_length, validation_split, learning_rate, preset)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    precision = resolve_precision(precision)
-    keras.utils.set_random_seed(seed)
-    strategy = get_strategy(strategy)
-    if fuse:
-        preset = adapter_io.read_config(runs.adapter_dir(fuse[0]))["backbone"]["preset"]
-    global_batch = batch_size * strategy.num_replicas_in_sync
-    train, validation = training_datasets(
-        data,
-        presets.load_preprocessor(preset, sequence_length),
-        validation_split,
-        batch_size=global_batch,
-        seed=seed,
-        bucket_by_sequence_length=bucket_by_sequence_length,
-        **data_options,
-    )
-    steps = int(np.ceil(train.num_examples / global_batch)) * epochs
-    with strategy.scope():
-        options = dict(sequence_length=sequence_length, dtype=precision, pooling=pooling)
+    with run_lock(output):
+        precision = resolve_precision(precision)
+        keras.utils.set_random_seed(seed)
+        strategy = get_strategy(strategy)
         if fuse:
-            model = build_fusion_model(fuse, train.class_names, **options)
-        else:
-            model = AdapterTextClassifier.from_preset(
-                preset, num_classes=len(train.class_names), method=get_adapter_config(method),
-                class_names=train.class_names, **options,
-            )
-        peak = learning_rate or model.default_learning_rate
-        model.compile(
-            optimizer=recipe.make_optimizer(peak, steps),
-            metrics=recipe.classification_metrics(model.num_classes, model.multi_label),
+            preset = adapter_io.read_config(runs.adapter_dir(fuse[0]))["backbone"]["preset"]
+        global_batch = batch_size * strategy.num_replicas_in_sync
+        train, validation = training_datasets(
+            data,
+            presets.load_preprocessor(preset, sequence_length),
+            validation_split,
+            batch_size=global_batch,
+            seed=seed,
+            bucket_by_sequence_length=bucket_by_sequence_length,
+            **data_options,
         )
-    monitor = "val_accuracy" if validation is not None else "accuracy"
-    record = _run_record(
-        model, data, fuse, train, validation, strategy,
-        epochs=epochs, batch_size=batch_size, sequence_length=sequence_length, learning_rate=peak,
-        precision=precision, validation_split=validation_split, seed=seed,
-        bucket_by_sequence_length=bucket_by_sequence_length,
-    )
-    runs.write_json(output / "train_config.json", record)
-    runs.write_json(output / "class_names.json", train.class_names)
-    fit_callbacks, timer, best = _callbacks(output, monitor, tensorboard, early_stopping_patience, callbacks)
-    history = model.fit(train, validation_data=validation, epochs=epochs, callbacks=fit_callbacks, verbose=verbose)
-    return model, _finish(model, output, history, timer, best, train.num_examples, monitor)
+        steps = int(np.ceil(train.num_examples / global_batch)) * epochs
+        with strategy.scope():
+            options = dict(sequence_length=sequence_length, dtype=precision, pooling=pooling)
+            if fuse:
+                model = build_fusion_model(fuse, train.class_names, **options)
+            else:
+                model = AdapterTextClassifier.from_preset(
+                    preset, num_classes=len(train.class_names), method=get_adapter_config(method),
+                    class_names=train.class_names, **options,
+                )
+            peak = learning_rate or model.default_learning_rate
+            model.compile(
+                optimizer=recipe.make_optimizer(peak, steps),
+                metrics=recipe.classification_metrics(model.num_classes, model.multi_label),
+            )
+        monitor = "val_accuracy" if validation is not None else "accuracy"
+        record = _run_record(
+            model, data, fuse, train, validation, strategy,
+            epochs=epochs, batch_size=batch_size, sequence_length=sequence_length, learning_rate=peak,
+            precision=precision, validation_split=validation_split, seed=seed,
+            bucket_by_sequence_length=bucket_by_sequence_length,
+        )
+        runs.write_json(output / "train_config.json", record)
+        runs.write_json(output / "class_names.json", train.class_names)
+        fit_callbacks, timer, best = _callbacks(output, monitor, tensorboard, early_stopping_patience, callbacks)
+        history = model.fit(train, validation_data=validation, epochs=epochs, callbacks=fit_callbacks, verbose=verbose)
+        return model, _finish(model, output, history, timer, best, train.num_examples, monitor)
 
 
 def _run_record(model, data, fuse, train, validation, strategy, **options):

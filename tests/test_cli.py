@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import CLASS_WORDS
@@ -191,3 +193,44 @@ def test_predict_keeps_blank_lines_in_step_with_the_input(run_dir):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip("\n").split("\n")
     assert len(lines) == 3 and lines[1].endswith("\t")  # the blank line's answer, text empty
+
+
+def test_a_second_train_on_a_run_in_use_is_refused_and_a_dead_holder_blocks_nothing(tiny_preset, tmp_path):
+    data = write_class_folders(tmp_path / "data", per_class=3)
+    run = tmp_path / "run"
+    run.mkdir()
+    hold = (
+        "import sys, time; from keras_adapters.training import run_lock\n"
+        "with run_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(600)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        args = ("train", data, "--output", run, "--preset", tiny_preset, "--sequence-length", "16",
+                "--epochs", "1", "--batch-size", "4", "--validation-split", "0", "--quiet")
+        refused = _process(*args)
+        assert refused.returncode == 2 and f"is in use by another keras-adapters train (pid {holder.pid})" in refused.stderr
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=60)
+        resumed = _process(*args)  # the kernel dropped the dead holder's lock
+        assert resumed.returncode == 0, resumed.stderr
+        assert (run / "adapter" / "adapter_config.json").is_file()
+    finally:
+        holder.kill()
+
+
+def test_ctrl_c_stops_train_with_how_to_resume(tiny_preset, tmp_path):
+    data = write_class_folders(tmp_path / "data", per_class=6)
+    run = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "keras_adapters.cli", "train", str(data), "--output", str(run), "--preset",
+         tiny_preset, "--sequence-length", "16", "--epochs", "500", "--batch-size", "4", "--quiet"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    deadline = time.time() + 300
+    while not (run / "backup").is_dir() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.2)  # training has started once the first epoch is backed up
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "interrupted. Run the same command again to resume" in err and "Traceback" not in err

@@ -225,3 +225,22 @@ def test_cli_export_both_formats(tiny_preset, tmp_path, capsys):
     ]) == 0
     assert "TFLite model written" in capsys.readouterr().out
     assert cli.main(["export", "--format", "tflite", "-o", str(tmp_path / "x")]) == 2
+
+
+def test_a_failed_export_leaves_no_version_behind(houlsby_export, tmp_path, monkeypatch):
+    model, _ = houlsby_export
+    real_save = tf.saved_model.save
+
+    def dies_half_way(module, path, signatures=None):
+        real_save(module, path, signatures=signatures)
+        raise KeyboardInterrupt  # as if killed after writing the files
+
+    monkeypatch.setattr(tf.saved_model, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        ka.export_saved_model(model, str(tmp_path / "m"))
+    assert os.listdir(tmp_path / "m") == []  # neither 1/ nor a temporary folder
+    monkeypatch.setattr(tf.saved_model, "save", real_save)
+    (tmp_path / "m" / ".tmp-1-stale").mkdir()  # what a kill -9 leaves: ignored
+    out = ka.export_saved_model(model, str(tmp_path / "m"))
+    assert sorted(os.listdir(tmp_path / "m")) == [".tmp-1-stale", "1"]
+    assert os.path.isfile(os.path.join(out, "saved_model.pb"))
