@@ -8,9 +8,13 @@ SavedModel signatures (tokenization inside, so clients send text):
 
 Texts are cleaned in the graph as in training (cut to the bytes the sequence
 length can use, invalid UTF-8 replaced) and truncated by the tokenizer, so
-empty, huge or malformed inputs get an answer, never an error. LoRA and
-(IA)^3 adapters are merged into the base weights before export (no extra
-latency); bottleneck adapters export as they are.
+empty, huge or malformed inputs get an answer, never an error. The model's
+active adapters are exported; a lone LoRA or (IA)^3 adapter is merged into
+the base weights first (no extra latency), bottleneck adapters export as
+they are. A model with several named adapters exports one `classify_<name>`
+signature each, sharing one stored backbone
+(`export_multi_adapter_saved_model`). Versions are written to a temporary
+folder and renamed when complete.
 
 The exported graphs need only TensorFlow and tensorflow-text at serving
 time: no Keras, keras-hub or keras-adapters code.
