@@ -182,7 +182,7 @@ class AdapterSite(keras.layers.Layer):
         return self._stack(items, x, training)
 
     def _stack(self, items, x, training):
-        units, replacement, fuses = [], None, []
+        units, replacement = [], None
         for item in items:
             if isinstance(item, composition.Fuse):
                 members = [self.units[n] for n in item.children if n in self.units]

@@ -542,7 +542,6 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         others would see a changed backbone). Returns the model.
         """
         name = self._single_name(name)
-        head = self.heads[name]
         merged = injection.merge_adapter(self.backbone, name)
         injection.add_adapter(self.backbone, name, HeadOnlyConfig())
         injection.set_active(self.backbone, name)

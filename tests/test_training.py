@@ -4,7 +4,6 @@ import json
 import os
 
 import keras
-import numpy as np
 import pytest
 
 import keras_adapters as ka
