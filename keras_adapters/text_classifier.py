@@ -15,7 +15,6 @@ from keras_adapters.fusion import FusionConfig
 from keras_adapters.heads import ClassificationHead
 from keras_adapters.methods.baselines import HeadOnlyConfig
 from keras_adapters.methods.registry import get_adapter_config
-from keras_adapters.version import __version__
 
 TOKEN_INPUTS = ("token_ids", "segment_ids", "padding_mask")
 DEFAULT_NAME = "default"
@@ -276,16 +275,14 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
             self.heads[name] = head
 
     def delete_adapter(self, name):
-        """Remove an adapter, its head, and any fusion over it."""
-        for fusion in list(self.state.fusions.values()):
-            if name in fusion[0].children:
-                with injection.unlocked(self):
-                    self.heads.pop(fusion[0].name, None)
+        """Remove an adapter, its head, and any fusion over it; what else
+        was training keeps training."""
+        removed = {name} | {f.name for f, _ in self.state.fusions.values() if name in f.children}
         injection.delete_adapter(self.backbone, name)
         with injection.unlocked(self):
-            self.heads.pop(name)
-        self._set_trained(None)
-        self._reset_functions()
+            for gone in removed:
+                self.heads.pop(gone)
+        self._apply_trained({k: [n for n in v if n not in removed] for k, v in self._trained.items()})
 
     def add_adapter_fusion(self, fuse, num_classes=None, class_names=None, config=None, **head):
         """Add an AdapterFusion over `fuse`'s adapters, with its own head.
@@ -680,4 +677,4 @@ def complete_token_inputs(x):
     return out
 
 
-__all__ = ["AdapterTextClassifier", "TOKEN_INPUTS", "complete_token_inputs", "__version__"]
+__all__ = ["AdapterTextClassifier", "TOKEN_INPUTS", "complete_token_inputs"]

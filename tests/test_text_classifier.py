@@ -310,3 +310,11 @@ def test_merge_is_refused_while_other_adapters_share_the_backbone(tiny_preset):
     model.merge_adapter()
     with pytest.raises(ValueError, match="merged into its weights"):
         model.add_adapter("late", "lora")
+
+
+def test_deleting_an_adapter_leaves_the_trained_one_training(tiny_preset):
+    model = _model(tiny_preset, "lora")
+    model.add_adapter("other", "ia3")
+    trainable = [w.path for w in model.trainable_weights]
+    model.delete_adapter("other")
+    assert [w.path for w in model.trainable_weights] == trainable and trainable
