@@ -7,6 +7,7 @@ from keras_adapters.adapter_io import AdapterFormatError
 from keras_adapters.composition import Average
 from keras_adapters.composition import Fuse
 from keras_adapters.composition import Parallel
+from keras_adapters.composition import Route
 from keras_adapters.composition import Stack
 from keras_adapters.data import DatasetError
 from keras_adapters.data import split_directory
@@ -59,6 +60,7 @@ __all__ = [
     "Parallel",
     "PfeifferConfig",
     "PresetNotFoundError",
+    "Route",
     "Stack",
     "__version__",
     "available_methods",

@@ -15,10 +15,16 @@ other blocks only; the model and the injected sites interpret them.
 - `Fuse(a, b, ...)`: AdapterFusion (Pfeiffer et al. 2021): a trainable
   attention over the bottleneck adapters' outputs in each layer, with its own
   head (`model.add_adapter_fusion`).
+- `Route(a, b, ...)`: each row of the batch runs the one adapter its
+  `adapter_id` input names (an index into the children), in one forward pass:
+  the adapters' weights are gathered per row (mixed-task serving). The output
+  has as many columns as the largest head; a row's columns past its own
+  head's classes are 0.
 
 What nests (anything else is refused with the reason):
 `Stack` of names and `Fuse`; `Parallel` and `Average` of names and `Stack`s;
-`Fuse` of names (of bottleneck adapters). `Parallel` only at the top.
+`Fuse` and `Route` of names (`Fuse`: of bottleneck adapters). `Parallel`
+and `Route` only at the top.
 
 Example:
 ```python
@@ -26,6 +32,8 @@ model.set_active_adapters(ka.Stack("language", "task"))
 model.set_active_adapters(ka.Parallel("topic", "spam"))  # predict -> dict
 ```
 """
+
+import numpy as np
 
 #: Block name -> class, for `get_config`/`from_config`.
 BLOCKS = {}
@@ -36,14 +44,15 @@ class CompositionBlock:
 
     #: Which child kinds this block takes (names always).
     allowed_children = ()
+    #: The fewest children that make sense.
+    min_children = 2
 
     def __init__(self, *children):
         if len(children) == 1 and isinstance(children[0], (list, tuple)):
             children = tuple(children[0])
-        if len(children) < 2 and not isinstance(self, Stack):
-            raise ValueError(f"{type(self).__name__} needs at least two adapters, got {list(children)}.")
-        if not children:
-            raise ValueError("Stack needs at least one adapter.")
+        if len(children) < self.min_children:
+            wanted = "one adapter" if self.min_children == 1 else "two adapters"
+            raise ValueError(f"{type(self).__name__} needs at least {wanted}, got {list(children)}.")
         self.children = tuple(parse(c) for c in children)
         for child in self.children:
             if isinstance(child, CompositionBlock) and not isinstance(child, self.allowed_children):
@@ -85,7 +94,7 @@ class CompositionBlock:
 
 NESTING = (
     "Stack takes names and Fuse; Parallel and Average take names and Stacks; "
-    "Fuse takes names; Parallel goes at the top only."
+    "Fuse and Route take names; Parallel and Route go at the top only."
 )
 
 
@@ -108,6 +117,7 @@ class Fuse(CompositionBlock):
 
 class Stack(CompositionBlock):
     allowed_children = (Fuse,)
+    min_children = 1
 
 
 class Average(CompositionBlock):
@@ -135,6 +145,33 @@ class Average(CompositionBlock):
 
 class Parallel(CompositionBlock):
     allowed_children = (Stack,)
+
+
+class Route(CompositionBlock):
+    """Per-row routing: row `i` runs adapter `children[adapter_id[i]]`.
+
+    Example:
+    ```python
+    route = ka.Route("topic", "spam")
+    model.set_active_adapters(route)
+    model.predict({**tokens, "adapter_id": route.ids(["spam", "topic"])})
+    ```
+    """
+
+    min_children = 1
+
+    def __init__(self, *children):
+        super().__init__(*children)
+        for child in self.children:
+            if not isinstance(child, str):
+                raise ValueError(f"Route takes adapter names only, got {child!r}. {NESTING}")
+
+    def ids(self, names):
+        """The `adapter_id` input (int32 array) for a list of adapter names."""
+        unknown = sorted({n for n in names if n not in self.children})
+        if unknown:
+            raise ValueError(f"Unknown adapter name(s) {unknown}; this Route serves {list(self.children)}.")
+        return np.asarray([self.children.index(n) for n in names], dtype=np.int32)
 
 
 def parse(spec):

@@ -20,15 +20,18 @@ The exported graphs need only TensorFlow and tensorflow-text at serving
 time: no Keras, keras-hub or keras-adapters code.
 """
 
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
+import keras_hub
 import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+from keras_adapters import composition
 from keras_adapters import data as data_lib
 from keras_adapters import runs
 from keras_adapters.text_classifier import TOKEN_INPUTS
@@ -72,30 +75,125 @@ def _as_model_inputs(token_ids, segment_ids, padding_mask):
     }
 
 
+class _TextInputs:
+    """Raw text -> the model's token inputs, each row cut to its task's length.
+
+    Tasks of one SavedModel may have been trained at different sequence
+    lengths; each row gets exactly the tokens its own model would (the text
+    cut to `BYTES_PER_TOKEN * length` bytes as in training, invalid UTF-8
+    replaced, the first `length - 2` word pieces between `[CLS]` and
+    `[SEP]`), padded to the longest length, so a row's output does not depend
+    on the other rows' tasks. One tokenizer pass for the whole batch.
+    """
+
+    def __init__(self, preprocessor, width):
+        tokenizer = preprocessor.tokenizer
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.pad_token_id
+        self.packer = keras_hub.layers.MultiSegmentPacker(
+            start_value=tokenizer.start_token_id,
+            end_value=tokenizer.end_token_id,
+            pad_value=tokenizer.pad_token_id,
+            sequence_length=int(width),
+        )
+
+    def __call__(self, text, lengths):
+        text = tf.reshape(text, [-1])
+        lengths = tf.broadcast_to(tf.cast(lengths, tf.int32), tf.shape(text))
+        cut = tf.strings.substr(text, tf.zeros_like(lengths), data_lib.BYTES_PER_TOKEN * lengths)
+        text = data_lib.clean_text(cut)
+        tokens = self.tokenizer(text)
+        positions = tf.ragged.range(tf.cast(tokens.row_lengths(), tf.int32))
+        tokens = tf.ragged.boolean_mask(tokens, positions < tf.expand_dims(lengths - 2, 1))
+        token_ids, segment_ids = self.packer(tokens)
+        return {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": token_ids != self.pad_id}
+
+
+def _task_length(model, name):
+    """The sequence length adapter `name` was trained with."""
+    return int(model.heads[name].sequence_length or model.sequence_length or 512)
+
+
+def _outputs(probabilities, labels):
+    """The text signatures' outputs; `labels(label_id)` names the classes."""
+    probabilities = tf.cast(probabilities, tf.float32)
+    label_id = tf.argmax(probabilities, axis=-1)
+    return {"probabilities": probabilities, "label_id": label_id, "label": labels(label_id)}
+
+
 class _Task:
     """The functions one classification task exposes (its active adapters)."""
 
-    def __init__(self, model):
+    def __init__(self, model, length=None):
         self.model = model
         self.class_names = tf.constant(model._output_head().label_names())
-        length = model.sequence_length or 512
-        self.max_bytes = data_lib.BYTES_PER_TOKEN * int(length)
+        self.length = int(length or model.sequence_length or 512)
+        self.inputs = _TextInputs(model.preprocessor, self.length)
 
     def classify_text(self, text):
-        text = data_lib.clean_text(tf.reshape(text, [-1]), self.max_bytes)
-        probabilities = self.model(self.model.preprocessor(text), training=False)
-        probabilities = tf.cast(probabilities, tf.float32)
-        label_id = tf.argmax(probabilities, axis=-1)
-        return {
-            "probabilities": probabilities,
-            "label_id": label_id,
-            "label": tf.gather(self.class_names, label_id),
-        }
+        probabilities = self.model(self.inputs(text, self.length), training=False)
+        return _outputs(probabilities, lambda label_id: tf.gather(self.class_names, label_id))
 
     def classify_tokens(self, token_ids, segment_ids, padding_mask):
         inputs = _as_model_inputs(token_ids, segment_ids, padding_mask)
         probabilities = self.model(inputs, training=False)
         return {"probabilities": tf.cast(probabilities, tf.float32)}
+
+
+class _RoutedTask:
+    """The `classify` functions: each row runs the adapter its `adapter` names.
+
+    The model must have `self.route` active when they are traced.
+    """
+
+    def __init__(self, model, names):
+        self.model = model
+        self.route = composition.Route(*names)
+        heads = [model.heads[n] for n in names]
+        lengths = [_task_length(model, n) for n in names]
+        self.lengths = tf.constant(lengths, tf.int32)
+        self.inputs = _TextInputs(model.preprocessor, max(lengths))
+        width = max(h.num_classes for h in heads)
+        self.labels = tf.constant([h.label_names() + [""] * (width - h.num_classes) for h in heads])
+        self.table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(list(names)), tf.range(len(names), dtype=tf.int32)),
+            default_value=-1,
+        )
+        self.known = ", ".join(names)
+
+    def adapter_ids(self, adapter, rows):
+        """Each row's index into the route; a clear error for unknown names."""
+        adapter = tf.reshape(adapter, [-1])
+        ids = self.table.lookup(adapter)
+        unknown = tf.strings.reduce_join(tf.boolean_mask(adapter, ids < 0), separator=", ")
+        checks = [
+            tf.debugging.assert_equal(
+                tf.size(adapter), tf.cast(rows, tf.int32), message="'adapter' needs one adapter name per input row"
+            ),
+            tf.debugging.Assert(
+                tf.reduce_all(ids >= 0),
+                [tf.strings.join(["Unknown adapter name(s): ", unknown, f". This model serves: {self.known}."])],
+            ),
+        ]
+        with tf.control_dependencies(checks):
+            return tf.identity(ids)
+
+    def classify_text(self, text, adapter):
+        text = tf.reshape(text, [-1])
+        ids = self.adapter_ids(adapter, tf.size(text))
+        inputs = {**self.inputs(text, tf.gather(self.lengths, ids)), "adapter_id": ids}
+        return self._run(inputs, ids)
+
+    def classify_tokens(self, token_ids, segment_ids, padding_mask, adapter):
+        ids = self.adapter_ids(adapter, tf.shape(token_ids)[0])
+        inputs = {**_as_model_inputs(token_ids, segment_ids, padding_mask), "adapter_id": ids}
+        return self._run(inputs, ids)
+
+    def _run(self, inputs, ids):
+        def labels(label_id):
+            return tf.gather_nd(self.labels, tf.stack([tf.cast(ids, tf.int64), label_id], axis=1))
+
+        return _outputs(self.model(inputs, training=False), labels)
 
 
 def _trace(function, signature):
@@ -104,6 +202,7 @@ def _trace(function, signature):
 
 
 TEXT_SIGNATURE = [tf.TensorSpec([None], tf.string, name="text")]
+ADAPTER_SPEC = tf.TensorSpec([None], tf.string, name="adapter")
 
 
 def _variables_module(model):
@@ -177,38 +276,75 @@ def export_saved_model(model, path, version=1, merge=True):
 
 
 def export_multi_adapter_saved_model(model, path, names=None, version=1):
-    """One SavedModel, one backbone, one `classify_<name>` signature per adapter.
+    """One SavedModel, one backbone, for many tasks.
+
+    Signatures:
+    - `classify_<name>` per adapter or fusion, as `serving_default` of a
+      single-task export (`serving_default` is the first one);
+    - `classify`: `text` and `adapter` (string `[None]`: each row's adapter
+      name) -> `probabilities` (float32 `[None, K]`, K the largest class
+      count; a row's columns past its task's classes are 0), `label_id`,
+      `label`. Rows of different tasks run in one backbone pass: each row's
+      adapter weights and head are gathered (`ka.Route`). An unknown name is
+      an error naming it and the served names.
+    - `classify_token_ids`: the same on `token_ids`, `segment_ids`,
+      `padding_mask` and `adapter`.
+    Fusions get their own `classify_<name>` only.
+
+    Each task's texts are cut to the sequence length it was trained with.
+    The frozen backbone and each adapter are stored once and shared by
+    every signature. The model's active adapters are restored afterwards.
 
     Args:
         model: an `AdapterTextClassifier` holding several named adapters.
         names: the adapters (or fusions) to serve; default: every adapter.
         path, version: as `export_saved_model`.
-
-    The frozen backbone is stored once and shared by every signature, so the
-    SavedModel is about one backbone plus the adapters. `serving_default` is
-    the first one. The model's active adapters are restored afterwards.
     """
     names = list(names or model.adapter_names)
     if not names:
         raise ValueError("No adapters to export.")
+    if model.preprocessor is None:
+        raise ValueError("The model has no preprocessor; text signatures need one.")
     full = [n for n in names if n in model.adapter_names and not model.adapter_config(n).freezes_backbone]
     if full:
         raise ValueError(
             f"{full} fine-tune the whole backbone and cannot share one; export them on their own."
         )
+    keys = _signature_keys(names)
     out = _version_dir(path, version)
+    module = _variables_module(model)
     active = model.active_adapters
     signatures = {}
     try:
-        for name in names:
+        for name, key in zip(names, keys):
             model.set_active_adapters(model._fusion(name) if name in model.fusion_names else name)
-            task = _Task(model)
-            signatures[f"classify_{_signature_name(name)}"] = _trace(task.classify_text, TEXT_SIGNATURE)
+            task = _Task(model, _task_length(model, name))
+            signatures[key] = _trace(task.classify_text, TEXT_SIGNATURE)
+        routed = [n for n in names if n in model.adapter_names]
+        if routed:
+            task = _RoutedTask(model, routed)
+            module.adapter_table = task.table
+            model.set_active_adapters(task.route)
+            signatures["classify"] = _trace(task.classify_text, [*TEXT_SIGNATURE, ADAPTER_SPEC])
+            signatures["classify_token_ids"] = _trace(
+                task.classify_tokens, [*_token_signature().values(), ADAPTER_SPEC]
+            )
     finally:
-        if active is not None:
-            model.set_active_adapters(active)
-    signatures["serving_default"] = signatures[f"classify_{_signature_name(names[0])}"]
-    return _save(_variables_module(model), out, signatures)
+        model.set_active_adapters(active)
+    signatures["serving_default"] = signatures[keys[0]]
+    return _save(module, out, signatures)
+
+
+def _signature_keys(names):
+    keys = [f"classify_{_signature_name(n)}" for n in names]
+    taken = {"classify", "classify_token_ids"}
+    clashes = sorted({k for k in keys if k in taken or keys.count(k) > 1})
+    if clashes:
+        raise ValueError(
+            f"The adapter names {names} give clashing signature names {clashes}; rename the "
+            "adapters (or run folders) so that each gives its own classify_<name>."
+        )
+    return keys
 
 
 def _signature_name(name):
@@ -225,8 +361,9 @@ def export_run_saved_model(run_dirs, path, version=1, merge=True):
 
 
 # ------------------------------------------------------------------ TFLite
-def export_tflite(model, path, sequence_length=None, quantize="none", merge=True):
-    """Write `model.tflite`, `vocab.txt` and `labels.txt` into `path`.
+def export_tflite(model, path, sequence_length=None, quantize="none", merge=True, names=None):
+    """Write `model.tflite` and `vocab.txt` into `path`, with `labels.txt`
+    (one task) or `adapters.json` (several, routed per row).
 
     The token-id path at a fixed sequence length, TFLite built-in ops only
     (no Flex ops). The model has a `serving_default` signature with inputs
@@ -236,45 +373,91 @@ def export_tflite(model, path, sequence_length=None, quantize="none", merge=True
     Args:
         quantize: `"none"` (float32) or `"dynamic"` (dynamic-range int8
             weights).
+        merge: fold a lone LoRA/(IA)^3 adapter into the base weights first.
+        names: adapters to serve together, each row routed to its own
+            (`ka.Route`): an extra input `adapter_id` (int32 [batch], the
+            index into `names`) and `probabilities` as wide as the largest
+            head (a row's columns past its task's classes are 0).
+            `adapters.json` lists each id's name, labels and sequence
+            length. Default: one task, the model's active adapters.
     """
     if quantize not in ("none", "dynamic"):
         raise ValueError(f"quantize must be 'none' or 'dynamic', got {quantize!r}.")
     length = int(sequence_length or model.sequence_length or 128)
-    served = _serving_copy(model, merge)
-    os.makedirs(path, exist_ok=True)
-
     signature = [tf.TensorSpec([None, length], tf.int32, name=n) for n in TOKEN_INPUTS]
-
-    @tf.function(input_signature=signature, autograph=False)
-    def classify_tokens(token_ids, segment_ids, padding_mask):
-        return _Task(served).classify_tokens(token_ids, segment_ids, padding_mask)
-
-    # Freeze the weights into constants first: left as resource variables,
-    # the interpreter starts them uninitialised (NaN outputs).
-    frozen = convert_variables_to_constants_v2(classify_tokens.get_concrete_function())
-
-    class FrozenModule(tf.Module):
-        # Re-wrapped and saved, so the TFLite signature keeps its names.
-        @tf.function(input_signature=signature, autograph=False)
-        def serve(self, token_ids, segment_ids, padding_mask):
-            outputs = frozen(token_ids=token_ids, segment_ids=segment_ids, padding_mask=padding_mask)
-            probabilities = outputs["probabilities"] if isinstance(outputs, dict) else outputs[0]
-            return {"probabilities": tf.identity(probabilities, name="probabilities")}
-
-    frozen_module = FrozenModule()
-    with tempfile.TemporaryDirectory() as tmp:
-        tf.saved_model.save(frozen_module, tmp, signatures={"serving_default": frozen_module.serve})
-        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["serving_default"])
-        flatbuffer = _convert(converter, quantize)
+    if names:
+        names = list(names)
+        signature.append(tf.TensorSpec([None], tf.int32, name="adapter_id"))
+        served, function = model, _routed_tflite_function(model, names, signature)
+    else:
+        served = _serving_copy(model, merge)
+        function = _trace(_Task(served).classify_tokens, signature)
+    os.makedirs(path, exist_ok=True)
     model_path = os.path.join(path, "model.tflite")
+    flatbuffer = _convert(_frozen_module(function, signature), quantize)
     with open(model_path, "wb") as f:
         f.write(flatbuffer)
     _write_vocabulary(served, os.path.join(path, "vocab.txt"))
-    Path(path, "labels.txt").write_text("\n".join(served._output_head().label_names()) + "\n")
+    if names:
+        entries = [
+            {
+                "adapter_id": i,
+                "name": n,
+                "labels": model.heads[n].label_names(),
+                "sequence_length": min(_task_length(model, n), length),
+            }
+            for i, n in enumerate(names)
+        ]
+        Path(path, "adapters.json").write_text(json.dumps({"adapters": entries}, indent=2) + "\n")
+    else:
+        Path(path, "labels.txt").write_text("\n".join(served._output_head().label_names()) + "\n")
     return model_path
 
 
-def _convert(converter, quantize):
+def _routed_tflite_function(model, names, signature):
+    unknown = [n for n in names if n not in model.adapter_names]
+    if unknown:
+        raise ValueError(f"{unknown} are not adapters of this model (it has {model.adapter_names}).")
+    route = composition.Route(*names)
+
+    def classify(token_ids, segment_ids, padding_mask, adapter_id):
+        inputs = {**_as_model_inputs(token_ids, segment_ids, padding_mask), "adapter_id": adapter_id}
+        return {"probabilities": tf.cast(model(inputs, training=False), tf.float32)}
+
+    active = model.active_adapters
+    model.set_active_adapters(route)
+    try:
+        return _trace(classify, signature)
+    finally:
+        model.set_active_adapters(active)
+
+
+def _frozen_module(function, signature):
+    """A SavedModel folder's module serving `function` with its weights as
+    constants: left as resource variables, the TFLite interpreter starts them
+    uninitialised (NaN outputs)."""
+    frozen = convert_variables_to_constants_v2(function)
+    keys = [spec.name for spec in signature]
+
+    def serve(*args):
+        outputs = frozen(**dict(zip(keys, args)))
+        probabilities = outputs["probabilities"] if isinstance(outputs, dict) else outputs[0]
+        return {"probabilities": tf.identity(probabilities, name="probabilities")}
+
+    module = tf.Module()
+    # Re-wrapped, so the TFLite signature keeps the input names.
+    module.serve = tf.function(serve, input_signature=signature, autograph=False)
+    return module
+
+
+def _convert(module, quantize):
+    with tempfile.TemporaryDirectory() as tmp:
+        tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["serving_default"])
+        return _flatbuffer(converter, quantize)
+
+
+def _flatbuffer(converter, quantize):
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if quantize == "dynamic":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -298,9 +481,11 @@ def tflite_signature_runner(model_path):
 
 
 def run_tflite(runner, tokens):
-    """Probabilities for a dict of token arrays, one example at a time."""
+    """Probabilities for a dict of token arrays (and `adapter_id` for a
+    routed model), one example at a time."""
+    keys = [*TOKEN_INPUTS, "adapter_id"] if "adapter_id" in tokens else TOKEN_INPUTS
     rows = []
     for i in range(len(tokens["token_ids"])):
-        out = runner(**{k: np.asarray(tokens[k][i : i + 1], np.int32) for k in TOKEN_INPUTS})
+        out = runner(**{k: np.asarray(tokens[k][i : i + 1], np.int32) for k in keys})
         rows.append(out["probabilities"][0])
     return np.stack(rows)

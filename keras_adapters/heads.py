@@ -7,6 +7,9 @@ carry several tasks, each with its own classes.
 import keras
 from keras import ops
 
+from keras_adapters.methods.base import gather_rows
+from keras_adapters.methods.base import pad_axis
+
 POOLINGS = ("cls", "mean")
 
 
@@ -58,6 +61,9 @@ class ClassificationHead(keras.layers.Layer):
         dropout: dropout before the classification layer.
         multi_label: sigmoid outputs (multi-hot labels) instead of softmax.
         class_names: optional `num_classes` distinct names.
+        sequence_length: the tokens per text this task was trained with
+            (recorded with the adapter; exported text signatures cut each
+            task's texts to it). `None`: the model's.
 
     Probabilities are float32 whatever the dtype policy, for a stable loss.
 
@@ -70,12 +76,24 @@ class ClassificationHead(keras.layers.Layer):
     """
 
     def __init__(
-        self, num_classes, pooling="cls", dropout=0.1, multi_label=False, class_names=None, **kwargs
+        self,
+        num_classes,
+        pooling="cls",
+        dropout=0.1,
+        multi_label=False,
+        class_names=None,
+        sequence_length=None,
+        **kwargs,
     ):
         super().__init__(**kwargs)
         self.class_names = check_classes(num_classes, class_names, multi_label)
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}.")
+        if sequence_length is not None and (
+            isinstance(sequence_length, bool) or not isinstance(sequence_length, int) or sequence_length < 3
+        ):
+            raise ValueError(f"sequence_length must be an integer >= 3 or None, got {sequence_length!r}.")
+        self.sequence_length = sequence_length
         self.num_classes = num_classes
         self.pooling = pooling
         self.dropout_rate = dropout
@@ -113,6 +131,7 @@ class ClassificationHead(keras.layers.Layer):
             "multi_label": self.multi_label,
             "pooling": self.pooling,
             "dropout": self.dropout_rate,
+            "sequence_length": self.sequence_length,
         }
 
     def label_names(self):
@@ -125,3 +144,43 @@ class ClassificationHead(keras.layers.Layer):
         config = super().get_config()
         config.update(self.task_config())
         return config
+
+
+def routed_probabilities(heads, ids, sequence_output, pooled_output, padding_mask):
+    """Each row through its own head, with the heads' weights gathered per row.
+
+    Args:
+        heads: the `ClassificationHead`s of a `Route`, in its order.
+        ids: int32 `[batch]`, each row's index into `heads`.
+        sequence_output, pooled_output, padding_mask: the backbone's outputs.
+
+    Returns:
+        float32 `[batch, K]`, K the largest head's class count; a row's
+        columns past its head's classes are exactly 0 (they are masked out of
+        the softmax, so its own columns are what its head alone gives).
+    """
+    width = max(h.num_classes for h in heads)
+
+    def rows(values, dtype):
+        return gather_rows(values, ids, dtype)
+
+    poolings = {h.pooling for h in heads}
+    if poolings == {"cls"}:
+        pooled = pooled_output
+    else:
+        mean = heads[0].mean_pooling(sequence_output, padding_mask)
+        is_mean = rows([h.pooling == "mean" for h in heads], "bool")
+        pooled = mean if poolings == {"mean"} else ops.where(is_mean[:, None], mean, pooled_output)
+    dtype = pooled.dtype
+    kernel = rows([pad_axis(h.logits.kernel, width, 1) for h in heads], dtype)
+    bias = rows([pad_axis(h.logits.bias, width, 0) for h in heads], dtype)
+    logits = ops.cast(ops.einsum("bh,bhk->bk", pooled, kernel) + bias, "float32")
+    valid = rows([[j < h.num_classes for j in range(width)] for h in heads], "bool")
+    logits = ops.where(valid, logits, float("-inf"))
+    multi = {h.multi_label for h in heads}
+    if multi == {True}:
+        return ops.sigmoid(logits)
+    if multi == {False}:
+        return ops.softmax(logits, axis=-1)
+    is_multi = rows([h.multi_label for h in heads], "bool")
+    return ops.where(is_multi[:, None], ops.sigmoid(logits), ops.softmax(logits, axis=-1))

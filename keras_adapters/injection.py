@@ -33,6 +33,7 @@ from keras import ops
 from keras_adapters import composition
 from keras_adapters.fusion import FusionConfig
 from keras_adapters.fusion import FusionLayer
+from keras_adapters.methods.base import RoutedUnits
 from keras_adapters.methods.base import WrappedLayer
 from keras_adapters.methods.base import apply_linear
 from keras_adapters.methods.base import kernel_split
@@ -64,6 +65,8 @@ class AdapterState:
         active: the active spec (name or block), or `None` (plain backbone).
         sites: dict `"transformer_layer_0/query"` -> `AdapterSite`.
         original_weights: the backbone's own variables.
+        row_ids: while a `Route` runs (see `routing`), each row's adapter
+            index (int32 `[batch]`).
     """
 
     def __init__(self, backbone):
@@ -72,6 +75,22 @@ class AdapterState:
         self.active = None
         self.sites = {}
         self.original_weights = list(backbone.weights)
+        self.row_ids = None
+
+
+@contextlib.contextmanager
+def routing(backbone, ids):
+    """Let the sites see each row's adapter index while the backbone runs.
+
+    The sites are called by keras-hub's encoder with the hidden states only,
+    so the ids travel beside them, for the duration of one call.
+    """
+    state = get_state(backbone)
+    state.row_ids = ops.cast(ids, "int32")
+    try:
+        yield
+    finally:
+        state.row_ids = None
 
 
 def get_state(backbone, create=False):
@@ -170,6 +189,8 @@ class AdapterSite(keras.layers.Layer):
         return self._run(spec, inputs, training)
 
     def _run(self, spec, x, training):
+        if isinstance(spec, composition.Route):
+            return self._route(spec, x, training)
         if isinstance(spec, composition.Parallel):
             chunks = ops.split(x, len(spec), axis=0)
             return ops.concatenate(
@@ -182,20 +203,46 @@ class AdapterSite(keras.layers.Layer):
         return self._stack(items, x, training)
 
     def _stack(self, items, x, training):
-        units, replacement = [], None
+        units = []
         for item in items:
             if isinstance(item, composition.Fuse):
                 members = [self.units[n] for n in item.children if n in self.units]
                 if members and members[0].replaces_base:
-                    replacement = _mean_of(members)
+                    units.append(_MeanOf(members))
                 elif members:
                     units.append(_FuseStep(members, self.fusion_layers.get(item.name)))
             elif item in self.units:
-                unit = self.units[item]
-                if unit.replaces_base:
-                    replacement = unit
-                else:
-                    units.append(unit)
+                units.append(self.units[item])
+        return self._compose(units, x, training)
+
+    def _route(self, spec, x, training):
+        """Each row through its own adapter's units (see `Route`)."""
+        ids = self.state.row_ids
+        if ids is None:
+            raise ValueError("A Route is active but the inputs have no 'adapter_id' (one int32 per row).")
+        groups = {}
+        for i, name in enumerate(spec.children):
+            unit = self.units.get(name)
+            if unit is not None:
+                groups.setdefault(unit.route_key(), [None] * len(spec))[i] = unit
+        steps = []
+        for group in groups.values():
+            first = next(u for u in group if u is not None)
+            if first.routed is None:
+                raise ValueError(
+                    f"{type(first).__name__} units cannot be routed per row; serve that adapter "
+                    "through its own signature."
+                )
+            steps.append(first.routed(group, ids, self.base))
+        return self._compose(steps, x, training)
+
+    def _compose(self, units, x, training):
+        """The base layer with `units` applied through their hooks, in order;
+        a unit that replaces the base layer is called instead of it."""
+        replacement = None
+        for unit in [u for u in units if u.replaces_base]:
+            replacement = unit
+        units = [u for u in units if not u.replaces_base]
         for unit in units:
             x = unit.transform_input(x, training=training)
         adjusting = [u for u in units if _adjusts_linear(u)]
@@ -223,20 +270,28 @@ class AdapterSite(keras.layers.Layer):
 
 
 def _adjusts_linear(unit):
-    return isinstance(unit, WrappedLayer) and type(unit).adjust_linear is not WrappedLayer.adjust_linear
+    hook = getattr(type(unit), "adjust_linear", None)
+    return hook not in (None, WrappedLayer.adjust_linear, RoutedUnits.adjust_linear)
 
 
-def _mean_of(layers):
-    def mean(x):
-        outputs = [layer(x) for layer in layers]
+class _MeanOf:
+    """Stands for several replacements of the base layer: their mean."""
+
+    replaces_base = True
+
+    def __init__(self, layers):
+        self.layers = layers
+
+    def __call__(self, x):
+        outputs = [layer(x) for layer in self.layers]
         return sum(outputs) / float(len(outputs))
-
-    return mean
 
 
 class _FuseStep:
     """A `Fuse` at one site: the fusion layer over its members' residuals,
     or their average where the fusion has no layer (a single member)."""
+
+    replaces_base = False
 
     def __init__(self, members, fusion_layer):
         self.members = members

@@ -36,23 +36,23 @@ def task_name(run_dir):
 def load_runs(run_dirs, dtype=None, sequence_length=None):
     """One model holding every run's adapter, each named after its folder.
 
-    The runs must share a backbone checkpoint (checked on load). The
-    sequence length is the first run's unless given.
+    The runs must share a backbone checkpoint (checked on load). Each
+    adapter's head keeps its run's sequence length; the model's is the
+    longest of them unless given.
     """
     run_dirs = [str(r) for r in run_dirs]
     names = [task_name(r) for r in run_dirs]
     if len(set(names)) != len(names):
         raise ValueError(f"Run folders must have distinct names to name their adapters: {names}.")
-    model = None
+    configs = [read_config(adapter_dir(r)) for r in run_dirs]
+    lengths = [c["task"].get("sequence_length") or 128 for c in configs]
+    model = AdapterTextClassifier.from_preset(
+        configs[0]["backbone"]["preset"],
+        method=None,
+        sequence_length=sequence_length or max(lengths),
+        dtype=dtype,
+    )
     for run_dir, name in zip(run_dirs, names):
-        if model is None:
-            config = read_config(adapter_dir(run_dir))
-            model = AdapterTextClassifier.from_preset(
-                config["backbone"]["preset"],
-                method=None,
-                sequence_length=sequence_length or config["task"].get("sequence_length") or 128,
-                dtype=dtype,
-            )
         model.load_adapter(adapter_dir(run_dir), name=name)
     return model, names
 

@@ -13,6 +13,7 @@ from keras_adapters import presets
 from keras_adapters import recipe
 from keras_adapters.fusion import FusionConfig
 from keras_adapters.heads import ClassificationHead
+from keras_adapters.heads import routed_probabilities
 from keras_adapters.methods.baselines import HeadOnlyConfig
 from keras_adapters.methods.registry import get_adapter_config
 
@@ -296,7 +297,8 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         if not isinstance(fuse, composition.Fuse):
             fuse = composition.Fuse(*fuse)
         first = self.heads[fuse.children[0]].task_config()
-        head_config = {**first, "class_names": class_names, **head}
+        # A new task: trained at the model's sequence length, not a member's.
+        head_config = {**first, "class_names": class_names, "sequence_length": None, **head}
         head_config["num_classes"] = num_classes or (len(class_names) if class_names else first["num_classes"])
         config = config if isinstance(config, FusionConfig) else FusionConfig(**(config or {}))
         self._add_fusion(fuse, config.get_config(), head_config)
@@ -410,6 +412,8 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
                 "No active adapter: call model.set_active_adapters(name) "
                 f"(the model has {self.adapter_names})."
             )
+        if isinstance(spec, composition.Route):
+            return self._call_routed(spec, inputs, training)
         copies = len(spec) if isinstance(spec, composition.Parallel) else 1
         if copies > 1:
             inputs = {k: ops.concatenate([v] * copies, axis=0) for k, v in inputs.items()}
@@ -432,6 +436,25 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
                 raise ValueError(f"Average needs heads with the same number of classes, got {sorted(shapes)}.")
             return sum(w * head(n) for w, n in zip(spec.weights, names))
         return head(names)
+
+    def _call_routed(self, spec, inputs, training):
+        if training:
+            raise ValueError(
+                "A Route serves mixed batches; it does not train. Train each adapter with "
+                "model.train_adapter(name)."
+            )
+        if "adapter_id" not in inputs:
+            raise ValueError(
+                f"With {spec!r} active, the inputs need 'adapter_id': each row's index into the "
+                "Route's adapters (route.ids(names) makes it)."
+            )
+        ids = ops.cast(inputs["adapter_id"], "int32")
+        with injection.routing(self.backbone, ids):
+            outputs = self.backbone({k: inputs[k] for k in TOKEN_INPUTS}, training=False)
+        heads = [self.heads[n] for n in spec.children]
+        return routed_probabilities(
+            heads, ids, outputs["sequence_output"], outputs["pooled_output"], inputs["padding_mask"]
+        )
 
     # --------------------------------------------------------- adapter folders
     def save_adapter(self, directory, name=None):
@@ -461,7 +484,11 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
                 "architecture": presets.architecture_config(self.backbone),
                 "weights_sha256": self.backbone_fingerprint,
             },
-            "task": {"type": "text_classification", **head.task_config(), "sequence_length": self.sequence_length},
+            "task": {
+                "type": "text_classification",
+                **head.task_config(),
+                "sequence_length": head.sequence_length or self.sequence_length,
+            },
         }
         if name in self.state.fusions:
             fuse, fusion_config = self.state.fusions[name]
@@ -499,6 +526,7 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         tensors = adapter_io.read_weights(directory, config)
         name = name or config.get("name") or DEFAULT_NAME
         head_config = {k: config["task"][k] for k in ("num_classes", "class_names", "multi_label", "pooling", "dropout")}
+        head_config["sequence_length"] = config["task"].get("sequence_length")
         if "fusion" in config:
             members = config["fusion"]["adapters"]
             for member in members:
@@ -567,10 +595,10 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         pipeline; like plain Keras, this shuffles them (unless
         `shuffle=False`). Datasets are used as given.
         """
-        if isinstance(self.active_adapters, composition.Parallel):
+        if isinstance(self.active_adapters, (composition.Parallel, composition.Route)):
             raise ValueError(
                 "fit() trains one output; activate one adapter (model.train_adapter(name)) "
-                "instead of a Parallel block."
+                f"instead of a {type(self.active_adapters).__name__} block."
             )
         if x is not None and not isinstance(x, tf.data.Dataset):
             data = keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
@@ -619,7 +647,7 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         if loss == "auto":
             loss = keras.losses.BinaryCrossentropy() if self.multi_label else keras.losses.SparseCategoricalCrossentropy()
         if metrics == "auto":
-            single = not isinstance(self.active_adapters, composition.Parallel) and self.num_classes
+            single = not isinstance(self.active_adapters, (composition.Parallel, composition.Route)) and self.num_classes
             metrics = recipe.classification_metrics(self.num_classes, self.multi_label) if single else []
         keras.Model.compile(self, optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
@@ -674,6 +702,8 @@ def complete_token_inputs(x):
     out = {"token_ids": token_ids}
     out["segment_ids"] = x["segment_ids"] if "segment_ids" in x else ops.zeros_like(token_ids)
     out["padding_mask"] = x["padding_mask"] if "padding_mask" in x else ops.not_equal(token_ids, 0)
+    if "adapter_id" in x:  # a Route's per-row adapter index
+        out["adapter_id"] = x["adapter_id"]
     return out
 
 

@@ -2,8 +2,11 @@
 
     python serving_client.py SAVED_MODEL_DIR REQUEST.json RESPONSE.json
 
-REQUEST: {"signature": name, "inputs": {name: list}, "dtypes": {name: dtype}}.
-RESPONSE: {"outputs": {name: list}, "ops": [...], "foreign_modules": [...]}.
+REQUEST: {"signature": name, "inputs": {name: list}, "dtypes": {name: dtype}},
+or a list of them (one process, one load, several calls).
+RESPONSE: {"outputs": {name: list}, "ops": [...], "foreign_modules": [...]};
+for a list, {"responses": [{"outputs": ...} or {"error": message}], ...}:
+an error of one call is reported, as a server would, and the next one runs.
 """
 
 import json
@@ -39,9 +42,7 @@ def graph_ops(saved_model_dir):
     return sorted(ops)
 
 
-def main(saved_model_dir, request_path, response_path):
-    request = json.load(open(request_path))
-    loaded = tf.saved_model.load(saved_model_dir)
+def _call(loaded, request):
     fn = loaded.signatures[request["signature"]]
     inputs = {}
     for name, value in request["inputs"].items():
@@ -51,17 +52,31 @@ def main(saved_model_dir, request_path, response_path):
         else:
             inputs[name] = tf.constant(value, dtype=dtype)
     outputs = fn(**inputs)
+    return {
+        k: [x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in v.numpy().tolist()]
+        for k, v in outputs.items()
+    }
+
+
+def main(saved_model_dir, request_path, response_path):
+    request = json.load(open(request_path))
+    loaded = tf.saved_model.load(saved_model_dir)
     response = {
-        "outputs": {
-            k: [x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in v.numpy().tolist()]
-            for k, v in outputs.items()
-        },
         "ops": graph_ops(saved_model_dir),
         "foreign_modules": sorted(
             # (`import tensorflow` itself imports keras when it is installed.)
             {m.split(".")[0] for m in sys.modules} & {"keras_hub", "keras_adapters", "keras_nlp"}
         ),
     }
+    if isinstance(request, list):
+        response["responses"] = []
+        for one in request:
+            try:
+                response["responses"].append({"outputs": _call(loaded, one)})
+            except tf.errors.OpError as e:
+                response["responses"].append({"error": e.message})
+    else:
+        response["outputs"] = _call(loaded, request)
     json.dump(response, open(response_path, "w"))
 
 

@@ -15,6 +15,8 @@ from keras_adapters import composition
         ka.Average("a", "b", weights=[3, 1]),
         ka.Average(ka.Stack("a", "b"), "c"),
         ka.Fuse("a", "b", "c"),
+        ka.Route("a", "b", "c"),
+        ka.Route("a"),
     ],
 )
 def test_blocks_round_trip_through_config(block):
@@ -40,6 +42,11 @@ def test_lists_are_stacks_and_names_stay_names():
         (lambda: ka.Stack("a", "a"), "names an adapter twice"),
         (lambda: ka.Parallel("a", "a"), "names an adapter twice"),
         (lambda: ka.Parallel("a"), "at least two"),
+        (lambda: ka.Route(), "at least one"),
+        (lambda: ka.Route("a", ka.Stack("b", "c")), "Route cannot contain Stack"),
+        (lambda: ka.Route("a", "a"), "names an adapter twice"),
+        (lambda: ka.Parallel("a", ka.Route("b", "c")), "Parallel cannot contain Route"),
+        (lambda: ka.Stack("a", ka.Route("b", "c")), "Stack cannot contain Route"),
         (lambda: ka.Average("a", "b", weights=[1]), "2 non-negative numbers"),
         (lambda: ka.Average("a", "b", weights=[0, 0]), "positive sum"),
         (lambda: composition.parse(3), "name or a composition block"),
@@ -59,3 +66,11 @@ def test_head_names_and_adapter_names():
     assert composition.head_names(ka.Stack("a", ka.Fuse("b", "c"))) == "b_c_fusion"
     assert composition.head_names(ka.Parallel("a", ka.Stack("b", "c"))) == ["a", "c"]
     assert composition.adapter_names(ka.Stack("a", ka.Fuse("b", "c"))) == ["a", "b", "c"]
+
+
+def test_route_ids_index_its_children():
+    route = ka.Route("topic", "spam", "lang")
+    assert route.ids(["spam", "spam", "lang", "topic"]).tolist() == [1, 1, 2, 0]
+    assert route.ids([]).shape == (0,)
+    with pytest.raises(ValueError, match=r"Unknown adapter name\(s\) \['weather'\]; this Route serves"):
+        route.ids(["topic", "weather"])

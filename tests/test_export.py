@@ -25,8 +25,17 @@ ODD_INPUTS_HEX = [
 
 def serve(saved_model_dir, signature, inputs, dtypes, tmp_path):
     """Outputs of a signature run in a fresh process (tensorflow + tensorflow_text)."""
+    return _client(saved_model_dir, {"signature": signature, "inputs": inputs, "dtypes": dtypes}, tmp_path)
+
+
+def serve_many(saved_model_dir, requests, tmp_path):
+    """Several calls in one fresh serving process: each {"outputs": ...} or {"error": ...}."""
+    return _client(saved_model_dir, requests, tmp_path)["responses"]
+
+
+def _client(saved_model_dir, payload, tmp_path):
     request, response = tmp_path / "request.json", tmp_path / "response.json"
-    request.write_text(json.dumps({"signature": signature, "inputs": inputs, "dtypes": dtypes}))
+    request.write_text(json.dumps(payload))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.run(
         [sys.executable, CLIENT, saved_model_dir, str(request), str(response)],
@@ -137,38 +146,102 @@ def _stored_values(path):
     return sum(int(np.prod(shape)) for name, shape in entries if name != "_CHECKPOINTABLE_OBJECT_GRAPH")
 
 
-def _two_task_model(preset):
+@pytest.fixture(scope="module")
+def two_tasks(tiny_preset):
+    """Houlsby "news" (4 classes, 16 tokens) and LoRA "topics" (3 classes,
+    texts cut to 5 tokens) on one backbone, with weights far from their
+    initial values so that every task and every text gives its own output."""
+    from conftest import randomize_adapter_weights
+
     keras.utils.set_random_seed(2)
-    model = ka.AdapterTextClassifier.from_preset(preset, method=None, sequence_length=16)
-    for name, method, labels in (("news", "houlsby", LABELS), ("topics", "lora", LABELS[::-1] % 3)):
-        model.add_adapter(name, method, num_classes=4 if name == "news" else 3)
-        model.train_adapter(name)
-        model.compile()
-        model.fit(TEXTS, labels, epochs=2, batch_size=4, verbose=0)
+    model = ka.AdapterTextClassifier.from_preset(tiny_preset, method=None, sequence_length=16)
+    model.add_adapter("news", "houlsby", num_classes=4)
+    model.add_adapter("topics", "lora", num_classes=3)
+    randomize_adapter_weights(model.backbone, scale=0.3)
+    for head in model.heads.values():
+        head.logits.kernel.assign(np.random.default_rng(0).standard_normal(head.logits.kernel.shape))
+    model.heads["topics"].sequence_length = 5
     return model
 
 
-def test_multi_adapter_export_shares_the_backbone(tiny_preset, tmp_path):
-    model = _two_task_model(tiny_preset)
-    expected, singles = {}, {}
+def _own_outputs(model, name, tmp_path):
+    """The task's own single-task SavedModel (from its adapter folder) on TEXTS."""
+    model.save_adapter(str(tmp_path / f"adapter_{name}"), name=name)
+    alone = ka.AdapterTextClassifier.from_adapter(str(tmp_path / f"adapter_{name}"))
+    single = ka.export_saved_model(alone, str(tmp_path / f"single_{name}"), merge=False)
+    outputs = tf.saved_model.load(single).signatures["serving_default"](text=tf.constant(TEXTS))
+    return single, {k: v.numpy() for k, v in outputs.items()}
+
+
+#: Which task each row of TEXTS is sent to in the routed requests.
+ROWS = ["topics", "news", "news", "topics", "news", "topics", "topics", "news"]
+
+
+def test_multi_adapter_export_serves_every_task_from_one_backbone(two_tasks, tmp_path):
+    model = two_tasks
+    singles, own = {}, {}
     for name in ("news", "topics"):
-        model.set_active_adapters(name)
-        expected[name] = model.predict(TEXTS, verbose=0)
-        model.save_adapter(str(tmp_path / f"adapter_{name}"))
-        alone = ka.AdapterTextClassifier.from_adapter(str(tmp_path / f"adapter_{name}"))
-        singles[name] = ka.export_saved_model(alone, str(tmp_path / f"single_{name}"), merge=False)
-    assert expected["news"].shape == (8, 4) and expected["topics"].shape == (8, 3)
+        singles[name], own[name] = _own_outputs(model, name, tmp_path)
+    model.set_active_adapters("topics")
+    keras_topics = model.predict(TEXTS, verbose=0)  # 16 tokens: not what the task was trained on
+    assert np.abs(keras_topics - own["topics"]["probabilities"]).max() > 1e-3
     out = ka.export_multi_adapter_saved_model(model, str(tmp_path / "multi"))
     assert model.active_adapters == "topics"  # restored
-    for name in ("news", "topics"):
-        response = serve(out, f"classify_{name}", {"text": TEXTS}, {}, tmp_path)
-        np.testing.assert_allclose(response["outputs"]["probabilities"], expected[name], atol=1e-5)
-    response = serve(out, "serving_default", {"text": TEXTS}, {}, tmp_path)
-    np.testing.assert_allclose(response["outputs"]["probabilities"], expected["news"], atol=1e-5)
+    tokens = {k: np.asarray(v).astype("int32").tolist() for k, v in model.preprocessor(TEXTS).items()}
+    int32 = {k: "int32" for k in tokens}
+    requests = [
+        {"signature": "classify_news", "inputs": {"text": TEXTS}},
+        {"signature": "classify_topics", "inputs": {"text": TEXTS}},
+        {"signature": "serving_default", "inputs": {"text": TEXTS}},
+        {"signature": "classify", "inputs": {"text": TEXTS, "adapter": ROWS}},
+        {"signature": "classify_token_ids", "inputs": {**tokens, "adapter": ROWS}, "dtypes": int32},
+        {"signature": "classify", "inputs": {"text": [], "adapter": []}},
+        {"signature": "classify", "inputs": {"text": TEXTS[:2], "adapter": ["news", "weather"]}},
+        {"signature": "classify", "inputs": {"text": TEXTS[:2], "adapter": ["news"]}},
+    ]
+    news, topics, default, routed, routed_tokens, empty, unknown, short = serve_many(out, requests, tmp_path)
+    for name, response in (("news", news), ("topics", topics), ("news", default)):
+        np.testing.assert_allclose(response["outputs"]["probabilities"], own[name]["probabilities"], atol=1e-5)
+
+    # Each row of one mixed batch: its task's own SavedModel, zeros past its classes.
+    probabilities = np.asarray(routed["outputs"]["probabilities"])
+    assert probabilities.shape == (8, 4)
+    for i, name in enumerate(ROWS):
+        k = own[name]["probabilities"].shape[1]
+        np.testing.assert_allclose(probabilities[i, :k], own[name]["probabilities"][i], atol=1e-5)
+        assert np.all(probabilities[i, k:] == 0)
+        assert routed["outputs"]["label"][i] == own[name]["label"][i].decode()
+    # Token ids (16 tokens for every row) against the Keras model, adapter by adapter.
+    for i, name in enumerate(ROWS):
+        model.set_active_adapters(name)
+        expected = model.predict({k: np.asarray(v[i : i + 1]) for k, v in tokens.items()}, verbose=0)[0]
+        np.testing.assert_allclose(routed_tokens["outputs"]["probabilities"][i][: len(expected)], expected, atol=1e-5)
+    assert empty["outputs"] == {"probabilities": [], "label_id": [], "label": []}
+    assert "Unknown adapter name(s): weather" in unknown["error"] and "serves: news, topics" in unknown["error"]
+    assert "one adapter name per input row" in short["error"]
 
     # One backbone plus each task's own weights, not one backbone per task.
     assert _stored_values(out) == sum(int(np.prod(v.shape)) for v in model.variables)
     assert _stored_values(out) < sum(_stored_values(p) for p in singles.values())
+
+
+def test_routed_tflite_matches_each_task(two_tasks, tmp_path):
+    model = two_tasks
+    path = ka.export_tflite(model, str(tmp_path / "lite"), names=["news", "topics"])
+    adapters = json.loads(open(os.path.join(tmp_path, "lite", "adapters.json")).read())["adapters"]
+    assert [(a["adapter_id"], a["name"], len(a["labels"]), a["sequence_length"]) for a in adapters] == [
+        (0, "news", 4, 16),
+        (1, "topics", 3, 5),
+    ]
+    tokens = {k: np.asarray(v) for k, v in model.preprocessor(TEXTS).items()}
+    ids = ka.Route("news", "topics").ids(ROWS)
+    lite = export.run_tflite(export.tflite_signature_runner(path), {**tokens, "adapter_id": ids})
+    assert lite.shape == (8, 4)
+    for i, name in enumerate(ROWS):
+        model.set_active_adapters(name)
+        expected = model.predict({k: v[i : i + 1] for k, v in tokens.items()}, verbose=0)[0]
+        np.testing.assert_allclose(lite[i, : len(expected)], expected, atol=1e-5)
+        assert np.all(lite[i, len(expected) :] == 0)
 
 
 def test_multi_adapter_refuses_full_fine_tuning(tiny_preset, tmp_path):

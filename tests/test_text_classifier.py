@@ -318,3 +318,57 @@ def test_deleting_an_adapter_leaves_the_trained_one_training(tiny_preset):
     trainable = [w.path for w in model.trainable_weights]
     model.delete_adapter("other")
     assert [w.path for w in model.trainable_weights] == trainable and trainable
+
+
+def _mixed_methods_model(tiny_preset):
+    """Six adapters of every routable kind, differing in everything that is
+    padded or grouped per row: ranks, bottleneck sizes, activations, target
+    layers and modules, class counts, pooling, multi-label."""
+    model = ka.AdapterTextClassifier.from_preset(tiny_preset, method=None, sequence_length=16)
+    model.add_adapter("houlsby", "houlsby", num_classes=3)
+    model.add_adapter("pfeiffer", ka.PfeifferConfig(bottleneck_size=5, activation="gelu"), num_classes=4, pooling="mean")
+    lora = ka.LoRAConfig(rank=4, target_modules=("query", "value", "feedforward_intermediate_dense"))
+    model.add_adapter("lora", lora, num_classes=2)
+    model.add_adapter("lora_top", ka.LoRAConfig(rank=2, alpha=3, target_layers="transformer_layer_1"), num_classes=5,
+                      multi_label=True)
+    model.add_adapter("ia3", "ia3", num_classes=3)
+    model.add_adapter("head", "head", num_classes=2)
+    randomize_adapter_weights(model.backbone, scale=0.3)
+    rng = np.random.default_rng(0)
+    for head in model.heads.values():
+        head.logits.kernel.assign(rng.standard_normal(head.logits.kernel.shape))
+    return model
+
+
+def test_route_gives_each_row_its_own_adapter(tiny_preset):
+    model = _mixed_methods_model(tiny_preset)
+    names = model.adapter_names
+    tokens = {k: np.asarray(v) for k, v in model.preprocessor(TEXTS + TEXTS[:4]).items()}
+    rows = [names[i % len(names)] for i in range(12)][::-1]
+    alone = {}
+    for name in names:
+        model.set_active_adapters(name)
+        alone[name] = model.predict(tokens, verbose=0)
+    route = ka.Route(*names)
+    model.set_active_adapters(route)
+    routed = model.predict({**tokens, "adapter_id": route.ids(rows)}, verbose=0)
+    assert routed.shape == (12, 5)
+    for i, name in enumerate(rows):
+        k = alone[name].shape[1]
+        np.testing.assert_allclose(routed[i, :k], alone[name][i], atol=1e-6)
+        assert np.all(routed[i, k:] == 0)
+        # Any other adapter's answer would be told apart.
+        others = [alone[n][i] for n in names if n != name and alone[n].shape[1] == k]
+        assert all(np.abs(o - alone[name][i]).max() > 1e-3 for o in others)
+
+
+def test_route_serves_and_does_not_train(tiny_preset):
+    model = _mixed_methods_model(tiny_preset)
+    model.set_active_adapters(ka.Route("lora", "ia3"))
+    tokens = {k: np.asarray(v) for k, v in model.preprocessor(TEXTS).items()}
+    with pytest.raises(ValueError, match="inputs need 'adapter_id'"):
+        model.predict(tokens, verbose=0)
+    with pytest.raises(ValueError, match="activate one adapter"):
+        model.fit({**tokens, "adapter_id": np.zeros(8, "int32")}, LABELS % 2, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="No adapter named 'nope'"):
+        model.set_active_adapters(ka.Route("lora", "nope"))

@@ -161,10 +161,20 @@ class WrappedLayer(keras.layers.Layer):
     Calling a unit on its own computes `base` with this one unit applied.
     Units that can be folded into `base` implement `merge()`, which updates
     `base`'s weights so that `base` alone computes what the unit computed.
+
+    For per-row routing (`keras_adapters.composition.Route`) a unit class
+    names a `RoutedUnits` subclass in `routed`: it stacks the units of
+    several adapters at one site and applies, to each row, that row's unit.
     """
 
     mergeable = False
     replaces_base = False
+    #: The `RoutedUnits` class that applies units of this class per row.
+    routed = None
+
+    def route_key(self):
+        """Units with equal keys are stacked into one `routed` step."""
+        return type(self)
 
     def __init__(self, base, **kwargs):
         super().__init__(**kwargs)
@@ -207,6 +217,87 @@ class WrappedLayer(keras.layers.Layer):
         return self.base.compute_output_shape(input_shape)
 
 
+class RoutedUnits:
+    """Units of several adapters at one site, each row computing its own.
+
+    Built inside the traced serving function from the units' variables, so
+    the routed graph reads the same weights as the single-adapter graphs (no
+    second copy). Each row gets exactly what its own unit computes: sizes
+    that differ are zero-padded to the largest, and an adapter without a unit
+    at the site gets the identity (zero update, unit scale, the base layer
+    norm).
+
+    Args:
+        units: one entry per routed adapter: its unit at this site, or
+            `None`; all units present share one `route_key`.
+        ids: int32 `[batch]`, each row's index into `units`.
+        base: the site's original layer.
+
+    Subclasses implement the hooks of `WrappedLayer` they need, on batches.
+    """
+
+    replaces_base = False
+
+    def __init__(self, units, ids, base):
+        self.units = units
+        self.ids = ids
+        self.base = base
+        self.first = next(u for u in units if u is not None)
+
+    def rows(self, tensors, dtype):
+        """`tensors` (one per adapter, same shape) stacked and gathered per row."""
+        return gather_rows(tensors, self.ids, dtype)
+
+    def transform_input(self, x, training=None):
+        return x
+
+    def adjust_linear(self, x, y, training=None):
+        return y
+
+    def transform_output(self, y, training=None):
+        return y
+
+
+def gather_rows(values, ids, dtype):
+    """`values` (one per adapter, same shape) stacked and gathered by `ids`."""
+    stacked = ops.stack([ops.cast(ops.convert_to_tensor(v), dtype) for v in values])
+    return ops.take(stacked, ids, axis=0)
+
+
+def pad_axis(tensor, size, axis):
+    """`tensor` zero-padded at the end of `axis` to `size`."""
+    tensor = ops.convert_to_tensor(tensor)
+    missing = size - int(tensor.shape[axis])
+    if not missing:
+        return tensor
+    widths = [[0, 0] for _ in tensor.shape]
+    widths[axis][1] = missing
+    return ops.pad(tensor, widths)
+
+
+def per_row(values, like):
+    """`values` ([batch, *d]) shaped to broadcast against `like` ([batch, ..., *d])."""
+    extra = len(like.shape) - len(values.shape)
+    return ops.reshape(values, (-1,) + (1,) * extra + tuple(values.shape[1:]))
+
+
+class RoutedLayerNorm(RoutedUnits):
+    """Per-adapter layer-norm copies (`TrainableCopy`), the base norm for rows
+    whose adapter has none."""
+
+    replaces_base = True
+
+    def __call__(self, x):
+        layers = [u.layer if u is not None else self.base for u in self.units]
+        # float32, as the layer's own variables enter the normalisation.
+        gamma = self.rows([layer.gamma for layer in layers], "float32")
+        beta = self.rows([layer.beta for layer in layers], "float32")
+        outputs = ops.layer_normalization(
+            x, per_row(gamma, x), per_row(beta, x), axis=self.base.axis, epsilon=self.base.epsilon
+        )
+        return ops.cast(outputs, self.base.compute_dtype)
+
+
 @keras.saving.register_keras_serializable(package="keras_adapters")
 class TrainableCopy(WrappedLayer):
     """A per-adapter copy of an original layer that the method trains.
@@ -217,6 +308,12 @@ class TrainableCopy(WrappedLayer):
     """
 
     replaces_base = True
+
+    @property
+    def routed(self):
+        if not isinstance(self.base, keras.layers.LayerNormalization) or not self.base.center or not self.base.scale:
+            return None
+        return RoutedLayerNorm
 
     def build(self, input_shape):
         self.layer = type(self.base).from_config(

@@ -7,11 +7,43 @@ import keras
 from keras import ops
 
 from keras_adapters.methods.base import AdapterConfig
+from keras_adapters.methods.base import RoutedUnits
 from keras_adapters.methods.base import WrappedLayer
+from keras_adapters.methods.base import pad_axis
+from keras_adapters.methods.base import per_row
 from keras_adapters.methods.base import check_choice
 from keras_adapters.methods.base import check_positive_int
 
 BOTTLENECK_INITS = ("zeros", "near_identity")
+
+
+class RoutedBottleneck(RoutedUnits):
+    """Each row's `y + up(activation(down(y)))` with gathered projections.
+
+    Bottleneck sizes are zero-padded to the largest (the padded up-projection
+    rows are zero, so the padding adds exactly nothing whatever the
+    activation gives at 0); adapters without a bottleneck here get zero
+    projections, i.e. the identity.
+    """
+
+    def transform_output(self, y, training=None):
+        size = max(u.bottleneck_size for u in self.units if u is not None)
+        hidden = int(self.first.up.kernel.shape[-1])
+
+        def stacked(get, shape, axis):
+            return self.rows(
+                [pad_axis(get(u), size, axis) if u is not None else ops.zeros(shape) for u in self.units],
+                y.dtype,
+            )
+
+        down_kernel = stacked(lambda u: u.down.kernel, (hidden, size), 1)
+        down_bias = stacked(lambda u: u.down.bias, (size,), 0)
+        up_kernel = stacked(lambda u: u.up.kernel, (size, hidden), 0)
+        up_bias = self.rows([u.up.bias if u is not None else ops.zeros((hidden,)) for u in self.units], y.dtype)
+        flat = ops.reshape(y, (*ops.shape(y)[:2], hidden))
+        h = ops.einsum("bsh,bhk->bsk", flat, down_kernel) + per_row(down_bias, flat)
+        r = ops.einsum("bsk,bkh->bsh", self.first.activation(h), up_kernel) + per_row(up_bias, flat)
+        return ops.add(y, ops.reshape(r, ops.shape(y)))
 
 
 @keras.saving.register_keras_serializable(package="keras_adapters")
@@ -38,6 +70,8 @@ class BottleneckAdapter(WrappedLayer):
     ```
     """
 
+    routed = RoutedBottleneck
+
     def __init__(
         self, base, bottleneck_size, activation="relu", init="zeros", **kwargs
     ):
@@ -45,6 +79,10 @@ class BottleneckAdapter(WrappedLayer):
         self.bottleneck_size = bottleneck_size
         self.activation = keras.activations.get(activation)
         self.init = init
+
+    def route_key(self):
+        # Only units with the same activation can share one routed step.
+        return (type(self), self.activation)
 
     def build(self, input_shape):
         hidden_dim = input_shape[-1]

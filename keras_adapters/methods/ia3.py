@@ -7,10 +7,27 @@ import keras
 from keras import ops
 
 from keras_adapters.methods.base import AdapterConfig
+from keras_adapters.methods.base import RoutedUnits
 from keras_adapters.methods.base import WrappedLayer
+from keras_adapters.methods.base import per_row
 from keras_adapters.methods.base import check_sites
 from keras_adapters.methods.base import check_choice
 from keras_adapters.methods.base import kernel_split
+
+
+class RoutedIA3(RoutedUnits):
+    """Each row scaled by its adapter's vector (ones for adapters without one)."""
+
+    def _scaled(self, t):
+        shape = tuple(self.first.scale.shape)
+        scales = [u.scale if u is not None else ops.ones(shape) for u in self.units]
+        return ops.multiply(t, per_row(self.rows(scales, t.dtype), t))
+
+    def transform_input(self, x, training=None):
+        return self._scaled(x) if self.first.position == "input" else x
+
+    def adjust_linear(self, x, y, training=None):
+        return self._scaled(y) if self.first.position == "output" else y
 
 
 @keras.saving.register_keras_serializable(package="keras_adapters")
@@ -31,11 +48,15 @@ class IA3Scaling(WrappedLayer):
     """
 
     mergeable = True
+    routed = RoutedIA3
 
     def __init__(self, base, position="output", **kwargs):
         super().__init__(base, **kwargs)
         check_choice("IA3Scaling", "position", position, ("input", "output"))
         self.position = position
+
+    def route_key(self):
+        return (type(self), self.position)
 
     def build(self, input_shape):
         in_shape, out_shape = kernel_split(self.base)

@@ -8,7 +8,10 @@ import keras
 from keras import ops
 
 from keras_adapters.methods.base import AdapterConfig
+from keras_adapters.methods.base import RoutedUnits
 from keras_adapters.methods.base import WrappedLayer
+from keras_adapters.methods.base import pad_axis
+from keras_adapters.methods.base import per_row
 from keras_adapters.methods.base import check_sites
 from keras_adapters.methods.base import check_positive_int
 from keras_adapters.methods.base import kernel_split
@@ -22,6 +25,25 @@ LORA_SITES = (
     "feedforward_intermediate_dense",
     "feedforward_output_dense",
 )
+
+
+class RoutedLoRA(RoutedUnits):
+    """Each row's `scaling * x @ A @ B` as two batched matmuls over the
+    gathered `A` (`[batch, in, r]`) and `B` (`[batch, r, out]`); ranks are
+    zero-padded to the largest, adapters without LoRA here get zeros."""
+
+    def adjust_linear(self, x, y, training=None):
+        rank = max(u.rank for u in self.units if u is not None)
+        n_in, n_out = (math.prod(s) for s in (self.first._in_shape, self.first._out_shape))
+        a = [pad_axis(u.lora_a, rank, 1) if u is not None else ops.zeros((n_in, rank)) for u in self.units]
+        b = [pad_axis(u.lora_b, rank, 0) if u is not None else ops.zeros((rank, n_out)) for u in self.units]
+        scaling = self.rows([u.scaling if u is not None else 0.0 for u in self.units], y.dtype)
+        # [batch, sequence, in]; no -1, which an empty batch cannot infer.
+        flat = ops.reshape(x, (*ops.shape(x)[:2], n_in))
+        delta = ops.einsum("bsi,bir->bsr", flat, self.rows(a, x.dtype))
+        delta = ops.einsum("bsr,bro->bso", delta, self.rows(b, x.dtype))
+        delta = ops.reshape(delta, ops.shape(y))
+        return ops.add(y, ops.multiply(delta, per_row(scaling, delta)))
 
 
 @keras.saving.register_keras_serializable(package="keras_adapters")
@@ -51,6 +73,7 @@ class LoRALayer(WrappedLayer):
     """
 
     mergeable = True
+    routed = RoutedLoRA
 
     def __init__(self, base, rank, alpha, dropout=0.0, **kwargs):
         super().__init__(base, **kwargs)
