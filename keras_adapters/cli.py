@@ -24,6 +24,8 @@ DESCRIPTION = """Fine-tune adapters on a pretrained BERT and use them.
   keras-adapters evaluate RUN_DIR DATA_DIR [--json]
   keras-adapters predict RUN_DIR [TEXT ...] [--file F] [--json]
   keras-adapters export RUN_DIR --format saved_model|tflite --output OUT [...]
+  keras-adapters export --adapters RUN_A,RUN_B --format saved_model --output OUT
+      (many tasks, one backbone: each request row names its run; one pass per batch)
 
 DATA_DIR is a folder with one sub-folder per class and one .txt file per example, or
 tfds:NAME for a prepared TensorFlow Datasets set. RUN_DIR receives adapter/ (load it with
@@ -88,7 +90,8 @@ def _parser():
     export.add_argument("--output", "-o", required=True, metavar="OUT")
     export.add_argument("--version", type=int, default=1, help="saved_model: version folder")
     export.add_argument("--adapters", metavar="RUN_A,RUN_B",
-                        help="saved_model: several runs on one backbone, one signature each")
+                        help="several runs on one backbone: a routed `classify` signature (each row "
+                             "names its run) and classify_<run> per run; tflite: an adapter_id input")
     export.add_argument("--no-merge", action="store_true",
                         help="keep LoRA/IA3 as separate layers instead of merging")
     export.add_argument("--sequence-length", type=int, default=None, help="tflite: fixed length")
@@ -181,21 +184,24 @@ def cmd_export(args):
     run_dirs = args.adapters or args.run
     if not run_dirs:
         raise ValueError("Pass RUN_DIR, or --adapters RUN_A,RUN_B for a multi-adapter SavedModel.")
+    several = "," in run_dirs
+    names = ", ".join(runs.task_name(r) for r in run_dirs.split(",") if r)
     if args.format == "saved_model":
         out = export.export_run_saved_model(
             run_dirs, args.output, version=args.version, merge=not args.no_merge
         )
-        print(f"SavedModel written to {out} (signatures: serving_default"
-              f"{', serve_token_ids' if ',' not in run_dirs else ', classify_<run>'})")
+        signatures = (
+            f"classify (text, adapter: one of {names}), classify_token_ids, classify_<adapter>"
+            if several else "serving_default, serve_token_ids"
+        )
+        print(f"SavedModel written to {out} (signatures: {signatures})")
         return 0
-    if "," in run_dirs:
-        raise ValueError("TFLite export takes one run.")
-    path = export.export_tflite(
-        runs.load_run(run_dirs), args.output, sequence_length=args.sequence_length,
+    path = export.export_run_tflite(
+        run_dirs, args.output, sequence_length=args.sequence_length,
         quantize=args.quantize, merge=not args.no_merge,
     )
-    print(f"TFLite model written to {path} ({os.path.getsize(path) / 1e6:.1f} MB), "
-          "with vocab.txt and labels.txt")
+    extra = f"adapters.json (adapter_id 0.. = {names})" if several else "labels.txt"
+    print(f"TFLite model written to {path} ({os.path.getsize(path) / 1e6:.1f} MB), with vocab.txt and {extra}")
     return 0
 
 

@@ -146,7 +146,7 @@ class _RoutedTask:
     The model must have `self.route` active when they are traced.
     """
 
-    def __init__(self, model, names):
+    def __init__(self, model, names, aliases=None):
         self.model = model
         self.route = composition.Route(*names)
         heads = [model.heads[n] for n in names]
@@ -155,8 +155,11 @@ class _RoutedTask:
         self.inputs = _TextInputs(model.preprocessor, max(lengths))
         width = max(h.num_classes for h in heads)
         self.labels = tf.constant([h.label_names() + [""] * (width - h.num_classes) for h in heads])
+        keys = {n: i for i, n in enumerate(names)}
+        for alias, name in (aliases or {}).items():
+            keys.setdefault(alias, keys[name])
         self.table = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(tf.constant(list(names)), tf.range(len(names), dtype=tf.int32)),
+            tf.lookup.KeyValueTensorInitializer(tf.constant(list(keys)), tf.constant(list(keys.values()), tf.int32)),
             default_value=-1,
         )
         self.known = ", ".join(names)
@@ -275,7 +278,7 @@ def export_saved_model(model, path, version=1, merge=True):
     return _save(_variables_module(served), out, signatures)
 
 
-def export_multi_adapter_saved_model(model, path, names=None, version=1):
+def export_multi_adapter_saved_model(model, path, names=None, version=1, aliases=None):
     """One SavedModel, one backbone, for many tasks.
 
     Signatures:
@@ -299,6 +302,8 @@ def export_multi_adapter_saved_model(model, path, names=None, version=1):
         model: an `AdapterTextClassifier` holding several named adapters.
         names: the adapters (or fusions) to serve; default: every adapter.
         path, version: as `export_saved_model`.
+        aliases: dict of other names `classify` accepts -> adapter name
+            (the CLI passes the run folders' names).
     """
     names = list(names or model.adapter_names)
     if not names:
@@ -322,7 +327,7 @@ def export_multi_adapter_saved_model(model, path, names=None, version=1):
             signatures[key] = _trace(task.classify_text, TEXT_SIGNATURE)
         routed = [n for n in names if n in model.adapter_names]
         if routed:
-            task = _RoutedTask(model, routed)
+            task = _RoutedTask(model, routed, {a: n for a, n in (aliases or {}).items() if n in routed})
             module.adapter_table = task.table
             model.set_active_adapters(task.route)
             signatures["classify"] = _trace(task.classify_text, [*TEXT_SIGNATURE, ADAPTER_SPEC])
@@ -352,12 +357,26 @@ def _signature_name(name):
 
 
 def export_run_saved_model(run_dirs, path, version=1, merge=True):
-    """Export one run folder, or several (comma list) as a multi-adapter model."""
+    """Export one run folder, or several (comma list) as a multi-adapter model
+    whose `classify` takes each run folder's name (see `runs.task_name`)."""
     run_list = [r for r in str(run_dirs).split(",") if r]
     if len(run_list) == 1:
         return export_saved_model(runs.load_run(run_list[0]), path, version=version, merge=merge)
     model, names = runs.load_runs(run_list)
-    return export_multi_adapter_saved_model(model, path, names=names, version=version)
+    aliases = {os.path.basename(os.path.normpath(r)): n for r, n in zip(run_list, names)}
+    return export_multi_adapter_saved_model(model, path, names=names, version=version, aliases=aliases)
+
+
+def export_run_tflite(run_dirs, path, sequence_length=None, quantize="none", merge=True):
+    """Export one run folder, or several (comma list) routed per row."""
+    run_list = [r for r in str(run_dirs).split(",") if r]
+    if len(run_list) == 1:
+        model, names = runs.load_run(run_list[0]), None
+    else:
+        model, names = runs.load_runs(run_list)
+    return export_tflite(
+        model, path, sequence_length=sequence_length, quantize=quantize, merge=merge, names=names
+    )
 
 
 # ------------------------------------------------------------------ TFLite

@@ -647,7 +647,8 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         if loss == "auto":
             loss = keras.losses.BinaryCrossentropy() if self.multi_label else keras.losses.SparseCategoricalCrossentropy()
         if metrics == "auto":
-            single = not isinstance(self.active_adapters, (composition.Parallel, composition.Route)) and self.num_classes
+            several = isinstance(self.active_adapters, (composition.Parallel, composition.Route))
+            single = not several and self.num_classes
             metrics = recipe.classification_metrics(self.num_classes, self.multi_label) if single else []
         keras.Model.compile(self, optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 

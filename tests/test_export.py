@@ -277,24 +277,35 @@ def test_cli_export_both_formats(tiny_preset, tmp_path, capsys):
     from keras_adapters import cli
 
     data = write_class_folders(tmp_path / "data", per_class=4)
-    for name, method in (("run_a", "houlsby"), ("run_b", "lora")):
+    for name, method in (("run_a", "houlsby"), ("Run-B", "lora")):
         assert cli.main([
             "train", str(data), "-o", str(tmp_path / name), "--backbone", tiny_preset, "--method", method,
             "--epochs", "1", "--batch-size", "4", "--sequence-length", "16", "--quiet",
         ]) == 0
     assert cli.main(["export", str(tmp_path / "run_a"), "--format", "saved_model", "-o", str(tmp_path / "sm")]) == 0
     assert os.path.isfile(tmp_path / "sm" / "1" / "saved_model.pb")
-    assert cli.main([
-        "export", "--adapters", f"{tmp_path / 'run_a'},{tmp_path / 'run_b'}", "--format", "saved_model",
-        "-o", str(tmp_path / "multi"), "--version", "2",
-    ]) == 0
+    both = f"{tmp_path / 'run_a'},{tmp_path / 'Run-B'}"
+    capsys.readouterr()
+    assert cli.main(["export", "--adapters", both, "--format", "saved_model", "-o", str(tmp_path / "multi"),
+                     "--version", "2"]) == 0
+    assert "classify (text, adapter: one of run_a, run_b)" in capsys.readouterr().out
     loaded = tf.saved_model.load(str(tmp_path / "multi" / "2"))
-    assert {"classify_run_a", "classify_run_b", "serving_default"} <= set(loaded.signatures)
+    assert {"classify", "classify_token_ids", "classify_run_a", "classify_run_b", "serving_default"} <= set(
+        loaded.signatures
+    )
+    # A row names its run by the folder's name or by the adapter's (signature) name.
+    routed = loaded.signatures["classify"](text=tf.constant(TEXTS[:3]), adapter=tf.constant(["run_a", "Run-B", "run_b"]))
+    for i, name in enumerate(["run_a", "run_b", "run_b"]):
+        own = loaded.signatures[f"classify_{name}"](text=tf.constant(TEXTS[i : i + 1]))
+        np.testing.assert_allclose(routed["probabilities"][i], own["probabilities"][0], atol=1e-6)
     assert cli.main([
-        "export", str(tmp_path / "run_b"), "--format", "tflite", "-o", str(tmp_path / "lite"),
+        "export", str(tmp_path / "Run-B"), "--format", "tflite", "-o", str(tmp_path / "lite"),
         "--quantize", "dynamic", "--sequence-length", "16",
     ]) == 0
     assert "TFLite model written" in capsys.readouterr().out
+    assert cli.main(["export", "--adapters", both, "--format", "tflite", "-o", str(tmp_path / "lite2")]) == 0
+    assert "adapters.json (adapter_id 0.. = run_a, run_b)" in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path / "lite2")) == ["adapters.json", "model.tflite", "vocab.txt"]
     assert cli.main(["export", "--format", "tflite", "-o", str(tmp_path / "x")]) == 2
 
 

@@ -326,7 +326,8 @@ def _mixed_methods_model(tiny_preset):
     layers and modules, class counts, pooling, multi-label."""
     model = ka.AdapterTextClassifier.from_preset(tiny_preset, method=None, sequence_length=16)
     model.add_adapter("houlsby", "houlsby", num_classes=3)
-    model.add_adapter("pfeiffer", ka.PfeifferConfig(bottleneck_size=5, activation="gelu"), num_classes=4, pooling="mean")
+    pfeiffer = ka.PfeifferConfig(bottleneck_size=5, activation="gelu")
+    model.add_adapter("pfeiffer", pfeiffer, num_classes=4, pooling="mean")
     lora = ka.LoRAConfig(rank=4, target_modules=("query", "value", "feedforward_intermediate_dense"))
     model.add_adapter("lora", lora, num_classes=2)
     model.add_adapter("lora_top", ka.LoRAConfig(rank=2, alpha=3, target_layers="transformer_layer_1"), num_classes=5,
