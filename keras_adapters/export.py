@@ -11,9 +11,11 @@ length can use, invalid UTF-8 replaced) and truncated by the tokenizer, so
 empty, huge or malformed inputs get an answer, never an error. The model's
 active adapters are exported; a lone LoRA or (IA)^3 adapter is merged into
 the base weights first (no extra latency), bottleneck adapters export as
-they are. A model with several named adapters exports one `classify_<name>`
-signature each, sharing one stored backbone
-(`export_multi_adapter_saved_model`). Versions are written to a temporary
+they are. A model with several named adapters exports them into one
+SavedModel sharing one stored backbone (`export_multi_adapter_saved_model`):
+a `classify` signature whose `adapter` input routes each row of a mixed
+batch to its own adapter in one backbone pass (`ka.Route`), and a
+`classify_<name>` signature per task. Versions are written to a temporary
 folder and renamed when complete.
 
 The exported graphs need only TensorFlow and tensorflow-text at serving
@@ -33,7 +35,9 @@ from tensorflow.python.framework.convert_to_constants import convert_variables_t
 
 from keras_adapters import composition
 from keras_adapters import data as data_lib
+from keras_adapters import injection
 from keras_adapters import runs
+from keras_adapters.methods.base import stored_stacks
 from keras_adapters.text_classifier import TOKEN_INPUTS
 
 
@@ -208,7 +212,7 @@ TEXT_SIGNATURE = [tf.TensorSpec([None], tf.string, name="text")]
 ADAPTER_SPEC = tf.TensorSpec([None], tf.string, name="adapter")
 
 
-def _variables_module(model):
+def _variables_module(model, names=None):
     """A plain tf.Module that tracks the model's variables once.
 
     Not keras.export.ExportArchive: it stores every variable twice (as the
@@ -216,9 +220,27 @@ def _variables_module(model):
     SavedModel (185 MB instead of 91 MB for MiniLM). Not the model itself:
     its optimizer state has no place in a serving artifact. The tokenizer's
     tables are constants captured by the traced functions.
+
+    With `names`, only the backbone and those adapters and fusions (with
+    their members) and heads.
     """
     module = tf.Module()
-    module.model_variables = list(model.variables)
+    if names is None:
+        module.model_variables = list(model.variables)
+        return module
+    state = model.state
+    served = set(names)
+    for name in names:
+        if name in state.fusions:
+            served.update(state.fusions[name][0].children)
+    variables = list(state.original_weights)
+    for name in sorted(served):
+        if name in state.fusions:
+            variables += injection.fusion_weights_by_key(model.backbone, name).values()
+        else:
+            variables += injection.adapter_weights_by_key(model.backbone, name).values()
+        variables += model.heads[name].weights
+    module.model_variables = variables
     return module
 
 
@@ -317,27 +339,46 @@ def export_multi_adapter_saved_model(model, path, names=None, version=1, aliases
         )
     keys = _signature_keys(names)
     out = _version_dir(path, version)
-    module = _variables_module(model)
+    routed = [n for n in names if n in model.adapter_names]
+    # The routed graphs read stacked copies of the adapters' weights, so only
+    # the fusions' own signatures need per-adapter variables.
+    module = _variables_module(model, [n for n in names if n not in routed])
     active = model.active_adapters
     signatures = {}
     try:
-        for name, key in zip(names, keys):
-            model.set_active_adapters(model._fusion(name) if name in model.fusion_names else name)
-            task = _Task(model, _task_length(model, name))
-            signatures[key] = _trace(task.classify_text, TEXT_SIGNATURE)
-        routed = [n for n in names if n in model.adapter_names]
         if routed:
             task = _RoutedTask(model, routed, {a: n for a, n in (aliases or {}).items() if n in routed})
             module.adapter_table = task.table
             model.set_active_adapters(task.route)
-            signatures["classify"] = _trace(task.classify_text, [*TEXT_SIGNATURE, ADAPTER_SPEC])
-            signatures["classify_token_ids"] = _trace(
-                task.classify_tokens, [*_token_signature().values(), ADAPTER_SPEC]
-            )
+            with stored_stacks({}) as stacks:
+                classify = _trace(task.classify_text, [*TEXT_SIGNATURE, ADAPTER_SPEC])
+                signatures["classify_token_ids"] = _trace(
+                    task.classify_tokens, [*_token_signature().values(), ADAPTER_SPEC]
+                )
+            signatures["classify"] = classify
+            module.adapter_stacks = list(stacks.values())
+        for name, key in zip(names, keys):
+            if name in routed:
+                # A thin wrapper: the graph is stored once, not once per task.
+                signatures[key] = _trace(_one_task(classify, name, model.heads[name].num_classes), TEXT_SIGNATURE)
+            else:
+                model.set_active_adapters(model._fusion(name))
+                signatures[key] = _trace(_Task(model, _task_length(model, name)).classify_text, TEXT_SIGNATURE)
     finally:
         model.set_active_adapters(active)
     signatures["serving_default"] = signatures[keys[0]]
     return _save(module, out, signatures)
+
+
+def _one_task(classify, name, num_classes):
+    """`classify` with every row sent to adapter `name`, its own columns only."""
+
+    def classify_one(text):
+        text = tf.reshape(text, [-1])
+        outputs = classify(text=text, adapter=tf.fill(tf.shape(text), name))
+        return {**outputs, "probabilities": outputs["probabilities"][:, :num_classes]}
+
+    return classify_one
 
 
 def _signature_keys(names):
@@ -407,13 +448,15 @@ def export_tflite(model, path, sequence_length=None, quantize="none", merge=True
     if names:
         names = list(names)
         signature.append(tf.TensorSpec([None], tf.int32, name="adapter_id"))
-        served, function = model, _routed_tflite_function(model, names, signature)
+        # `stacks` holds the stacked weights the function reads: kept alive until frozen.
+        served, (function, stacks) = model, _routed_tflite_function(model, names, signature)
     else:
-        served = _serving_copy(model, merge)
+        served, stacks = _serving_copy(model, merge), None
         function = _trace(_Task(served).classify_tokens, signature)
     os.makedirs(path, exist_ok=True)
     model_path = os.path.join(path, "model.tflite")
     flatbuffer = _convert(_frozen_module(function, signature), quantize)
+    del stacks
     with open(model_path, "wb") as f:
         f.write(flatbuffer)
     _write_vocabulary(served, os.path.join(path, "vocab.txt"))
@@ -446,7 +489,8 @@ def _routed_tflite_function(model, names, signature):
     active = model.active_adapters
     model.set_active_adapters(route)
     try:
-        return _trace(classify, signature)
+        with stored_stacks({}) as stacks:
+            return _trace(classify, signature), stacks
     finally:
         model.set_active_adapters(active)
 

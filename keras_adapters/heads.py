@@ -161,8 +161,8 @@ def routed_probabilities(heads, ids, sequence_output, pooled_output, padding_mas
     """
     width = max(h.num_classes for h in heads)
 
-    def rows(values, dtype):
-        return gather_rows(values, ids, dtype)
+    def rows(values, dtype, role=None):
+        return gather_rows(values, ids, dtype, key=role and f"heads/{'+'.join(h.name for h in heads)}/{role}")
 
     poolings = {h.pooling for h in heads}
     if poolings == {"cls"}:
@@ -172,8 +172,8 @@ def routed_probabilities(heads, ids, sequence_output, pooled_output, padding_mas
         is_mean = rows([h.pooling == "mean" for h in heads], "bool")
         pooled = mean if poolings == {"mean"} else ops.where(is_mean[:, None], mean, pooled_output)
     dtype = pooled.dtype
-    kernel = rows([pad_axis(h.logits.kernel, width, 1) for h in heads], dtype)
-    bias = rows([pad_axis(h.logits.bias, width, 0) for h in heads], dtype)
+    kernel = rows(lambda: [pad_axis(h.logits.kernel, width, 1) for h in heads], dtype, "kernel")
+    bias = rows(lambda: [pad_axis(h.logits.bias, width, 0) for h in heads], dtype, "bias")
     logits = ops.cast(ops.einsum("bh,bhk->bk", pooled, kernel) + bias, "float32")
     valid = rows([[j < h.num_classes for j in range(width)] for h in heads], "bool")
     logits = ops.where(valid, logits, float("-inf"))

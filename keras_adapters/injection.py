@@ -226,14 +226,15 @@ class AdapterSite(keras.layers.Layer):
             if unit is not None:
                 groups.setdefault(unit.route_key(), [None] * len(spec))[i] = unit
         steps = []
-        for group in groups.values():
+        for index, group in enumerate(groups.values()):
             first = next(u for u in group if u is not None)
             if first.routed is None:
                 raise ValueError(
                     f"{type(first).__name__} units cannot be routed per row; serve that adapter "
                     "through its own signature."
                 )
-            steps.append(first.routed(group, ids, self.base))
+            key = f"{self.scope}/{self.label}/{'+'.join(spec.children)}/{index}"
+            steps.append(first.routed(group, ids, self.base, key))
         return self._compose(steps, x, training)
 
     def _compose(self, units, x, training):

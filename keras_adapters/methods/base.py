@@ -8,11 +8,13 @@ trainable. `keras_adapters.injection.inject_adapters` does the rest, the same
 way for every method.
 """
 
+import contextlib
 import dataclasses
 import re
 from typing import ClassVar
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 
@@ -220,33 +222,41 @@ class WrappedLayer(keras.layers.Layer):
 class RoutedUnits:
     """Units of several adapters at one site, each row computing its own.
 
-    Built inside the traced serving function from the units' variables, so
-    the routed graph reads the same weights as the single-adapter graphs (no
-    second copy). Each row gets exactly what its own unit computes: sizes
-    that differ are zero-padded to the largest, and an adapter without a unit
-    at the site gets the identity (zero update, unit scale, the base layer
-    norm).
+    Each row gets exactly what its own unit computes: sizes that differ are
+    zero-padded to the largest, and rows of adapters without a unit at the
+    site gather one shared identity entry (zero update, unit scale, the base
+    layer norm). The stacks are built from the units' variables on every
+    call, or once for serving (`stored_stacks`).
 
     Args:
         units: one entry per routed adapter: its unit at this site, or
             `None`; all units present share one `route_key`.
         ids: int32 `[batch]`, each row's index into `units`.
         base: the site's original layer.
+        key: names this group of units at this site (see `stored_stacks`).
 
     Subclasses implement the hooks of `WrappedLayer` they need, on batches.
     """
 
     replaces_base = False
 
-    def __init__(self, units, ids, base):
-        self.units = units
+    def __init__(self, units, ids, base, key=""):
+        present = [u for u in units if u is not None]
+        if len(present) < len(units):
+            # Stack only the units there are, plus one identity entry (`None`)
+            # that rows of the other adapters gather: no per-adapter padding.
+            local = [present.index(u) if u is not None else len(present) for u in units]
+            ids = ops.take(ops.convert_to_tensor(local, "int32"), ids, axis=0)
+            present.append(None)
+        self.units = present
         self.ids = ids
         self.base = base
-        self.first = next(u for u in units if u is not None)
+        self.key = key
+        self.first = present[0]
 
-    def rows(self, tensors, dtype):
-        """`tensors` (one per adapter, same shape) stacked and gathered per row."""
-        return gather_rows(tensors, self.ids, dtype)
+    def rows(self, values, dtype, role):
+        """`values()` (one tensor per adapter, same shape) stacked and gathered per row."""
+        return gather_rows(values, self.ids, dtype, key=f"{self.key}/{role}")
 
     def transform_input(self, x, training=None):
         return x
@@ -258,10 +268,46 @@ class RoutedUnits:
         return y
 
 
-def gather_rows(values, ids, dtype):
-    """`values` (one per adapter, same shape) stacked and gathered by `ids`."""
-    stacked = ops.stack([ops.cast(ops.convert_to_tensor(v), dtype) for v in values])
-    return ops.take(stacked, ids, axis=0)
+_STORED_STACKS = []
+
+
+@contextlib.contextmanager
+def stored_stacks(store):
+    """Stack each routed weight once, into a variable kept in `store`.
+
+    Without it, a routed graph stacks the adapters' variables on every call
+    (always current, what `model.predict` wants). For serving, the stacks
+    are computed once from the weights' current values and stored as
+    variables (`store`: dict key -> `tf.Variable`): the graph then reads one
+    `[adapters, ...]` variable per weight instead of one per adapter, and the
+    per-adapter variables need not be saved.
+    """
+    _STORED_STACKS.append(store)
+    try:
+        yield store
+    finally:
+        _STORED_STACKS.pop()
+
+
+def _stack(values):
+    values = values() if callable(values) else values
+    return ops.stack([ops.convert_to_tensor(v.value if isinstance(v, keras.Variable) else v) for v in values])
+
+
+def gather_rows(values, ids, dtype, key=None):
+    """`values` (one tensor per adapter, same shape; or a function giving
+    them) stacked and gathered by `ids`; stacked once when `key` is given
+    inside `stored_stacks`."""
+    if _STORED_STACKS and key is not None:
+        store = _STORED_STACKS[-1]
+        if key not in store:
+            with tf.init_scope():  # from the current values, outside any trace
+                name = re.sub(r"[^A-Za-z0-9_.]", "_", key)
+                store[key] = tf.Variable(_stack(values), trainable=False, name=name)
+        stacked = store[key]
+    else:
+        stacked = _stack(values)
+    return ops.take(ops.cast(stacked, dtype), ids, axis=0)
 
 
 def pad_axis(tensor, size, axis):
@@ -290,8 +336,8 @@ class RoutedLayerNorm(RoutedUnits):
     def __call__(self, x):
         layers = [u.layer if u is not None else self.base for u in self.units]
         # float32, as the layer's own variables enter the normalisation.
-        gamma = self.rows([layer.gamma for layer in layers], "float32")
-        beta = self.rows([layer.beta for layer in layers], "float32")
+        gamma = self.rows(lambda: [layer.gamma for layer in layers], "float32", "gamma")
+        beta = self.rows(lambda: [layer.beta for layer in layers], "float32", "beta")
         outputs = ops.layer_normalization(
             x, per_row(gamma, x), per_row(beta, x), axis=self.base.axis, epsilon=self.base.epsilon
         )

@@ -30,16 +30,18 @@ class RoutedBottleneck(RoutedUnits):
         size = max(u.bottleneck_size for u in self.units if u is not None)
         hidden = int(self.first.up.kernel.shape[-1])
 
-        def stacked(get, shape, axis):
-            return self.rows(
-                [pad_axis(get(u), size, axis) if u is not None else ops.zeros(shape) for u in self.units],
-                y.dtype,
-            )
+        def stacked(role, get, shape, axis=0):
+            """`get(unit)` padded to `shape` (zeros for adapters without one)."""
 
-        down_kernel = stacked(lambda u: u.down.kernel, (hidden, size), 1)
-        down_bias = stacked(lambda u: u.down.bias, (size,), 0)
-        up_kernel = stacked(lambda u: u.up.kernel, (size, hidden), 0)
-        up_bias = self.rows([u.up.bias if u is not None else ops.zeros((hidden,)) for u in self.units], y.dtype)
+            def values():
+                return [pad_axis(get(u), shape[axis], axis) if u is not None else ops.zeros(shape) for u in self.units]
+
+            return self.rows(values, y.dtype, role)
+
+        down_kernel = stacked("down_kernel", lambda u: u.down.kernel, (hidden, size), 1)
+        down_bias = stacked("down_bias", lambda u: u.down.bias, (size,))
+        up_kernel = stacked("up_kernel", lambda u: u.up.kernel, (size, hidden))
+        up_bias = stacked("up_bias", lambda u: u.up.bias, (hidden,))
         flat = ops.reshape(y, (*ops.shape(y)[:2], hidden))
         h = ops.einsum("bsh,bhk->bsk", flat, down_kernel) + per_row(down_bias, flat)
         r = ops.einsum("bsk,bkh->bsh", self.first.activation(h), up_kernel) + per_row(up_bias, flat)

@@ -20,8 +20,11 @@ class RoutedIA3(RoutedUnits):
 
     def _scaled(self, t):
         shape = tuple(self.first.scale.shape)
-        scales = [u.scale if u is not None else ops.ones(shape) for u in self.units]
-        return ops.multiply(t, per_row(self.rows(scales, t.dtype), t))
+
+        def scales():
+            return [u.scale if u is not None else ops.ones(shape) for u in self.units]
+
+        return ops.multiply(t, per_row(self.rows(scales, t.dtype, "scale"), t))
 
     def transform_input(self, x, training=None):
         return self._scaled(x) if self.first.position == "input" else x

@@ -35,13 +35,18 @@ class RoutedLoRA(RoutedUnits):
     def adjust_linear(self, x, y, training=None):
         rank = max(u.rank for u in self.units if u is not None)
         n_in, n_out = (math.prod(s) for s in (self.first._in_shape, self.first._out_shape))
-        a = [pad_axis(u.lora_a, rank, 1) if u is not None else ops.zeros((n_in, rank)) for u in self.units]
-        b = [pad_axis(u.lora_b, rank, 0) if u is not None else ops.zeros((rank, n_out)) for u in self.units]
-        scaling = self.rows([u.scaling if u is not None else 0.0 for u in self.units], y.dtype)
+
+        def a():
+            return [pad_axis(u.lora_a, rank, 1) if u is not None else ops.zeros((n_in, rank)) for u in self.units]
+
+        def b():
+            return [pad_axis(u.lora_b, rank, 0) if u is not None else ops.zeros((rank, n_out)) for u in self.units]
+
+        scaling = self.rows([u.scaling if u is not None else 0.0 for u in self.units], y.dtype, "scaling")
         # [batch, sequence, in]; no -1, which an empty batch cannot infer.
         flat = ops.reshape(x, (*ops.shape(x)[:2], n_in))
-        delta = ops.einsum("bsi,bir->bsr", flat, self.rows(a, x.dtype))
-        delta = ops.einsum("bsr,bro->bso", delta, self.rows(b, x.dtype))
+        delta = ops.einsum("bsi,bir->bsr", flat, self.rows(a, x.dtype, "lora_a"))
+        delta = ops.einsum("bsr,bro->bso", delta, self.rows(b, x.dtype, "lora_b"))
         delta = ops.reshape(delta, ops.shape(y))
         return ops.add(y, ops.multiply(delta, per_row(scaling, delta)))
 
