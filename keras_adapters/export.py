@@ -28,6 +28,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import keras
 import keras_hub
 import numpy as np
 import tensorflow as tf
@@ -226,7 +227,7 @@ def _variables_module(model, names=None):
     """
     module = tf.Module()
     if names is None:
-        module.model_variables = list(model.variables)
+        module.model_variables = _tf_variables(model.variables)
         return module
     state = model.state
     served = set(names)
@@ -240,8 +241,19 @@ def _variables_module(model, names=None):
         else:
             variables += injection.adapter_weights_by_key(model.backbone, name).values()
         variables += model.heads[name].weights
-    module.model_variables = variables
+    module.model_variables = _tf_variables(variables)
     return module
+
+
+def _tf_variables(variables):
+    """The `tf.Variable`s inside Keras variables.
+
+    Tracking the Keras wrappers saves the same values, but a SavedModel
+    loaded into a session (TF Serving's C++ loader, `tf.compat.v1`'s) then
+    finds its variables uninitialised: their graph nodes are not the ones
+    the restore function fills.
+    """
+    return [v.value if isinstance(v, keras.Variable) else v for v in variables]
 
 
 def _version_dir(path, version):

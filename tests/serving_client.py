@@ -1,6 +1,9 @@
 """Run a SavedModel the way TF Serving would: only tensorflow + tensorflow_text.
 
-    python serving_client.py SAVED_MODEL_DIR REQUEST.json RESPONSE.json
+    python serving_client.py SAVED_MODEL_DIR REQUEST.json RESPONSE.json [session]
+
+With `session`, the SavedModel is loaded into a TF1 session, as TF Serving's
+C++ loader does (graph + restore op), instead of `tf.saved_model.load`.
 
 REQUEST: {"signature": name, "inputs": {name: list}, "dtypes": {name: dtype}},
 or a list of them (one process, one load, several calls).
@@ -42,8 +45,7 @@ def graph_ops(saved_model_dir):
     return sorted(ops)
 
 
-def _call(loaded, request):
-    fn = loaded.signatures[request["signature"]]
+def _inputs(request):
     inputs = {}
     for name, value in request["inputs"].items():
         dtype = request.get("dtypes", {}).get(name, "string")
@@ -51,16 +53,44 @@ def _call(loaded, request):
             inputs[name] = tf.constant([bytes.fromhex(v) for v in value])
         else:
             inputs[name] = tf.constant(value, dtype=dtype)
-    outputs = fn(**inputs)
+    return inputs
+
+
+def _listed(outputs):
     return {
-        k: [x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in v.numpy().tolist()]
+        k: [x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in v.tolist()]
         for k, v in outputs.items()
     }
 
 
-def main(saved_model_dir, request_path, response_path):
+class _Loaded:
+    """`tf.saved_model.load`'s signatures."""
+
+    def __init__(self, saved_model_dir):
+        self.loaded = tf.saved_model.load(saved_model_dir)
+
+    def __call__(self, request):
+        outputs = self.loaded.signatures[request["signature"]](**_inputs(request))
+        return _listed({k: v.numpy() for k, v in outputs.items()})
+
+
+class _Session:
+    """The SavedModel in a TF1 session: TF Serving's way of loading."""
+
+    def __init__(self, saved_model_dir):
+        self.session = tf.compat.v1.Session(graph=tf.Graph())
+        self.meta = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], saved_model_dir)
+
+    def __call__(self, request):
+        signature = self.meta.signature_def[request["signature"]]
+        feed = {signature.inputs[k].name: v.numpy() for k, v in _inputs(request).items()}
+        fetch = {k: v.name for k, v in signature.outputs.items()}
+        return _listed(self.session.run(fetch, feed))
+
+
+def main(saved_model_dir, request_path, response_path, loader="function"):
     request = json.load(open(request_path))
-    loaded = tf.saved_model.load(saved_model_dir)
+    call = (_Session if loader == "session" else _Loaded)(saved_model_dir)
     response = {
         "ops": graph_ops(saved_model_dir),
         "foreign_modules": sorted(
@@ -72,13 +102,13 @@ def main(saved_model_dir, request_path, response_path):
         response["responses"] = []
         for one in request:
             try:
-                response["responses"].append({"outputs": _call(loaded, one)})
+                response["responses"].append({"outputs": call(one)})
             except tf.errors.OpError as e:
                 response["responses"].append({"error": e.message})
     else:
-        response["outputs"] = _call(loaded, request)
+        response["outputs"] = call(request)
     json.dump(response, open(response_path, "w"))
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])

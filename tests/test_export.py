@@ -23,22 +23,24 @@ ODD_INPUTS_HEX = [
 ]
 
 
-def serve(saved_model_dir, signature, inputs, dtypes, tmp_path):
-    """Outputs of a signature run in a fresh process (tensorflow + tensorflow_text)."""
-    return _client(saved_model_dir, {"signature": signature, "inputs": inputs, "dtypes": dtypes}, tmp_path)
+def serve(saved_model_dir, signature, inputs, dtypes, tmp_path, loader="function"):
+    """Outputs of a signature run in a fresh process (tensorflow + tensorflow_text);
+    `loader="session"` loads it as TF Serving does (see serving_client.py)."""
+    payload = {"signature": signature, "inputs": inputs, "dtypes": dtypes}
+    return _client(saved_model_dir, payload, tmp_path, loader)
 
 
-def serve_many(saved_model_dir, requests, tmp_path):
+def serve_many(saved_model_dir, requests, tmp_path, loader="function"):
     """Several calls in one fresh serving process: each {"outputs": ...} or {"error": ...}."""
-    return _client(saved_model_dir, requests, tmp_path)["responses"]
+    return _client(saved_model_dir, requests, tmp_path, loader)["responses"]
 
 
-def _client(saved_model_dir, payload, tmp_path):
+def _client(saved_model_dir, payload, tmp_path, loader):
     request, response = tmp_path / "request.json", tmp_path / "response.json"
     request.write_text(json.dumps(payload))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.run(
-        [sys.executable, CLIENT, saved_model_dir, str(request), str(response)],
+        [sys.executable, CLIENT, saved_model_dir, str(request), str(response), loader],
         capture_output=True, text=True, timeout=300, env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -80,7 +82,8 @@ def test_saved_model_layout_and_fresh_process_outputs(houlsby_export, tmp_path):
     assert len(stored) - 1 <= len(model.variables)
     texts = TEXTS + ["unseen words entirely", "the cup"]
     expected = model.predict(texts, verbose=0)
-    response = serve(out, "serving_default", {"text": texts}, {}, tmp_path)
+    # Loaded into a session, as TF Serving's C++ loader does.
+    response = serve(out, "serving_default", {"text": texts}, {}, tmp_path, loader="session")
     assert response["foreign_modules"] == []
     np.testing.assert_allclose(response["outputs"]["probabilities"], expected, atol=1e-5)
     assert response["outputs"]["label_id"] == expected.argmax(axis=1).tolist()
@@ -199,7 +202,8 @@ def test_multi_adapter_export_serves_every_task_from_one_backbone(two_tasks, tmp
         {"signature": "classify", "inputs": {"text": TEXTS[:2], "adapter": ["news", "weather"]}},
         {"signature": "classify", "inputs": {"text": TEXTS[:2], "adapter": ["news"]}},
     ]
-    news, topics, default, routed, routed_tokens, empty, unknown, short = serve_many(out, requests, tmp_path)
+    responses = serve_many(out, requests, tmp_path, loader="session")  # as TF Serving loads it
+    news, topics, default, routed, routed_tokens, empty, unknown, short = responses
     for name, response in (("news", news), ("topics", topics), ("news", default)):
         np.testing.assert_allclose(response["outputs"]["probabilities"], own[name]["probabilities"], atol=1e-5)
 
