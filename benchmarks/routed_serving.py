@@ -23,6 +23,7 @@ and answers one batch; disk: size of the folders.
 
     .venv/bin/python benchmarks/routed_serving.py prepare --workdir runs/routed
     .venv/bin/python benchmarks/routed_serving.py run --workdir runs/routed
+    .venv/bin/python benchmarks/routed_serving.py memory --workdir runs/routed
 """
 
 import argparse
@@ -71,17 +72,22 @@ def _model(methods):
     return model
 
 
-def prepare(workdir):
+def prepare(workdir, singles=max(COUNTS)):
+    import shutil
+
     import keras_adapters as ka
 
     model = _model(["houlsby"] * max(COUNTS))
     for n in COUNTS:
+        shutil.rmtree(f"{workdir}/multi_{n}", ignore_errors=True)
         ka.export_multi_adapter_saved_model(model, f"{workdir}/multi_{n}", names=task_names(n))
-    for name in task_names(max(COUNTS)):
+    for name in task_names(singles):
+        shutil.rmtree(f"{workdir}/single/{name}", ignore_errors=True)
         model.save_adapter(f"{workdir}/adapters/{name}", name=name)
         alone = ka.AdapterTextClassifier.from_adapter(f"{workdir}/adapters/{name}")
         ka.export_saved_model(alone, f"{workdir}/single/{name}")
     mixed = _model([MIXED[i % len(MIXED)] for i in range(max(COUNTS))])
+    shutil.rmtree(f"{workdir}/mixed_{max(COUNTS)}", ignore_errors=True)
     ka.export_multi_adapter_saved_model(mixed, f"{workdir}/mixed_{max(COUNTS)}")
 
 
@@ -175,6 +181,42 @@ def latencies(variants, texts, rows, calls, methods):
     }
 
 
+def session_rss_mb(path, signature, inputs):
+    """Resident memory (MB) of a fresh process that loads `path` into a TF1
+    session, as TF Serving's C++ loader does, and answers one batch."""
+    code = (
+        "import sys, json, tensorflow as tf, tensorflow_text\n"
+        "path, sig, inputs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])\n"
+        "sess = tf.compat.v1.Session(graph=tf.Graph())\n"
+        "meta = tf.compat.v1.saved_model.loader.load(sess, ['serve'], path)\n"
+        "s = meta.signature_def[sig]\n"
+        "sess.run(s.outputs['probabilities'].name, {s.inputs[k].name: v for k, v in inputs.items()})\n"
+        "rss = [l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1]\n"
+        "print(int(rss) / 1024)\n"
+    )
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run(
+        [sys.executable, "-c", code, path, signature, json.dumps(inputs)],
+        capture_output=True, text=True, env=env, check=True,
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def memory(workdir, output):
+    """Add TF Serving-style (session) RSS to the results of `run`."""
+    results = json.load(open(output))
+    texts = real_texts(32)
+    single = session_rss_mb(f"{workdir}/single/task00/1", "serving_default", {"text": texts})
+    for row in results["rows"]:
+        kind = "multi" if row["methods"] == "houlsby" else "mixed"
+        rows = [task_names(row["adapters"])[i % row["adapters"]] for i in range(32)]
+        routed = session_rss_mb(f"{workdir}/{kind}_{row['adapters']}/1", "classify", {"text": texts, "adapter": rows})
+        row["session_rss_mb"] = {"single": single, "routed": routed}
+        print(row["adapters"], row["methods"], row["session_rss_mb"], flush=True)
+    with open(output, "w") as f:
+        json.dump(results, f, indent=2)
+
+
 def rss_mb(paths, signature_calls):
     """Resident memory (MB) of a fresh process that loads `paths` and calls each once."""
     code = (
@@ -260,14 +302,17 @@ def print_table(results):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("stage", choices=["prepare", "run"])
+    parser.add_argument("stage", choices=["prepare", "run", "memory"])
+    parser.add_argument("--singles", type=int, default=max(COUNTS), help="prepare: how many single-task models")
     parser.add_argument("--workdir", default="runs/routed")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=40)
     parser.add_argument("--output", default="benchmarks/results/routed_serving.json")
     args = parser.parse_args()
     if args.stage == "prepare":
-        prepare(args.workdir)
+        prepare(args.workdir, args.singles)
+    elif args.stage == "memory":
+        memory(args.workdir, args.output)
     else:
         run(args.workdir, args.rounds, args.calls, args.output)
 

@@ -235,7 +235,7 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
 
     def add_adapter(
         self, name, method="houlsby", num_classes=None, class_names=None, multi_label=None,
-        pooling=None, dropout=None,
+        pooling=None, dropout=None, sequence_length=None,
     ):
         """Add a named adapter with its own head (not active, not trainable).
 
@@ -244,6 +244,8 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
             method: a method name, config dict or `AdapterConfig`.
             num_classes, class_names, multi_label, pooling, dropout: its head;
                 unset ones follow the model's first head (or the defaults).
+            sequence_length: tokens per text for this task when it is served
+                (`None`: the model's; see `ClassificationHead`).
         """
         self._check_not_merged()
         first = next(iter(self.heads.values()), None)
@@ -255,6 +257,7 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
             "multi_label": base["multi_label"] if multi_label is None else multi_label,
             "pooling": base["pooling"] if pooling is None else pooling,
             "dropout": base["dropout"] if dropout is None else dropout,
+            "sequence_length": sequence_length,
         }
         if head["num_classes"] is None:
             raise ValueError(f"Adapter {name!r} needs num_classes (the model has no other head to copy).")

@@ -133,7 +133,8 @@ def test_routed_classify_matches_each_tasks_own_saved_model_on_real_texts(bbc_ru
         assert cli.main(["export", str(run), "--format", "saved_model", "-o", str(tmp_path / name)]) == 0
         mine = [t for t, r in zip(texts, rows) if r == name]
         request = {"signature": "serving_default", "inputs": {"text": mine}}
-        own[name] = iter(np.asarray(serve_many(str(tmp_path / name / "1"), [request], tmp_path)[0]["outputs"]["probabilities"]))
+        response = serve_many(str(tmp_path / name / "1"), [request], tmp_path)[0]
+        own[name] = iter(np.asarray(response["outputs"]["probabilities"]))
     request = {"signature": "classify", "inputs": {"text": texts, "adapter": rows}}
     routed = serve_many(str(tmp_path / "multi" / "1"), [request], tmp_path)[0]["outputs"]
     probabilities = np.asarray(routed["probabilities"])

@@ -301,7 +301,8 @@ def test_cli_export_both_formats(tiny_preset, tmp_path, capsys):
         loaded.signatures
     )
     # A row names its run by the folder's name or by the adapter's (signature) name.
-    routed = loaded.signatures["classify"](text=tf.constant(TEXTS[:3]), adapter=tf.constant(["run_a", "Run-B", "run_b"]))
+    names = tf.constant(["run_a", "Run-B", "run_b"])
+    routed = loaded.signatures["classify"](text=tf.constant(TEXTS[:3]), adapter=names)
     for i, name in enumerate(["run_a", "run_b", "run_b"]):
         own = loaded.signatures[f"classify_{name}"](text=tf.constant(TEXTS[i : i + 1]))
         np.testing.assert_allclose(routed["probabilities"][i], own["probabilities"][0], atol=1e-6)
