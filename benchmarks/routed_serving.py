@@ -81,6 +81,10 @@ def prepare(workdir, singles=max(COUNTS)):
     for n in COUNTS:
         shutil.rmtree(f"{workdir}/multi_{n}", ignore_errors=True)
         ka.export_multi_adapter_saved_model(model, f"{workdir}/multi_{n}", names=task_names(n))
+    shutil.rmtree(f"{workdir}/lean_{max(COUNTS)}", ignore_errors=True)
+    ka.export_multi_adapter_saved_model(
+        model, f"{workdir}/lean_{max(COUNTS)}", names=task_names(max(COUNTS)), task_signatures=False
+    )
     for name in task_names(singles):
         shutil.rmtree(f"{workdir}/single/{name}", ignore_errors=True)
         model.save_adapter(f"{workdir}/adapters/{name}", name=name)
@@ -213,6 +217,16 @@ def memory(workdir, output):
         routed = session_rss_mb(f"{workdir}/{kind}_{row['adapters']}/1", "classify", {"text": texts, "adapter": rows})
         row["session_rss_mb"] = {"single": single, "routed": routed}
         print(row["adapters"], row["methods"], row["session_rss_mb"], flush=True)
+    n = max(COUNTS)
+    rows = [task_names(n)[i % n] for i in range(32)]
+    lean = f"{workdir}/lean_{n}/1"
+    results["without_task_signatures"] = {
+        "adapters": n,
+        "session_rss_mb": session_rss_mb(lean, "classify", {"text": texts, "adapter": rows}),
+        "rss_mb": rss_mb([lean], [["classify", {"text": texts, "adapter": rows}]]),
+        "disk_mb": disk_mb([lean]),
+    }
+    print(results["without_task_signatures"], flush=True)
     with open(output, "w") as f:
         json.dump(results, f, indent=2)
 

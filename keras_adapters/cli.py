@@ -92,6 +92,8 @@ def _parser():
     export.add_argument("--adapters", metavar="RUN_A,RUN_B",
                         help="several runs on one backbone: a routed `classify` signature (each row "
                              "names its run) and classify_<run> per run; tflite: an adapter_id input")
+    export.add_argument("--no-task-signatures", action="store_true",
+                        help="with --adapters: only the routed classify signatures (less memory when served)")
     export.add_argument("--no-merge", action="store_true",
                         help="keep LoRA/IA3 as separate layers instead of merging")
     export.add_argument("--sequence-length", type=int, default=None, help="tflite: fixed length")
@@ -188,10 +190,12 @@ def cmd_export(args):
     names = ", ".join(runs.task_name(r) for r in run_dirs.split(",") if r)
     if args.format == "saved_model":
         out = export.export_run_saved_model(
-            run_dirs, args.output, version=args.version, merge=not args.no_merge
+            run_dirs, args.output, version=args.version, merge=not args.no_merge,
+            task_signatures=not args.no_task_signatures,
         )
+        per_task = "" if args.no_task_signatures else ", classify_<adapter>"
         signatures = (
-            f"classify (text, adapter: one of {names}), classify_token_ids, classify_<adapter>"
+            f"classify (text, adapter: one of {names}), classify_token_ids{per_task}"
             if several else "serving_default, serve_token_ids"
         )
         print(f"SavedModel written to {out} (signatures: {signatures})")

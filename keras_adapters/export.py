@@ -312,7 +312,7 @@ def export_saved_model(model, path, version=1, merge=True):
     return _save(_variables_module(served), out, signatures)
 
 
-def export_multi_adapter_saved_model(model, path, names=None, version=1, aliases=None):
+def export_multi_adapter_saved_model(model, path, names=None, version=1, aliases=None, task_signatures=True):
     """One SavedModel, one backbone, for many tasks.
 
     Signatures:
@@ -338,6 +338,10 @@ def export_multi_adapter_saved_model(model, path, names=None, version=1, aliases
         path, version: as `export_saved_model`.
         aliases: dict of other names `classify` accepts -> adapter name
             (the CLI passes the run folders' names).
+        task_signatures: also write `classify_<name>` for each adapter.
+            Without them a server holds less (each costs memory when
+            loaded, see BENCHMARKS.md) and `serving_default` is `classify`;
+            fusions always get theirs.
     """
     names = list(names or model.adapter_names)
     if not names:
@@ -370,6 +374,8 @@ def export_multi_adapter_saved_model(model, path, names=None, version=1, aliases
             signatures["classify"] = classify
             module.adapter_stacks = list(stacks.values())
         for name, key in zip(names, keys):
+            if name in routed and not task_signatures:
+                continue
             if name in routed:
                 # A thin wrapper: the graph is stored once, not once per task.
                 signatures[key] = _trace(_one_task(classify, name, model.heads[name].num_classes), TEXT_SIGNATURE)
@@ -378,7 +384,7 @@ def export_multi_adapter_saved_model(model, path, names=None, version=1, aliases
                 signatures[key] = _trace(_Task(model, _task_length(model, name)).classify_text, TEXT_SIGNATURE)
     finally:
         model.set_active_adapters(active)
-    signatures["serving_default"] = signatures[keys[0]]
+    signatures["serving_default"] = signatures.get(keys[0], signatures.get("classify"))
     return _save(module, out, signatures)
 
 
@@ -409,7 +415,7 @@ def _signature_name(name):
     return "".join(c if c.isalnum() else "_" for c in name)
 
 
-def export_run_saved_model(run_dirs, path, version=1, merge=True):
+def export_run_saved_model(run_dirs, path, version=1, merge=True, task_signatures=True):
     """Export one run folder, or several (comma list) as a multi-adapter model
     whose `classify` takes each run folder's name (see `runs.task_name`)."""
     run_list = [r for r in str(run_dirs).split(",") if r]
@@ -417,7 +423,9 @@ def export_run_saved_model(run_dirs, path, version=1, merge=True):
         return export_saved_model(runs.load_run(run_list[0]), path, version=version, merge=merge)
     model, names = runs.load_runs(run_list)
     aliases = {os.path.basename(os.path.normpath(r)): n for r, n in zip(run_list, names)}
-    return export_multi_adapter_saved_model(model, path, names=names, version=version, aliases=aliases)
+    return export_multi_adapter_saved_model(
+        model, path, names=names, version=version, aliases=aliases, task_signatures=task_signatures
+    )
 
 
 def export_run_tflite(run_dirs, path, sequence_length=None, quantize="none", merge=True):

@@ -306,6 +306,12 @@ def test_cli_export_both_formats(tiny_preset, tmp_path, capsys):
     for i, name in enumerate(["run_a", "run_b", "run_b"]):
         own = loaded.signatures[f"classify_{name}"](text=tf.constant(TEXTS[i : i + 1]))
         np.testing.assert_allclose(routed["probabilities"][i], own["probabilities"][0], atol=1e-6)
+    assert cli.main(["export", "--adapters", both, "--format", "saved_model", "-o", str(tmp_path / "lean"),
+                     "--no-task-signatures"]) == 0
+    lean = tf.saved_model.load(str(tmp_path / "lean" / "1"))
+    assert set(lean.signatures) == {"classify", "classify_token_ids", "serving_default"}
+    again = lean.signatures["serving_default"](text=tf.constant(TEXTS[:3]), adapter=names)
+    np.testing.assert_allclose(again["probabilities"], routed["probabilities"], atol=1e-6)
     assert cli.main([
         "export", str(tmp_path / "Run-B"), "--format", "tflite", "-o", str(tmp_path / "lite"),
         "--quantize", "dynamic", "--sequence-length", "16",
