@@ -33,8 +33,7 @@ from keras import ops
 from keras_adapters import composition
 from keras_adapters.fusion import FusionConfig
 from keras_adapters.fusion import FusionLayer
-from keras_adapters.methods.base import RoutedUnits
-from keras_adapters.methods.base import WrappedLayer
+from keras_adapters.methods.base import UnitHooks
 from keras_adapters.methods.base import apply_linear
 from keras_adapters.methods.base import kernel_split
 from keras_adapters.methods.registry import get_adapter_config
@@ -272,7 +271,7 @@ class AdapterSite(keras.layers.Layer):
 
 def _adjusts_linear(unit):
     hook = getattr(type(unit), "adjust_linear", None)
-    return hook not in (None, WrappedLayer.adjust_linear, RoutedUnits.adjust_linear)
+    return hook not in (None, UnitHooks.adjust_linear)
 
 
 class _MeanOf:

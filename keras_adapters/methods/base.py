@@ -144,7 +144,20 @@ def check_sites(owner, name, value, allowed):
     return value
 
 
-class WrappedLayer(keras.layers.Layer):
+class UnitHooks:
+    """The hooks a site calls on a unit (see `WrappedLayer`), as identities."""
+
+    def transform_input(self, x, training=None):
+        return x
+
+    def adjust_linear(self, x, y, training=None):
+        return y
+
+    def transform_output(self, y, training=None):
+        return y
+
+
+class WrappedLayer(UnitHooks, keras.layers.Layer):
     """One adapter's layer at one site of a backbone: a *unit*.
 
     `base` is the original (frozen) layer at the site. The unit keeps a plain
@@ -182,15 +195,6 @@ class WrappedLayer(keras.layers.Layer):
         super().__init__(**kwargs)
         object.__setattr__(self, "base", base)  # owned by the site, not tracked here
 
-    def transform_input(self, x, training=None):
-        return x
-
-    def adjust_linear(self, x, y, training=None):
-        return y
-
-    def transform_output(self, y, training=None):
-        return y
-
     def call(self, inputs, training=None):
         x = self.transform_input(inputs, training=training)
         y = apply_linear(
@@ -219,7 +223,7 @@ class WrappedLayer(keras.layers.Layer):
         return self.base.compute_output_shape(input_shape)
 
 
-class RoutedUnits:
+class RoutedUnits(UnitHooks):
     """Units of several adapters at one site, each row computing its own.
 
     Each row gets exactly what its own unit computes: sizes that differ are
@@ -257,15 +261,6 @@ class RoutedUnits:
     def rows(self, values, dtype, role):
         """`values()` (one tensor per adapter, same shape) stacked and gathered per row."""
         return gather_rows(values, self.ids, dtype, key=f"{self.key}/{role}")
-
-    def transform_input(self, x, training=None):
-        return x
-
-    def adjust_linear(self, x, y, training=None):
-        return y
-
-    def transform_output(self, y, training=None):
-        return y
 
 
 _STORED_STACKS = []
