@@ -468,15 +468,13 @@ def export_tflite(model, path, sequence_length=None, quantize="none", merge=True
     if names:
         names = list(names)
         signature.append(tf.TensorSpec([None], tf.int32, name="adapter_id"))
-        # `stacks` holds the stacked weights the function reads: kept alive until frozen.
-        served, (function, stacks) = model, _routed_tflite_function(model, names, signature)
+        served, module = model, _routed_tflite_module(model, names, signature)
     else:
-        served, stacks = _serving_copy(model, merge), None
-        function = _trace(_Task(served).classify_tokens, signature)
+        served = _serving_copy(model, merge)
+        module = _frozen_module(_trace(_Task(served).classify_tokens, signature), signature)
     os.makedirs(path, exist_ok=True)
     model_path = os.path.join(path, "model.tflite")
-    flatbuffer = _convert(_frozen_module(function, signature), quantize)
-    del stacks
+    flatbuffer = _convert(module, quantize)
     with open(model_path, "wb") as f:
         f.write(flatbuffer)
     _write_vocabulary(served, os.path.join(path, "vocab.txt"))
@@ -496,7 +494,7 @@ def export_tflite(model, path, sequence_length=None, quantize="none", merge=True
     return model_path
 
 
-def _routed_tflite_function(model, names, signature):
+def _routed_tflite_module(model, names, signature):
     unknown = [n for n in names if n not in model.adapter_names]
     if unknown:
         raise ValueError(f"{unknown} are not adapters of this model (it has {model.adapter_names}).")
@@ -509,8 +507,9 @@ def _routed_tflite_function(model, names, signature):
     active = model.active_adapters
     model.set_active_adapters(route)
     try:
-        with stored_stacks({}) as stacks:
-            return _trace(classify, signature), stacks
+        # Frozen while the stacked weights it reads exist.
+        with stored_stacks({}):
+            return _frozen_module(_trace(classify, signature), signature)
     finally:
         model.set_active_adapters(active)
 
