@@ -14,6 +14,7 @@ from keras_adapters import runs  # noqa: E402
 from keras_adapters.adapter_io import AdapterFormatError  # noqa: E402
 from keras_adapters.data import DatasetError  # noqa: E402
 from keras_adapters.methods.registry import available_methods  # noqa: E402
+from keras_adapters.methods.registry import config_from_options  # noqa: E402
 from keras_adapters.presets import PresetNotFoundError  # noqa: E402
 from keras_adapters.training import train_classifier  # noqa: E402
 
@@ -48,6 +49,9 @@ def _parser():
                        help="the backbone: keras-hub preset, checkpoint folder, or 'default' "
                             "(embedded MiniLM); --backbone is the old spelling")
     train.add_argument("--method", default="houlsby", choices=available_methods())
+    train.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="a field of the method's config, e.g. rank=16, use_dora=true, "
+                            "target_modules=query,value (repeatable)")
     train.add_argument("--fuse", default=None, metavar="RUN_A,RUN_B",
                        help="train an AdapterFusion over these finished runs' adapters instead")
     train.add_argument("--epochs", type=int, default=3)
@@ -118,7 +122,7 @@ def cmd_train(args):
         args.data,
         args.output,
         preset=args.preset,
-        method=args.method,
+        method=config_from_options(args.method, args.method_option),
         epochs=args.epochs,
         batch_size=args.batch_size,
         sequence_length=args.sequence_length,

@@ -87,6 +87,11 @@ def _check(model, weights, combination, density):
     for n, c in zip(sources, configs):
         if not isinstance(c, LoRAConfig):
             raise ValueError(f"Only LoRA adapters can be merged this way; {n!r} is {c.method!r}.")
+        if c.use_dora:
+            raise ValueError(
+                f"{n!r} is a DoRA adapter: its magnitudes rescale whole columns, so it is not a sum of "
+                "low-rank updates and cannot be combined this way (merge_adapter folds it in alone)."
+            )
     if len({(c.target_modules, c.target_layers) for c in configs}) != 1:
         raise ValueError("The adapters must target the same modules and layers to be merged.")
     if combination not in ("cat", "svd") and len({c.rank for c in configs}) != 1:

@@ -21,7 +21,7 @@ def run_dir(tiny_preset, tmp_path_factory):
     run = root / "run"
     code = cli.main([
         "train", str(data), "--output", str(run), "--backbone", tiny_preset, "--method", "lora",
-        "--epochs", "2", "--batch-size", "4", "--sequence-length", "16", "--precision", "float32",
+        "--method-option", "rank=4", "--method-option", "use_dora=true", "--epochs", "2", "--batch-size", "4", "--sequence-length", "16", "--precision", "float32",
         "--validation-split", "0.25", "--quiet",
     ])
     assert code == 0
@@ -30,7 +30,8 @@ def run_dir(tiny_preset, tmp_path_factory):
 
 def test_train_prints_a_summary_and_fills_the_run(run_dir, capsys, tiny_preset, tmp_path):
     run, data = run_dir
-    assert (run / "adapter" / "adapter_config.json").is_file()
+    config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert (config["method"]["rank"], config["method"]["use_dora"]) == (4, True)
     code = cli.main([
         "train", str(data), "-o", str(tmp_path / "r2"), "--backbone", tiny_preset, "--method", "head",
         "--epochs", "1", "--batch-size", "8", "--sequence-length", "16", "--quiet",
@@ -97,6 +98,15 @@ def test_errors_exit_2_with_a_message(tmp_path, capsys, tiny_preset):
     assert "does not exist" in capsys.readouterr().err
     assert cli.main(["predict", str(tmp_path)]) == 2
     assert "No texts" in capsys.readouterr().err
+
+
+def test_a_bad_method_option_names_the_fields(tmp_path, capsys, tiny_preset):
+    code = cli.main(["train", str(tmp_path), "-o", str(tmp_path / "r"), "--method", "lora",
+                     "--method-option", "rnak=4"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "rnak=4" in err and "'rank'" in err and "use_dora" in err
+    assert not (tmp_path / "r").exists()
 
 
 def test_console_script_is_installed():

@@ -203,7 +203,11 @@ def test_non_transformer_backbone_is_refused():
         ka.inject_adapters(model, "lora")
 
 
-@pytest.mark.parametrize("method", ["lora", "ia3"])
+DORA = {"method": "lora", "use_dora": True, "use_rslora": True, "target_modules": ["value", "attention_output",
+                                                                            "feedforward_intermediate_dense"]}
+
+
+@pytest.mark.parametrize("method", ["lora", "ia3", DORA], ids=["lora", "ia3", "dora"])
 def test_merge_keeps_outputs_and_removes_units(method):
     x = token_batch()
     backbone = tiny_backbone()

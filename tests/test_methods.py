@@ -190,3 +190,82 @@ def test_kernel_split_refuses_unusual_einsum():
     odd.build((None, None, 3))
     with pytest.raises(ValueError, match="not a plain projection"):
         kernel_split(odd)
+
+
+def test_rslora_scales_by_the_square_root_of_the_rank():
+    plain = ka.LoRALayer(_dense(6, 8), rank=4, alpha=8)
+    rs = ka.LoRALayer(_dense(6, 8), rank=4, alpha=8, use_rslora=True)
+    assert (plain.scaling, rs.scaling) == (2.0, 4.0)
+    assert ka.LoRAConfig(use_rslora=True).get_config()["use_rslora"] is True
+
+
+def test_gaussian_init_draws_a_with_stddev_one_over_rank():
+    lora = ka.LoRALayer(_dense(64, 256), rank=4, alpha=4, init="gaussian")
+    lora.build((None, 256))
+    std = float(np.std(lora.lora_a.numpy()))
+    assert abs(std - 0.25) < 0.02  # 1024 draws; kaiming would give 1/sqrt(3*256) = 0.036
+    assert not np.any(lora.lora_b.numpy())
+
+
+def _dora_reference(base, lora, x):
+    """DoRA in float64 from the definition: m * (W + sAB) / ||W + sAB||_col, plus the bias."""
+    w = base.kernel.numpy().astype("f8").reshape(x.shape[-1], -1)
+    adapted = w + lora.scaling * lora.lora_a.numpy().astype("f8") @ lora.lora_b.numpy().astype("f8")
+    kernel = lora.magnitude.numpy().astype("f8") * adapted / np.linalg.norm(adapted, axis=0)
+    return x.astype("f8") @ kernel + base.bias.numpy().astype("f8").reshape(-1)
+
+
+@pytest.mark.parametrize("make_base", [_einsum_query, lambda: _dense(6, 8)])
+def test_dora_starts_as_the_base_and_matches_float64_reference(make_base):
+    base = make_base()
+    lora = ka.LoRALayer(base, rank=2, alpha=4, use_dora=True)
+    lora.build((None, None, 8))
+    x = np.random.default_rng(8).standard_normal((2, 4, 8)).astype("float32")
+    np.testing.assert_allclose(lora(x), base(x), atol=1e-5)
+    np.testing.assert_allclose(lora.magnitude.numpy(), np.linalg.norm(base.kernel.numpy().reshape(8, -1), axis=0),
+                               rtol=1e-6)
+    _randomize([lora.lora_a, lora.lora_b, lora.magnitude])
+    expected = _dora_reference(base, lora, x).reshape(base(x).shape)
+    assert np.abs(expected - base(x).numpy()).max() > 0.5  # the update is not negligible
+    np.testing.assert_allclose(lora(x), expected, rtol=1e-4, atol=1e-4)
+    lora.merge()
+    np.testing.assert_allclose(base(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_dora_norm_is_a_constant_in_the_gradient():
+    import tensorflow as tf
+
+    base = _dense(6, 8)
+    lora = ka.LoRALayer(base, rank=2, alpha=2, use_dora=True)
+    lora.build((None, 8))
+    _randomize([lora.lora_a, lora.lora_b])
+    x = tf.constant(np.random.default_rng(9).standard_normal((3, 8)).astype("float32"))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(lora(x))
+    grad = tape.gradient(loss, lora.lora_b.value)
+    # With c = m / ||W + sAB|| held fixed, d sum(x (W + sAB) c) / dB = s A^T (x^T 1 * c).
+    adapted = base.kernel.numpy() + lora.scaling * lora.lora_a.numpy() @ lora.lora_b.numpy()
+    c = lora.magnitude.numpy() / np.linalg.norm(adapted, axis=0)
+    outer = np.outer(x.numpy().sum(0), np.ones(6)) * c
+    np.testing.assert_allclose(grad, lora.scaling * lora.lora_a.numpy().T @ outer, rtol=1e-4, atol=1e-5)
+
+
+def test_lora_options_are_validated():
+    with pytest.raises(ValueError, match="use_dora must be True or False"):
+        ka.LoRAConfig(use_dora="yes")
+    with pytest.raises(ValueError, match="init must be one of"):
+        ka.LoRAConfig(init="pissa")
+
+
+def test_method_options_are_read_by_field_type():
+    from keras_adapters.methods.registry import config_from_options
+
+    config = config_from_options("lora", ["rank=4", "alpha=8.5", "use-dora=yes", "target_modules=query, value"])
+    assert config == ka.LoRAConfig(rank=4, alpha=8.5, use_dora=True, target_modules=("query", "value"))
+    assert config_from_options("houlsby", ["bottleneck_size=none"]).bottleneck_size is None
+    with pytest.raises(ValueError, match="rank takes an integer"):
+        config_from_options("lora", ["rank=big"])
+    with pytest.raises(ValueError, match="use_dora takes true or false"):
+        config_from_options("lora", ["use_dora=maybe"])
+    with pytest.raises(ValueError, match=r"expected KEY=VALUE .*'use_rslora'"):
+        config_from_options("lora", ["rslora"])

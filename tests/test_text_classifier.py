@@ -334,6 +334,8 @@ def _mixed_methods_model(tiny_preset):
                       multi_label=True)
     model.add_adapter("ia3", "ia3", num_classes=3)
     model.add_adapter("head", "head", num_classes=2)
+    dora = ka.LoRAConfig(rank=3, use_dora=True, target_modules=("value", "feedforward_intermediate_dense"))
+    model.add_adapter("dora", dora, num_classes=3)
     randomize_adapter_weights(model.backbone, scale=0.3)
     rng = np.random.default_rng(0)
     for head in model.heads.values():

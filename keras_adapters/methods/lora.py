@@ -13,6 +13,7 @@ from keras_adapters.methods.base import WrappedLayer
 from keras_adapters.methods.base import pad_axis
 from keras_adapters.methods.base import per_row
 from keras_adapters.methods.base import check_sites
+from keras_adapters.methods.base import check_choice
 from keras_adapters.methods.base import check_positive_int
 from keras_adapters.methods.base import kernel_split
 
@@ -27,10 +28,15 @@ LORA_SITES = (
 )
 
 
+LORA_INITS = ("kaiming", "gaussian")
+
+
 class RoutedLoRA(RoutedUnits):
     """Each row's `scaling * x @ A @ B` as two batched matmuls over the
     gathered `A` (`[batch, in, r]`) and `B` (`[batch, r, out]`); ranks are
-    zero-padded to the largest, adapters without LoRA here get zeros."""
+    zero-padded to the largest, adapters without LoRA here get zeros.
+    DoRA rows also get their column scale `g` (ones for the other rows):
+    `y + (g - 1) * (y - bias) + g * delta`, what `LoRALayer` computes."""
 
     def adjust_linear(self, x, y, training=None):
         rank = max(u.rank for u in self.units if u is not None)
@@ -48,12 +54,28 @@ class RoutedLoRA(RoutedUnits):
         delta = ops.einsum("bsi,bir->bsr", flat, self.rows(a, x.dtype, "lora_a"))
         delta = ops.einsum("bsr,bro->bso", delta, self.rows(b, x.dtype, "lora_b"))
         delta = ops.reshape(delta, ops.shape(y))
-        return ops.add(y, ops.multiply(delta, per_row(scaling, delta)))
+        delta = ops.multiply(delta, per_row(scaling, delta))
+        if not any(u is not None and u.use_dora for u in self.units):
+            return ops.add(y, delta)
+
+        def column_scales():
+            ones = ops.ones(self.first._out_shape)
+            return [u.column_scale() if u is not None and u.use_dora else ones for u in self.units]
+
+        scale = per_row(self.rows(column_scales, y.dtype, "dora_scale"), y)
+        return _dora_output(y, delta, scale, self.base)
+
+
+def _dora_output(y, delta, scale, base):
+    """`scale * (x W + delta) + bias` from `y = x W + bias` (scale per column)."""
+    bias = getattr(base, "bias", None)
+    linear = y if bias is None else ops.subtract(y, ops.cast(bias, y.dtype))
+    return ops.add(y, ops.add(ops.multiply(ops.subtract(scale, 1), linear), ops.multiply(scale, delta)))
 
 
 @keras.saving.register_keras_serializable(package="keras_adapters")
 class LoRALayer(WrappedLayer):
-    """`base(x) + (alpha / rank) * dropout(x) @ A @ B`, base frozen.
+    """`base(x) + scaling * dropout(x) @ A @ B`, base frozen (optionally DoRA).
 
     The update spans the whole projection (all heads at once for attention),
     with `A` of shape `(in_features, rank)` drawn zero-mean and `B` of shape
@@ -62,12 +84,23 @@ class LoRALayer(WrappedLayer):
     (output features in row-major order of the kernel's output dims, which is
     how keras-hub lays out Hugging Face heads).
 
+    With `use_dora` (DoRA, Liu et al. 2024) the adapted kernel is
+    `m * (W + s A B) / ||W + s A B||`, the norm taken per output column and
+    `m` a learned magnitude per column that starts at `||W||` (so the layer
+    still starts as `base`). As in the paper and peft, the norm is treated
+    as a constant in the gradient; `merge` folds the same kernel in exactly.
+
     Args:
         base: the `Dense` or `EinsumDense` projection to adapt.
         rank: int, the rank of the update.
-        alpha: float, scaling numerator; the update is scaled by
-            `alpha / rank`.
+        alpha: float, scaling numerator.
         dropout: float, dropout on the update's input.
+        use_rslora: scale by `alpha / sqrt(rank)` (rsLoRA, Kalajdzievski
+            2023) instead of `alpha / rank`.
+        use_dora: learn a magnitude per output column (DoRA).
+        init: how `A` starts: `"kaiming"` (peft's default, uniform in
+            `±1/sqrt(in_features)`) or `"gaussian"` (normal, stddev `1/rank`,
+            peft's `init_lora_weights="gaussian"`).
 
     Example:
     ```python
@@ -80,28 +113,49 @@ class LoRALayer(WrappedLayer):
     mergeable = True
     routed = RoutedLoRA
 
-    def __init__(self, base, rank, alpha, dropout=0.0, **kwargs):
+    def __init__(self, base, rank, alpha, dropout=0.0, use_rslora=False, use_dora=False, init="kaiming", **kwargs):
         super().__init__(base, **kwargs)
+        check_choice("LoRALayer", "init", init, LORA_INITS)
         self.rank = rank
         self.alpha = alpha
         self.dropout_rate = dropout
-        self.scaling = alpha / rank
+        self.use_rslora = use_rslora
+        self.use_dora = use_dora
+        self.init = init
+        self.scaling = alpha / (math.sqrt(rank) if use_rslora else rank)
         self.dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape):
         self._in_shape, self._out_shape = kernel_split(self.base)
         in_features = math.prod(self._in_shape)
         out_features = math.prod(self._out_shape)
-        # peft's kaiming_uniform(a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-        a_init = keras.initializers.VarianceScaling(
-            scale=1.0 / 3.0, mode="fan_in", distribution="uniform"
-        )
-        self.lora_a = self.add_weight(
-            name="lora_a", shape=(in_features, self.rank), initializer=a_init
-        )
-        self.lora_b = self.add_weight(
-            name="lora_b", shape=(self.rank, out_features), initializer="zeros"
-        )
+        if self.init == "gaussian":
+            a_init = keras.initializers.RandomNormal(stddev=1.0 / self.rank)
+        else:
+            # peft's kaiming_uniform(a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+            a_init = keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
+        self.lora_a = self.add_weight(name="lora_a", shape=(in_features, self.rank), initializer=a_init)
+        self.lora_b = self.add_weight(name="lora_b", shape=(self.rank, out_features), initializer="zeros")
+        if self.use_dora:
+            self.magnitude = self.add_weight(name="magnitude", shape=(out_features,), initializer="ones")
+            self.magnitude.assign(self._column_norms(self._flat_kernel()))
+
+    def _flat_kernel(self):
+        return ops.reshape(ops.cast(self.base.kernel, "float32"), (math.prod(self._in_shape), -1))
+
+    @staticmethod
+    def _column_norms(kernel):
+        return ops.sqrt(ops.sum(ops.square(kernel), axis=0))
+
+    def _adapted_kernel(self):
+        """`W + s A B`, flat `[in, out]`, float32."""
+        update = ops.matmul(ops.cast(self.lora_a, "float32"), ops.cast(self.lora_b, "float32"))
+        return self._flat_kernel() + update * self.scaling
+
+    def column_scale(self):
+        """DoRA's `m / ||W + s A B||` per output column, shaped like the output dims."""
+        norms = ops.stop_gradient(self._column_norms(self._adapted_kernel()))
+        return ops.reshape(ops.cast(self.magnitude, "float32") / norms, self._out_shape)
 
     def _delta(self, inputs, training):
         x = self.dropout(inputs, training=training)
@@ -117,10 +171,16 @@ class LoRALayer(WrappedLayer):
         return delta
 
     def adjust_linear(self, x, y, training=None):
-        return ops.add(y, self._delta(x, training))
+        delta = self._delta(x, training)
+        if not self.use_dora:
+            return ops.add(y, delta)
+        return _dora_output(y, delta, ops.cast(self.column_scale(), y.dtype), self.base)
 
     def delta_kernel(self):
         """The update as a kernel shaped like `base.kernel` (float32)."""
+        if self.use_dora:
+            scale = ops.reshape(self.column_scale(), (1, -1))
+            return ops.reshape(self._adapted_kernel() * scale - self._flat_kernel(), tuple(self.base.kernel.shape))
         delta = ops.matmul(self.lora_a, self.lora_b) * self.scaling
         return ops.reshape(delta, tuple(self.base.kernel.shape))
 
@@ -131,7 +191,14 @@ class LoRALayer(WrappedLayer):
     def get_config(self):
         config = super().get_config()
         config.update(
-            {"rank": self.rank, "alpha": self.alpha, "dropout": self.dropout_rate}
+            {
+                "rank": self.rank,
+                "alpha": self.alpha,
+                "dropout": self.dropout_rate,
+                "use_rslora": self.use_rslora,
+                "use_dora": self.use_dora,
+                "init": self.init,
+            }
         )
         return config
 
@@ -147,6 +214,10 @@ class LoRAConfig(AdapterConfig):
         target_modules: site names, from `query`, `key`, `value`,
             `attention_output`, `feedforward_intermediate_dense`,
             `feedforward_output_dense`.
+        use_rslora: scale by `alpha / sqrt(rank)` (peft's `use_rslora`).
+        use_dora: DoRA, a learned magnitude per output column (peft's
+            `use_dora`); merges exactly, routes per row.
+        init: `"kaiming"` or `"gaussian"`, how `A` starts (see `LoRALayer`).
         target_layers: see `AdapterConfig`.
 
     Example:
@@ -164,6 +235,9 @@ class LoRAConfig(AdapterConfig):
     alpha: float = 16.0
     dropout: float = 0.0
     target_modules: tuple = ("query", "value")
+    use_rslora: bool = False
+    use_dora: bool = False
+    init: str = "kaiming"
 
     def validate(self):
         super().validate()
@@ -177,6 +251,10 @@ class LoRAConfig(AdapterConfig):
         self.target_modules = check_sites(
             "LoRAConfig", "target_modules", self.target_modules, LORA_SITES
         )
+        for flag in ("use_rslora", "use_dora"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"LoRAConfig.{flag} must be True or False, got {getattr(self, flag)!r}.")
+        check_choice("LoRAConfig", "init", self.init, LORA_INITS)
 
     def sites(self):
         return self.target_modules
@@ -187,6 +265,9 @@ class LoRAConfig(AdapterConfig):
             rank=self.rank,
             alpha=self.alpha,
             dropout=self.dropout,
+            use_rslora=self.use_rslora,
+            use_dora=self.use_dora,
+            init=self.init,
             dtype=dtype,
             name=base.name,
         )

@@ -53,6 +53,54 @@ def get_adapter_config(adapter):
     )
 
 
+def config_from_options(method, options):
+    """A config of `method` from `KEY=VALUE` strings (the CLI's `--method-option`).
+
+    Values are read by the field's type: `true`/`false` for flags, numbers,
+    comma-separated names for lists (`target_modules=query,value`), `none`
+    for optional fields.
+
+    Example:
+    ```python
+    config_from_options("lora", ["rank=16", "use_dora=true"])
+    ```
+    """
+    cls = _config_class(method)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for option in options:
+        key, sep, text = option.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in fields:
+            raise ValueError(
+                f"--method-option {option!r}: expected KEY=VALUE with KEY one of {sorted(fields)} "
+                f"(the fields of {cls.__name__})."
+            )
+        values[key] = _parse_value(fields[key], text.strip(), option)
+    return cls(**values)
+
+
+def _parse_value(field, text, option):
+    kind = field.type
+    if text.lower() == "none" and field.default is None:
+        return None
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return text.lower() in ("true", "1", "yes")
+        if kind is tuple:
+            return tuple(t.strip() for t in text.split(",") if t.strip())
+        for number in (int, float):
+            if kind is number or kind == (number | None):
+                return number(text)
+    except ValueError:
+        wanted = {bool: "true or false", int: "an integer", float: "a number"}
+        kind_name = next((v for k, v in wanted.items() if kind is k or kind == (k | None)), kind)
+        raise ValueError(f"--method-option {option!r}: {field.name} takes {kind_name}.") from None
+    return text
+
+
 def known_fields(method):
     """The field names of `method`'s config."""
     return {f.name for f in dataclasses.fields(_config_class(method))}
