@@ -26,6 +26,33 @@ import keras_adapters as ka  # noqa: E402
 from keras_adapters.evaluation import evaluate_run  # noqa: E402
 
 
+def train_and_evaluate(train_dir, test_dir, run, method, name=None, **options):
+    """Train `method` (a name or config) with `train_classifier`'s recipe and
+    evaluate on `test_dir`: one row of the table."""
+    with Timer() as t:
+        model, summary = ka.train_classifier(
+            train_dir, run, method=method, validation_split=0.1, seed=0, verbose=0, tensorboard=False, **options
+        )
+    report = ka.parameter_report(model)
+    result = evaluate_run(run, test_dir)
+    adapter = os.path.join(run, "adapter")
+    return {
+        "method": name or (method if isinstance(method, str) else method.method),
+        "config": model.adapter_config().get_config(),
+        "learning_rate": options.get("learning_rate") or model.default_learning_rate,
+        "test_accuracy": result["accuracy"],
+        "test_macro_f1": result["macro_f1"],
+        "num_test_examples": result["num_examples"],
+        "best_val_accuracy": summary["best_value"],
+        "best_epoch": summary["best_epoch"],
+        "train_wall_s": t.wall,
+        "train_cpu_s": t.cpu,
+        "fit_examples_per_s": summary["examples_per_second"],
+        "trainable_parameters": report["trainable"],
+        "adapter_folder_bytes": sum(os.path.getsize(os.path.join(adapter, f)) for f in os.listdir(adapter)),
+    }
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--methods", default="full,houlsby,pfeiffer,lora,ia3")
@@ -40,28 +67,8 @@ def main():
     train_dir, test_dir = ka.split_directory(source, os.path.join(workdir, "data"), test_fraction=0.2, seed=0)
     rows = []
     for method in args.methods.split(","):
-        run = os.path.join(workdir, f"run-{method}")
-        with Timer() as t:
-            model, summary = ka.train_classifier(
-                train_dir, run, method=method, epochs=args.epochs, precision=args.precision,
-                validation_split=0.1, seed=0, verbose=0, tensorboard=False,
-            )
-        report = ka.parameter_report(model)
-        result = evaluate_run(run, test_dir)
-        row = {
-            "method": method,
-            "test_accuracy": result["accuracy"],
-            "test_macro_f1": result["macro_f1"],
-            "best_val_accuracy": summary["best_value"],
-            "best_epoch": summary["best_epoch"],
-            "train_wall_s": t.wall,
-            "train_cpu_s": t.cpu,
-            "fit_examples_per_s": summary["examples_per_second"],
-            "trainable_parameters": report["trainable"],
-            "adapter_folder_bytes": sum(
-                os.path.getsize(os.path.join(run, "adapter", f)) for f in os.listdir(os.path.join(run, "adapter"))
-            ),
-        }
+        row = train_and_evaluate(train_dir, test_dir, os.path.join(workdir, f"run-{method}"), method,
+                                 epochs=args.epochs, precision=args.precision)
         rows.append(row)
         print(json.dumps(row), flush=True)
     out = {
@@ -69,7 +76,7 @@ def main():
         "revision": git_revision(),
         "epochs": args.epochs,
         "precision": args.precision,
-        "num_test_examples": result["num_examples"],
+        "num_test_examples": rows[-1]["num_test_examples"],
         "rows": rows,
     }
     os.makedirs(os.path.dirname(args.output), exist_ok=True)

@@ -22,6 +22,8 @@ from keras_adapters.injection import inject_adapters
 from keras_adapters.merging import merge_lora_adapters
 from keras_adapters.methods.base import AdapterConfig
 from keras_adapters.methods.baselines import FullFineTuningConfig
+from keras_adapters.methods.bitfit import BiasShift
+from keras_adapters.methods.bitfit import BitFitConfig
 from keras_adapters.methods.baselines import HeadOnlyConfig
 from keras_adapters.methods.bottleneck import BottleneckAdapter
 from keras_adapters.methods.bottleneck import HoulsbyConfig
@@ -45,6 +47,8 @@ __all__ = [
     "AdapterFormatError",
     "AdapterTextClassifier",
     "Average",
+    "BiasShift",
+    "BitFitConfig",
     "BottleneckAdapter",
     "ClassificationHead",
     "DatasetError",

@@ -19,6 +19,8 @@ EXPECTED_SITES = {
     "pfeiffer": ("feedforward_dropout",),
     "lora": ("query", "value"),
     "ia3": ("key", "value", "feedforward_output_dense"),
+    "bitfit": ("query", "key", "value", "attention_output", "feedforward_intermediate_dense",
+               "feedforward_output_dense", "self_attention_layer_norm", "feedforward_layer_norm"),
     "full": (),
     "head": (),
 }
@@ -42,7 +44,7 @@ def test_injected_backbone_starts_as_the_original(method):
         assert np.abs(_sequence_output(backbone, x) - reference).max() > 1e-3
 
 
-@pytest.mark.parametrize("method", ["houlsby", "pfeiffer", "lora", "ia3"])
+@pytest.mark.parametrize("method", ["houlsby", "pfeiffer", "lora", "ia3", "bitfit"])
 def test_units_sit_at_their_sites(method):
     backbone = tiny_backbone()
     originals = {id(w) for w in backbone.weights}
@@ -207,7 +209,7 @@ DORA = {"method": "lora", "use_dora": True, "use_rslora": True, "target_modules"
                                                                             "feedforward_intermediate_dense"]}
 
 
-@pytest.mark.parametrize("method", ["lora", "ia3", DORA], ids=["lora", "ia3", "dora"])
+@pytest.mark.parametrize("method", ["lora", "ia3", DORA, "bitfit"], ids=["lora", "ia3", "dora", "bitfit"])
 def test_merge_keeps_outputs_and_removes_units(method):
     x = token_batch()
     backbone = tiny_backbone()

@@ -269,3 +269,47 @@ def test_method_options_are_read_by_field_type():
         config_from_options("lora", ["use_dora=maybe"])
     with pytest.raises(ValueError, match=r"expected KEY=VALUE .*'use_rslora'"):
         config_from_options("lora", ["rslora"])
+
+
+def test_bias_shift_goes_before_the_activation_and_merges():
+    base = _dense(5, 4, activation="gelu")
+    unit = ka.BiasShift(base)
+    unit.build((None, 4))
+    x = np.random.default_rng(10).standard_normal((3, 4)).astype("float32")
+    np.testing.assert_array_equal(unit(x), base(x))
+    _randomize([unit.shift])
+    pre = x.astype("f8") @ base.kernel.numpy() + base.bias.numpy() + unit.shift.numpy()
+    expected = keras.activations.gelu(pre.astype("float32")).numpy()
+    np.testing.assert_allclose(unit(x), expected, rtol=1e-5, atol=1e-5)
+    unit.merge()
+    np.testing.assert_allclose(base(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bias_shift_on_an_attention_projection_and_a_layer_norm():
+    query = _einsum_query()
+    unit = ka.BiasShift(query)
+    unit.build(None)
+    assert tuple(unit.shift.shape) == (2, 3)
+    _randomize([unit.shift])
+    x = np.random.default_rng(11).standard_normal((2, 4, 8)).astype("float32")
+    np.testing.assert_allclose(unit(x), query(x).numpy() + unit.shift.numpy(), rtol=1e-5, atol=1e-5)
+
+    norm = keras.layers.LayerNormalization()
+    norm.build((None, None, 8))
+    _randomize(norm.weights, seed=12)
+    unit = ka.BiasShift(norm)
+    unit.build(None)
+    _randomize([unit.shift])
+    x64 = x.astype("f8")
+    normed = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + norm.epsilon)
+    expected = normed * norm.gamma.numpy() + norm.beta.numpy() + unit.shift.numpy()
+    np.testing.assert_allclose(unit(x), expected, rtol=1e-4, atol=1e-4)
+    unit.merge()
+    np.testing.assert_allclose(norm(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_bias_shift_needs_a_bias():
+    layer = keras.layers.Dense(3, use_bias=False)
+    layer.build((None, 2))
+    with pytest.raises(ValueError, match="has no bias, so BitFit has nothing to train"):
+        ka.BiasShift(layer)

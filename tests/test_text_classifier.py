@@ -336,6 +336,8 @@ def _mixed_methods_model(tiny_preset):
     model.add_adapter("head", "head", num_classes=2)
     dora = ka.LoRAConfig(rank=3, use_dora=True, target_modules=("value", "feedforward_intermediate_dense"))
     model.add_adapter("dora", dora, num_classes=3)
+    model.add_adapter("bitfit", ka.BitFitConfig(target_modules=("key", "feedforward_intermediate_dense",
+                                                                 "feedforward_layer_norm")), num_classes=4)
     randomize_adapter_weights(model.backbone, scale=0.3)
     rng = np.random.default_rng(0)
     for head in model.heads.values():

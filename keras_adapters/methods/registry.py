@@ -5,6 +5,7 @@ import dataclasses
 from keras_adapters.methods.base import AdapterConfig
 from keras_adapters.methods.baselines import FullFineTuningConfig
 from keras_adapters.methods.baselines import HeadOnlyConfig
+from keras_adapters.methods.bitfit import BitFitConfig
 from keras_adapters.methods.bottleneck import HoulsbyConfig
 from keras_adapters.methods.bottleneck import PfeifferConfig
 from keras_adapters.methods.ia3 import IA3Config
@@ -17,6 +18,7 @@ METHODS = {
         PfeifferConfig,
         LoRAConfig,
         IA3Config,
+        BitFitConfig,
         FullFineTuningConfig,
         HeadOnlyConfig,
     )
