@@ -32,6 +32,8 @@ from keras_adapters.methods.ia3 import IA3Config
 from keras_adapters.methods.ia3 import IA3Scaling
 from keras_adapters.methods.lora import LoRAConfig
 from keras_adapters.methods.lora import LoRALayer
+from keras_adapters.methods.prompt import PromptConfig
+from keras_adapters.methods.prompt import PromptEmbedding
 from keras_adapters.methods.registry import available_methods
 from keras_adapters.methods.registry import get_adapter_config
 from keras_adapters.parameters import parameter_report
@@ -64,6 +66,8 @@ __all__ = [
     "Parallel",
     "PfeifferConfig",
     "PresetNotFoundError",
+    "PromptConfig",
+    "PromptEmbedding",
     "Route",
     "Stack",
     "__version__",

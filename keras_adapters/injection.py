@@ -36,6 +36,9 @@ from keras_adapters.fusion import FusionLayer
 from keras_adapters.methods.base import UnitHooks
 from keras_adapters.methods.base import apply_linear
 from keras_adapters.methods.base import kernel_split
+from keras_adapters.methods.prompt import EMBEDDING_LAYERS
+from keras_adapters.methods.prompt import embedding_output
+from keras_adapters.methods.prompt import remove_virtual_tokens
 from keras_adapters.methods.registry import get_adapter_config
 
 #: Site name -> attribute path from a `TransformerEncoder`.
@@ -51,6 +54,12 @@ SITES = {
     "self_attention_layer_norm": ("_self_attention_layer_norm",),
     "feedforward_layer_norm": ("_feedforward_layer_norm",),
 }
+
+#: The one site of the backbone itself: the embedding output, what the first
+#: encoder layer receives (where input-end adapters such as prompts act).
+INPUT_SITE = "embedding_output"
+_INPUT_KEY = f"embeddings/{INPUT_SITE}"
+_INPUT_ATTR = "_keras_adapters_input_site"
 
 _STATE = "_keras_adapters_state"
 
@@ -307,6 +316,74 @@ class _FuseStep:
         return self.fusion_layer(y, ops.stack(residuals, axis=-2), training=training)
 
 
+@keras.saving.register_keras_serializable(package="keras_adapters")
+class InputSite(keras.layers.Layer):
+    """Holds the input-end units (one per adapter) of a backbone.
+
+    The backbone's functional graph cannot take a layer in the middle, so
+    this holder is tracked as an attribute of the backbone (its weights are
+    the backbone's, for Keras and the optimizer) and `run_backbone` calls
+    its units between the embeddings and the first encoder layer.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(name=INPUT_SITE, **kwargs)
+        self.site = INPUT_SITE
+        self.scope = "embeddings"
+        self.label = INPUT_SITE
+        self.units = {}
+        self.fusion_layers = {}
+        self.built = True
+
+    def call(self, inputs):
+        return inputs
+
+
+def _input_site(state, backbone):
+    if _INPUT_KEY not in state.sites:
+        missing = [a for a in (*EMBEDDING_LAYERS, "transformer_layers", "pooled_dense") if not hasattr(backbone, a)]
+        if missing:
+            raise ValueError(
+                f"{type(backbone).__name__} has no {', '.join(missing)}: input-end adapters (prompt tuning) "
+                "need a keras-hub BertBackbone-style backbone."
+            )
+        holder = InputSite()
+        with unlocked(backbone):
+            setattr(backbone, _INPUT_ATTR, holder)
+        state.sites[_INPUT_KEY] = holder
+    return state.sites[_INPUT_KEY]
+
+
+def _input_units(state):
+    """The active adapters' input-end units, in the order the spec applies them."""
+    holder = state.sites.get(_INPUT_KEY)
+    if holder is None or state.active is None or isinstance(state.active, composition.Route):
+        return []
+    return [holder.units[n] for n in composition.adapter_names(state.active) if n in holder.units]
+
+
+def run_backbone(backbone, inputs, training=False):
+    """The backbone's outputs with the active adapters, input end included.
+
+    Without an active input-end unit this is `backbone(inputs)`. With one,
+    the backbone's own layers run in the order of its graph (embeddings,
+    the units, the encoder layers, the pooler), and the virtual tokens are
+    taken out of `sequence_output` again.
+    """
+    state = get_state(backbone)
+    units = _input_units(state) if state is not None else []
+    if not units:
+        return backbone(inputs, training=training)
+    x = embedding_output(backbone, inputs["token_ids"], inputs["segment_ids"], training=training)
+    mask = inputs["padding_mask"]
+    for unit in units:
+        x, mask = unit.insert(x, mask)
+    for layer in backbone.transformer_layers:
+        x = layer(x, padding_mask=mask, training=training)
+    sequence = remove_virtual_tokens(x, sum(u.num_virtual_tokens for u in units))
+    return {"sequence_output": sequence, "pooled_output": backbone.pooled_dense(x[:, 0, :])}
+
+
 def _input_shape(base, hidden_dim):
     if isinstance(base, (keras.layers.Dropout, keras.layers.LayerNormalization)):
         return (None, None, hidden_dim)
@@ -366,6 +443,8 @@ def add_adapter(backbone, name, method):
             f"method {config.method!r})."
         )
     encoders = encoder_layers(backbone)
+    if config.input_end:
+        return _add_input_end(backbone, state, name, config)
     chosen = [e for e in encoders if config.applies_to_layer(e.name)]
     if config.unit_sites() and not chosen:
         raise ValueError(
@@ -392,6 +471,19 @@ def add_adapter(backbone, name, method):
     return added
 
 
+def _add_input_end(backbone, state, name, config):
+    holder = _input_site(state, backbone)
+    hidden_dim = int(backbone.hidden_dim)
+    unit = config.make_unit(INPUT_SITE, backbone, dtype=backbone.dtype_policy, hidden_dim=hidden_dim)
+    _build_under(f"{holder.scope}/{name}", unit, (None, None, hidden_dim))
+    with unlocked(holder):
+        holder.units[name] = unit
+    for w in unit.weights:
+        w.trainable = False
+    state.configs[name] = config
+    return {_INPUT_KEY: unit}
+
+
 def delete_adapter(backbone, name):
     """Remove an adapter's units (and any fusion that uses it)."""
     state = _require(backbone, name)
@@ -411,7 +503,11 @@ def delete_adapter(backbone, name):
 def _drop_empty_sites(backbone, state):
     encoders = {e.name: e for e in encoder_layers(backbone)}
     for key, holder in list(state.sites.items()):
-        if not holder.units and not holder.fusion_layers:
+        if not holder.units and not holder.fusion_layers and key == _INPUT_KEY:
+            with unlocked(backbone):
+                delattr(backbone, _INPUT_ATTR)
+            del state.sites[key]
+        elif not holder.units and not holder.fusion_layers:
             encoder, site = key.split("/", 1)
             parent, attr = resolve_site(encoders[encoder], site)
             replace_sublayer(parent, attr, holder.base)
@@ -488,7 +584,22 @@ def check_spec(backbone, spec):
     for fuse in composition.fusions(spec):
         if fuse.name not in state.fusions or state.fusions[fuse.name][0].children != fuse.children:
             raise ValueError(f"{fuse!r} has not been added; call model.add_adapter_fusion(...) first.")
+    _check_input_end_placement(state, spec)
     return spec
+
+
+def _check_input_end_placement(state, spec):
+    """Input-end units change the sequence every row sees, so they run on
+    their own or in a `Stack`, not inside blocks that split or mix rows."""
+    direct = {spec} if isinstance(spec, str) else set()
+    if isinstance(spec, composition.Stack):
+        direct = {c for c in spec.children if isinstance(c, str)}
+    misplaced = [n for n in composition.adapter_names(spec) if state.configs[n].input_end and n not in direct]
+    if misplaced:
+        raise ValueError(
+            f"{misplaced[0]!r} is a {state.configs[misplaced[0]].method!r} adapter (it acts on the input "
+            f"sequence), which works alone or in a Stack, not inside {type(spec).__name__}(...)."
+        )
 
 
 def set_active(backbone, spec):

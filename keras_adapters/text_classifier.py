@@ -271,7 +271,9 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
     def _add(self, name, method, head_config):
         injection.check_name(name, self._taken())  # before the name becomes a layer name
         head = ClassificationHead(**head_config, dtype=self.backbone.dtype_policy, name=f"{name}_head")
-        injection.add_adapter(self.backbone, name, method)
+        tokenizer = getattr(self.preprocessor, "tokenizer", None)
+        config = get_adapter_config(method).prepare(tokenizer, int(self.backbone.vocabulary_size))
+        injection.add_adapter(self.backbone, name, config)
         head.build(self.backbone.hidden_dim)
         for w in head.weights:
             w.trainable = False
@@ -420,7 +422,7 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         copies = len(spec) if isinstance(spec, composition.Parallel) else 1
         if copies > 1:
             inputs = {k: ops.concatenate([v] * copies, axis=0) for k, v in inputs.items()}
-        outputs = self.backbone(inputs, training=training)
+        outputs = injection.run_backbone(self.backbone, inputs, training=training)
         parts = (outputs["sequence_output"], outputs["pooled_output"], inputs["padding_mask"])
 
         def head(name, part=(lambda t: t)):

@@ -34,8 +34,10 @@ class NumpyBert:
             for k, v in load_file(os.path.join(folder, "model.safetensors")).items()
         }
 
-    def __call__(self, token_ids, segment_ids, padding_mask, lora=None):
-        """sequence_output, float64. `lora`: {(layer, "query"): (lora_A, lora_B, scale)}."""
+    def __call__(self, token_ids, segment_ids, padding_mask, lora=None, prompt=None):
+        """sequence_output, float64. `lora`: {(layer, "query"): (lora_A, lora_B, scale)};
+        `prompt`: [n, hidden] vectors inserted after [CLS] into the embedding output
+        (prompt tuning) and taken out of the result again."""
         c, w = self.config, self.w
         eps = c["layer_norm_eps"]
         heads = c["num_attention_heads"]
@@ -46,6 +48,12 @@ class NumpyBert:
             + w["embeddings.token_type_embeddings.weight"][segment_ids]
         )
         x = _layer_norm(x, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], eps)
+        n = 0 if prompt is None else len(prompt)
+        if n:
+            batch = x.shape[0]
+            x = np.concatenate([x[:, :1], np.broadcast_to(prompt, (batch, *prompt.shape)), x[:, 1:]], axis=1)
+            padding_mask = np.concatenate([padding_mask[:, :1], np.ones((batch, n), bool), padding_mask[:, 1:]], 1)
+            length += n
         mask = np.where(padding_mask[:, None, None, :], 0.0, -1e9)
         for i in range(c["num_hidden_layers"]):
             p = f"encoder.layer.{i}."
@@ -70,4 +78,4 @@ class NumpyBert:
             x = _layer_norm(attn + x, w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"], eps)
             h = _gelu_tanh(linear(x, "intermediate.dense"))
             x = _layer_norm(linear(h, "output.dense") + x, w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"], eps)
-        return x
+        return np.concatenate([x[:, :1], x[:, 1 + n :]], axis=1)

@@ -40,12 +40,29 @@ def test_keras_hub_minilm_matches_float64_numpy_bert(minilm_preset, tokens, unto
     np.testing.assert_allclose(_masked(untouched, tokens), _masked(reference, tokens), atol=2e-4)
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", sorted(m for m in METHODS if not METHODS[m].input_end))
 def test_every_method_starts_as_the_untouched_backbone(minilm_preset, tokens, untouched, method):
     backbone = presets.load_backbone(minilm_preset)
     ka.inject_adapters(backbone, method)
     adapted = backbone(tokens)["sequence_output"].numpy()
     np.testing.assert_allclose(adapted, untouched, atol=1e-5)
+
+
+def test_prompt_matches_float64_numpy_bert_with_inserted_vectors(minilm_preset, tokens):
+    """Prompt tuning has no identity: the float64 reference inserts the same vectors."""
+    backbone = presets.load_backbone(minilm_preset)
+    injection_lib.add_adapter(backbone, "prompt", ka.PromptConfig(num_virtual_tokens=5, init="random"))
+    injection_lib.set_active(backbone, "prompt")
+    unit = injection_lib.units_of(backbone, "prompt")["embeddings/embedding_output"]
+    prompt = np.random.default_rng(1).standard_normal((5, 384)).astype("float32")
+    unit.prompt.assign(prompt)
+    adapted = injection_lib.run_backbone(backbone, tokens)["sequence_output"].numpy()
+    reference = NumpyBert(minilm_preset)(tokens["token_ids"], tokens["segment_ids"], tokens["padding_mask"],
+                                         prompt=prompt.astype("f8"))
+    assert adapted.shape == tokens["token_ids"].shape + (384,)
+    np.testing.assert_allclose(_masked(adapted, tokens), _masked(reference, tokens), atol=2e-4)
+    plain = backbone(tokens)["sequence_output"].numpy()  # the functional graph, without the prompt
+    assert np.abs(_masked(plain - adapted, tokens)).max() > 0.1
 
 
 def test_lora_weights_are_peft_lora_A_and_B(minilm_preset, tokens):

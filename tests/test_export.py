@@ -144,6 +144,19 @@ def test_lora_and_ia3_export_merged(tiny_preset, tmp_path, method):
     np.testing.assert_allclose(response["outputs"]["probabilities"], expected, atol=1e-4)
 
 
+@pytest.mark.parametrize("method", ["prompt", "bitfit"])
+def test_prompt_and_bitfit_export_to_saved_model_and_tflite(tiny_preset, tmp_path, method):
+    config = ka.PromptConfig(num_virtual_tokens=3) if method == "prompt" else "bitfit"
+    model = _trained(tiny_preset, config, seed=2, pooling="mean")
+    expected = model.predict(TEXTS, verbose=0)
+    out = ka.export_saved_model(model, str(tmp_path / "m"))
+    response = serve(out, "serving_default", {"text": TEXTS}, {}, tmp_path)
+    np.testing.assert_allclose(response["outputs"]["probabilities"], expected, atol=1e-5)
+    lite = ka.export_tflite(model, str(tmp_path / "lite"))
+    tokens = {k: np.asarray(v) for k, v in model.preprocessor(TEXTS).items()}
+    np.testing.assert_allclose(export.run_tflite(export.tflite_signature_runner(lite), tokens), expected, atol=1e-4)
+
+
 def _stored_values(path):
     entries = tf.train.list_variables(os.path.join(path, "variables", "variables"))
     return sum(int(np.prod(shape)) for name, shape in entries if name != "_CHECKPOINTABLE_OBJECT_GRAPH")

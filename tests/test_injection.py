@@ -21,6 +21,7 @@ EXPECTED_SITES = {
     "ia3": ("key", "value", "feedforward_output_dense"),
     "bitfit": ("query", "key", "value", "attention_output", "feedforward_intermediate_dense",
                "feedforward_output_dense", "self_attention_layer_norm", "feedforward_layer_norm"),
+    "prompt": (),
     "full": (),
     "head": (),
 }
@@ -30,7 +31,7 @@ def _sequence_output(backbone, x):
     return backbone(x, training=False)["sequence_output"].numpy()
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", sorted(m for m in METHODS if not METHODS[m].input_end))
 def test_injected_backbone_starts_as_the_original(method):
     x = token_batch()
     reference = _sequence_output(tiny_backbone(), x)
@@ -153,6 +154,50 @@ def test_parallel_gives_each_branch_its_own_rows():
     both = _sequence_output(backbone, doubled)
     np.testing.assert_allclose(both[:3], alone["a"], atol=1e-5)
     np.testing.assert_allclose(both[3:], alone["b"], atol=1e-5)
+
+
+class _NoTokens:
+    """An input-end unit that inserts nothing: run_backbone then runs by hand."""
+
+    num_virtual_tokens = 0
+
+    def insert(self, x, mask):
+        return x, mask
+
+
+def test_running_the_backbone_by_hand_is_its_functional_graph(monkeypatch):
+    x = token_batch()
+    backbone = tiny_backbone()
+    injection.add_adapter(backbone, "a", "houlsby")
+    randomize_adapter_weights(backbone)
+    injection.set_active(backbone, "a")
+    graph = backbone(x)
+    monkeypatch.setattr(injection, "_input_units", lambda state: [_NoTokens()])
+    by_hand = injection.run_backbone(backbone, x)
+    for key in ("sequence_output", "pooled_output"):
+        np.testing.assert_allclose(by_hand[key].numpy(), graph[key].numpy(), atol=1e-6)
+
+
+def test_prompt_stacks_with_other_adapters_and_deletes_cleanly():
+    x = token_batch()
+    backbone = tiny_backbone()
+    count = len(backbone.weights)
+    injection.add_adapter(backbone, "p", ka.PromptConfig(num_virtual_tokens=3, init="random"))
+    injection.add_adapter(backbone, "l", "lora")
+    randomize_adapter_weights(backbone)
+    assert len(backbone.weights) == count + 1 + 8  # the prompt, then A and B at 2 sites x 2 layers
+    outputs = {}
+    for spec in ("p", "l", ka.Stack("p", "l")):
+        injection.set_active(backbone, spec)
+        outputs[str(spec)] = injection.run_backbone(backbone, x)["sequence_output"].numpy()
+    assert outputs["p"].shape == (3, 10, 16)
+    assert min(np.abs(outputs[a] - outputs[b]).max() for a in outputs for b in outputs if a != b) > 1e-3
+    for block in (ka.Parallel("p", "l"), ka.Average("p", "l"), ka.Route("p", "l")):
+        with pytest.raises(ValueError, match="'p' is a 'prompt' adapter .* alone or in a Stack"):
+            injection.set_active(backbone, block)
+    injection.delete_adapter(backbone, "p")
+    injection.delete_adapter(backbone, "l")
+    assert len(backbone.weights) == count and not hasattr(backbone, injection._INPUT_ATTR)
 
 
 def test_full_trains_everything_head_nothing():

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from conftest import LABELS
 from conftest import TEXTS
+from conftest import VOCAB
 from conftest import randomize_adapter_weights
 
 import keras_adapters as ka
@@ -377,3 +378,40 @@ def test_route_serves_and_does_not_train(tiny_preset):
         model.fit({**tokens, "adapter_id": np.zeros(8, "int32")}, LABELS % 2, epochs=1, verbose=0)
     with pytest.raises(ValueError, match="No adapter named 'nope'"):
         model.set_active_adapters(ka.Route("lora", "nope"))
+
+
+def test_prompt_from_text_starts_as_those_tokens_embedding_output(tiny_preset):
+    config = ka.PromptConfig(num_virtual_tokens=5, init="text", init_text="the news today")
+    model = ka.AdapterTextClassifier.from_preset(tiny_preset, num_classes=4, method=config, sequence_length=16)
+    ids = [VOCAB.index(w) for w in ("the", "news", "today")]
+    assert model.adapter_config().init_token_ids == tuple(ids + ids[:2])  # repeated to fill
+    b = model.backbone
+    w = {name: getattr(b, name).weights for name in ("token_embedding", "position_embedding", "segment_embedding")}
+    gamma, beta = (v.numpy().astype("f8") for v in b.embeddings_layer_norm.weights)
+    raw = w["token_embedding"][0].numpy()[ids + ids[:2]] + w["position_embedding"][0].numpy()[1]
+    raw = (raw + w["segment_embedding"][0].numpy()[0]).astype("f8")
+    normed = (raw - raw.mean(-1, keepdims=True)) / np.sqrt(raw.var(-1, keepdims=True) + 1e-12) * gamma + beta
+    np.testing.assert_allclose(model.trainable_weights[0].numpy(), normed, atol=1e-5)
+    assert model.trainable_weights[0].path == "embeddings/default/prompt/prompt"
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_prompt_leaves_padding_out(tiny_preset, pooling):
+    keras.utils.set_random_seed(4)
+    model = ka.AdapterTextClassifier.from_preset(
+        tiny_preset, num_classes=4, method=ka.PromptConfig(num_virtual_tokens=4), sequence_length=16, pooling=pooling
+    )
+    model.fit(TEXTS, LABELS, epochs=2, batch_size=4, verbose=0)
+    head = model.heads["default"].logits.kernel
+    head.assign(np.random.default_rng(0).standard_normal(head.shape) * 5)  # outputs far from uniform
+    tokens = {k: np.asarray(v) for k, v in model.preprocessor(TEXTS).items()}
+    assert tokens["padding_mask"][:, 8:].sum() == 0  # every text fits in 8 tokens
+    short = {k: v[:, :8] for k, v in tokens.items()}
+    noisy = {**tokens, "token_ids": np.where(tokens["padding_mask"], tokens["token_ids"], 7)}
+    expected = model.predict(tokens, verbose=0)
+    np.testing.assert_allclose(model.predict(short, verbose=0), expected, atol=1e-6)
+    np.testing.assert_allclose(model.predict(noisy, verbose=0), expected, atol=1e-6)
+    unit = model.trainable_weights[0]
+    unit.assign(unit.numpy() + 1.0)  # the prompt is read: moving it moves the predictions
+    # (by far more than the 1e-6 allowed above; small, as the tiny random model's attention is flat)
+    assert np.abs(model.predict(tokens, verbose=0) - expected).max() > 3e-5

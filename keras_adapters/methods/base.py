@@ -45,6 +45,9 @@ class AdapterConfig:
     fusable: ClassVar[bool] = False
     #: Learning rate that works for this method with AdamW (overridable).
     default_learning_rate: ClassVar[float] = 1e-3
+    #: Whether the method acts on the backbone's input (the embedding
+    #: output) instead of inside its encoder layers.
+    input_end: ClassVar[bool] = False
 
     target_layers: str = ".*"
 
@@ -63,6 +66,11 @@ class AdapterConfig:
     def sites(self):
         """The site names this config wraps, in a fixed order."""
         return tuple(self.default_sites)
+
+    def prepare(self, tokenizer, vocabulary_size):
+        """The config to build units from, given the model's tokenizer (a
+        method whose initialisation reads token ids fills them in here)."""
+        return self
 
     def applies_to_layer(self, encoder_name):
         return re.fullmatch(self.target_layers, encoder_name) is not None

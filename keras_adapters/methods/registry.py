@@ -10,6 +10,7 @@ from keras_adapters.methods.bottleneck import HoulsbyConfig
 from keras_adapters.methods.bottleneck import PfeifferConfig
 from keras_adapters.methods.ia3 import IA3Config
 from keras_adapters.methods.lora import LoRAConfig
+from keras_adapters.methods.prompt import PromptConfig
 
 METHODS = {
     cls.method: cls
@@ -19,6 +20,7 @@ METHODS = {
         LoRAConfig,
         IA3Config,
         BitFitConfig,
+        PromptConfig,
         FullFineTuningConfig,
         HeadOnlyConfig,
     )
