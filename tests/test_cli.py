@@ -21,7 +21,8 @@ def run_dir(tiny_preset, tmp_path_factory):
     run = root / "run"
     code = cli.main([
         "train", str(data), "--output", str(run), "--backbone", tiny_preset, "--method", "lora",
-        "--method-option", "rank=4", "--method-option", "use_dora=true", "--epochs", "2", "--batch-size", "4", "--sequence-length", "16", "--precision", "float32",
+        "--method-option", "rank=4", "--method-option", "use_dora=true",
+        "--epochs", "2", "--batch-size", "4", "--sequence-length", "16", "--precision", "float32",
         "--validation-split", "0.25", "--quiet",
     ])
     assert code == 0
