@@ -32,6 +32,7 @@ from keras_adapters.methods.ia3 import IA3Config
 from keras_adapters.methods.ia3 import IA3Scaling
 from keras_adapters.methods.lora import LoRAConfig
 from keras_adapters.methods.lora import LoRALayer
+from keras_adapters.methods.parallel import ParallelAdapterConfig
 from keras_adapters.methods.prompt import PromptConfig
 from keras_adapters.methods.prompt import PromptEmbedding
 from keras_adapters.methods.registry import available_methods
@@ -64,6 +65,7 @@ __all__ = [
     "LoRAConfig",
     "LoRALayer",
     "Parallel",
+    "ParallelAdapterConfig",
     "PfeifferConfig",
     "PresetNotFoundError",
     "PromptConfig",

@@ -61,8 +61,11 @@ def test_from_adapter_reproduces_predictions_exactly(trained):
 DORA = {"method": "lora", "use_dora": True, "target_modules": ["query", "feedforward_output_dense"]}
 
 
-@pytest.mark.parametrize("method", ["houlsby", "pfeiffer", "ia3", "full", "head", DORA, "bitfit", "prompt"],
-                         ids=["houlsby", "pfeiffer", "ia3", "full", "head", "dora", "bitfit", "prompt"])
+NEW = ["bitfit", "prompt", "parallel"]
+
+
+@pytest.mark.parametrize("method", ["houlsby", "pfeiffer", "ia3", "full", "head", DORA, *NEW],
+                         ids=["houlsby", "pfeiffer", "ia3", "full", "head", "dora", *NEW])
 def test_every_method_round_trips(tiny_preset, tmp_path, method):
     keras.utils.set_random_seed(5)
     model = ka.AdapterTextClassifier.from_preset(tiny_preset, num_classes=4, method=method, sequence_length=16)

@@ -22,6 +22,7 @@ EXPECTED_SITES = {
     "bitfit": ("query", "key", "value", "attention_output", "feedforward_intermediate_dense",
                "feedforward_output_dense", "self_attention_layer_norm", "feedforward_layer_norm"),
     "prompt": (),
+    "parallel": ("feedforward_intermediate_dense", "feedforward_dropout"),
     "full": (),
     "head": (),
 }
@@ -45,7 +46,7 @@ def test_injected_backbone_starts_as_the_original(method):
         assert np.abs(_sequence_output(backbone, x) - reference).max() > 1e-3
 
 
-@pytest.mark.parametrize("method", ["houlsby", "pfeiffer", "lora", "ia3", "bitfit"])
+@pytest.mark.parametrize("method", ["houlsby", "pfeiffer", "lora", "ia3", "bitfit", "parallel"])
 def test_units_sit_at_their_sites(method):
     backbone = tiny_backbone()
     originals = {id(w) for w in backbone.weights}
@@ -154,6 +155,27 @@ def test_parallel_gives_each_branch_its_own_rows():
     both = _sequence_output(backbone, doubled)
     np.testing.assert_allclose(both[:3], alone["a"], atol=1e-5)
     np.testing.assert_allclose(both[3:], alone["b"], atol=1e-5)
+
+
+@pytest.mark.parametrize("scaling", [4.0, "learned"])
+def test_parallel_adapter_adds_its_scaled_bottleneck_of_the_block_input(scaling):
+    backbone = tiny_backbone()
+    injection.add_adapter(backbone, "p", ka.ParallelAdapterConfig(reduction_factor=4, scaling=scaling))
+    randomize_adapter_weights(backbone)
+    injection.set_active(backbone, "p")
+    state = injection.get_state(backbone)
+    read = state.sites["transformer_layer_1/feedforward_intermediate_dense"]
+    write = state.sites["transformer_layer_1/feedforward_dropout"]
+    reader = read.units["p"]
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((2, 2, 5, 16)).astype("float32")
+    np.testing.assert_allclose(read(x).numpy(), read.base(x).numpy(), atol=1e-6)  # the block itself unchanged
+    d, u = (np.asarray(w.numpy(), "f8") for w in (reader.down.kernel, reader.up.kernel))
+    db, ub = (np.asarray(w.numpy(), "f8") for w in (reader.down.bias, reader.up.bias))
+    s = 4.0 if scaling == 4.0 else float(reader.learned_scaling.numpy())
+    assert s != 1.0
+    expected = y + s * (np.maximum(x @ d + db, 0) @ u + ub)
+    np.testing.assert_allclose(write(y).numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
 class _NoTokens:

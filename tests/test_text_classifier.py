@@ -339,6 +339,7 @@ def _mixed_methods_model(tiny_preset):
     model.add_adapter("dora", dora, num_classes=3)
     model.add_adapter("bitfit", ka.BitFitConfig(target_modules=("key", "feedforward_intermediate_dense",
                                                                  "feedforward_layer_norm")), num_classes=4)
+    model.add_adapter("parallel", ka.ParallelAdapterConfig(bottleneck_size=3, scaling="learned"), num_classes=4)
     randomize_adapter_weights(model.backbone, scale=0.3)
     rng = np.random.default_rng(0)
     for head in model.heads.values():

@@ -10,6 +10,7 @@ from keras_adapters.methods.bottleneck import HoulsbyConfig
 from keras_adapters.methods.bottleneck import PfeifferConfig
 from keras_adapters.methods.ia3 import IA3Config
 from keras_adapters.methods.lora import LoRAConfig
+from keras_adapters.methods.parallel import ParallelAdapterConfig
 from keras_adapters.methods.prompt import PromptConfig
 
 METHODS = {
@@ -17,6 +18,7 @@ METHODS = {
     for cls in (
         HoulsbyConfig,
         PfeifferConfig,
+        ParallelAdapterConfig,
         LoRAConfig,
         IA3Config,
         BitFitConfig,
