@@ -28,6 +28,9 @@ from keras_adapters.methods.baselines import HeadOnlyConfig
 from keras_adapters.methods.bottleneck import BottleneckAdapter
 from keras_adapters.methods.bottleneck import HoulsbyConfig
 from keras_adapters.methods.bottleneck import PfeifferConfig
+from keras_adapters.methods.compacter import CompacterAdapter
+from keras_adapters.methods.compacter import CompacterConfig
+from keras_adapters.methods.compacter import CompacterPlusPlusConfig
 from keras_adapters.methods.ia3 import IA3Config
 from keras_adapters.methods.ia3 import IA3Scaling
 from keras_adapters.methods.lora import LoRAConfig
@@ -54,6 +57,9 @@ __all__ = [
     "BitFitConfig",
     "BottleneckAdapter",
     "ClassificationHead",
+    "CompacterAdapter",
+    "CompacterConfig",
+    "CompacterPlusPlusConfig",
     "DatasetError",
     "FullFineTuningConfig",
     "Fuse",

@@ -458,9 +458,10 @@ def add_adapter(backbone, name, method):
         resolve_site(encoder, site)
     hidden_dim = int(backbone.hidden_dim)
     added = {}
+    shared = {}
     for encoder, site in targets:
         holder = _site(state, encoder, site)
-        unit = config.make_unit(site, holder.base, dtype=backbone.dtype_policy, hidden_dim=hidden_dim)
+        unit = config.make_unit(site, holder.base, dtype=backbone.dtype_policy, hidden_dim=hidden_dim, shared=shared)
         _build_under(f"{holder.scope}/{name}", unit, _input_shape(holder.base, hidden_dim))
         with unlocked(holder):
             holder.units[name] = unit

@@ -61,7 +61,7 @@ def test_from_adapter_reproduces_predictions_exactly(trained):
 DORA = {"method": "lora", "use_dora": True, "target_modules": ["query", "feedforward_output_dense"]}
 
 
-NEW = ["bitfit", "prompt", "parallel"]
+NEW = ["bitfit", "prompt", "parallel", "compacter"]
 
 
 @pytest.mark.parametrize("method", ["houlsby", "pfeiffer", "ia3", "full", "head", DORA, *NEW],

@@ -23,6 +23,9 @@ EXPECTED_SITES = {
                "feedforward_output_dense", "self_attention_layer_norm", "feedforward_layer_norm"),
     "prompt": (),
     "parallel": ("feedforward_intermediate_dense", "feedforward_dropout"),
+    "compacter": ("self_attention_dropout", "feedforward_dropout", "self_attention_layer_norm",
+                  "feedforward_layer_norm"),
+    "compacter++": ("feedforward_dropout",),
     "full": (),
     "head": (),
 }

@@ -313,3 +313,33 @@ def test_bias_shift_needs_a_bias():
     layer.build((None, 2))
     with pytest.raises(ValueError, match="has no bias, so BitFit has nothing to train"):
         ka.BiasShift(layer)
+
+
+def test_compacter_kernels_are_sums_of_kronecker_products_with_one_shared_rule():
+    shared = {}
+    first = ka.CompacterAdapter(None, bottleneck_size=4, phm_dim=2, phm_rank=2, shared=shared, activation="gelu")
+    second = ka.CompacterAdapter(None, bottleneck_size=4, phm_dim=2, phm_rank=2, shared=shared, activation="gelu")
+    for unit in (first, second):
+        unit.build((None, None, 8))
+    assert second.rule is first.rule and len(second.weights) == len(first.weights) - 1
+    x = np.random.default_rng(13).standard_normal((2, 3, 8)).astype("float32")
+    np.testing.assert_array_equal(first(x), x)  # the up factors start at zero
+    _randomize(first.weights + second.weights)
+    rule = first.rule.numpy().astype("f8")
+
+    def kernel(left, right):
+        return sum(np.kron(rule[i], left.numpy()[i] @ right.numpy()[i]) for i in range(2))
+
+    for unit in (first, second):
+        down, up = kernel(unit.down_left, unit.down_right), kernel(unit.up_left, unit.up_right)
+        assert down.shape == (8, 4) and up.shape == (4, 8)
+        hidden = keras.activations.gelu((x @ down + unit.down_bias.numpy()).astype("float32")).numpy()
+        np.testing.assert_allclose(unit(x), x + hidden @ up + unit.up_bias.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_compacter_needs_phm_dim_to_divide_the_sizes():
+    unit = ka.CompacterAdapter(None, bottleneck_size=6, phm_dim=4)
+    with pytest.raises(ValueError, match="phm_dim 4 must divide"):
+        unit.build((None, None, 8))
+    assert ka.CompacterConfig(reduction_factor=16).size_for(384) == 24
+    assert ka.CompacterConfig(bottleneck_size=10, phm_dim=4).size_for(384) == 8

@@ -340,10 +340,13 @@ def _mixed_methods_model(tiny_preset):
     model.add_adapter("bitfit", ka.BitFitConfig(target_modules=("key", "feedforward_intermediate_dense",
                                                                  "feedforward_layer_norm")), num_classes=4)
     model.add_adapter("parallel", ka.ParallelAdapterConfig(bottleneck_size=3, scaling="learned"), num_classes=4)
+    model.add_adapter("compacter", ka.CompacterConfig(bottleneck_size=8, phm_dim=2, activation="relu"), num_classes=3)
     randomize_adapter_weights(model.backbone, scale=0.3)
     rng = np.random.default_rng(0)
     for head in model.heads.values():
         head.logits.kernel.assign(rng.standard_normal(head.logits.kernel.shape))
+        # [CLS] pooling on the tiny random backbone is near zero: biases tell the heads apart there.
+        head.logits.bias.assign(rng.standard_normal(head.logits.bias.shape))
     return model
 
 

@@ -75,7 +75,7 @@ class AdapterConfig:
     def applies_to_layer(self, encoder_name):
         return re.fullmatch(self.target_layers, encoder_name) is not None
 
-    def wrap(self, site, base, *, dtype, hidden_dim):
+    def wrap(self, site, base, *, dtype, hidden_dim, shared):
         """Return the layer that replaces `base` at `site`.
 
         Args:
@@ -83,6 +83,10 @@ class AdapterConfig:
             base: the original layer at that site.
             dtype: the backbone's dtype policy, for the new layer.
             hidden_dim: the backbone's hidden size.
+            shared: a dict the units of one adapter share, filled by the
+                units (sites are wrapped layer by layer, in `unit_sites`
+                order): weights that one adapter uses at every layer, or one
+                end of a unit that spans two sites.
         """
         raise NotImplementedError
 
@@ -91,11 +95,11 @@ class AdapterConfig:
         per-adapter copies of the original layers it trains."""
         return tuple(self.sites()) + tuple(self.trainable_sites)
 
-    def make_unit(self, site, base, *, dtype, hidden_dim):
+    def make_unit(self, site, base, *, dtype, hidden_dim, shared=None):
         """The unit for `site`: `wrap`, or a trainable copy of `base`."""
         if site in self.trainable_sites:
             return TrainableCopy(base, dtype=dtype, name=base.name)
-        return self.wrap(site, base, dtype=dtype, hidden_dim=hidden_dim)
+        return self.wrap(site, base, dtype=dtype, hidden_dim=hidden_dim, shared={} if shared is None else shared)
 
     def get_config(self):
         config = {"method": self.method}

@@ -126,5 +126,5 @@ class BitFitConfig(AdapterConfig):
     def sites(self):
         return self.target_modules
 
-    def wrap(self, site, base, *, dtype, hidden_dim):
+    def wrap(self, site, base, *, dtype, hidden_dim, shared):
         return BiasShift(base, dtype=dtype, name=base.name)

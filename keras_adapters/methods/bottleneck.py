@@ -28,20 +28,23 @@ class RoutedBottleneck(RoutedUnits):
 
     def transform_output(self, y, training=None):
         size = max(u.bottleneck_size for u in self.units if u is not None)
-        hidden = int(self.first.up.kernel.shape[-1])
+        hidden = int(y.shape[-1])
+        shapes = ((hidden, size), (size,), (size, hidden), (hidden,))
+        axes = (1, 0, 0, 0)  # the axis each projection is padded along
 
-        def stacked(role, get, shape, axis=0):
-            """`get(unit)` padded to `shape` (zeros for adapters without one)."""
-
+        def stacked(index, role):
             def values():
-                return [pad_axis(get(u), shape[axis], axis) if u is not None else ops.zeros(shape) for u in self.units]
+                return [
+                    pad_axis(u.projections()[index], shapes[index][axes[index]], axes[index])
+                    if u is not None else ops.zeros(shapes[index])
+                    for u in self.units
+                ]
 
             return self.rows(values, y.dtype, role)
 
-        down_kernel = stacked("down_kernel", lambda u: u.down.kernel, (hidden, size), 1)
-        down_bias = stacked("down_bias", lambda u: u.down.bias, (size,))
-        up_kernel = stacked("up_kernel", lambda u: u.up.kernel, (size, hidden))
-        up_bias = stacked("up_bias", lambda u: u.up.bias, (hidden,))
+        down_kernel, down_bias, up_kernel, up_bias = (
+            stacked(i, role) for i, role in enumerate(("down_kernel", "down_bias", "up_kernel", "up_bias"))
+        )
         flat = ops.reshape(y, (*ops.shape(y)[:2], hidden))
         h = ops.einsum("bsh,bhk->bsk", flat, down_kernel) + per_row(down_bias, flat)
         r = ops.einsum("bsk,bkh->bsh", self.first.activation(h), up_kernel) + per_row(up_bias, flat)
@@ -112,6 +115,10 @@ class BottleneckAdapter(WrappedLayer):
         """What the adapter adds to `y` (the input AdapterFusion combines)."""
         return self.up(self.activation(self.down(y)))
 
+    def projections(self):
+        """(down kernel, down bias, up kernel, up bias), for per-row routing."""
+        return self.down.kernel, self.down.bias, self.up.kernel, self.up.bias
+
     def transform_output(self, y, training=None):
         return ops.add(y, self.residual(y))
 
@@ -173,7 +180,7 @@ class BottleneckConfig(AdapterConfig):
             return self.bottleneck_size
         return max(1, hidden_dim // self.reduction_factor)
 
-    def wrap(self, site, base, *, dtype, hidden_dim):
+    def wrap(self, site, base, *, dtype, hidden_dim, shared):
         return BottleneckAdapter(
             base,
             bottleneck_size=self.size_for(hidden_dim),

@@ -131,7 +131,7 @@ class IA3Config(AdapterConfig):
     def sites(self):
         return self.target_modules
 
-    def wrap(self, site, base, *, dtype, hidden_dim):
+    def wrap(self, site, base, *, dtype, hidden_dim, shared):
         return IA3Scaling(
             base, position=IA3_POSITIONS[site], dtype=dtype, name=base.name
         )

@@ -259,7 +259,7 @@ class LoRAConfig(AdapterConfig):
     def sites(self):
         return self.target_modules
 
-    def wrap(self, site, base, *, dtype, hidden_dim):
+    def wrap(self, site, base, *, dtype, hidden_dim, shared):
         return LoRALayer(
             base,
             rank=self.rank,

@@ -159,13 +159,13 @@ class ParallelAdapterConfig(BottleneckConfig):
             if self.scaling <= 0:
                 raise ValueError('ParallelAdapterConfig.scaling must be a number > 0 or "learned".')
 
-    def wrap(self, site, base, *, dtype, hidden_dim):
+    def wrap(self, site, base, *, dtype, hidden_dim, shared):
         if site == READ_SITE:
-            # Sites are wrapped in order, reader first, layer by layer.
+            # Sites are wrapped layer by layer, reader first.
             reader = ParallelAdapterReader(
                 base, self.size_for(hidden_dim), scaling=self.scaling, activation=self.activation,
                 init=self.init, dtype=dtype, name="parallel_adapter",
             )
-            object.__setattr__(self, "_reader", reader)
+            shared["reader"] = reader
             return reader
-        return ParallelAdapterWriter(base, reader=self.__dict__.pop("_reader"), dtype=dtype, name="parallel_output")
+        return ParallelAdapterWriter(base, reader=shared["reader"], dtype=dtype, name="parallel_output")

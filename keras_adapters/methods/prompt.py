@@ -174,7 +174,7 @@ class PromptConfig(AdapterConfig):
             ids = np.resize(ids, self.num_virtual_tokens)  # repeated to fill, as peft does
         return dataclasses.replace(self, init_token_ids=tuple(int(i) for i in ids))
 
-    def wrap(self, site, base, *, dtype, hidden_dim):
+    def wrap(self, site, base, *, dtype, hidden_dim, shared):
         """`base` is the backbone: each vector starts as its embedding output
         of one of `init_token_ids`, as if that token came right after `[CLS]`
         (position 1, segment 0; the virtual tokens have no position of their

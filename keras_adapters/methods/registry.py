@@ -7,6 +7,8 @@ from keras_adapters.methods.baselines import FullFineTuningConfig
 from keras_adapters.methods.baselines import HeadOnlyConfig
 from keras_adapters.methods.bitfit import BitFitConfig
 from keras_adapters.methods.bottleneck import HoulsbyConfig
+from keras_adapters.methods.compacter import CompacterConfig
+from keras_adapters.methods.compacter import CompacterPlusPlusConfig
 from keras_adapters.methods.bottleneck import PfeifferConfig
 from keras_adapters.methods.ia3 import IA3Config
 from keras_adapters.methods.lora import LoRAConfig
@@ -19,6 +21,8 @@ METHODS = {
         HoulsbyConfig,
         PfeifferConfig,
         ParallelAdapterConfig,
+        CompacterConfig,
+        CompacterPlusPlusConfig,
         LoRAConfig,
         IA3Config,
         BitFitConfig,
