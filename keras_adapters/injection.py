@@ -33,6 +33,7 @@ from keras import ops
 from keras_adapters import composition
 from keras_adapters.fusion import FusionConfig
 from keras_adapters.fusion import FusionLayer
+from keras_adapters.methods.base import Shared
 from keras_adapters.methods.base import UnitHooks
 from keras_adapters.methods.base import apply_linear
 from keras_adapters.methods.base import kernel_split
@@ -43,6 +44,7 @@ from keras_adapters.methods.registry import get_adapter_config
 
 #: Site name -> attribute path from a `TransformerEncoder`.
 SITES = {
+    "self_attention": ("_self_attention_layer",),
     "self_attention_dropout": ("_self_attention_dropout",),
     "feedforward_dropout": ("_feedforward_dropout",),
     "query": ("_self_attention_layer", "_query_dense"),
@@ -129,6 +131,8 @@ def resolve_site(encoder, site):
     *parents, attr = SITES[site]
     for name in parents:
         obj = getattr(obj, name, None)
+        if isinstance(obj, AdapterSite):  # e.g. the attention layer, itself a site
+            obj = obj.base
     if obj is None or not isinstance(getattr(obj, attr, None), keras.layers.Layer):
         raise RuntimeError(
             f"{encoder.name} has no sublayer at {'.'.join(SITES[site])}: this "
@@ -278,6 +282,24 @@ class AdapterSite(keras.layers.Layer):
         return {**super().get_config(), "site": self.site, "units": sorted(self.units)}
 
 
+@keras.saving.register_keras_serializable(package="keras_adapters")
+class AttentionSite(AdapterSite):
+    """The site of a whole self-attention layer, called as keras-hub's
+    encoder calls it: its units (prefix tuning) widen the attention mask for
+    the keys and values their units at the projections put in front."""
+
+    def call(self, query, value, key=None, attention_mask=None, training=None, **kwargs):
+        spec = self.state.active if self.state is not None else None
+        names = [] if spec is None else [spec] if isinstance(spec, str) else list(getattr(spec, "children", ()))
+        for name in names:
+            if isinstance(name, str) and name in self.units:
+                attention_mask = self.units[name].extend_mask(attention_mask)
+        return self.base(query=query, value=value, key=key, attention_mask=attention_mask, training=training, **kwargs)
+
+    def compute_output_shape(self, *args, **kwargs):
+        return self.base.compute_output_shape(*args, **kwargs)
+
+
 def _adjusts_linear(unit):
     hook = getattr(type(unit), "adjust_linear", None)
     return hook not in (None, UnitHooks.adjust_linear)
@@ -385,7 +407,7 @@ def run_backbone(backbone, inputs, training=False):
 
 
 def _input_shape(base, hidden_dim):
-    if isinstance(base, (keras.layers.Dropout, keras.layers.LayerNormalization)):
+    if isinstance(base, (keras.layers.Dropout, keras.layers.LayerNormalization, keras.layers.MultiHeadAttention)):
         return (None, None, hidden_dim)
     in_shape, _ = kernel_split(base)
     return (None, None, *in_shape)
@@ -396,7 +418,8 @@ def _site(state, encoder, site):
     key = f"{encoder.name}/{site}"
     if key not in state.sites:
         parent, attr = resolve_site(encoder, site)
-        new = AdapterSite(getattr(parent, attr), site, parent.path)
+        kind = AttentionSite if site == "self_attention" else AdapterSite
+        new = kind(getattr(parent, attr), site, parent.path)
         object.__setattr__(new, "state", state)
         replace_sublayer(parent, attr, new)
         state.sites[key] = new
@@ -458,7 +481,7 @@ def add_adapter(backbone, name, method):
         resolve_site(encoder, site)
     hidden_dim = int(backbone.hidden_dim)
     added = {}
-    shared = {}
+    shared = Shared()
     for encoder, site in targets:
         holder = _site(state, encoder, site)
         unit = config.make_unit(site, holder.base, dtype=backbone.dtype_policy, hidden_dim=hidden_dim, shared=shared)
@@ -595,11 +618,11 @@ def _check_input_end_placement(state, spec):
     direct = {spec} if isinstance(spec, str) else set()
     if isinstance(spec, composition.Stack):
         direct = {c for c in spec.children if isinstance(c, str)}
-    misplaced = [n for n in composition.adapter_names(spec) if state.configs[n].input_end and n not in direct]
+    misplaced = [n for n in composition.adapter_names(spec) if state.configs[n].changes_sequence and n not in direct]
     if misplaced:
         raise ValueError(
-            f"{misplaced[0]!r} is a {state.configs[misplaced[0]].method!r} adapter (it acts on the input "
-            f"sequence), which works alone or in a Stack, not inside {type(spec).__name__}(...)."
+            f"{misplaced[0]!r} is a {state.configs[misplaced[0]].method!r} adapter (it changes the sequence the "
+            f"encoder attends over), which works alone or in a Stack, not inside {type(spec).__name__}(...)."
         )
 
 

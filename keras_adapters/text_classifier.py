@@ -503,7 +503,7 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
                 self.save_adapter(f"{directory}/{adapter_io.MEMBERS_DIR}/{member}", name=member)
         else:
             self._single_name(name)
-            config["method"] = self.state.configs[name].get_config()
+            config["method"] = self.state.configs[name].as_saved().get_config()
             weights = injection.adapter_weights_by_key(self.backbone, name)
         tensors.update({k: w.numpy() for k, w in weights.items()})
         return adapter_io.write_folder(directory, config, tensors)

@@ -34,10 +34,11 @@ class NumpyBert:
             for k, v in load_file(os.path.join(folder, "model.safetensors")).items()
         }
 
-    def __call__(self, token_ids, segment_ids, padding_mask, lora=None, prompt=None):
+    def __call__(self, token_ids, segment_ids, padding_mask, lora=None, prompt=None, prefix=None):
         """sequence_output, float64. `lora`: {(layer, "query"): (lora_A, lora_B, scale)};
         `prompt`: [n, hidden] vectors inserted after [CLS] into the embedding output
-        (prompt tuning) and taken out of the result again."""
+        (prompt tuning) and taken out of the result again; `prefix`: {layer: (keys, values)},
+        each [p, hidden], put in front of that layer's projected keys and values (prefix tuning)."""
         c, w = self.config, self.w
         eps = c["layer_norm_eps"]
         heads = c["num_attention_heads"]
@@ -68,9 +69,14 @@ class NumpyBert:
             q = linear(x, "attention.self.query", "query")
             k = linear(x, "attention.self.key", "key")
             v = linear(x, "attention.self.value", "value")
-            split = lambda t: t.reshape(t.shape[0], length, heads, -1).transpose(0, 2, 1, 3)
+            layer_mask = mask
+            if prefix and i in prefix:
+                pk, pv = (np.broadcast_to(t, (x.shape[0], *t.shape)) for t in prefix[i])
+                k, v = np.concatenate([pk, k], 1), np.concatenate([pv, v], 1)
+                layer_mask = np.concatenate([np.zeros((*mask.shape[:3], len(pk[0]))), mask], -1)
+            split = lambda t: t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(0, 2, 1, 3)  # noqa: E731
             q, k, v = split(q), split(k), split(v)
-            scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(q.shape[-1]) + mask
+            scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(q.shape[-1]) + layer_mask
             scores = np.exp(scores - scores.max(-1, keepdims=True))
             probs = scores / scores.sum(-1, keepdims=True)
             context = (probs @ v).transpose(0, 2, 1, 3).reshape(x.shape)

@@ -61,7 +61,7 @@ def test_from_adapter_reproduces_predictions_exactly(trained):
 DORA = {"method": "lora", "use_dora": True, "target_modules": ["query", "feedforward_output_dense"]}
 
 
-NEW = ["bitfit", "prompt", "parallel", "compacter"]
+NEW = ["bitfit", "prompt", "parallel", "compacter", "prefix", "mam"]
 
 
 @pytest.mark.parametrize("method", ["houlsby", "pfeiffer", "ia3", "full", "head", DORA, *NEW],
@@ -73,6 +73,23 @@ def test_every_method_round_trips(tiny_preset, tmp_path, method):
     model.save_adapter(str(tmp_path / "a"))
     again = ka.AdapterTextClassifier.from_adapter(str(tmp_path / "a"))
     np.testing.assert_array_equal(again.predict(TEXTS, verbose=0), model.predict(TEXTS, verbose=0))
+
+
+def test_a_reparameterized_prefix_is_saved_as_plain_prefixes(tiny_preset, tmp_path):
+    import json
+
+    from safetensors.numpy import load_file
+
+    config = ka.PrefixConfig(prefix_length=3, bottleneck_size=8)
+    model = ka.AdapterTextClassifier.from_preset(tiny_preset, num_classes=4, method=config, sequence_length=16)
+    assert any("encoder" in w.path for w in model.trainable_weights)  # trains through the MLP
+    model.save_adapter(str(tmp_path / "a"))
+    saved = json.loads((tmp_path / "a" / "adapter_config.json").read_text())["method"]
+    assert saved["reparameterize"] is False
+    tensors = load_file(str(tmp_path / "a" / "adapter_model.safetensors"))
+    prefixes = sorted(k for k in tensors if not k.startswith("logits/"))
+    assert len(prefixes) == 2 * 2 and all(k.endswith(("key/prefix", "value/prefix")) for k in prefixes)
+    assert all(tensors[k].shape == (3, 2, 8) for k in prefixes)
 
 
 def _copy(folder, tmp_path):

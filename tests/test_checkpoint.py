@@ -40,7 +40,7 @@ def test_keras_hub_minilm_matches_float64_numpy_bert(minilm_preset, tokens, unto
     np.testing.assert_allclose(_masked(untouched, tokens), _masked(reference, tokens), atol=2e-4)
 
 
-@pytest.mark.parametrize("method", sorted(m for m in METHODS if not METHODS[m].input_end))
+@pytest.mark.parametrize("method", sorted(m for m in METHODS if not METHODS[m].changes_sequence))
 def test_every_method_starts_as_the_untouched_backbone(minilm_preset, tokens, untouched, method):
     backbone = presets.load_backbone(minilm_preset)
     ka.inject_adapters(backbone, method)
@@ -63,6 +63,29 @@ def test_prompt_matches_float64_numpy_bert_with_inserted_vectors(minilm_preset, 
     np.testing.assert_allclose(_masked(adapted, tokens), _masked(reference, tokens), atol=2e-4)
     plain = backbone(tokens)["sequence_output"].numpy()  # the functional graph, without the prompt
     assert np.abs(_masked(plain - adapted, tokens)).max() > 0.1
+
+
+@pytest.mark.parametrize("reparameterize", [False, True])
+def test_prefix_matches_float64_numpy_bert_with_the_same_keys_and_values(minilm_preset, tokens, reparameterize):
+    backbone = presets.load_backbone(minilm_preset)
+    config = ka.PrefixConfig(prefix_length=4, reparameterize=reparameterize, target_layers="transformer_layer_[13]")
+    injection_lib.add_adapter(backbone, "prefix", config)
+    injection_lib.set_active(backbone, "prefix")
+    rng = np.random.default_rng(2)
+    for w in injection_lib.adapter_weights(backbone):
+        w.assign(rng.standard_normal(w.shape).astype("float32") * (0.5 if "prefix" in w.path else 0.05))
+    prefix = {}
+    for path, unit in injection_lib.units_of(backbone, "prefix").items():
+        if path.endswith(("/key", "/value")):
+            layer = int(path.split("/")[0].rsplit("_", 1)[1])
+            prefix.setdefault(layer, [None, None])[unit.half] = unit.current().numpy().reshape(4, 384).astype("f8")
+    assert sorted(prefix) == [1, 3]
+    adapted = backbone(tokens)["sequence_output"].numpy()
+    reference = NumpyBert(minilm_preset)(tokens["token_ids"], tokens["segment_ids"], tokens["padding_mask"],
+                                         prefix=prefix)
+    np.testing.assert_allclose(_masked(adapted, tokens), _masked(reference, tokens), atol=2e-4)
+    injection_lib.set_active(backbone, None)
+    assert np.abs(_masked(backbone(tokens)["sequence_output"].numpy() - adapted, tokens)).max() > 0.1
 
 
 def test_lora_weights_are_peft_lora_A_and_B(minilm_preset, tokens):

@@ -22,6 +22,8 @@ EXPECTED_SITES = {
     "bitfit": ("query", "key", "value", "attention_output", "feedforward_intermediate_dense",
                "feedforward_output_dense", "self_attention_layer_norm", "feedforward_layer_norm"),
     "prompt": (),
+    "prefix": ("self_attention", "key", "value"),
+    "mam": ("self_attention", "key", "value", "feedforward_intermediate_dense", "feedforward_dropout"),
     "parallel": ("feedforward_intermediate_dense", "feedforward_dropout"),
     "compacter": ("self_attention_dropout", "feedforward_dropout", "self_attention_layer_norm",
                   "feedforward_layer_norm"),
@@ -35,7 +37,7 @@ def _sequence_output(backbone, x):
     return backbone(x, training=False)["sequence_output"].numpy()
 
 
-@pytest.mark.parametrize("method", sorted(m for m in METHODS if not METHODS[m].input_end))
+@pytest.mark.parametrize("method", sorted(m for m in METHODS if not METHODS[m].changes_sequence))
 def test_injected_backbone_starts_as_the_original(method):
     x = token_batch()
     reference = _sequence_output(tiny_backbone(), x)
@@ -201,6 +203,28 @@ def test_running_the_backbone_by_hand_is_its_functional_graph(monkeypatch):
     by_hand = injection.run_backbone(backbone, x)
     for key in ("sequence_output", "pooled_output"):
         np.testing.assert_allclose(by_hand[key].numpy(), graph[key].numpy(), atol=1e-6)
+
+
+def test_mam_is_its_prefix_and_its_parallel_adapter_together():
+    x = token_batch()
+    backbone = tiny_backbone()
+    mam = ka.MAMConfig(prefix_length=2, reparameterize=False, bottleneck_size=4, scaling=2.0)
+    injection.add_adapter(backbone, "mam", mam)
+    injection.add_adapter(backbone, "prefix", ka.PrefixConfig(prefix_length=2, reparameterize=False))
+    injection.add_adapter(backbone, "parallel", ka.ParallelAdapterConfig(bottleneck_size=4, scaling=2.0))
+    assert len(injection.units_of(backbone, "mam")) == 2 * 5
+    randomize_adapter_weights(backbone, scale=0.5)
+    for path, unit in injection.units_of(backbone, "mam").items():
+        twin = injection.units_of(backbone, "prefix" if "/feedforward" not in path else "parallel")[path]
+        for mine, theirs in zip(unit.weights, twin.weights):
+            theirs.assign(mine)
+    outputs = {}
+    for spec in ("mam", ka.Stack("prefix", "parallel"), "prefix"):
+        injection.set_active(backbone, spec)
+        outputs[str(spec)] = _sequence_output(backbone, x)
+    np.testing.assert_allclose(outputs["mam"], outputs[str(ka.Stack("prefix", "parallel"))], atol=1e-5)
+    assert np.abs(outputs["mam"] - outputs["prefix"]).max() > 1e-3
+    assert mam.as_saved().get_config()["reparameterize"] is False
 
 
 def test_prompt_stacks_with_other_adapters_and_deletes_cleanly():

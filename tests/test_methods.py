@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import keras_adapters as ka
+from keras_adapters.methods.base import Shared
 from keras_adapters.methods.registry import METHODS
 
 
@@ -316,7 +317,7 @@ def test_bias_shift_needs_a_bias():
 
 
 def test_compacter_kernels_are_sums_of_kronecker_products_with_one_shared_rule():
-    shared = {}
+    shared = Shared()
     first = ka.CompacterAdapter(None, bottleneck_size=4, phm_dim=2, phm_rank=2, shared=shared, activation="gelu")
     second = ka.CompacterAdapter(None, bottleneck_size=4, phm_dim=2, phm_rank=2, shared=shared, activation="gelu")
     for unit in (first, second):

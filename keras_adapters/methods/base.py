@@ -48,6 +48,9 @@ class AdapterConfig:
     #: Whether the method acts on the backbone's input (the embedding
     #: output) instead of inside its encoder layers.
     input_end: ClassVar[bool] = False
+    #: Whether the method changes the sequence the encoder attends over
+    #: (prompt and prefix tuning): it then runs alone or in a `Stack`.
+    changes_sequence: ClassVar[bool] = False
 
     target_layers: str = ".*"
 
@@ -66,6 +69,11 @@ class AdapterConfig:
     def sites(self):
         """The site names this config wraps, in a fixed order."""
         return tuple(self.default_sites)
+
+    def as_saved(self):
+        """The config an adapter folder records (a method that folds training-
+        only weights away when saving says so here)."""
+        return self
 
     def prepare(self, tokenizer, vocabulary_size):
         """The config to build units from, given the model's tokenizer (a
@@ -99,7 +107,7 @@ class AdapterConfig:
         """The unit for `site`: `wrap`, or a trainable copy of `base`."""
         if site in self.trainable_sites:
             return TrainableCopy(base, dtype=dtype, name=base.name)
-        return self.wrap(site, base, dtype=dtype, hidden_dim=hidden_dim, shared={} if shared is None else shared)
+        return self.wrap(site, base, dtype=dtype, hidden_dim=hidden_dim, shared=Shared() if shared is None else shared)
 
     def get_config(self):
         config = {"method": self.method}
@@ -128,6 +136,30 @@ class AdapterConfig:
             if f.name in config and isinstance(config[f.name], list):
                 config[f.name] = tuple(config[f.name])
         return cls(**config)
+
+
+class Shared:
+    """What the units of one adapter share (see `AdapterConfig.wrap`).
+
+    Dict-like but not a dict: Keras' saving walks the dicts it finds on a
+    layer, and the entries here (owned and saved by one unit) may lead back
+    to the unit that holds them.
+    """
+
+    def __init__(self):
+        self._items = {}
+
+    def __getitem__(self, key):
+        return self._items[key]
+
+    def __setitem__(self, key, value):
+        self._items[key] = value
+
+    def __contains__(self, key):
+        return key in self._items
+
+    def update(self, **items):
+        self._items.update(items)
 
 
 def check_positive_int(owner, name, value, allow_none=False):

@@ -14,6 +14,7 @@ from typing import ClassVar
 import keras
 from keras import ops
 
+from keras_adapters.methods.base import Shared
 from keras_adapters.methods.base import check_positive_int
 from keras_adapters.methods.bottleneck import BottleneckAdapter
 from keras_adapters.methods.bottleneck import BottleneckConfig
@@ -48,7 +49,7 @@ class CompacterAdapter(BottleneckAdapter):
 
     Example:
     ```python
-    adapter = CompacterAdapter(None, bottleneck_size=12, phm_dim=4, shared={})
+    adapter = CompacterAdapter(None, bottleneck_size=12, phm_dim=4, shared=Shared())
     ```
     """
 
@@ -56,7 +57,7 @@ class CompacterAdapter(BottleneckAdapter):
         super().__init__(base, bottleneck_size, **kwargs)
         self.phm_dim = phm_dim
         self.phm_rank = phm_rank
-        object.__setattr__(self, "shared", {} if shared is None else shared)
+        object.__setattr__(self, "shared", Shared() if shared is None else shared)
 
     def build(self, input_shape):
         hidden, n, r = int(input_shape[-1]), self.phm_dim, self.phm_rank

@@ -137,6 +137,7 @@ class PromptConfig(AdapterConfig):
     default_sites: ClassVar[tuple] = ("embedding_output",)
     #: Acts on the backbone's input, not inside its encoder layers.
     input_end: ClassVar[bool] = True
+    changes_sequence: ClassVar[bool] = True
     default_learning_rate: ClassVar[float] = 3e-2
 
     num_virtual_tokens: int = 20

@@ -12,7 +12,9 @@ from keras_adapters.methods.compacter import CompacterPlusPlusConfig
 from keras_adapters.methods.bottleneck import PfeifferConfig
 from keras_adapters.methods.ia3 import IA3Config
 from keras_adapters.methods.lora import LoRAConfig
+from keras_adapters.methods.mam import MAMConfig
 from keras_adapters.methods.parallel import ParallelAdapterConfig
+from keras_adapters.methods.prefix import PrefixConfig
 from keras_adapters.methods.prompt import PromptConfig
 
 METHODS = {
@@ -27,6 +29,8 @@ METHODS = {
         IA3Config,
         BitFitConfig,
         PromptConfig,
+        PrefixConfig,
+        MAMConfig,
         FullFineTuningConfig,
         HeadOnlyConfig,
     )
