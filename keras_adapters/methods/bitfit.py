@@ -11,19 +11,11 @@ from keras_adapters.methods.base import RoutedUnits
 from keras_adapters.methods.base import WrappedLayer
 from keras_adapters.methods.base import check_sites
 from keras_adapters.methods.base import per_row
+from keras_adapters.methods.lora import LORA_SITES
 
 #: Every bias of a keras-hub TransformerEncoder: the projections' and the
 #: layer norms' (beta).
-BITFIT_SITES = (
-    "query",
-    "key",
-    "value",
-    "attention_output",
-    "feedforward_intermediate_dense",
-    "feedforward_output_dense",
-    "self_attention_layer_norm",
-    "feedforward_layer_norm",
-)
+BITFIT_SITES = LORA_SITES + ("self_attention_layer_norm", "feedforward_layer_norm")
 
 
 def _bias(base):
