@@ -29,10 +29,12 @@ from keras_adapters.methods.registry import config_from_options  # noqa: E402
 
 
 def parse_spec(spec):
-    """`method[:key=value;key=value][@learning_rate]`, e.g. `lora:use_dora=true@2e-3`."""
+    """`method[:key=value;key=value][@learning_rate]`, e.g. `lora:use_dora=true@2e-3`;
+    list values joined by `+` (`target_modules=query+value`: `,` separates methods)."""
     spec, _, lr = spec.partition("@")
     name, _, options = spec.partition(":")
-    method = config_from_options(name, [o for o in options.split(";") if o]) if options else name
+    options = [o.replace("+", ",") for o in options.split(";") if o]
+    method = config_from_options(name, options) if options else name
     return method, float(lr) if lr else None
 
 

