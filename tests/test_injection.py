@@ -17,7 +17,8 @@ from keras_adapters.methods.registry import METHODS
 EXPECTED_SITES = {
     "houlsby": ("self_attention_dropout", "feedforward_dropout", "self_attention_layer_norm", "feedforward_layer_norm"),
     "pfeiffer": ("feedforward_dropout",),
-    "lora": ("query", "value"),
+    "lora": ("query", "key", "value", "attention_output", "feedforward_intermediate_dense",
+             "feedforward_output_dense"),
     "ia3": ("key", "value", "feedforward_output_dense"),
     "bitfit": ("query", "key", "value", "attention_output", "feedforward_intermediate_dense",
                "feedforward_output_dense", "self_attention_layer_norm", "feedforward_layer_norm"),
@@ -234,7 +235,7 @@ def test_prompt_stacks_with_other_adapters_and_deletes_cleanly():
     injection.add_adapter(backbone, "p", ka.PromptConfig(num_virtual_tokens=3, init="random"))
     injection.add_adapter(backbone, "l", "lora")
     randomize_adapter_weights(backbone)
-    assert len(backbone.weights) == count + 1 + 8  # the prompt, then A and B at 2 sites x 2 layers
+    assert len(backbone.weights) == count + 1 + 24  # the prompt, then A and B at 6 sites x 2 layers
     outputs = {}
     for spec in ("p", "l", ka.Stack("p", "l")):
         injection.set_active(backbone, spec)

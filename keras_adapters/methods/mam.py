@@ -30,7 +30,7 @@ class MAMConfig(AdapterConfig):
 
     method: ClassVar[str] = "mam"
     changes_sequence: ClassVar[bool] = True
-    default_learning_rate: ClassVar[float] = 1e-3
+    default_learning_rate: ClassVar[float] = 3e-4  # as for the parallel adapter
 
     prefix_length: int = 30
     reparameterize: bool = True
