@@ -559,7 +559,7 @@ def add_fusion(backbone, fuse, config=None):
         _require(backbone, member)
         if not state.configs[member].fusable:
             raise ValueError(
-                f"AdapterFusion combines bottleneck adapters (houlsby, pfeiffer); {member!r} is "
+                f"AdapterFusion combines bottleneck adapters (houlsby, pfeiffer, compacter); {member!r} is "
                 f"{state.configs[member].method!r}. Use Average or Stack for it instead."
             )
     added = {}

@@ -93,3 +93,19 @@ def test_fusion_over_lora_is_refused(tiny_preset):
         model.add_adapter_fusion(ka.Fuse("default", "l"))
     with pytest.raises(ValueError, match="has not been added"):
         model.set_active_adapters(ka.Fuse("default", "l"))
+
+
+def test_fusion_takes_compacter_adapters_and_refuses_parallel_ones(tiny_preset):
+    model = ka.AdapterTextClassifier.from_preset(tiny_preset, num_classes=4, method="houlsby", sequence_length=16)
+    model.add_adapter("c", ka.CompacterConfig(bottleneck_size=8, phm_dim=2))
+    model.add_adapter("par", ka.ParallelAdapterConfig(bottleneck_size=4))
+    randomize_adapter_weights(model.backbone, scale=0.3)
+    fuse = model.add_adapter_fusion(ka.Fuse("default", "c"))
+    for w in injection.fusion_weights_by_key(model.backbone, fuse.name).values():
+        if "query" in w.path:
+            w.assign(np.zeros(w.shape, "float32"))
+    average = _sequence(model, ka.Average("default", "c"))
+    assert np.abs(average - _sequence(model, "default")).max() > 1e-3  # the Compacter counts
+    np.testing.assert_allclose(_sequence(model, fuse), average, atol=1e-5)
+    with pytest.raises(ValueError, match="combines bottleneck adapters"):
+        model.add_adapter_fusion(ka.Fuse("default", "par"))
