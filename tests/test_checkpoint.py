@@ -144,7 +144,7 @@ def test_trainable_fractions_on_minilm(minilm_preset):
         fractions[method] = ka.parameter_report(model)["trainable_fraction"]
     assert 0.005 < fractions["houlsby"] < 0.05
     assert fractions["pfeiffer"] < fractions["houlsby"]
-    assert fractions["lora"] < 0.01
+    assert fractions["houlsby"] < fractions["lora"] < 0.02  # r8 on all six projections: 1.47%
     assert fractions["ia3"] < fractions["lora"]
     assert fractions["head"] < fractions["ia3"]
     assert fractions["full"] == 1.0
