@@ -145,8 +145,8 @@ def test_lora_and_ia3_export_merged(tiny_preset, tmp_path, method):
     np.testing.assert_allclose(response["outputs"]["probabilities"], expected, atol=1e-4)
 
 
-@pytest.mark.parametrize("method", ["prompt", "mam", *[pytest.param(m, marks=pytest.mark.slow)
-                                                        for m in ("bitfit", "parallel", "compacter++")]])
+@pytest.mark.parametrize("method", ["prompt", *[pytest.param(m, marks=pytest.mark.slow)
+                                              for m in ("mam", "bitfit", "parallel", "compacter++")]])
 def test_new_methods_export_to_saved_model_and_tflite(tiny_preset, tmp_path, method):
     config = ka.PromptConfig(num_virtual_tokens=3) if method == "prompt" else "bitfit"
     model = _trained(tiny_preset, config, seed=2, pooling="mean")

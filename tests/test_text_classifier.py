@@ -399,7 +399,7 @@ def test_prompt_from_text_starts_as_those_tokens_embedding_output(tiny_preset):
     assert model.trainable_weights[0].path == "embeddings/default/prompt/prompt"
 
 
-@pytest.mark.parametrize("pooling", ["cls", "mean"])
+@pytest.mark.parametrize("pooling", [pytest.param("cls", marks=pytest.mark.slow), "mean"])
 def test_prompt_leaves_padding_out(tiny_preset, pooling):
     keras.utils.set_random_seed(4)
     model = ka.AdapterTextClassifier.from_preset(
