@@ -45,7 +45,7 @@ def test_fit_on_strings_trains_only_what_the_method_trains(tiny_preset):
 def test_model_backbone_is_the_adapted_backbone(tiny_preset):
     model = _model(tiny_preset, "lora")
     assert isinstance(model.backbone, keras.Model)
-    assert len(adapter_weights(model.backbone)) == 2 * 2 * 2
+    assert len(adapter_weights(model.backbone)) == 2 * 6 * 2  # A and B, 6 projections, 2 layers
 
 
 def test_predict_takes_strings_and_token_inputs_alike(tiny_preset):
