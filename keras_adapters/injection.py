@@ -608,11 +608,11 @@ def check_spec(backbone, spec):
     for fuse in composition.fusions(spec):
         if fuse.name not in state.fusions or state.fusions[fuse.name][0].children != fuse.children:
             raise ValueError(f"{fuse!r} has not been added; call model.add_adapter_fusion(...) first.")
-    _check_input_end_placement(state, spec)
+    _check_sequence_changing_placement(state, spec)
     return spec
 
 
-def _check_input_end_placement(state, spec):
+def _check_sequence_changing_placement(state, spec):
     """Input-end units change the sequence every row sees, so they run on
     their own or in a `Stack`, not inside blocks that split or mix rows."""
     direct = {spec} if isinstance(spec, str) else set()
