@@ -3,6 +3,13 @@
 The public API is listed here; everything else is internal.
 """
 
+from keras_adapters import startup
+
+with startup.quiet_import():
+    import tensorflow  # noqa: F401  (first, so its start-up lines are filtered)
+    import tensorflow_text  # noqa: F401
+    import keras_hub  # noqa: F401
+
 from keras_adapters.adapter_io import AdapterFormatError
 from keras_adapters.composition import Average
 from keras_adapters.composition import Fuse

@@ -17,6 +17,7 @@ models (the model calls it with plain dicts and arrays).
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -52,8 +53,15 @@ def _sha256(path):
 
 
 def atomic_write(path, write):
-    """Write via a temporary file in the same folder, then rename."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+    """Write via a temporary file in the same folder, then rename.
+
+    A killed write leaves the old file and a `.tmp-<name>-*` file, which the
+    next write of `path` removes.
+    """
+    folder, name = os.path.split(os.path.abspath(path))
+    for stale in Path(folder).glob(f".tmp-{name}-*"):
+        stale.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".tmp-{name}-")
     os.close(fd)
     try:
         write(tmp)
@@ -63,6 +71,47 @@ def atomic_write(path, write):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def replace_folder(directory, fill):
+    """Write a folder all at once: `fill(tmp)` fills a hidden sibling, which
+    then takes `directory`'s place.
+
+    A write killed half-way leaves the old folder (and a `.tmp-*` sibling,
+    removed by the next write). The swap is two renames; if the process dies
+    between them the old folder waits as `.<name>.old`, and `read_config`
+    puts it back.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    for stale in directory.parent.glob(f".tmp-{directory.name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".tmp-{directory.name}-"))
+    os.chmod(tmp, 0o755)  # mkdtemp makes 0700; a serving account must read it
+    old = _old_copy(directory)
+    try:
+        fill(str(tmp))
+        if old.exists():
+            shutil.rmtree(old)
+        if directory.exists():
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return str(directory)
+
+
+def _old_copy(directory):
+    return directory.parent / f".{directory.name}.old"
+
+
+def _recover(directory):
+    """Put back a folder whose replacement was interrupted between renames."""
+    old = _old_copy(directory)
+    if not directory.exists() and old.is_dir():
+        os.replace(old, directory)
 
 
 def write_folder(directory, config, tensors):
@@ -102,6 +151,7 @@ def read_config(directory):
     the folder) are reported in a warning and ignored.
     """
     directory = Path(directory)
+    _recover(directory)
     config_path = directory / CONFIG_FILE
     if not directory.is_dir():
         raise AdapterFormatError(f"Adapter folder {str(directory)!r} does not exist.")

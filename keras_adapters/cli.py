@@ -5,9 +5,6 @@ import json
 import os
 import sys
 
-# Before TensorFlow is imported (below), so its start-up lines stay quiet.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
 from keras_adapters import evaluation  # noqa: E402
 from keras_adapters import export  # noqa: E402
 from keras_adapters import runs  # noqa: E402
@@ -46,7 +43,7 @@ def _parser():
     train.add_argument("data", metavar="DATA_DIR")
     train.add_argument("--output", "-o", required=True, metavar="RUN_DIR")
     train.add_argument("--preset", "--backbone", dest="preset", default="default", metavar="PRESET_OR_DIR",
-                       help="the backbone: keras-hub preset, checkpoint folder, or 'default' "
+                       help="the backbone: a keras-hub preset folder, a Hugging Face BERT folder, or 'default' "
                             "(embedded MiniLM); --backbone is the old spelling")
     train.add_argument("--method", default="houlsby", choices=available_methods())
     train.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
@@ -71,6 +68,9 @@ def _parser():
                        help="auto: the checkpoint's own pooling (mean for the default MiniLM)")
     train.add_argument("--text-key", default="text", help="tfds: text feature name")
     train.add_argument("--label-key", default="label", help="tfds: label feature name")
+    train.add_argument("--overwrite", action="store_true",
+                       help="RUN_DIR holds a run with other settings: discard it and start over "
+                            "(without it that run is refused; one with the same settings resumes)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
     evaluate = sub.add_parser("evaluate", help="evaluate a run on a labelled dataset")
@@ -136,6 +136,7 @@ def cmd_train(args):
         pooling=args.pooling,
         verbose=0 if args.quiet else 1,
         fuse=fuse,
+        overwrite=args.overwrite,
         **_tfds_options(args),
     )
     best = (

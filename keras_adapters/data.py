@@ -9,8 +9,10 @@ replaced, the text is tokenized by the model's keras-hub preprocessor inside
 batched and prefetched. No Python runs per example.
 
 Documented behaviour for awkward input (all tested):
-- a missing folder, a folder without class sub-folders, a single class, or a
-  class folder with no text files: `DatasetError` naming the folder and fix;
+- a missing folder, a folder without class sub-folders, a single class, a
+  class folder with no text files, a text file that is a broken symbolic
+  link, or a validation split that would hold no file: `DatasetError` naming
+  the folder (or file) and the fix;
 - bytes that are not valid UTF-8: replaced by U+FFFD, the example is kept;
 - empty (or whitespace-only) files: skipped, with a warning giving how many
   and one path, since an empty text carries no label evidence;
@@ -62,11 +64,9 @@ def scan_directory(directory):
     files = {}
     empty = []
     for class_dir in class_dirs:
-        found = sorted(
-            str(p)
-            for p in class_dir.rglob("*")
-            if p.suffix.lower() in TEXT_SUFFIXES and p.is_file()
-        )
+        texts = [p for p in class_dir.rglob("*") if p.suffix.lower() in TEXT_SUFFIXES]
+        _refuse_broken_links(texts)
+        found = sorted(str(p) for p in texts if p.is_file())
         if not found:
             empty.append(class_dir.name)
         files[class_dir.name] = found
@@ -76,6 +76,16 @@ def scan_directory(directory):
             "Add examples or remove the folder(s)."
         )
     return files
+
+
+def _refuse_broken_links(paths):
+    # Keras' listing would keep them and fail on reading them, mid-epoch.
+    broken = [p for p in paths if p.is_symlink() and not p.exists()]
+    if broken:
+        raise DatasetError(
+            f"{len(broken)} text file(s) are symbolic links that lead nowhere (a missing target or a "
+            f"loop), e.g. {str(broken[0])!r} -> {os.readlink(broken[0])!r}. Fix or remove the link(s)."
+        )
 
 
 def _check_classes(directory, folder_classes, class_names):
@@ -237,6 +247,11 @@ def text_dataset_from_directory(
         raise DatasetError(f"Every file in {str(directory)!r} is empty.")
     if validation_split and seed is None:
         seed = 1337  # Keras requires a seed to split; fixed so runs repeat.
+    if validation_split and subset in ("validation", "both") and int(validation_split * len(all_paths)) < 1:
+        raise DatasetError(
+            f"A validation split of {validation_split} of the {len(all_paths)} files in {str(directory)!r} "
+            "holds no file. Raise validation_split, add examples, or train without a split."
+        )
     max_bytes = max_bytes or BYTES_PER_TOKEN * int(preprocessor.sequence_length or 512)
 
     raw = keras.utils.text_dataset_from_directory(

@@ -4,6 +4,8 @@ Every named adapter (and every fusion) owns one head, so one backbone can
 carry several tasks, each with its own classes.
 """
 
+import numbers
+
 import keras
 from keras import ops
 
@@ -33,15 +35,17 @@ class MaskedMeanPooling(keras.layers.Layer):
         return (sequence_shape[0], sequence_shape[-1])
 
 
-def check_classes(num_classes, class_names, multi_label):
+MULTI_LABEL_REMOVED = (
+    "multi_label heads were removed in keras-adapters 0.4: evaluate, predict and serving "
+    "answered them with argmax, and no data format carried several labels per text. Train "
+    "one two-class adapter per label instead."
+)
+
+
+def check_classes(num_classes, class_names):
     """`class_names` as a list of distinct strings, or `None`; raises on bad input."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}.")
-    if not multi_label and num_classes < 2:
-        raise ValueError(
-            "A single-label classifier needs num_classes >= 2 "
-            f"(got {num_classes}); use multi_label=True for one binary label."
-        )
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
     if class_names is None:
         return None
     class_names = [str(c) for c in class_names]
@@ -55,11 +59,10 @@ class ClassificationHead(keras.layers.Layer):
     """Pooling, dropout and a dense layer to class probabilities.
 
     Args:
-        num_classes: number of classes (labels, for multi-label).
+        num_classes: number of classes (2 or more).
         pooling: `"cls"` (the backbone's pooled `[CLS]` output) or `"mean"`
             (mean of the token vectors where the padding mask is true).
         dropout: dropout before the classification layer.
-        multi_label: sigmoid outputs (multi-hot labels) instead of softmax.
         class_names: optional `num_classes` distinct names.
         sequence_length: the tokens per text this task was trained with
             (recorded with the adapter; exported text signatures cut each
@@ -80,13 +83,14 @@ class ClassificationHead(keras.layers.Layer):
         num_classes,
         pooling="cls",
         dropout=0.1,
-        multi_label=False,
         class_names=None,
         sequence_length=None,
         **kwargs,
     ):
+        if kwargs.pop("multi_label", False):
+            raise ValueError(MULTI_LABEL_REMOVED)
         super().__init__(**kwargs)
-        self.class_names = check_classes(num_classes, class_names, multi_label)
+        self.class_names = check_classes(num_classes, class_names)
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}.")
         if sequence_length is not None and (
@@ -94,10 +98,9 @@ class ClassificationHead(keras.layers.Layer):
         ):
             raise ValueError(f"sequence_length must be an integer >= 3 or None, got {sequence_length!r}.")
         self.sequence_length = sequence_length
-        self.num_classes = num_classes
+        self.num_classes = int(num_classes)
         self.pooling = pooling
         self.dropout_rate = dropout
-        self.multi_label = multi_label
         self.mean_pooling = MaskedMeanPooling(dtype=self.dtype_policy, name="mean_pooling")
         self.dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy, name="classifier_dropout")
         self.logits = keras.layers.Dense(
@@ -118,7 +121,7 @@ class ClassificationHead(keras.layers.Layer):
             pooled = self.mean_pooling(sequence_output, padding_mask)
         logits = self.logits(self.dropout(pooled, training=training))
         logits = ops.cast(logits, "float32")
-        return ops.sigmoid(logits) if self.multi_label else ops.softmax(logits, axis=-1)
+        return ops.softmax(logits, axis=-1)
 
     def weights_by_key(self):
         """{key: variable}, keyed as adapter folders are (`logits/kernel`)."""
@@ -128,7 +131,6 @@ class ClassificationHead(keras.layers.Layer):
         return {
             "num_classes": self.num_classes,
             "class_names": self.class_names,
-            "multi_label": self.multi_label,
             "pooling": self.pooling,
             "dropout": self.dropout_rate,
             "sequence_length": self.sequence_length,
@@ -177,10 +179,4 @@ def routed_probabilities(heads, ids, sequence_output, pooled_output, padding_mas
     logits = ops.cast(ops.einsum("bh,bhk->bk", pooled, kernel) + bias, "float32")
     valid = rows([[j < h.num_classes for j in range(width)] for h in heads], "bool")
     logits = ops.where(valid, logits, float("-inf"))
-    multi = {h.multi_label for h in heads}
-    if multi == {True}:
-        return ops.sigmoid(logits)
-    if multi == {False}:
-        return ops.softmax(logits, axis=-1)
-    is_multi = rows([h.multi_label for h in heads], "bool")
-    return ops.where(is_multi[:, None], ops.sigmoid(logits), ops.softmax(logits, axis=-1))
+    return ops.softmax(logits, axis=-1)

@@ -1,8 +1,9 @@
 """Where backbones come from: the embedded default, keras-hub presets, folders.
 
-A *preset* is anything keras-hub's `from_preset` takes: a keras-hub preset
-name or a local folder, either in keras-hub's format or a Hugging Face BERT
-folder (`config.json`, `model.safetensors`, `vocab.txt`). The string
+A *preset* is a local folder, either in keras-hub's format or a Hugging Face
+BERT folder (`config.json`, `model.safetensors`, `vocab.txt`). keras-hub
+preset names are refused with a message: keras-hub would download them, and
+nothing is downloaded at run time. The string
 `"default"` stands for the embedded all-MiniLM-L6-v2 checkpoint, wherever it
 is installed on this machine, so adapter folders that name it stay portable.
 """
@@ -56,19 +57,28 @@ def resolve_preset(preset):
     if preset is None or preset == DEFAULT_PRESET_ALIAS:
         return default_preset()
     preset = os.fspath(preset)
+    is_handle = "://" in preset
     looks_like_path = os.sep in preset or preset.startswith(".") or os.path.exists(preset)
-    if looks_like_path:
-        if not os.path.isdir(preset):
-            raise PresetNotFoundError(
-                f"Preset folder {preset!r} does not exist. Pass a keras-hub "
-                "preset folder, a Hugging Face BERT folder (config.json, "
-                "model.safetensors, vocab.txt) or 'default'."
-            )
-        if not os.path.isfile(os.path.join(preset, "config.json")):
-            raise PresetNotFoundError(
-                f"Preset folder {preset!r} has no config.json, so it is neither "
-                "a keras-hub preset nor a Hugging Face checkpoint folder."
-            )
+    if is_handle or not looks_like_path:
+        # keras-hub would download a preset name (or a kaggle:// / hf:// handle).
+        raise PresetNotFoundError(
+            f"{preset!r} is not a folder here. keras-adapters loads backbones offline, so keras-hub "
+            "preset names and kaggle:// or hf:// handles are not fetched. Where there is network, "
+            f"save it once to a folder (keras_hub.models.Backbone.from_preset({preset!r}).save_to_preset(DIR) "
+            "and the same with keras_hub.models.TextClassifierPreprocessor), then pass DIR; or pass "
+            "a Hugging Face BERT folder, or 'default'."
+        )
+    if not os.path.isdir(preset):
+        raise PresetNotFoundError(
+            f"Preset folder {preset!r} does not exist. Pass a keras-hub "
+            "preset folder, a Hugging Face BERT folder (config.json, "
+            "model.safetensors, vocab.txt) or 'default'."
+        )
+    if not os.path.isfile(os.path.join(preset, "config.json")):
+        raise PresetNotFoundError(
+            f"Preset folder {preset!r} has no config.json, so it is neither "
+            "a keras-hub preset nor a Hugging Face checkpoint folder."
+        )
     return preset
 
 

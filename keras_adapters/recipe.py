@@ -83,30 +83,8 @@ class SparseMacroF1(keras.metrics.F1Score):
         return config
 
 
-@keras.saving.register_keras_serializable(package="keras_adapters")
-class ExactMatch(keras.metrics.MeanMetricWrapper):
-    """Multi-label: fraction of examples whose every label is right at 0.5."""
-
-    def __init__(self, name="exact_match", dtype=None, threshold=0.5):
-        def exact_match(y_true, y_pred):
-            pred = tf.cast(y_pred > threshold, tf.float32)
-            return tf.cast(tf.reduce_all(tf.equal(pred, tf.cast(y_true, tf.float32)), axis=-1), tf.float32)
-
-        super().__init__(exact_match, name=name, dtype=dtype)
-        self.threshold = threshold
-
-    def get_config(self):
-        return {"name": self.name, "dtype": self.dtype, "threshold": self.threshold}
-
-
-def classification_metrics(num_classes, multi_label):
-    """accuracy + macro-F1; multi-label: binary accuracy, macro-F1, exact match."""
-    if multi_label:
-        return [
-            keras.metrics.BinaryAccuracy(name="binary_accuracy"),
-            keras.metrics.F1Score(average="macro", threshold=0.5, name="macro_f1"),
-            ExactMatch(),
-        ]
+def classification_metrics(num_classes):
+    """Accuracy and macro-F1."""
     return [
         keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
         SparseMacroF1(num_classes),

@@ -8,6 +8,7 @@ from keras import ops
 
 from keras_adapters import adapter_io
 from keras_adapters import composition
+from keras_adapters import heads as heads_lib
 from keras_adapters import injection
 from keras_adapters import presets
 from keras_adapters import recipe
@@ -55,7 +56,7 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
             dict or an `AdapterConfig`. It is named `"default"`, active and
             trainable. `None`: no adapter (add some with `add_adapter`).
             `adapter=` is accepted as the old spelling.
-        multi_label, pooling, dropout, class_names: the first adapter's head
+        pooling, dropout, class_names: the first adapter's head
             (see `ClassificationHead`).
         preset: how the backbone was loaded (recorded in adapter folders).
         backbone_fingerprint: sha256 of the untouched backbone weights;
@@ -77,7 +78,6 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         num_classes=None,
         preprocessor=None,
         method="houlsby",
-        multi_label=False,
         pooling="cls",
         dropout=0.1,
         class_names=None,
@@ -93,6 +93,8 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
     ):
         if adapter != "unset":
             method = adapter
+        if kwargs.pop("multi_label", False):
+            raise ValueError(heads_lib.MULTI_LABEL_REMOVED)
         if backbone_fingerprint is None:
             backbone_fingerprint = presets.weights_fingerprint(backbone)
         self.backbone = backbone
@@ -110,7 +112,6 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
                         "method": get_adapter_config(method).get_config(),
                         "head": {
                             "num_classes": num_classes,
-                            "multi_label": multi_label,
                             "pooling": pooling,
                             "dropout": dropout,
                             "class_names": class_names,
@@ -148,9 +149,10 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         """Load a backbone and its preprocessor, add an adapter and its head.
 
         Args:
-            preset: a keras-hub preset name, a local folder (keras-hub format
-                or a Hugging Face BERT folder) or `"default"` (the embedded
-                all-MiniLM-L6-v2, see `default_preset()`).
+            preset: a local folder (keras-hub format or a Hugging Face BERT
+                folder) or `"default"` (the embedded all-MiniLM-L6-v2, see
+                `default_preset()`). keras-hub preset names are refused:
+                nothing is downloaded at run time.
             num_classes: number of classes of the first adapter.
             method: the first adapter's method (`None`: none; see class doc).
             sequence_length: tokens per example (longer texts are truncated).
@@ -164,6 +166,8 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         """
         if adapter != "unset":
             method = adapter
+        if kwargs.pop("multi_label", False):
+            raise ValueError(heads_lib.MULTI_LABEL_REMOVED)
         backbone = presets.load_backbone(preset, dtype=dtype, load_weights=load_weights)
         preprocessor = presets.load_preprocessor(preset, sequence_length)
         if kwargs.get("pooling") in (None, "auto"):
@@ -234,7 +238,7 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         return active
 
     def add_adapter(
-        self, name, method="houlsby", num_classes=None, class_names=None, multi_label=None,
+        self, name, method="houlsby", num_classes=None, class_names=None,
         pooling=None, dropout=None, sequence_length=None,
     ):
         """Add a named adapter with its own head (not active, not trainable).
@@ -242,19 +246,18 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         Args:
             name: the adapter's name.
             method: a method name, config dict or `AdapterConfig`.
-            num_classes, class_names, multi_label, pooling, dropout: its head;
+            num_classes, class_names, pooling, dropout: its head;
                 unset ones follow the model's first head (or the defaults).
             sequence_length: tokens per text for this task when it is served
                 (`None`: the model's; see `ClassificationHead`).
         """
         self._check_not_merged()
         first = next(iter(self.heads.values()), None)
-        base = first.task_config() if first is not None else {"pooling": "cls", "dropout": 0.1, "multi_label": False}
+        base = first.task_config() if first is not None else {"pooling": "cls", "dropout": 0.1}
         head = {
             "num_classes": num_classes if num_classes is not None else (
                 len(class_names) if class_names is not None else base.get("num_classes")),
             "class_names": class_names,
-            "multi_label": base["multi_label"] if multi_label is None else multi_label,
             "pooling": base["pooling"] if pooling is None else pooling,
             "dropout": base["dropout"] if dropout is None else dropout,
             "sequence_length": sequence_length,
@@ -392,7 +395,6 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
 
     num_classes = _from_head("num_classes")
     class_names = _from_head("class_names")
-    multi_label = _from_head("multi_label", False)
     pooling = _from_head("pooling")
 
     @property
@@ -480,6 +482,10 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
                 "This model's adapter was merged into the backbone; save it with "
                 "model.save('model.keras') or export it instead."
             )
+        # All at once: a save killed half-way leaves the previous folder whole.
+        return adapter_io.replace_folder(directory, lambda tmp: self._write_adapter(tmp, name))
+
+    def _write_adapter(self, directory, name):
         head = self.heads[name]
         tensors = {k: w.numpy() for k, w in head.weights_by_key().items()}
         config = {
@@ -500,7 +506,7 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
             config["fusion"] = {"adapters": list(fuse.children), "config": fusion_config.get_config()}
             weights = injection.fusion_weights_by_key(self.backbone, name)
             for member in fuse.children:
-                self.save_adapter(f"{directory}/{adapter_io.MEMBERS_DIR}/{member}", name=member)
+                self._write_adapter(f"{directory}/{adapter_io.MEMBERS_DIR}/{member}", member)
         else:
             self._single_name(name)
             config["method"] = self.state.configs[name].as_saved().get_config()
@@ -530,7 +536,9 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         )
         tensors = adapter_io.read_weights(directory, config)
         name = name or config.get("name") or DEFAULT_NAME
-        head_config = {k: config["task"][k] for k in ("num_classes", "class_names", "multi_label", "pooling", "dropout")}
+        if config["task"].get("multi_label"):
+            raise adapter_io.AdapterFormatError(f"{source}: {heads_lib.MULTI_LABEL_REMOVED}")
+        head_config = {k: config["task"][k] for k in ("num_classes", "class_names", "pooling", "dropout")}
         head_config["sequence_length"] = config["task"].get("sequence_length")
         if "fusion" in config:
             members = config["fusion"]["adapters"]
@@ -606,6 +614,10 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
                 f"instead of a {type(self.active_adapters).__name__} block."
             )
         if x is not None and not isinstance(x, tf.data.Dataset):
+            if y is not None:
+                check_labels(y, self.num_classes, self.class_names)
+            if isinstance(validation_data, (tuple, list)) and len(validation_data) > 1:
+                check_labels(validation_data[1], self.num_classes, self.class_names, "validation_data")
             data = keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
             num_examples = len(tf.nest.flatten(data)[0])
             if validation_split and validation_data is None:
@@ -644,17 +656,17 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         Defaults: AdamW at the method's learning rate (adapters ~1e-3, full
         fine-tuning 3e-5) with weight decay 0.01 (not on biases and norms)
         and global-norm clipping at 1.0 (`recipe.make_optimizer`);
-        cross-entropy (binary for multi-label); accuracy and macro-F1
+        sparse categorical cross-entropy; accuracy and macro-F1
         (`recipe.classification_metrics`).
         """
         if optimizer == "auto":
             optimizer = recipe.make_optimizer(learning_rate or self.default_learning_rate)
         if loss == "auto":
-            loss = keras.losses.BinaryCrossentropy() if self.multi_label else keras.losses.SparseCategoricalCrossentropy()
+            loss = keras.losses.SparseCategoricalCrossentropy()
         if metrics == "auto":
             several = isinstance(self.active_adapters, (composition.Parallel, composition.Route))
             single = not several and self.num_classes
-            metrics = recipe.classification_metrics(self.num_classes, self.multi_label) if single else []
+            metrics = recipe.classification_metrics(self.num_classes) if single else []
         keras.Model.compile(self, optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
     def compile_from_config(self, config):
@@ -700,6 +712,33 @@ def _as_tensors(data):
     if isinstance(data, list):
         return np.asarray(data, dtype=object if data and isinstance(data[0], str) else None)
     return data
+
+
+def check_labels(labels, num_classes, class_names=None, source="y"):
+    """Refuse labels that are not class indices in `[0, num_classes)`.
+
+    Keras would truncate 1.5 to 1 and stop mid-epoch on 7 with a long
+    TensorFlow error; this names the first offending label and its index.
+    """
+    values = np.asarray(labels)
+    flat = values.reshape(-1)
+    classes = f" ({', '.join(class_names)})" if class_names else ""
+    if values.dtype.kind not in "iuf":
+        raise ValueError(
+            f"{source} holds {values.dtype} values (e.g. {flat[0]!r}); labels are class indices "
+            f"0..{num_classes - 1}{classes}."
+        )
+    problems = (
+        ("is not a whole number", np.flatnonzero(flat != np.round(flat))),
+        (f"is outside [0, {num_classes})", np.flatnonzero((flat < 0) | (flat >= num_classes))),
+    )
+    for what, where in problems:
+        if where.size:
+            i = int(where[0])
+            raise ValueError(
+                f"{source}[{i}] = {flat[i].item()!r} {what}: labels are class indices 0..{num_classes - 1}"
+                f"{classes} ({where.size} such label(s))."
+            )
 
 
 def complete_token_inputs(x):

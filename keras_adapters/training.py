@@ -10,9 +10,11 @@ can resume an interrupted run (`BackupAndRestore`).
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import keras
@@ -29,6 +31,9 @@ from keras_adapters.methods.registry import get_adapter_config
 from keras_adapters.text_classifier import AdapterTextClassifier
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+BACKUP_DIR = "backup"
+#: What a run folder holds from training (removed by `overwrite=True`).
+RUN_FILES = ("adapter", BACKUP_DIR, "train_config.json", "class_names.json", "history.json", "metrics.json", "logs")
 
 
 # --------------------------------------------------------------- precision
@@ -83,23 +88,26 @@ def get_strategy(name=None):
 class BestAdapterCheckpoint(keras.callbacks.Callback):
     """Save the adapter folder whenever the monitored metric improves.
 
-    The best value so far is kept in `state_file` too, so a run resumed by
-    `BackupAndRestore` does not overwrite a better adapter saved before the
-    interruption.
+    A resumed run starts from the best value recorded in its backup
+    (`restore`), so it never overwrites a better adapter saved before the
+    interruption. An epoch with a non-finite loss or weights is never the
+    best.
     """
 
-    def __init__(self, directory, monitor="val_accuracy", mode="max", state_file=None):
+    def __init__(self, directory, monitor="val_accuracy", mode="max"):
         super().__init__()
         self.directory = str(directory)
         self.monitor = monitor
         self.better = np.greater if mode == "max" else np.less
         self.best = -np.inf if mode == "max" else np.inf
         self.best_epoch = None
-        self.state_file = state_file
-        if state_file and os.path.isfile(state_file):
-            state = runs.read_json(state_file)
-            if state.get("monitor") == monitor:
-                self.best, self.best_epoch = state["value"], state["epoch"]
+
+    def state(self):
+        return {"monitor": self.monitor, "value": self.best, "epoch": self.best_epoch}
+
+    def restore(self, state):
+        if state and state.get("monitor") == self.monitor and state.get("epoch"):
+            self.best, self.best_epoch = state["value"], state["epoch"]
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -109,15 +117,93 @@ class BestAdapterCheckpoint(keras.callbacks.Callback):
         if self.better(value, self.best):
             self.best, self.best_epoch = float(value), epoch + 1
             self.model.save_adapter(self.directory)
-            if self.state_file:
-                runs.write_json(
-                    self.state_file,
-                    {"monitor": self.monitor, "value": self.best, "epoch": self.best_epoch},
-                )
-
 
     def _weights_finite(self):
         return all(np.isfinite(w.numpy()).all() for w in self.model.trainable_weights)
+
+
+class RunBackup(keras.callbacks.Callback):
+    """After each epoch, the whole training state in `directory/epoch-N/`.
+
+    Weights (with the optimizer's state), the history of every epoch so far,
+    the best-adapter record and a copy of the best adapter are written into
+    a hidden folder that is renamed into place when complete, so a process
+    killed at any moment leaves the previous epoch's state intact, and a
+    resumed run's `adapter/` is the one its record describes. `fit` resumes from the newest
+    complete state (Keras' `BackupAndRestore` writes its two files one after
+    the other, so a kill in between resumes from a mismatched pair, and a
+    half-written file stops every rerun).
+
+    `history` holds every epoch of the run, those before a restart included.
+    """
+
+    WEIGHTS = "state.weights.h5"
+    STATE = "state.json"
+    BEST = "best_adapter"
+
+    def __init__(self, directory, best=None, on_epoch=None):
+        super().__init__()
+        self.directory = Path(directory)
+        self.best = best
+        self.on_epoch = on_epoch
+        self.history = {}
+
+    def on_train_begin(self, logs=None):
+        saved = self._newest()
+        if saved is None:
+            return
+        try:
+            if self.model.optimizer is not None and not self.model.optimizer.built:
+                self.model.optimizer.build(self.model.trainable_variables)
+            self.model.load_weights(str(saved / self.WEIGHTS))
+            state = runs.read_json(saved / self.STATE)
+            epoch, history = int(state["epoch"]), dict(state["history"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise BackupUnreadable(
+                f"The training state in {saved} cannot be read ({type(e).__name__}: {e}). Delete "
+                f"{self.directory} to start the run over; {self.best.directory if self.best else 'adapter/'} "
+                "keeps the best adapter saved so far."
+            ) from None
+        self.history = {k: list(v)[:epoch] for k, v in history.items()}
+        if self.best is not None:
+            self.best.restore(state.get("best"))
+            kept = saved / self.BEST
+            if kept.is_dir():  # the best adapter as of this state, not one saved after it
+                adapter_io.replace_folder(
+                    self.best.directory, lambda tmp: shutil.copytree(kept, tmp, dirs_exist_ok=True)
+                )
+        self.model._initial_epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(float(value))
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.directory / f".tmp-epoch-{epoch + 1}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        self.model.save_weights(str(tmp / self.WEIGHTS))
+        if self.best is not None and os.path.isdir(self.best.directory):
+            shutil.copytree(self.best.directory, tmp / self.BEST)
+        state = {"epoch": epoch + 1, "history": self.history, "best": self.best.state() if self.best else None}
+        runs.write_json(tmp / self.STATE, state)
+        done = self.directory / f"epoch-{epoch + 1}"
+        shutil.rmtree(done, ignore_errors=True)
+        os.replace(tmp, done)
+        for other in self.directory.iterdir():
+            if other != done:
+                shutil.rmtree(other, ignore_errors=True)
+        if self.on_epoch:
+            self.on_epoch(self.history)
+
+    def _newest(self):
+        if not self.directory.is_dir():
+            return None
+        done = [p for p in self.directory.glob("epoch-*") if p.name[6:].isdigit()]
+        return max(done, key=lambda p: int(p.name[6:]), default=None)
+
+
+class BackupUnreadable(ValueError):
+    """A run's saved training state cannot be read; the message says what to delete."""
 
 
 def _finite(*values):
@@ -179,10 +265,14 @@ class RunInUse(ValueError):
 
 
 class TrainingTimer(keras.callbacks.Callback):
-    """Wall time of `fit`, for the end-of-training summary line."""
+    """Wall time of `fit` and the epochs it ran, for the summary line."""
 
     def on_train_begin(self, logs=None):
         self.start = time.perf_counter()
+        self.epochs = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs += 1
 
     def on_train_end(self, logs=None):
         self.seconds = time.perf_counter() - self.start
@@ -234,6 +324,7 @@ def train_classifier(
     verbose=1,
     callbacks=(),
     fuse=None,
+    overwrite=False,
     **data_options,
 ):
     """Fine-tune an adapter (or an AdapterFusion) on a directory or `tfds:NAME`.
@@ -243,14 +334,18 @@ def train_classifier(
             an AdapterFusion over them for this task instead of a new adapter
             (`method` is then unused; the backbone is the runs').
         callbacks: extra Keras callbacks.
+        overwrite: discard a run already in `output` that has other
+            settings and start over. Without it such a run is refused
+            (`RunSettingsChanged`); a run with the same settings resumes.
         **data_options: go to the dataset functions (e.g. `text_key`,
             `label_key`, `split` for TFDS).
 
     Writes to `output` (a run folder): `adapter/` (the best adapter, as
     `save_adapter` writes it), `class_names.json`, `train_config.json`,
-    `history.json`, `metrics.json`, `logs/` (TensorBoard). While training,
-    `backup/` holds the state `BackupAndRestore` resumes from after an
-    interruption; it is removed when training completes. The run folder never
+    `history.json` (every epoch, rewritten after each), `metrics.json`,
+    `logs/` (TensorBoard). While training, `backup/` holds the state a rerun
+    resumes from after an interruption (`RunBackup`); it is removed when
+    training completes. The run folder never
     holds a copy of the backbone.
 
     Returns:
@@ -260,6 +355,8 @@ def train_classifier(
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     with run_lock(output):
+        if validation_split and not str(data).startswith("tfds:"):
+            validation_split = _usable_validation_split(data, validation_split)
         precision = resolve_precision(precision)
         keras.utils.set_random_seed(seed)
         strategy = get_strategy(strategy)
@@ -288,7 +385,7 @@ def train_classifier(
             peak = learning_rate or model.default_learning_rate
             model.compile(
                 optimizer=recipe.make_optimizer(peak, steps),
-                metrics=recipe.classification_metrics(model.num_classes, model.multi_label),
+                metrics=recipe.classification_metrics(model.num_classes),
             )
         monitor = "val_accuracy" if validation is not None else "accuracy"
         record = _run_record(
@@ -297,17 +394,21 @@ def train_classifier(
             precision=precision, validation_split=validation_split, seed=seed,
             bucket_by_sequence_length=bucket_by_sequence_length,
         )
+        _check_same_settings(output, record, overwrite)
         runs.write_json(output / "train_config.json", record)
         runs.write_json(output / "class_names.json", train.class_names)
-        fit_callbacks, timer, best = _callbacks(output, monitor, tensorboard, early_stopping_patience, callbacks)
-        history = model.fit(train, validation_data=validation, epochs=epochs, callbacks=fit_callbacks, verbose=verbose)
-        return model, _finish(model, output, history, timer, best, train.num_examples, monitor)
+        fit_callbacks, timer, best, backup = _callbacks(
+            output, monitor, tensorboard, early_stopping_patience, callbacks
+        )
+        model.fit(train, validation_data=validation, epochs=epochs, callbacks=fit_callbacks, verbose=verbose)
+        return model, _finish(model, output, timer, best, backup, train.num_examples, monitor)
 
 
 def _run_record(model, data, fuse, train, validation, strategy, **options):
     """What `train_config.json` records about a run."""
+    local = not str(data).startswith("tfds:")
     return {
-        "data": str(data),
+        "data": os.path.abspath(data) if local else str(data),
         "preset": model.preset,
         "method": None if fuse else model.adapter_config().get_config(),
         "fuse": [str(r) for r in fuse] if fuse else None,
@@ -318,6 +419,51 @@ def _run_record(model, data, fuse, train, validation, strategy, **options):
         "num_train_examples": train.num_examples,
         "num_validation_examples": None if validation is None else validation.num_examples,
     }
+
+
+def _usable_validation_split(directory, validation_split):
+    """`validation_split`, or `None` (with a warning) when it would hold no file."""
+    total = sum(len(paths) for paths in data_lib.scan_directory(directory).values())
+    if int(validation_split * total) >= 1:
+        return validation_split
+    warnings.warn(
+        f"A validation split of {validation_split} of the {total} files in {str(directory)!r} holds no "
+        "file; training without validation (the best adapter is chosen by training accuracy). Add "
+        "examples or raise --validation-split to validate.",
+        stacklevel=3,
+    )
+    return None
+
+
+class RunSettingsChanged(ValueError):
+    """The run folder holds a run trained with other settings."""
+
+
+def _check_same_settings(output, record, overwrite):
+    """Resume only a run with the same settings; `overwrite` starts over.
+
+    A rerun with another method, data or option would otherwise mix two runs
+    in one folder (the old adapter next to the new settings).
+    """
+    started = any((output / name).exists() for name in ("adapter", BACKUP_DIR))
+    config = output / "train_config.json"
+    if not (started and config.is_file()):
+        return
+    new = json.loads(json.dumps(runs.finite(record)))
+    old = runs.read_json(config)
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if not changed:
+        return
+    if not overwrite:
+        details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+        raise RunSettingsChanged(
+            f"{output} holds a run with other settings ({details}). Run with the same settings to "
+            "resume it, pass --overwrite (Python: overwrite=True) to discard it and start over, "
+            "or pass another --output."
+        )
+    for name in RUN_FILES:
+        path = output / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def build_fusion_model(run_dirs, class_names, sequence_length=128, dtype=None, pooling="auto"):
@@ -337,50 +483,45 @@ def build_fusion_model(run_dirs, class_names, sequence_length=128, dtype=None, p
 def _callbacks(output, monitor, tensorboard, patience, extra):
     """The run's callbacks: timer, best adapter, backup (+ TensorBoard, early stop)."""
     timer = TrainingTimer()
-    best_state = output / "best.json"
-    if not (output / "backup").is_dir() and best_state.is_file():
-        best_state.unlink()  # a new run, not a resumed one
-    best = BestAdapterCheckpoint(runs.adapter_dir(output), monitor=monitor, state_file=str(best_state))
-    callbacks = [
-        *extra,
-        timer,
-        keras.callbacks.TerminateOnNaN(),
-        best,
-        keras.callbacks.BackupAndRestore(str(output / "backup"), delete_checkpoint=True),
-    ]
+    best = BestAdapterCheckpoint(runs.adapter_dir(output), monitor=monitor)
+    # history.json after every epoch: a killed run's progress stays readable.
+    backup = RunBackup(
+        output / BACKUP_DIR, best=best, on_epoch=lambda h: runs.write_json(output / "history.json", h)
+    )
+    callbacks = [*extra, timer, keras.callbacks.TerminateOnNaN(), best, backup]
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(output / "logs"), update_freq="epoch"))
     if patience:
         callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=patience))
-    return callbacks, timer, best
+    return callbacks, timer, best, backup
 
 
-def _finish(model, output, history, timer, best, num_examples, monitor):
+def _finish(model, output, timer, best, backup, num_examples, monitor):
     """Save what the run produced; the summary that `metrics.json` holds.
 
     Raises:
         TrainingDiverged: the loss became NaN or infinite (nothing non-finite
             is saved; an adapter saved at an earlier epoch is kept).
     """
-    losses = history.history.get("loss", [])
+    history = backup.history  # every epoch, those before a resume included
+    losses = history.get("loss", [])
     diverged = not _finite(*losses)
     if best.best_epoch is None and not diverged:  # e.g. the monitor never appeared
         model.save_adapter(runs.adapter_dir(output))
-    runs.write_json(output / "history.json", _jsonable(history.history))
+    runs.write_json(output / "history.json", history)
     epochs_run = len(losses)
     seconds = timer.seconds
     summary = {
         "seconds": round(seconds, 2),
         "epochs_run": epochs_run,
-        "examples_per_second": round(num_examples * epochs_run / seconds, 2) if seconds else None,
+        "examples_per_second": round(num_examples * timer.epochs / seconds, 2) if seconds else None,
         "best_metric": monitor,
         "best_value": None if best.best_epoch is None else best.best,
         "best_epoch": best.best_epoch,
     }
     summary["diverged"] = diverged
     runs.write_json(output / "metrics.json", {"train": summary})
-    if os.path.isdir(output / "backup"):
-        shutil.rmtree(output / "backup")
+    shutil.rmtree(output / BACKUP_DIR, ignore_errors=True)
     if diverged:
         kept = (
             f"the adapter of epoch {best.best_epoch} is kept in {runs.adapter_dir(output)}"
@@ -392,7 +533,3 @@ def _finish(model, output, history, timer, best, num_examples, monitor):
             "Lower --learning-rate (the method's default is a good start) and train again."
         )
     return summary
-
-
-def _jsonable(history):
-    return {k: [float(v) for v in values] for k, values in history.items()}

@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -66,11 +68,9 @@ def randomize_adapter_weights(backbone, seed=3, scale=0.1):
         w.assign(value + scale * rng.standard_normal(value.shape).astype(value.dtype))
 
 
-@pytest.fixture(scope="session")
-def tiny_preset(tmp_path_factory):
-    """A keras-hub preset folder holding the tiny backbone and its tokenizer."""
-    folder = tmp_path_factory.mktemp("tiny_preset")
-    backbone = tiny_backbone()
+def write_tiny_preset(folder, seed=0, **overrides):
+    """Save `tiny_backbone(seed, **overrides)` and its tokenizer as a preset folder."""
+    backbone = tiny_backbone(seed=seed, **overrides)
     tokenizer = keras_hub.models.BertTokenizer(vocabulary=VOCAB, lowercase=True)
     preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
         tokenizer, sequence_length=16
@@ -78,6 +78,12 @@ def tiny_preset(tmp_path_factory):
     backbone.save_to_preset(str(folder))
     preprocessor.save_to_preset(str(folder))
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_preset(tmp_path_factory):
+    """A keras-hub preset folder holding the tiny backbone and its tokenizer."""
+    return write_tiny_preset(tmp_path_factory.mktemp("tiny_preset"))
 
 
 @pytest.fixture(scope="session")
@@ -122,3 +128,12 @@ def text_folder(tmp_path):
 @pytest.fixture(scope="session")
 def tiny_preprocessor(tiny_preset):
     return keras_hub.models.TextClassifierPreprocessor.from_preset(tiny_preset, sequence_length=16)
+
+
+def cli_process(*args, stdin=None, env=None):
+    """`keras-adapters ARGS` in a fresh process (the console script's module)."""
+    return subprocess.run(
+        [sys.executable, "-m", "keras_adapters.cli", *map(str, args)],
+        capture_output=True, text=True, input=stdin, timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})},
+    )

@@ -5,7 +5,8 @@
 With `session`, the SavedModel is loaded into a TF1 session, as TF Serving's
 C++ loader does (graph + restore op), instead of `tf.saved_model.load`.
 
-REQUEST: {"signature": name, "inputs": {name: list}, "dtypes": {name: dtype}},
+REQUEST: {"signature": name, "inputs": {name: list}, "dtypes": {name: dtype},
+"shapes": {name: shape}} (dtypes and shapes optional),
 or a list of them (one process, one load, several calls).
 RESPONSE: {"outputs": {name: list}, "ops": [...], "foreign_modules": [...]};
 for a list, {"responses": [{"outputs": ...} or {"error": message}], ...}:
@@ -53,6 +54,8 @@ def _inputs(request):
             inputs[name] = tf.constant([bytes.fromhex(v) for v in value])
         else:
             inputs[name] = tf.constant(value, dtype=dtype)
+        if name in request.get("shapes", {}):  # an empty batch of token rows keeps its rank
+            inputs[name] = tf.reshape(inputs[name], request["shapes"][name])
     return inputs
 
 

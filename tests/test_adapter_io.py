@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from conftest import LABELS
 from conftest import TEXTS
-from conftest import tiny_backbone
 
 import keras_adapters as ka
 from keras_adapters import adapter_io
@@ -144,14 +143,9 @@ def test_missing_and_malformed_folders(tmp_path):
 
 
 def _other_preset(tmp_path, **overrides):
-    import keras_hub
-    from conftest import VOCAB
+    from conftest import write_tiny_preset
 
-    folder = tmp_path / "other"
-    tiny_backbone(seed=9, **overrides).save_to_preset(str(folder))
-    tokenizer = keras_hub.models.BertTokenizer(vocabulary=VOCAB, lowercase=True)
-    keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=16).save_to_preset(str(folder))
-    return str(folder)
+    return write_tiny_preset(tmp_path / "other", seed=9, **overrides)
 
 
 def test_adapter_for_another_architecture_is_refused(trained, tmp_path):

@@ -9,6 +9,7 @@ import time
 
 import pytest
 from conftest import CLASS_WORDS
+from conftest import cli_process
 from conftest import write_class_folders
 
 from keras_adapters import cli
@@ -154,12 +155,7 @@ def test_fuse_trains_a_fusion_over_finished_runs(tiny_preset, tmp_path, capsys):
 
 
 # --------------------------------------------- faults, in real processes
-def _process(*args, stdin=None):
-    return subprocess.run(
-        [sys.executable, "-m", "keras_adapters.cli", *map(str, args)],
-        capture_output=True, text=True, input=stdin, timeout=600,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )
+_process = cli_process
 
 
 @pytest.mark.parametrize(

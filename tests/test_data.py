@@ -186,3 +186,25 @@ def test_split_directory_is_stratified_and_repeatable(tmp_path):
     assert sorted(os.listdir(os.path.join(again[1], "sport"))) == sorted(os.listdir(os.path.join(test, "sport")))
     with pytest.raises(ka.DatasetError, match="already exists"):
         ka.split_directory(source, tmp_path / "out")
+
+
+@pytest.mark.parametrize("kind", ["missing target", "loop"])
+def test_broken_symlinks_are_refused_before_training(text_folder, tiny_preprocessor, kind):
+    link = text_folder / "sport" / "linked.txt"
+    if kind == "loop":
+        os.symlink(link, link)
+    else:
+        os.symlink(text_folder / "gone.txt", link)
+    with pytest.raises(ka.DatasetError, match=r"symbolic links that lead nowhere.*linked\.txt"):
+        ka.text_dataset_from_directory(text_folder, tiny_preprocessor)
+    link.unlink()
+    os.symlink(text_folder / "sport" / sorted(os.listdir(text_folder / "sport"))[0], link)
+    assert len(_examples(ka.text_dataset_from_directory(text_folder, tiny_preprocessor))) == 25
+
+
+def test_a_validation_split_that_holds_no_file_is_an_error(tmp_path, tiny_preprocessor):
+    small = write_class_folders(tmp_path / "small", per_class=3)  # 9 files: 0.1 of them is no file
+    with pytest.raises(ka.DatasetError, match="validation split of 0.1 of the 9 files .* holds no file"):
+        ka.text_dataset_from_directory(small, tiny_preprocessor, validation_split=0.1, subset="both")
+    train, val = ka.text_dataset_from_directory(small, tiny_preprocessor, validation_split=0.2, subset="both")
+    assert (train.num_examples, val.num_examples) == (8, 1)

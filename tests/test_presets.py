@@ -36,6 +36,14 @@ def test_bad_preset_folders(tmp_path):
         presets.load_backbone(str(tmp_path))
 
 
+@pytest.mark.parametrize("name", ["bert_base_en_uncased", "kaggle://keras/bert/keras/bert_tiny_en_uncased/2",
+                                  "hf://sentence-transformers/all-MiniLM-L6-v2"])
+def test_preset_names_and_handles_are_refused_offline(name):
+    # keras-hub would try to download these; here that would hang or fail deep in a download.
+    with pytest.raises(ka.PresetNotFoundError, match=r"not fetched.*save_to_preset\(DIR\)"):
+        presets.resolve_preset(name)
+
+
 def test_fingerprint_tracks_weight_values():
     from conftest import tiny_backbone
 

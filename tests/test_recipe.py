@@ -30,7 +30,3 @@ def test_sparse_macro_f1_matches_numpy_reference():
     assert float(metric.result()) == pytest.approx(expected, abs=1e-6)
 
 
-def test_exact_match_metric():
-    metric = recipe.ExactMatch()
-    metric.update_state(np.array([[1, 0], [1, 1]]), np.array([[0.9, 0.2], [0.9, 0.3]]))
-    assert float(metric.result()) == pytest.approx(0.5)

@@ -61,28 +61,62 @@ def test_predict_takes_strings_and_token_inputs_alike(tiny_preset):
     np.testing.assert_allclose(from_text.sum(axis=1), 1.0, atol=1e-5)
 
 
-def test_multi_label_head_uses_sigmoid_and_trains(tiny_preset):
-    keras.utils.set_random_seed(1)
-    model = _model(tiny_preset, "lora", num_classes=3, multi_label=True)
-    y = np.eye(3, dtype="float32")[LABELS % 3]
-    y[0, 1] = 1.0
-    history = model.fit(TEXTS, y, epochs=3, batch_size=4, verbose=0)
-    probs = model.predict(TEXTS, verbose=0)
-    assert probs.shape == (8, 3)
-    assert np.all((probs > 0) & (probs < 1))
-    assert not np.allclose(probs.sum(axis=1), 1.0)  # independent sigmoids
-    assert "binary_accuracy" in history.history
+def test_multi_label_was_removed_with_a_reason(tiny_preset):
+    with pytest.raises(ValueError, match="multi_label heads were removed in keras-adapters 0.4"):
+        _model(tiny_preset, "lora", num_classes=3, multi_label=True)
+    with pytest.raises(ValueError, match="multi_label heads were removed"):
+        ka.ClassificationHead(3, multi_label=True)
 
 
-def test_mean_pooling_ignores_padding(tiny_preset):
+def test_a_saved_multi_label_adapter_is_refused_with_the_reason(tiny_preset, tmp_path):
+    model = _model(tiny_preset, "lora")
+    model.save_adapter(str(tmp_path / "a"))
+    path = tmp_path / "a" / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config["task"]["multi_label"] = True  # what a 0.3 multi-label adapter folder holds
+    path.write_text(json.dumps(config))
+    with pytest.raises(ka.AdapterFormatError, match=r"/a: multi_label heads were removed"):
+        ka.AdapterTextClassifier.from_adapter(str(tmp_path / "a"))
+    config["task"]["multi_label"] = False
+    path.write_text(json.dumps(config))
+    assert ka.AdapterTextClassifier.from_adapter(str(tmp_path / "a")).adapter_names == ["default"]
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        ([0, 1, 2, 3, 0, 1, 2, 7], r"y\[7\] = 7 is outside \[0, 4\)"),
+        ([0, 1, 1.5, 3, 0, 1, 2, 3], r"y\[2\] = 1.5 is not a whole number"),
+        ([0, -1, 2, 3, 0, 1, 2, 3], r"y\[1\] = -1 is outside"),
+        (["a", "b", "a", "b", "a", "b", "a", "b"], "labels are class indices 0..3"),
+    ],
+)
+def test_labels_that_are_not_class_indices_are_refused_before_training(tiny_preset, labels, message):
+    model = _model(tiny_preset, "lora")
+    before = [w.numpy() for w in model.trainable_weights]
+    with pytest.raises(ValueError, match=message):
+        model.fit(TEXTS, labels, epochs=1, batch_size=4, verbose=0)
+    with pytest.raises(ValueError, match=message.replace("y\\[", "validation_data\\[")):
+        model.fit(TEXTS, LABELS, validation_data=(TEXTS, labels), epochs=1, batch_size=4, verbose=0)
+    assert all(np.array_equal(b, w.numpy()) for b, w in zip(before, model.trainable_weights))
+
+
+def test_mean_pooling_is_the_mean_of_the_unpadded_tokens(tiny_preset):
     model = _model(tiny_preset, "head", pooling="mean")
-    tokens = {k: np.array(v) for k, v in model.preprocessor(TEXTS[:1]).items()}
-    short = model.predict(tokens, verbose=0)
-    # Change what sits under padding: the output must not move.
-    padded = tokens["padding_mask"][0] == 0
-    assert padded.any()
-    tokens["token_ids"][0, padded] = 7
-    np.testing.assert_allclose(model.predict(tokens, verbose=0), short, atol=1e-6)
+    tokens = {k: np.array(v) for k, v in model.preprocessor(TEXTS[:2]).items()}
+    assert (tokens["padding_mask"] == 0).any()
+    # float64 reference from the untouched backbone's token vectors.
+    sequence = model.backbone(tokens, training=False)["sequence_output"].numpy().astype("float64")
+    mask = tokens["padding_mask"][..., None].astype("float64")
+    mean = (sequence * mask).sum(axis=1) / mask.sum(axis=1)
+    kernel, bias = (w.numpy().astype("float64") for w in model.heads["default"].logits.weights)
+    logits = mean @ kernel + bias
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    expected /= expected.sum(1, keepdims=True)
+    np.testing.assert_allclose(model.predict(tokens, verbose=0), expected, atol=1e-6)
+    # What sits under padding does not move it.
+    tokens["token_ids"][tokens["padding_mask"] == 0] = 7
+    np.testing.assert_allclose(model.predict(tokens, verbose=0), expected, atol=1e-6)
 
 
 def test_keras_save_and_load_model_round_trip(tiny_preset, tmp_path):
@@ -139,8 +173,8 @@ def test_parameter_report_counts_groups(tiny_preset):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"num_classes": 1}, "num_classes >= 2"),
-        ({"num_classes": 0}, "positive integer"),
+        ({"num_classes": 1}, "num_classes must be an integer >= 2, got 1"),
+        ({"num_classes": 2.5}, "num_classes must be an integer >= 2, got 2.5"),
         ({"class_names": ["a", "b"]}, "class_names must be 4 distinct names"),
         ({"pooling": "max"}, "pooling must be one of"),
         ({"method": "reft"}, "Unknown adapter method 'reft'"),
@@ -324,15 +358,14 @@ def test_deleting_an_adapter_leaves_the_trained_one_training(tiny_preset):
 def _mixed_methods_model(tiny_preset):
     """Six adapters of every routable kind, differing in everything that is
     padded or grouped per row: ranks, bottleneck sizes, activations, target
-    layers and modules, class counts, pooling, multi-label."""
+    layers and modules, class counts, pooling."""
     model = ka.AdapterTextClassifier.from_preset(tiny_preset, method=None, sequence_length=16)
     model.add_adapter("houlsby", "houlsby", num_classes=3)
     pfeiffer = ka.PfeifferConfig(bottleneck_size=5, activation="gelu")
     model.add_adapter("pfeiffer", pfeiffer, num_classes=4, pooling="mean")
     lora = ka.LoRAConfig(rank=4, target_modules=("query", "value", "feedforward_intermediate_dense"))
     model.add_adapter("lora", lora, num_classes=2)
-    model.add_adapter("lora_top", ka.LoRAConfig(rank=2, alpha=3, target_layers="transformer_layer_1"), num_classes=5,
-                      multi_label=True)
+    model.add_adapter("lora_top", ka.LoRAConfig(rank=2, alpha=3, target_layers="transformer_layer_1"), num_classes=5)
     model.add_adapter("ia3", "ia3", num_classes=3)
     model.add_adapter("head", "head", num_classes=2)
     dora = ka.LoRAConfig(rank=3, use_dora=True, target_modules=("value", "feedforward_intermediate_dense"))

@@ -2,9 +2,14 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import keras
+import numpy as np
 import pytest
+from conftest import cli_process
+from conftest import write_class_folders
 
 import keras_adapters as ka
 from keras_adapters import training
@@ -77,7 +82,7 @@ def test_interrupted_run_resumes_where_it_stopped(tiny_preset, text_folder, tmp_
     assert (run / "backup").is_dir()
     _, summary = ka.train_classifier(text_folder, run, **kwargs)
     history = json.loads((run / "history.json").read_text())
-    assert len(history["loss"]) == 1  # only epoch 3 ran after resuming
+    assert len(history["loss"]) == 3 and summary["epochs_run"] == 3  # epochs 1-2 kept from before
     assert not (run / "backup").exists()
     assert summary["best_epoch"] is not None
 
@@ -100,3 +105,138 @@ def test_mirrored_strategy_is_a_flag(tiny_preset, text_folder, tmp_path):
     config = json.loads((tmp_path / "r" / "train_config.json").read_text())
     assert config["strategy"] == "MirroredStrategy" and config["num_replicas"] >= 1
     assert model.predict(["the team won"], verbose=0).shape == (1, 3)
+
+
+# ------------------------------------------- killed runs, real processes
+#: Runs `keras-adapters ARGS` and SIGKILLs itself at a chosen file operation:
+#: just before or just after the nth `os.replace` whose target matches.
+KILL_AT = """
+import os, re, signal, sys
+from keras_adapters import cli
+pattern, when, nth = sys.argv[1], sys.argv[2], int(sys.argv[3])
+real_replace, seen = os.replace, [0]
+def replace(src, dst, *args, **kwargs):
+    hit = re.fullmatch(pattern, os.path.basename(os.fspath(dst)))
+    seen[0] += bool(hit)
+    if hit and seen[0] == nth and when == "before":
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_replace(src, dst, *args, **kwargs)
+    if hit and seen[0] == nth and when == "after":
+        os.kill(os.getpid(), signal.SIGKILL)
+os.replace = replace
+sys.exit(cli.main(sys.argv[4:]))
+"""
+
+
+def _train_args(data, run, preset, epochs=3):
+    return ["train", str(data), "--output", str(run), "--preset", preset, "--method", "lora",
+            "--epochs", str(epochs), "--batch-size", "4", "--sequence-length", "16",
+            "--precision", "float32", "--validation-split", "0.25", "--learning-rate", "3e-2", "--quiet"]
+
+
+def _killed(pattern, when, nth, args):
+    return subprocess.run(
+        [sys.executable, "-c", KILL_AT, pattern, when, str(nth), *args],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+
+
+def _check_complete_run(run, data, preset, epochs):
+    """A finished run: every epoch in history.json, and adapter/ is the best
+    epoch's adapter (it scores the recorded best value on the validation set)."""
+    history = json.loads((run / "history.json").read_text())
+    train = json.loads((run / "metrics.json").read_text())["train"]
+    assert len(history["loss"]) == epochs and train["epochs_run"] == epochs
+    best = int(np.argmax(history["val_accuracy"]))
+    assert train["best_epoch"] == best + 1 and train["best_value"] == history["val_accuracy"][best]
+    assert not (run / "backup").exists()
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".") and p.name != ".lock"]
+    model = ka.AdapterTextClassifier.from_adapter(str(run / "adapter"))
+    model.compile()
+    validation = ka.text_dataset_from_directory(
+        data, model.preprocessor, batch_size=4, validation_split=0.25, subset="validation", seed=0,
+        class_names=model.class_names,
+    )
+    accuracy = model.evaluate(validation, verbose=0, return_dict=True)["accuracy"]
+    assert accuracy == pytest.approx(train["best_value"], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "pattern, when, nth",
+    [
+        pytest.param(r"epoch-2", "before", 1, id="writing-the-epoch-2-backup"),
+        pytest.param(r"history\.json", "before", 2, id="writing-history.json"),
+        pytest.param(r"\.adapter\.old", "after", 1, id="between-the-adapter-folder-renames",
+                     marks=pytest.mark.slow),
+        pytest.param(r"metrics\.json", "before", 1, id="writing-metrics.json", marks=pytest.mark.slow),
+    ],
+)
+def test_a_run_killed_at_any_write_resumes_and_completes(tiny_preset, tmp_path, pattern, when, nth):
+    data = write_class_folders(tmp_path / "data", per_class=8)
+    run = tmp_path / "run"
+    args = _train_args(data, run, tiny_preset)
+    killed = _killed(pattern, when, nth, args)
+    assert killed.returncode == -9, killed.stderr  # the kill point was reached
+    rerun = cli_process(*args)
+    assert rerun.returncode == 0, rerun.stderr
+    _check_complete_run(run, data, tiny_preset, epochs=3)
+
+
+def test_an_adapter_save_killed_between_renames_leaves_the_old_adapter(tiny_preset, tmp_path):
+    code = (
+        "import os, signal, sys\n"
+        "import keras_adapters as ka\n"
+        "model = ka.AdapterTextClassifier.from_preset(sys.argv[1], num_classes=2, method='lora', sequence_length=16)\n"
+        "model.save_adapter(sys.argv[2])\n"
+        "real = os.replace\n"
+        "def replace(src, dst):\n"
+        "    real(src, dst)\n"
+        "    if os.fspath(dst).endswith('.old'): os.kill(os.getpid(), signal.SIGKILL)\n"
+        "os.replace = replace\n"
+        "for w in model.trainable_weights: w.assign(w + 1.0)\n"
+        "model.save_adapter(sys.argv[2])\n"
+    )
+    folder = tmp_path / "adapter"
+    result = subprocess.run([sys.executable, "-c", code, tiny_preset, str(folder)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == -9, result.stderr
+    assert not folder.exists()  # killed between the renames: the old folder waits aside
+    loaded = ka.AdapterTextClassifier.from_adapter(str(folder))  # ... and is put back
+    fresh = ka.AdapterTextClassifier.from_preset(tiny_preset, num_classes=2, method="lora", sequence_length=16)
+    for a, b in zip(loaded.trainable_weights, fresh.trainable_weights):
+        if "lora_b" in a.path:  # zero at initialisation; the second save would have made it 1
+            assert np.all(a.numpy() == 0.0)
+
+
+def test_rerun_with_other_settings_is_refused_unless_asked_to_start_over(tiny_preset, tmp_path):
+    data = write_class_folders(tmp_path / "data", per_class=4)
+    run = tmp_path / "run"
+    args = _train_args(data, run, tiny_preset, epochs=1)
+    assert cli_process(*args).returncode == 0
+    before = (run / "adapter" / "adapter_model.safetensors").read_bytes()
+    other = [a if a != "lora" else "houlsby" for a in args]
+    refused = cli_process(*other)
+    assert refused.returncode == 2
+    assert "holds a run with other settings (method: {'method': 'lora'" in refused.stderr
+    assert "-> {'method': 'houlsby'" in refused.stderr
+    assert "--overwrite" in refused.stderr
+    assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == before  # nothing lost
+    assert json.loads((run / "train_config.json").read_text())["method"]["method"] == "lora"
+    started_over = cli_process(*other, "--overwrite")
+    assert started_over.returncode == 0, started_over.stderr
+    assert json.loads((run / "adapter" / "adapter_config.json").read_text())["method"]["method"] == "houlsby"
+    assert len(json.loads((run / "history.json").read_text())["loss"]) == 1
+
+
+def test_a_validation_split_that_holds_no_file_trains_without_validation(tiny_preset, tiny_preprocessor, tmp_path):
+    data = write_class_folders(tmp_path / "data", {"a": ["team", "cup"], "b": ["bank", "profit"]}, per_class=3)
+    with pytest.warns(UserWarning, match="holds no file; training without validation"):
+        _, summary = ka.train_classifier(
+            data, tmp_path / "run", preset=tiny_preset, method="lora", epochs=1, batch_size=2,
+            sequence_length=16, precision="float32", validation_split=0.1, verbose=0, tensorboard=False,
+        )
+    assert summary["best_metric"] == "accuracy"
+    config = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert config["validation_split"] is None and config["num_train_examples"] == 6
+    with pytest.raises(ka.DatasetError, match="holds no file"):
+        ka.text_dataset_from_directory(data, tiny_preprocessor, validation_split=0.1, subset="both")
