@@ -10,6 +10,7 @@ from keras_adapters import export  # noqa: E402
 from keras_adapters import runs  # noqa: E402
 from keras_adapters.adapter_io import AdapterFormatError  # noqa: E402
 from keras_adapters.data import DatasetError  # noqa: E402
+from keras_adapters.distribute import STRATEGIES  # noqa: E402
 from keras_adapters.methods.registry import available_methods  # noqa: E402
 from keras_adapters.methods.registry import config_from_options  # noqa: E402
 from keras_adapters.presets import PresetNotFoundError  # noqa: E402
@@ -60,7 +61,8 @@ def _parser():
                        choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"])
     train.add_argument("--validation-split", type=float, default=0.1)
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--strategy", default="default", choices=["default", "mirrored"])
+    train.add_argument("--strategy", default="default", choices=STRATEGIES,
+                       help="multi-worker: MultiWorkerMirroredStrategy from TF_CONFIG; run the same command on every worker")
     train.add_argument("--bucket-by-length", action="store_true",
                        help="batch texts of similar length and trim padding")
     train.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE")

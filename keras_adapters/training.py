@@ -24,6 +24,7 @@ import tensorflow as tf
 from keras_adapters import adapter_io
 from keras_adapters import composition
 from keras_adapters import data as data_lib
+from keras_adapters import distribute
 from keras_adapters import presets
 from keras_adapters import recipe
 from keras_adapters import runs
@@ -72,16 +73,6 @@ def resolve_precision(precision):
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be 'auto' or one of {PRECISIONS}, got {precision!r}.")
     return precision
-
-
-# ---------------------------------------------------------------- strategy
-def get_strategy(name=None):
-    """`None`/`"default"`: one device; `"mirrored"`: all local GPUs (or CPU)."""
-    if name in (None, "default"):
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    raise ValueError(f"strategy must be 'default' or 'mirrored', got {name!r}.")
 
 
 # --------------------------------------------------------------- callbacks
@@ -147,9 +138,10 @@ class RunBackup(keras.callbacks.Callback):
         self.best = best
         self.on_epoch = on_epoch
         self.history = {}
+        self.keep = 1
 
     def on_train_begin(self, logs=None):
-        saved = self._newest()
+        saved = self._agreed_state()
         if saved is None:
             return
         try:
@@ -189,17 +181,40 @@ class RunBackup(keras.callbacks.Callback):
         done = self.directory / f"epoch-{epoch + 1}"
         shutil.rmtree(done, ignore_errors=True)
         os.replace(tmp, done)
+        kept = {f"epoch-{epoch + 1 - i}" for i in range(self.keep)}
         for other in self.directory.iterdir():
-            if other != done:
+            if other.name not in kept:
                 shutil.rmtree(other, ignore_errors=True)
         if self.on_epoch:
             self.on_epoch(self.history)
 
-    def _newest(self):
+    def _agreed_state(self):
+        """The newest state, or under multi-worker the newest every worker holds.
+
+        Workers back up one after another, so a kill can leave one a epoch
+        ahead: each keeps its last two states, and all resume from the
+        oldest newest one. Workers that cannot agree stop together (one
+        going on alone would wait on the others forever).
+        """
+        strategy = self.model.distribute_strategy
+        self.keep = 2 if distribute.is_multi_worker(strategy) else 1
+        held = self._complete()
+        newest = max(held, default=0)
+        epoch = distribute.smallest_on_workers(strategy, newest, max(newest, self.params.get("epochs") or 0))
+        if not distribute.all_workers(strategy, epoch in held or not held):
+            raise BackupUnreadable(
+                f"The workers of this multi-worker run cannot resume from the same epoch (this one holds "
+                f"epochs {sorted(held) or 'none'} in {self.directory}, another would start from epoch {epoch}): "
+                "a worker's folder was lost. Delete the run folder's backup/ and every .worker-* folder "
+                "in it to start the run over."
+            )
+        return held.get(epoch)
+
+    def _complete(self):
+        """{epoch: folder} of the complete states."""
         if not self.directory.is_dir():
-            return None
-        done = [p for p in self.directory.glob("epoch-*") if p.name[6:].isdigit()]
-        return max(done, key=lambda p: int(p.name[6:]), default=None)
+            return {}
+        return {int(p.name[6:]): p for p in self.directory.glob("epoch-*") if p.name[6:].isdigit()}
 
 
 class BackupUnreadable(ValueError):
@@ -220,7 +235,9 @@ def check_options(epochs, batch_size, sequence_length, validation_split, learnin
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
     if sequence_length < 3:
-        raise ValueError(f"sequence_length {sequence_length} leaves no room for text between [CLS] and [SEP]; use 3 or more.")
+        raise ValueError(
+            f"sequence_length {sequence_length} leaves no room for text between [CLS] and [SEP]; use 3 or more."
+        )
     limit = presets.max_sequence_length(preset)
     if limit and sequence_length > limit:
         raise ValueError(
@@ -352,14 +369,18 @@ def train_classifier(
         (model, summary dict).
     """
     check_options(epochs, batch_size, sequence_length, validation_split, learning_rate, preset)
-    output = Path(output)
+    # First: a multi-worker strategy must exist before TensorFlow runs anything.
+    strategy_name, strategy = strategy or "default", distribute.get_strategy(strategy)
+    is_chief, worker = distribute.worker_role(strategy)
+    run_output = Path(output)
+    # Workers other than the chief keep their own copy (what they resume from) beside its run.
+    output = run_output if is_chief else run_output / f".worker-{worker}"
     output.mkdir(parents=True, exist_ok=True)
     with run_lock(output):
         if validation_split and not str(data).startswith("tfds:"):
             validation_split = _usable_validation_split(data, validation_split)
         precision = resolve_precision(precision)
         keras.utils.set_random_seed(seed)
-        strategy = get_strategy(strategy)
         if fuse:
             preset = adapter_io.read_config(runs.adapter_dir(fuse[0]))["backbone"]["preset"]
         global_batch = batch_size * strategy.num_replicas_in_sync
@@ -389,7 +410,7 @@ def train_classifier(
             )
         monitor = "val_accuracy" if validation is not None else "accuracy"
         record = _run_record(
-            model, data, fuse, train, validation, strategy,
+            model, data, fuse, train, validation, strategy, strategy_name,
             epochs=epochs, batch_size=batch_size, sequence_length=sequence_length, learning_rate=peak,
             precision=precision, validation_split=validation_split, seed=seed,
             bucket_by_sequence_length=bucket_by_sequence_length,
@@ -401,10 +422,13 @@ def train_classifier(
             output, monitor, tensorboard, early_stopping_patience, callbacks
         )
         model.fit(train, validation_data=validation, epochs=epochs, callbacks=fit_callbacks, verbose=verbose)
-        return model, _finish(model, output, timer, best, backup, train.num_examples, monitor)
+        summary = _finish(model, output, timer, best, backup, train.num_examples, monitor)
+    if not is_chief:
+        shutil.rmtree(output, ignore_errors=True)
+    return model, summary
 
 
-def _run_record(model, data, fuse, train, validation, strategy, **options):
+def _run_record(model, data, fuse, train, validation, strategy, strategy_name, **options):
     """What `train_config.json` records about a run."""
     local = not str(data).startswith("tfds:")
     return {
@@ -413,7 +437,7 @@ def _run_record(model, data, fuse, train, validation, strategy, **options):
         "method": None if fuse else model.adapter_config().get_config(),
         "fuse": [str(r) for r in fuse] if fuse else None,
         **options,
-        "strategy": strategy.__class__.__name__,
+        "strategy": strategy_name,
         "num_replicas": strategy.num_replicas_in_sync,
         "pooling": model.pooling,
         "num_train_examples": train.num_examples,

@@ -219,7 +219,8 @@ def test_a_second_train_on_a_run_in_use_is_refused_and_a_dead_holder_blocks_noth
         args = ("train", data, "--output", run, "--preset", tiny_preset, "--sequence-length", "16",
                 "--epochs", "1", "--batch-size", "4", "--validation-split", "0", "--quiet")
         refused = _process(*args)
-        assert refused.returncode == 2 and f"is in use by another keras-adapters train (pid {holder.pid})" in refused.stderr
+        assert refused.returncode == 2
+        assert f"is in use by another keras-adapters train (pid {holder.pid})" in refused.stderr
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=60)
         resumed = _process(*args)  # the kernel dropped the dead holder's lock

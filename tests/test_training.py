@@ -2,8 +2,10 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 
 import keras
 import numpy as np
@@ -96,15 +98,26 @@ def test_mixed_bfloat16_training_keeps_float32_adapters(tiny_preset, text_folder
     assert all(w.dtype == "float32" for w in model.trainable_weights)
 
 
-def test_mirrored_strategy_is_a_flag(tiny_preset, text_folder, tmp_path):
-    model, _ = ka.train_classifier(
-        text_folder, tmp_path / "r", preset=tiny_preset, method="lora", epochs=1, batch_size=4,
-        sequence_length=16, precision="float32", validation_split=None, strategy="mirrored",
-        verbose=0, tensorboard=False,
-    )
-    config = json.loads((tmp_path / "r" / "train_config.json").read_text())
-    assert config["strategy"] == "MirroredStrategy" and config["num_replicas"] >= 1
-    assert model.predict(["the team won"], verbose=0).shape == (1, 3)
+#: `keras-adapters ARGS` on a machine whose CPU shows as two devices (set before TensorFlow starts).
+TWO_CPUS = """
+import sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from keras_adapters import cli
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_mirrored_strategy_trains_on_every_local_device(tiny_preset, text_folder, tmp_path):
+    run = tmp_path / "r"
+    args = _train_args(text_folder, run, tiny_preset, epochs=2) + ["--strategy", "mirrored"]
+    done = subprocess.run([sys.executable, "-c", TWO_CPUS, *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert done.returncode == 0, done.stderr
+    config = json.loads((run / "train_config.json").read_text())
+    assert (config["strategy"], config["num_replicas"]) == ("mirrored", 2)
+    _check_complete_run(run, text_folder, tiny_preset, epochs=2)
 
 
 # ------------------------------------------- killed runs, real processes
@@ -132,6 +145,95 @@ def _train_args(data, run, preset, epochs=3):
     return ["train", str(data), "--output", str(run), "--preset", preset, "--method", "lora",
             "--epochs", str(epochs), "--batch-size", "4", "--sequence-length", "16",
             "--precision", "float32", "--validation-split", "0.25", "--learning-rate", "3e-2", "--quiet"]
+
+
+def _free_ports(count):
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _workers(args, count=2, wait=True):
+    """`keras-adapters ARGS` on `count` local workers of one cluster: [(returncode, stderr)]
+    (or the processes, with `wait=False`)."""
+    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(count)]}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "keras_adapters.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+                            "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})},
+        )
+        for i in range(count)
+    ]
+    if not wait:
+        return processes
+    return [(p.wait(timeout=600), p.stderr.read()) for p in processes]
+
+
+@pytest.mark.slow
+def test_two_workers_train_one_run_as_one_worker_does(tiny_preset, tmp_path):
+    data = write_class_folders(tmp_path / "data", per_class=12)
+    epochs = 4
+    run = tmp_path / "multi"
+    for code, err in _workers(_train_args(data, run, tiny_preset, epochs) + ["--strategy", "multi-worker"]):
+        assert code == 0, err
+    _check_complete_run(run, data, tiny_preset, epochs)  # the chief's, and nothing left of worker 1
+    config = json.loads((run / "train_config.json").read_text())
+    assert (config["strategy"], config["num_replicas"]) == ("multi-worker", 2)
+    # One worker at the same global batch (2 workers x 4).
+    single = _train_args(data, tmp_path / "single", tiny_preset, epochs)
+    single[single.index("--batch-size") + 1] = "8"
+    assert cli_process(*single).returncode == 0
+    history = {r: json.loads((tmp_path / r / "history.json").read_text()) for r in ("multi", "single")}
+    multi, single = (max(history[r]["val_accuracy"]) for r in ("multi", "single"))
+    # Learned (chance is 1/3) and as well as one worker, to one validation file (1/9).
+    assert multi >= 0.5 and abs(multi - single) <= 0.12, history
+    np.testing.assert_allclose(history["multi"]["loss"], history["single"]["loss"], rtol=0.05)
+
+
+@pytest.mark.slow
+def test_killed_workers_resume_together(tiny_preset, tmp_path):
+    data = write_class_folders(tmp_path / "data", per_class=12)
+    run = tmp_path / "run"
+    args = _train_args(data, run, tiny_preset, epochs=6) + ["--strategy", "multi-worker"]
+    first = _workers(args, wait=False)
+    deadline = time.time() + 300
+    while not (run / "backup" / "epoch-2").is_dir() and time.time() < deadline:
+        time.sleep(0.05)
+    for process in first:
+        process.kill()
+        process.wait()
+    assert not (run / "metrics.json").exists()
+    worker = run / ".worker-1"
+    assert (worker / "backup").is_dir()  # worker 1 keeps the state it resumes from
+    # Without it, the workers cannot agree where to resume: refused, not a hang.
+    os.rename(worker, tmp_path / "kept")
+    for code, err in _workers(args):
+        assert code == 2 and "cannot resume from the same epoch" in err, err
+    shutil.rmtree(worker)
+    os.rename(tmp_path / "kept", worker)
+    for code, err in _workers(args):
+        assert code == 0, err
+    _check_complete_run(run, data, tiny_preset, epochs=6)
+
+
+def test_multi_worker_without_tf_config_says_what_to_set(tiny_preset, text_folder, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    done = subprocess.run(
+        [sys.executable, "-m", "keras_adapters.cli", *_train_args(text_folder, tmp_path / "r", tiny_preset),
+         "--strategy", "multi-worker"], capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert done.returncode == 2 and "reads the cluster from the TF_CONFIG environment variable" in done.stderr
+    bad = cli_process(*_train_args(text_folder, tmp_path / "r", tiny_preset), "--strategy", "multi-worker",
+                      env={"TF_CONFIG": '{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 3}}'})
+    assert bad.returncode == 2 and "TF_CONFIG is not a valid cluster description" in bad.stderr
+    assert not (tmp_path / "r").exists()
 
 
 def _killed(pattern, when, nth, args):
