@@ -62,7 +62,8 @@ def _parser():
     train.add_argument("--validation-split", type=float, default=0.1)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--strategy", default="default", choices=STRATEGIES,
-                       help="multi-worker: MultiWorkerMirroredStrategy from TF_CONFIG; run the same command on every worker")
+                       help="mirrored: every local GPU (or CPU device); multi-worker: a cluster from "
+                       "TF_CONFIG, the same command on every machine")
     train.add_argument("--bucket-by-length", action="store_true",
                        help="batch texts of similar length and trim padding")
     train.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE")

@@ -184,8 +184,58 @@ def test_weights_that_do_not_fit_are_refused(trained, tmp_path):
         ka.AdapterTextClassifier.from_adapter(extra)
 
 
-def test_no_pickle_in_the_folder(trained):
+class _Payload:
+    """Unpickling this runs code: it creates the file `path`."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _with_weights_bytes(folder, tmp_path, data):
+    """A copy whose weights file holds `data`, with a matching sha256 in its config."""
+    import hashlib
+
+    copy = _copy(folder, tmp_path)
+    (copy / adapter_io.WEIGHTS_FILE).write_bytes(data)
+    path = copy / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config["weights"]["sha256"] = hashlib.sha256(data).hexdigest()
+    path.write_text(json.dumps(config))
+    return copy
+
+
+def test_loading_never_executes_code(trained, tmp_path):
+    import pickle
+
+    marker = tmp_path / "executed"
+    folder = _with_weights_bytes(trained[1], tmp_path, pickle.dumps(_Payload(str(marker))))
+    with pytest.raises(ka.AdapterFormatError, match="adapter_model.safetensors is not a readable safetensors file"):
+        ka.AdapterTextClassifier.from_adapter(str(folder))
+    assert not marker.exists()
+    pickle.loads(pickle.dumps(_Payload(str(marker))))  # the payload is live: unpickling it would have run it
+    assert marker.exists()
+
+
+def test_missing_weights_and_weights_outside_the_folder_are_refused(trained, tmp_path):
+    folder = _copy(trained[1], tmp_path)
+    outside = tmp_path / "elsewhere.safetensors"
+    os.replace(folder / adapter_io.WEIGHTS_FILE, outside)
+    with pytest.raises(ka.AdapterFormatError, match=r"adapter_model.safetensors is missing"):
+        ka.AdapterTextClassifier.from_adapter(str(folder))
+    path = folder / "adapter_config.json"
+    config = json.loads(path.read_text())
+    for name in (str(outside), "../elsewhere.safetensors"):
+        config["weights"]["file"] = name
+        path.write_text(json.dumps(config))
+        with pytest.raises(ka.AdapterFormatError, match="adapter folders never point elsewhere"):
+            ka.AdapterTextClassifier.from_adapter(str(folder))
+
+
+def test_saved_files_are_readable_by_a_serving_account(trained):
     folder = trained[1]
+    assert os.stat(folder).st_mode & 0o777 == 0o755
     for name in os.listdir(folder):
-        head = open(os.path.join(folder, name), "rb").read(2)
-        assert head != b"\x80\x04" and head != b"\x80\x05"  # pickle protocol 4/5
+        assert os.stat(os.path.join(folder, name)).st_mode & 0o777 == 0o644, name

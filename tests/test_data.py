@@ -2,6 +2,7 @@
 
 import os
 import warnings
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -61,6 +62,14 @@ def test_validation_split_is_disjoint_and_complete(text_folder, tiny_preprocesso
     a, b = _examples(train), _examples(val)
     assert (len(a), len(b)) == (18, 6)
     assert (train.num_examples, val.num_examples) == (18, 6)
+    # Every file exactly once over the two splits (the files' own tokens as the reference).
+    def ids(ds):
+        return Counter(tuple(row[row > 0]) for x, _ in ds for row in x["token_ids"].numpy())
+
+    files = sorted(text_folder.glob("*/*.txt"))
+    tokens = tiny_preprocessor([f.read_text() for f in files])["token_ids"].numpy()
+    assert ids(train) + ids(val) == Counter(tuple(row[row > 0]) for row in tokens)
+    assert len(ids(val)) >= 5  # the split is not a few repeated texts
     _assert_labels_match_words(a + b, train.class_names)
     # Training data reshuffles every epoch; validation order is fixed.
     first = [sorted(w) for w, _ in _examples(train)]

@@ -96,6 +96,12 @@ def test_mixed_bfloat16_training_keeps_float32_adapters(tiny_preset, text_folder
     )
     assert model.dtype_policy.name == "mixed_bfloat16"
     assert all(w.dtype == "float32" for w in model.trainable_weights)
+    # The computation is bfloat16's: close to float32's with the same saved weights, not equal.
+    full = ka.AdapterTextClassifier.from_adapter(str(tmp_path / "r" / "adapter"))
+    tokens = full.preprocessor(["the team won the cup", "shares fell on the market"])
+    bf16, f32 = (np.asarray(m.backbone(tokens)["sequence_output"], "float32") for m in (model, full))
+    error = np.abs(bf16 - f32).max() / np.abs(f32).max()
+    assert 1e-4 < error < 5e-2, error  # bfloat16 keeps 8 bits of mantissa
 
 
 #: `keras-adapters ARGS` on a machine whose CPU shows as two devices (set before TensorFlow starts).
@@ -230,8 +236,9 @@ def test_multi_worker_without_tf_config_says_what_to_set(tiny_preset, text_folde
          "--strategy", "multi-worker"], capture_output=True, text=True, timeout=300, env=env,
     )
     assert done.returncode == 2 and "reads the cluster from the TF_CONFIG environment variable" in done.stderr
+    index_3_of_1 = {"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 3}}
     bad = cli_process(*_train_args(text_folder, tmp_path / "r", tiny_preset), "--strategy", "multi-worker",
-                      env={"TF_CONFIG": '{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 3}}'})
+                      env={"TF_CONFIG": json.dumps(index_3_of_1)})
     assert bad.returncode == 2 and "TF_CONFIG is not a valid cluster description" in bad.stderr
     assert not (tmp_path / "r").exists()
 
@@ -342,3 +349,45 @@ def test_a_validation_split_that_holds_no_file_trains_without_validation(tiny_pr
     assert config["validation_split"] is None and config["num_train_examples"] == 6
     with pytest.raises(ka.DatasetError, match="holds no file"):
         ka.text_dataset_from_directory(data, tiny_preprocessor, validation_split=0.1, subset="both")
+
+
+@pytest.mark.slow
+def test_mixed_float16_end_to_end(tiny_preset, text_folder, tmp_path):
+    """float16 compute with loss scaling: trains, saves, reloads, merges and
+    exports. Stated tolerance: probabilities within 5e-3 of the float32
+    computation with the same weights (float16 keeps ~3 significant digits)."""
+    from conftest import TEXTS
+
+    from keras_adapters import export
+
+    model, summary = ka.train_classifier(
+        text_folder, tmp_path / "r", preset=tiny_preset, method="lora", epochs=3, batch_size=4,
+        sequence_length=16, precision="mixed_float16", validation_split=0.25, learning_rate=3e-2,
+        verbose=0, tensorboard=False,
+    )
+    assert model.dtype_policy.name == "mixed_float16"
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    # Every step went through dynamic loss scaling (none overflowed at scale 2^15).
+    steps = int(model.optimizer.iterations.numpy())
+    assert steps == 3 * 5 and int(model.optimizer.step_counter.numpy()) == steps
+    assert float(model.optimizer.dynamic_scale.numpy()) == 2.0**15
+    history = json.loads((tmp_path / "r" / "history.json").read_text())
+    assert np.isfinite(history["loss"]).all() and history["loss"][-1] < history["loss"][0]
+    assert model.backbone(model.preprocessor(TEXTS[:1]))["sequence_output"].dtype == "float16"
+
+    # The best adapter, reloaded in float16 and in float32.
+    adapter = str(tmp_path / "r" / "adapter")
+    again = ka.AdapterTextClassifier.from_adapter(adapter, dtype="mixed_float16")
+    full = ka.AdapterTextClassifier.from_adapter(adapter)
+    reloaded, reference = again.predict(TEXTS, verbose=0), full.predict(TEXTS, verbose=0)
+    np.testing.assert_allclose(reloaded, reference, atol=5e-3)
+    assert 0 < np.abs(reloaded - reference).max()  # float16 was really used
+
+    # Merged into the float16 backbone, and exported: the same outputs.
+    merged = again.merge_adapter().predict(TEXTS, verbose=0)
+    np.testing.assert_allclose(merged, reference, atol=5e-3)
+    out = export.export_saved_model(again, str(tmp_path / "sm"))
+    import tensorflow as tf
+
+    served = tf.saved_model.load(out).signatures["serving_default"](text=tf.constant(TEXTS))
+    np.testing.assert_allclose(served["probabilities"].numpy(), reference, atol=5e-3)
