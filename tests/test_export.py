@@ -280,6 +280,7 @@ def _check_odd_answers(signature, responses, class_names):
         assert set(odd[0]["outputs"]["label"]) <= set(class_names), signature
 
 
+@pytest.mark.slow
 def test_every_signature_answers_odd_inputs(houlsby_export, two_tasks, tmp_path):
     model, single = houlsby_export
     tokens = {k: np.asarray(v).astype("int32").tolist() for k, v in model.preprocessor(TEXTS).items()}
@@ -344,6 +345,7 @@ def test_tflite_matches_the_saved_model(houlsby_export, tmp_path):
     np.testing.assert_allclose(lite, reference["probabilities"].numpy(), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_dynamic_tflite_quantizes_the_weights(tmp_path):
     from conftest import write_tiny_preset
 

@@ -115,6 +115,7 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_trains_on_every_local_device(tiny_preset, text_folder, tmp_path):
     run = tmp_path / "r"
     args = _train_args(text_folder, run, tiny_preset, epochs=2) + ["--strategy", "mirrored"]
@@ -229,6 +230,7 @@ def test_killed_workers_resume_together(tiny_preset, tmp_path):
     _check_complete_run(run, data, tiny_preset, epochs=6)
 
 
+@pytest.mark.slow
 def test_multi_worker_without_tf_config_says_what_to_set(tiny_preset, text_folder, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     done = subprocess.run(
