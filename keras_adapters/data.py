@@ -247,7 +247,7 @@ def text_dataset_from_directory(
         raise DatasetError(f"Every file in {str(directory)!r} is empty.")
     if validation_split and seed is None:
         seed = 1337  # Keras requires a seed to split; fixed so runs repeat.
-    if validation_split and subset in ("validation", "both") and int(validation_split * len(all_paths)) < 1:
+    if validation_split and subset in ("validation", "both") and not validation_size(len(all_paths), validation_split):
         raise DatasetError(
             f"A validation split of {validation_split} of the {len(all_paths)} files in {str(directory)!r} "
             "holds no file. Raise validation_split, add examples, or train without a split."
@@ -295,10 +295,15 @@ def text_dataset_from_directory(
     return tuple(outputs) if subset == "both" else outputs[0]
 
 
+def validation_size(total, validation_split):
+    """How many of `total` files a validation split holds (Keras' rounding: down)."""
+    return int(validation_split * total) if validation_split else 0
+
+
 def _split_sizes(total, validation_split, subset):
     if not validation_split:
         return [total]
-    num_val = int(validation_split * total)
+    num_val = validation_size(total, validation_split)
     if subset == "both":
         return [total - num_val, num_val]
     return [total - num_val if subset == "training" else num_val]

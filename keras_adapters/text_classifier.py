@@ -166,8 +166,6 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         """
         if adapter != "unset":
             method = adapter
-        if kwargs.pop("multi_label", False):
-            raise ValueError(heads_lib.MULTI_LABEL_REMOVED)
         backbone = presets.load_backbone(preset, dtype=dtype, load_weights=load_weights)
         preprocessor = presets.load_preprocessor(preset, sequence_length)
         if kwargs.get("pooling") in (None, "auto"):

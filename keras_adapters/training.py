@@ -5,7 +5,7 @@ call: it builds the model inside a `tf.distribute` strategy scope (the default
 strategy on one device, so several devices are a flag), compiles it with
 AdamW, linear warm-up and decay, gradient clipping and the method's learning
 rate, trains with `model.fit`, keeps the best adapter by validation metric and
-can resume an interrupted run (`BackupAndRestore`).
+can resume an interrupted or killed run (`RunBackup`).
 """
 
 import contextlib
@@ -410,10 +410,10 @@ def train_classifier(
             )
         monitor = "val_accuracy" if validation is not None else "accuracy"
         record = _run_record(
-            model, data, fuse, train, validation, strategy, strategy_name,
+            model, data, fuse, train, validation,
             epochs=epochs, batch_size=batch_size, sequence_length=sequence_length, learning_rate=peak,
-            precision=precision, validation_split=validation_split, seed=seed,
-            bucket_by_sequence_length=bucket_by_sequence_length,
+            strategy=strategy_name, num_replicas=strategy.num_replicas_in_sync, precision=precision,
+            validation_split=validation_split, seed=seed, bucket_by_sequence_length=bucket_by_sequence_length,
         )
         _check_same_settings(output, record, overwrite)
         runs.write_json(output / "train_config.json", record)
@@ -428,7 +428,7 @@ def train_classifier(
     return model, summary
 
 
-def _run_record(model, data, fuse, train, validation, strategy, strategy_name, **options):
+def _run_record(model, data, fuse, train, validation, **options):
     """What `train_config.json` records about a run."""
     local = not str(data).startswith("tfds:")
     return {
@@ -437,8 +437,6 @@ def _run_record(model, data, fuse, train, validation, strategy, strategy_name, *
         "method": None if fuse else model.adapter_config().get_config(),
         "fuse": [str(r) for r in fuse] if fuse else None,
         **options,
-        "strategy": strategy_name,
-        "num_replicas": strategy.num_replicas_in_sync,
         "pooling": model.pooling,
         "num_train_examples": train.num_examples,
         "num_validation_examples": None if validation is None else validation.num_examples,
@@ -448,7 +446,7 @@ def _run_record(model, data, fuse, train, validation, strategy, strategy_name, *
 def _usable_validation_split(directory, validation_split):
     """`validation_split`, or `None` (with a warning) when it would hold no file."""
     total = sum(len(paths) for paths in data_lib.scan_directory(directory).values())
-    if int(validation_split * total) >= 1:
+    if data_lib.validation_size(total, validation_split):
         return validation_split
     warnings.warn(
         f"A validation split of {validation_split} of the {total} files in {str(directory)!r} holds no "
