@@ -38,34 +38,9 @@ from keras_adapters import composition
 from keras_adapters import data as data_lib
 from keras_adapters import injection
 from keras_adapters import runs
+from keras_adapters import serving_graph
 from keras_adapters.methods.base import stored_stacks
 from keras_adapters.text_classifier import TOKEN_INPUTS
-
-
-def _serving_copy(model, merge):
-    """A copy of `model` for export, with LoRA/(IA)^3 merged when asked.
-
-    Only a model whose one adapter is mergeable is merged (several adapters
-    share the base weights, so they export as they are).
-    """
-    names = model.adapter_names
-    mergeable = (
-        merge
-        and len(names) == 1
-        and model.active_adapters == names[0]
-        and model.merged_adapter is None
-        and model.adapter_config().method in ("lora", "ia3")
-    )
-    if not mergeable:
-        return model
-    config = model.get_config()
-    # The tokenizer's vocabulary is an asset, not config: share the layer.
-    config["preprocessor"] = model.preprocessor
-    copy = type(model).from_config(config)
-    for target, source in zip(copy.weights, model.weights):
-        target.assign(source)
-    copy.merge_adapter()
-    return copy
 
 
 def _token_signature():
@@ -286,7 +261,7 @@ def _save(module, out, signatures):
     return out
 
 
-def export_saved_model(model, path, version=1, merge=True):
+def export_saved_model(model, path, version=1, merge=True, precision="float32"):
     """Write `path/<version>/` for TF Serving (see module docstring).
 
     Args:
@@ -296,14 +271,23 @@ def export_saved_model(model, path, version=1, merge=True):
         version: the numbered sub-folder to write.
         merge: fold a lone LoRA/(IA)^3 adapter into the base weights first
             (the given model is not changed; a copy is merged).
+        precision: `"float32"`, `"bfloat16"` or `"float16"`: what the
+            served graph stores and computes in (`keras_adapters.serving_graph`);
+            inputs and float32 `probabilities` are the same in each.
 
     Returns:
         The folder written.
+
+    Example:
+    ```python
+    ka.export_saved_model(model, "serving/news", precision="bfloat16")
+    ```
     """
     if model.preprocessor is None:
         raise ValueError("The model has no preprocessor; text signatures need one.")
+    serving_graph.check_precision(precision)
     out = _version_dir(path, version)
-    served = _serving_copy(model, merge)
+    served = serving_graph.serving_copy(model, precision, merge=merge)
     task = _Task(served)
     signatures = {
         "serving_default": _trace(task.classify_text, TEXT_SIGNATURE),
@@ -312,7 +296,9 @@ def export_saved_model(model, path, version=1, merge=True):
     return _save(_variables_module(served), out, signatures)
 
 
-def export_multi_adapter_saved_model(model, path, names=None, version=1, aliases=None, task_signatures=True):
+def export_multi_adapter_saved_model(
+    model, path, names=None, version=1, aliases=None, task_signatures=True, precision="float32"
+):
     """One SavedModel, one backbone, for many tasks.
 
     Signatures:
@@ -330,7 +316,7 @@ def export_multi_adapter_saved_model(model, path, names=None, version=1, aliases
 
     Each task's texts are cut to the sequence length it was trained with.
     The frozen backbone and each adapter are stored once and shared by
-    every signature. The model's active adapters are restored afterwards.
+    every signature. The given model is not changed (a copy is traced).
 
     Args:
         model: an `AdapterTextClassifier` holding several named adapters.
@@ -342,6 +328,7 @@ def export_multi_adapter_saved_model(model, path, names=None, version=1, aliases
             Without them a server holds less (each costs memory when
             loaded, see BENCHMARKS.md) and `serving_default` is `classify`;
             fusions always get theirs.
+        precision: as `export_saved_model`.
     """
     names = list(names or model.adapter_names)
     if not names:
@@ -354,36 +341,34 @@ def export_multi_adapter_saved_model(model, path, names=None, version=1, aliases
             f"{full} fine-tune the whole backbone and cannot share one; export them on their own."
         )
     keys = _signature_keys(names)
+    serving_graph.check_precision(precision)
     out = _version_dir(path, version)
+    model = serving_graph.serving_copy(model, precision, merge=False)
     routed = [n for n in names if n in model.adapter_names]
     # The routed graphs read stacked copies of the adapters' weights, so only
     # the fusions' own signatures need per-adapter variables.
     module = _variables_module(model, [n for n in names if n not in routed])
-    active = model.active_adapters
     signatures = {}
-    try:
-        if routed:
-            task = _RoutedTask(model, routed, {a: n for a, n in (aliases or {}).items() if n in routed})
-            module.adapter_table = task.table
-            model.set_active_adapters(task.route)
-            with stored_stacks({}) as stacks:
-                classify = _trace(task.classify_text, [*TEXT_SIGNATURE, ADAPTER_SPEC])
-                signatures["classify_token_ids"] = _trace(
-                    task.classify_tokens, [*_token_signature().values(), ADAPTER_SPEC]
-                )
-            signatures["classify"] = classify
-            module.adapter_stacks = list(stacks.values())
-        for name, key in zip(names, keys):
-            if name in routed and not task_signatures:
-                continue
-            if name in routed:
-                # A thin wrapper: the graph is stored once, not once per task.
-                signatures[key] = _trace(_one_task(classify, name, model.heads[name].num_classes), TEXT_SIGNATURE)
-            else:
-                model.set_active_adapters(model._fusion(name))
-                signatures[key] = _trace(_Task(model, _task_length(model, name)).classify_text, TEXT_SIGNATURE)
-    finally:
-        model.set_active_adapters(active)
+    if routed:
+        task = _RoutedTask(model, routed, {a: n for a, n in (aliases or {}).items() if n in routed})
+        module.adapter_table = task.table
+        model.set_active_adapters(task.route)
+        with stored_stacks({}) as stacks:
+            classify = _trace(task.classify_text, [*TEXT_SIGNATURE, ADAPTER_SPEC])
+            signatures["classify_token_ids"] = _trace(
+                task.classify_tokens, [*_token_signature().values(), ADAPTER_SPEC]
+            )
+        signatures["classify"] = classify
+        module.adapter_stacks = list(stacks.values())
+    for name, key in zip(names, keys):
+        if name in routed and not task_signatures:
+            continue
+        if name in routed:
+            # A thin wrapper: the graph is stored once, not once per task.
+            signatures[key] = _trace(_one_task(classify, name, model.heads[name].num_classes), TEXT_SIGNATURE)
+        else:
+            model.set_active_adapters(model._fusion(name))
+            signatures[key] = _trace(_Task(model, _task_length(model, name)).classify_text, TEXT_SIGNATURE)
     signatures["serving_default"] = signatures.get(keys[0], signatures.get("classify"))
     return _save(module, out, signatures)
 
@@ -415,16 +400,17 @@ def _signature_name(name):
     return "".join(c if c.isalnum() else "_" for c in name)
 
 
-def export_run_saved_model(run_dirs, path, version=1, merge=True, task_signatures=True):
+def export_run_saved_model(run_dirs, path, version=1, merge=True, task_signatures=True, precision="float32"):
     """Export one run folder, or several (comma list) as a multi-adapter model
     whose `classify` takes each run folder's name (see `runs.task_name`)."""
     run_list = [r for r in str(run_dirs).split(",") if r]
     if len(run_list) == 1:
-        return export_saved_model(runs.load_run(run_list[0]), path, version=version, merge=merge)
+        return export_saved_model(runs.load_run(run_list[0]), path, version=version, merge=merge, precision=precision)
     model, names = runs.load_runs(run_list)
     aliases = {os.path.basename(os.path.normpath(r)): n for r, n in zip(run_list, names)}
     return export_multi_adapter_saved_model(
-        model, path, names=names, version=version, aliases=aliases, task_signatures=task_signatures
+        model, path, names=names, version=version, aliases=aliases, task_signatures=task_signatures,
+        precision=precision,
     )
 
 
@@ -470,7 +456,8 @@ def export_tflite(model, path, sequence_length=None, quantize="none", merge=True
         signature.append(tf.TensorSpec([None], tf.int32, name="adapter_id"))
         served, module = model, _routed_tflite_module(model, names, signature)
     else:
-        served = _serving_copy(model, merge)
+        # Not fused: TFLite's converter makes its own fused ops.
+        served = serving_graph.serving_copy(model, "float32", merge=merge, fuse=False)
         module = _frozen_module(_trace(_Task(served).classify_tokens, signature), signature)
     os.makedirs(path, exist_ok=True)
     model_path = os.path.join(path, "model.tflite")

@@ -407,6 +407,13 @@ def test_cli_export_both_formats(tiny_preset, tmp_path, capsys):
     for i, name in enumerate(["run_a", "run_b", "run_b"]):
         own = loaded.signatures[f"classify_{name}"](text=tf.constant(TEXTS[i : i + 1]))
         np.testing.assert_allclose(routed["probabilities"][i], own["probabilities"][0], atol=1e-6)
+    assert cli.main(["export", "--adapters", both, "--format", "saved_model", "-o", str(tmp_path / "half"),
+                     "--precision", "bfloat16"]) == 0
+    half = tf.saved_model.load(str(tmp_path / "half" / "1")).signatures["classify"](text=tf.constant(TEXTS[:3]),
+                                                                                    adapter=names)
+    assert half["probabilities"].dtype == tf.float32
+    gap = np.abs(half["probabilities"].numpy() - routed["probabilities"].numpy()).max()
+    assert 0 < gap < 3e-2, gap
     assert cli.main(["export", "--adapters", both, "--format", "saved_model", "-o", str(tmp_path / "lean"),
                      "--no-task-signatures"]) == 0
     lean = tf.saved_model.load(str(tmp_path / "lean" / "1"))
@@ -420,6 +427,10 @@ def test_cli_export_both_formats(tiny_preset, tmp_path, capsys):
     assert "TFLite model written" in capsys.readouterr().out
     assert cli.main(["export", "--adapters", both, "--format", "tflite", "-o", str(tmp_path / "lite2")]) == 0
     assert "adapters.json (adapter_id 0.. = run_a, run_b)" in capsys.readouterr().out
+    assert cli.main(["export", str(tmp_path / "run_a"), "--format", "tflite", "-o", str(tmp_path / "lite3"),
+                     "--precision", "bfloat16"]) == 2
+    assert "--precision bfloat16 is for --format saved_model" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "lite3")
     assert sorted(os.listdir(tmp_path / "lite2")) == ["adapters.json", "model.tflite", "vocab.txt"]
     assert cli.main(["export", "--format", "tflite", "-o", str(tmp_path / "x")]) == 2
 
