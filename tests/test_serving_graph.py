@@ -82,6 +82,10 @@ def test_feed_forward_layers_become_matmul_then_bias_add_for_the_oneDNN_fusion(t
     # keras-hub's tensordot puts a Reshape between the MatMul and the bias.
     assert _bias_adds_on_a_matmul(_served(plain)) == 0
     assert _bias_adds_on_a_matmul(_served(fused)) == 2 * LAYERS
+    # keras-hub's GELU (the form the fusion matches), not the training one.
+    for copy in (fused, plain):
+        types = [op.type for op in _served(copy).graph.get_operations() if "feedforward" in op.name]
+        assert "Tanh" in types and "Sigmoid" not in types
 
 
 def test_a_layer_an_adapter_wraps_is_not_rewritten(tiny_preset):
