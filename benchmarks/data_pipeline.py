@@ -27,7 +27,7 @@ from common import median  # noqa: E402
 
 import keras_adapters as ka  # noqa: E402
 from keras_adapters import presets  # noqa: E402
-from keras_adapters.training import default_precision  # noqa: E402
+from keras_adapters.precision import default_precision  # noqa: E402
 
 
 def bbc_folder():

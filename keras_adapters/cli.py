@@ -7,6 +7,7 @@ import sys
 
 from keras_adapters import evaluation  # noqa: E402
 from keras_adapters import export  # noqa: E402
+from keras_adapters import precision  # noqa: E402
 from keras_adapters import runs  # noqa: E402
 from keras_adapters import serving_graph  # noqa: E402
 from keras_adapters.adapter_io import AdapterFormatError  # noqa: E402
@@ -59,7 +60,7 @@ def _parser():
     train.add_argument("--learning-rate", type=float, default=None,
                        help="peak learning rate (default: the method's)")
     train.add_argument("--precision", default="auto",
-                       choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"])
+                       choices=["auto", *precision.PRECISIONS])
     train.add_argument("--validation-split", type=float, default=0.1)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--strategy", default="default", choices=STRATEGIES,

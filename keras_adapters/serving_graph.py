@@ -28,7 +28,6 @@ copy's outputs equal the model's up to rounding (checked in the tests).
 import keras
 import tensorflow as tf
 
-from keras_adapters import fast_ops
 from keras_adapters import injection
 
 PRECISIONS = ("float32", "bfloat16", "float16")
@@ -72,7 +71,6 @@ def _copy(model, precision):
     config["preprocessor"] = model.preprocessor
     config["backbone"]["config"]["dtype"] = precision
     copy = type(model).from_config(config)
-    fast_ops.for_serving(copy.backbone)
     for target, source in zip(copy.weights, model.weights):
         target.assign(tf.cast(source, target.dtype))
     return copy

@@ -11,6 +11,7 @@ from keras_adapters import composition
 from keras_adapters import fast_ops
 from keras_adapters import heads as heads_lib
 from keras_adapters import injection
+from keras_adapters import precision
 from keras_adapters import presets
 from keras_adapters import recipe
 from keras_adapters.fusion import FusionConfig
@@ -160,6 +161,8 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
             sequence_length: tokens per example (longer texts are truncated).
             dtype: optional dtype policy for the backbone (e.g.
                 `"mixed_bfloat16"`); defaults to Keras' global policy.
+                `"auto"`: the fastest safe policy on this machine, what
+                `keras-adapters train` uses (`keras_adapters.precision`).
             load_weights: load the pretrained weights (`False`: random init).
             **kwargs: other `AdapterTextClassifier` arguments. `pooling`
                 defaults to the checkpoint's own (`"mean"` for
@@ -168,6 +171,8 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         """
         if adapter != "unset":
             method = adapter
+        if dtype == "auto":
+            dtype = precision.default_precision()
         backbone = presets.load_backbone(preset, dtype=dtype, load_weights=load_weights)
         preprocessor = presets.load_preprocessor(preset, sequence_length)
         if kwargs.get("pooling") in (None, "auto"):

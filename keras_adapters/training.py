@@ -19,60 +19,21 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from keras_adapters import adapter_io
 from keras_adapters import composition
 from keras_adapters import data as data_lib
 from keras_adapters import distribute
+from keras_adapters import precision as precision_lib
 from keras_adapters import presets
 from keras_adapters import recipe
 from keras_adapters import runs
 from keras_adapters.methods.registry import get_adapter_config
 from keras_adapters.text_classifier import AdapterTextClassifier
 
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 BACKUP_DIR = "backup"
 #: What a run folder holds from training (removed by `overwrite=True`).
 RUN_FILES = ("adapter", BACKUP_DIR, "train_config.json", "class_names.json", "history.json", "metrics.json", "logs")
-
-
-# --------------------------------------------------------------- precision
-def cpu_has_fast_bfloat16():
-    """True when the CPU has bf16 matrix instructions (AVX512-BF16 or AMX)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
-
-
-def default_precision():
-    """The fastest numerically safe policy here (see BENCHMARKS.md).
-
-    GPUs: `mixed_float16` (Keras adds loss scaling). CPUs with bf16 matrix
-    instructions: `mixed_bfloat16` (measured 1.5x faster than float32 for
-    adapter training on an AVX512-BF16 CPU, same BBC News accuracy within
-    two test documents).
-    Otherwise `float32`.
-    """
-    if tf.config.list_physical_devices("GPU"):
-        return "mixed_float16"
-    if cpu_has_fast_bfloat16():
-        return "mixed_bfloat16"
-    return "float32"
-
-
-def resolve_precision(precision):
-    if precision in (None, "auto"):
-        return default_precision()
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be 'auto' or one of {PRECISIONS}, got {precision!r}.")
-    return precision
 
 
 # --------------------------------------------------------------- callbacks
@@ -379,7 +340,7 @@ def train_classifier(
     with run_lock(output):
         if validation_split and not str(data).startswith("tfds:"):
             validation_split = _usable_validation_split(data, validation_split)
-        precision = resolve_precision(precision)
+        precision = precision_lib.resolve_precision(precision)
         keras.utils.set_random_seed(seed)
         if fuse:
             preset = adapter_io.read_config(runs.adapter_dir(fuse[0]))["backbone"]["preset"]

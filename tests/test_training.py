@@ -14,19 +14,6 @@ from conftest import cli_process
 from conftest import write_class_folders
 
 import keras_adapters as ka
-from keras_adapters import training
-
-
-def test_default_precision_follows_the_hardware(monkeypatch):
-    monkeypatch.setattr(training.tf.config, "list_physical_devices", lambda kind: [])
-    monkeypatch.setattr(training, "cpu_has_fast_bfloat16", lambda: True)
-    assert training.default_precision() == "mixed_bfloat16"
-    monkeypatch.setattr(training, "cpu_has_fast_bfloat16", lambda: False)
-    assert training.default_precision() == "float32"
-    monkeypatch.setattr(training.tf.config, "list_physical_devices", lambda kind: ["gpu"])
-    assert training.default_precision() == "mixed_float16"
-    with pytest.raises(ValueError, match="precision must be"):
-        training.resolve_precision("float8")
 
 
 def test_train_classifier_writes_a_complete_run_folder(tiny_preset, text_folder, tmp_path):
