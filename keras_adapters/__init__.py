@@ -50,6 +50,7 @@ from keras_adapters.methods.prompt import PromptEmbedding
 from keras_adapters.methods.registry import available_methods
 from keras_adapters.methods.registry import get_adapter_config
 from keras_adapters.parameters import parameter_report
+from keras_adapters.prefix_cache import cache_frozen_prefix
 from keras_adapters.presets import PresetNotFoundError
 from keras_adapters.presets import default_preset
 from keras_adapters.runs import load_run
@@ -91,6 +92,7 @@ __all__ = [
     "Stack",
     "__version__",
     "available_methods",
+    "cache_frozen_prefix",
     "default_preset",
     "export_multi_adapter_saved_model",
     "export_saved_model",

@@ -52,6 +52,9 @@ def _parser():
     train.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
                        help="a field of the method's config, e.g. rank=16, use_dora=true, "
                             "target_modules=query,value (repeatable)")
+    train.add_argument("--cache-frozen-layers", action="store_true",
+                       help="compute the encoder layers below the adapter once and train the top only "
+                            "(with --method-option target_layers=..., e.g. transformer_layer_[45])")
     train.add_argument("--fuse", default=None, metavar="RUN_A,RUN_B",
                        help="train an AdapterFusion over these finished runs' adapters instead")
     train.add_argument("--epochs", type=int, default=3)
@@ -145,6 +148,7 @@ def cmd_train(args):
         verbose=0 if args.quiet else 1,
         fuse=fuse,
         overwrite=args.overwrite,
+        cache_frozen_layers=args.cache_frozen_layers,
         **_tfds_options(args),
     )
     best = (

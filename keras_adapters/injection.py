@@ -406,6 +406,50 @@ def run_backbone(backbone, inputs, training=False):
     return {"sequence_output": sequence, "pooled_output": backbone.pooled_dense(x[:, 0, :])}
 
 
+def frozen_prefix_depth(backbone):
+    """How many leading encoder layers the active adapters leave alone.
+
+    A layer counts when no active adapter (or fusion) has a unit at any of
+    its sites, none of its own weights trains, and nothing before it does
+    (embeddings, input-end units). With dropout off there, those layers'
+    outputs depend on the tokens only, so they can be computed once per
+    example (`keras_adapters.prefix_cache`). 0 when there is nothing to skip.
+    """
+    state = get_state(backbone)
+    if state is None or state.active is None or isinstance(state.active, composition.Route) or _input_units(state):
+        return 0
+    active = set(composition.adapter_names(state.active)) | {f.name for f in composition.fusions(state.active)}
+    embeddings = [w for name in EMBEDDING_LAYERS for w in getattr(backbone, name).weights]
+    if any(w.trainable for w in embeddings):
+        return 0
+    original = {id(w) for w in state.original_weights}
+    depth = 0
+    for encoder in encoder_layers(backbone):
+        sites = [site for key, site in state.sites.items() if key.startswith(f"{encoder.name}/")]
+        acting = any(active & (set(site.units) | set(site.fusion_layers)) for site in sites)
+        training = any(w.trainable and id(w) in original for w in encoder.weights)
+        if acting or training:
+            break
+        depth += 1
+    return depth
+
+
+def run_prefix(backbone, inputs, depth):
+    """The hidden states after the first `depth` encoder layers, dropout off."""
+    x = embedding_output(backbone, inputs["token_ids"], inputs["segment_ids"], training=False)
+    for layer in backbone.transformer_layers[:depth]:
+        x = layer(x, padding_mask=inputs["padding_mask"], training=False)
+    return x
+
+
+def run_from(backbone, hidden, padding_mask, depth, training=False):
+    """The backbone's outputs from the hidden states after layer `depth`."""
+    x = hidden
+    for layer in backbone.transformer_layers[depth:]:
+        x = layer(x, padding_mask=padding_mask, training=training)
+    return {"sequence_output": x, "pooled_output": backbone.pooled_dense(x[:, 0, :])}
+
+
 def _input_shape(base, hidden_dim):
     if isinstance(base, (keras.layers.Dropout, keras.layers.LayerNormalization, keras.layers.MultiHeadAttention)):
         return (None, None, hidden_dim)

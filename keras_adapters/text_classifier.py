@@ -19,6 +19,8 @@ from keras_adapters.heads import ClassificationHead
 from keras_adapters.heads import routed_probabilities
 from keras_adapters.methods.baselines import HeadOnlyConfig
 from keras_adapters.methods.registry import get_adapter_config
+from keras_adapters.prefix_cache import PREFIX_DEPTH
+from keras_adapters.prefix_cache import PREFIX_OUTPUT
 
 TOKEN_INPUTS = ("token_ids", "segment_ids", "padding_mask")
 DEFAULT_NAME = "default"
@@ -427,9 +429,12 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         if isinstance(spec, composition.Route):
             return self._call_routed(spec, inputs, training)
         copies = len(spec) if isinstance(spec, composition.Parallel) else 1
-        if copies > 1:
-            inputs = {k: ops.concatenate([v] * copies, axis=0) for k, v in inputs.items()}
-        outputs = injection.run_backbone(self.backbone, inputs, training=training)
+        if PREFIX_OUTPUT in inputs:
+            outputs = self._run_from_prefix(spec, inputs, training)
+        else:
+            if copies > 1:
+                inputs = {k: ops.concatenate([v] * copies, axis=0) for k, v in inputs.items()}
+            outputs = injection.run_backbone(self.backbone, inputs, training=training)
         parts = (outputs["sequence_output"], outputs["pooled_output"], inputs["padding_mask"])
 
         def head(name, part=(lambda t: t)):
@@ -448,6 +453,22 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
                 raise ValueError(f"Average needs heads with the same number of classes, got {sorted(shapes)}.")
             return sum(w * head(n) for w, n in zip(spec.weights, names))
         return head(names)
+
+    def _run_from_prefix(self, spec, inputs, training):
+        """The backbone from cached frozen-prefix outputs (`keras_adapters.prefix_cache`)."""
+        if isinstance(spec, composition.Parallel):
+            raise ValueError("Cached frozen-prefix inputs need one active adapter (or stack/fusion), not Parallel.")
+        depth = injection.frozen_prefix_depth(self.backbone)
+        check = tf.debugging.assert_equal(
+            tf.cast(inputs[PREFIX_DEPTH], tf.int32), depth,
+            message=(
+                f"These inputs hold the outputs of another number of frozen layers than the active "
+                f"adapters leave frozen ({depth}); cache them again for these adapters."
+            ),
+        )
+        with tf.control_dependencies([check]):
+            hidden = tf.identity(inputs[PREFIX_OUTPUT])
+        return injection.run_from(self.backbone, hidden, inputs["padding_mask"], depth, training=training)
 
     def _call_routed(self, spec, inputs, training):
         if training:
@@ -651,6 +672,8 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         )
 
     def preprocess_samples(self, x, y=None, sample_weight=None):
+        if isinstance(x, dict) and PREFIX_OUTPUT in x:  # already past the frozen layers
+            return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
         if isinstance(x, dict) and "token_ids" in x:
             return keras.utils.pack_x_y_sample_weight(complete_token_inputs(x), y, sample_weight)
         return super().preprocess_samples(x, y=y, sample_weight=sample_weight)

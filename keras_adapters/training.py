@@ -25,6 +25,7 @@ from keras_adapters import composition
 from keras_adapters import data as data_lib
 from keras_adapters import distribute
 from keras_adapters import precision as precision_lib
+from keras_adapters import prefix_cache
 from keras_adapters import presets
 from keras_adapters import recipe
 from keras_adapters import runs
@@ -303,6 +304,7 @@ def train_classifier(
     callbacks=(),
     fuse=None,
     overwrite=False,
+    cache_frozen_layers=False,
     **data_options,
 ):
     """Fine-tune an adapter (or an AdapterFusion) on a directory or `tfds:NAME`.
@@ -315,6 +317,10 @@ def train_classifier(
         overwrite: discard a run already in `output` that has other
             settings and start over. Without it such a run is refused
             (`RunSettingsChanged`); a run with the same settings resumes.
+        cache_frozen_layers: compute the encoder layers below the adapter
+            once, before the first epoch, and train the layers above only
+            (`keras_adapters.prefix_cache`; needs `target_layers` that leave
+            the bottom layers out).
         **data_options: go to the dataset functions (e.g. `text_key`,
             `label_key`, `split` for TFDS).
 
@@ -375,6 +381,7 @@ def train_classifier(
             epochs=epochs, batch_size=batch_size, sequence_length=sequence_length, learning_rate=peak,
             strategy=strategy_name, num_replicas=strategy.num_replicas_in_sync, precision=precision,
             validation_split=validation_split, seed=seed, bucket_by_sequence_length=bucket_by_sequence_length,
+            cache_frozen_layers=cache_frozen_layers,
         )
         _check_same_settings(output, record, overwrite)
         runs.write_json(output / "train_config.json", record)
@@ -382,8 +389,13 @@ def train_classifier(
         fit_callbacks, timer, best, backup = _callbacks(
             output, monitor, tensorboard, early_stopping_patience, callbacks
         )
+        examples = train.num_examples
+        if cache_frozen_layers:
+            train = prefix_cache.cache_frozen_prefix(model, train, seed=seed)
+            if validation is not None:
+                validation = prefix_cache.cache_frozen_prefix(model, validation, shuffle=False)
         model.fit(train, validation_data=validation, epochs=epochs, callbacks=fit_callbacks, verbose=verbose)
-        summary = _finish(model, output, timer, best, backup, train.num_examples, monitor)
+        summary = _finish(model, output, timer, best, backup, examples, monitor)
     if not is_chief:
         shutil.rmtree(output, ignore_errors=True)
     return model, summary
