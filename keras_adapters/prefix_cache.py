@@ -61,7 +61,7 @@ def cache_frozen_prefix(model, dataset, batch_size=None, shuffle=True, seed=None
             "Put them in the top layers only, e.g. target_layers='transformer_layer_[45]' for the top "
             "2 of 6 (method options in the CLI: --method-option target_layers=...)."
         )
-    compute = tf.function(lambda inputs: injection.run_prefix(model.backbone, inputs, depth))
+    compute = tf.function(lambda inputs: injection.run_prefix(model.backbone, inputs, depth), reduce_retracing=True)
     hidden, masks, labels = [], [], []
     for inputs, y in dataset:
         hidden.append(compute({k: inputs[k] for k in ("token_ids", "segment_ids", "padding_mask")}).numpy())

@@ -124,6 +124,7 @@ def _train(data, output, preset, *extra):
     ])
 
 
+@pytest.mark.slow  # 35-40 s; the fast suite must stay under 15 min
 def test_fuse_trains_a_fusion_over_finished_runs(tiny_preset, tmp_path, capsys):
     data = write_class_folders(tmp_path / "data", per_class=6)
     for name in ("first", "second"):

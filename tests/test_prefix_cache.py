@@ -107,5 +107,6 @@ def test_train_with_cached_frozen_layers_from_the_cli(tiny_preset, text_folder, 
     history = json.loads((run / "history.json").read_text())
     assert len(history["loss"]) == 2 and all(np.isfinite(history["val_loss"]))
     # The adapter is used like any other: raw text, every layer run.
+    capsys.readouterr()
     assert cli.main(["evaluate", str(run), str(text_folder), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["num_examples"] > 0

@@ -306,6 +306,7 @@ def test_an_adapter_save_killed_between_renames_leaves_the_old_adapter(tiny_pres
             assert np.all(a.numpy() == 0.0)
 
 
+@pytest.mark.slow  # 35-40 s; the fast suite must stay under 15 min
 def test_rerun_with_other_settings_is_refused_unless_asked_to_start_over(tiny_preset, tmp_path):
     data = write_class_folders(tmp_path / "data", per_class=4)
     run = tmp_path / "run"
