@@ -212,6 +212,7 @@ def test_save_and_load_by_name_on_minilm(three_adapters, minilm_preset, tmp_path
     np.testing.assert_allclose(other.predict(SENTENCES, verbose=0), expected, atol=1e-6)
 
 
+@pytest.mark.slow  # 25 s; test_text_classifier's round trips cover the fast suite
 def test_keras_round_trip_with_three_adapters_and_a_fusion(three_adapters, tmp_path):
     model = three_adapters
     specs = ["topic", "spam", "lang", ka.Fuse("topic", "spam"), ka.Parallel("topic", "lang")]
