@@ -10,8 +10,7 @@ length 128, 5 classes, fixed random token batches.
 - training: one optimizer step on batch 32 (PyTorch: AdamW, bf16 autocast;
   keras-adapters: `train_on_batch`, `mixed_bfloat16`), for LoRA r8 on
   query/value (peft's configuration, both), our default LoRA (every dense
-  layer of the encoder), Houlsby (ours) and full fine-tuning (both); plus
-  ours with Keras' own dropout (`fast_ops` off) to show what that lever buys;
+  layer of the encoder), Houlsby (ours) and full fine-tuning (both);
 - serving: PyTorch eager `inference_mode` (float32 and bf16 autocast)
   against our exported SavedModel (Houlsby, `serve_token_ids`, float32 and
   bfloat16; bfloat16 without the 2-D feed-forward rewrite too), batch 32
@@ -94,7 +93,7 @@ def torch_worker(what, mode, bf16, batch, steps):
     return _time(step, steps)
 
 
-def keras_worker(what, target, batch, steps, keras_ops=False):
+def keras_worker(what, target, batch, steps):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import numpy as np
     import tensorflow as tf
@@ -103,10 +102,6 @@ def keras_worker(what, target, batch, steps, keras_ops=False):
     ids, labels = _batch(batch)
     if what == "train":
         import keras_adapters as ka
-        from keras_adapters import fast_ops
-
-        if keras_ops:
-            fast_ops.speed_up = lambda backbone: 0
         # lora_qv: peft's configuration (r 8, alpha 16, query/value); lora:
         # ours (every dense layer of the encoder, BENCHMARKS.md).
         method = ka.LoRAConfig(rank=8, alpha=16, target_modules=("query", "value")) if target == "lora_qv" else target
@@ -175,8 +170,6 @@ def variants(torch_python, models, steps):
         # name: (argv, batch, kind)
         "pt_train_lora_bf16": (pt + ["train", "lora", "1", "32", str(s_train)], 32, "train"),
         "ka_train_lora_qv_bf16": (me + ["keras", "train", "lora_qv", "32", str(s_train)], 32, "train"),
-        "ka_train_lora_qv_bf16_keras_dropout": (
-            me + ["keras", "train", "lora_qv", "32", str(s_train), "keras_ops"], 32, "train"),
         "ka_train_lora_bf16": (me + ["keras", "train", "lora", "32", str(s_train)], 32, "train"),
         "ka_train_houlsby_bf16": (me + ["keras", "train", "houlsby", "32", str(s_train)], 32, "train"),
         "pt_train_full_bf16": (pt + ["train", "full", "1", "32", str(s_train)], 32, "train"),
@@ -256,7 +249,7 @@ def worker(argv):
         result = torch_worker(what, target, bf16, batch, steps)
     else:
         batch, steps = int(argv[3]), int(argv[4])
-        result = keras_worker(what, target, batch, steps, keras_ops=argv[5:] == ["keras_ops"])
+        result = keras_worker(what, target, batch, steps)
     print(json.dumps(result))
 
 

@@ -8,7 +8,6 @@ from keras import ops
 
 from keras_adapters import adapter_io
 from keras_adapters import composition
-from keras_adapters import fast_ops
 from keras_adapters import heads as heads_lib
 from keras_adapters import injection
 from keras_adapters import precision
@@ -101,7 +100,6 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
             raise ValueError(heads_lib.MULTI_LABEL_REMOVED)
         if backbone_fingerprint is None:
             backbone_fingerprint = presets.weights_fingerprint(backbone)
-        fast_ops.speed_up(backbone)  # same function, faster training (see fast_ops)
         self.backbone = backbone
         self.preprocessor = preprocessor
         self.heads = {}
