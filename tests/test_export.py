@@ -379,6 +379,7 @@ def test_dynamic_tflite_quantizes_the_weights(tmp_path):
     assert (outputs["dynamic"].argmax(1) == expected.argmax(1)).mean() >= 0.75
 
 
+@pytest.mark.slow  # ~50 s; the fast suite must stay under 15 min
 def test_cli_export_both_formats(tiny_preset, tmp_path, capsys):
     from conftest import write_class_folders
 
