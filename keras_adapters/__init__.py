@@ -49,6 +49,7 @@ from keras_adapters.methods.prompt import PromptConfig
 from keras_adapters.methods.prompt import PromptEmbedding
 from keras_adapters.methods.registry import available_methods
 from keras_adapters.methods.registry import get_adapter_config
+from keras_adapters.pair_data import pair_dataset_from_file
 from keras_adapters.parameters import parameter_report
 from keras_adapters.prefix_cache import cache_frozen_prefix
 from keras_adapters.presets import PresetNotFoundError
@@ -101,6 +102,7 @@ __all__ = [
     "inject_adapters",
     "load_run",
     "merge_lora_adapters",
+    "pair_dataset_from_file",
     "parameter_report",
     "split_directory",
     "text_dataset_from_directory",

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_adapters import tasks
 from keras_adapters.methods.registry import get_adapter_config
 from keras_adapters.methods.registry import known_fields
 from keras_adapters.version import __version__
@@ -188,6 +189,18 @@ def read_config(directory):
         if not isinstance(config.get(key), dict):
             raise AdapterFormatError(f"{config_path} lacks the {key!r} section.")
     return config
+
+
+def task_type(config, source):
+    """The task a folder's head does (`keras_adapters.tasks`); older folders
+    are text classification."""
+    task = config["task"].get("type", tasks.TEXT_CLASSIFICATION)
+    if task not in tasks.CLASSIFICATION_TASKS:
+        raise AdapterFormatError(
+            f"{source}: its head does {task!r}, which this model cannot hold (it classifies "
+            f"{' or '.join(tasks.CLASSIFICATION_TASKS)}); load it into the model class for that task."
+        )
+    return task
 
 
 def method_config(config, source):

@@ -10,26 +10,29 @@ from keras_adapters import export  # noqa: E402
 from keras_adapters import precision  # noqa: E402
 from keras_adapters import runs  # noqa: E402
 from keras_adapters import serving_graph  # noqa: E402
+from keras_adapters import tasks  # noqa: E402
 from keras_adapters.adapter_io import AdapterFormatError  # noqa: E402
 from keras_adapters.data import DatasetError  # noqa: E402
 from keras_adapters.distribute import STRATEGIES  # noqa: E402
 from keras_adapters.methods.registry import available_methods  # noqa: E402
 from keras_adapters.methods.registry import config_from_options  # noqa: E402
+from keras_adapters.pair_data import read_pairs  # noqa: E402
 from keras_adapters.presets import PresetNotFoundError  # noqa: E402
 from keras_adapters.training import train_classifier  # noqa: E402
 
 DESCRIPTION = """Fine-tune adapters on a pretrained BERT and use them.
 
-  keras-adapters train DATA_DIR --output RUN_DIR [--method houlsby] [--epochs 3] ...
+  keras-adapters train DATA --output RUN_DIR [--method houlsby] [--epochs 3] [--task auto] ...
   keras-adapters train DATA_DIR --output RUN_DIR --fuse RUN_A,RUN_B[,...]   (AdapterFusion)
-  keras-adapters evaluate RUN_DIR DATA_DIR [--json]
-  keras-adapters predict RUN_DIR [TEXT ...] [--file F] [--json]
+  keras-adapters evaluate RUN_DIR DATA [--json]
+  keras-adapters predict RUN_DIR [TEXT ...] [--file F] [--json]   (pairs: TEXT_A TEXT_B ...)
   keras-adapters export RUN_DIR --format saved_model|tflite --output OUT [--precision bfloat16] [...]
   keras-adapters export --adapters RUN_A,RUN_B --format saved_model --output OUT
       (many tasks, one backbone: each request row names its run; one pass per batch)
 
-DATA_DIR is a folder with one sub-folder per class and one .txt file per example, or
-tfds:NAME for a prepared TensorFlow Datasets set. RUN_DIR receives adapter/ (load it with
+DATA is a folder with one sub-folder per class and one .txt file per example, or
+tfds:NAME for a prepared TensorFlow Datasets set (text-classification); or a .jsonl, .csv or
+.tsv file with text_a, text_b and label columns (pair-classification). RUN_DIR receives adapter/ (load it with
 AdapterTextClassifier.from_adapter), class_names.json, train_config.json, history.json,
 metrics.json and TensorBoard logs/; never a copy of the backbone."""
 
@@ -43,7 +46,10 @@ def _parser():
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="fine-tune an adapter on a dataset")
-    train.add_argument("data", metavar="DATA_DIR")
+    train.add_argument("data", metavar="DATA")
+    train.add_argument("--task", default="auto", choices=["auto", *map(tasks.cli_name, tasks.TASKS)],
+                       help="auto: told from DATA (a folder or tfds:NAME: text-classification; a .jsonl/.csv/"
+                            ".tsv file with a text_b column: pair-classification)")
     train.add_argument("--output", "-o", required=True, metavar="RUN_DIR")
     train.add_argument("--preset", "--backbone", dest="preset", default="default", metavar="PRESET_OR_DIR",
                        help="the backbone: a keras-hub preset folder, a Hugging Face BERT folder, or 'default' "
@@ -74,8 +80,7 @@ def _parser():
     train.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE")
     train.add_argument("--pooling", default="auto", choices=["auto", "cls", "mean"],
                        help="auto: the checkpoint's own pooling (mean for the default MiniLM)")
-    train.add_argument("--text-key", default="text", help="tfds: text feature name")
-    train.add_argument("--label-key", default="label", help="tfds: label feature name")
+    _add_key_options(train)
     train.add_argument("--overwrite", action="store_true",
                        help="RUN_DIR holds a run with other settings: discard it and start over "
                             "(without it that run is refused; one with the same settings resumes)")
@@ -83,17 +88,19 @@ def _parser():
 
     evaluate = sub.add_parser("evaluate", help="evaluate a run on a labelled dataset")
     evaluate.add_argument("run", metavar="RUN_DIR")
-    evaluate.add_argument("data", metavar="DATA_DIR")
+    evaluate.add_argument("data", metavar="DATA")
     evaluate.add_argument("--batch-size", type=int, default=32)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
-    evaluate.add_argument("--text-key", default="text")
-    evaluate.add_argument("--label-key", default="label")
+    _add_key_options(evaluate)
     evaluate.add_argument("--split", default="test", help="tfds: split to evaluate")
 
     predict = sub.add_parser("predict", help="classify texts with a run's adapter")
     predict.add_argument("run", metavar="RUN_DIR")
-    predict.add_argument("texts", nargs="*", metavar="TEXT")
-    predict.add_argument("--file", "-f", help="one text per line ('-' for stdin)")
+    predict.add_argument("texts", nargs="*", metavar="TEXT", help="texts; for a pair run, TEXT_A TEXT_B ...")
+    predict.add_argument("--file", "-f", help="one text per line ('-' for stdin); for a pair run, a .jsonl, "
+                                              ".csv or .tsv file with text_a and text_b columns")
+    predict.add_argument("--text-a-key", default="text_a", help="pair files: the first text's column")
+    predict.add_argument("--text-b-key", default="text_b", help="pair files: the second text's column")
     predict.add_argument("--batch-size", type=int, default=32)
     predict.add_argument("--json", action="store_true")
     export = sub.add_parser("export", help="export a run for TF Serving or TFLite")
@@ -116,9 +123,16 @@ def _parser():
     return parser
 
 
-def _tfds_options(args):
+def _add_key_options(command):
+    command.add_argument("--text-key", default="text", help="tfds: the text feature")
+    command.add_argument("--label-key", default="label", help="tfds: the label feature; pair files: the label column")
+    command.add_argument("--text-a-key", default="text_a", help="pair files: the first text's column")
+    command.add_argument("--text-b-key", default="text_b", help="pair files: the second text's column")
+
+
+def _data_options(args):
     if not str(args.data).startswith("tfds:"):
-        return {}
+        return {"text_a_key": args.text_a_key, "text_b_key": args.text_b_key, "label_key": args.label_key}
     options = {"text_key": args.text_key, "label_key": args.label_key}
     if getattr(args, "split", None):
         options["split"] = args.split
@@ -149,7 +163,8 @@ def cmd_train(args):
         fuse=fuse,
         overwrite=args.overwrite,
         cache_frozen_layers=args.cache_frozen_layers,
-        **_tfds_options(args),
+        task=args.task,
+        **_data_options(args),
     )
     best = (
         f"best {summary['best_metric']} {summary['best_value']:.4f} at epoch {summary['best_epoch']}"
@@ -167,7 +182,7 @@ def cmd_train(args):
 
 def cmd_evaluate(args):
     result = evaluation.evaluate_run(
-        args.run, args.data, batch_size=args.batch_size, **_tfds_options(args)
+        args.run, args.data, batch_size=args.batch_size, **_data_options(args)
     )
     runs.update_metrics_file(args.run, "evaluation", {"data": str(args.data), **result})
     if args.json:
@@ -179,7 +194,7 @@ def cmd_evaluate(args):
     return 0
 
 
-def cmd_predict(args):
+def _texts(args):
     texts = list(args.texts)
     if args.file:
         stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8", errors="replace")
@@ -188,14 +203,47 @@ def cmd_predict(args):
             texts += [line.rstrip("\r\n") for line in stream]
     if not texts:
         raise ValueError("No texts to classify: pass TEXT arguments or --file F.")
+    return texts
+
+
+def _pairs(args):
+    texts = list(args.texts)
+    if len(texts) % 2:
+        raise ValueError(
+            f"This run classifies text pairs: pass TEXT_A TEXT_B ... (got {len(texts)} texts, an odd number)."
+        )
+    pairs = [texts[0::2], texts[1::2]]
+    if args.file:
+        if args.file == "-":
+            raise ValueError("This run classifies text pairs: pass --file with a .jsonl, .csv or .tsv file.")
+        a, b, _ = read_pairs(args.file, args.text_a_key, args.text_b_key, labelled=False)
+        pairs = [pairs[0] + a, pairs[1] + b]
+    if not pairs[0]:
+        raise ValueError("No pairs to classify: pass TEXT_A TEXT_B arguments or --file F.")
+    return tuple(pairs)
+
+
+def _short(text):
+    return text if len(text) <= 70 else text[:67] + "..."
+
+
+def cmd_predict(args):
     model = runs.load_run(args.run)
-    results = evaluation.predict_texts(model, texts, batch_size=args.batch_size)
-    if args.json:
-        print(json.dumps(runs.finite([{"text": t, **r} for t, r in zip(texts, results)]), allow_nan=False))
+    if model.task == tasks.PAIR_CLASSIFICATION:
+        pairs = _pairs(args)
+        results = evaluation.predict_texts(model, pairs, batch_size=args.batch_size)
+        inputs = [{"text_a": a, "text_b": b} for a, b in zip(*pairs)]
+        shown = [f"{_short(a)} || {_short(b)}" for a, b in zip(*pairs)]
     else:
-        for text, r in zip(texts, results):
-            short = text if len(text) <= 70 else text[:67] + "..."
-            print(f"{r['label']}\t{r['probabilities'][r['label']]:.4f}\t{short}")
+        texts = _texts(args)
+        results = evaluation.predict_texts(model, texts, batch_size=args.batch_size)
+        inputs = [{"text": t} for t in texts]
+        shown = [_short(t) for t in texts]
+    if args.json:
+        print(json.dumps(runs.finite([{**i, **r} for i, r in zip(inputs, results)]), allow_nan=False))
+    else:
+        for text, r in zip(shown, results):
+            print(f"{r['label']}\t{r['probabilities'][r['label']]:.4f}\t{text}")
     return 0
 
 

@@ -131,15 +131,19 @@ def clean_text(text, max_bytes=None):
 
 def _tokenize_fn(preprocessor):
     def tokenize(text, label):
-        return preprocessor(text), label
+        # y=None: keras-hub would read a (text_a, text_b) tuple as (x, y).
+        return preprocessor(text, y=None), label
 
     return tokenize
 
 
-def _finish(
+def finish_dataset(
     ds, preprocessor, batch_size, training, bucket_boundaries, cache, num_examples, seed, known_size=True
 ):
-    """Tokenize (in graph), cache, shuffle, batch (optionally by length), prefetch."""
+    """Tokenize (in graph), cache, shuffle, batch (optionally by length), prefetch.
+
+    `ds` holds `(text, label)` or `((text_a, text_b), label)` elements.
+    """
     ds = ds.map(_tokenize_fn(preprocessor), num_parallel_calls=AUTOTUNE)
     if cache:
         ds = ds.cache()
@@ -272,13 +276,13 @@ def text_dataset_from_directory(
     remap = tf.constant([names.index(c) for c in folder_classes], tf.int32)
     sizes = _split_sizes(len(all_paths), validation_split, subset)
     outputs = []
-    for part, size, is_training in zip(raws, sizes, _training_flags(subset, shuffle)):
+    for part, size, is_training in zip(raws, sizes, training_flags(subset, shuffle)):
         part = part.map(
             lambda text, label: (clean_text(text, max_bytes), tf.gather(remap, label)),
             num_parallel_calls=AUTOTUNE,
         )
         part = part.filter(lambda text, label: tf.strings.length(tf.strings.strip(text)) > 0)
-        ds = _finish(
+        ds = finish_dataset(
             part,
             preprocessor,
             batch_size,
@@ -309,7 +313,7 @@ def _split_sizes(total, validation_split, subset):
     return [total - num_val if subset == "training" else num_val]
 
 
-def _training_flags(subset, shuffle):
+def training_flags(subset, shuffle):
     if subset == "both":
         return [shuffle, False]
     if subset == "validation":
@@ -378,7 +382,7 @@ def tfds_text_dataset(
         ),
         num_parallel_calls=AUTOTUNE,
     )
-    ds = _finish(
+    ds = finish_dataset(
         ds,
         preprocessor,
         batch_size,

@@ -3,6 +3,8 @@
 import numpy as np
 
 from keras_adapters import data as data_lib
+from keras_adapters import pair_data
+from keras_adapters import tasks
 from keras_adapters.runs import load_run
 
 
@@ -49,16 +51,24 @@ def classification_report(labels, probabilities, class_names):
 
 
 def evaluate_run(run_dir, data, batch_size=32, dtype=None, **data_options):
-    """Evaluate the run's adapter on a folder (or `tfds:NAME`), labels by name."""
+    """Evaluate the run's adapter on a folder (or `tfds:NAME`), or on a file
+    of text pairs for a pair run; labels are matched by name."""
     model = load_run(run_dir, dtype=dtype)
-    dataset = data_lib.load_text_dataset(
-        data,
-        model.preprocessor,
-        batch_size=batch_size,
-        shuffle=False,
-        class_names=model.class_names,
-        **data_options,
-    )
+    pair_keys = {k: data_options.pop(k) for k in pair_data.DEFAULT_KEYS if k in data_options}
+    if model.task == tasks.PAIR_CLASSIFICATION:
+        dataset = pair_data.pair_dataset_from_file(
+            data, model.preprocessor, batch_size=batch_size, shuffle=False,
+            class_names=model.class_names, **pair_keys,
+        )
+    else:
+        dataset = data_lib.load_text_dataset(
+            data,
+            model.preprocessor,
+            batch_size=batch_size,
+            shuffle=False,
+            class_names=model.class_names,
+            **data_options,
+        )
     labels, probabilities = [], []
     for x, y in dataset:
         probabilities.append(np.asarray(model.predict_on_batch(x), dtype=np.float64))
@@ -126,8 +136,10 @@ def write_confusion_png(result, path):
 
 
 def predict_texts(model, texts, batch_size=32):
-    """[{"label": name, "label_id": i, "probabilities": {name: p}}] per text."""
-    probabilities = model.predict(list(texts), batch_size=batch_size, verbose=0)
+    """[{"label": name, "label_id": i, "probabilities": {name: p}}] per text
+    (`texts`: a list of strings, or a tuple `(texts_a, texts_b)` of pairs)."""
+    texts = tuple(list(t) for t in texts) if isinstance(texts, tuple) else list(texts)
+    probabilities = model.predict(texts, batch_size=batch_size, verbose=0)
     names = model.class_names or [str(i) for i in range(model.num_classes)]
     out = []
     for row in np.asarray(probabilities, dtype=np.float64):

@@ -2,7 +2,9 @@
 
 SavedModel signatures (tokenization inside, so clients send text):
 - `serving_default`: `text` (string [None]) -> `probabilities` (float32
-  [None, C]), `label_id` (int64 [None]), `label` (string [None]).
+  [None, C]), `label_id` (int64 [None]), `label` (string [None]). For a
+  pair-classification adapter it takes `text_a` and `text_b` instead
+  (string [None] each, row i of one paired with row i of the other).
 - `serve_token_ids`: `token_ids`, `segment_ids`, `padding_mask` (int32
   [None, None]) -> `probabilities`, for clients that tokenize themselves.
 
@@ -101,17 +103,50 @@ def _outputs(probabilities, labels):
     return {"probabilities": probabilities, "label_id": label_id, "label": labels(label_id)}
 
 
+class _PairInputs:
+    """Two raw texts per row -> `[CLS] a [SEP] b [SEP]` token inputs, as in training.
+
+    Each text is cut to the bytes the sequence length can use and cleaned
+    (`data.clean_text`), then the model's own preprocessor tokenizes and packs
+    the pair (the longer text is truncated first), so served inputs are
+    exactly the training pipeline's.
+    """
+
+    def __init__(self, preprocessor, length):
+        self.preprocessor = preprocessor
+        self.max_bytes = data_lib.BYTES_PER_TOKEN * int(length)
+
+    def __call__(self, text_a, text_b):
+        text_a, text_b = tf.reshape(text_a, [-1]), tf.reshape(text_b, [-1])
+        check = tf.debugging.assert_equal(
+            tf.size(text_a), tf.size(text_b),
+            message="text_a and text_b need the same number of rows (one pair per row)",
+        )
+        with tf.control_dependencies([check]):
+            pair = tuple(data_lib.clean_text(tf.identity(t), self.max_bytes) for t in (text_a, text_b))
+        return self.preprocessor(pair, y=None)
+
+
 class _Task:
     """The functions one classification task exposes (its active adapters)."""
 
     def __init__(self, model, length=None):
         self.model = model
-        self.class_names = tf.constant(model._output_head().label_names())
+        head = model._output_head()
+        self.class_names = tf.constant(head.label_names())
         self.length = int(length or model.sequence_length or 512)
-        self.inputs = _TextInputs(model.preprocessor, self.length)
+        self.pairs = head.text_inputs == 2
+        self.inputs = _PairInputs(model.preprocessor, self.length) if self.pairs else _TextInputs(
+            model.preprocessor, self.length
+        )
 
-    def classify_text(self, text):
-        probabilities = self.model(self.inputs(text, self.length), training=False)
+    @property
+    def text_signature(self):
+        return PAIR_SIGNATURE if self.pairs else TEXT_SIGNATURE
+
+    def classify_text(self, *texts):
+        inputs = self.inputs(*texts) if self.pairs else self.inputs(texts[0], self.length)
+        probabilities = self.model(inputs, training=False)
         return _outputs(probabilities, lambda label_id: tf.gather(self.class_names, label_id))
 
     def classify_tokens(self, token_ids, segment_ids, padding_mask):
@@ -185,6 +220,7 @@ def _trace(function, signature):
 
 
 TEXT_SIGNATURE = [tf.TensorSpec([None], tf.string, name="text")]
+PAIR_SIGNATURE = [tf.TensorSpec([None], tf.string, name="text_a"), tf.TensorSpec([None], tf.string, name="text_b")]
 ADAPTER_SPEC = tf.TensorSpec([None], tf.string, name="adapter")
 
 
@@ -290,7 +326,7 @@ def export_saved_model(model, path, version=1, merge=True, precision="float32"):
     served = serving_graph.serving_copy(model, precision, merge=merge)
     task = _Task(served)
     signatures = {
-        "serving_default": _trace(task.classify_text, TEXT_SIGNATURE),
+        "serving_default": _trace(task.classify_text, task.text_signature),
         "serve_token_ids": _trace(task.classify_tokens, list(_token_signature().values())),
     }
     return _save(_variables_module(served), out, signatures)
@@ -312,7 +348,8 @@ def export_multi_adapter_saved_model(
       an error naming it and the served names.
     - `classify_token_ids`: the same on `token_ids`, `segment_ids`,
       `padding_mask` and `adapter`.
-    Fusions get their own `classify_<name>` only.
+    Fusions and pair-classification adapters get their own `classify_<name>`
+    only (a pair task's takes `text_a` and `text_b`).
 
     Each task's texts are cut to the sequence length it was trained with.
     The frozen backbone and each adapter are stored once and shared by
@@ -344,7 +381,8 @@ def export_multi_adapter_saved_model(
     serving_graph.check_precision(precision)
     out = _version_dir(path, version)
     model = serving_graph.serving_copy(model, precision, merge=False)
-    routed = [n for n in names if n in model.adapter_names]
+    # Pair tasks take two texts, so they get their own signatures, not the routed ones.
+    routed = [n for n in names if n in model.adapter_names and model.heads[n].text_inputs == 1]
     # The routed graphs read stacked copies of the adapters' weights, so only
     # the fusions' own signatures need per-adapter variables.
     module = _variables_module(model, [n for n in names if n not in routed])
@@ -367,8 +405,9 @@ def export_multi_adapter_saved_model(
             # A thin wrapper: the graph is stored once, not once per task.
             signatures[key] = _trace(_one_task(classify, name, model.heads[name].num_classes), TEXT_SIGNATURE)
         else:
-            model.set_active_adapters(model._fusion(name))
-            signatures[key] = _trace(_Task(model, _task_length(model, name)).classify_text, TEXT_SIGNATURE)
+            model.set_active_adapters(model._fusion(name) if name in model.fusion_names else name)
+            task = _Task(model, _task_length(model, name))
+            signatures[key] = _trace(task.classify_text, task.text_signature)
     signatures["serving_default"] = signatures.get(keys[0], signatures.get("classify"))
     return _save(module, out, signatures)
 

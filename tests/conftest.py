@@ -120,6 +120,46 @@ def write_class_folders(root, classes=CLASS_WORDS, per_class=8, seed=0):
     return root
 
 
+def topic_pairs(count=48, seed=0):
+    """Pairs of short texts; the label is the second text's class (so it is
+    learnable only by a model that reads text_b)."""
+    rng = np.random.default_rng(seed)
+    classes = sorted(CLASS_WORDS)
+    rows = []
+    for _ in range(count):
+        a_class, b_class = rng.choice(classes, size=2)
+        rows.append({
+            "text_a": "the " + " ".join(rng.choice(CLASS_WORDS[a_class], size=3)),
+            "text_b": "a " + " ".join(rng.choice(CLASS_WORDS[b_class], size=2)),
+            "label": str(b_class),
+        })
+    return rows
+
+
+def write_pair_file(path, rows, columns=("text_a", "text_b", "label")):
+    """`rows` (dicts) as a .jsonl, .csv or .tsv file, by `path`'s suffix."""
+    import csv
+    import json
+
+    path = str(path)
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        if path.endswith(".jsonl"):
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        elif path.endswith(".tsv"):  # GLUE's layout: no quoting at all
+            lines = [columns, *([r[c] for c in columns] for r in rows)]
+            f.writelines("\t".join(str(v) for v in line) + "\n" for line in lines)
+        else:
+            writer = csv.writer(f)
+            writer.writerow(columns)
+            writer.writerows([r[c] for c in columns] for r in rows)
+    return path
+
+
+@pytest.fixture
+def pair_file(tmp_path):
+    return write_pair_file(tmp_path / "pairs.jsonl", topic_pairs())
+
+
 @pytest.fixture
 def text_folder(tmp_path):
     return write_class_folders(tmp_path / "data")

@@ -246,3 +246,76 @@ def test_ctrl_c_stops_train_with_how_to_resume(tiny_preset, tmp_path):
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
     assert "interrupted. Run the same command again to resume" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------- text pairs
+@pytest.fixture(scope="module")
+def pair_run(tiny_preset, tmp_path_factory):
+    from conftest import topic_pairs
+    from conftest import write_pair_file
+
+    root = tmp_path_factory.mktemp("pairs")
+    data = write_pair_file(root / "pairs.jsonl", topic_pairs(96))
+    run = root / "run"
+    code = cli.main([
+        "train", data, "--output", str(run), "--backbone", tiny_preset, "--method", "full",
+        "--learning-rate", "5e-3", "--epochs", "20", "--batch-size", "8", "--sequence-length", "16",
+        "--validation-split", "0",
+        "--precision", "float32", "--quiet",
+    ])
+    assert code == 0
+    return run, data
+
+
+def test_pair_files_train_evaluate_and_learn_from_the_second_text(pair_run, capsys, tmp_path):
+    run, data = pair_run
+    assert json.loads((run / "train_config.json").read_text())["task"] == "pair_classification"
+    assert cli.main(["evaluate", str(run), data, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["num_examples"] == 96 and set(result["class_names"]) == set(CLASS_WORDS)
+    # The label is the second text's topic: only a model reading text_b gets it right.
+    assert result["accuracy"] >= 0.9 and result["macro_f1"] >= 0.9
+    # Other columns, another format, labels matched by name.
+    rows = [json.loads(line) for line in open(data)][:12]
+    other = tmp_path / "other.csv"
+    other.write_text("claim,evidence,gold\n" + "".join(f"{r['text_a']},{r['text_b']},{r['label']}\n" for r in rows))
+    assert cli.main(["evaluate", str(run), str(other), "--text-a-key", "claim", "--text-b-key", "evidence",
+                     "--label-key", "gold", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_examples"] == 12
+
+
+def test_predict_pairs_from_arguments_and_files(pair_run, capsys, tmp_path):
+    run, _ = pair_run
+    pairs = tmp_path / "unlabelled.tsv"
+    pairs.write_text("text_a\ttext_b\nthe cup\ta bank profit\n")
+    assert cli.main(["predict", str(run), "the vote", "a team goal", "--file", str(pairs), "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [(r["text_a"], r["text_b"]) for r in results] == [("the vote", "a team goal"), ("the cup", "a bank profit")]
+    from keras_adapters import runs
+
+    model = runs.load_run(run)
+    expected = model.predict((["the vote", "the cup"], ["a team goal", "a bank profit"]), verbose=0)
+    assert [r["label"] for r in results] == [model.class_names[i] for i in expected.argmax(axis=1)]
+    assert [r["probabilities"][r["label"]] for r in results] == pytest.approx(expected.max(axis=1), abs=1e-5)
+    assert cli.main(["predict", str(run), "only one text"]) == 2
+    assert "TEXT_A TEXT_B" in capsys.readouterr().err
+
+
+def test_task_errors_name_the_fix(tiny_preset, text_folder, tmp_path, capsys):
+    from conftest import topic_pairs
+    from conftest import write_pair_file
+
+    pairs = write_pair_file(tmp_path / "p.jsonl", topic_pairs(8))
+    common = ["--backbone", tiny_preset, "--epochs", "1", "--sequence-length", "16", "--quiet"]
+    cases = [
+        (["train", pairs, "-o", str(tmp_path / "a"), "--task", "text-classification"],
+         "is a file; text classification reads a folder"),
+        (["train", str(text_folder), "-o", str(tmp_path / "b"), "--task", "pair-classification"],
+         "Pair classification reads a .jsonl, .csv or .tsv file"),
+        (["train", pairs, "-o", str(tmp_path / "c"), "--task", "question-answering"],
+         "Training for question-answering is not in keras-adapters"),
+        (["train", pairs, "-o", str(tmp_path / "d"), "--text-b-key", "claim"], "no 'claim' column"),
+    ]
+    for argv, message in cases:
+        assert cli.main(argv + common) == 2, argv
+        assert message in capsys.readouterr().err

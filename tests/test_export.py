@@ -453,3 +453,74 @@ def test_a_failed_export_leaves_no_version_behind(houlsby_export, tmp_path, monk
     out = ka.export_saved_model(model, str(tmp_path / "m"))
     assert sorted(os.listdir(tmp_path / "m")) == [".tmp-1-stale", "1"]
     assert os.path.isfile(os.path.join(out, "saved_model.pb"))
+
+
+# ------------------------------------------------------------- text pairs
+PAIRS = (TEXTS[:6], ["the cup", "bank profit", "", "the vote", "a goal " * 40, "chip"])
+
+
+def _pair_model(preset):
+    from conftest import randomize_adapter_weights
+
+    model = ka.AdapterTextClassifier.from_preset(
+        preset, num_classes=3, method="houlsby", sequence_length=16, pooling="mean",
+        task="pair_classification", class_names=["supports", "refutes", "not enough info"],
+    )
+    randomize_adapter_weights(model.backbone, scale=0.5)
+    kernel = model.heads["default"].logits.kernel  # away from ~0, so outputs differ by input
+    kernel.assign(np.random.default_rng(0).normal(size=kernel.shape).astype("float32"))
+    return model
+
+
+def test_pair_signatures_take_two_texts_and_match_keras(tiny_preset, tmp_path):
+    model = _pair_model(tiny_preset)
+    out = ka.export_saved_model(model, str(tmp_path / "pairs"))
+    expected = model.predict(PAIRS, verbose=0)
+    swapped = model.predict((PAIRS[0], PAIRS[1][::-1]), verbose=0)
+    assert np.abs(swapped - expected).max() > 1e-3  # text_b matters, so the check below can fail
+    tokens = {k: np.asarray(v).astype("int32").tolist() for k, v in model.preprocessor(PAIRS, y=None).items()}
+    odd = [bytes.fromhex(h) for h in ODD_TEXTS_HEX]
+    requests = [
+        {"signature": "serving_default", "inputs": {"text_a": PAIRS[0], "text_b": PAIRS[1]}},
+        {"signature": "serve_token_ids", "inputs": tokens, "dtypes": {k: "int32" for k in tokens}},
+        {"signature": "serving_default", "inputs": {"text_a": [o.hex() for o in odd], "text_b": ODD_TEXTS_HEX[::-1]},
+         "dtypes": {"text_a": "bytes_hex", "text_b": "bytes_hex"}},
+        {"signature": "serving_default", "inputs": {"text_a": [], "text_b": []}},
+        {"signature": "serving_default", "inputs": {"text_a": PAIRS[0][:2], "text_b": PAIRS[1][:1]}},
+    ]
+    text, token_ids, odd_answer, empty, mismatched = serve_many(out, requests, tmp_path, loader="session")
+    np.testing.assert_allclose(text["outputs"]["probabilities"], expected, atol=1e-5)
+    assert text["outputs"]["label"] == [model.class_names[i] for i in expected.argmax(axis=1)]
+    np.testing.assert_allclose(token_ids["outputs"]["probabilities"], expected, atol=1e-5)
+    assert np.isfinite(odd_answer["outputs"]["probabilities"]).all()
+    assert len(odd_answer["outputs"]["label"]) == len(odd)
+    assert empty["outputs"]["label"] == []
+    assert "text_a and text_b need the same number of rows" in mismatched["error"]
+    inputs = tf.saved_model.load(out).signatures["serving_default"].structured_input_signature[1]
+    assert sorted(inputs) == ["text_a", "text_b"]
+
+
+def test_multi_adapter_export_gives_pair_tasks_their_own_signature(tiny_preset, tmp_path):
+    model = _pair_model(tiny_preset)
+    model.add_adapter("topics", "lora", num_classes=4, task="text_classification")
+    out = ka.export_multi_adapter_saved_model(model, str(tmp_path / "multi"), names=["default", "topics"])
+    model.set_active_adapters("default")
+    pairs = model.predict(PAIRS, verbose=0)
+    model.set_active_adapters("topics")
+    topics = model.predict(TEXTS, verbose=0)
+    requests = [
+        {"signature": "classify_default", "inputs": {"text_a": PAIRS[0], "text_b": PAIRS[1]}},
+        {"signature": "classify", "inputs": {"text": TEXTS, "adapter": ["topics"] * len(TEXTS)}},
+    ]
+    pair_answer, routed = serve_many(out, requests, tmp_path)
+    np.testing.assert_allclose(pair_answer["outputs"]["probabilities"], pairs, atol=1e-5)
+    np.testing.assert_allclose(routed["outputs"]["probabilities"], topics, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_pair_tflite_matches_keras(tiny_preset, tmp_path):
+    model = _pair_model(tiny_preset)
+    path = ka.export_tflite(model, str(tmp_path / "lite"))
+    tokens = {k: np.asarray(v) for k, v in model.preprocessor(PAIRS, y=None).items()}
+    lite = export.run_tflite(export.tflite_signature_runner(path), tokens)
+    np.testing.assert_allclose(lite, model.predict(PAIRS, verbose=0), atol=1e-5)

@@ -452,3 +452,88 @@ def test_prompt_leaves_padding_out(tiny_preset, pooling):
     unit.assign(unit.numpy() + 1.0)  # the prompt is read: moving it moves the predictions
     # (by far more than the 1e-6 allowed above; small, as the tiny random model's attention is flat)
     assert np.abs(model.predict(tokens, verbose=0) - expected).max() > 3e-5
+
+
+# ------------------------------------------------------------- text pairs
+PAIRS_A = ["the team won", "stocks fell", "new phone", "the vote"]
+PAIRS_B = ["a goal", "bank profit", "chip released", "minister"]
+
+
+def _pair_model(preset, **kwargs):
+    model = _model(preset, task="pair_classification", num_classes=2, pooling="mean", **kwargs)
+    randomize_adapter_weights(model.backbone, scale=0.5)
+    kernel = model.heads["default"].logits.kernel  # away from ~0, so outputs differ by input
+    kernel.assign(np.random.default_rng(0).normal(size=kernel.shape).astype("float32"))
+    return model
+
+
+def test_pairs_are_read_as_one_sequence_with_segment_ids(tiny_preset):
+    model = _pair_model(tiny_preset)
+    token_ids = np.zeros((4, 16), "int32")
+    segment_ids = np.zeros((4, 16), "int32")
+    for i, (a, b) in enumerate(zip(PAIRS_A, PAIRS_B)):
+        ids_a, ids_b = (list(np.asarray(model.preprocessor.tokenizer(t))) for t in (a, b))
+        row = [2, *ids_a, 3, *ids_b, 3]  # [CLS] a [SEP] b [SEP]
+        token_ids[i, : len(row)] = row
+        segment_ids[i, len(ids_a) + 2 : len(row)] = 1
+    reference = model.predict({"token_ids": token_ids, "segment_ids": segment_ids}, verbose=0)
+    np.testing.assert_allclose(model.predict((PAIRS_A, PAIRS_B), verbose=0), reference, atol=1e-6)
+    # text_b reaches the model: another second text gives other probabilities.
+    other = model.predict((PAIRS_A, PAIRS_B[::-1]), verbose=0)
+    assert np.abs(other - reference).max() > 1e-3
+
+
+def test_pair_adapters_fit_evaluate_and_round_trip(tiny_preset, tmp_path):
+    model = _pair_model(tiny_preset)
+    labels = np.array([0, 1, 0, 1])
+    model.compile()
+    model.fit((PAIRS_A, PAIRS_B), labels, epochs=1, verbose=0, validation_data=((PAIRS_A, PAIRS_B), labels))
+    assert set(model.evaluate((PAIRS_A, PAIRS_B), labels, verbose=0, return_dict=True)) >= {"accuracy", "loss"}
+    expected = model.predict((PAIRS_A, PAIRS_B), verbose=0)
+    model.save_adapter(tmp_path / "adapter")
+    task = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["task"]
+    assert task["type"] == "pair_classification" and "task" not in task
+    again = ka.AdapterTextClassifier.from_adapter(tmp_path / "adapter")
+    assert again.task == "pair_classification"
+    np.testing.assert_allclose(again.predict((PAIRS_A, PAIRS_B), verbose=0), expected, atol=1e-6)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(loaded.predict((PAIRS_A, PAIRS_B), verbose=0), expected, atol=1e-6)
+
+
+def test_pairs_and_single_texts_are_not_mixed_up(tiny_preset):
+    pair = _pair_model(tiny_preset)
+    with pytest.raises(ValueError, match=r"classifies text pairs: pass a tuple \(texts_a, texts_b\)"):
+        pair.predict(PAIRS_A, verbose=0)
+    with pytest.raises(ValueError, match="classifies text pairs"):
+        pair.fit(PAIRS_A, [0, 1, 0, 1], verbose=0)
+    single = _model(tiny_preset)
+    with pytest.raises(ValueError, match="classifies single texts, but got a tuple of 2.*pair_classification"):
+        single.predict((PAIRS_A, PAIRS_B), verbose=0)
+    with pytest.raises(ValueError, match="Unknown task 'pairs'"):
+        _model(tiny_preset, task="pairs")
+    with pytest.raises(ValueError, match="classifies texts or text pairs, not 'question_answering'"):
+        _model(tiny_preset, task="question-answering")
+
+
+def test_a_model_holds_pair_and_single_text_adapters(tiny_preset):
+    model = _model(tiny_preset)
+    model.add_adapter("nli", "lora", num_classes=3, task="pair_classification")
+    model.add_adapter("topic2", "lora")  # follows the first head: single texts
+    assert [model.heads[n].task for n in model.adapter_names] == [
+        "text_classification", "pair_classification", "text_classification"]
+    model.set_active_adapters("nli")
+    assert model.predict((PAIRS_A, PAIRS_B), verbose=0).shape == (4, 3)
+    model.set_active_adapters("topic2")
+    assert model.predict(PAIRS_A, verbose=0).shape == (4, 4)
+
+
+def test_a_folder_of_another_task_is_refused(tiny_preset, tmp_path):
+    model = _model(tiny_preset)
+    model.save_adapter(tmp_path / "a")
+    path = tmp_path / "a" / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config["task"]["type"] = "question_answering"
+    path.write_text(json.dumps(config))
+    with pytest.raises(ka.AdapterFormatError, match="its head does 'question_answering'"):
+        _model(tiny_preset, method=None).load_adapter(tmp_path / "a")

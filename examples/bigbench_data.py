@@ -1,0 +1,92 @@
+"""Real task data from the BIG-bench source archive (`bigbench==1.0.0`).
+
+`scripts/setup.sh` keeps the archive as a file in `data/cache/` (it is
+downloaded with `pip download --no-deps`, never installed: installing it
+pulls in a whole other stack). This module reads from the archive and
+writes our formats once into `data/cache/<task>/`; nothing here is
+committed.
+
+- VitaminC fact verification (Schuster, Fisch & Barzilay, NAACL 2021):
+  54,668 Wikipedia evidence / claim pairs, labelled supports, refutes or
+  not enough info. Split by Wikipedia page (the evidence's title), so no
+  page is in both training and test data.
+"""
+
+import hashlib
+import json
+import random
+import sys
+import tarfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / "data" / "cache"
+ARCHIVE = CACHE / "bigbench-1.0.0.tar.gz"
+MEMBERS = {"vitaminc": "bigbench-1.0.0/bigbench/benchmark_tasks/vitaminc_fact_verification/task.json"}
+VITAMINC_LABELS = {"True": "supports", "False": "refutes", "Neither": "not enough info"}
+
+
+def read_member(key):
+    if not ARCHIVE.is_file():
+        sys.exit(f"{ARCHIVE} is missing: run `bash scripts/setup.sh` (it downloads the bigbench source archive).")
+    with tarfile.open(ARCHIVE) as archive:
+        return json.load(archive.extractfile(MEMBERS[key]))
+
+
+def _page(evidence):
+    return evidence.split(": ", 1)[0]
+
+
+def _in_test(page, test_fraction):
+    # A hash, not a shuffle: a page's side never depends on the other pages.
+    return int(hashlib.sha256(page.encode()).hexdigest()[:8], 16) / 16**8 < test_fraction
+
+
+def vitaminc_pairs():
+    """[{"text_a": evidence, "text_b": claim, "label": ...}] in the archive's order."""
+    pairs = []
+    for example in read_member("vitaminc")["examples"]:
+        evidence, claim = example["input"].split("\nClaim: ", 1)
+        label = max(example["target_scores"], key=example["target_scores"].get)
+        pairs.append({"text_a": evidence, "text_b": claim, "label": VITAMINC_LABELS[label]})
+    return pairs
+
+
+def write_jsonl(path, records):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return str(path)
+
+
+def vitaminc_split(train_sizes=(3000,), test_size=2000, test_fraction=0.1, seed=0):
+    """Write (once) and return {"train_<n>": path, "test": path} of JSONL pair files.
+
+    The test file holds `test_size` pairs sampled from the pages held out
+    (about `test_fraction` of them); each training file is a seeded sample
+    of `n` pairs from the other pages (smaller samples are subsets of larger ones).
+    """
+    folder = CACHE / "vitaminc"
+    paths = {f"train_{n}": folder / f"train_{n}.jsonl" for n in train_sizes}
+    paths["test"] = folder / f"test_{test_size}.jsonl"
+    if all(p.is_file() for p in paths.values()):
+        return {k: str(p) for k, p in paths.items()}
+    pairs = vitaminc_pairs()
+    test = [p for p in pairs if _in_test(_page(p["text_a"]), test_fraction)]
+    train = [p for p in pairs if not _in_test(_page(p["text_a"]), test_fraction)]
+    rng = random.Random(seed)
+    rng.shuffle(train)
+    rng.shuffle(test)
+    if max(train_sizes) > len(train):
+        raise ValueError(f"Only {len(train)} training pairs; asked for {max(train_sizes)}.")
+    for n in train_sizes:
+        write_jsonl(paths[f"train_{n}"], train[:n])
+    write_jsonl(paths["test"], test[:test_size])
+    return {k: str(p) for k, p in paths.items()}
+
+
+if __name__ == "__main__":
+    print(json.dumps(vitaminc_split((3000, 10000, 30000)), indent=2))

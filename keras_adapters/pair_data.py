@@ -1,0 +1,233 @@
+"""Files of labelled text pairs (JSON lines, CSV, TSV) -> tokenized `tf.data`.
+
+One example per record, with the two texts and the label in named columns
+(`text_a`, `text_b`, `label` unless told otherwise):
+
+- `.jsonl` / `.ndjson`: one JSON object per line (blank lines skipped);
+- `.csv`: a header row, then comma-separated rows (quoted as Python's `csv`
+  and spreadsheets write them);
+- `.tsv`: a header row, then tab-separated rows with no quoting (as GLUE
+  ships MNLI, whose texts hold unbalanced quotes).
+
+Files are parsed in Python once; every per-example step after that (cutting
+very long texts, replacing invalid UTF-8, tokenizing `[CLS] a [SEP] b [SEP]`
+with segment ids, truncating the longer text first) runs in the `tf.data`
+graph, as for directory datasets. A record without a column, a line that is
+not JSON, a row with too many or too few fields, or a label the model does
+not know is a `DatasetError` naming the file and line. Records with an empty
+text are skipped with a warning (how many, and the first line).
+"""
+
+import csv
+import json
+import random
+import warnings
+from pathlib import Path
+
+import tensorflow as tf
+
+from keras_adapters import data as data_lib
+from keras_adapters import tasks
+
+DEFAULT_KEYS = {"text_a_key": "text_a", "text_b_key": "text_b", "label_key": "label"}
+
+
+def _records(path):
+    """(line number, {column: value}) per record of a JSONL, CSV or TSV file."""
+    suffix = path.suffix.lower()
+    if suffix not in tasks.PAIR_SUFFIXES:
+        raise data_lib.DatasetError(
+            f"{path}: pair data is read from {', '.join(tasks.PAIR_SUFFIXES)} files, not {suffix or 'no suffix'!r}."
+        )
+    # utf-8-sig: a spreadsheet's byte-order mark is not part of the first column's name.
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+        if suffix in (".jsonl", ".ndjson"):
+            yield from _json_records(path, f)
+        else:
+            yield from _table_records(path, f, "\t" if suffix == ".tsv" else ",")
+
+
+def _json_records(path, lines):
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise data_lib.DatasetError(
+                f"{path}:{number}: not a JSON object ({e.msg}); each line holds one object such as "
+                '{"text_a": "...", "text_b": "...", "label": "..."}.'
+            ) from None
+        if not isinstance(record, dict):
+            raise data_lib.DatasetError(f"{path}:{number}: a JSON {type(record).__name__}, not an object.")
+        yield number, record
+
+
+def _table_records(path, f, delimiter):
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
+    header = next(reader, None)
+    if not header:
+        raise data_lib.DatasetError(f"{path} is empty; it needs a header row naming its columns.")
+    header = [c.strip() for c in header]
+    for row in reader:
+        if not row or not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            raise data_lib.DatasetError(
+                f"{path}:{reader.line_num}: {len(row)} field(s), but the header names {len(header)} "
+                f"({header}). Quote fields that hold the separator"
+                + (" (CSV), or use a .tsv file." if delimiter == "," else "; TSV fields hold no tabs.")
+            )
+        yield reader.line_num, dict(zip(header, row))
+
+
+def _field(path, number, record, key, option):
+    value = record.get(key)
+    if value is None:
+        raise data_lib.DatasetError(
+            f"{path}:{number}: no {key!r} field (the record has {sorted(record)}). Name the column "
+            f"with {option}= (CLI --{option.replace('_', '-')})."
+        )
+    return value if isinstance(value, str) else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def read_pairs(path, text_a_key="text_a", text_b_key="text_b", label_key="label", labelled=True):
+    """Read a pair file.
+
+    Args:
+        path: a `.jsonl`, `.ndjson`, `.csv` or `.tsv` file.
+        text_a_key, text_b_key, label_key: the columns to read.
+        labelled: `False` reads texts only (the label column may be absent).
+
+    Returns:
+        (texts_a, texts_b, labels): lists of strings (`labels` is `None`
+        unlabelled). Records with an empty text are skipped, with a warning.
+
+    Raises:
+        DatasetError: the file is missing, malformed or has no usable record;
+            the message names the file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise data_lib.DatasetError(f"Pair file {str(path)!r} does not exist.")
+    texts_a, texts_b, labels, empty = [], [], [], []
+    for number, record in _records(path):
+        a = _field(path, number, record, text_a_key, "text_a_key")
+        b = _field(path, number, record, text_b_key, "text_b_key")
+        if labelled:
+            label = _field(path, number, record, label_key, "label_key").strip()
+            if not label:
+                raise data_lib.DatasetError(f"{path}:{number}: the {label_key!r} field is empty.")
+        if not a.strip() or not b.strip():
+            empty.append(number)
+            continue
+        texts_a.append(a)
+        texts_b.append(b)
+        if labelled:
+            labels.append(label)
+    if empty:
+        warnings.warn(f"Skipping {len(empty)} record(s) of {path} with an empty text (e.g. line {empty[0]}).",
+                      stacklevel=2)
+    if not texts_a:
+        raise data_lib.DatasetError(f"{path} holds no record with two non-empty texts.")
+    return texts_a, texts_b, labels if labelled else None
+
+
+def label_order(labels):
+    """Class names in label order: sorted, numerically when every label is an integer."""
+    names = sorted(set(labels))
+    if all(n.lstrip("-").isdigit() for n in names):
+        names.sort(key=int)
+    return names
+
+
+def _label_ids(path, labels, class_names):
+    index = {name: i for i, name in enumerate(class_names)}
+    unknown = sorted(set(labels) - set(index))
+    if unknown:
+        raise data_lib.DatasetError(
+            f"{path} has label(s) {unknown[:10]} that the model does not know; its classes are {list(class_names)}."
+        )
+    return [index[label] for label in labels]
+
+
+def pair_dataset_from_file(
+    path,
+    preprocessor,
+    batch_size=32,
+    validation_split=None,
+    subset=None,
+    seed=None,
+    class_names=None,
+    shuffle=True,
+    bucket_by_sequence_length=False,
+    bucket_boundaries=data_lib.DEFAULT_BUCKETS,
+    cache=True,
+    text_a_key="text_a",
+    text_b_key="text_b",
+    label_key="label",
+):
+    """A tokenized `tf.data.Dataset` of `((a, b) tokens, label)` batches from a pair file.
+
+    Args:
+        path: a `.jsonl`, `.csv` or `.tsv` file (see module docstring).
+        preprocessor: the model's keras-hub preprocessor; its
+            `sequence_length` bounds `[CLS] a [SEP] b [SEP]` (the longer
+            text is cut first).
+        validation_split, subset, seed: as `text_dataset_from_directory`:
+            a seeded random `validation_split` of the records is held out.
+        class_names: the run's classes in label order (labels are mapped by
+            name); `None`: the file's labels, sorted (`label_order`).
+        text_a_key, text_b_key, label_key: the columns.
+        Other arguments: as `text_dataset_from_directory`.
+
+    Returns:
+        A dataset (two for `subset="both"`) with `class_names` and
+        `num_examples` attributes.
+
+    Example:
+    ```python
+    train, val = pair_dataset_from_file(
+        "nli/train.jsonl", model.preprocessor, validation_split=0.1,
+        subset="both", seed=1)
+    model.fit(train, validation_data=val, epochs=3)
+    ```
+    """
+    texts_a, texts_b, labels = read_pairs(path, text_a_key, text_b_key, label_key)
+    names = list(class_names) if class_names is not None else label_order(labels)
+    if class_names is None and len(names) < 2:
+        raise data_lib.DatasetError(f"{path} has a single label {names}; a classifier needs at least two.")
+    ids = _label_ids(path, labels, names)
+    order = list(range(len(ids)))
+    parts = [order]
+    if validation_split:
+        random.Random(1337 if seed is None else seed).shuffle(order)
+        held = data_lib.validation_size(len(order), validation_split)
+        if not held and subset in ("validation", "both"):
+            raise data_lib.DatasetError(
+                f"A validation split of {validation_split} of the {len(order)} records in {path} holds none. "
+                "Raise validation_split, add examples, or train without a split."
+            )
+        parts = {"training": [order[held:]], "validation": [order[:held]], "both": [order[held:], order[:held]]}[
+            subset or "training"
+        ]
+    max_bytes = data_lib.BYTES_PER_TOKEN * int(preprocessor.sequence_length or 512)
+    outputs = []
+    for rows, training in zip(parts, data_lib.training_flags(subset if validation_split else None, shuffle)):
+        ds = tf.data.Dataset.from_tensor_slices(
+            ((tf.constant([texts_a[i] for i in rows], tf.string), tf.constant([texts_b[i] for i in rows], tf.string)),
+             tf.constant([ids[i] for i in rows], tf.int32))
+        )
+        ds = ds.map(
+            lambda pair, label: ((data_lib.clean_text(pair[0], max_bytes), data_lib.clean_text(pair[1], max_bytes)),
+                                 label),
+            num_parallel_calls=data_lib.AUTOTUNE,
+        )
+        bucket = bucket_boundaries if bucket_by_sequence_length else None
+        ds = data_lib.finish_dataset(ds, preprocessor, batch_size, training, bucket, cache, len(rows), seed)
+        ds.class_names = names
+        ds.num_examples = len(rows)
+        outputs.append(ds)
+    return tuple(outputs) if subset == "both" else outputs[0]
+

@@ -1,0 +1,81 @@
+"""The tasks an adapter's head can do, and telling a data source's task.
+
+Python and adapter folders spell a task with underscores
+(`"pair_classification"`); the CLI's `--task` takes the same words with
+hyphens (`pair-classification`), as the Hugging Face pipelines name them.
+"""
+
+import csv
+import json
+from pathlib import Path
+
+TEXT_CLASSIFICATION = "text_classification"
+PAIR_CLASSIFICATION = "pair_classification"
+TOKEN_CLASSIFICATION = "token_classification"
+QUESTION_ANSWERING = "question_answering"
+#: Tasks a `ClassificationHead` does (one label per text, or per pair).
+CLASSIFICATION_TASKS = (TEXT_CLASSIFICATION, PAIR_CLASSIFICATION)
+TASKS = (*CLASSIFICATION_TASKS, TOKEN_CLASSIFICATION, QUESTION_ANSWERING)
+#: File suffixes of pair data (JSON lines, comma- and tab-separated values).
+PAIR_SUFFIXES = (".jsonl", ".ndjson", ".csv", ".tsv")
+
+FORMATS = (
+    "a folder with one sub-folder per class of .txt files (text-classification); "
+    "tfds:NAME (text-classification); a .jsonl, .csv or .tsv file with two text columns "
+    "(pair-classification)"
+)
+
+
+def canonical_task(task):
+    """`task` in Python spelling; `ValueError` naming the tasks for anything else."""
+    name = str(task).replace("-", "_")
+    if name not in TASKS:
+        raise ValueError(f"Unknown task {task!r}; the tasks are {', '.join(cli_name(t) for t in TASKS)}.")
+    return name
+
+
+def cli_name(task):
+    return task.replace("_", "-")
+
+
+def detect_task(source, text_b_key="text_b"):
+    """The task a data source is for, from its layout.
+
+    A folder (or `tfds:NAME`): text classification. A `.jsonl`, `.csv` or
+    `.tsv` file whose first record has a `text_b_key` field: pairs.
+
+    Raises:
+        ValueError: the source is none of these; the message names the formats.
+    """
+    source = str(source)
+    if source.startswith("tfds:") or Path(source).is_dir():
+        return TEXT_CLASSIFICATION
+    path = Path(source)
+    if not path.exists():
+        raise ValueError(f"{source!r} does not exist. Pass {FORMATS}.")
+    if path.suffix.lower() in PAIR_SUFFIXES:
+        fields = _first_record_fields(path)
+        if text_b_key in fields:
+            return PAIR_CLASSIFICATION
+        raise ValueError(
+            f"{source} has no {text_b_key!r} column (its columns: {sorted(fields)}), so its task cannot be "
+            f"told. For sentence pairs name the second text's column (--text-b-key), or pass --task. "
+            f"Formats: {FORMATS}."
+        )
+    raise ValueError(f"Cannot tell the task of {source!r} from its format. Pass {FORMATS}; or pass --task.")
+
+
+def _first_record_fields(path):
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            if path.suffix.lower() in (".jsonl", ".ndjson"):
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    return []
+                return list(record) if isinstance(record, dict) else []
+            delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+            return [c.strip() for c in next(csv.reader([line], delimiter=delimiter))]
+    return []
