@@ -56,6 +56,7 @@ from keras_adapters.presets import PresetNotFoundError
 from keras_adapters.presets import default_preset
 from keras_adapters.runs import load_run
 from keras_adapters.text_classifier import AdapterTextClassifier
+from keras_adapters.token_data import token_dataset_from_file
 from keras_adapters.training import train_classifier
 from keras_adapters.version import __version__
 
@@ -107,5 +108,6 @@ __all__ = [
     "split_directory",
     "text_dataset_from_directory",
     "tfds_text_dataset",
+    "token_dataset_from_file",
     "train_classifier",
 ]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from keras_adapters.adapter_io import atomic_write
 from keras_adapters.adapter_io import read_config
+from keras_adapters.adapter_io import task_type as adapter_task_type
 from keras_adapters.text_classifier import AdapterTextClassifier
 
 ADAPTER_DIR = "adapter"
@@ -24,6 +25,11 @@ def adapter_dir(run_dir):
 def load_run(run_dir, dtype=None):
     """The model saved in a run folder, with its adapter (or fusion) active."""
     return AdapterTextClassifier.from_adapter(adapter_dir(run_dir), dtype=dtype)
+
+
+def run_task(run_dir):
+    """The task a run's adapter does (`keras_adapters.tasks`), from its folder."""
+    return adapter_task_type(read_config(adapter_dir(run_dir)), adapter_dir(run_dir))
 
 
 def task_name(run_dir):

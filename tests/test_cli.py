@@ -319,3 +319,19 @@ def test_task_errors_name_the_fix(tiny_preset, text_folder, tmp_path, capsys):
     for argv, message in cases:
         assert cli.main(argv + common) == 2, argv
         assert message in capsys.readouterr().err
+
+
+def test_export_a_pair_run(pair_run, capsys, tmp_path):
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_adapters import runs
+
+    run, _ = pair_run
+    assert cli.main(["export", str(run), "--format", "saved_model", "--output", str(tmp_path / "sm")]) == 0
+    assert "serving_default (text_a, text_b)" in capsys.readouterr().out
+    texts_a, texts_b = ["the vote", "the cup", ""], ["a team goal", "a bank profit", "a vote"]
+    served = tf.saved_model.load(str(tmp_path / "sm" / "1")).signatures["serving_default"]
+    got = served(text_a=tf.constant(texts_a), text_b=tf.constant(texts_b))
+    expected = runs.load_run(run).predict((texts_a, texts_b), verbose=0)
+    np.testing.assert_allclose(got["probabilities"].numpy(), expected, atol=1e-5)

@@ -1,0 +1,217 @@
+"""CoNLL-style files of tagged words -> tokenized `tf.data` for token classification.
+
+One word and its tag per line (`word<TAB>tag`, or `word tag` split on white
+space with the tag last), a blank line between sentences, `-DOCSTART-` lines
+skipped. Tags are BIO or IOBES: `O`, or `B-`, `I-`, `E-`, `S-` and a type.
+
+Each sentence's words are tokenized in the `tf.data` graph; the word's tag
+goes on its first word piece and the other pieces get `IGNORE` (-1), which
+the loss and metrics skip, as Hugging Face's token-classification recipe
+does. A word that yields no piece (a zero-width character) is read as
+`[UNK]`, so every word keeps exactly one labelled position and predictions
+map back to words one to one. Sentences longer than the sequence length are
+cut; their words past the cut are predicted `O` (`word_tags`).
+"""
+
+import random
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from keras_adapters import data as data_lib
+from keras_adapters.entity_metrics import TAG_PREFIXES
+
+IGNORE = -1
+SUFFIXES = (".conll", ".txt", ".tsv", ".iob", ".bio")
+
+
+def _check_tag(path, number, tag):
+    prefix, dash, kind = tag.partition("-")
+    if tag != "O" and not (prefix in TAG_PREFIXES and dash and kind):
+        raise data_lib.DatasetError(
+            f"{path}:{number}: tag {tag!r} is not BIO or IOBES (O, or B-/I-/E-/S- and a type such as B-PER)."
+        )
+
+
+def read_conll(path, tagged=True):
+    """Read a CoNLL-style file.
+
+    Args:
+        path: the file.
+        tagged: `False` reads words only (one word per line, any columns
+            after the first are ignored).
+
+    Returns:
+        (sentences, tags): lists of word lists and of tag lists (`None`
+        untagged).
+
+    Raises:
+        DatasetError: missing file, a line without a tag, a tag that is not
+            BIO/IOBES, or no sentence; the message names the file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise data_lib.DatasetError(f"CoNLL file {str(path)!r} does not exist.")
+    sentences, tags, words, word_tags = [], [], [], []
+
+    def close():
+        if words:
+            sentences.append(list(words))
+            tags.append(list(word_tags))
+            words.clear()
+            word_tags.clear()
+
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            line = line.rstrip("\r\n")
+            if not line.strip() or line.startswith("-DOCSTART-"):
+                close()
+                continue
+            fields = line.split("\t") if "\t" in line else line.split()
+            if tagged and (len(fields) < 2 or not fields[0].strip() or not fields[-1].strip()):
+                raise data_lib.DatasetError(
+                    f"{path}:{number}: {line[:60]!r} is not 'word<TAB>tag' (or 'word tag'); sentences are "
+                    "separated by blank lines."
+                )
+            words.append(fields[0].strip() or fields[0])
+            if tagged:
+                tag = fields[-1].strip()
+                _check_tag(path, number, tag)
+                word_tags.append(tag)
+    close()
+    if not sentences:
+        raise data_lib.DatasetError(f"{path} holds no sentence.")
+    return sentences, (tags if tagged else None)
+
+
+def tag_order(tags):
+    """Tag names in label order: `O` first, then by type and prefix."""
+    names = {t for sentence in tags for t in sentence} | {"O"}
+    return ["O"] + sorted(names - {"O"}, key=lambda t: (t.partition("-")[2], t))
+
+
+class WordPieceLabeller:
+    """In-graph: one sentence's words and tag ids -> packed token inputs and
+    per-piece labels (`IGNORE` off the first piece of each word).
+
+    Args:
+        tokenizer: the model's keras-hub word-piece tokenizer.
+        sequence_length: tokens per sentence, `[CLS]` and `[SEP]` included.
+    """
+
+    def __init__(self, tokenizer, sequence_length):
+        self.tokenizer = tokenizer
+        self.length = int(sequence_length)
+        self.ids = {
+            k: int(getattr(tokenizer, f"{k}_token_id")) for k in ("start", "end", "pad")
+        }
+        self.unk = int(tokenizer.token_to_id(getattr(tokenizer, "unknown_token", "[UNK]")))
+
+    def pieces(self, words):
+        """Ragged [words, pieces]; a word without pieces becomes `[UNK]`."""
+        pieces = tf.cast(self.tokenizer(words), tf.int32)
+        empty = tf.cast(tf.equal(pieces.row_lengths(), 0), tf.int64)
+        filler = tf.RaggedTensor.from_row_lengths(tf.fill([tf.reduce_sum(empty)], self.unk), empty)
+        return tf.concat([pieces, filler], axis=1)
+
+    def __call__(self, words, tag_ids):
+        pieces = self.pieces(words)
+        first = tf.equal(tf.ragged.range(pieces.row_lengths()).flat_values, 0)
+        labels = tf.where(first, tf.repeat(tf.cast(tag_ids, tf.int32), pieces.row_lengths()), IGNORE)
+        keep = self.length - 2
+        flat = pieces.flat_values[:keep]
+        labels = labels[:keep]
+        pad = self.length - 2 - tf.shape(flat)[0]
+        token_ids = tf.concat([[self.ids["start"]], flat, [self.ids["end"]], tf.fill([pad], self.ids["pad"])], 0)
+        labels = tf.concat([[IGNORE], labels, [IGNORE], tf.fill([pad], IGNORE)], 0)
+        token_ids = tf.ensure_shape(token_ids, [self.length])
+        inputs = {
+            "token_ids": token_ids,
+            "segment_ids": tf.zeros_like(token_ids),
+            "padding_mask": tf.not_equal(token_ids, self.ids["pad"]),
+        }
+        return inputs, tf.ensure_shape(labels, [self.length])
+
+
+def token_dataset_from_file(
+    path,
+    preprocessor,
+    batch_size=32,
+    validation_split=None,
+    subset=None,
+    seed=None,
+    tag_names=None,
+    shuffle=True,
+    cache=True,
+):
+    """A `tf.data.Dataset` of `(token inputs, per-piece labels)` batches from a CoNLL file.
+
+    Args:
+        path: a CoNLL-style file (see module docstring).
+        preprocessor: the model's keras-hub preprocessor (its tokenizer and
+            `sequence_length` are used).
+        validation_split, subset, seed: a seeded random `validation_split`
+            of the sentences is held out (`subset`: `"training"`,
+            `"validation"` or `"both"`).
+        tag_names: the run's tags in label order (tags are mapped by name;
+            an unknown tag is an error); `None`: `tag_order` of the file's.
+
+    Returns:
+        A dataset (two for `subset="both"`) with `tag_names`,
+        `num_examples` (sentences) and `sentences` / `tags` (the words and
+        tags it holds, in order when not shuffled).
+    """
+    sentences, tags = read_conll(path)
+    names = list(tag_names) if tag_names is not None else tag_order(tags)
+    index = {t: i for i, t in enumerate(names)}
+    unknown = sorted({t for s in tags for t in s} - set(index))
+    if unknown:
+        raise data_lib.DatasetError(
+            f"{path} has tag(s) {unknown[:10]} that the model does not know; its tags are {names}."
+        )
+    order = list(range(len(sentences)))
+    parts = [order]
+    if validation_split:
+        random.Random(1337 if seed is None else seed).shuffle(order)
+        held = data_lib.validation_size(len(order), validation_split)
+        if not held and subset in ("validation", "both"):
+            raise data_lib.DatasetError(
+                f"A validation split of {validation_split} of the {len(order)} sentences in {path} holds none."
+            )
+        parts = {"training": [order[held:]], "validation": [order[:held]], "both": [order[held:], order[:held]]}[
+            subset or "training"
+        ]
+    labeller = WordPieceLabeller(preprocessor.tokenizer, preprocessor.sequence_length)
+    outputs = []
+    for rows, training in zip(parts, data_lib.training_flags(subset if validation_split else None, shuffle)):
+        words = tf.ragged.constant([sentences[i] for i in rows], dtype=tf.string)
+        ids = tf.ragged.constant([[index[t] for t in tags[i]] for i in rows], dtype=tf.int32)
+        ds = tf.data.Dataset.from_tensor_slices((words, ids))
+        ds = ds.map(lambda w, t: labeller(data_lib.clean_text(w), t), num_parallel_calls=data_lib.AUTOTUNE)
+        if cache:
+            ds = ds.cache()
+        if training:
+            ds = ds.shuffle(max(1, len(rows)), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.batch(batch_size).prefetch(data_lib.AUTOTUNE)
+        ds.tag_names = names
+        ds.num_examples = len(rows)
+        ds.sentences = [sentences[i] for i in rows]
+        ds.tags = [tags[i] for i in rows]
+        outputs.append(ds)
+    return tuple(outputs) if subset == "both" else outputs[0]
+
+
+def word_tags(probabilities, labels, num_words, tag_names):
+    """Each word's predicted tag from per-piece probabilities.
+
+    Args:
+        probabilities: [length, tags] of one sentence.
+        labels: its per-piece labels (`IGNORE` off first pieces), as the
+            dataset gives them; they mark where each kept word starts.
+        num_words: the sentence's words (those cut off are predicted `O`).
+        tag_names: tag names in label order.
+    """
+    first = np.flatnonzero(np.asarray(labels) != IGNORE)
+    predicted = [tag_names[i] for i in np.asarray(probabilities)[first].argmax(axis=-1)]
+    return predicted + ["O"] * (num_words - len(predicted))
