@@ -25,6 +25,7 @@ from keras_adapters.export import export_saved_model
 from keras_adapters.export import export_tflite
 from keras_adapters.fusion import FusionConfig
 from keras_adapters.heads import ClassificationHead
+from keras_adapters.heads import TokenClassificationHead
 from keras_adapters.injection import inject_adapters
 from keras_adapters.merging import merge_lora_adapters
 from keras_adapters.methods.base import AdapterConfig
@@ -56,6 +57,7 @@ from keras_adapters.presets import PresetNotFoundError
 from keras_adapters.presets import default_preset
 from keras_adapters.runs import load_run
 from keras_adapters.text_classifier import AdapterTextClassifier
+from keras_adapters.token_classifier import AdapterTokenClassifier
 from keras_adapters.token_data import token_dataset_from_file
 from keras_adapters.training import train_classifier
 from keras_adapters.version import __version__
@@ -64,6 +66,7 @@ __all__ = [
     "AdapterConfig",
     "AdapterFormatError",
     "AdapterTextClassifier",
+    "AdapterTokenClassifier",
     "Average",
     "BiasShift",
     "BitFitConfig",
@@ -92,6 +95,7 @@ __all__ = [
     "PromptEmbedding",
     "Route",
     "Stack",
+    "TokenClassificationHead",
     "__version__",
     "available_methods",
     "cache_frozen_prefix",

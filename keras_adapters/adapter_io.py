@@ -195,10 +195,10 @@ def task_type(config, source):
     """The task a folder's head does (`keras_adapters.tasks`); older folders
     are text classification."""
     task = config["task"].get("type", tasks.TEXT_CLASSIFICATION)
-    if task not in tasks.CLASSIFICATION_TASKS:
+    if task not in tasks.HEAD_TASKS:
         raise AdapterFormatError(
-            f"{source}: its head does {task!r}, which this model cannot hold (it classifies "
-            f"{' or '.join(tasks.CLASSIFICATION_TASKS)}); load it into the model class for that task."
+            f"{source}: its head does {task!r}, which this keras-adapters cannot hold (its heads do "
+            f"{', '.join(tasks.HEAD_TASKS)}); upgrade keras-adapters to load it."
         )
     return task
 

@@ -32,7 +32,8 @@ DESCRIPTION = """Fine-tune adapters on a pretrained BERT and use them.
 
 DATA is a folder with one sub-folder per class and one .txt file per example, or
 tfds:NAME for a prepared TensorFlow Datasets set (text-classification); or a .jsonl, .csv or
-.tsv file with text_a, text_b and label columns (pair-classification). RUN_DIR receives adapter/ (load it with
+.tsv file with text_a, text_b and label columns (pair-classification); or a CoNLL-style file of
+'word<TAB>tag' lines with blank lines between sentences (token-classification). RUN_DIR receives adapter/ (load it with
 AdapterTextClassifier.from_adapter), class_names.json, train_config.json, history.json,
 metrics.json and TensorBoard logs/; never a copy of the backbone."""
 
@@ -49,7 +50,8 @@ def _parser():
     train.add_argument("data", metavar="DATA")
     train.add_argument("--task", default="auto", choices=["auto", *map(tasks.cli_name, tasks.TASKS)],
                        help="auto: told from DATA (a folder or tfds:NAME: text-classification; a .jsonl/.csv/"
-                            ".tsv file with a text_b column: pair-classification)")
+                            ".tsv file with a text_b column: pair-classification; 'word<TAB>tag' lines: "
+                            "token-classification)")
     train.add_argument("--output", "-o", required=True, metavar="RUN_DIR")
     train.add_argument("--preset", "--backbone", dest="preset", default="default", metavar="PRESET_OR_DIR",
                        help="the backbone: a keras-hub preset folder, a Hugging Face BERT folder, or 'default' "
@@ -187,6 +189,8 @@ def cmd_evaluate(args):
     runs.update_metrics_file(args.run, "evaluation", {"data": str(args.data), **result})
     if args.json:
         print(json.dumps(runs.finite(result), allow_nan=False))
+    elif "per_type" in result:
+        print(evaluation.format_token_report(result))
     else:
         print(evaluation.format_report(result))
         png = evaluation.write_confusion_png(result, os.path.join(args.run, "confusion_matrix.png"))
@@ -227,8 +231,21 @@ def _short(text):
     return text if len(text) <= 70 else text[:67] + "..."
 
 
+def _predict_entities(model, texts, args):
+    found = model.predict_entities(texts, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(runs.finite([{"text": t, "entities": e} for t, e in zip(texts, found)]), allow_nan=False))
+    else:
+        for text, spans in zip(texts, found):
+            shown = ", ".join(f"{s['text']} ({s['type']}, {s['score']:.2f})" for s in spans) or "-"
+            print(f"{shown}\t{_short(text)}")
+    return 0
+
+
 def cmd_predict(args):
     model = runs.load_run(args.run)
+    if model.task == tasks.TOKEN_CLASSIFICATION:
+        return _predict_entities(model, _texts(args), args)
     if model.task == tasks.PAIR_CLASSIFICATION:
         pairs = _pairs(args)
         results = evaluation.predict_texts(model, pairs, batch_size=args.batch_size)

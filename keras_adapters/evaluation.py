@@ -3,8 +3,10 @@
 import numpy as np
 
 from keras_adapters import data as data_lib
+from keras_adapters import entity_metrics
 from keras_adapters import pair_data
 from keras_adapters import tasks
+from keras_adapters import token_data
 from keras_adapters.runs import load_run
 
 
@@ -50,10 +52,47 @@ def classification_report(labels, probabilities, class_names):
     }
 
 
+def token_report(model, data, batch_size=32):
+    """Entity-level precision, recall, F1 (0-1, overall and per type; the
+    seqeval definition, `entity_metrics`) of a token model on a CoNLL file,
+    and the accuracy of its word tags. Words past the sequence length count
+    as tagged `O`."""
+    dataset = token_data.token_dataset_from_file(
+        data, model.preprocessor, batch_size=batch_size, shuffle=False, tag_names=model.class_names
+    )
+    names = model.class_names
+    predicted, row = [], 0
+    for x, y in dataset:
+        probabilities = np.asarray(model.predict_on_batch(x))
+        for p, labels in zip(probabilities, y.numpy()):
+            predicted.append(token_data.word_tags(p, labels, len(dataset.sentences[row]), names))
+            row += 1
+    report = entity_metrics.entity_report(dataset.tags, predicted)
+    pairs = [(t, p) for ts, ps in zip(dataset.tags, predicted) for t, p in zip(ts, ps)]
+    report["tag_accuracy"] = float(np.mean([t == p for t, p in pairs]))
+    report["num_words"] = len(pairs)
+    return report
+
+
+def format_token_report(result):
+    lines = [
+        f"sentences {result['num_examples']}   entity precision {result['precision']:.4f}   "
+        f"recall {result['recall']:.4f}   F1 {result['f1']:.4f}   tag accuracy {result['tag_accuracy']:.4f}",
+        "",
+        f"{'type':20s}{'precision':>10s}{'recall':>10s}{'f1':>10s}{'support':>10s}",
+    ]
+    for kind, c in result["per_type"].items():
+        lines.append(f"{kind:20s}{c['precision']:10.4f}{c['recall']:10.4f}{c['f1']:10.4f}{c['support']:10d}")
+    return "\n".join(lines)
+
+
 def evaluate_run(run_dir, data, batch_size=32, dtype=None, **data_options):
-    """Evaluate the run's adapter on a folder (or `tfds:NAME`), or on a file
-    of text pairs for a pair run; labels are matched by name."""
+    """Evaluate the run's adapter on a folder (or `tfds:NAME`), a file of
+    text pairs for a pair run, or a CoNLL file for a token run (`token_report`);
+    labels are matched by name."""
     model = load_run(run_dir, dtype=dtype)
+    if model.task == tasks.TOKEN_CLASSIFICATION:
+        return token_report(model, data, batch_size=batch_size)
     pair_keys = {k: data_options.pop(k) for k in pair_data.DEFAULT_KEYS if k in data_options}
     if model.task == tasks.PAIR_CLASSIFICATION:
         dataset = pair_data.pair_dataset_from_file(

@@ -163,6 +163,90 @@ class ClassificationHead(keras.layers.Layer):
         return config
 
 
+@keras.saving.register_keras_serializable(package="keras_adapters")
+class TokenClassificationHead(keras.layers.Layer):
+    """Dropout and a dense layer from each token's vector to tag probabilities.
+
+    Args:
+        num_classes: number of tags (2 or more).
+        dropout: dropout before the dense layer.
+        class_names: optional `num_classes` distinct tag names (`O`, `B-PER`, ...).
+        sequence_length: the tokens per text this task was trained with.
+        task: `"token_classification"`.
+        pooling: unused by this head; kept (and saved) as the pooling that
+            classification adapters added to the same model start from.
+
+    Probabilities are float32 `[batch, length, num_classes]`.
+
+    Example:
+    ```python
+    head = TokenClassificationHead(5, class_names=["O", "B-PER", "I-PER", "B-LOC", "I-LOC"])
+    head.build(hidden_dim=384)
+    probabilities = head(sequence_output, pooled_output, padding_mask)
+    ```
+    """
+
+    text_inputs = 1
+
+    def __init__(self, num_classes, dropout=0.1, class_names=None, sequence_length=None,
+                 task=tasks.TOKEN_CLASSIFICATION, pooling=None, **kwargs):
+        super().__init__(**kwargs)
+        if pooling is not None and pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS} or None, got {pooling!r}.")
+        self.pooling = pooling
+        if tasks.canonical_task(task) != tasks.TOKEN_CLASSIFICATION:
+            raise ValueError(f"A TokenClassificationHead tags tokens, not {task!r}.")
+        self.task = tasks.TOKEN_CLASSIFICATION
+        self.class_names = check_classes(num_classes, class_names)
+        self.num_classes = int(num_classes)
+        self.sequence_length = sequence_length
+        self.dropout_rate = dropout
+        self.dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy, name="classifier_dropout")
+        self.logits = keras.layers.Dense(
+            num_classes,
+            kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+            dtype=self.dtype_policy,
+            name="logits",
+        )
+
+    def build(self, hidden_dim):
+        self.logits.build((None, None, int(hidden_dim)))
+        self.built = True
+
+    def call(self, sequence_output, pooled_output, padding_mask, training=None):
+        logits = self.logits(self.dropout(sequence_output, training=training))
+        return ops.softmax(ops.cast(logits, "float32"), axis=-1)
+
+    weights_by_key = ClassificationHead.weights_by_key
+    label_names = ClassificationHead.label_names
+
+    def task_config(self):
+        return {
+            "num_classes": self.num_classes,
+            "class_names": self.class_names,
+            "pooling": self.pooling,
+            "dropout": self.dropout_rate,
+            "sequence_length": self.sequence_length,
+            "task": self.task,
+        }
+
+    def compute_output_shape(self, sequence_shape, pooled_shape, mask_shape):
+        return (*sequence_shape[:2], self.num_classes)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(self.task_config())
+        return config
+
+
+def make_head(config, **layer_kwargs):
+    """The head a task record (`task_config()`, an adapter folder's `task`) describes."""
+    config = dict(config)
+    if tasks.canonical_task(config.get("task") or tasks.TEXT_CLASSIFICATION) == tasks.TOKEN_CLASSIFICATION:
+        return TokenClassificationHead(**config, **layer_kwargs)
+    return ClassificationHead(**config, **layer_kwargs)
+
+
 def routed_probabilities(heads, ids, sequence_output, pooled_output, padding_mask):
     """Each row through its own head, with the heads' weights gathered per row.
 

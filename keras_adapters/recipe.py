@@ -7,6 +7,11 @@ both take their defaults from here, so there is one definition.
 import keras
 import tensorflow as tf
 
+from keras_adapters import tasks
+
+#: The label of token positions that no loss or metric counts (see `token_data`).
+IGNORE = -1
+
 
 # --------------------------------------------------------------- optimizer
 @keras.saving.register_keras_serializable(package="keras_adapters")
@@ -89,3 +94,36 @@ def classification_metrics(num_classes):
         keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
         SparseMacroF1(num_classes),
     ]
+
+
+@keras.saving.register_keras_serializable(package="keras_adapters")
+class MaskedAccuracy(keras.metrics.Mean):
+    """Accuracy over the positions whose label is not `ignore`: for token
+    tagging, the first piece of each word (padding and later pieces are -1)."""
+
+    def __init__(self, ignore=IGNORE, name="accuracy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.ignore = ignore
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true = tf.cast(y_true, tf.int32)
+        hit = tf.equal(y_true, tf.cast(tf.argmax(y_pred, axis=-1), tf.int32))
+        return super().update_state(tf.boolean_mask(tf.cast(hit, self.dtype), tf.not_equal(y_true, self.ignore)))
+
+    def get_config(self):
+        return {**super().get_config(), "ignore": self.ignore}
+
+
+def task_loss(task):
+    """The loss for a head's task: cross-entropy, over labelled tokens only for tagging."""
+    if task == tasks.TOKEN_CLASSIFICATION:
+        return keras.losses.SparseCategoricalCrossentropy(ignore_class=IGNORE)
+    return keras.losses.SparseCategoricalCrossentropy()
+
+
+def task_metrics(task, num_classes):
+    """Accuracy and macro-F1 for classification; labelled-token accuracy for tagging
+    (entity F1 needs whole sentences: `evaluation.token_report`)."""
+    if task == tasks.TOKEN_CLASSIFICATION:
+        return [MaskedAccuracy()]
+    return classification_metrics(num_classes)

@@ -13,7 +13,9 @@ from pathlib import Path
 from keras_adapters.adapter_io import atomic_write
 from keras_adapters.adapter_io import read_config
 from keras_adapters.adapter_io import task_type as adapter_task_type
+from keras_adapters import tasks
 from keras_adapters.text_classifier import AdapterTextClassifier
+from keras_adapters.token_classifier import AdapterTokenClassifier
 
 ADAPTER_DIR = "adapter"
 
@@ -22,9 +24,14 @@ def adapter_dir(run_dir):
     return str(Path(run_dir) / ADAPTER_DIR)
 
 
+def model_class(task):
+    """The model class whose first adapter does `task`."""
+    return AdapterTokenClassifier if task == tasks.TOKEN_CLASSIFICATION else AdapterTextClassifier
+
+
 def load_run(run_dir, dtype=None):
     """The model saved in a run folder, with its adapter (or fusion) active."""
-    return AdapterTextClassifier.from_adapter(adapter_dir(run_dir), dtype=dtype)
+    return model_class(run_task(run_dir)).from_adapter(adapter_dir(run_dir), dtype=dtype)
 
 
 def run_task(run_dir):

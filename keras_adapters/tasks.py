@@ -7,6 +7,7 @@ hyphens (`pair-classification`), as the Hugging Face pipelines name them.
 
 import csv
 import json
+import re
 from pathlib import Path
 
 TEXT_CLASSIFICATION = "text_classification"
@@ -15,15 +16,20 @@ TOKEN_CLASSIFICATION = "token_classification"
 QUESTION_ANSWERING = "question_answering"
 #: Tasks a `ClassificationHead` does (one label per text, or per pair).
 CLASSIFICATION_TASKS = (TEXT_CLASSIFICATION, PAIR_CLASSIFICATION)
-TASKS = (*CLASSIFICATION_TASKS, TOKEN_CLASSIFICATION, QUESTION_ANSWERING)
+#: Tasks this release has heads for.
+HEAD_TASKS = (*CLASSIFICATION_TASKS, TOKEN_CLASSIFICATION)
+TASKS = (*HEAD_TASKS, QUESTION_ANSWERING)
 #: File suffixes of pair data (JSON lines, comma- and tab-separated values).
 PAIR_SUFFIXES = (".jsonl", ".ndjson", ".csv", ".tsv")
 
 FORMATS = (
     "a folder with one sub-folder per class of .txt files (text-classification); "
     "tfds:NAME (text-classification); a .jsonl, .csv or .tsv file with two text columns "
-    "(pair-classification)"
+    "(pair-classification); a CoNLL-style file of 'word<TAB>tag' lines, sentences separated by "
+    "blank lines (token-classification)"
 )
+#: A CoNLL line: a word, white space, and a BIO/IOBES tag last.
+CONLL_LINE = re.compile(r"^\S.*\s(O|[BIES]-\S+)$")
 
 
 def canonical_task(task):
@@ -41,8 +47,10 @@ def cli_name(task):
 def detect_task(source, text_b_key="text_b"):
     """The task a data source is for, from its layout.
 
-    A folder (or `tfds:NAME`): text classification. A `.jsonl`, `.csv` or
-    `.tsv` file whose first record has a `text_b_key` field: pairs.
+    A folder (or `tfds:NAME`): text classification. A file whose first
+    lines are `word<TAB>tag` (a BIO/IOBES tag): token classification. A
+    `.jsonl`, `.csv` or `.tsv` file whose first record has a `text_b_key`
+    field: pairs.
 
     Raises:
         ValueError: the source is none of these; the message names the formats.
@@ -53,6 +61,8 @@ def detect_task(source, text_b_key="text_b"):
     path = Path(source)
     if not path.exists():
         raise ValueError(f"{source!r} does not exist. Pass {FORMATS}.")
+    if _looks_like_conll(path):
+        return TOKEN_CLASSIFICATION
     if path.suffix.lower() in PAIR_SUFFIXES:
         fields = _first_record_fields(path)
         if text_b_key in fields:
@@ -79,3 +89,19 @@ def _first_record_fields(path):
             delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
             return [c.strip() for c in next(csv.reader([line], delimiter=delimiter))]
     return []
+
+
+def _looks_like_conll(path, lines=20):
+    """Its first `lines` non-blank lines (past `-DOCSTART-`) all end in a tag."""
+    seen = 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            line = line.rstrip("\r\n")
+            if not line.strip() or line.startswith("-DOCSTART-"):
+                continue
+            if not CONLL_LINE.match(line):
+                return False
+            seen += 1
+            if seen == lines:
+                break
+    return seen > 0

@@ -15,7 +15,6 @@ from keras_adapters import presets
 from keras_adapters import recipe
 from keras_adapters import tasks
 from keras_adapters.fusion import FusionConfig
-from keras_adapters.heads import ClassificationHead
 from keras_adapters.heads import routed_probabilities
 from keras_adapters.methods.baselines import HeadOnlyConfig
 from keras_adapters.methods.registry import get_adapter_config
@@ -271,7 +270,7 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
             "num_classes": num_classes if num_classes is not None else (
                 len(class_names) if class_names is not None else base.get("num_classes")),
             "class_names": class_names,
-            "pooling": base["pooling"] if pooling is None else pooling,
+            "pooling": (base["pooling"] or "cls") if pooling is None else pooling,
             "dropout": base["dropout"] if dropout is None else dropout,
             "sequence_length": sequence_length,
             "task": base.get("task", tasks.TEXT_CLASSIFICATION) if task is None else task,
@@ -287,7 +286,7 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
 
     def _add(self, name, method, head_config):
         injection.check_name(name, self._taken())  # before the name becomes a layer name
-        head = ClassificationHead(**head_config, dtype=self.backbone.dtype_policy, name=f"{name}_head")
+        head = heads_lib.make_head(head_config, dtype=self.backbone.dtype_policy, name=f"{name}_head")
         tokenizer = getattr(self.preprocessor, "tokenizer", None)
         config = get_adapter_config(method).prepare(tokenizer, int(self.backbone.vocabulary_size))
         injection.add_adapter(self.backbone, name, config)
@@ -329,7 +328,7 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
 
     def _add_fusion(self, fuse, config, head_config):
         injection.check_name(fuse.name, self._taken())
-        head = ClassificationHead(**head_config, dtype=self.backbone.dtype_policy, name=f"{fuse.name}_head")
+        head = heads_lib.make_head(head_config, dtype=self.backbone.dtype_policy, name=f"{fuse.name}_head")
         injection.add_fusion(self.backbone, fuse, FusionConfig.from_config(config))
         head.build(self.backbone.hidden_dim)
         for w in head.weights:
@@ -572,7 +571,7 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         name = name or config.get("name") or DEFAULT_NAME
         if config["task"].get("multi_label"):
             raise adapter_io.AdapterFormatError(f"{source}: {heads_lib.MULTI_LABEL_REMOVED}")
-        head_config = {k: config["task"][k] for k in ("num_classes", "class_names", "pooling", "dropout")}
+        head_config = {k: config["task"].get(k) for k in ("num_classes", "class_names", "pooling", "dropout")}
         head_config["sequence_length"] = config["task"].get("sequence_length")
         head_config["task"] = adapter_io.task_type(config, source)
         if "fusion" in config:
@@ -704,6 +703,12 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         head = self._output_head()
         if head is None or (isinstance(x, dict) and ("token_ids" in x or PREFIX_OUTPUT in x)):
             return
+        if head.task == tasks.TOKEN_CLASSIFICATION:
+            raise ValueError(
+                f"Adapter {head.name.removesuffix('_head')!r} tags tokens: find entities in texts with "
+                "model.predict_entities(texts); fit and evaluate on ka.token_dataset_from_file(...) "
+                "or on token inputs."
+            )
         pair = isinstance(x, (tuple, list)) and len(x) == 2 and not isinstance(x[0], str)
         if head.text_inputs == 2 and not pair:
             raise ValueError(
@@ -728,11 +733,11 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         if optimizer == "auto":
             optimizer = recipe.make_optimizer(learning_rate or self.default_learning_rate)
         if loss == "auto":
-            loss = keras.losses.SparseCategoricalCrossentropy()
+            loss = recipe.task_loss(self.task)
         if metrics == "auto":
             several = isinstance(self.active_adapters, (composition.Parallel, composition.Route))
             single = not several and self.num_classes
-            metrics = recipe.classification_metrics(self.num_classes) if single else []
+            metrics = recipe.task_metrics(self.task, self.num_classes) if single else []
         keras.Model.compile(self, optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
     def compile_from_config(self, config):

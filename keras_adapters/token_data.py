@@ -18,11 +18,18 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+import tensorflow_text as tf_text
 
 from keras_adapters import data as data_lib
+from keras_adapters import recipe
 from keras_adapters.entity_metrics import TAG_PREFIXES
+from keras_adapters.entity_metrics import entities
 
-IGNORE = -1
+IGNORE = recipe.IGNORE
+#: How raw text is cut into words: at white space, and each punctuation mark or
+#: symbol a word of its own (BERT's pre-tokenization, what CoNLL files hold).
+WORD_DELIMITERS = r"\s+|[\p{P}\p{S}]"
+KEPT_DELIMITERS = r"[\p{P}\p{S}]"
 SUFFIXES = (".conll", ".txt", ".tsv", ".iob", ".bio")
 
 
@@ -194,12 +201,41 @@ def token_dataset_from_file(
         if training:
             ds = ds.shuffle(max(1, len(rows)), seed=seed, reshuffle_each_iteration=True)
         ds = ds.batch(batch_size).prefetch(data_lib.AUTOTUNE)
-        ds.tag_names = names
+        ds.tag_names = ds.class_names = names  # class_names: as every dataset here names its labels
         ds.num_examples = len(rows)
         ds.sentences = [sentences[i] for i in rows]
         ds.tags = [tags[i] for i in rows]
         outputs.append(ds)
     return tuple(outputs) if subset == "both" else outputs[0]
+
+
+def split_words(texts):
+    """In-graph: texts `[n]` -> (words, starts, ends), ragged `[n, words]`;
+    offsets in bytes of the UTF-8 text."""
+    return tf_text.regex_split_with_offsets(texts, WORD_DELIMITERS, KEPT_DELIMITERS)
+
+
+def entity_spans(text, starts, ends, tags, scores):
+    """Entities of one text: [{"type", "text", "start", "end", "score"}].
+
+    Args:
+        text: the text (a Python string).
+        starts, ends: each word's byte offsets in its UTF-8 (`split_words`).
+        tags, scores: each word's predicted tag and its probability.
+
+    `start`/`end` are character offsets (`text[start:end]` is the entity's
+    text); `score` is the mean of its words' tag probabilities.
+    """
+    raw = text.encode("utf-8")
+    spans = []
+    for kind, first, last in entities(tags):
+        start = len(raw[: int(starts[first])].decode("utf-8", errors="replace"))
+        end = len(raw[: int(ends[last])].decode("utf-8", errors="replace"))
+        spans.append({
+            "type": kind, "text": text[start:end], "start": start, "end": end,
+            "score": float(np.mean(scores[first : last + 1])),
+        })
+    return spans
 
 
 def word_tags(probabilities, labels, num_words, tag_names):
@@ -212,6 +248,12 @@ def word_tags(probabilities, labels, num_words, tag_names):
         num_words: the sentence's words (those cut off are predicted `O`).
         tag_names: tag names in label order.
     """
-    first = np.flatnonzero(np.asarray(labels) != IGNORE)
-    predicted = [tag_names[i] for i in np.asarray(probabilities)[first].argmax(axis=-1)]
-    return predicted + ["O"] * (num_words - len(predicted))
+    return word_predictions(probabilities, labels, num_words, tag_names)[0]
+
+
+def word_predictions(probabilities, labels, num_words, tag_names):
+    """(tags, scores): `word_tags` and each tag's probability (0 for words cut off)."""
+    first = np.asarray(probabilities)[np.flatnonzero(np.asarray(labels) != IGNORE)]
+    tags = [tag_names[i] for i in first.argmax(axis=-1)] + ["O"] * (num_words - len(first))
+    scores = list(first.max(axis=-1)) + [0.0] * (num_words - len(first))
+    return tags, scores

@@ -31,8 +31,8 @@ from keras_adapters import presets
 from keras_adapters import recipe
 from keras_adapters import runs
 from keras_adapters import tasks
+from keras_adapters import token_data
 from keras_adapters.methods.registry import get_adapter_config
-from keras_adapters.text_classifier import AdapterTextClassifier
 from keras_adapters.version import __version__
 
 BACKUP_DIR = "backup"
@@ -269,6 +269,15 @@ def training_datasets(data, preprocessor, validation_split, task=tasks.TEXT_CLAS
     the base split. For a pair file it is a seeded random `validation_split`
     of its records.
     """
+    if task == tasks.TOKEN_CLASSIFICATION:
+        options = {k: kwargs[k] for k in ("batch_size", "seed", "class_names", "shuffle", "cache") if k in kwargs}
+        if "class_names" in options:
+            options["tag_names"] = options.pop("class_names")
+        if not validation_split:
+            return token_data.token_dataset_from_file(data, preprocessor, **options), None
+        return token_data.token_dataset_from_file(
+            data, preprocessor, validation_split=validation_split, subset="both", **options
+        )
     if task == tasks.PAIR_CLASSIFICATION:
         options = {k: v for k, v in kwargs.items() if k not in ("split", "text_key", "data_dir")}
         if not validation_split:
@@ -390,14 +399,14 @@ def train_classifier(
             if fuse:
                 model = build_fusion_model(fuse, train.class_names, **options)
             else:
-                model = AdapterTextClassifier.from_preset(
+                model = runs.model_class(task).from_preset(
                     preset, num_classes=len(train.class_names), method=get_adapter_config(method),
                     class_names=train.class_names, **options,
                 )
             peak = learning_rate or model.default_learning_rate
             model.compile(
                 optimizer=recipe.make_optimizer(peak, steps),
-                metrics=recipe.classification_metrics(model.num_classes),
+                metrics=recipe.task_metrics(task, model.num_classes),
             )
         monitor = "val_accuracy" if validation is not None else "accuracy"
         record = _run_record(
@@ -443,14 +452,16 @@ def _run_record(model, data, fuse, train, validation, **options):
 def resolve_task(data, task, text_b_key="text_b"):
     """The task to train: `task`, or the one `data` is for when `"auto"`."""
     task = tasks.detect_task(data, text_b_key) if task in (None, "auto") else tasks.canonical_task(task)
-    if task not in tasks.CLASSIFICATION_TASKS:
+    if task not in tasks.HEAD_TASKS:
         raise ValueError(
             f"Training for {tasks.cli_name(task)} is not in keras-adapters {__version__} "
-            f"yet; it trains {' and '.join(tasks.cli_name(t) for t in tasks.CLASSIFICATION_TASKS)}."
+            f"yet; it trains {', '.join(tasks.cli_name(t) for t in tasks.HEAD_TASKS)}."
         )
     is_file = os.path.isfile(str(data))
     if task == tasks.PAIR_CLASSIFICATION and not is_file:
         raise ValueError(f"Pair classification reads a .jsonl, .csv or .tsv file; {str(data)!r} is not a file.")
+    if task == tasks.TOKEN_CLASSIFICATION and not is_file:
+        raise ValueError(f"Token classification reads a CoNLL-style file; {str(data)!r} is not a file.")
     if task == tasks.TEXT_CLASSIFICATION and is_file:
         raise ValueError(
             f"{str(data)!r} is a file; text classification reads a folder with one sub-folder per class "
@@ -464,6 +475,8 @@ def _usable_validation_split(data, validation_split, task, data_options):
     if task == tasks.PAIR_CLASSIFICATION:
         keys = {k: data_options[k] for k in pair_data.DEFAULT_KEYS if k in data_options}
         total = len(pair_data.read_pairs(data, **keys)[0])
+    elif task == tasks.TOKEN_CLASSIFICATION:
+        total = len(token_data.read_conll(data)[0])
     else:
         total = sum(len(paths) for paths in data_lib.scan_directory(data).values())
     if data_lib.validation_size(total, validation_split):

@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -153,6 +154,23 @@ def write_pair_file(path, rows, columns=("text_a", "text_b", "label")):
             writer.writerow(columns)
             writer.writerows([r[c] for c in columns] for r in rows)
     return path
+
+
+#: The tiny tagging task: these words are entities of these types (one word each).
+ENTITY_WORDS = {"team": "ORG", "bank": "ORG", "cup": "EVENT", "market": "LOC", "minister": "PER"}
+
+
+def write_conll(path, count=64, seed=0):
+    """A CoNLL file of short sentences of VOCAB words, ENTITY_WORDS tagged B-<type>."""
+    rng = np.random.default_rng(seed)
+    words = [w for w in WORDS if w not in ("the", "a")]
+    lines = []
+    for _ in range(count):
+        for word in ["the", *rng.choice(words, size=rng.integers(2, 7))]:
+            lines.append(f"{word}\t{'B-' + ENTITY_WORDS[word] if word in ENTITY_WORDS else 'O'}\n")
+        lines.append("\n")
+    Path(path).write_text("".join(lines))
+    return str(path)
 
 
 @pytest.fixture

@@ -335,3 +335,48 @@ def test_export_a_pair_run(pair_run, capsys, tmp_path):
     got = served(text_a=tf.constant(texts_a), text_b=tf.constant(texts_b))
     expected = runs.load_run(run).predict((texts_a, texts_b), verbose=0)
     np.testing.assert_allclose(got["probabilities"].numpy(), expected, atol=1e-5)
+
+
+# ------------------------------------------------------------- token tags
+@pytest.fixture(scope="module")
+def token_run(tiny_preset, tmp_path_factory):
+    from conftest import write_conll
+
+    root = tmp_path_factory.mktemp("tokens")
+    data = write_conll(root / "train.conll", count=96)
+    run = root / "run"
+    code = cli.main([
+        "train", data, "--output", str(run), "--backbone", tiny_preset, "--method", "full",
+        "--learning-rate", "5e-3", "--epochs", "10", "--batch-size", "8", "--sequence-length", "16",
+        "--precision", "float32", "--quiet",
+    ])
+    assert code == 0
+    return run, data
+
+
+def test_conll_files_train_and_evaluate_with_entity_scores(token_run, capsys):
+    from conftest import ENTITY_WORDS
+
+    run, data = token_run
+    assert json.loads((run / "train_config.json").read_text())["task"] == "token_classification"
+    assert cli.main(["evaluate", str(run), data, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["num_examples"] == 96
+    assert set(result["per_type"]) == set(ENTITY_WORDS.values())
+    assert result["f1"] >= 0.9 and 0 <= result["precision"] <= 1 and 0 <= result["recall"] <= 1
+    assert cli.main(["evaluate", str(run), data]) == 0
+    assert "entity precision" in capsys.readouterr().out
+
+
+def test_predict_finds_entities_with_character_offsets(token_run, capsys):
+    from keras_adapters import runs
+
+    run, _ = token_run
+    text = "the minister fell, the bank rose"
+    assert cli.main(["predict", str(run), text, "--json"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    expected = runs.load_run(run).predict_entities([text])[0]
+    assert result["entities"] == expected
+    for entity in expected:
+        assert text[entity["start"] : entity["end"]] == entity["text"]
+    assert [(e["type"], e["text"]) for e in expected] == [("PER", "minister"), ("ORG", "bank")]
