@@ -276,8 +276,11 @@ def cmd_export(args):
             task_signatures=not args.no_task_signatures, precision=args.precision,
         )
         per_task = "" if args.no_task_signatures else ", classify_<adapter>"
-        pairs = not several and runs.run_task(run_dirs) == tasks.PAIR_CLASSIFICATION
-        single_input = "text_a, text_b" if pairs else "text"
+        task = None if several else runs.run_task(run_dirs)
+        single_input = {
+            tasks.PAIR_CLASSIFICATION: "text_a, text_b",
+            tasks.TOKEN_CLASSIFICATION: "text -> entities",
+        }.get(task, "text")
         signatures = (
             f"classify (text, adapter: one of {names}), classify_token_ids{per_task}"
             if several else f"serving_default ({single_input}), serve_token_ids"

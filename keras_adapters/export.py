@@ -4,7 +4,11 @@ SavedModel signatures (tokenization inside, so clients send text):
 - `serving_default`: `text` (string [None]) -> `probabilities` (float32
   [None, C]), `label_id` (int64 [None]), `label` (string [None]). For a
   pair-classification adapter it takes `text_a` and `text_b` instead
-  (string [None] each, row i of one paired with row i of the other).
+  (string [None] each, row i of one paired with row i of the other). For a
+  token-classification adapter it answers each text's entities, padded to
+  the most in the batch: `entity_type`, `entity_text` (string [None, E]),
+  `start`, `end` (int64 character offsets), `score` (float32) and
+  `num_entities` (int32 [None]) (`token_data.GraphEntities`).
 - `serve_token_ids`: `token_ids`, `segment_ids`, `padding_mask` (int32
   [None, None]) -> `probabilities`, for clients that tokenize themselves.
 
@@ -41,6 +45,8 @@ from keras_adapters import data as data_lib
 from keras_adapters import injection
 from keras_adapters import runs
 from keras_adapters import serving_graph
+from keras_adapters import tasks
+from keras_adapters import token_data
 from keras_adapters.methods.base import stored_stacks
 from keras_adapters.text_classifier import TOKEN_INPUTS
 
@@ -153,6 +159,32 @@ class _Task:
         inputs = _as_model_inputs(token_ids, segment_ids, padding_mask)
         probabilities = self.model(inputs, training=False)
         return {"probabilities": tf.cast(probabilities, tf.float32)}
+
+
+class _TokenTask(_Task):
+    """A token-classification adapter's functions: text -> entities (`token_data.GraphEntities`)."""
+
+    def __init__(self, model, length=None):
+        self.model = model
+        self.length = int(length or model.sequence_length or 512)
+        self.pairs = False
+        self.max_bytes = data_lib.BYTES_PER_TOKEN * self.length
+        self.entities = token_data.GraphEntities(
+            model.preprocessor.tokenizer, self.length, model._output_head().label_names()
+        )
+
+    def classify_text(self, text):
+        text = data_lib.clean_text(tf.reshape(text, [-1]), self.max_bytes)
+        starts, ends, inputs, labels = self.entities.inputs(text)
+        probabilities = tf.cast(self.model(inputs, training=False), tf.float32)
+        return self.entities(text, probabilities, starts, ends, labels)
+
+
+def _task(model, length=None):
+    """The serving functions of the model's active task."""
+    if model._output_head().task == tasks.TOKEN_CLASSIFICATION:
+        return _TokenTask(model, length)
+    return _Task(model, length)
 
 
 class _RoutedTask:
@@ -324,7 +356,7 @@ def export_saved_model(model, path, version=1, merge=True, precision="float32"):
     serving_graph.check_precision(precision)
     out = _version_dir(path, version)
     served = serving_graph.serving_copy(model, precision, merge=merge)
-    task = _Task(served)
+    task = _task(served)
     signatures = {
         "serving_default": _trace(task.classify_text, task.text_signature),
         "serve_token_ids": _trace(task.classify_tokens, list(_token_signature().values())),
@@ -382,7 +414,9 @@ def export_multi_adapter_saved_model(
     out = _version_dir(path, version)
     model = serving_graph.serving_copy(model, precision, merge=False)
     # Pair tasks take two texts, so they get their own signatures, not the routed ones.
-    routed = [n for n in names if n in model.adapter_names and model.heads[n].text_inputs == 1]
+    routed = [
+        n for n in names if n in model.adapter_names and model.heads[n].task == tasks.TEXT_CLASSIFICATION
+    ]
     # The routed graphs read stacked copies of the adapters' weights, so only
     # the fusions' own signatures need per-adapter variables.
     module = _variables_module(model, [n for n in names if n not in routed])
@@ -406,7 +440,7 @@ def export_multi_adapter_saved_model(
             signatures[key] = _trace(_one_task(classify, name, model.heads[name].num_classes), TEXT_SIGNATURE)
         else:
             model.set_active_adapters(model._fusion(name) if name in model.fusion_names else name)
-            task = _Task(model, _task_length(model, name))
+            task = _task(model, _task_length(model, name))
             signatures[key] = _trace(task.classify_text, task.text_signature)
     signatures["serving_default"] = signatures.get(keys[0], signatures.get("classify"))
     return _save(module, out, signatures)

