@@ -114,6 +114,42 @@ class MaskedAccuracy(keras.metrics.Mean):
         return {**super().get_config(), "ignore": self.ignore}
 
 
+@keras.saving.register_keras_serializable(package="keras_adapters")
+class TagF1(keras.metrics.Metric):
+    """Micro F1 of the tags other than `outside` (`O`) over labelled tokens.
+
+    What a tagger is picked by during training: token accuracy stays at the
+    share of `O` while a model tags nothing, while this rises with every
+    entity word found. (Entity-level F1 needs whole sentences:
+    `evaluation.token_report`.)
+    """
+
+    def __init__(self, outside=0, ignore=IGNORE, name="tag_f1", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.outside, self.ignore = outside, ignore
+        self.counts = self.add_variable(shape=(3,), initializer="zeros", name="counts")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true = tf.cast(y_true, tf.int32)
+        predicted = tf.cast(tf.argmax(y_pred, axis=-1), tf.int32)
+        labelled = tf.not_equal(y_true, self.ignore)
+        true_tag = labelled & tf.not_equal(y_true, self.outside)
+        predicted_tag = labelled & tf.not_equal(predicted, self.outside)
+        hits = true_tag & tf.equal(y_true, predicted)
+        counts = [tf.reduce_sum(tf.cast(m, self.dtype)) for m in (hits, predicted_tag, true_tag)]
+        self.counts.assign_add(tf.stack(counts))
+
+    def result(self):
+        hits, predicted, true = self.counts[0], self.counts[1], self.counts[2]
+        return tf.math.divide_no_nan(2.0 * hits, predicted + true)
+
+    def reset_state(self):
+        self.counts.assign(tf.zeros_like(self.counts))
+
+    def get_config(self):
+        return {**super().get_config(), "outside": self.outside, "ignore": self.ignore}
+
+
 def task_loss(task):
     """The loss for a head's task: cross-entropy, over labelled tokens only for tagging."""
     if task == tasks.TOKEN_CLASSIFICATION:
@@ -121,9 +157,15 @@ def task_loss(task):
     return keras.losses.SparseCategoricalCrossentropy()
 
 
-def task_metrics(task, num_classes):
-    """Accuracy and macro-F1 for classification; labelled-token accuracy for tagging
-    (entity F1 needs whole sentences: `evaluation.token_report`)."""
+def task_metrics(task, num_classes, class_names=None):
+    """Accuracy and macro-F1 for classification; labelled-token accuracy and
+    `TagF1` for tagging (entity F1 needs whole sentences: `evaluation.token_report`)."""
     if task == tasks.TOKEN_CLASSIFICATION:
-        return [MaskedAccuracy()]
+        outside = list(class_names).index("O") if class_names and "O" in class_names else 0
+        return [MaskedAccuracy(), TagF1(outside=outside)]
     return classification_metrics(num_classes)
+
+
+def monitored_metric(task):
+    """The metric the best epoch is picked by (higher is better)."""
+    return "tag_f1" if task == tasks.TOKEN_CLASSIFICATION else "accuracy"

@@ -737,7 +737,7 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         if metrics == "auto":
             several = isinstance(self.active_adapters, (composition.Parallel, composition.Route))
             single = not several and self.num_classes
-            metrics = recipe.task_metrics(self.task, self.num_classes) if single else []
+            metrics = recipe.task_metrics(self.task, self.num_classes, self.class_names) if single else []
         keras.Model.compile(self, optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
     def compile_from_config(self, config):

@@ -406,9 +406,9 @@ def train_classifier(
             peak = learning_rate or model.default_learning_rate
             model.compile(
                 optimizer=recipe.make_optimizer(peak, steps),
-                metrics=recipe.task_metrics(task, model.num_classes),
+                metrics=recipe.task_metrics(task, model.num_classes, model.class_names),
             )
-        monitor = "val_accuracy" if validation is not None else "accuracy"
+        monitor = ("val_" if validation is not None else "") + recipe.monitored_metric(task)
         record = _run_record(
             model, data, fuse, train, validation,
             epochs=epochs, batch_size=batch_size, sequence_length=sequence_length, learning_rate=peak,

@@ -30,3 +30,23 @@ def test_sparse_macro_f1_matches_numpy_reference():
     assert float(metric.result()) == pytest.approx(expected, abs=1e-6)
 
 
+
+
+def test_token_metrics_count_labelled_tokens_only():
+    import numpy as np
+
+    from keras_adapters import recipe
+
+    y_true = np.array([[-1, 0, 2, -1, 1, -1], [-1, 0, 0, 2, -1, -1]])
+    predicted = np.array([[1, 0, 2, 1, 0, 1], [2, 1, 0, 2, 2, 2]])  # values at -1 positions must not count
+    y_pred = np.eye(3)[predicted].astype("float32")
+    accuracy, f1 = recipe.task_metrics("token_classification", 3, ["O", "B-X", "I-X"])
+    accuracy.update_state(y_true, y_pred)
+    f1.update_state(y_true, y_pred)
+    # labelled: (0,0) (2,2) (1,0) | (0,1) (0,0) (2,2) -> 4 of 6 right
+    assert float(accuracy.result()) == pytest.approx(4 / 6)
+    # non-O: true 3 (2, 1, 2), predicted 3 (2, 1?, 2): hits 2 (both 2s), predicted non-O 3 (2, B-X at (0,1), 2)
+    assert float(f1.result()) == pytest.approx(2 * 2 / (3 + 3))
+    f1.reset_state()
+    assert float(f1.result()) == 0.0
+    assert recipe.monitored_metric("token_classification") == "tag_f1"
