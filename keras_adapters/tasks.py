@@ -26,7 +26,7 @@ FORMATS = (
     "a folder with one sub-folder per class of .txt files (text-classification); "
     "tfds:NAME (text-classification); a .jsonl, .csv or .tsv file with two text columns "
     "(pair-classification); a CoNLL-style file of 'word<TAB>tag' lines, sentences separated by "
-    "blank lines (token-classification)"
+    "blank lines (token-classification); SQuAD v1.1 JSON (question-answering)"
 )
 #: A CoNLL line: a word, white space, and a BIO/IOBES tag last.
 CONLL_LINE = re.compile(r"^\S.*\s(O|[BIES]-\S+)$")
@@ -63,6 +63,8 @@ def detect_task(source, text_b_key="text_b"):
         raise ValueError(f"{source!r} does not exist. Pass {FORMATS}.")
     if _looks_like_conll(path):
         return TOKEN_CLASSIFICATION
+    if path.suffix.lower() == ".json" and _looks_like_squad(path):
+        return QUESTION_ANSWERING
     if path.suffix.lower() in PAIR_SUFFIXES:
         fields = _first_record_fields(path)
         if text_b_key in fields:
@@ -105,3 +107,10 @@ def _looks_like_conll(path, lines=20):
             if seen == lines:
                 break
     return seen > 0
+
+
+def _looks_like_squad(path):
+    """A SQuAD-format JSON: {"data": [{"paragraphs": [...]}, ...]}."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        head = f.read(4096)
+    return '"data"' in head and '"paragraphs"' in head

@@ -37,3 +37,13 @@ def test_sources_that_cannot_be_told_get_the_formats(tmp_path):
         tasks.detect_task(tmp_path / "notes.txt")
     with pytest.raises(ValueError, match="does not exist"):
         tasks.detect_task(tmp_path / "missing.jsonl")
+
+
+def test_conll_and_squad_files_are_told(tmp_path):
+    from conftest import write_conll
+
+    assert tasks.detect_task(write_conll(tmp_path / "ner.txt", count=3)) == tasks.TOKEN_CLASSIFICATION
+    (tmp_path / "tags.tsv").write_text("-DOCSTART- O\n\nNew\tB-geo-loc\nYork\tI-geo-loc\n")
+    assert tasks.detect_task(tmp_path / "tags.tsv") == tasks.TOKEN_CLASSIFICATION
+    (tmp_path / "dev.json").write_text('{"version": "1.1", "data": [{"title": "t", "paragraphs": []}]}')
+    assert tasks.detect_task(tmp_path / "dev.json") == tasks.QUESTION_ANSWERING
