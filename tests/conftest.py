@@ -173,6 +173,24 @@ def write_conll(path, count=64, seed=0):
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def token_run(tiny_preset, tmp_path_factory):
+    """A finished `keras-adapters train` run of a tiny tagger (full fine-tuning,
+    it learns ENTITY_WORDS) and its CoNLL file; shared, since training takes a while."""
+    from keras_adapters import cli
+
+    root = tmp_path_factory.mktemp("tokens")
+    data = write_conll(root / "train.conll", count=96)
+    run = root / "run"
+    code = cli.main([
+        "train", data, "--output", str(run), "--backbone", tiny_preset, "--method", "full",
+        "--learning-rate", "5e-3", "--epochs", "10", "--batch-size", "8", "--sequence-length", "16",
+        "--precision", "float32", "--quiet",
+    ])
+    assert code == 0
+    return run, data
+
+
 @pytest.fixture
 def pair_file(tmp_path):
     return write_pair_file(tmp_path / "pairs.jsonl", topic_pairs())

@@ -338,22 +338,6 @@ def test_export_a_pair_run(pair_run, capsys, tmp_path):
 
 
 # ------------------------------------------------------------- token tags
-@pytest.fixture(scope="module")
-def token_run(tiny_preset, tmp_path_factory):
-    from conftest import write_conll
-
-    root = tmp_path_factory.mktemp("tokens")
-    data = write_conll(root / "train.conll", count=96)
-    run = root / "run"
-    code = cli.main([
-        "train", data, "--output", str(run), "--backbone", tiny_preset, "--method", "full",
-        "--learning-rate", "5e-3", "--epochs", "10", "--batch-size", "8", "--sequence-length", "16",
-        "--precision", "float32", "--quiet",
-    ])
-    assert code == 0
-    return run, data
-
-
 def test_conll_files_train_and_evaluate_with_entity_scores(token_run, capsys):
     from conftest import ENTITY_WORDS
 

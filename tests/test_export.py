@@ -528,19 +528,10 @@ def test_pair_tflite_matches_keras(tiny_preset, tmp_path):
 
 # ------------------------------------------------------------- token tags
 @pytest.fixture(scope="module")
-def tagger(tiny_preset, tmp_path_factory):
-    from conftest import write_conll
+def tagger(token_run):
+    from keras_adapters import runs
 
-    path = write_conll(tmp_path_factory.mktemp("conll") / "train.conll", count=96)
-    model = ka.AdapterTokenClassifier.from_preset(
-        tiny_preset, num_classes=5, class_names=["O", "B-EVENT", "B-LOC", "B-ORG", "B-PER"], method="full",
-        sequence_length=16,
-    )
-    train = ka.token_dataset_from_file(path, model.preprocessor, batch_size=8, tag_names=model.class_names)
-    keras.utils.set_random_seed(0)
-    model.compile(learning_rate=5e-3)
-    model.fit(train, epochs=10, verbose=0)
-    return model
+    return runs.load_run(token_run[0])
 
 
 def test_token_saved_model_answers_entities_like_predict_entities(tagger, tmp_path):
