@@ -488,6 +488,12 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
                 f"With {spec!r} active, the inputs need 'adapter_id': each row's index into the "
                 "Route's adapters (route.ids(names) makes it)."
             )
+        other = [n for n in spec.children if self.heads[n].task != tasks.TEXT_CLASSIFICATION]
+        if other:
+            raise ValueError(
+                f"A Route serves single-text classification adapters in one batch; {other} do "
+                f"{sorted({self.heads[n].task for n in other})}: activate them on their own."
+            )
         ids = ops.cast(inputs["adapter_id"], "int32")
         with injection.routing(self.backbone, ids):
             outputs = self.backbone({k: inputs[k] for k in TOKEN_INPUTS}, training=False)

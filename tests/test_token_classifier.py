@@ -89,3 +89,12 @@ def test_one_backbone_carries_a_tagger_and_a_classifier(tiny_preset):
     tokens = {k: np.asarray(v) for k, v in model.preprocessor(["the team won"]).items()}
     assert model.predict(tokens, verbose=0).shape == (1, 16, len(TAGS))
     assert set(ENTITY_WORDS.values()) == {t[2:] for t in TAGS[1:]}
+
+
+def test_a_route_refuses_taggers(tiny_preset):
+    model = _model(tiny_preset)
+    model.add_adapter("topic", "lora", num_classes=3, task="text_classification")
+    model.set_active_adapters(ka.Route("topic", "default"))
+    tokens = {k: np.asarray(v) for k, v in model.preprocessor(["the team won"]).items()}
+    with pytest.raises(ValueError, match=r"Route serves single-text classification adapters.*\['default'\]"):
+        model.predict({**tokens, "adapter_id": np.array([1])}, verbose=0)
