@@ -260,8 +260,8 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
                 unset ones follow the model's first head (or the defaults).
             sequence_length: tokens per text for this task when it is served
                 (`None`: the model's; see `ClassificationHead`).
-            task: `"text_classification"` or `"pair_classification"`
-                (`None`: the first head's).
+            task: `"text_classification"`, `"pair_classification"` or
+                `"token_classification"` (`None`: the first head's).
         """
         self._check_not_merged()
         first = next(iter(self.heads.values()), None)
@@ -656,7 +656,10 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         if x is not None and not isinstance(x, tf.data.Dataset):
             self._check_texts(x)
             if y is not None:
-                check_labels(y, self.num_classes, self.class_names)
+                labelled = np.asarray(y)
+                if self.task == tasks.TOKEN_CLASSIFICATION:  # unlabelled pieces are -1
+                    labelled = labelled[labelled != recipe.IGNORE]
+                check_labels(labelled, self.num_classes, self.class_names)
             if isinstance(validation_data, (tuple, list)) and len(validation_data) > 1:
                 check_labels(validation_data[1], self.num_classes, self.class_names, "validation_data")
             data = keras.utils.pack_x_y_sample_weight(x, y, sample_weight)

@@ -98,3 +98,17 @@ def test_a_route_refuses_taggers(tiny_preset):
     tokens = {k: np.asarray(v) for k, v in model.preprocessor(["the team won"]).items()}
     with pytest.raises(ValueError, match=r"Route serves single-text classification adapters.*\['default'\]"):
         model.predict({**tokens, "adapter_id": np.array([1])}, verbose=0)
+
+
+def test_fit_takes_token_inputs_with_ignored_pieces(tiny_preset):
+    model = _model(tiny_preset)
+    tokens = {k: np.asarray(v) for k, v in model.preprocessor(["the team won", "the bank"]).items()}
+    labels = np.where(tokens["padding_mask"], 0, -1)
+    labels[:, 0] = -1
+    labels[0, 2] = 3  # team: B-ORG
+    model.compile()
+    history = model.fit(tokens, labels, epochs=1, verbose=0)
+    assert {"loss", "accuracy", "tag_f1"} <= set(history.history)
+    labels[1, 2] = 7
+    with pytest.raises(ValueError, match=r"is outside \[0, 5\)"):
+        model.fit(tokens, labels, epochs=1, verbose=0)
