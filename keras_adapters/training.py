@@ -285,9 +285,10 @@ def training_datasets(data, preprocessor, validation_split, task=tasks.TEXT_CLAS
         return pair_data.pair_dataset_from_file(
             data, preprocessor, validation_split=validation_split, subset="both", **options
         )
-    for key in pair_data.DEFAULT_KEYS:
-        if key != "label_key":
-            kwargs.pop(key, None)
+    for key in ("text_a_key", "text_b_key"):
+        kwargs.pop(key, None)
+    if not str(data).startswith("tfds:"):
+        kwargs.pop("label_key", None)  # folders are labelled by sub-folder
     if str(data).startswith("tfds:"):
         split = kwargs.pop("split", "train")
         if not validation_split:
