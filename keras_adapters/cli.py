@@ -243,6 +243,8 @@ def _predict_entities(model, texts, args):
 
 
 def cmd_predict(args):
+    if not args.texts and not args.file:
+        raise ValueError("No texts to classify: pass TEXT arguments or --file F.")
     model = runs.load_run(args.run)
     if model.task == tasks.TOKEN_CLASSIFICATION:
         return _predict_entities(model, _texts(args), args)

@@ -475,16 +475,16 @@ def _usable_validation_split(data, validation_split, task, data_options):
     """`validation_split`, or `None` (with a warning) when it would hold no example."""
     if task == tasks.PAIR_CLASSIFICATION:
         keys = {k: data_options[k] for k in pair_data.DEFAULT_KEYS if k in data_options}
-        total = len(pair_data.read_pairs(data, **keys)[0])
+        total, unit = len(pair_data.read_pairs(data, **keys)[0]), "record"
     elif task == tasks.TOKEN_CLASSIFICATION:
-        total = len(token_data.read_conll(data)[0])
+        total, unit = len(token_data.read_conll(data)[0]), "sentence"
     else:
-        total = sum(len(paths) for paths in data_lib.scan_directory(data).values())
+        total, unit = sum(len(paths) for paths in data_lib.scan_directory(data).values()), "file"
     if data_lib.validation_size(total, validation_split):
         return validation_split
     warnings.warn(
-        f"A validation split of {validation_split} of the {total} examples in {str(data)!r} holds no "
-        "example; training without validation (the best adapter is chosen by training accuracy). Add "
+        f"A validation split of {validation_split} of the {total} {unit}s in {str(data)!r} holds no "
+        f"{unit}; training without validation (the best adapter is chosen by its training metric). Add "
         "examples or raise --validation-split to validate.",
         stacklevel=3,
     )

@@ -122,7 +122,7 @@ def test_signatures_have_the_documented_shapes(houlsby_export):
     assert "signature_def['serve_token_ids']" in shown.stdout
 
 
-@pytest.mark.parametrize("method", ["lora", "ia3"])
+@pytest.mark.parametrize("method", ["lora", pytest.param("ia3", marks=pytest.mark.slow)])
 def test_lora_and_ia3_export_merged(tiny_preset, tmp_path, method):
     model = _trained(tiny_preset, method, seed=1)
     expected = model.predict(TEXTS, verbose=0)
@@ -188,6 +188,7 @@ def _own_outputs(model, name, tmp_path):
 ROWS = ["topics", "news", "news", "topics", "news", "topics", "topics", "news"]
 
 
+@pytest.mark.slow  # moved to keep the default suite under 15 min; CI runs it
 def test_multi_adapter_export_serves_every_task_from_one_backbone(two_tasks, tmp_path):
     model = two_tasks
     singles, own = {}, {}
@@ -500,6 +501,7 @@ def test_pair_signatures_take_two_texts_and_match_keras(tiny_preset, tmp_path):
     assert sorted(inputs) == ["text_a", "text_b"]
 
 
+@pytest.mark.slow  # moved to keep the default suite under 15 min; CI runs it
 def test_multi_adapter_export_gives_pair_tasks_their_own_signature(tiny_preset, tmp_path):
     model = _pair_model(tiny_preset)
     model.add_adapter("topics", "lora", num_classes=4, task="text_classification")

@@ -311,6 +311,7 @@ def test_unknown_fields_from_a_newer_release_load_with_a_warning(tiny_preset, tm
     np.testing.assert_allclose(again.predict(TEXTS, verbose=0), model.predict(TEXTS, verbose=0), atol=1e-6)
 
 
+@pytest.mark.slow  # moved to keep the default suite under 15 min; CI runs it
 def test_keras_round_trip_keeps_every_adapter_fusion_and_head(tiny_preset, tmp_path):
     keras.utils.set_random_seed(3)
     model = _model(tiny_preset, "houlsby")
@@ -496,9 +497,6 @@ def test_pair_adapters_fit_evaluate_and_round_trip(tiny_preset, tmp_path):
     again = ka.AdapterTextClassifier.from_adapter(tmp_path / "adapter")
     assert again.task == "pair_classification"
     np.testing.assert_allclose(again.predict((PAIRS_A, PAIRS_B), verbose=0), expected, atol=1e-6)
-    model.save(tmp_path / "m.keras")
-    loaded = keras.saving.load_model(tmp_path / "m.keras")
-    np.testing.assert_allclose(loaded.predict((PAIRS_A, PAIRS_B), verbose=0), expected, atol=1e-6)
 
 
 def test_pairs_and_single_texts_are_not_mixed_up(tiny_preset):

@@ -262,7 +262,7 @@ def _check_complete_run(run, data, preset, epochs):
 @pytest.mark.parametrize(
     "pattern, when, nth",
     [
-        pytest.param(r"epoch-2", "before", 1, id="writing-the-epoch-2-backup"),
+        pytest.param(r"epoch-2", "before", 1, id="writing-the-epoch-2-backup", marks=pytest.mark.slow),
         pytest.param(r"history\.json", "before", 2, id="writing-history.json", marks=pytest.mark.slow),
         pytest.param(r"\.adapter\.old", "after", 1, id="between-the-adapter-folder-renames",
                      marks=pytest.mark.slow),
