@@ -304,6 +304,30 @@ def validation_size(total, validation_split):
     return int(validation_split * total) if validation_split else 0
 
 
+def split_rows(count, validation_split, subset, seed, what, source):
+    """Row indices of each requested part of `count` examples read from a file.
+
+    A seeded random `validation_split` is held out (the same `seed`, the
+    same split); `subset` is `"training"` (the default), `"validation"` or
+    `"both"`. Without a split: every row, in order.
+
+    Returns:
+        A list of row-index lists, one per dataset to build.
+    """
+    order = list(range(count))
+    if not validation_split:
+        return [order]
+    random.Random(1337 if seed is None else seed).shuffle(order)
+    held = validation_size(count, validation_split)
+    if not held and subset in ("validation", "both"):
+        raise DatasetError(
+            f"A validation split of {validation_split} of the {count} {what} in {source} holds none. "
+            "Raise validation_split, add examples, or train without a split."
+        )
+    parts = {"validation": [order[:held]], "both": [order[held:], order[:held]]}
+    return parts.get(subset, [order[held:]])
+
+
 def _split_sizes(total, validation_split, subset):
     if not validation_split:
         return [total]

@@ -55,6 +55,19 @@ def check_classes(num_classes, class_names):
     return class_names
 
 
+def _dropout_and_logits(head, num_classes, dropout):
+    """A head's dropout and its dense layer to `num_classes` logits (BERT's init)."""
+    return (
+        keras.layers.Dropout(dropout, dtype=head.dtype_policy, name="classifier_dropout"),
+        keras.layers.Dense(
+            num_classes,
+            kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+            dtype=head.dtype_policy,
+            name="logits",
+        ),
+    )
+
+
 @keras.saving.register_keras_serializable(package="keras_adapters")
 class ClassificationHead(keras.layers.Layer):
     """Pooling, dropout and a dense layer to class probabilities.
@@ -111,13 +124,7 @@ class ClassificationHead(keras.layers.Layer):
         self.pooling = pooling
         self.dropout_rate = dropout
         self.mean_pooling = MaskedMeanPooling(dtype=self.dtype_policy, name="mean_pooling")
-        self.dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy, name="classifier_dropout")
-        self.logits = keras.layers.Dense(
-            num_classes,
-            kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
-            dtype=self.dtype_policy,
-            name="logits",
-        )
+        self.dropout, self.logits = _dropout_and_logits(self, num_classes, dropout)
 
     def build(self, hidden_dim):
         self.logits.build((None, int(hidden_dim)))
@@ -201,13 +208,7 @@ class TokenClassificationHead(keras.layers.Layer):
         self.num_classes = int(num_classes)
         self.sequence_length = sequence_length
         self.dropout_rate = dropout
-        self.dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy, name="classifier_dropout")
-        self.logits = keras.layers.Dense(
-            num_classes,
-            kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
-            dtype=self.dtype_policy,
-            name="logits",
-        )
+        self.dropout, self.logits = _dropout_and_logits(self, num_classes, dropout)
 
     def build(self, hidden_dim):
         self.logits.build((None, None, int(hidden_dim)))

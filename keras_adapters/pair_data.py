@@ -20,7 +20,6 @@ text are skipped with a warning (how many, and the first line).
 
 import csv
 import json
-import random
 import warnings
 from pathlib import Path
 
@@ -199,19 +198,7 @@ def pair_dataset_from_file(
     if class_names is None and len(names) < 2:
         raise data_lib.DatasetError(f"{path} has a single label {names}; a classifier needs at least two.")
     ids = _label_ids(path, labels, names)
-    order = list(range(len(ids)))
-    parts = [order]
-    if validation_split:
-        random.Random(1337 if seed is None else seed).shuffle(order)
-        held = data_lib.validation_size(len(order), validation_split)
-        if not held and subset in ("validation", "both"):
-            raise data_lib.DatasetError(
-                f"A validation split of {validation_split} of the {len(order)} records in {path} holds none. "
-                "Raise validation_split, add examples, or train without a split."
-            )
-        parts = {"training": [order[held:]], "validation": [order[:held]], "both": [order[held:], order[:held]]}[
-            subset or "training"
-        ]
+    parts = data_lib.split_rows(len(ids), validation_split, subset, seed, "records", path)
     max_bytes = data_lib.BYTES_PER_TOKEN * int(preprocessor.sequence_length or 512)
     outputs = []
     for rows, training in zip(parts, data_lib.training_flags(subset if validation_split else None, shuffle)):

@@ -13,7 +13,6 @@ map back to words one to one. Sentences longer than the sequence length are
 cut; their words past the cut are predicted `O` (`word_tags`).
 """
 
-import random
 from pathlib import Path
 
 import numpy as np
@@ -177,18 +176,7 @@ def token_dataset_from_file(
         raise data_lib.DatasetError(
             f"{path} has tag(s) {unknown[:10]} that the model does not know; its tags are {names}."
         )
-    order = list(range(len(sentences)))
-    parts = [order]
-    if validation_split:
-        random.Random(1337 if seed is None else seed).shuffle(order)
-        held = data_lib.validation_size(len(order), validation_split)
-        if not held and subset in ("validation", "both"):
-            raise data_lib.DatasetError(
-                f"A validation split of {validation_split} of the {len(order)} sentences in {path} holds none."
-            )
-        parts = {"training": [order[held:]], "validation": [order[:held]], "both": [order[held:], order[:held]]}[
-            subset or "training"
-        ]
+    parts = data_lib.split_rows(len(sentences), validation_split, subset, seed, "sentences", path)
     labeller = WordPieceLabeller(preprocessor.tokenizer, preprocessor.sequence_length)
     outputs = []
     for rows, training in zip(parts, data_lib.training_flags(subset if validation_split else None, shuffle)):
