@@ -220,16 +220,7 @@ class TokenClassificationHead(keras.layers.Layer):
 
     weights_by_key = ClassificationHead.weights_by_key
     label_names = ClassificationHead.label_names
-
-    def task_config(self):
-        return {
-            "num_classes": self.num_classes,
-            "class_names": self.class_names,
-            "pooling": self.pooling,
-            "dropout": self.dropout_rate,
-            "sequence_length": self.sequence_length,
-            "task": self.task,
-        }
+    task_config = ClassificationHead.task_config
 
     def compute_output_shape(self, sequence_shape, pooled_shape, mask_shape):
         return (*sequence_shape[:2], self.num_classes)

@@ -206,6 +206,18 @@ def tiny_preprocessor(tiny_preset):
     return keras_hub.models.TextClassifierPreprocessor.from_preset(tiny_preset, sequence_length=16)
 
 
+def dataset_ops(ds):
+    """The op types a `tf.data` pipeline runs (its graph and functions)."""
+    import tensorflow as tf
+
+    graph = tf.compat.v1.GraphDef()
+    graph.ParseFromString(tf.raw_ops.DatasetToGraphV2(input_dataset=ds._variant_tensor).numpy())
+    ops = {node.op for node in graph.node}
+    for fn in graph.library.function:
+        ops |= {node.op for node in fn.node_def}
+    return ops
+
+
 def cli_process(*args, stdin=None, env=None):
     """`keras-adapters ARGS` in a fresh process (the console script's module)."""
     return subprocess.run(

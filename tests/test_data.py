@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 from conftest import CLASS_WORDS
 from conftest import VOCAB
+from conftest import dataset_ops
 from conftest import write_class_folders
 
 import keras_adapters as ka
@@ -46,11 +47,7 @@ def test_directory_dataset_yields_tokenized_batches(text_folder, tiny_preprocess
 
 def test_no_python_in_the_per_example_path(text_folder, tiny_preprocessor):
     ds = ka.text_dataset_from_directory(text_folder, tiny_preprocessor, bucket_by_sequence_length=True)
-    graph = tf.compat.v1.GraphDef()
-    graph.ParseFromString(tf.raw_ops.DatasetToGraphV2(input_dataset=ds._variant_tensor).numpy())
-    ops = {node.op for node in graph.node}
-    for fn in graph.library.function:
-        ops |= {node.op for node in fn.node_def}
+    ops = dataset_ops(ds)
     assert not ops & {"PyFunc", "EagerPyFunc", "PyFuncStateless"}
     assert {"ParallelMapDatasetV2", "CacheDatasetV2", "PrefetchDataset"} <= ops
 

@@ -5,8 +5,8 @@ import warnings
 
 import numpy as np
 import pytest
-import tensorflow as tf
 from conftest import VOCAB
+from conftest import dataset_ops
 from conftest import topic_pairs
 from conftest import write_pair_file
 
@@ -67,11 +67,7 @@ def test_long_pairs_are_truncated_longest_first(tmp_path, tiny_preprocessor):
 
 def test_no_python_in_the_per_example_path(pair_file, tiny_preprocessor):
     ds = ka.pair_dataset_from_file(pair_file, tiny_preprocessor, bucket_by_sequence_length=True)
-    graph = tf.compat.v1.GraphDef()
-    graph.ParseFromString(tf.raw_ops.DatasetToGraphV2(input_dataset=ds._variant_tensor).numpy())
-    ops = {node.op for node in graph.node}
-    for fn in graph.library.function:
-        ops |= {node.op for node in fn.node_def}
+    ops = dataset_ops(ds)
     assert not ops & {"PyFunc", "EagerPyFunc", "PyFuncStateless"}
 
 
