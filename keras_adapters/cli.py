@@ -25,7 +25,7 @@ DESCRIPTION = """Fine-tune adapters on a pretrained BERT and use them.
   keras-adapters train DATA --output RUN_DIR [--method houlsby] [--epochs 3] [--task auto] ...
   keras-adapters train DATA_DIR --output RUN_DIR --fuse RUN_A,RUN_B[,...]   (AdapterFusion)
   keras-adapters evaluate RUN_DIR DATA [--json]
-  keras-adapters predict RUN_DIR [TEXT ...] [--file F] [--json]   (pairs: TEXT_A TEXT_B ...)
+  keras-adapters predict RUN_DIR [TEXT ...] [--file F] [--json]   (pairs: TEXT_A TEXT_B ...; taggers: entities)
   keras-adapters export RUN_DIR --format saved_model|tflite --output OUT [--precision bfloat16] [...]
   keras-adapters export --adapters RUN_A,RUN_B --format saved_model --output OUT
       (many tasks, one backbone: each request row names its run; one pass per batch)
@@ -33,9 +33,9 @@ DESCRIPTION = """Fine-tune adapters on a pretrained BERT and use them.
 DATA is a folder with one sub-folder per class and one .txt file per example, or
 tfds:NAME for a prepared TensorFlow Datasets set (text-classification); or a .jsonl, .csv or
 .tsv file with text_a, text_b and label columns (pair-classification); or a CoNLL-style file of
-'word<TAB>tag' lines with blank lines between sentences (token-classification). RUN_DIR receives adapter/ (load it with
-AdapterTextClassifier.from_adapter), class_names.json, train_config.json, history.json,
-metrics.json and TensorBoard logs/; never a copy of the backbone."""
+'word<TAB>tag' lines with blank lines between sentences (token-classification).
+RUN_DIR receives adapter/ (load it with keras_adapters.load_run), class_names.json,
+train_config.json, history.json, metrics.json and TensorBoard logs/; never a copy of the backbone."""
 
 
 def _parser():
