@@ -63,7 +63,8 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
             (see `ClassificationHead`).
         task: the first adapter's task: `"text_classification"`, or
             `"pair_classification"` to classify text pairs (`fit`, `predict`
-            and `evaluate` then take `(texts_a, texts_b)`).
+            and `evaluate` then take `(texts_a, texts_b)`), or
+            `"token_classification"` (see `AdapterTokenClassifier`).
         preset: how the backbone was loaded (recorded in adapter folders).
         backbone_fingerprint: sha256 of the untouched backbone weights;
             computed here when not given.
