@@ -262,29 +262,24 @@ class TrainingTimer(keras.callbacks.Callback):
 
 # ------------------------------------------------------------------- train
 def training_datasets(data, preprocessor, validation_split, task=tasks.TEXT_CLASSIFICATION, **kwargs):
-    """(train, validation or None) from a folder, `tfds:NAME` or a pair file.
+    """(train, validation or None) from a folder, `tfds:NAME`, a pair file or a CoNLL file.
 
     For TFDS, the validation part is the last `validation_split` of the
     training split (`train[:90%]` / `train[90%:]`); pass `split=` to change
-    the base split. For a pair file it is a seeded random `validation_split`
-    of its records.
+    the base split. For a pair or CoNLL file it is a seeded random
+    `validation_split` of its records (sentences).
     """
-    if task == tasks.TOKEN_CLASSIFICATION:
-        options = {k: kwargs[k] for k in ("batch_size", "seed", "class_names", "shuffle", "cache") if k in kwargs}
-        if "class_names" in options:
-            options["tag_names"] = options.pop("class_names")
+    if task in (tasks.PAIR_CLASSIFICATION, tasks.TOKEN_CLASSIFICATION):
+        if task == tasks.TOKEN_CLASSIFICATION:
+            read = token_data.token_dataset_from_file
+            options = {k: kwargs[k] for k in ("batch_size", "seed", "shuffle", "cache") if k in kwargs}
+            options["tag_names"] = kwargs.get("class_names")
+        else:
+            read = pair_data.pair_dataset_from_file
+            options = {k: v for k, v in kwargs.items() if k not in ("split", "text_key", "data_dir")}
         if not validation_split:
-            return token_data.token_dataset_from_file(data, preprocessor, **options), None
-        return token_data.token_dataset_from_file(
-            data, preprocessor, validation_split=validation_split, subset="both", **options
-        )
-    if task == tasks.PAIR_CLASSIFICATION:
-        options = {k: v for k, v in kwargs.items() if k not in ("split", "text_key", "data_dir")}
-        if not validation_split:
-            return pair_data.pair_dataset_from_file(data, preprocessor, **options), None
-        return pair_data.pair_dataset_from_file(
-            data, preprocessor, validation_split=validation_split, subset="both", **options
-        )
+            return read(data, preprocessor, **options), None
+        return read(data, preprocessor, validation_split=validation_split, subset="both", **options)
     for key in ("text_a_key", "text_b_key"):
         kwargs.pop(key, None)
     if not str(data).startswith("tfds:"):
@@ -332,15 +327,17 @@ def train_classifier(
     task="auto",
     **data_options,
 ):
-    """Fine-tune an adapter (or an AdapterFusion) on a directory, `tfds:NAME`
-    or a file of text pairs.
+    """Fine-tune an adapter (or an AdapterFusion) on a directory, `tfds:NAME`,
+    a file of text pairs or a CoNLL file of tagged words.
 
     Args:
-        data: a folder with one sub-folder per class, `tfds:NAME`, or a
+        data: a folder with one sub-folder per class, `tfds:NAME`, a
             `.jsonl` / `.csv` / `.tsv` file of text pairs
-            (`keras_adapters.pair_data`).
-        task: `"text_classification"`, `"pair_classification"`, or `"auto"`:
-            told from `data` (`keras_adapters.tasks.detect_task`).
+            (`keras_adapters.pair_data`), or a CoNLL file
+            (`keras_adapters.token_data`).
+        task: `"text_classification"`, `"pair_classification"`,
+            `"token_classification"`, or `"auto"`: told from `data`
+            (`keras_adapters.tasks.detect_task`).
         fuse: run folders of finished adapters (same backbone, checked): train
             an AdapterFusion over them for this task instead of a new adapter
             (`method` is then unused; the backbone is the runs').
