@@ -10,10 +10,14 @@ committed.
   54,668 Wikipedia evidence / claim pairs, labelled supports, refutes or
   not enough info. Split by Wikipedia page (the evidence's title), so no
   page is in both training and test data.
+- SQuAD v1.1 (Rajpurkar, Zhang, Lopyrev & Liang, EMNLP 2016), its dev set
+  as BIG-bench's squad_shifts task ships it: 10,570 questions on 48
+  Wikipedia articles. Split by article.
 """
 
 import hashlib
 import json
+import math
 import random
 import sys
 import tarfile
@@ -22,7 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "data" / "cache"
 ARCHIVE = CACHE / "bigbench-1.0.0.tar.gz"
-MEMBERS = {"vitaminc": "bigbench-1.0.0/bigbench/benchmark_tasks/vitaminc_fact_verification/task.json"}
+MEMBERS = {
+    "vitaminc": "bigbench-1.0.0/bigbench/benchmark_tasks/vitaminc_fact_verification/task.json",
+    "squad": "bigbench-1.0.0/bigbench/benchmark_tasks/squad_shifts/squaddev_v1.1.json",
+}
 VITAMINC_LABELS = {"True": "supports", "False": "refutes", "Neither": "not enough info"}
 
 
@@ -88,5 +95,59 @@ def vitaminc_split(train_sizes=(3000,), test_size=2000, test_fraction=0.1, seed=
     return {k: str(p) for k, p in paths.items()}
 
 
+def _write_squad(path, articles):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"version": "1.1", "data": articles}, ensure_ascii=False))
+    tmp.replace(path)
+
+
+def _take_questions(articles, count):
+    """The first `count` questions of `articles` (the last article cut), as SQuAD articles."""
+    taken = []
+    for article in articles:
+        paragraphs = []
+        for paragraph in article["paragraphs"]:
+            qas = paragraph["qas"][: max(0, count)]
+            count -= len(qas)
+            if qas:
+                paragraphs.append({"context": paragraph["context"], "qas": qas})
+        if paragraphs:
+            taken.append({"title": article["title"], "paragraphs": paragraphs})
+        if count <= 0:
+            break
+    return taken
+
+
+def squad_split(train_size=3000, test_size=600, test_fraction=0.2, seed=0):
+    """Write (once) and return {"train": path, "test": path}: SQuAD files of
+    `train_size` questions from most articles and `test_size` from the
+    others (about `test_fraction` of them, chosen by a hash of the title)."""
+    folder = CACHE / "squad"
+    paths = {"train": folder / f"train_{train_size}.json", "test": folder / f"test_{test_size}.json"}
+    if all(p.is_file() for p in paths.values()):
+        return {k: str(p) for k, p in paths.items()}
+    articles = read_member("squad")["data"]
+    rng = random.Random(seed)
+    test = [a for a in articles if _in_test(a["title"], test_fraction)]
+    train = [a for a in articles if not _in_test(a["title"], test_fraction)]
+    rng.shuffle(train)
+    for article in test:  # a sample spread over every held-out paragraph
+        for paragraph in article["paragraphs"]:
+            rng.shuffle(paragraph["qas"])
+    available = sum(len(p["qas"]) for a in test for p in a["paragraphs"])
+    per_paragraph = test_size / available
+    test_sample = [
+        {"title": a["title"], "paragraphs": [
+            {"context": p["context"], "qas": p["qas"][: math.ceil(per_paragraph * len(p["qas"]))]}
+            for p in a["paragraphs"]]}
+        for a in test
+    ]
+    _write_squad(paths["train"], _take_questions(train, train_size))
+    _write_squad(paths["test"], _take_questions(test_sample, test_size))
+    return {k: str(p) for k, p in paths.items()}
+
+
 if __name__ == "__main__":
     print(json.dumps(vitaminc_split((3000, 10000, 30000)), indent=2))
+    print(json.dumps(squad_split(), indent=2))

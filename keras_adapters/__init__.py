@@ -26,6 +26,7 @@ from keras_adapters.export import export_tflite
 from keras_adapters.fusion import FusionConfig
 from keras_adapters.heads import ClassificationHead
 from keras_adapters.heads import TokenClassificationHead
+from keras_adapters.heads import QuestionAnsweringHead
 from keras_adapters.injection import inject_adapters
 from keras_adapters.merging import merge_lora_adapters
 from keras_adapters.methods.base import AdapterConfig
@@ -55,6 +56,8 @@ from keras_adapters.parameters import parameter_report
 from keras_adapters.prefix_cache import cache_frozen_prefix
 from keras_adapters.presets import PresetNotFoundError
 from keras_adapters.presets import default_preset
+from keras_adapters.qa_data import question_dataset_from_file
+from keras_adapters.question_answerer import AdapterQuestionAnswerer
 from keras_adapters.runs import load_run
 from keras_adapters.text_classifier import AdapterTextClassifier
 from keras_adapters.token_classifier import AdapterTokenClassifier
@@ -65,6 +68,7 @@ from keras_adapters.version import __version__
 __all__ = [
     "AdapterConfig",
     "AdapterFormatError",
+    "AdapterQuestionAnswerer",
     "AdapterTextClassifier",
     "AdapterTokenClassifier",
     "Average",
@@ -93,6 +97,7 @@ __all__ = [
     "PresetNotFoundError",
     "PromptConfig",
     "PromptEmbedding",
+    "QuestionAnsweringHead",
     "Route",
     "Stack",
     "TokenClassificationHead",
@@ -109,6 +114,7 @@ __all__ = [
     "merge_lora_adapters",
     "pair_dataset_from_file",
     "parameter_report",
+    "question_dataset_from_file",
     "split_directory",
     "text_dataset_from_directory",
     "tfds_text_dataset",

@@ -18,6 +18,7 @@ from keras_adapters.methods.registry import available_methods  # noqa: E402
 from keras_adapters.methods.registry import config_from_options  # noqa: E402
 from keras_adapters.pair_data import read_pairs  # noqa: E402
 from keras_adapters.presets import PresetNotFoundError  # noqa: E402
+from keras_adapters.qa_data import read_squad  # noqa: E402
 from keras_adapters.training import train_classifier  # noqa: E402
 
 DESCRIPTION = """Fine-tune adapters on a pretrained BERT and use them.
@@ -25,7 +26,8 @@ DESCRIPTION = """Fine-tune adapters on a pretrained BERT and use them.
   keras-adapters train DATA --output RUN_DIR [--method houlsby] [--epochs 3] [--task auto] ...
   keras-adapters train DATA_DIR --output RUN_DIR --fuse RUN_A,RUN_B[,...]   (AdapterFusion)
   keras-adapters evaluate RUN_DIR DATA [--json]
-  keras-adapters predict RUN_DIR [TEXT ...] [--file F] [--json]   (pairs: TEXT_A TEXT_B ...; taggers: entities)
+  keras-adapters predict RUN_DIR [TEXT ...] [--file F] [--json]
+      (pairs: TEXT_A TEXT_B ...; taggers: entities; question answering: QUESTION CONTEXT ...)
   keras-adapters export RUN_DIR --format saved_model|tflite --output OUT [--precision bfloat16] [...]
   keras-adapters export --adapters RUN_A,RUN_B --format saved_model --output OUT
       (many tasks, one backbone: each request row names its run; one pass per batch)
@@ -33,7 +35,9 @@ DESCRIPTION = """Fine-tune adapters on a pretrained BERT and use them.
 DATA is a folder with one sub-folder per class and one .txt file per example, or
 tfds:NAME for a prepared TensorFlow Datasets set (text-classification); or a .jsonl, .csv or
 .tsv file with text_a, text_b and label columns (pair-classification); or a CoNLL-style file of
-'word<TAB>tag' lines with blank lines between sentences (token-classification).
+'word<TAB>tag' lines with blank lines between sentences (token-classification); or a SQuAD v1.1
+JSON file (question-answering: long contexts are cut into windows of --sequence-length tokens
+sharing --stride).
 RUN_DIR receives adapter/ (load it with keras_adapters.load_run), class_names.json,
 train_config.json, history.json, metrics.json and TensorBoard logs/; never a copy of the backbone."""
 
@@ -51,7 +55,7 @@ def _parser():
     train.add_argument("--task", default="auto", choices=["auto", *map(tasks.cli_name, tasks.TASKS)],
                        help="auto: told from DATA (a folder or tfds:NAME: text-classification; a .jsonl/.csv/"
                             ".tsv file with a text_b column: pair-classification; 'word<TAB>tag' lines: "
-                            "token-classification)")
+                            "token-classification; SQuAD JSON: question-answering)")
     train.add_argument("--output", "-o", required=True, metavar="RUN_DIR")
     train.add_argument("--preset", "--backbone", dest="preset", default="default", metavar="PRESET_OR_DIR",
                        help="the backbone: a keras-hub preset folder, a Hugging Face BERT folder, or 'default' "
@@ -83,6 +87,13 @@ def _parser():
     train.add_argument("--pooling", default="auto", choices=["auto", "cls", "mean"],
                        help="auto: the checkpoint's own pooling (mean for the default MiniLM)")
     _add_key_options(train)
+    train.add_argument("--stride", type=int, default=None,
+                       help="question-answering: tokens neighbouring windows of a long context share "
+                            "(default 128, or half the room in short sequences)")
+    train.add_argument("--max-question-length", type=int, default=None,
+                       help="question-answering: question tokens kept (default 64)")
+    train.add_argument("--max-answer-length", type=int, default=None,
+                       help="question-answering: the longest answer in tokens predictions pick (default 30)")
     train.add_argument("--overwrite", action="store_true",
                        help="RUN_DIR holds a run with other settings: discard it and start over "
                             "(without it that run is refused; one with the same settings resumes)")
@@ -98,9 +109,13 @@ def _parser():
 
     predict = sub.add_parser("predict", help="classify texts with a run's adapter")
     predict.add_argument("run", metavar="RUN_DIR")
-    predict.add_argument("texts", nargs="*", metavar="TEXT", help="texts; for a pair run, TEXT_A TEXT_B ...")
+    predict.add_argument("texts", nargs="*", metavar="TEXT",
+                         help="texts; for a pair run, TEXT_A TEXT_B ...; for a question-answering run, "
+                              "QUESTION CONTEXT ...")
     predict.add_argument("--file", "-f", help="one text per line ('-' for stdin); for a pair run, a .jsonl, "
-                                              ".csv or .tsv file with text_a and text_b columns")
+                                              ".csv or .tsv file with text_a and text_b columns; for a "
+                                              "question-answering run, a SQuAD .json file or a .jsonl, .csv or "
+                                              ".tsv file with question and context columns")
     predict.add_argument("--text-a-key", default="text_a", help="pair files: the first text's column")
     predict.add_argument("--text-b-key", default="text_b", help="pair files: the second text's column")
     predict.add_argument("--batch-size", type=int, default=32)
@@ -141,6 +156,10 @@ def _data_options(args):
     return options
 
 
+def _qa_options(args):
+    return {k: getattr(args, k) for k in ("stride", "max_question_length", "max_answer_length")}
+
+
 def cmd_train(args):
     fuse = [r for r in args.fuse.split(",") if r] if args.fuse else None
     if fuse is not None and len(fuse) < 2:
@@ -167,6 +186,7 @@ def cmd_train(args):
         cache_frozen_layers=args.cache_frozen_layers,
         task=args.task,
         **_data_options(args),
+        **{k: v for k, v in _qa_options(args).items() if v is not None},
     )
     best = (
         f"best {summary['best_metric']} {summary['best_value']:.4f} at epoch {summary['best_epoch']}"
@@ -189,6 +209,8 @@ def cmd_evaluate(args):
     runs.update_metrics_file(args.run, "evaluation", {"data": str(args.data), **result})
     if args.json:
         print(json.dumps(runs.finite(result), allow_nan=False))
+    elif "exact_match" in result:
+        print(evaluation.format_answer_report(result))
     elif "per_type" in result:
         print(evaluation.format_token_report(result))
     else:
@@ -242,10 +264,44 @@ def _predict_entities(model, texts, args):
     return 0
 
 
+def _questions(args):
+    texts = list(args.texts)
+    if len(texts) % 2:
+        raise ValueError(
+            f"This run answers questions: pass QUESTION CONTEXT ... (got {len(texts)} texts, an odd number)."
+        )
+    questions, contexts = texts[0::2], texts[1::2]
+    if args.file:
+        if str(args.file).lower().endswith(".json"):
+            examples = read_squad(args.file, labelled=False)
+            questions += [e["question"] for e in examples]
+            contexts += [e["context"] for e in examples]
+        elif args.file != "-":
+            q, c, _ = read_pairs(args.file, "question", "context", labelled=False)
+            questions, contexts = questions + q, contexts + c
+        else:
+            raise ValueError("This run answers questions: pass --file with a SQuAD .json file or a .jsonl, "
+                             ".csv or .tsv file with question and context columns.")
+    return questions, contexts
+
+
+def _predict_answers(model, args):
+    questions, contexts = _questions(args)
+    found = model.answer(questions, contexts, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(runs.finite([{"question": q, **f} for q, f in zip(questions, found)]), allow_nan=False))
+    else:
+        for question, f in zip(questions, found):
+            print(f"{f['answer'] or '-'}\t{f['score']:.4f}\t{_short(question)}")
+    return 0
+
+
 def cmd_predict(args):
     if not args.texts and not args.file:
         raise ValueError("No texts to classify: pass TEXT arguments or --file F.")
     model = runs.load_run(args.run)
+    if model.task == tasks.QUESTION_ANSWERING:
+        return _predict_answers(model, args)
     if model.task == tasks.TOKEN_CLASSIFICATION:
         return _predict_entities(model, _texts(args), args)
     if model.task == tasks.PAIR_CLASSIFICATION:
@@ -282,6 +338,7 @@ def cmd_export(args):
         single_input = {
             tasks.PAIR_CLASSIFICATION: "text_a, text_b",
             tasks.TOKEN_CLASSIFICATION: "text -> entities",
+            tasks.QUESTION_ANSWERING: "question, context -> answer, start, end, score",
         }.get(task, "text")
         signatures = (
             f"classify (text, adapter: one of {names}), classify_token_ids{per_task}"

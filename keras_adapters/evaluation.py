@@ -2,9 +2,11 @@
 
 import numpy as np
 
+from keras_adapters import answer_metrics
 from keras_adapters import data as data_lib
 from keras_adapters import entity_metrics
 from keras_adapters import pair_data
+from keras_adapters import qa_data
 from keras_adapters import tasks
 from keras_adapters import token_data
 from keras_adapters.runs import load_run
@@ -74,6 +76,24 @@ def token_report(model, data, batch_size=32):
     return report
 
 
+def answer_report(model, data, batch_size=32):
+    """SQuAD v1.1 exact match and F1 (0-100, `answer_metrics`) of a
+    question-answering model on a SQuAD file, each question scored against
+    all its reference answers; `num_examples` counts questions."""
+    examples = qa_data.read_squad(data)
+    found = model.answer_examples(examples, batch_size=batch_size)
+    predictions = {e["id"]: f["answer"] for e, f in zip(examples, found)}
+    references = {e["id"]: [a["text"] for a in e["answers"]] for e in examples}
+    return answer_metrics.squad_scores(predictions, references)
+
+
+def format_answer_report(result):
+    return (
+        f"questions {result['num_examples']}   exact match {result['exact_match']:.2f}   "
+        f"F1 {result['f1']:.2f}"
+    )
+
+
 def format_token_report(result):
     lines = [
         f"sentences {result['num_examples']}   entity precision {result['precision']:.4f}   "
@@ -88,9 +108,12 @@ def format_token_report(result):
 
 def evaluate_run(run_dir, data, batch_size=32, dtype=None, **data_options):
     """Evaluate the run's adapter on a folder (or `tfds:NAME`), a file of
-    text pairs for a pair run, or a CoNLL file for a token run (`token_report`);
-    labels are matched by name."""
+    text pairs for a pair run, a CoNLL file for a token run (`token_report`)
+    or a SQuAD file for a question-answering run (`answer_report`); labels
+    are matched by name."""
     model = load_run(run_dir, dtype=dtype)
+    if model.task == tasks.QUESTION_ANSWERING:
+        return answer_report(model, data, batch_size=batch_size)
     if model.task == tasks.TOKEN_CLASSIFICATION:
         return token_report(model, data, batch_size=batch_size)
     pair_keys = {k: data_options.pop(k) for k in pair_data.DEFAULT_KEYS if k in data_options}

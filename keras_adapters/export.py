@@ -8,7 +8,11 @@ SavedModel signatures (tokenization inside, so clients send text):
   token-classification adapter it answers each text's entities, padded to
   the most in the batch: `entity_type`, `entity_text` (string [None, E]),
   `start`, `end` (int64 character offsets), `score` (float32) and
-  `num_entities` (int32 [None]) (`token_data.GraphEntities`).
+  `num_entities` (int32 [None]) (`token_data.GraphEntities`). For a
+  question-answering adapter it takes `question` and `context` (string
+  [None] each) and answers `answer` (string), `start`, `end` (int64
+  character offsets into the context) and `score` (float32)
+  (`qa_data.GraphAnswers`); long contexts are windowed as in training.
 - `serve_token_ids`: `token_ids`, `segment_ids`, `padding_mask` (int32
   [None, None]) -> `probabilities`, for clients that tokenize themselves.
 
@@ -43,6 +47,7 @@ from tensorflow.python.framework.convert_to_constants import convert_variables_t
 from keras_adapters import composition
 from keras_adapters import data as data_lib
 from keras_adapters import injection
+from keras_adapters import qa_data
 from keras_adapters import runs
 from keras_adapters import serving_graph
 from keras_adapters import tasks
@@ -180,8 +185,59 @@ class _TokenTask(_Task):
         return self.entities(text, probabilities, starts, ends, labels)
 
 
+class _AnswerTask(_Task):
+    """A question-answering adapter's functions: (question, context) -> the
+    best answer (`qa_data.QuestionWindows` and `qa_data.GraphAnswers`, as
+    `AdapterQuestionAnswerer.answer`)."""
+
+    text_signature = None  # set per instance: the base class's is a property
+
+    def __init__(self, model, length=None):
+        self.model = model
+        head = model._output_head()
+        self.length = int(length or model.sequence_length or 512)
+        self.windows = qa_data.QuestionWindows(
+            model.preprocessor.tokenizer, self.length, head.stride, head.max_question_length
+        )
+        self.answers = qa_data.GraphAnswers(head.max_answer_length)
+        self.text_signature = QA_SIGNATURE
+
+    def classify_text(self, question, context):
+        question, context = tf.reshape(question, [-1]), tf.reshape(context, [-1])
+        check = tf.debugging.assert_equal(
+            tf.size(question), tf.size(context),
+            message="question and context need the same number of rows (one question per context)",
+        )
+        rows = tf.size(question)
+        with tf.control_dependencies([check]):
+            # One empty row more: an empty request runs the same ops as any other.
+            question = data_lib.clean_text(tf.concat([question, [""]], 0), data_lib.BYTES_PER_TOKEN * self.length)
+            context = data_lib.clean_text(tf.concat([context, [""]], 0))
+        spec = tf.RaggedTensorSpec([None, self.length], tf.int32, ragged_rank=0)
+        # Each question's windows ([k, length], k varying) -> ragged [questions, k, length].
+        windows = tf.map_fn(
+            lambda qc: self._window_rows(qc[0], qc[1]), (question, context),
+            fn_output_signature=(spec, spec, tf.RaggedTensorSpec([None, self.length], tf.bool, ragged_rank=0),
+                                 spec, spec),
+        )
+        token_ids, segment_ids, padding_mask, starts, ends = (w.values for w in windows)
+        probabilities = self.model(
+            {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask}, training=False
+        )
+        example = tf.cast(windows[0].value_rowids(), tf.int32)
+        found = self.answers(context, probabilities, starts, ends, example)
+        return {k: v[:rows] for k, v in found.items()}
+
+    def _window_rows(self, question, context):
+        inputs, _, offsets = self.windows(question, context)
+        return (inputs["token_ids"], inputs["segment_ids"], inputs["padding_mask"],
+                offsets["starts"], offsets["ends"])
+
+
 def _task(model, length=None):
     """The serving functions of the model's active task."""
+    if model._output_head().task == tasks.QUESTION_ANSWERING:
+        return _AnswerTask(model, length)
     if model._output_head().task == tasks.TOKEN_CLASSIFICATION:
         return _TokenTask(model, length)
     return _Task(model, length)
@@ -253,6 +309,7 @@ def _trace(function, signature):
 
 TEXT_SIGNATURE = [tf.TensorSpec([None], tf.string, name="text")]
 PAIR_SIGNATURE = [tf.TensorSpec([None], tf.string, name="text_a"), tf.TensorSpec([None], tf.string, name="text_b")]
+QA_SIGNATURE = [tf.TensorSpec([None], tf.string, name="question"), tf.TensorSpec([None], tf.string, name="context")]
 ADAPTER_SPEC = tf.TensorSpec([None], tf.string, name="adapter")
 
 

@@ -231,10 +231,102 @@ class TokenClassificationHead(keras.layers.Layer):
         return config
 
 
+@keras.saving.register_keras_serializable(package="keras_adapters")
+class QuestionAnsweringHead(keras.layers.Layer):
+    """Answer start and end probabilities over each window's tokens.
+
+    Args:
+        dropout: dropout before the dense layer.
+        sequence_length: the tokens per window this task was trained with.
+        stride: tokens neighbouring windows of a long context share
+            (`qa_data.QuestionWindows`; `None`: its default); recorded so
+            prediction and serving cut contexts as training did.
+        max_answer_length: the longest answer, in tokens, predictions pick.
+        max_question_length: question tokens kept (`None`: the default).
+        num_classes, class_names: always 2, `["start", "end"]` (the two
+            distributions); accepted so task records read like the others.
+        task: `"question_answering"`.
+        pooling: unused by this head (see `TokenClassificationHead`).
+
+    Probabilities are float32 `[batch, 2, length]`: row 0 the start, row 1
+    the end, each a softmax over the tokens the padding mask keeps, so the
+    labels `[batch, 2]` (start and end token) train it with plain sparse
+    cross-entropy.
+
+    Example:
+    ```python
+    head = QuestionAnsweringHead(stride=96)
+    head.build(hidden_dim=384)
+    probabilities = head(sequence_output, pooled_output, padding_mask)
+    ```
+    """
+
+    text_inputs = 2
+    NAMES = ["start", "end"]
+
+    def __init__(self, dropout=0.1, sequence_length=None, stride=None, max_answer_length=30,
+                 max_question_length=None, num_classes=2, class_names=None,
+                 task=tasks.QUESTION_ANSWERING, pooling=None, **kwargs):
+        super().__init__(**kwargs)
+        if tasks.canonical_task(task) != tasks.QUESTION_ANSWERING:
+            raise ValueError(f"A QuestionAnsweringHead answers questions, not {task!r}.")
+        if num_classes != 2 or class_names not in (None, self.NAMES):
+            raise ValueError(f"A question-answering head has the 2 outputs {self.NAMES}, got {num_classes!r}.")
+        for key, value, least in (("stride", stride, 0), ("max_answer_length", max_answer_length, 1),
+                                  ("max_question_length", max_question_length, 1)):
+            if value is None and key != "max_answer_length":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{key} must be an integer >= {least}, got {value!r}.")
+        if pooling is not None and pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS} or None, got {pooling!r}.")
+        self.task, self.pooling = tasks.QUESTION_ANSWERING, pooling
+        self.num_classes, self.class_names = 2, list(self.NAMES)
+        self.sequence_length, self.dropout_rate = sequence_length, dropout
+        self.stride, self.max_answer_length, self.max_question_length = stride, max_answer_length, max_question_length
+        self.dropout, self.logits = _dropout_and_logits(self, 2, dropout)
+
+    def build(self, hidden_dim):
+        self.logits.build((None, None, int(hidden_dim)))
+        self.built = True
+
+    def call(self, sequence_output, pooled_output, padding_mask, training=None):
+        logits = ops.cast(self.logits(self.dropout(sequence_output, training=training)), "float32")
+        logits = ops.where(ops.expand_dims(padding_mask, -1), logits, -1e9)
+        return ops.softmax(ops.transpose(logits, (0, 2, 1)), axis=-1)
+
+    weights_by_key = ClassificationHead.weights_by_key
+    label_names = ClassificationHead.label_names
+
+    def task_config(self):
+        return {
+            **ClassificationHead.task_config(self),
+            "stride": self.stride,
+            "max_answer_length": self.max_answer_length,
+            "max_question_length": self.max_question_length,
+        }
+
+    def compute_output_shape(self, sequence_shape, pooled_shape, mask_shape):
+        return (sequence_shape[0], 2, sequence_shape[1])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(self.task_config())
+        return config
+
+
+#: Head settings only a question-answering head has (kept in adapter folders).
+QA_SETTINGS = ("stride", "max_answer_length", "max_question_length")
+
+
 def make_head(config, **layer_kwargs):
     """The head a task record (`task_config()`, an adapter folder's `task`) describes."""
     config = dict(config)
-    if tasks.canonical_task(config.get("task") or tasks.TEXT_CLASSIFICATION) == tasks.TOKEN_CLASSIFICATION:
+    task = tasks.canonical_task(config.get("task") or tasks.TEXT_CLASSIFICATION)
+    if task == tasks.QUESTION_ANSWERING:
+        config["num_classes"] = 2 if config.get("num_classes") is None else config["num_classes"]
+        return QuestionAnsweringHead(**config, **layer_kwargs)
+    if task == tasks.TOKEN_CLASSIFICATION:
         return TokenClassificationHead(**config, **layer_kwargs)
     return ClassificationHead(**config, **layer_kwargs)
 

@@ -151,7 +151,8 @@ class TagF1(keras.metrics.Metric):
 
 
 def task_loss(task):
-    """The loss for a head's task: cross-entropy, over labelled tokens only for tagging."""
+    """The loss for a head's task: cross-entropy, over labelled tokens only for
+    tagging; for question answering, the mean of the start's and the end's."""
     if task == tasks.TOKEN_CLASSIFICATION:
         return keras.losses.SparseCategoricalCrossentropy(ignore_class=IGNORE)
     return keras.losses.SparseCategoricalCrossentropy()
@@ -160,6 +161,8 @@ def task_loss(task):
 def task_metrics(task, num_classes, class_names=None):
     """Accuracy and macro-F1 for classification; labelled-token accuracy and
     `TagF1` for tagging (entity F1 needs whole sentences: `evaluation.token_report`)."""
+    if task == tasks.QUESTION_ANSWERING:  # of the start and end tokens, each counted
+        return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
     if task == tasks.TOKEN_CLASSIFICATION:
         outside = list(class_names).index("O") if class_names and "O" in class_names else 0
         return [MaskedAccuracy(), TagF1(outside=outside)]

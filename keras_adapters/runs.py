@@ -14,6 +14,7 @@ from keras_adapters.adapter_io import atomic_write
 from keras_adapters.adapter_io import read_config
 from keras_adapters.adapter_io import task_type as adapter_task_type
 from keras_adapters import tasks
+from keras_adapters.question_answerer import AdapterQuestionAnswerer
 from keras_adapters.text_classifier import AdapterTextClassifier
 from keras_adapters.token_classifier import AdapterTokenClassifier
 
@@ -26,7 +27,8 @@ def adapter_dir(run_dir):
 
 def model_class(task):
     """The model class whose first adapter does `task`."""
-    return AdapterTokenClassifier if task == tasks.TOKEN_CLASSIFICATION else AdapterTextClassifier
+    classes = {tasks.TOKEN_CLASSIFICATION: AdapterTokenClassifier, tasks.QUESTION_ANSWERING: AdapterQuestionAnswerer}
+    return classes.get(task, AdapterTextClassifier)
 
 
 def load_run(run_dir, dtype=None):

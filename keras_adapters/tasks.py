@@ -17,8 +17,8 @@ QUESTION_ANSWERING = "question_answering"
 #: Tasks a `ClassificationHead` does (one label per text, or per pair).
 CLASSIFICATION_TASKS = (TEXT_CLASSIFICATION, PAIR_CLASSIFICATION)
 #: Tasks this release has heads for.
-HEAD_TASKS = (*CLASSIFICATION_TASKS, TOKEN_CLASSIFICATION)
-TASKS = (*HEAD_TASKS, QUESTION_ANSWERING)
+HEAD_TASKS = (*CLASSIFICATION_TASKS, TOKEN_CLASSIFICATION, QUESTION_ANSWERING)
+TASKS = HEAD_TASKS
 #: File suffixes of pair data (JSON lines, comma- and tab-separated values).
 PAIR_SUFFIXES = (".jsonl", ".ndjson", ".csv", ".tsv")
 

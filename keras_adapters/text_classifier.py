@@ -64,7 +64,8 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         task: the first adapter's task: `"text_classification"`, or
             `"pair_classification"` to classify text pairs (`fit`, `predict`
             and `evaluate` then take `(texts_a, texts_b)`), or
-            `"token_classification"` (see `AdapterTokenClassifier`).
+            `"token_classification"` (see `AdapterTokenClassifier`), or
+            `"question_answering"` (see `AdapterQuestionAnswerer`).
         preset: how the backbone was loaded (recorded in adapter folders).
         backbone_fingerprint: sha256 of the untouched backbone weights;
             computed here when not given.
@@ -250,7 +251,7 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
 
     def add_adapter(
         self, name, method="houlsby", num_classes=None, class_names=None,
-        pooling=None, dropout=None, sequence_length=None, task=None,
+        pooling=None, dropout=None, sequence_length=None, task=None, **settings,
     ):
         """Add a named adapter with its own head (not active, not trainable).
 
@@ -262,7 +263,10 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
             sequence_length: tokens per text for this task when it is served
                 (`None`: the model's; see `ClassificationHead`).
             task: `"text_classification"`, `"pair_classification"` or
-                `"token_classification"` (`None`: the first head's).
+                `"token_classification"` or `"question_answering"` (`None`:
+                the first head's).
+            **settings: a question-answering head's `stride`,
+                `max_answer_length`, `max_question_length`.
         """
         self._check_not_merged()
         first = next(iter(self.heads.values()), None)
@@ -276,6 +280,12 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
             "sequence_length": sequence_length,
             "task": base.get("task", tasks.TEXT_CLASSIFICATION) if task is None else task,
         }
+        if tasks.canonical_task(head["task"]) != base.get("task", head["task"]) and num_classes is None:
+            head["num_classes"] = len(class_names) if class_names is not None else None
+        if tasks.canonical_task(head["task"]) == tasks.QUESTION_ANSWERING:
+            head.update({"num_classes": 2, **{k: base[k] for k in heads_lib.QA_SETTINGS if k in base}, **settings})
+        elif settings:
+            raise TypeError(f"add_adapter got {sorted(settings)}, which only question-answering heads take.")
         if head["num_classes"] is None:
             raise ValueError(f"Adapter {name!r} needs num_classes (the model has no other head to copy).")
         self._add(name, method, head)
@@ -581,6 +591,7 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         head_config = {k: config["task"].get(k) for k in ("num_classes", "class_names", "pooling", "dropout")}
         head_config["sequence_length"] = config["task"].get("sequence_length")
         head_config["task"] = adapter_io.task_type(config, source)
+        head_config.update({k: config["task"][k] for k in heads_lib.QA_SETTINGS if k in config["task"]})
         if "fusion" in config:
             members = config["fusion"]["adapters"]
             for member in members:
@@ -660,7 +671,11 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
                 labelled = np.asarray(y)
                 if self.task == tasks.TOKEN_CLASSIFICATION:  # unlabelled pieces are -1
                     labelled = labelled[labelled != recipe.IGNORE]
-                check_labels(labelled, self.num_classes, self.class_names)
+                if self.task == tasks.QUESTION_ANSWERING:  # start and end token positions
+                    width = np.shape(tf.nest.flatten(x)[0])[-1]
+                    check_labels(labelled, width, source="y (start and end tokens)")
+                else:
+                    check_labels(labelled, self.num_classes, self.class_names)
             if isinstance(validation_data, (tuple, list)) and len(validation_data) > 1:
                 check_labels(validation_data[1], self.num_classes, self.class_names, "validation_data")
             data = keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
@@ -713,6 +728,12 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         head = self._output_head()
         if head is None or (isinstance(x, dict) and ("token_ids" in x or PREFIX_OUTPUT in x)):
             return
+        if head.task == tasks.QUESTION_ANSWERING:
+            raise ValueError(
+                f"Adapter {head.name.removesuffix('_head')!r} answers questions: ask with "
+                "model.answer(questions, contexts); fit and evaluate on ka.question_dataset_from_file(...) "
+                "or on token inputs."
+            )
         if head.task == tasks.TOKEN_CLASSIFICATION:
             raise ValueError(
                 f"Adapter {head.name.removesuffix('_head')!r} tags tokens: find entities in texts with "

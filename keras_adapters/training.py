@@ -27,6 +27,7 @@ from keras_adapters import distribute
 from keras_adapters import pair_data
 from keras_adapters import precision as precision_lib
 from keras_adapters import prefix_cache
+from keras_adapters import qa_data
 from keras_adapters import presets
 from keras_adapters import recipe
 from keras_adapters import runs
@@ -261,20 +262,35 @@ class TrainingTimer(keras.callbacks.Callback):
 
 
 # ------------------------------------------------------------------- train
+#: Data options that shape a question-answering head's windows (recorded with it).
+QA_DATA_OPTIONS = ("stride", "max_question_length")
+
+
+def _refuse_qa_options(options):
+    given = sorted(k for k in (*QA_DATA_OPTIONS, "max_answer_length") if options.get(k) is not None)
+    if given:
+        raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in given)}: only for question answering.")
+
+
 def training_datasets(data, preprocessor, validation_split, task=tasks.TEXT_CLASSIFICATION, **kwargs):
     """(train, validation or None) from a folder, `tfds:NAME`, a pair file or a CoNLL file.
 
     For TFDS, the validation part is the last `validation_split` of the
     training split (`train[:90%]` / `train[90%:]`); pass `split=` to change
     the base split. For a pair or CoNLL file it is a seeded random
-    `validation_split` of its records (sentences).
+    `validation_split` of its records (sentences; for SQuAD, articles).
     """
-    if task in (tasks.PAIR_CLASSIFICATION, tasks.TOKEN_CLASSIFICATION):
-        if task == tasks.TOKEN_CLASSIFICATION:
+    if task in (tasks.PAIR_CLASSIFICATION, tasks.TOKEN_CLASSIFICATION, tasks.QUESTION_ANSWERING):
+        if task == tasks.QUESTION_ANSWERING:
+            read = qa_data.question_dataset_from_file
+            options = {k: kwargs[k] for k in (*QA_DATA_OPTIONS, "batch_size", "seed", "shuffle", "cache")
+                       if k in kwargs}
+        elif task == tasks.TOKEN_CLASSIFICATION:
             read = token_data.token_dataset_from_file
             options = {k: kwargs[k] for k in ("batch_size", "seed", "shuffle", "cache") if k in kwargs}
             options["tag_names"] = kwargs.get("class_names")
         else:
+            _refuse_qa_options(kwargs)
             read = pair_data.pair_dataset_from_file
             options = {k: v for k, v in kwargs.items() if k not in ("split", "text_key", "data_dir")}
         if not validation_split:
@@ -282,6 +298,7 @@ def training_datasets(data, preprocessor, validation_split, task=tasks.TEXT_CLAS
         return read(data, preprocessor, validation_split=validation_split, subset="both", **options)
     for key in ("text_a_key", "text_b_key"):
         kwargs.pop(key, None)
+    _refuse_qa_options(kwargs)
     if not str(data).startswith("tfds:"):
         kwargs.pop("label_key", None)  # folders are labelled by sub-folder
     if str(data).startswith("tfds:"):
@@ -328,16 +345,17 @@ def train_classifier(
     **data_options,
 ):
     """Fine-tune an adapter (or an AdapterFusion) on a directory, `tfds:NAME`,
-    a file of text pairs or a CoNLL file of tagged words.
+    a file of text pairs, a CoNLL file of tagged words or a SQuAD file.
 
     Args:
         data: a folder with one sub-folder per class, `tfds:NAME`, a
             `.jsonl` / `.csv` / `.tsv` file of text pairs
-            (`keras_adapters.pair_data`), or a CoNLL file
-            (`keras_adapters.token_data`).
+            (`keras_adapters.pair_data`), a CoNLL file
+            (`keras_adapters.token_data`), or a SQuAD v1.1 JSON file
+            (`keras_adapters.qa_data`).
         task: `"text_classification"`, `"pair_classification"`,
-            `"token_classification"`, or `"auto"`: told from `data`
-            (`keras_adapters.tasks.detect_task`).
+            `"token_classification"`, `"question_answering"`, or
+            `"auto"`: told from `data` (`keras_adapters.tasks.detect_task`).
         fuse: run folders of finished adapters (same backbone, checked): train
             an AdapterFusion over them for this task instead of a new adapter
             (`method` is then unused; the backbone is the runs').
@@ -351,7 +369,8 @@ def train_classifier(
             the bottom layers out).
         **data_options: go to the dataset functions (e.g. `text_key`,
             `label_key`, `split` for TFDS; `text_a_key`, `text_b_key`,
-            `label_key` for pair files).
+            `label_key` for pair files; `stride`, `max_question_length`
+            and `max_answer_length` for SQuAD files, kept with the head).
 
     Writes to `output` (a run folder): `adapter/` (the best adapter, as
     `save_adapter` writes it), `class_names.json`, `train_config.json`,
@@ -391,9 +410,13 @@ def train_classifier(
             bucket_by_sequence_length=bucket_by_sequence_length,
             **data_options,
         )
-        steps = int(np.ceil(train.num_examples / global_batch)) * epochs
+        # Question answering trains on windows, more than its questions.
+        steps = int(np.ceil(getattr(train, "num_windows", train.num_examples) / global_batch)) * epochs
         with strategy.scope():
             options = dict(sequence_length=sequence_length, dtype=precision, pooling=pooling, task=task)
+            if task == tasks.QUESTION_ANSWERING:
+                options.update(stride=train.stride, max_question_length=train.max_question_length)
+                options.update({k: data_options[k] for k in ("max_answer_length",) if k in data_options})
             if fuse:
                 model = build_fusion_model(fuse, train.class_names, **options)
             else:
@@ -458,6 +481,8 @@ def resolve_task(data, task, text_b_key="text_b"):
     is_file = os.path.isfile(str(data))
     if task == tasks.PAIR_CLASSIFICATION and not is_file:
         raise ValueError(f"Pair classification reads a .jsonl, .csv or .tsv file; {str(data)!r} is not a file.")
+    if task == tasks.QUESTION_ANSWERING and not is_file:
+        raise ValueError(f"Question answering reads a SQuAD v1.1 JSON file; {str(data)!r} is not a file.")
     if task == tasks.TOKEN_CLASSIFICATION and not is_file:
         raise ValueError(f"Token classification reads a CoNLL-style file; {str(data)!r} is not a file.")
     if task == tasks.TEXT_CLASSIFICATION and is_file:
@@ -475,6 +500,8 @@ def _usable_validation_split(data, validation_split, task, data_options):
         total, unit = len(pair_data.read_pairs(data, **keys)[0]), "record"
     elif task == tasks.TOKEN_CLASSIFICATION:
         total, unit = len(token_data.read_conll(data)[0]), "sentence"
+    elif task == tasks.QUESTION_ANSWERING:
+        total, unit = len({e["title"] for e in qa_data.read_squad(data)}), "article"
     else:
         total, unit = sum(len(paths) for paths in data_lib.scan_directory(data).values()), "file"
     if data_lib.validation_size(total, validation_split):

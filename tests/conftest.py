@@ -191,6 +191,48 @@ def token_run(tiny_preset, tmp_path_factory):
     return run, data
 
 
+FILLER = [w for w in WORDS if w not in ("great", "award", "the")]
+
+
+def squad_records(count=48, seed=0, articles=6):
+    """SQuAD articles of filler-word contexts, each holding the answer "great award" once."""
+    rng = np.random.default_rng(seed)
+    data = [{"title": f"article {a}", "paragraphs": []} for a in range(articles)]
+    for i in range(count):
+        before, after = rng.choice(FILLER, rng.integers(0, 14)), rng.choice(FILLER, rng.integers(1, 8))
+        head = " ".join(before) + (" " if len(before) else "")
+        context = head + "great award " + " ".join(after)
+        qa = {"id": f"q{i}", "question": "the news", "answers": [{"text": "great award", "answer_start": len(head)}]}
+        data[i % articles]["paragraphs"].append({"context": context, "qas": [qa]})
+    return {"version": "1.1", "data": data}
+
+
+def write_squad(path, count=48, seed=0, articles=6):
+    import json
+
+    Path(path).write_text(json.dumps(squad_records(count, seed, articles)))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def qa_run(tiny_preset, tmp_path_factory):
+    """A finished `keras-adapters train` run of a tiny question answerer (full
+    fine-tuning; it learns to find "great award"), its training file and a held-out file."""
+    from keras_adapters import cli
+
+    root = tmp_path_factory.mktemp("qa")
+    data = write_squad(root / "train.json", count=96)
+    test = write_squad(root / "test.json", count=24, seed=1)
+    run = root / "run"
+    code = cli.main([
+        "train", data, "--output", str(run), "--backbone", tiny_preset, "--method", "full",
+        "--learning-rate", "5e-3", "--epochs", "8", "--batch-size", "8", "--sequence-length", "16",
+        "--stride", "4", "--max-question-length", "4", "--precision", "float32", "--quiet",
+    ])
+    assert code == 0
+    return run, data, test
+
+
 @pytest.fixture
 def pair_file(tmp_path):
     return write_pair_file(tmp_path / "pairs.jsonl", topic_pairs())

@@ -304,6 +304,7 @@ def test_predict_pairs_from_arguments_and_files(pair_run, capsys, tmp_path):
 def test_task_errors_name_the_fix(tiny_preset, text_folder, tmp_path, capsys):
     from conftest import topic_pairs
     from conftest import write_pair_file
+    from conftest import write_squad
 
     pairs = write_pair_file(tmp_path / "p.jsonl", topic_pairs(8))
     common = ["--backbone", tiny_preset, "--epochs", "1", "--sequence-length", "16", "--quiet"]
@@ -312,8 +313,11 @@ def test_task_errors_name_the_fix(tiny_preset, text_folder, tmp_path, capsys):
          "is a file; text classification reads a folder"),
         (["train", str(text_folder), "-o", str(tmp_path / "b"), "--task", "pair-classification"],
          "Pair classification reads a .jsonl, .csv or .tsv file"),
-        (["train", pairs, "-o", str(tmp_path / "c"), "--task", "question-answering"],
-         "Training for question-answering is not in keras-adapters"),
+        (["train", str(text_folder), "-o", str(tmp_path / "c"), "--task", "question-answering"],
+         "Question answering reads a SQuAD v1.1 JSON file"),
+        (["train", pairs, "-o", str(tmp_path / "e"), "--stride", "4"], "only for question answering"),
+        (["train", write_squad(tmp_path / "s.json", 8), "-o", str(tmp_path / "f"), "--stride", "12"],
+         "stride must be at least 0 and below 7 (the sequence length 16 less 3"),
         (["train", pairs, "-o", str(tmp_path / "d"), "--text-b-key", "claim"], "no 'claim' column"),
     ]
     for argv, message in cases:
@@ -364,3 +368,30 @@ def test_predict_finds_entities_with_character_offsets(token_run, capsys):
     for entity in expected:
         assert text[entity["start"] : entity["end"]] == entity["text"]
     assert [(e["type"], e["text"]) for e in expected] == [("PER", "minister"), ("ORG", "bank")]
+
+
+def test_squad_files_train_evaluate_predict_and_export(qa_run, capsys, tmp_path):
+    from keras_adapters import runs
+
+    run, data, test = qa_run
+    assert json.loads((run / "train_config.json").read_text())["task"] == "question_answering"
+    assert cli.main(["evaluate", str(run), test, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) == {"exact_match", "f1", "num_examples"} and result["num_examples"] == 24
+    assert result["exact_match"] >= 95 and result["f1"] >= result["exact_match"]
+    assert cli.main(["evaluate", str(run), test]) == 0
+    assert "exact match" in capsys.readouterr().out
+    context = "the film won the great award today"
+    assert cli.main(["predict", str(run), "the news", context, "--json"]) == 0
+    (found,) = json.loads(capsys.readouterr().out)
+    assert found == {"question": "the news", **runs.load_run(run).answer("the news", context)}
+    assert context[found["start"] : found["end"]] == found["answer"] == "great award"
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"question": "the news", "context": context}) + "\n")
+    for source in (questions, test):
+        assert cli.main(["predict", str(run), "--file", str(source)]) == 0
+        assert capsys.readouterr().out.splitlines()[0].startswith("great award\t")
+    assert cli.main(["predict", str(run), "the news"]) == 2
+    assert "pass QUESTION CONTEXT" in capsys.readouterr().err
+    assert cli.main(["export", str(run), "--format", "saved_model", "-o", str(tmp_path / "sm")]) == 0
+    assert "question, context -> answer, start, end, score" in capsys.readouterr().out

@@ -565,3 +565,47 @@ def test_token_tflite_gives_tag_probabilities(tagger, tmp_path):
     lite = export.run_tflite(export.tflite_signature_runner(path), tokens)
     np.testing.assert_allclose(lite, tagger.predict(tokens, verbose=0), atol=1e-5)
     assert open(os.path.join(tmp_path, "lite", "labels.txt")).read().split() == tagger.class_names
+
+
+# ------------------------------------------------------ question answering
+@pytest.fixture(scope="module")
+def answerer(qa_run):
+    from keras_adapters import runs
+
+    return runs.load_run(qa_run[0])
+
+
+def test_question_answering_saved_model_answers_like_keras(answerer, tmp_path):
+    out = ka.export_saved_model(answerer, str(tmp_path / "qa"))
+    contexts = ["Zoë → the film won the great award", "the team won the cup " * 4 + "the great award",
+                "", "great award " * 200]
+    questions = ["the news", "the news", "the news", ""]
+    expected = answerer.answer(questions, contexts)
+    requests = [
+        {"signature": "serving_default", "inputs": {"question": questions, "context": contexts}},
+        {"signature": "serving_default", "inputs": {"question": ODD_TEXTS_HEX, "context": ODD_TEXTS_HEX},
+         "dtypes": {"question": "bytes_hex", "context": "bytes_hex"}},
+        {"signature": "serving_default", "inputs": {"question": ["a", "b"], "context": ["c"]}},
+        {"signature": "serving_default", "inputs": {"question": [], "context": []}},
+    ]
+    answers, odd, mismatched, empty = serve_many(out, requests, tmp_path, loader="session")
+    outputs = answers["outputs"]
+    assert outputs["answer"] == [e["answer"] for e in expected]
+    assert outputs["start"] == [e["start"] for e in expected] and outputs["end"] == [e["end"] for e in expected]
+    np.testing.assert_allclose(outputs["score"], [e["score"] for e in expected], atol=1e-5)
+    assert expected[0]["answer"] == expected[1]["answer"] == "great award"
+    assert len(odd["outputs"]["answer"]) == len(ODD_TEXTS_HEX)
+    assert "same number of rows" in mismatched["error"]
+    assert empty["outputs"]["answer"] == []
+
+
+def test_question_answering_tflite_gives_start_and_end_probabilities(answerer, tmp_path):
+    from keras_adapters import qa_data
+
+    path = ka.export_tflite(answerer, str(tmp_path / "lite"))
+    examples = [{"question": "the news", "context": "the team won the great award", "answers": []}]
+    (x, _), = qa_data.window_dataset(examples, answerer.windows()).batch(4).take(1)
+    tokens = {k: np.asarray(v) for k, v in x.items()}
+    lite = export.run_tflite(export.tflite_signature_runner(path), tokens)
+    np.testing.assert_allclose(lite, answerer.predict(tokens, verbose=0), atol=1e-5)
+    assert lite.shape == (1, 2, 16)

@@ -1,4 +1,4 @@
-"""The real pair and tagging data (VitaminC, WNUT-16) through our readers and pipelines.
+"""The real pair, tagging and SQuAD data (VitaminC, WNUT-16, SQuAD v1.1) through our readers and pipelines.
 
 Slow (reads the 358 MB BIG-bench archive): run with `pytest -m slow`.
 Training on them is in examples/ and benchmarks/ (BENCHMARKS.md).
@@ -52,3 +52,33 @@ def test_wnut16_sentences_keep_one_tag_per_word(minilm_preprocessor):
     ds = ka.token_dataset_from_file(files["test"], minilm_preprocessor, batch_size=64, shuffle=False)
     labelled = np.concatenate([(y.numpy() != -1).sum(axis=1) for _, y in ds])
     assert labelled.tolist() == [min(len(s), 62) for s in ds.sentences]  # 64 less [CLS] and [SEP]
+
+
+def test_squad_answers_lie_whole_in_a_labelled_window(minilm_preset):
+    """Every test answer of the real SQuAD split, at the benchmark's windows
+    (256 tokens sharing 96), is what its labelled tokens' offsets cut out of
+    the context: word-aligned answers exactly, the rest within whole words."""
+    from bigbench_data import squad_split
+    from keras_adapters import qa_data
+
+    files = squad_split(train_size=3000, test_size=600)
+    assert tasks.detect_task(files["test"]) == tasks.QUESTION_ANSWERING
+    train, test = qa_data.read_squad(files["train"]), qa_data.read_squad(files["test"])
+    assert (len(train), len(test)) == (3000, 600)
+    assert not {e["title"] for e in train} & {e["title"] for e in test}  # split by article
+    preprocessor = ka.AdapterTextClassifier.from_preset(minilm_preset, method=None, sequence_length=256).preprocessor
+    windows = qa_data.QuestionWindows(preprocessor.tokenizer, 256, stride=96)
+    exact, spans = 0, {}
+    for inputs, labels, offsets in qa_data.window_dataset(test, windows, with_offsets=True).batch(256):
+        for (s, e), starts, ends, row in zip(labels.numpy(), offsets["starts"].numpy(), offsets["ends"].numpy(),
+                                            offsets["example"].numpy()):
+            if s > 0:
+                spans.setdefault(row, set()).add((starts[s], ends[e]))
+    for row, example in enumerate(test):
+        (span,) = spans[row]  # every answer whole in a window, the same span in each
+        answer = example["answers"][0]
+        begin, end = qa_data.byte_span(example["context"], answer)
+        raw = example["context"].encode()
+        assert span[0] <= begin and span[1] >= end, (raw[span[0] : span[1]], answer)
+        exact += span == (begin, end)
+    assert exact / len(test) > 0.95  # answers that do not end at a word boundary are rare

@@ -511,7 +511,7 @@ def test_pairs_and_single_texts_are_not_mixed_up(tiny_preset):
     with pytest.raises(ValueError, match="Unknown task 'pairs'"):
         _model(tiny_preset, task="pairs")
     with pytest.raises(ValueError, match="classifies texts or text pairs, not 'question_answering'"):
-        _model(tiny_preset, task="question-answering")
+        ka.ClassificationHead(2, task="question-answering")
 
 
 def test_a_model_holds_pair_and_single_text_adapters(tiny_preset):
@@ -531,7 +531,7 @@ def test_a_folder_of_another_task_is_refused(tiny_preset, tmp_path):
     model.save_adapter(tmp_path / "a")
     path = tmp_path / "a" / "adapter_config.json"
     config = json.loads(path.read_text())
-    config["task"]["type"] = "question_answering"
+    config["task"]["type"] = "summarization"  # a task of some later release
     path.write_text(json.dumps(config))
-    with pytest.raises(ka.AdapterFormatError, match="its head does 'question_answering'.*upgrade"):
+    with pytest.raises(ka.AdapterFormatError, match="its head does 'summarization'.*upgrade"):
         _model(tiny_preset, method=None).load_adapter(tmp_path / "a")

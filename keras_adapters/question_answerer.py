@@ -1,0 +1,127 @@
+"""AdapterQuestionAnswerer: extractive question answering with named adapters."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_adapters import qa_data
+from keras_adapters import tasks
+from keras_adapters.methods.registry import get_adapter_config
+from keras_adapters.text_classifier import DEFAULT_NAME
+from keras_adapters.text_classifier import AdapterTextClassifier
+
+
+@keras.saving.register_keras_serializable(package="keras_adapters")
+class AdapterQuestionAnswerer(AdapterTextClassifier):
+    """Extractive question answering (SQuAD) with named adapters on one frozen backbone.
+
+    Everything `AdapterTextClassifier` does with adapters (several named
+    adapters, switching, composing, saving folders, merging) works the same;
+    its first adapter's head (and by default every added one) is a
+    `QuestionAnsweringHead`: start and end probabilities over each window's
+    tokens. Training data come from `ka.question_dataset_from_file` (SQuAD
+    v1.1 JSON): long contexts are cut into overlapping windows, each labelled
+    with the answer's first and last token (`qa_data`).
+
+    Args:
+        stride: tokens neighbouring windows of a long context share
+            (`None`: 128, or half the context's room in shorter sequences).
+        max_answer_length: the longest answer, in tokens, `answer` picks.
+        max_question_length: question tokens kept (`None`: 64, or half the
+            sequence in shorter ones).
+        dropout: before the head's dense layer (Hugging Face's
+            `BertForQuestionAnswering` has none; on SQuAD 0.1 did as well
+            or better here, BENCHMARKS.md).
+        Other arguments: as `AdapterTextClassifier` (`num_classes` is
+        always 2: the start and end distributions).
+
+    Example:
+    ```python
+    model = ka.AdapterQuestionAnswerer.from_preset(ka.default_preset(), method="lora", sequence_length=256)
+    train = ka.question_dataset_from_file("squad/train.json", model.preprocessor, stride=96)
+    model.fit(train, epochs=2)
+    model.answer("Who designed the tower?", "The tower was designed by Gustave Eiffel's company.")
+    # {"answer": "Gustave Eiffel's company", "start": 26, "end": 50, "score": 0.41}
+    ```
+    """
+
+    def __init__(
+        self,
+        backbone,
+        num_classes=None,
+        task=tasks.QUESTION_ANSWERING,
+        stride=None,
+        max_answer_length=qa_data.MAX_ANSWER_LENGTH,
+        max_question_length=None,
+        adapters=None,
+        method="houlsby",
+        **kwargs,
+    ):
+        if "adapter" in kwargs and kwargs["adapter"] != "unset":
+            method = kwargs.pop("adapter")
+        if adapters is None and method is not None:  # a new model: its first head is a QA head
+            adapters = [{
+                "name": DEFAULT_NAME,
+                "method": get_adapter_config(method).get_config(),
+                "head": {
+                    "task": task, "num_classes": num_classes, "dropout": kwargs.pop("dropout", 0.1),
+                    "pooling": kwargs.pop("pooling", None), "stride": stride,
+                    "max_answer_length": max_answer_length, "max_question_length": max_question_length,
+                    "class_names": kwargs.pop("class_names", None),
+                },
+            }]
+            kwargs.setdefault("active_adapters", DEFAULT_NAME)
+            kwargs.setdefault("trained", DEFAULT_NAME)
+        super().__init__(backbone, adapters=adapters, method=method, **kwargs)
+
+    def windows(self):
+        """The `qa_data.QuestionWindows` the active head was trained with."""
+        head = self._output_head()
+        return qa_data.QuestionWindows(
+            self.preprocessor.tokenizer, self.sequence_length, head.stride, head.max_question_length
+        )
+
+    def answer(self, question, context, batch_size=32, max_answer_length=None):
+        """The best answer to each question in its context.
+
+        Args:
+            question, context: a string each, or two equally long lists.
+            max_answer_length: the longest answer in tokens (default: the
+                head's, 30).
+
+        Returns:
+            `{"answer", "start", "end", "score"}` (a list of them for lists):
+            `context[start:end] == answer` (character offsets), `score` the
+            span's start x end probability. A context without a word gives
+            an empty answer with score 0.
+        """
+        single = isinstance(question, str)
+        questions, contexts = ([question], [context]) if single else (list(question), list(context))
+        if single != isinstance(context, str) or len(questions) != len(contexts):
+            raise ValueError("Pass one question and one context, or two equally long lists of them.")
+        if not questions:
+            return []
+        examples = [{"question": str(q), "context": str(c), "answers": []} for q, c in zip(questions, contexts)]
+        found = self.answer_examples(examples, batch_size, max_answer_length)
+        return found[0] if single else found
+
+    def answer_examples(self, examples, batch_size=32, max_answer_length=None):
+        """`answer` for `qa_data.read_squad` examples, in their order."""
+        head = self._output_head()
+        windows = qa_data.window_dataset(examples, self.windows(), with_offsets=True).batch(batch_size).cache()
+        batches = [o for _, _, o in windows]  # fills the cache; its size tells predict the steps
+        offsets = {k: np.concatenate([o[k].numpy() for o in batches]) for k in ("starts", "ends", "example")}
+        inputs = windows.map(lambda x, y, o: x).apply(tf.data.experimental.assert_cardinality(len(batches)))
+        probabilities = self.predict(inputs, verbose=0)
+        reader = qa_data.GraphAnswers(max_answer_length or head.max_answer_length)
+        found = reader(
+            tf.constant([e["context"] for e in examples]), probabilities,
+            offsets["starts"], offsets["ends"], offsets["example"],
+        )
+        return [
+            {"answer": a.decode("utf-8", errors="replace"), "start": int(s), "end": int(e), "score": float(p)}
+            for a, s, e, p in zip(*(found[k].numpy() for k in ("answer", "start", "end", "score")))
+        ]
+
+
+__all__ = ["AdapterQuestionAnswerer"]
