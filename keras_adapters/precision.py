@@ -5,13 +5,19 @@ Keras' convention is kept: a model follows the global dtype policy
 `AdapterTextClassifier.from_preset(..., dtype=...)` takes any policy. The
 fast path is one word: `dtype="auto"` (Python) and `--precision auto` (the
 CLI's default) both resolve here, to `mixed_float16` on GPUs,
-`mixed_bfloat16` on CPUs with bf16 matrix instructions and `float32`
-elsewhere. (The served graph's precision is `keras_adapters.serving_graph`'s.)
+`mixed_bfloat16` on CPUs with bf16 matrix instructions (`float32` for
+question answering) and `float32` elsewhere. (The served graph's precision is `keras_adapters.serving_graph`'s.)
 """
 
 import tensorflow as tf
 
+from keras_adapters import tasks
+
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+#: Tasks whose "auto" stays float32 on CPUs: on SQuAD, full fine-tuning in
+#: mixed_bfloat16 scored 6 F1 points below float32 (52.3 against 58.6, the
+#: PyTorch bf16-autocast reference 58.7) for about 20% less CPU time (BENCHMARKS.md).
+FLOAT32_TASKS = (tasks.QUESTION_ANSWERING,)
 
 
 def cpu_has_fast_bfloat16():
@@ -27,26 +33,26 @@ def cpu_has_fast_bfloat16():
     return False
 
 
-def default_precision():
-    """The fastest numerically safe policy here (see BENCHMARKS.md).
+def default_precision(task=None):
+    """The fastest numerically safe policy here for `task` (see BENCHMARKS.md).
 
     GPUs: `mixed_float16` (Keras adds loss scaling). CPUs with bf16 matrix
     instructions: `mixed_bfloat16` (measured 1.5x faster than float32 for
     adapter training on an AVX512-BF16 CPU, same BBC News accuracy within
-    two test documents).
+    two test documents), except for `FLOAT32_TASKS`.
     Otherwise `float32`.
     """
     if tf.config.list_physical_devices("GPU"):
         return "mixed_float16"
-    if cpu_has_fast_bfloat16():
+    if cpu_has_fast_bfloat16() and task not in FLOAT32_TASKS:
         return "mixed_bfloat16"
     return "float32"
 
 
-def resolve_precision(precision):
-    """`"auto"`/`None` -> `default_precision()`; a known policy as it is."""
+def resolve_precision(precision, task=None):
+    """`"auto"`/`None` -> `default_precision(task)`; a known policy as it is."""
     if precision in (None, "auto"):
-        return default_precision()
+        return default_precision(task)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be 'auto' or one of {PRECISIONS}, got {precision!r}.")
     return precision

@@ -45,6 +45,8 @@ class AdapterQuestionAnswerer(AdapterTextClassifier):
     ```
     """
 
+    default_task = tasks.QUESTION_ANSWERING
+
     def __init__(
         self,
         backbone,

@@ -80,6 +80,9 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
     ```
     """
 
+    #: The first adapter's task when none is given.
+    default_task = tasks.TEXT_CLASSIFICATION
+
     def __init__(
         self,
         backbone,
@@ -179,7 +182,7 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         if adapter != "unset":
             method = adapter
         if dtype == "auto":
-            dtype = precision.default_precision()
+            dtype = precision.default_precision(kwargs.get("task", cls.default_task))
         backbone = presets.load_backbone(preset, dtype=dtype, load_weights=load_weights)
         preprocessor = presets.load_preprocessor(preset, sequence_length)
         if kwargs.get("pooling") in (None, "auto"):

@@ -38,6 +38,8 @@ class AdapterTokenClassifier(AdapterTextClassifier):
     ```
     """
 
+    default_task = tasks.TOKEN_CLASSIFICATION
+
     def __init__(self, backbone, num_classes=None, task=tasks.TOKEN_CLASSIFICATION, **kwargs):
         super().__init__(backbone, num_classes=num_classes, task=task, **kwargs)
 

@@ -395,7 +395,7 @@ def train_classifier(
     with run_lock(output):
         if validation_split and not str(data).startswith("tfds:"):
             validation_split = _usable_validation_split(data, validation_split, task, data_options)
-        precision = precision_lib.resolve_precision(precision)
+        precision = precision_lib.resolve_precision(precision, task)
         keras.utils.set_random_seed(seed)
         if fuse:
             preset = adapter_io.read_config(runs.adapter_dir(fuse[0]))["backbone"]["preset"]
