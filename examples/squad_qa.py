@@ -13,7 +13,7 @@ and checks the exported SavedModel's answers against the run in this
 process. It fails (exit 1) when the SavedModel disagrees or F1 is below 20
 (a model that learned nothing scores about 5).
 
-    .venv/bin/python examples/squad_qa.py [--method lora] [--epochs 2] [--learning-rate 1e-4]
+    .venv/bin/python examples/squad_qa.py [--method lora] [--epochs 2] [--learning-rate 1e-4] [--train-size 3000]
 """
 
 import argparse
@@ -33,6 +33,7 @@ def main():
     parser.add_argument("--method", default="lora")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--learning-rate", default=None, help="default: the method's")
+    parser.add_argument("--train-size", type=int, default=3000, help="training questions (a quick try: 300)")
     args = parser.parse_args()
 
     import tensorflow as tf
@@ -42,7 +43,7 @@ def main():
     from keras_adapters import qa_data
     from keras_adapters import runs
 
-    files = squad_split(train_size=3000, test_size=600)
+    files = squad_split(train_size=args.train_size, test_size=600)
     run = os.path.join(args.workdir, f"run-{args.method}")
     extra = ["--learning-rate", args.learning_rate] if args.learning_rate else []
     code = cli.main([

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 from conftest import LABELS
 from conftest import TEXTS
+from conftest import randomize_adapter_weights
 
 import keras_adapters as ka
 from keras_adapters import export
@@ -609,3 +610,22 @@ def test_question_answering_tflite_gives_start_and_end_probabilities(answerer, t
     lite = export.run_tflite(export.tflite_signature_runner(path), tokens)
     np.testing.assert_allclose(lite, answerer.predict(tokens, verbose=0), atol=1e-5)
     assert lite.shape == (1, 2, 16)
+
+
+def test_multi_adapter_export_gives_a_question_answerer_its_own_signature(tiny_preset, tmp_path):
+    keras.utils.set_random_seed(5)
+    model = ka.AdapterQuestionAnswerer.from_preset(tiny_preset, method="lora", sequence_length=16, stride=3)
+    model.add_adapter("topic", "lora", num_classes=4, task="text_classification")
+    randomize_adapter_weights(model.backbone)
+    out = ka.export_multi_adapter_saved_model(model, str(tmp_path / "multi"))
+    questions, contexts = ["the news", "a vote"], ["the team won the cup the great award today", "bank profit"]
+    model.set_active_adapters("default")
+    expected = model.answer(questions, contexts)
+    model.set_active_adapters("topic")
+    probabilities = model.predict(TEXTS[:2], verbose=0)
+    served = tf.saved_model.load(out).signatures
+    got = served["classify_default"](question=tf.constant(questions), context=tf.constant(contexts))
+    assert [a.decode() for a in got["answer"].numpy()] == [e["answer"] for e in expected]
+    np.testing.assert_allclose(got["score"].numpy(), [e["score"] for e in expected], rtol=1e-4)
+    routed = served["classify"](text=tf.constant(TEXTS[:2]), adapter=tf.constant(["topic", "topic"]))
+    np.testing.assert_allclose(routed["probabilities"].numpy(), probabilities, atol=1e-5)
