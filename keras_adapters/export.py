@@ -56,6 +56,12 @@ from keras_adapters.methods.base import stored_stacks
 from keras_adapters.text_classifier import TOKEN_INPUTS
 
 
+TEXT_SIGNATURE = [tf.TensorSpec([None], tf.string, name="text")]
+PAIR_SIGNATURE = [tf.TensorSpec([None], tf.string, name="text_a"), tf.TensorSpec([None], tf.string, name="text_b")]
+QA_SIGNATURE = [tf.TensorSpec([None], tf.string, name="question"), tf.TensorSpec([None], tf.string, name="context")]
+ADAPTER_SPEC = tf.TensorSpec([None], tf.string, name="adapter")
+
+
 def _token_signature():
     return {name: tf.TensorSpec([None, None], tf.int32, name=name) for name in TOKEN_INPUTS}
 
@@ -190,7 +196,7 @@ class _AnswerTask(_Task):
     best answer (`qa_data.QuestionWindows` and `qa_data.GraphAnswers`, as
     `AdapterQuestionAnswerer.answer`)."""
 
-    text_signature = None  # set per instance: the base class's is a property
+    text_signature = QA_SIGNATURE
 
     def __init__(self, model, length=None):
         self.model = model
@@ -200,7 +206,6 @@ class _AnswerTask(_Task):
             model.preprocessor.tokenizer, self.length, head.stride, head.max_question_length
         )
         self.answers = qa_data.GraphAnswers(head.max_answer_length)
-        self.text_signature = QA_SIGNATURE
 
     def classify_text(self, question, context):
         question, context = tf.reshape(question, [-1]), tf.reshape(context, [-1])
@@ -307,10 +312,6 @@ def _trace(function, signature):
     return tf.function(function, input_signature=signature, autograph=False).get_concrete_function()
 
 
-TEXT_SIGNATURE = [tf.TensorSpec([None], tf.string, name="text")]
-PAIR_SIGNATURE = [tf.TensorSpec([None], tf.string, name="text_a"), tf.TensorSpec([None], tf.string, name="text_b")]
-QA_SIGNATURE = [tf.TensorSpec([None], tf.string, name="question"), tf.TensorSpec([None], tf.string, name="context")]
-ADAPTER_SPEC = tf.TensorSpec([None], tf.string, name="adapter")
 
 
 def _variables_module(model, names=None):

@@ -286,11 +286,12 @@ def question_dataset_from_file(
         chosen = {titles[i] for i in rows}
         part = [e for e in examples if e["title"] in chosen]
         ds = window_dataset(part, windows)
-        # Counted once (windows per question vary), so fit knows each epoch's steps.
-        num_windows = int(ds.reduce(np.int64(0), lambda count, _: count + 1))
-        ds = ds.apply(tf.data.experimental.assert_cardinality(num_windows))
         if cache:
             ds = ds.cache()
+        # Counted once (windows per question vary), so fit knows each epoch's
+        # steps; the count fills the cache, so the files are tokenized once.
+        num_windows = int(ds.reduce(np.int64(0), lambda count, _: count + 1))
+        ds = ds.apply(tf.data.experimental.assert_cardinality(num_windows))
         if training:
             ds = ds.shuffle(4 * len(part) + 1, seed=seed, reshuffle_each_iteration=True)
         ds = ds.batch(batch_size).prefetch(data_lib.AUTOTUNE)
