@@ -43,7 +43,23 @@ def tiny_backbone(seed=0, **overrides):
         max_sequence_length=16,
     )
     kwargs.update(overrides)
-    return keras_hub.models.BertBackbone(**kwargs)
+    backbone = keras_hub.models.BertBackbone(**kwargs)
+    _perturb_norms_and_biases(backbone, seed)
+    return backbone
+
+
+def _perturb_norms_and_biases(backbone, seed):
+    """Non-identity layer norms and non-zero biases: a fresh BERT has gamma 1,
+    beta 0 and zero biases, so a bug that drops or copies one of them without
+    its values (merging, layer-norm copies, exports) would go unseen."""
+    rng = np.random.default_rng(seed + 1000)
+    for weight in backbone.weights:
+        leaf = weight.path.rsplit("/", 1)[-1]
+        shape = tuple(weight.shape)
+        if leaf == "gamma":
+            weight.assign(1.0 + 0.2 * rng.standard_normal(shape).astype("float32"))
+        elif leaf in ("beta", "bias"):
+            weight.assign(0.1 * rng.standard_normal(shape).astype("float32"))
 
 
 def token_batch(batch=3, length=10, seed=1, vocabulary_size=len(VOCAB)):

@@ -11,6 +11,7 @@ from conftest import randomize_adapter_weights
 
 import keras_adapters as ka
 from keras_adapters import injection
+from keras_adapters import runs
 from keras_adapters.prefix_cache import PREFIX_DEPTH
 from keras_adapters.prefix_cache import PREFIX_OUTPUT
 
@@ -109,4 +110,10 @@ def test_train_with_cached_frozen_layers_from_the_cli(tiny_preset, text_folder, 
     # The adapter is used like any other: raw text, every layer run.
     capsys.readouterr()
     assert cli.main(["evaluate", str(run), str(text_folder), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["num_examples"] > 0
+    result = json.loads(capsys.readouterr().out)
+    files = sorted(text_folder.glob("*/*.txt"))
+    model = runs.load_run(run)
+    predicted = model.predict([f.read_text() for f in files], verbose=0).argmax(-1)
+    names = sorted(folder.name for folder in text_folder.iterdir() if folder.is_dir())
+    right = sum(names[i] == f.parent.name for i, f in zip(predicted, files))
+    assert result["num_examples"] == len(files) and result["accuracy"] == pytest.approx(right / len(files))

@@ -8,6 +8,7 @@ import pytest
 
 import keras_adapters as ka
 from keras_adapters import evaluation
+from keras_adapters import qa_data
 from keras_adapters import runs
 
 
@@ -31,7 +32,15 @@ def test_answers_are_characters_of_the_context(answerer):
     context = "Zoë → the film won the great award today"
     found = answerer.answer("the news", context)
     assert found["answer"] == "great award" == context[found["start"] : found["end"]]
-    assert found["start"] == context.index("great") and 0 < found["score"] <= 1
+    assert found["start"] == context.index("great")
+    # The score is p_start("great") x p_end("award") of the model's own forward pass.
+    example = {"question": "the news", "context": context, "answers": []}
+    ((x, _, _),) = list(qa_data.window_dataset([example], answerer.windows(), with_offsets=True).batch(8))
+    probabilities = answerer.predict(x, verbose=0)
+    assert probabilities.shape[0] == 1  # one window
+    ids, vocab = list(x["token_ids"][0].numpy()), answerer.preprocessor.tokenizer.get_vocabulary()
+    start, end = ids.index(vocab.index("great")), ids.index(vocab.index("award"))
+    np.testing.assert_allclose(found["score"], probabilities[0, 0, start] * probabilities[0, 1, end], rtol=1e-5)
     # A long context: the answer is in its last window.
     long = "the team won the cup " * 4 + "the great award"
     (far, empty) = answerer.answer(["the news", "the news"], [long, ""])

@@ -43,7 +43,15 @@ def test_entity_offsets_are_characters_of_the_text(trained):
     found = [(e["type"], text[e["start"] : e["end"]]) for e in entities]
     assert ("PER", "minister") in found and ("ORG", "bank") in found  # after multi-byte characters
     assert all(text[e["start"] : e["end"]] == e["text"] for e in entities)
-    assert all(0 < e["score"] <= 1 for e in entities)
+    # Each one-word entity's score is its piece's top tag probability in the
+    # model's own raw-text predict (another tokenization path than predict_entities).
+    tokens = {k: np.asarray(v) for k, v in model.preprocessor([text]).items()}
+    probabilities = model.predict(tokens, verbose=0)[0]
+    ids = list(tokens["token_ids"][0])
+    vocab = model.preprocessor.tokenizer.get_vocabulary()
+    for entity in entities:
+        piece = ids.index(vocab.index(entity["text"]))
+        np.testing.assert_allclose(entity["score"], probabilities[piece].max(), rtol=1e-5)
     assert model.predict_entities(["", "   "]) == [[], []]
     assert model.predict_entities([]) == []
 
