@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -38,6 +39,17 @@ FORMAT_VERSION = 2
 KNOWN_KEYS = {
     "format", "format_version", "library_version", "name", "method", "adapter",
     "fusion", "backbone", "task", "weights",
+}
+#: The keys of each section this release writes or reads (the method's own
+#: fields are checked against its config class).
+KNOWN_SECTION_KEYS = {
+    "backbone": {"preset", "architecture", "weights_sha256", "tokenizer"},
+    "task": {
+        "type", "num_classes", "class_names", "pooling", "dropout", "sequence_length", "multi_label",
+        "stride", "max_answer_length", "max_question_length",
+    },
+    "weights": {"file", "sha256", "num_tensors", "num_parameters"},
+    "fusion": {"adapters", "config"},
 }
 
 
@@ -80,11 +92,12 @@ def replace_folder(directory, fill):
 
     A write killed half-way leaves the old folder (and a `.tmp-*` sibling,
     removed by the next write). The swap is two renames; if the process dies
-    between them the old folder waits as `.<name>.old`, and `read_config`
-    puts it back.
+    between them the old folder waits as `.<name>.old`: readers read it
+    there, and the next write puts it back first.
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
+    _recover(directory)
     for stale in directory.parent.glob(f".tmp-{directory.name}-*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".tmp-{directory.name}-"))
@@ -109,7 +122,8 @@ def _old_copy(directory):
 
 
 def _recover(directory):
-    """Put back a folder whose replacement was interrupted between renames."""
+    """Put back a folder whose replacement was interrupted between renames
+    (the writer's job: a reader moving it back would break a live swap)."""
     old = _old_copy(directory)
     if not directory.exists() and old.is_dir():
         os.replace(old, directory)
@@ -144,15 +158,22 @@ def write_folder(directory, config, tensors):
     return str(directory)
 
 
+def _readable_copy(directory):
+    """The folder to read: `directory`, or the old copy a save left while
+    swapping folders (or when killed between the two renames)."""
+    old = _old_copy(directory)
+    return old if not directory.is_dir() and old.is_dir() else directory
+
+
 def read_config(directory):
-    """Read and check `adapter_config.json` (not the weights).
+    """Read and check `adapter_config.json` (not the weights); never changes
+    the folder, so it is safe while another process saves it.
 
     Folders written by keras-adapters 0.1 (format version 1) are read as
-    unnamed adapters. Keys this release does not know (a newer release wrote
-    the folder) are reported in a warning and ignored.
+    unnamed adapters. Keys this release does not know are left for
+    `unknown_keys` to report.
     """
-    directory = Path(directory)
-    _recover(directory)
+    directory = _readable_copy(Path(directory))
     config_path = directory / CONFIG_FILE
     if not directory.is_dir():
         raise AdapterFormatError(f"Adapter folder {str(directory)!r} does not exist.")
@@ -162,25 +183,12 @@ def read_config(directory):
             "folder written by save_adapter()."
         )
     try:
-        config = json.loads(config_path.read_text())
+        config = json.loads(config_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise AdapterFormatError(f"{config_path} is not valid JSON: {e}.") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise AdapterFormatError(f"{config_path} is not a keras-adapters adapter config.")
-    version = config.get("format_version", 0)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise AdapterFormatError(
-            f"{config_path} has format version {version!r}; this "
-            f"keras-adapters ({__version__}) reads up to {FORMAT_VERSION}. "
-            "Upgrade keras-adapters."
-        )
-    unknown = sorted(set(config) - KNOWN_KEYS)
-    if unknown:
-        warnings.warn(
-            f"{config_path} has keys this keras-adapters ({__version__}) does not know, "
-            f"ignored: {unknown} (written by keras-adapters {config.get('library_version')}).",
-            stacklevel=2,
-        )
+    version = _format_version(config, config_path)
     if version < 2:  # 0.1: "adapter" held the method's config, "method" its name
         config["method"] = config.get("adapter")
         config.setdefault("name", None)
@@ -188,7 +196,56 @@ def read_config(directory):
     for key in (body, "backbone", "task", "weights"):
         if not isinstance(config.get(key), dict):
             raise AdapterFormatError(f"{config_path} lacks the {key!r} section.")
+    _check_sequence_length(config, config_path)
     return config
+
+
+def _format_version(config, config_path):
+    version = config.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise AdapterFormatError(
+            f"{config_path} has format_version {version!r}, which no keras-adapters writes (it writes "
+            f"whole numbers 1 to {FORMAT_VERSION}): the file was edited or damaged. Save the adapter again."
+        )
+    if version > FORMAT_VERSION:
+        raise AdapterFormatError(
+            f"{config_path} has format version {version}; this keras-adapters ({__version__}) reads up "
+            f"to {FORMAT_VERSION}. Upgrade keras-adapters."
+        )
+    return version
+
+
+def _check_sequence_length(config, config_path):
+    length = config["task"].get("sequence_length")
+    limit = (config["backbone"].get("architecture") or {}).get("max_sequence_length")
+    if length is None:
+        return
+    if isinstance(length, bool) or not isinstance(length, int) or length < 3 or (limit and length > limit):
+        raise AdapterFormatError(
+            f"{config_path}: task.sequence_length {length!r} does not fit the backbone, which has "
+            f"{limit} positions (use 3 to {limit}); the file was edited or damaged. Save the adapter again."
+        )
+
+
+def unknown_keys(config):
+    """Keys of a folder's JSON this release does not know, as dotted paths
+    (`task.foo`); the method's own fields are checked by `method_config`."""
+    found = {str(k) for k in set(config) - KNOWN_KEYS}
+    for section, known in KNOWN_SECTION_KEYS.items():
+        if isinstance(config.get(section), dict):
+            found |= {f"{section}.{k}" for k in set(config[section]) - known}
+    return sorted(found)
+
+
+def warn_unknown_keys(config, source):
+    """One warning naming every unknown key (a newer release wrote the folder)."""
+    unknown = unknown_keys(config)
+    if unknown:
+        warnings.warn(
+            f"{source}/{CONFIG_FILE} has keys this keras-adapters ({__version__}) does not know, "
+            f"ignored: {unknown} (written by keras-adapters {config.get('library_version')}).",
+            stacklevel=3,
+        )
 
 
 def task_type(config, source):
@@ -224,10 +281,14 @@ def method_config(config, source):
 
 
 def read_weights(directory, config):
-    """Check the weights file against the recorded sha256, then read it."""
-    from safetensors.numpy import load_file
+    """Check the weights file against the recorded sha256, then read it.
 
-    directory = Path(directory)
+    The bytes are read once, so the checksum and the tensors are of the same
+    file; a file that resolves outside the folder (a link) is refused.
+    """
+    from safetensors.numpy import load
+
+    directory = _readable_copy(Path(directory))
     name = config["weights"].get("file", WEIGHTS_FILE)
     weights_path = directory / str(name)
     if Path(str(name)).name != str(name):
@@ -237,16 +298,64 @@ def read_weights(directory, config):
         )
     if not weights_path.is_file():
         raise AdapterFormatError(f"The adapter weights file {weights_path} is missing.")
-    if _sha256(weights_path) != config["weights"].get("sha256"):
+    if weights_path.resolve().parent != directory.resolve():
+        raise AdapterFormatError(
+            f"{weights_path} is a link to {weights_path.resolve()}, outside the adapter folder; adapter "
+            "folders hold their own weights. Copy the file into the folder."
+        )
+    data = weights_path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != config["weights"].get("sha256"):
         raise AdapterFormatError(
             f"{weights_path} does not match the sha256 recorded in "
             f"{CONFIG_FILE}: the file is truncated, corrupt or from another "
             "save. Save the adapter again or restore the file."
         )
     try:
-        return load_file(str(weights_path))
+        tensors = load(data)
     except Exception as e:
         raise AdapterFormatError(f"{weights_path} is not a readable safetensors file: {e}") from e
+    _check_finite(tensors, weights_path)
+    return tensors
+
+
+def _check_finite(tensors, weights_path):
+    bad = sorted(k for k, t in tensors.items() if t.dtype.kind == "f" and not np.isfinite(t).all())
+    if bad:
+        raise AdapterFormatError(
+            f"{weights_path} holds NaN or infinite values in {bad[:5]}{'...' if len(bad) > 5 else ''}: "
+            "the adapter was saved from a diverged training. Train it again with a lower learning rate."
+        )
+
+
+def read_folder(directory, attempts=3):
+    """(config, tensors) of one save of `directory`.
+
+    Another process may replace the folder while it is read (a training
+    saving its best epoch): the config then names other weights than the
+    file holds, or the folder is briefly away, and the read starts again.
+    A folder that stays the same and fails is reported at once.
+    """
+    for attempt in range(attempts):
+        last = attempt == attempts - 1
+        try:
+            config = read_config(directory)
+        except (AdapterFormatError, OSError):
+            if last:
+                raise
+            time.sleep(0.05)  # a save's two renames take microseconds
+            continue
+        try:
+            return config, read_weights(directory, config)
+        except (AdapterFormatError, OSError):
+            if last or not _replaced_since(directory, config):
+                raise
+
+
+def _replaced_since(directory, config):
+    try:
+        return read_config(directory)["weights"].get("sha256") != config["weights"].get("sha256")
+    except (AdapterFormatError, OSError):
+        return True
 
 
 def check_backbone(config, architecture, fingerprint, source):
@@ -269,6 +378,24 @@ def check_backbone(config, architecture, fingerprint, source):
             f"this architecture (weights fingerprint differs). Pass the "
             f"checkpoint it was saved for (preset {expected.get('preset')!r})."
         )
+
+
+def check_tokenizer(config, tokenizer, source):
+    """Refuse a tokenizer that turns texts into other ids than the one the
+    adapter was trained with (folders from before 0.8 recorded none)."""
+    recorded = config["backbone"].get("tokenizer")
+    if not recorded or not tokenizer or recorded == tokenizer:
+        return
+    diffs = sorted(k for k in set(recorded) | set(tokenizer) if recorded.get(k) != tokenizer.get(k))
+    details = ", ".join(
+        f"{k}: adapter {recorded.get(k)!r} vs this model {tokenizer.get(k)!r}" for k in diffs if k != "vocabulary_sha256"
+    )
+    if "vocabulary_sha256" in diffs:
+        details = ", ".join(filter(None, [details, "another vocabulary"]))
+    raise AdapterFormatError(
+        f"The adapter in {source} was trained with another tokenizer ({details}): it would read texts as "
+        f"other tokens. Load it with the preset it was saved for ({config['backbone'].get('preset')!r})."
+    )
 
 
 def check_tensors(shapes, tensors, source):

@@ -42,6 +42,25 @@ RUN_DIR receives adapter/ (load it with keras_adapters.load_run), class_names.js
 train_config.json, history.json, metrics.json and TensorBoard logs/; never a copy of the backbone."""
 
 
+def _whole_number(minimum):
+    """An argparse type: an integer of at least `minimum` (argparse exits 2
+    naming the option and the value before anything loads)."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+POSITIVE = _whole_number(1)
+
+
 def _parser():
     parser = argparse.ArgumentParser(
         prog="keras-adapters",
@@ -102,7 +121,7 @@ def _parser():
     evaluate = sub.add_parser("evaluate", help="evaluate a run on a labelled dataset")
     evaluate.add_argument("run", metavar="RUN_DIR")
     evaluate.add_argument("data", metavar="DATA")
-    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument("--batch-size", type=POSITIVE, default=32)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     _add_key_options(evaluate)
     evaluate.add_argument("--split", default="test", help="tfds: split to evaluate")
@@ -118,13 +137,14 @@ def _parser():
                                               ".tsv file with question and context columns")
     predict.add_argument("--text-a-key", default="text_a", help="pair files: the first text's column")
     predict.add_argument("--text-b-key", default="text_b", help="pair files: the second text's column")
-    predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument("--batch-size", type=POSITIVE, default=32)
     predict.add_argument("--json", action="store_true")
     export = sub.add_parser("export", help="export a run for TF Serving or TFLite")
     export.add_argument("run", metavar="RUN_DIR", nargs="?")
     export.add_argument("--format", required=True, choices=["saved_model", "tflite"])
     export.add_argument("--output", "-o", required=True, metavar="OUT")
-    export.add_argument("--version", type=int, default=1, help="saved_model: version folder")
+    export.add_argument("--version", type=_whole_number(0), default=1,
+                        help="saved_model: version folder (TF Serving loads whole numbers from 0)")
     export.add_argument("--adapters", metavar="RUN_A,RUN_B",
                         help="several runs on one backbone: a routed `classify` signature (each row "
                              "names its run) and classify_<run> per run; tflite: an adapter_id input")
@@ -132,7 +152,8 @@ def _parser():
                         help="with --adapters: only the routed classify signatures (less memory when served)")
     export.add_argument("--no-merge", action="store_true",
                         help="keep LoRA/IA3 as separate layers instead of merging")
-    export.add_argument("--sequence-length", type=int, default=None, help="tflite: fixed length")
+    export.add_argument("--sequence-length", type=_whole_number(3), default=None,
+                        help="tflite: fixed length (at most the backbone's positions)")
     export.add_argument("--quantize", default="none", choices=["none", "dynamic"])
     export.add_argument("--precision", default="float32", choices=list(serving_graph.PRECISIONS),
                         help="saved_model: what the served graph computes in (bfloat16: faster on CPUs "

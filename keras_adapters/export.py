@@ -358,6 +358,10 @@ def _tf_variables(variables):
 
 
 def _version_dir(path, version):
+    if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or version < 0:
+        raise ValueError(
+            f"version must be a whole number >= 0 (TF Serving loads only such folders), got {version!r}."
+        )
     out = Path(path) / str(int(version))
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(
@@ -375,9 +379,11 @@ def _save(module, out, signatures):
     half-written version behind (only a `.tmp-*` folder, which a rerun
     ignores), and the version appears complete or not at all.
     """
-    tmp = tempfile.mkdtemp(dir=os.path.dirname(out), prefix=f".tmp-{os.path.basename(out)}-")
+    _remove_dead_exports(os.path.dirname(out))
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(out), prefix=f".tmp-{os.path.basename(out)}-{os.getpid()}-")
     try:
         tf.saved_model.save(module, tmp, signatures=signatures)
+        _readable(tmp)
         if os.path.isdir(out):  # an empty folder left by an earlier release
             os.rmdir(out)
         os.replace(tmp, out)
@@ -385,6 +391,44 @@ def _save(module, out, signatures):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _readable(folder):
+    """Give a written folder the modes a plain `mkdir`/`open` would have
+    (mkdtemp/mkstemp make 0700/0600): TF Serving often runs as another user."""
+    mask = _umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for root, dirs, files in os.walk(folder):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o777 & ~mask)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o666 & ~mask)
+
+
+def _remove_dead_exports(base):
+    """Remove `.tmp-<version>-<pid>-*` folders of exports whose process is gone
+    (killed half-way); a live export's folder is left alone."""
+    for stale in Path(base).glob(".tmp-*"):
+        parts = stale.name.split("-")  # ".tmp", version, pid, random (older releases: no pid)
+        pid = int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else None
+        if stale.is_dir() and (pid is None or not _alive(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def export_saved_model(model, path, version=1, merge=True, precision="float32"):
@@ -581,6 +625,7 @@ def export_tflite(model, path, sequence_length=None, quantize="none", merge=True
     if quantize not in ("none", "dynamic"):
         raise ValueError(f"quantize must be 'none' or 'dynamic', got {quantize!r}.")
     length = int(sequence_length or model.sequence_length or 128)
+    _check_length(model, length)
     signature = [tf.TensorSpec([None, length], tf.int32, name=n) for n in TOKEN_INPUTS]
     if names:
         names = list(names)
@@ -590,12 +635,7 @@ def export_tflite(model, path, sequence_length=None, quantize="none", merge=True
         # Not fused: TFLite's converter makes its own fused ops.
         served = serving_graph.serving_copy(model, "float32", merge=merge, fuse=False)
         module = _frozen_module(_trace(_Task(served).classify_tokens, signature), signature)
-    os.makedirs(path, exist_ok=True)
-    model_path = os.path.join(path, "model.tflite")
-    flatbuffer = _convert(module, quantize)
-    with open(model_path, "wb") as f:
-        f.write(flatbuffer)
-    _write_vocabulary(served, os.path.join(path, "vocab.txt"))
+    files = {"model.tflite": _convert(module, quantize), "vocab.txt": _vocabulary(served)}
     if names:
         entries = [
             {
@@ -606,10 +646,54 @@ def export_tflite(model, path, sequence_length=None, quantize="none", merge=True
             }
             for i, n in enumerate(names)
         ]
-        Path(path, "adapters.json").write_text(json.dumps({"adapters": entries}, indent=2) + "\n")
+        files["adapters.json"] = json.dumps({"adapters": entries}, indent=2) + "\n"
     else:
-        Path(path, "labels.txt").write_text("\n".join(served._output_head().label_names()) + "\n")
-    return model_path
+        files["labels.txt"] = "\n".join(served._output_head().label_names()) + "\n"
+    _replace_files(path, files, stale=("adapters.json", "labels.txt"))
+    return os.path.join(path, "model.tflite")
+
+
+def _check_length(model, length):
+    limit = getattr(model.backbone, "max_sequence_length", None)
+    if length < 3 or (limit and length > limit):
+        raise ValueError(
+            f"sequence_length {length} does not fit this backbone: use 3 to {limit} "
+            f"(its {limit} positions hold [CLS], the text and [SEP])."
+        )
+
+
+def _replace_files(folder, files, stale=()):
+    """Write every file to a temporary name first, then rename them all.
+
+    A killed or disk-full export leaves the previous model, vocabulary and
+    labels whole (a half-written `model.tflite` crashes the interpreter);
+    the renames come last, together. Files of `stale` not written this time
+    (the other kind of export's) are removed, so no old `labels.txt` stays
+    beside a routed model.
+    """
+    os.makedirs(folder, exist_ok=True)
+    for name in files:  # left by a killed export
+        for leftover in Path(folder).glob(f".tmp-{name}-*"):
+            leftover.unlink(missing_ok=True)
+    written = {}
+    try:
+        for name, content in files.items():
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".tmp-{name}-")
+            written[name] = tmp
+            with os.fdopen(fd, "wb") as f:
+                f.write(content.encode("utf-8") if isinstance(content, str) else content)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())
+        for name, tmp in written.items():
+            os.replace(tmp, os.path.join(folder, name))
+    finally:
+        for tmp in written.values():
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    for name in stale:
+        if name not in files:
+            Path(folder, name).unlink(missing_ok=True)
 
 
 def _routed_tflite_module(model, names, signature):
@@ -664,10 +748,8 @@ def _flatbuffer(converter, quantize):
     return converter.convert()
 
 
-def _write_vocabulary(model, path):
-    tokenizer = model.preprocessor.tokenizer
-    vocabulary = tokenizer.get_vocabulary()
-    Path(path).write_text("\n".join(vocabulary) + "\n", encoding="utf-8")
+def _vocabulary(model):
+    return "\n".join(model.preprocessor.tokenizer.get_vocabulary()) + "\n"
 
 
 def tflite_signature_runner(model_path):

@@ -205,3 +205,18 @@ def architecture_config(backbone):
     for key in ("name", "dtype", "trainable"):
         config.pop(key, None)
     return {"class_name": type(backbone).__name__, **config}
+
+
+#: The tokenizer settings that change which ids a text becomes.
+TOKENIZER_SETTINGS = ("lowercase", "strip_accents", "split", "split_on_cjk", "suffix_indicator", "oov_token")
+
+
+def tokenizer_config(tokenizer):
+    """What makes a tokenizer turn a text into ids: its settings and a
+    sha256 of its vocabulary (an adapter trained on one reads another's ids
+    as other words)."""
+    if tokenizer is None:
+        return None
+    vocabulary = "\n".join(tokenizer.get_vocabulary()).encode("utf-8")
+    config = {k: getattr(tokenizer, k) for k in TOKENIZER_SETTINGS if hasattr(tokenizer, k)}
+    return {"class_name": type(tokenizer).__name__, **config, "vocabulary_sha256": hashlib.sha256(vocabulary).hexdigest()}

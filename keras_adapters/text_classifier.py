@@ -447,6 +447,9 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
                 "No active adapter: call model.set_active_adapters(name) "
                 f"(the model has {self.adapter_names})."
             )
+        if "token_ids" in inputs:
+            vocabulary = self.backbone.vocabulary_size
+            inputs = {**inputs, "token_ids": checked_ids(inputs["token_ids"], vocabulary, "token_ids")}
         if isinstance(spec, composition.Route):
             return self._call_routed(spec, inputs, training)
         copies = len(spec) if isinstance(spec, composition.Parallel) else 1
@@ -508,7 +511,7 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
                 f"A Route serves single-text classification adapters in one batch; {other} do "
                 f"{sorted({self.heads[n].task for n in other})}: activate them on their own."
             )
-        ids = ops.cast(inputs["adapter_id"], "int32")
+        ids = checked_ids(inputs["adapter_id"], len(spec.children), "adapter_id")
         with injection.routing(self.backbone, ids):
             outputs = self.backbone({k: inputs[k] for k in TOKEN_INPUTS}, training=False)
         heads = [self.heads[n] for n in spec.children]
@@ -547,6 +550,7 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
                 "preset": self.preset,
                 "architecture": presets.architecture_config(self.backbone),
                 "weights_sha256": self.backbone_fingerprint,
+                "tokenizer": presets.tokenizer_config(getattr(self.preprocessor, "tokenizer", None)),
             },
             "task": {
                 **{k: v for k, v in head.task_config().items() if k != "task"},
@@ -583,11 +587,14 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         """
         self._check_not_merged()
         source = str(directory)
-        config = adapter_io.read_config(directory)
+        config, tensors = adapter_io.read_folder(directory)
+        adapter_io.warn_unknown_keys(config, source)
         adapter_io.check_backbone(
             config, presets.architecture_config(self.backbone), self.backbone_fingerprint, source
         )
-        tensors = adapter_io.read_weights(directory, config)
+        adapter_io.check_tokenizer(
+            config, presets.tokenizer_config(getattr(self.preprocessor, "tokenizer", None)), source
+        )
         name = name or config.get("name") or DEFAULT_NAME
         if config["task"].get("multi_label"):
             raise adapter_io.AdapterFormatError(f"{source}: {heads_lib.MULTI_LABEL_REMOVED}")
@@ -844,6 +851,26 @@ def check_labels(labels, num_classes, class_names=None, source="y"):
                 f"{source}[{i}] = {flat[i].item()!r} {what}: labels are class indices 0..{num_classes - 1}"
                 f"{classes} ({where.size} such label(s))."
             )
+
+
+def checked_ids(ids, count, name):
+    """`ids` (int32), with an error for any outside `[0, count)`.
+
+    Keras' `take` wraps negative indices around (-1 is the last adapter or
+    vocabulary entry), which would answer for another adapter or word. The
+    assertion stops TensorFlow graphs (Keras, SavedModel); TFLite drops
+    assertions, so negative ids also become `count`, which its GATHER refuses
+    as it refuses any index past the end.
+    """
+    ids = tf.cast(ids, tf.int32)
+    bad = tf.logical_or(ids < 0, ids >= count)
+    check = tf.debugging.Assert(
+        tf.logical_not(tf.reduce_any(bad)),
+        [f"{name} must be in [0, {count}); got", tf.boolean_mask(ids, bad)],
+        summarize=5,
+    )
+    with tf.control_dependencies([check]):
+        return tf.where(ids < 0, count, ids)
 
 
 def complete_token_inputs(x):

@@ -239,3 +239,120 @@ def test_saved_files_are_readable_by_a_serving_account(trained):
     assert os.stat(folder).st_mode & 0o777 == 0o755
     for name in os.listdir(folder):
         assert os.stat(os.path.join(folder, name)).st_mode & 0o777 == 0o644, name
+
+
+_SAVE_REPEATEDLY = """
+import sys
+import numpy as np
+from keras_adapters import adapter_io
+
+folder, rounds = sys.argv[1], int(sys.argv[2])
+config = {"name": "x", "method": {"method": "lora"}, "backbone": {"preset": "p"}, "task": {}}
+for i in range(rounds):
+    tensors = {"w": np.full((64, 64), float(i % 2), "float32")}
+    adapter_io.replace_folder(folder, lambda tmp: adapter_io.write_folder(tmp, config, tensors))
+"""
+
+
+def test_reading_while_another_process_saves_never_fails(tmp_path):
+    import subprocess
+    import sys
+
+    folder = tmp_path / "adapter"
+    config = {"name": "x", "method": {"method": "lora"}, "backbone": {"preset": "p"}, "task": {}}
+    adapter_io.replace_folder(folder, lambda tmp: adapter_io.write_folder(tmp, config, {"w": np.zeros((64, 64))}))
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _SAVE_REPEATEDLY, str(folder), "600"], stderr=subprocess.PIPE, text=True
+    )
+    reads = 0
+    while writer.poll() is None:
+        config_read, tensors = adapter_io.read_folder(folder)  # raises on a false checksum mismatch
+        assert np.unique(tensors["w"]).size == 1 and reads >= 0
+        reads += 1
+    assert writer.returncode == 0, writer.stderr.read()  # a reader never broke a save
+    assert reads > 50
+    assert sorted(os.listdir(tmp_path)) == ["adapter"]
+
+
+def test_a_folder_left_between_the_two_renames_is_read_and_then_recovered_by_the_writer(trained, tmp_path):
+    model, folder = trained
+    copy = _copy(folder, tmp_path)
+    old = tmp_path / ".copy.old"
+    os.replace(copy, old)  # a save killed between its renames
+    again = ka.AdapterTextClassifier.from_adapter(str(copy))
+    np.testing.assert_allclose(again.predict(TEXTS, verbose=0), model.predict(TEXTS, verbose=0), atol=1e-6)
+    assert not copy.exists() and old.is_dir()  # reading changed nothing
+    again.save_adapter(str(copy))
+    assert copy.is_dir() and not old.exists()
+
+
+def test_another_tokenizer_is_refused(trained, tmp_path):
+    import shutil
+
+    preset = tmp_path / "cased"
+    shutil.copytree(trained[0].preset, preset)
+    for name, tokenizer in (("tokenizer.json", lambda c: c), ("preprocessor.json", lambda c: c["config"]["tokenizer"])):
+        config = json.loads((preset / name).read_text())
+        tokenizer(config)["config"]["lowercase"] = False
+        (preset / name).write_text(json.dumps(config))
+    with pytest.raises(ka.AdapterFormatError, match=r"another tokenizer \(lowercase: adapter True vs this model False\)"):
+        ka.AdapterTextClassifier.from_adapter(trained[1], preset=str(preset))
+
+
+def test_non_finite_weights_are_refused(trained, tmp_path):
+    def poison(tensors):
+        tensors["logits/bias"] = tensors["logits/bias"].copy()
+        tensors["logits/bias"][1] = np.nan
+
+    folder = _rewrite(trained[1], tmp_path, poison)
+    with pytest.raises(ka.AdapterFormatError, match=r"NaN or infinite values in \['logits/bias'\]"):
+        ka.AdapterTextClassifier.from_adapter(folder)
+
+
+@pytest.mark.parametrize("version", [2.0, -1, 0, "2", True, None])
+def test_format_versions_no_release_writes_are_named(trained, tmp_path, version):
+    folder = _copy(trained[1], tmp_path)
+    path = folder / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config["format_version"] = version
+    path.write_text(json.dumps(config))
+    with pytest.raises(ka.AdapterFormatError, match=rf"format_version {version!r}, which no keras-adapters writes"):
+        ka.AdapterTextClassifier.from_adapter(str(folder))
+
+
+def test_unknown_keys_warn_once_nested_ones_included(trained, tmp_path):
+    import warnings
+
+    folder = _copy(trained[1], tmp_path)
+    path = folder / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config["comments"] = "from the future"
+    config["task"]["label_smoothing"] = 0.1
+    config["backbone"]["revision"] = "abc"
+    path.write_text(json.dumps(config))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ka.AdapterTextClassifier.from_adapter(str(folder))
+    messages = [str(w.message) for w in caught if "does not know" in str(w.message)]
+    assert len(messages) == 1, messages
+    assert "['backbone.revision', 'comments', 'task.label_smoothing']" in messages[0]
+
+
+def test_a_weights_file_linking_outside_the_folder_is_refused(trained, tmp_path):
+    folder = _copy(trained[1], tmp_path)
+    outside = tmp_path / "elsewhere.safetensors"
+    os.replace(folder / adapter_io.WEIGHTS_FILE, outside)
+    os.symlink(outside, folder / adapter_io.WEIGHTS_FILE)
+    with pytest.raises(ka.AdapterFormatError, match="is a link to .*elsewhere.safetensors, outside the adapter folder"):
+        ka.AdapterTextClassifier.from_adapter(str(folder))
+
+
+@pytest.mark.parametrize("length", [100000, 2, "16"])
+def test_a_sequence_length_beyond_the_backbone_is_refused(trained, tmp_path, length):
+    folder = _copy(trained[1], tmp_path)
+    path = folder / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config["task"]["sequence_length"] = length
+    path.write_text(json.dumps(config))
+    with pytest.raises(ka.AdapterFormatError, match=rf"task.sequence_length {length!r} does not fit the backbone"):
+        ka.AdapterTextClassifier.from_adapter(str(folder))

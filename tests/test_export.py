@@ -629,3 +629,144 @@ def test_multi_adapter_export_gives_a_question_answerer_its_own_signature(tiny_p
     np.testing.assert_allclose(got["score"].numpy(), [e["score"] for e in expected], rtol=1e-4)
     routed = served["classify"](text=tf.constant(TEXTS[:2]), adapter=tf.constant(["topic", "topic"]))
     np.testing.assert_allclose(routed["probabilities"].numpy(), probabilities, atol=1e-5)
+
+
+def test_ids_out_of_range_are_errors_not_another_adapters_answer(two_tasks, tmp_path):
+    model = two_tasks
+    tokens = {k: np.asarray(v) for k, v in model.preprocessor(TEXTS[:2]).items()}
+    route = ka.Route("news", "topics")
+    path = ka.export_tflite(model, str(tmp_path / "lite"), names=["news", "topics"])
+    runner = export.tflite_signature_runner(path)
+    model.set_active_adapters(route)
+    for bad in (-1, -2, 2):
+        ids = np.array([0, bad], "int32")
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"adapter_id must be in \[0, 2\)"):
+            model.predict({**tokens, "adapter_id": ids}, verbose=0)
+        with pytest.raises(Exception):  # the interpreter's GATHER refuses the index
+            export.run_tflite(runner, {**tokens, "adapter_id": ids})
+    lite = export.run_tflite(runner, {**tokens, "adapter_id": np.array([1, 0], "int32")})
+    np.testing.assert_allclose(lite[:, :3][0], model.predict({**tokens, "adapter_id": np.array([1, 0])}, verbose=0)[0, :3],
+                               atol=1e-5)
+
+
+def test_token_ids_out_of_range_are_errors(two_tasks, tmp_path):
+    model = two_tasks
+    model.set_active_adapters("news")
+    tokens = {k: np.asarray(v) for k, v in model.preprocessor(TEXTS[:2]).items()}
+    vocabulary = model.backbone.vocabulary_size
+    out = ka.export_saved_model(model, str(tmp_path / "sm"), merge=False)
+    served = tf.saved_model.load(out).signatures["serve_token_ids"]
+    runner = export.tflite_signature_runner(ka.export_tflite(model, str(tmp_path / "lite")))
+    for bad in (-1, vocabulary):
+        ids = tokens["token_ids"].copy()
+        ids[1, 1] = bad
+        bad_tokens = {**tokens, "token_ids": ids}
+        message = rf"token_ids must be in \[0, {vocabulary}\)"
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            model.predict(bad_tokens, verbose=0)
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            served(**{k: tf.constant(v, tf.int32) for k, v in bad_tokens.items()})
+        with pytest.raises(Exception):
+            export.run_tflite(runner, bad_tokens)
+
+
+_FAILING_TFLITE_WRITE = """
+import resource, signal, sys
+import keras_adapters as ka
+from keras_adapters import export
+
+adapter, out, mode = sys.argv[1:]
+convert = export._convert
+
+
+def convert_then_fill_the_disk(*args, **kwargs):
+    flatbuffer = convert(*args, **kwargs)
+    # Python ignores SIGXFSZ (writes then fail with EFBIG, as on a full disk);
+    # by default the signal kills the process in the middle of the write.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN if mode == "disk-full" else signal.SIG_DFL)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(flatbuffer) // 2, len(flatbuffer) // 2))
+    return flatbuffer
+
+
+export._convert = convert_then_fill_the_disk
+export.export_tflite(ka.AdapterTextClassifier.from_adapter(adapter), out)
+"""
+
+
+@pytest.mark.parametrize("mode", ["killed", "disk-full"])
+def test_a_failed_tflite_export_keeps_the_previous_model(tiny_preset, tmp_path, mode):
+    old = _trained(tiny_preset, "houlsby")
+    out = tmp_path / "lite"
+    ka.export_tflite(old, str(out))
+    before = {f: (out / f).read_bytes() for f in ("model.tflite", "vocab.txt", "labels.txt")}
+    new = ka.AdapterTextClassifier.from_preset(tiny_preset, num_classes=2, method="lora", sequence_length=16)
+    new.save_adapter(str(tmp_path / "new"))
+    result = subprocess.run(
+        [sys.executable, "-c", _FAILING_TFLITE_WRITE, str(tmp_path / "new"), str(out), mode],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    if mode == "killed":
+        assert result.returncode == -25, result.stderr  # SIGXFSZ: killed in the middle of the write
+    else:
+        assert result.returncode == 1 and "File too large" in result.stderr, result.stderr
+    assert {f: (out / f).read_bytes() for f in before} == before
+    tokens = {k: np.asarray(v) for k, v in old.preprocessor(TEXTS).items()}
+    lite = export.run_tflite(export.tflite_signature_runner(out / "model.tflite"), tokens)
+    np.testing.assert_allclose(lite, old.predict(tokens, verbose=0), atol=1e-5)
+    # The next export replaces everything and leaves no temporary file behind.
+    ka.export_tflite(new, str(out))
+    assert sorted(os.listdir(out)) == ["labels.txt", "model.tflite", "vocab.txt"]
+    assert len((out / "labels.txt").read_text().split()) == 2
+
+
+def test_a_routed_tflite_export_removes_the_single_task_labels(two_tasks, tmp_path):
+    out = tmp_path / "lite"
+    two_tasks.set_active_adapters("news")
+    ka.export_tflite(two_tasks, str(out))
+    ka.export_tflite(two_tasks, str(out), names=["news", "topics"])
+    assert sorted(os.listdir(out)) == ["adapters.json", "model.tflite", "vocab.txt"]
+    mode = os.stat(out / "model.tflite").st_mode & 0o777
+    assert mode == 0o666 & ~_umask(), oct(mode)  # readable by a serving account, as open() would make it
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_saved_model_versions_are_readable_by_other_accounts(houlsby_export):
+    _, out = houlsby_export
+    mask = _umask()
+    for root, dirs, files in os.walk(out):
+        assert os.stat(root).st_mode & 0o777 == 0o777 & ~mask, root
+        for f in files:
+            assert os.stat(os.path.join(root, f)).st_mode & 0o777 == 0o666 & ~mask, f
+
+
+def test_a_killed_export_leaves_no_temporary_folder_after_the_next(houlsby_export, tmp_path):
+    model, _ = houlsby_export
+    base = tmp_path / "serving"
+    base.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (base / f".tmp-1-{dead.pid}-abc").mkdir()  # a killed export's
+    (base / ".tmp-1-xyz").mkdir()  # an older release's
+    (base / f".tmp-2-{os.getpid()}-def").mkdir()  # a live export's (this process)
+    ka.export_saved_model(model, str(base), version=1)
+    assert sorted(os.listdir(base)) == [f".tmp-2-{os.getpid()}-def", "1"]
+
+
+@pytest.mark.parametrize("version", [-1, 1.5, True])
+def test_versions_tf_serving_never_loads_are_refused(houlsby_export, tmp_path, version):
+    model, _ = houlsby_export
+    with pytest.raises(ValueError, match="version must be a whole number >= 0"):
+        ka.export_saved_model(model, str(tmp_path / "sm"), version=version)
+    assert not (tmp_path / "sm").exists()
+
+
+def test_tflite_sequence_length_beyond_the_positions_is_refused(houlsby_export, tmp_path):
+    model, _ = houlsby_export
+    with pytest.raises(ValueError, match=r"sequence_length 600 does not fit this backbone: use 3 to 16"):
+        ka.export_tflite(model, str(tmp_path / "lite"), sequence_length=600)
+    assert not (tmp_path / "lite").exists()
