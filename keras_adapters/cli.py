@@ -244,7 +244,7 @@ def cmd_evaluate(args):
 def _texts(args):
     texts = list(args.texts)
     if args.file:
-        stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8", errors="replace")
+        stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8-sig", errors="replace")
         with stream:
             # Blank lines are texts too, so output line i answers input line i.
             texts += [line.rstrip("\r\n") for line in stream]

@@ -51,6 +51,7 @@ def merge_lora_adapters(
     ```
     """
     sources = _check(model, weights, combination, density)
+    _check_numbers(weights, combination, svd_rank)
     configs = [model.adapter_config(n) for n in sources]
     factors = {}  # site path -> (A, B) in float64
     for site in _units(model, sources[0]):
@@ -104,6 +105,23 @@ def _check(model, weights, combination, density):
     return sources
 
 
+def _check_numbers(weights, combination, svd_rank):
+    """Weights that give a finite merge, and a usable SVD rank."""
+    for n, w in weights.items():
+        if isinstance(w, bool) or not isinstance(w, (int, float, np.number)) or not np.isfinite(w):
+            raise ValueError(f"The weight of {n!r} must be a finite number, got {w!r}.")
+        if w < 0 and combination not in ("cat", "svd"):
+            raise ValueError(
+                f"The weight of {n!r} is {w}: {combination!r} takes square roots of the weights, so they "
+                "must be >= 0; 'cat' and 'svd' take negative weights (to subtract an adapter)."
+            )
+    if svd_rank is not None and combination != "svd":
+        raise ValueError(f"svd_rank is for combination='svd', not {combination!r}.")
+    if svd_rank is not None and (isinstance(svd_rank, bool) or not isinstance(svd_rank, (int, np.integer))
+                                 or svd_rank < 1):
+        raise ValueError(f"svd_rank must be a whole number >= 1, got {svd_rank!r}.")
+
+
 def _factors(unit):
     a = np.asarray(unit.lora_a.numpy(), np.float64)
     b = np.asarray(unit.lora_b.numpy(), np.float64)
@@ -125,6 +143,8 @@ def _combine(parts, combination, density, svd_rank, seed):
     if combination == "svd":
         delta = sum(w * s * a @ b for a, b, s, w in factors)
         rank = svd_rank or max(a.shape[1] for a, *_ in factors)
+        if rank > min(delta.shape):
+            raise ValueError(f"svd_rank {rank} is more than this update's {min(delta.shape)} dimensions allow.")
         u, sigma, vt = np.linalg.svd(delta, full_matrices=False)
         return u[:, :rank] * sigma[:rank], vt[:rank]
     scales = np.array([np.sqrt(w * s) for a, b, s, w in factors])

@@ -62,9 +62,23 @@ def _json_records(path, lines):
         yield number, record
 
 
+#: Python's csv module refuses fields over 128 KB by default; a text that
+#: long is cut in the graph anyway (`data.clean_text`).
+MAX_FIELD_BYTES = 64 * 1024 * 1024
+
+
 def _table_records(path, f, delimiter):
+    csv.field_size_limit(MAX_FIELD_BYTES)
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
+    try:
+        yield from _table_rows(path, reader, delimiter)
+    except csv.Error as e:
+        kind = "TSV" if delimiter == "\t" else "CSV"
+        raise data_lib.DatasetError(f"{path}:{reader.line_num}: not readable as {kind} ({e}).") from None
+
+
+def _table_rows(path, reader, delimiter):
     header = next(reader, None)
     if not header:
         raise data_lib.DatasetError(f"{path} is empty; it needs a header row naming its columns.")
@@ -82,13 +96,50 @@ def _table_records(path, f, delimiter):
 
 
 def _field(path, number, record, key, option):
-    value = record.get(key)
-    if value is None:
+    if key not in record:
         raise data_lib.DatasetError(
             f"{path}:{number}: no {key!r} field (the record has {sorted(record)}). Name the column "
             f"with {option}= (CLI --{option.replace('_', '-')})."
         )
+    value = record[key]
+    if value is None:
+        raise data_lib.DatasetError(f"{path}:{number}: the {key!r} field is null; give it a value or drop the record.")
     return value if isinstance(value, str) else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def _label(path, number, record, key):
+    """A label: a string, or a whole number in JSON (`1`, not `1.0`, `true` or a list)."""
+    value = record.get(key)
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        kind = "null" if value is None else type(value).__name__
+        raise data_lib.DatasetError(
+            f"{path}:{number}: the {key!r} field is {json.dumps(value)} ({kind}); a label is a string such as "
+            '"entailment" or a whole number such as 1.'
+        )
+    return value
+
+
+def _check_label_kinds(path, raw):
+    """One kind of label per file: `1` and `"1"`, or `1` and `1.0` in a CSV,
+    would otherwise become different classes."""
+    kinds = {type(v).__name__ for _, v in raw}
+    if len(kinds) > 1:
+        first = {kind: next((n, v) for n, v in raw if type(v).__name__ == kind) for kind in sorted(kinds)}
+        shown = "; ".join(f"line {n}: {json.dumps(v)}" for n, v in first.values())
+        raise data_lib.DatasetError(f"{path} mixes numbers and strings as labels ({shown}); use one kind.")
+    texts = [str(v).strip() for _, v in raw]
+    numeric = {}
+    for (number, _), text in zip(raw, texts):
+        try:
+            value = float(text)
+        except ValueError:
+            continue
+        other = numeric.setdefault(value, (number, text))
+        if other[1] != text:
+            raise data_lib.DatasetError(
+                f"{path} writes one label two ways: {other[1]!r} (line {other[0]}) and {text!r} (line {number}) "
+                "would be two classes; write each label one way."
+            )
 
 
 def read_pairs(path, text_a_key="text_a", text_b_key="text_b", label_key="label", labelled=True):
@@ -101,7 +152,8 @@ def read_pairs(path, text_a_key="text_a", text_b_key="text_b", label_key="label"
 
     Returns:
         (texts_a, texts_b, labels): lists of strings (`labels` is `None`
-        unlabelled). Records with an empty text are skipped, with a warning.
+        unlabelled). Labelled records with an empty text are skipped, with a
+        warning; unlabelled ones are kept (each gets a prediction, in order).
 
     Raises:
         DatasetError: the file is missing, malformed or has no usable record;
@@ -110,26 +162,30 @@ def read_pairs(path, text_a_key="text_a", text_b_key="text_b", label_key="label"
     path = Path(path)
     if not path.is_file():
         raise data_lib.DatasetError(f"Pair file {str(path)!r} does not exist.")
-    texts_a, texts_b, labels, empty = [], [], [], []
+    texts_a, texts_b, raw, empty = [], [], [], []
     for number, record in _records(path):
         a = _field(path, number, record, text_a_key, "text_a_key")
         b = _field(path, number, record, text_b_key, "text_b_key")
         if labelled:
-            label = _field(path, number, record, label_key, "label_key").strip()
-            if not label:
+            _field(path, number, record, label_key, "label_key")
+            label = _label(path, number, record, label_key)
+            if not str(label).strip():
                 raise data_lib.DatasetError(f"{path}:{number}: the {label_key!r} field is empty.")
-        if not a.strip() or not b.strip():
+        if labelled and (not a.strip() or not b.strip()):
             empty.append(number)
             continue
         texts_a.append(a)
         texts_b.append(b)
         if labelled:
-            labels.append(label)
+            raw.append((number, label))
+    _check_label_kinds(path, raw)
+    labels = [str(v).strip() for _, v in raw]
     if empty:
         warnings.warn(f"Skipping {len(empty)} record(s) of {path} with an empty text (e.g. line {empty[0]}).",
                       stacklevel=2)
     if not texts_a:
-        raise data_lib.DatasetError(f"{path} holds no record with two non-empty texts.")
+        raise data_lib.DatasetError(f"{path} holds no record with two non-empty texts." if labelled else
+                                    f"{path} holds no record.")
     return texts_a, texts_b, labels if labelled else None
 
 

@@ -96,7 +96,11 @@ def _example(path, where, qa, title, context, labelled):
     if not isinstance(qa, dict) or not isinstance(qa.get("question"), str):
         _fail(path, where, "no 'question' string")
     key = str(qa.get("id", where))
-    answers = qa.get("answers") or []
+    answers = qa.get("answers")
+    if answers is None:
+        answers = []
+    if not isinstance(answers, list):
+        _fail(path, f"question {key!r}", f"'answers' is {json.dumps(answers)[:40]}, not a list of answers")
     if labelled and not answers:
         _fail(path, f"question {key!r}", "no answer (pass labelled=False to read unanswered questions)")
     checked = []

@@ -78,7 +78,7 @@ def detect_task(source, text_b_key="text_b"):
 
 
 def _first_record_fields(path):
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
         for line in f:
             if not line.strip():
                 continue
@@ -94,14 +94,25 @@ def _first_record_fields(path):
 
 
 def _looks_like_conll(path, lines=20):
-    """Its first `lines` non-blank lines (past `-DOCSTART-`) all end in a tag."""
+    """Its first `lines` non-blank lines (past `-DOCSTART-`) all end in a tag.
+
+    Raises:
+        ValueError: the file starts as a CoNLL file, then a line among the
+            first `lines` is not one: that line is named (file:line).
+    """
     seen = 0
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
             line = line.rstrip("\r\n")
             if not line.strip() or line.startswith("-DOCSTART-"):
                 continue
             if not CONLL_LINE.match(line):
+                if seen:
+                    raise ValueError(
+                        f"{path}:{number}: {line[:60]!r} is not 'word<TAB>tag' (a BIO/IOBES tag last), "
+                        f"though the {seen} line(s) before it are: fix that line (sentences are separated "
+                        "by blank lines)."
+                    )
                 return False
             seen += 1
             if seen == lines:
@@ -111,6 +122,6 @@ def _looks_like_conll(path, lines=20):
 
 def _looks_like_squad(path):
     """A SQuAD-format JSON: {"data": [{"paragraphs": [...]}, ...]}."""
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
         head = f.read(4096)
     return '"data"' in head and '"paragraphs"' in head

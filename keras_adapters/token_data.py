@@ -170,6 +170,11 @@ def token_dataset_from_file(
     """
     sentences, tags = read_conll(path)
     names = list(tag_names) if tag_names is not None else tag_order(tags)
+    if names == ["O"]:
+        raise data_lib.DatasetError(
+            f"{path} has no entity tags: every word is tagged O. A tagger learns entity types from words "
+            "tagged B-TYPE/I-TYPE (e.g. B-PER); tag the entities, or pass the file with them."
+        )
     index = {t: i for i, t in enumerate(names)}
     unknown = sorted({t for s in tags for t in s} - set(index))
     if unknown:

@@ -407,3 +407,44 @@ def test_squad_files_train_evaluate_predict_and_export(qa_run, capsys, tmp_path)
     assert "pass QUESTION CONTEXT" in capsys.readouterr().err
     assert cli.main(["export", str(run), "--format", "saved_model", "-o", str(tmp_path / "sm")]) == 0
     assert "question, context -> answer, start, end, score" in capsys.readouterr().out
+
+
+def test_predict_files_answer_every_row_in_order_empty_texts_included(pair_run, qa_run, capsys, tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [("the cup", "a bank profit"), ("the vote", ""), ("", "a team goal")]
+    pairs.write_text("".join(json.dumps({"text_a": a, "text_b": b}) + "\n" for a, b in rows))
+    assert cli.main(["predict", str(pair_run[0]), "--file", str(pairs), "--json"]) == 0
+    assert [(r["text_a"], r["text_b"]) for r in json.loads(capsys.readouterr().out)] == rows
+    questions = tmp_path / "q.csv"
+    questions.write_text("question,context\nthe news,the film won the great award today\nthe news,\n,the cup\n")
+    assert cli.main(["predict", str(qa_run[0]), "--file", str(questions), "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert [f["question"] for f in found] == ["the news", "the news", ""]
+    assert found[0]["answer"] == "great award" and found[1] == {"question": "the news", "answer": "", "start": 0,
+                                                               "end": 0, "score": 0.0}
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["evaluate", "RUN", "DATA", "--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+        (["predict", "RUN", "text", "--batch-size", "-3"], "argument --batch-size: must be at least 1, got -3"),
+        (["export", "RUN", "--format", "saved_model", "-o", "OUT", "--version", "-1"],
+         "argument --version: must be at least 0, got -1"),
+        (["export", "RUN", "--format", "tflite", "-o", "OUT", "--sequence-length", "x"],
+         "argument --sequence-length: must be a whole number, got 'x'"),
+    ],
+)
+def test_impossible_numbers_exit_2_before_anything_loads(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        cli.main([str(tmp_path / a) if a in ("RUN", "DATA", "OUT") else a for a in argv])
+    assert info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "OUT").exists()
+
+
+def test_a_tflite_length_beyond_the_backbone_exits_2(run_dir, capsys, tmp_path):
+    run, _ = run_dir
+    out = tmp_path / "lite"
+    assert cli.main(["export", str(run), "--format", "tflite", "-o", str(out), "--sequence-length", "600"]) == 2
+    assert "sequence_length 600 does not fit this backbone: use 3 to 16" in capsys.readouterr().err
+    assert not out.exists()

@@ -100,6 +100,13 @@ def test_ties_and_dare_prune(tiny_preset):
         ({"combination": "ties"}, "needs density"),
         ({"combination": "linear", "weights": {"default": 1.0, "h": 1.0}}, "Only LoRA adapters"),
         ({"combination": "linear", "weights": {"default": 1.0, "r4": 1.0}}, "same rank"),
+        ({"combination": "linear", "weights": {"default": float("nan")}}, "must be a finite number, got nan"),
+        ({"combination": "cat", "weights": {"default": float("inf")}}, "must be a finite number, got inf"),
+        ({"combination": "linear", "weights": {"default": -0.5}}, "takes square roots of the weights"),
+        ({"combination": "dare_ties", "density": 0.5, "weights": {"default": -1.0}}, "must be >= 0"),
+        ({"combination": "svd", "svd_rank": 0}, "svd_rank must be a whole number >= 1, got 0"),
+        ({"combination": "svd", "svd_rank": 1000}, "svd_rank 1000 is more than"),
+        ({"combination": "cat", "svd_rank": 2}, "svd_rank is for combination='svd'"),
     ],
 )
 def test_bad_merges_are_refused(tiny_preset, kwargs, message):
@@ -109,3 +116,11 @@ def test_bad_merges_are_refused(tiny_preset, kwargs, message):
     weights = kwargs.pop("weights", {"default": 1.0})
     with pytest.raises(ValueError, match=message):
         ka.merge_lora_adapters(model, weights, "m", **kwargs)
+
+
+def test_a_negative_weight_subtracts_an_adapter(tiny_preset):
+    model = _model(tiny_preset)
+    ka.merge_lora_adapters(model, {"default": 1.0, "b": -0.5}, "diff", combination="cat")
+    expected = _delta(model, "default") - 0.5 * _delta(model, "b")
+    np.testing.assert_allclose(_delta(model, "diff"), expected, atol=1e-5)
+    assert np.isfinite(_sequence(model, "diff")).all()

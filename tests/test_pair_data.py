@@ -146,3 +146,48 @@ def test_invalid_utf8_and_unlabelled_files_are_read(tmp_path):
     a, b, labels = pair_data.read_pairs(path, labelled=False)
     assert a == ["bad \ufffd byte"] and b == ["fine"] and labels is None
     assert np.all([isinstance(t, str) for t in a + b])
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        ([0, 1, 1.0, 0.0], r"the 'label' field is 1.0 \(float\)"),
+        ([0, 1, True], r"the 'label' field is true \(bool\)"),
+        (["entail", ["entail"]], r"the 'label' field is \[\"entail\"\] \(list\)"),
+        (["entail", None], r"the 'label' field is null"),
+        (["1", 0, 1], r"mixes numbers and strings as labels \(line 2: 0; line 1: \"1\"\)"),
+    ],
+)
+def test_labels_of_other_kinds_are_refused_not_made_classes(tmp_path, labels, message):
+    rows = [{"text_a": "a", "text_b": "b", "label": label} for label in labels]
+    path = write_pair_file(tmp_path / "p.jsonl", rows)
+    assert "p.jsonl" in _error(path)
+    with pytest.raises(ka.DatasetError, match=message):
+        pair_data.read_pairs(path)
+
+
+def test_one_label_written_two_ways_in_a_csv_is_refused(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text("text_a,text_b,label\na,b,1\na,b,0\na,b,1.0\n")
+    with pytest.raises(ka.DatasetError, match=r"writes one label two ways: '1' \(line 2\) and '1.0' \(line 4\)"):
+        pair_data.read_pairs(path)
+
+
+def test_fields_over_128_kb_and_byte_order_marks_are_read(tmp_path):
+    long = "word " * 60_000  # 300 KB: beyond the csv module's default field limit
+    path = tmp_path / "p.csv"
+    path.write_text(f'text_a,text_b,label\n"{long}",b,x\na,b,y\n')
+    a, _, labels = pair_data.read_pairs(path)
+    assert a[0] == long and labels == ["x", "y"]
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes("\ufeff".encode() + json.dumps({"text_a": "a", "text_b": "b", "label": "x"}).encode() + b"\n")
+    assert pair_data.read_pairs(bom) == (["a"], ["b"], ["x"])
+    from keras_adapters import tasks
+
+    assert tasks.detect_task(bom) == tasks.PAIR_CLASSIFICATION
+
+
+def test_unlabelled_records_with_an_empty_text_are_kept_in_order(tmp_path):
+    path = write_pair_file(tmp_path / "p.jsonl", [{"text_a": a, "text_b": b} for a, b in
+                                                  (("a", "b"), ("", "c"), ("d", " "))], columns=("text_a", "text_b"))
+    assert pair_data.read_pairs(path, labelled=False) == (["a", "", "d"], ["b", "c", " "], None)

@@ -49,6 +49,12 @@ def test_squad_files_are_read_with_offsets_checked(tmp_path):
     assert examples[1]["title"] == "P" and examples[1]["context"] == context
 
 
+def _with_answers(records, answers):
+    changed = json.loads(json.dumps(records))
+    changed["data"][0]["paragraphs"][0]["qas"][0]["answers"] = answers
+    return changed
+
+
 def test_bad_squad_files_name_the_file_and_the_problem(tmp_path):
     def write(name, text):
         (tmp_path / name).write_text(text)
@@ -67,6 +73,8 @@ def test_bad_squad_files_name_the_file_and_the_problem(tmp_path):
         (write("empty.json", '{"data": []}'), "holds no question"),
         (write("unanswered.json", json.dumps(missing_answer)), "question 'q0': no answer"),
         (write("offset.json", json.dumps(wrong_offset)), "question 'q0': answer 'not there' is not in its context"),
+        (write("answers.json", json.dumps(_with_answers(good, 5))), "question 'q0': 'answers' is 5, not a list"),
+        (write("answer.json", json.dumps(_with_answers(good, ["x"]))), "question 'q0': an answer without 'text'"),
     ]
     (tmp_path / "latin1.json").write_bytes('{"data": "\xe9"}'.encode("latin-1"))
     cases.append((tmp_path / "latin1.json", "not UTF-8"))

@@ -47,3 +47,12 @@ def test_conll_and_squad_files_are_told(tmp_path):
     assert tasks.detect_task(tmp_path / "tags.tsv") == tasks.TOKEN_CLASSIFICATION
     (tmp_path / "dev.json").write_text('{"version": "1.1", "data": [{"title": "t", "paragraphs": []}]}')
     assert tasks.detect_task(tmp_path / "dev.json") == tasks.QUESTION_ANSWERING
+
+
+def test_a_conll_file_with_a_bad_line_is_named_by_line(tmp_path):
+    lines = ["New\tB-geo-loc", "York\tI-geo-loc", "", "the\tO", "cup\tB-event", "Paris B-geo-loc extra-stuff-"]
+    (tmp_path / "ner.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"ner.txt:6: 'Paris B-geo-loc extra-stuff-' is not 'word<TAB>tag'"):
+        tasks.detect_task(tmp_path / "ner.txt")
+    (tmp_path / "bom.txt").write_bytes("\ufeff".encode() + "New\tB-geo-loc\n".encode())
+    assert tasks.detect_task(tmp_path / "bom.txt") == tasks.TOKEN_CLASSIFICATION

@@ -82,6 +82,9 @@ def test_bad_files_name_the_file_and_line(tmp_path, conll_file, tiny_preprocesso
         assert expected in str(info.value) and name in str(info.value)
     with pytest.raises(ka.DatasetError, match=r"tag\(s\) \['B-EVENT'\] that the model does not know"):
         ka.token_dataset_from_file(conll_file, tiny_preprocessor, tag_names=["O", "B-LOC", "I-LOC", "B-ORG"])
+    (tmp_path / "plain.conll").write_text("the\tO\nteam\tO\n\nwon\tO\n")
+    with pytest.raises(ka.DatasetError, match=r"plain.conll has no entity tags: every word is tagged O"):
+        ka.token_dataset_from_file(tmp_path / "plain.conll", tiny_preprocessor)
 
 
 GRAPH_CASES = [
