@@ -181,6 +181,15 @@ def _qa_options(args):
     return {k: getattr(args, k) for k in ("stride", "max_question_length", "max_answer_length")}
 
 
+def _progress(quiet):
+    """Keras' `verbose`: a progress bar on a terminal; one line per epoch
+    into a log or a pipe (a bar's carriage returns and colour codes would
+    make each epoch one long line there); nothing with --quiet."""
+    if quiet:
+        return 0
+    return 1 if sys.stdout.isatty() else 2
+
+
 def cmd_train(args):
     fuse = [r for r in args.fuse.split(",") if r] if args.fuse else None
     if fuse is not None and len(fuse) < 2:
@@ -201,7 +210,7 @@ def cmd_train(args):
         bucket_by_sequence_length=args.bucket_by_length,
         early_stopping_patience=args.early_stopping,
         pooling=args.pooling,
-        verbose=0 if args.quiet else 1,
+        verbose=_progress(args.quiet),
         fuse=fuse,
         overwrite=args.overwrite,
         cache_frozen_layers=args.cache_frozen_layers,
@@ -227,7 +236,6 @@ def cmd_evaluate(args):
     result = evaluation.evaluate_run(
         args.run, args.data, batch_size=args.batch_size, **_data_options(args)
     )
-    runs.update_metrics_file(args.run, "evaluation", {"data": str(args.data), **result})
     if args.json:
         print(json.dumps(runs.finite(result), allow_nan=False))
     elif "exact_match" in result:
@@ -236,8 +244,15 @@ def cmd_evaluate(args):
         print(evaluation.format_token_report(result))
     else:
         print(evaluation.format_report(result))
-        png = evaluation.write_confusion_png(result, os.path.join(args.run, "confusion_matrix.png"))
-        print(f"\nconfusion matrix image: {png}")
+    sys.stdout.flush()  # the numbers are out before anything is written to the run folder
+    try:
+        runs.update_metrics_file(args.run, "evaluation", {"data": str(args.data), **result})
+        if not args.json and "exact_match" not in result and "per_type" not in result:
+            png = evaluation.write_confusion_png(result, os.path.join(args.run, "confusion_matrix.png"))
+            print(f"\nconfusion matrix image: {png}")
+    except OSError as e:
+        print(f"keras-adapters evaluate: warning: the results above were not saved in {args.run} "
+              f"({e.strerror or e}); the run folder is not writable.", file=sys.stderr)
     return 0
 
 

@@ -448,3 +448,30 @@ def test_a_tflite_length_beyond_the_backbone_exits_2(run_dir, capsys, tmp_path):
     assert cli.main(["export", str(run), "--format", "tflite", "-o", str(out), "--sequence-length", "600"]) == 2
     assert "sequence_length 600 does not fit this backbone: use 3 to 16" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_evaluate_prints_its_results_when_the_run_folder_is_read_only(run_dir, capsys, monkeypatch):
+    from keras_adapters import runs
+
+    run, data = run_dir
+
+    def read_only(*args, **kwargs):  # as root, chmod cannot make a folder read-only
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(runs, "atomic_write", read_only)
+    assert cli.main(["evaluate", str(run), str(data), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["num_examples"] == 24
+    assert f"were not saved in {run} (Read-only file system)" in captured.err
+
+
+def test_train_into_a_log_prints_one_line_per_epoch(tiny_preset, tmp_path):
+    data = write_class_folders(tmp_path / "data", per_class=6)
+    result = _process(
+        "train", data, "--output", tmp_path / "run", "--preset", tiny_preset, "--method", "lora", "--epochs", "3",
+        "--batch-size", "4", "--sequence-length", "16", "--precision", "float32",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stdout and "\x1b" not in result.stdout  # no progress bar in a pipe
+    per_epoch = [line for line in result.stdout.splitlines() if " - loss: " in line]
+    assert len(per_epoch) == 3 and all("val_accuracy: " in line for line in per_epoch), result.stdout
