@@ -132,13 +132,16 @@ def _recover(directory):
 def write_folder(directory, config, tensors):
     """Write `tensors` (key -> array) and `config` (with its `weights` section
     filled in here) to `directory`. Returns the folder path."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: np.ascontiguousarray(np.asarray(v, dtype=np.float32)) for k, v in tensors.items()}
     weights_path = directory / WEIGHTS_FILE
-    atomic_write(str(weights_path), lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
+    # Serialized in memory and written by Python: a full disk is an OSError,
+    # not a safetensors error.
+    data = save(tensors, metadata={"format": FORMAT})
+    atomic_write(str(weights_path), lambda tmp: Path(tmp).write_bytes(data))
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

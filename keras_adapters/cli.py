@@ -223,6 +223,10 @@ def cmd_train(args):
         if summary["best_epoch"]
         else "no validation metric"
     )
+    if summary.get("already_complete"):
+        print(f"{args.output} already holds this run, complete ({summary['epochs_run']} epochs; {best}); "
+              "nothing to do. Pass --overwrite to train it again.")
+        return 0
     what = f"a fusion of {', '.join(model.active_adapters.children)}" if fuse else args.method
     print(
         f"trained {what} in {summary['seconds']:.1f} s "

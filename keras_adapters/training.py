@@ -10,6 +10,7 @@ can resume an interrupted or killed run (`RunBackup`).
 
 import contextlib
 import fcntl
+import io
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+from keras.src.saving import saving_lib
 
 from keras_adapters import adapter_io
 from keras_adapters import composition
@@ -72,8 +74,9 @@ class BestAdapterCheckpoint(keras.callbacks.Callback):
         if value is None or not _finite(value, logs.get("loss", 0.0)) or not self._weights_finite():
             return  # a diverged epoch never becomes the best adapter
         if self.better(value, self.best):
+            with _disk_errors(f"the best adapter of epoch {epoch + 1} in {self.directory}", epoch):
+                self.model.save_adapter(self.directory)
             self.best, self.best_epoch = float(value), epoch + 1
-            self.model.save_adapter(self.directory)
 
     def _weights_finite(self):
         return all(np.isfinite(w.numpy()).all() for w in self.model.trainable_weights)
@@ -135,15 +138,13 @@ class RunBackup(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(float(value))
-        self.directory.mkdir(parents=True, exist_ok=True)
         tmp = self.directory / f".tmp-epoch-{epoch + 1}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        self.model.save_weights(str(tmp / self.WEIGHTS))
-        if self.best is not None and os.path.isdir(self.best.directory):
-            shutil.copytree(self.best.directory, tmp / self.BEST)
-        state = {"epoch": epoch + 1, "history": self.history, "best": self.best.state() if self.best else None}
-        runs.write_json(tmp / self.STATE, state)
+        with _disk_errors(f"the training state of epoch {epoch + 1} in {self.directory}", epoch):
+            try:
+                self._write_state(tmp, epoch)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
         done = self.directory / f"epoch-{epoch + 1}"
         shutil.rmtree(done, ignore_errors=True)
         os.replace(tmp, done)
@@ -153,6 +154,16 @@ class RunBackup(keras.callbacks.Callback):
                 shutil.rmtree(other, ignore_errors=True)
         if self.on_epoch:
             self.on_epoch(self.history)
+
+    def _write_state(self, tmp, epoch):
+        self.directory.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        (tmp / self.WEIGHTS).write_bytes(_weights_bytes(self.model))
+        if self.best is not None and os.path.isdir(self.best.directory):
+            shutil.copytree(self.best.directory, tmp / self.BEST)
+        state = {"epoch": epoch + 1, "history": self.history, "best": self.best.state() if self.best else None}
+        runs.write_json(tmp / self.STATE, state)
 
     def _agreed_state(self):
         """The newest state, or under multi-worker the newest every worker holds.
@@ -181,6 +192,37 @@ class RunBackup(keras.callbacks.Callback):
         if not self.directory.is_dir():
             return {}
         return {int(p.name[6:]): p for p in self.directory.glob("epoch-*") if p.name[6:].isdigit()}
+
+
+def _weights_bytes(model):
+    """`model.save_weights`' `.weights.h5` content, built in memory.
+
+    Written straight to disk, HDF5 meets a full disk half-way through and
+    the process then crashes (SIGSEGV) when h5py cleans up; in memory, the
+    bytes are written by Python, which raises an `OSError`.
+    """
+    buffer = io.BytesIO()
+    store = saving_lib.H5IOStore(buffer, mode="w")
+    saving_lib._save_state(model, weights_store=store, assets_store=None, inner_path="", visited_saveables=set())
+    store.close()
+    return buffer.getvalue()
+
+
+class RunNotSaved(OSError):
+    """Part of a run could not be written (a full disk, say); what was
+    saved before is kept and the same command resumes from it."""
+
+
+@contextlib.contextmanager
+def _disk_errors(what, epoch):
+    try:
+        yield
+    except OSError as e:
+        kept = f"the state of epoch {epoch} is kept" if epoch else "no earlier epoch was saved"
+        raise RunNotSaved(
+            f"Could not write {what}: {e.strerror or e} (is the disk full?); {kept}. Free some space and "
+            "run the same command again to resume."
+        ) from None
 
 
 class BackupUnreadable(ValueError):
@@ -241,6 +283,21 @@ def run_lock(output):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _run_folder(output):
+    """Make the run folder; if this call made it and fails before writing
+    anything into it (a data error, say), remove it again rather than leave
+    a folder holding only `.lock`."""
+    created = not output.exists()
+    output.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        if created and set(os.listdir(output)) <= {".lock"}:
+            shutil.rmtree(output, ignore_errors=True)
+        raise
 
 
 class RunInUse(ValueError):
@@ -391,8 +448,7 @@ def train_classifier(
     run_output = Path(output)
     # Workers other than the chief keep their own copy (what they resume from) beside its run.
     output = run_output if is_chief else run_output / f".worker-{worker}"
-    output.mkdir(parents=True, exist_ok=True)
-    with run_lock(output):
+    with _run_folder(output), run_lock(output):
         if validation_split and not str(data).startswith("tfds:"):
             validation_split = _usable_validation_split(data, validation_split, task, data_options)
         precision = precision_lib.resolve_precision(precision, task)
@@ -438,6 +494,11 @@ def train_classifier(
             cache_frozen_layers=cache_frozen_layers, task=task,
         )
         _check_same_settings(output, record, overwrite)
+        finished = _finished_summary(run_output)
+        if finished is not None and overwrite:
+            _discard(output)
+        elif finished is not None:  # the same command again: nothing to do, nothing lost
+            return runs.load_run(run_output), {**finished, "already_complete": True}
         runs.write_json(output / "train_config.json", record)
         runs.write_json(output / "class_names.json", train.class_names)
         fit_callbacks, timer, best, backup = _callbacks(
@@ -541,9 +602,23 @@ def _check_same_settings(output, record, overwrite):
             "resume it, pass --overwrite (Python: overwrite=True) to discard it and start over, "
             "or pass another --output."
         )
+    _discard(output)
+
+
+def _discard(output):
     for name in RUN_FILES:
         path = output / name
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def _finished_summary(output):
+    """The `train` summary of a run in `output` that completed without
+    diverging (metrics written, no backup left to resume from), else `None`."""
+    path = output / "metrics.json"
+    if (output / BACKUP_DIR).exists() or not (output / runs.ADAPTER_DIR).is_dir() or not path.is_file():
+        return None
+    summary = runs.read_json(path).get("train")
+    return summary if isinstance(summary, dict) and not summary.get("diverged") else None
 
 
 def build_fusion_model(
@@ -602,7 +677,7 @@ def _finish(model, output, timer, best, backup, num_examples, monitor):
         "best_epoch": best.best_epoch,
     }
     summary["diverged"] = diverged
-    runs.write_json(output / "metrics.json", {"train": summary})
+    runs.update_metrics_file(output, "train", summary)  # an evaluation recorded earlier stays
     shutil.rmtree(output / BACKUP_DIR, ignore_errors=True)
     if diverged:
         kept = (

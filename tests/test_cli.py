@@ -475,3 +475,57 @@ def test_train_into_a_log_prints_one_line_per_epoch(tiny_preset, tmp_path):
     assert "\r" not in result.stdout and "\x1b" not in result.stdout  # no progress bar in a pipe
     per_epoch = [line for line in result.stdout.splitlines() if " - loss: " in line]
     assert len(per_epoch) == 3 and all("val_accuracy: " in line for line in per_epoch), result.stdout
+
+
+def test_rerunning_a_finished_train_keeps_it(tiny_preset, tmp_path, capsys):
+    data = write_class_folders(tmp_path / "data", per_class=4)
+    run = tmp_path / "run"
+    assert _train(data, run, tiny_preset, "--method", "lora") == 0
+    assert cli.main(["evaluate", str(run), str(data), "--json"]) == 0
+    capsys.readouterr()
+    files = {name: (run / name).read_bytes() for name in ("metrics.json", "history.json")}
+    weights = (run / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert _train(data, run, tiny_preset, "--method", "lora") == 0
+    assert "already holds this run, complete (2 epochs" in capsys.readouterr().out
+    assert {name: (run / name).read_bytes() for name in files} == files  # evaluation kept, nothing retrained
+    assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == weights
+    assert _train(data, run, tiny_preset, "--method", "lora", "--overwrite") == 0
+    assert "evaluation" not in json.loads((run / "metrics.json").read_text())  # that adapter is gone
+
+
+def test_a_data_error_leaves_no_run_folder(tiny_preset, tmp_path, capsys):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"text_a": "a", "text_b": "b", "label": "x"}\n{"text_a": "a", "text_b": "b", "label": 1.5}\n')
+    run = tmp_path / "runs" / "pairs"
+    assert _train(data, run, tiny_preset) == 2
+    assert "pairs.jsonl:2: the 'label' field is 1.5" in capsys.readouterr().err
+    assert not run.exists()
+    run.mkdir(parents=True)
+    (run / "notes.txt").write_text("mine")  # a folder the user made is left as it was
+    assert _train(data, run, tiny_preset) == 2
+    assert sorted(os.listdir(run)) == [".lock", "notes.txt"]
+
+
+@pytest.mark.parametrize("limit_kb, what", [
+    pytest.param(8, "the best adapter of epoch 1", marks=pytest.mark.slow),  # 30 s each
+    (100, "the training state of epoch 1"),
+])
+def test_a_full_disk_stops_train_cleanly_and_the_rerun_resumes(tiny_preset, tmp_path, limit_kb, what):
+    import resource
+
+    data = write_class_folders(tmp_path / "data", per_class=4)
+    run = tmp_path / "run"
+    argv = ["train", data, "--output", run, "--preset", tiny_preset, "--method", "lora", "--epochs", "2",
+            "--batch-size", "4", "--sequence-length", "16", "--precision", "float32", "--quiet"]
+    limit = limit_kb * 1024  # each file may grow to this size: a disk that fills while writing
+    full = subprocess.run(
+        [sys.executable, "-m", "keras_adapters.cli", *map(str, argv)], capture_output=True, text=True, timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)),
+    )
+    assert full.returncode == 2, full.stderr  # not 1 (a traceback) nor -11 (h5py's crash)
+    assert f"Could not write {what}" in full.stderr and "is the disk full?" in full.stderr
+    assert "Traceback" not in full.stderr
+    again = _process(*argv)
+    assert again.returncode == 0, again.stderr
+    assert len(json.loads((run / "history.json").read_text())["loss"]) == 2
