@@ -391,7 +391,9 @@ def check_tokenizer(config, tokenizer, source):
         return
     diffs = sorted(k for k in set(recorded) | set(tokenizer) if recorded.get(k) != tokenizer.get(k))
     details = ", ".join(
-        f"{k}: adapter {recorded.get(k)!r} vs this model {tokenizer.get(k)!r}" for k in diffs if k != "vocabulary_sha256"
+        f"{k}: adapter {recorded.get(k)!r} vs this model {tokenizer.get(k)!r}"
+        for k in diffs
+        if k != "vocabulary_sha256"
     )
     if "vocabulary_sha256" in diffs:
         details = ", ".join(filter(None, [details, "another vocabulary"]))

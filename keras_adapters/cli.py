@@ -89,7 +89,8 @@ def _parser():
     train.add_argument("--fuse", default=None, metavar="RUN_A,RUN_B",
                        help="train an AdapterFusion over these finished runs' adapters instead")
     train.add_argument("--epochs", type=int, default=3)
-    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--batch-size", type=int, default=32,
+                       help="examples per step, the global batch (split over the replicas of --strategy)")
     train.add_argument("--sequence-length", type=int, default=128)
     train.add_argument("--learning-rate", type=float, default=None,
                        help="peak learning rate (default: the method's)")

@@ -87,6 +87,27 @@ def worker_role(strategy):
     return task_type == "chief" or (task_type == "worker" and index == 0 and not has_chief), index
 
 
+def global_batch(batch_size, strategy):
+    """`batch_size` as the global batch, the way `model.fit` reads it: each
+    of the N replicas takes `batch_size / N` examples a step, so the same
+    command takes the same optimizer steps on one worker or on N (a batch
+    per replica would multiply the global batch by N and divide the steps by
+    N: on BBC News, 2 workers then reached 0.70 test accuracy where one
+    reached 0.86).
+
+    Raises:
+        ValueError: `batch_size` does not split evenly over the replicas.
+    """
+    replicas = strategy.num_replicas_in_sync
+    if batch_size % replicas:
+        nearest = max(replicas, round(batch_size / replicas) * replicas)
+        raise ValueError(
+            f"--batch-size {batch_size} is the global batch, split evenly over the {replicas} replicas of this "
+            f"run; use a multiple of {replicas} (e.g. {nearest})."
+        )
+    return batch_size
+
+
 def smallest_on_workers(strategy, value, limit):
     """The smallest of the integers `value` in `[0, limit]` that the workers pass."""
     if not is_multi_worker(strategy):

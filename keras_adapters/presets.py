@@ -219,4 +219,5 @@ def tokenizer_config(tokenizer):
         return None
     vocabulary = "\n".join(tokenizer.get_vocabulary()).encode("utf-8")
     config = {k: getattr(tokenizer, k) for k in TOKENIZER_SETTINGS if hasattr(tokenizer, k)}
-    return {"class_name": type(tokenizer).__name__, **config, "vocabulary_sha256": hashlib.sha256(vocabulary).hexdigest()}
+    config["vocabulary_sha256"] = hashlib.sha256(vocabulary).hexdigest()
+    return {"class_name": type(tokenizer).__name__, **config}

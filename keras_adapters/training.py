@@ -455,7 +455,7 @@ def train_classifier(
         keras.utils.set_random_seed(seed)
         if fuse:
             preset = adapter_io.read_config(runs.adapter_dir(fuse[0]))["backbone"]["preset"]
-        global_batch = batch_size * strategy.num_replicas_in_sync
+        global_batch = distribute.global_batch(batch_size, strategy)
         train, validation = training_datasets(
             data,
             presets.load_preprocessor(preset, sequence_length),

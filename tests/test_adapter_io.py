@@ -295,7 +295,8 @@ def test_another_tokenizer_is_refused(trained, tmp_path):
         config = json.loads((preset / name).read_text())
         tokenizer(config)["config"]["lowercase"] = False
         (preset / name).write_text(json.dumps(config))
-    with pytest.raises(ka.AdapterFormatError, match=r"another tokenizer \(lowercase: adapter True vs this model False\)"):
+    message = r"another tokenizer \(lowercase: adapter True vs this model False\)"
+    with pytest.raises(ka.AdapterFormatError, match=message):
         ka.AdapterTextClassifier.from_adapter(trained[1], preset=str(preset))
 
 

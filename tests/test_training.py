@@ -180,15 +180,43 @@ def test_two_workers_train_one_run_as_one_worker_does(tiny_preset, tmp_path):
     _check_complete_run(run, data, tiny_preset, epochs)  # the chief's, and nothing left of worker 1
     config = json.loads((run / "train_config.json").read_text())
     assert (config["strategy"], config["num_replicas"]) == ("multi-worker", 2)
-    # One worker at the same global batch (2 workers x 4).
-    single = _train_args(data, tmp_path / "single", tiny_preset, epochs)
-    single[single.index("--batch-size") + 1] = "8"
-    assert cli_process(*single).returncode == 0
+    # The same command on one worker: --batch-size is the global batch (2 workers x 2 here).
+    assert cli_process(*_train_args(data, tmp_path / "single", tiny_preset, epochs)).returncode == 0
     history = {r: json.loads((tmp_path / r / "history.json").read_text()) for r in ("multi", "single")}
     multi, single = (max(history[r]["val_accuracy"]) for r in ("multi", "single"))
     # Learned (chance is 1/3) and as well as one worker, to one validation file (1/9).
     assert multi >= 0.5 and abs(multi - single) <= 0.12, history
-    np.testing.assert_allclose(history["multi"]["loss"], history["single"]["loss"], rtol=0.05)
+    np.testing.assert_allclose(history["multi"]["loss"], history["single"]["loss"], rtol=0.02)
+
+
+_TWO_CPU_REPLICAS = """
+import sys
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from keras_adapters import cli
+
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_the_same_command_trains_alike_on_one_and_two_replicas(tiny_preset, tmp_path):
+    data = write_class_folders(tmp_path / "data", per_class=12)
+    mirrored = _train_args(data, tmp_path / "two", tiny_preset) + ["--strategy", "mirrored"]
+    result = subprocess.run([sys.executable, "-c", _TWO_CPU_REPLICAS, *mirrored], capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr
+    assert cli_process(*_train_args(data, tmp_path / "one", tiny_preset)).returncode == 0
+    configs = {r: json.loads((tmp_path / r / "train_config.json").read_text()) for r in ("one", "two")}
+    assert [(c["batch_size"], c["num_replicas"]) for c in configs.values()] == [(4, 1), (4, 2)]
+    losses = {r: json.loads((tmp_path / r / "history.json").read_text())["loss"] for r in ("one", "two")}
+    np.testing.assert_allclose(losses["two"], losses["one"], rtol=0.02)  # the same steps and schedule
+    odd = _train_args(data, tmp_path / "odd", tiny_preset) + ["--strategy", "mirrored"]
+    odd[odd.index("--batch-size") + 1] = "5"
+    result = subprocess.run([sys.executable, "-c", _TWO_CPU_REPLICAS, *odd], capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 2 and "--batch-size 5 is the global batch" in result.stderr, result.stderr
 
 
 @pytest.mark.slow
