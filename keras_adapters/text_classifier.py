@@ -723,7 +723,22 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
     def predict(self, x=None, batch_size=None, **kwargs):
         if x is not None and not isinstance(x, (tf.data.Dataset, dict)):
             self._check_texts(x)
+        if isinstance(x, dict):
+            self._check_id_inputs(x)
         return super().predict(x, batch_size=batch_size, **kwargs)
+
+    def _check_id_inputs(self, x):
+        """Ids outside their range, refused before anything runs (the graph's
+        own assertion is dropped when XLA compiles it)."""
+        limits = {"token_ids": self.backbone.vocabulary_size}
+        if isinstance(self.active_adapters, composition.Route):
+            limits["adapter_id"] = len(self.active_adapters.children)
+        for key, count in limits.items():
+            if key in x and not isinstance(x[key], tf.data.Dataset):
+                values = np.asarray(x[key])
+                bad = values[(values < 0) | (values >= count)]
+                if bad.size:
+                    raise ValueError(f"{key} must be in [0, {count}); got {bad[:5].tolist()}.")
 
     def preprocess_samples(self, x, y=None, sample_weight=None):
         if isinstance(x, dict) and PREFIX_OUTPUT in x:  # already past the frozen layers

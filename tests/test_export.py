@@ -640,8 +640,10 @@ def test_ids_out_of_range_are_errors_not_another_adapters_answer(two_tasks, tmp_
     model.set_active_adapters(route)
     for bad in (-1, -2, 2):
         ids = np.array([0, bad], "int32")
-        with pytest.raises(tf.errors.InvalidArgumentError, match=r"adapter_id must be in \[0, 2\)"):
+        with pytest.raises(ValueError, match=r"adapter_id must be in \[0, 2\); got \[" + str(bad)):
             model.predict({**tokens, "adapter_id": ids}, verbose=0)
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"adapter_id must be in \[0, 2\)"):
+            model({**tokens, "adapter_id": ids})  # the graph's own check
         with pytest.raises(Exception):  # the interpreter's GATHER refuses the index
             export.run_tflite(runner, {**tokens, "adapter_id": ids})
     ids = np.array([1, 0], "int32")
@@ -662,7 +664,7 @@ def test_token_ids_out_of_range_are_errors(two_tasks, tmp_path):
         ids[1, 1] = bad
         bad_tokens = {**tokens, "token_ids": ids}
         message = rf"token_ids must be in \[0, {vocabulary}\)"
-        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        with pytest.raises(ValueError, match=message):
             model.predict(bad_tokens, verbose=0)
         with pytest.raises(tf.errors.InvalidArgumentError, match=message):
             served(**{k: tf.constant(v, tf.int32) for k, v in bad_tokens.items()})
