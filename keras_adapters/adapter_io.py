@@ -330,35 +330,24 @@ def _check_finite(tensors, weights_path):
         )
 
 
-def read_folder(directory, attempts=3):
+def read_folder(directory, attempts=10):
     """(config, tensors) of one save of `directory`.
 
     Another process may replace the folder while it is read (a training
     saving its best epoch): the config then names other weights than the
-    file holds, or the folder is briefly away, and the read starts again.
-    A folder that stays the same and fails is reported at once.
+    file holds, or the folder is briefly away. So a failed read starts again
+    (a damaged folder is reported after about half a second of retries;
+    comparing checksums cannot tell a replaced folder from a damaged one
+    when a save writes back earlier weights).
     """
     for attempt in range(attempts):
-        last = attempt == attempts - 1
         try:
             config = read_config(directory)
-        except (AdapterFormatError, OSError):
-            if last:
-                raise
-            time.sleep(0.05)  # a save's two renames take microseconds
-            continue
-        try:
             return config, read_weights(directory, config)
         except (AdapterFormatError, OSError):
-            if last or not _replaced_since(directory, config):
+            if attempt == attempts - 1:
                 raise
-
-
-def _replaced_since(directory, config):
-    try:
-        return read_config(directory)["weights"].get("sha256") != config["weights"].get("sha256")
-    except (AdapterFormatError, OSError):
-        return True
+            time.sleep(0.01 * (attempt + 1))  # a save's two renames take microseconds
 
 
 def check_backbone(config, architecture, fingerprint, source):

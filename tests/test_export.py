@@ -451,9 +451,9 @@ def test_a_failed_export_leaves_no_version_behind(houlsby_export, tmp_path, monk
         ka.export_saved_model(model, str(tmp_path / "m"))
     assert os.listdir(tmp_path / "m") == []  # neither 1/ nor a temporary folder
     monkeypatch.setattr(tf.saved_model, "save", real_save)
-    (tmp_path / "m" / ".tmp-1-stale").mkdir()  # what a kill -9 leaves: ignored
+    (tmp_path / "m" / ".tmp-1-stale").mkdir()  # what a kill -9 of an older release leaves: removed
     out = ka.export_saved_model(model, str(tmp_path / "m"))
-    assert sorted(os.listdir(tmp_path / "m")) == [".tmp-1-stale", "1"]
+    assert sorted(os.listdir(tmp_path / "m")) == ["1"]
     assert os.path.isfile(os.path.join(out, "saved_model.pb"))
 
 
