@@ -217,6 +217,7 @@ def test_predict_keeps_blank_lines_in_step_with_the_input(run_dir):
     assert len(lines) == 3 and lines[1].endswith("\t")  # the blank line's answer, text empty
 
 
+@pytest.mark.slow  # the default suite must stay near 15 min; CI runs it
 def test_a_second_train_on_a_run_in_use_is_refused_and_a_dead_holder_blocks_nothing(tiny_preset, tmp_path):
     data = write_class_folders(tmp_path / "data", per_class=3)
     run = tmp_path / "run"
@@ -242,6 +243,7 @@ def test_a_second_train_on_a_run_in_use_is_refused_and_a_dead_holder_blocks_noth
         holder.kill()
 
 
+@pytest.mark.slow  # the default suite must stay near 15 min; CI runs it
 def test_ctrl_c_stops_train_with_how_to_resume(tiny_preset, tmp_path):
     data = write_class_folders(tmp_path / "data", per_class=6)
     run = tmp_path / "run"
@@ -383,6 +385,7 @@ def test_predict_finds_entities_with_character_offsets(token_run, capsys):
     assert [(e["type"], e["text"]) for e in expected] == [("PER", "minister"), ("ORG", "bank")]
 
 
+@pytest.mark.slow  # the default suite must stay near 15 min; CI runs it
 def test_squad_files_train_evaluate_predict_and_export(qa_run, capsys, tmp_path):
     from keras_adapters import runs
 
@@ -466,6 +469,7 @@ def test_evaluate_prints_its_results_when_the_run_folder_is_read_only(run_dir, c
     assert f"were not saved in {run} (Read-only file system)" in captured.err
 
 
+@pytest.mark.slow  # the default suite must stay near 15 min; CI runs it
 def test_train_into_a_log_prints_one_line_per_epoch(tiny_preset, tmp_path):
     data = write_class_folders(tmp_path / "data", per_class=6)
     result = _process(
@@ -478,6 +482,7 @@ def test_train_into_a_log_prints_one_line_per_epoch(tiny_preset, tmp_path):
     assert len(per_epoch) == 3 and all("val_accuracy: " in line for line in per_epoch), result.stdout
 
 
+@pytest.mark.slow  # the default suite must stay near 15 min; CI runs it
 def test_rerunning_a_finished_train_keeps_it(tiny_preset, tmp_path, capsys):
     data = write_class_folders(tmp_path / "data", per_class=4)
     run = tmp_path / "run"
@@ -508,8 +513,8 @@ def test_a_data_error_leaves_no_run_folder(tiny_preset, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("limit_kb, what", [
-    pytest.param(8, "the best adapter of epoch 1", marks=pytest.mark.slow),  # 30 s each
-    (100, "the training state of epoch 1"),
+    pytest.param(8, "the best adapter of epoch 1", marks=pytest.mark.slow),  # 30-40 s each
+    pytest.param(100, "the training state of epoch 1", marks=pytest.mark.slow),
 ])
 def test_a_full_disk_stops_train_cleanly_and_the_rerun_resumes(tiny_preset, tmp_path, limit_kb, what):
     import resource

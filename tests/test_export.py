@@ -695,6 +695,7 @@ export.export_tflite(ka.AdapterTextClassifier.from_adapter(adapter), out)
 """
 
 
+@pytest.mark.slow  # 25 s each; the default suite must stay near 15 min
 @pytest.mark.parametrize("mode", ["killed", "disk-full"])
 def test_a_failed_tflite_export_keeps_the_previous_model(tiny_preset, tmp_path, mode):
     old = _trained(tiny_preset, "houlsby")

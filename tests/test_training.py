@@ -201,6 +201,7 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow  # the default suite must stay near 15 min; CI runs it
 def test_the_same_command_trains_alike_on_one_and_two_replicas(tiny_preset, tmp_path):
     data = write_class_folders(tmp_path / "data", per_class=12)
     mirrored = _train_args(data, tmp_path / "two", tiny_preset) + ["--strategy", "mirrored"]
