@@ -186,7 +186,8 @@ def test_two_workers_train_one_run_as_one_worker_does(tiny_preset, tmp_path):
     multi, single = (max(history[r]["val_accuracy"]) for r in ("multi", "single"))
     # Learned (chance is 1/3) and as well as one worker, to one validation file (1/9).
     assert multi >= 0.5 and abs(multi - single) <= 0.12, history
-    np.testing.assert_allclose(history["multi"]["loss"], history["single"]["loss"], rtol=0.02)
+    # Within 5%: dropout is drawn per worker (the two-replica test in the fast suite holds 2%).
+    np.testing.assert_allclose(history["multi"]["loss"], history["single"]["loss"], rtol=0.05)
 
 
 _TWO_CPU_REPLICAS = """
