@@ -24,7 +24,7 @@ from common import git_revision  # noqa: E402
 from common import machine_description  # noqa: E402
 
 import keras_adapters as ka  # noqa: E402
-from keras_adapters.evaluation import evaluate_run  # noqa: E402
+from keras_adapters.runs.evaluation import evaluate_run  # noqa: E402
 from keras_adapters.methods.registry import config_from_options  # noqa: E402
 
 

@@ -29,9 +29,9 @@ from common import git_revision  # noqa: E402
 from common import machine_description  # noqa: E402
 from common import median  # noqa: E402
 
-from keras_adapters import export  # noqa: E402
-from keras_adapters.data import scan_directory  # noqa: E402
-from keras_adapters.serving_graph import PRECISIONS  # noqa: E402
+from keras_adapters.serving import export  # noqa: E402
+from keras_adapters.io.text_data import scan_directory  # noqa: E402
+from keras_adapters.serving.graph import PRECISIONS  # noqa: E402
 
 
 def documents(test_dir):

@@ -26,8 +26,8 @@ from common import machine_description  # noqa: E402
 from common import median  # noqa: E402
 
 import keras_adapters as ka  # noqa: E402
-from keras_adapters import presets  # noqa: E402
-from keras_adapters.precision import default_precision  # noqa: E402
+from keras_adapters.io import presets  # noqa: E402
+from keras_adapters.core.precision import default_precision  # noqa: E402
 
 
 def bbc_folder():

@@ -12,7 +12,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "examples"))
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 from bbc_news_demo import bbc_news_folder
-from keras_adapters.data import split_directory
+from keras_adapters.io.text_data import split_directory
 
 root = os.environ.get("KA_WORKDIR") or __import__("tempfile").mkdtemp(prefix="ka-multi-worker-")
 if not os.path.isdir(f"{root}/train200"):

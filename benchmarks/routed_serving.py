@@ -58,7 +58,7 @@ def _model(methods):
     import keras
 
     import keras_adapters as ka
-    from keras_adapters.injection import adapter_weights
+    from keras_adapters.core.injection import adapter_weights
 
     keras.utils.set_random_seed(0)
     model = ka.AdapterTextClassifier.from_preset("default", method=None, sequence_length=LENGTH)

@@ -27,8 +27,8 @@ from common import machine_description  # noqa: E402
 from common import median  # noqa: E402
 
 import keras_adapters as ka  # noqa: E402
-from keras_adapters import export  # noqa: E402
-from keras_adapters.injection import adapter_weights  # noqa: E402
+from keras_adapters.serving import export  # noqa: E402
+from keras_adapters.core.injection import adapter_weights  # noqa: E402
 
 
 def folder_bytes(path):

@@ -29,7 +29,7 @@ from bigbench_data import squad_split  # noqa: E402
 from common import Timer  # noqa: E402
 from common import git_revision  # noqa: E402
 from common import machine_description  # noqa: E402
-from keras_adapters.evaluation import evaluate_run  # noqa: E402
+from keras_adapters.runs.evaluation import evaluate_run  # noqa: E402
 
 
 def train_and_evaluate(train_file, test_file, run, method, name, **options):

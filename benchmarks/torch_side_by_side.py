@@ -114,7 +114,7 @@ def keras_worker(what, target, batch, steps):
         def step():
             model.train_on_batch(x, labels)
     elif what == "tflite":
-        from keras_adapters.export import tflite_signature_runner
+        from keras_adapters.serving.export import tflite_signature_runner
 
         runner = tflite_signature_runner(target)
         x = {"token_ids": ids, "segment_ids": np.zeros_like(ids), "padding_mask": np.ones_like(ids)}
@@ -138,9 +138,9 @@ def export_models(folder):
     import numpy as np
 
     import keras_adapters as ka
-    from keras_adapters import export
-    from keras_adapters import serving_graph
-    from keras_adapters.injection import adapter_weights
+    from keras_adapters.serving import export
+    from keras_adapters.serving import graph as serving_graph
+    from keras_adapters.core.injection import adapter_weights
 
     model = ka.AdapterTextClassifier.from_preset(
         ka.default_preset(), num_classes=CLASSES, method="houlsby", sequence_length=LENGTH

@@ -4,7 +4,7 @@ Full fine-tuning, Houlsby and LoRA on MiniLM with the recipe the CLI uses
 (`train_classifier`: AdamW, warm-up/decay, the method's learning rate unless
 given, default precision, best epoch by validation token accuracy), on the
 seeded 80/20 sentence split of `examples/wnut16_data.py`; test scores are
-entity-level (seqeval's definition, `keras_adapters.entity_metrics`).
+entity-level (seqeval's definition, `keras_adapters.tasks.token_classification.metrics`).
 
     .venv/bin/python benchmarks/wnut16_methods.py --methods full,houlsby,lora --epochs 5
 """
@@ -27,7 +27,7 @@ from common import machine_description  # noqa: E402
 from wnut16_data import wnut16_split  # noqa: E402
 
 import keras_adapters as ka  # noqa: E402
-from keras_adapters.evaluation import evaluate_run  # noqa: E402
+from keras_adapters.runs.evaluation import evaluate_run  # noqa: E402
 
 
 def train_and_evaluate(files, run, spec, **options):

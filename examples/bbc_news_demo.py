@@ -35,7 +35,7 @@ def main():
     args = parser.parse_args()
 
     from keras_adapters import cli
-    from keras_adapters.data import split_directory
+    from keras_adapters.io.text_data import split_directory
 
     split_dir = os.path.join(args.workdir, "data")
     if os.path.isdir(split_dir):

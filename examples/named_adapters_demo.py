@@ -106,7 +106,7 @@ def main():
     args = parser.parse_args()
 
     from keras_adapters import cli
-    from keras_adapters.data import split_directory
+    from keras_adapters.io.text_data import split_directory
 
     work = Path(args.workdir)
     data = {}
@@ -167,7 +167,7 @@ def parallel_check(run_dirs, data):
     import numpy as np
 
     import keras_adapters as ka
-    from keras_adapters.runs import load_runs
+    from keras_adapters.runs.folder import load_runs
 
     model, names = load_runs(run_dirs)
     texts = []

@@ -39,9 +39,9 @@ def main():
     import tensorflow as tf
 
     from keras_adapters import cli
-    from keras_adapters import evaluation
-    from keras_adapters import qa_data
-    from keras_adapters import runs
+    from keras_adapters.runs import evaluation
+    from keras_adapters.tasks.question_answering import data as qa_data
+    from keras_adapters.runs import folder as runs
 
     files = squad_split(train_size=args.train_size, test_size=600)
     run = os.path.join(args.workdir, f"run-{args.method}")

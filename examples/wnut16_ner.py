@@ -38,8 +38,8 @@ def main():
     import tensorflow as tf
 
     from keras_adapters import cli
-    from keras_adapters import evaluation
-    from keras_adapters import runs
+    from keras_adapters.runs import evaluation
+    from keras_adapters.runs import folder as runs
 
     files = wnut16_split()
     run = os.path.join(args.workdir, f"run-{args.method}")

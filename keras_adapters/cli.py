@@ -5,21 +5,21 @@ import json
 import os
 import sys
 
-from keras_adapters import evaluation  # noqa: E402
-from keras_adapters import export  # noqa: E402
-from keras_adapters import precision  # noqa: E402
-from keras_adapters import runs  # noqa: E402
-from keras_adapters import serving_graph  # noqa: E402
+from keras_adapters.runs import evaluation  # noqa: E402
+from keras_adapters.serving import export  # noqa: E402
+from keras_adapters.core import precision  # noqa: E402
+from keras_adapters.runs import folder as runs  # noqa: E402
+from keras_adapters.serving import graph as serving_graph  # noqa: E402
 from keras_adapters import tasks  # noqa: E402
-from keras_adapters.adapter_io import AdapterFormatError  # noqa: E402
-from keras_adapters.data import DatasetError  # noqa: E402
-from keras_adapters.distribute import STRATEGIES  # noqa: E402
+from keras_adapters.io.adapter_folder import AdapterFormatError  # noqa: E402
+from keras_adapters.io.text_data import DatasetError  # noqa: E402
+from keras_adapters.runs.distribute import STRATEGIES  # noqa: E402
 from keras_adapters.methods.registry import available_methods  # noqa: E402
 from keras_adapters.methods.registry import config_from_options  # noqa: E402
-from keras_adapters.pair_data import read_pairs  # noqa: E402
-from keras_adapters.presets import PresetNotFoundError  # noqa: E402
-from keras_adapters.qa_data import read_squad  # noqa: E402
-from keras_adapters.training import train_classifier  # noqa: E402
+from keras_adapters.tasks.pair_classification import read_pairs  # noqa: E402
+from keras_adapters.io.presets import PresetNotFoundError  # noqa: E402
+from keras_adapters.tasks.question_answering.data import read_squad  # noqa: E402
+from keras_adapters.runs.training import train_classifier  # noqa: E402
 
 DESCRIPTION = """Fine-tune adapters on a pretrained BERT and use them.
 

@@ -77,7 +77,7 @@ def token_batch(batch=3, length=10, seed=1, vocabulary_size=len(VOCAB)):
 
 def randomize_adapter_weights(backbone, seed=3, scale=0.1):
     """Move adapter weights away from their identity initialisation."""
-    from keras_adapters.injection import adapter_weights
+    from keras_adapters.core.injection import adapter_weights
 
     rng = np.random.default_rng(seed)
     for w in adapter_weights(backbone):

@@ -10,7 +10,7 @@ from conftest import LABELS
 from conftest import TEXTS
 
 import keras_adapters as ka
-from keras_adapters import adapter_io
+from keras_adapters.io import adapter_folder as adapter_io
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +244,7 @@ def test_saved_files_are_readable_by_a_serving_account(trained):
 _SAVE_REPEATEDLY = """
 import sys
 import numpy as np
-from keras_adapters import adapter_io
+from keras_adapters.io import adapter_folder as adapter_io
 
 folder, rounds = sys.argv[1], int(sys.argv[2])
 config = {"name": "x", "method": {"method": "lora"}, "backbone": {"preset": "p"}, "task": {}}

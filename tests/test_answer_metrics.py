@@ -2,10 +2,10 @@
 
 import pytest
 
-from keras_adapters.answer_metrics import exact_match
-from keras_adapters.answer_metrics import f1
-from keras_adapters.answer_metrics import normalize_answer
-from keras_adapters.answer_metrics import squad_scores
+from keras_adapters.tasks.question_answering.metrics import exact_match
+from keras_adapters.tasks.question_answering.metrics import f1
+from keras_adapters.tasks.question_answering.metrics import normalize_answer
+from keras_adapters.tasks.question_answering.metrics import squad_scores
 
 
 def test_normalisation_drops_case_punctuation_and_articles():

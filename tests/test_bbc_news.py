@@ -14,8 +14,8 @@ import tensorflow as tf
 
 import keras_adapters as ka
 from keras_adapters import cli
-from keras_adapters import export
-from keras_adapters.data import scan_directory
+from keras_adapters.serving import export
+from keras_adapters.io.text_data import scan_directory
 
 pytestmark = pytest.mark.slow
 

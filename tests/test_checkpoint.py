@@ -6,8 +6,8 @@ import pytest
 from bert_reference import NumpyBert
 
 import keras_adapters as ka
-from keras_adapters import presets
-from keras_adapters import injection as injection_lib
+from keras_adapters.io import presets
+from keras_adapters.core import injection as injection_lib
 from keras_adapters.methods.registry import METHODS
 
 SENTENCES = [

@@ -223,7 +223,7 @@ def test_a_second_train_on_a_run_in_use_is_refused_and_a_dead_holder_blocks_noth
     run = tmp_path / "run"
     run.mkdir()
     hold = (
-        "import sys, time; from keras_adapters.training import run_lock\n"
+        "import sys, time; from keras_adapters.runs.training import run_lock\n"
         "with run_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(600)\n"
     )
     holder = subprocess.Popen([sys.executable, "-c", hold, str(run)], stdout=subprocess.PIPE, text=True)
@@ -305,7 +305,7 @@ def test_predict_pairs_from_arguments_and_files(pair_run, capsys, tmp_path):
     assert cli.main(["predict", str(run), "the vote", "a team goal", "--file", str(pairs), "--json"]) == 0
     results = json.loads(capsys.readouterr().out)
     assert [(r["text_a"], r["text_b"]) for r in results] == [("the vote", "a team goal"), ("the cup", "a bank profit")]
-    from keras_adapters import runs
+    from keras_adapters.runs import folder as runs
 
     model = runs.load_run(run)
     expected = model.predict((["the vote", "the cup"], ["a team goal", "a bank profit"]), verbose=0)
@@ -343,7 +343,7 @@ def test_export_a_pair_run(pair_run, capsys, tmp_path):
     import numpy as np
     import tensorflow as tf
 
-    from keras_adapters import runs
+    from keras_adapters.runs import folder as runs
 
     run, _ = pair_run
     assert cli.main(["export", str(run), "--format", "saved_model", "--output", str(tmp_path / "sm")]) == 0
@@ -372,7 +372,7 @@ def test_conll_files_train_and_evaluate_with_entity_scores(token_run, capsys):
 
 
 def test_predict_finds_entities_with_character_offsets(token_run, capsys):
-    from keras_adapters import runs
+    from keras_adapters.runs import folder as runs
 
     run, _ = token_run
     text = "the minister fell, the bank rose"
@@ -387,7 +387,7 @@ def test_predict_finds_entities_with_character_offsets(token_run, capsys):
 
 @pytest.mark.slow  # the default suite must stay near 15 min; CI runs it
 def test_squad_files_train_evaluate_predict_and_export(qa_run, capsys, tmp_path):
-    from keras_adapters import runs
+    from keras_adapters.runs import folder as runs
 
     run, data, test = qa_run
     assert json.loads((run / "train_config.json").read_text())["task"] == "question_answering"
@@ -455,7 +455,7 @@ def test_a_tflite_length_beyond_the_backbone_exits_2(run_dir, capsys, tmp_path):
 
 
 def test_evaluate_prints_its_results_when_the_run_folder_is_read_only(run_dir, capsys, monkeypatch):
-    from keras_adapters import runs
+    from keras_adapters.runs import folder as runs
 
     run, data = run_dir
 

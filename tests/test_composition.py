@@ -3,7 +3,7 @@
 import pytest
 
 import keras_adapters as ka
-from keras_adapters import composition
+from keras_adapters.core import composition
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from conftest import dataset_ops
 from conftest import write_class_folders
 
 import keras_adapters as ka
-from keras_adapters import data as data_lib
+from keras_adapters.io import text_data as data_lib
 
 WORD_CLASS = {w: c for c, ws in CLASS_WORDS.items() for w in ws}
 

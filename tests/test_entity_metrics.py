@@ -2,8 +2,8 @@
 
 import pytest
 
-from keras_adapters.entity_metrics import entities
-from keras_adapters.entity_metrics import entity_report
+from keras_adapters.tasks.token_classification.metrics import entities
+from keras_adapters.tasks.token_classification.metrics import entity_report
 
 
 @pytest.mark.parametrize(

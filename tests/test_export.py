@@ -14,7 +14,7 @@ from conftest import TEXTS
 from conftest import randomize_adapter_weights
 
 import keras_adapters as ka
-from keras_adapters import export
+from keras_adapters.serving import export
 
 CLIENT = os.path.join(os.path.dirname(__file__), "serving_client.py")
 RANDOM_BYTES = np.random.default_rng(11).bytes(4096)  # NULs, invalid UTF-8, control bytes
@@ -532,7 +532,7 @@ def test_pair_tflite_matches_keras(tiny_preset, tmp_path):
 # ------------------------------------------------------------- token tags
 @pytest.fixture(scope="module")
 def tagger(token_run):
-    from keras_adapters import runs
+    from keras_adapters.runs import folder as runs
 
     return runs.load_run(token_run[0])
 
@@ -571,7 +571,7 @@ def test_token_tflite_gives_tag_probabilities(tagger, tmp_path):
 # ------------------------------------------------------ question answering
 @pytest.fixture(scope="module")
 def answerer(qa_run):
-    from keras_adapters import runs
+    from keras_adapters.runs import folder as runs
 
     return runs.load_run(qa_run[0])
 
@@ -601,7 +601,7 @@ def test_question_answering_saved_model_answers_like_keras(answerer, tmp_path):
 
 
 def test_question_answering_tflite_gives_start_and_end_probabilities(answerer, tmp_path):
-    from keras_adapters import qa_data
+    from keras_adapters.tasks.question_answering import data as qa_data
 
     path = ka.export_tflite(answerer, str(tmp_path / "lite"))
     examples = [{"question": "the news", "context": "the team won the great award", "answers": []}]
@@ -675,7 +675,7 @@ def test_token_ids_out_of_range_are_errors(two_tasks, tmp_path):
 _FAILING_TFLITE_WRITE = """
 import resource, signal, sys
 import keras_adapters as ka
-from keras_adapters import export
+from keras_adapters.serving import export
 
 adapter, out, mode = sys.argv[1:]
 convert = export._convert

@@ -9,8 +9,8 @@ from conftest import randomize_adapter_weights
 from conftest import token_batch
 
 import keras_adapters as ka
-from keras_adapters import fusion
-from keras_adapters import injection
+from keras_adapters.core import fusion
+from keras_adapters.core import injection
 
 
 def _fused(preset):

@@ -8,10 +8,10 @@ from conftest import tiny_backbone
 from conftest import token_batch
 
 import keras_adapters as ka
-from keras_adapters import injection
-from keras_adapters.injection import SITES
-from keras_adapters.injection import AdapterSite
-from keras_adapters.injection import adapter_weights
+from keras_adapters.core import injection
+from keras_adapters.core.injection import SITES
+from keras_adapters.core.injection import AdapterSite
+from keras_adapters.core.injection import adapter_weights
 from keras_adapters.methods.registry import METHODS
 
 EXPECTED_SITES = {

@@ -6,8 +6,8 @@ from conftest import TEXTS
 from conftest import token_batch
 
 import keras_adapters as ka
-from keras_adapters import injection
-from keras_adapters.merging import COMBINATIONS
+from keras_adapters.core import injection
+from keras_adapters.core.merging import COMBINATIONS
 
 
 QV = ("query", "value")  # two sites keep the float32 error of these large random updates near 1e-6

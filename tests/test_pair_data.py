@@ -11,7 +11,7 @@ from conftest import topic_pairs
 from conftest import write_pair_file
 
 import keras_adapters as ka
-from keras_adapters import pair_data
+from keras_adapters.tasks import pair_classification as pair_data
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".tsv"])

@@ -3,7 +3,7 @@
 import pytest
 
 import keras_adapters as ka
-from keras_adapters import precision
+from keras_adapters.core import precision
 
 
 def test_default_precision_follows_the_hardware(monkeypatch):

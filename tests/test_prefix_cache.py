@@ -10,10 +10,10 @@ from conftest import LABELS
 from conftest import randomize_adapter_weights
 
 import keras_adapters as ka
-from keras_adapters import injection
-from keras_adapters import runs
-from keras_adapters.prefix_cache import PREFIX_DEPTH
-from keras_adapters.prefix_cache import PREFIX_OUTPUT
+from keras_adapters.core import injection
+from keras_adapters.runs import folder as runs
+from keras_adapters.core.prefix_cache import PREFIX_DEPTH
+from keras_adapters.core.prefix_cache import PREFIX_OUTPUT
 
 TOP = "transformer_layer_1"  # the second (top) of tiny_backbone's 2 layers
 

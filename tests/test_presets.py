@@ -4,7 +4,7 @@ import os
 import pytest
 
 import keras_adapters as ka
-from keras_adapters import presets
+from keras_adapters.io import presets
 
 
 def test_default_preset_is_the_packaged_huggingface_folder():

@@ -1,4 +1,4 @@
-"""SQuAD files, question windows, labels and answer spans (`keras_adapters.qa_data`)."""
+"""SQuAD files, question windows, labels and answer spans (`keras_adapters.tasks.question_answering.data`)."""
 
 import json
 import re
@@ -11,7 +11,7 @@ from conftest import squad_records
 from conftest import write_squad
 
 import keras_adapters as ka
-from keras_adapters import qa_data
+from keras_adapters.tasks.question_answering import data as qa_data
 
 CONTEXT = "the team won the cup . great award for the film star today"
 

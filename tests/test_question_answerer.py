@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import keras_adapters as ka
-from keras_adapters import evaluation
-from keras_adapters import qa_data
-from keras_adapters import runs
+from keras_adapters.runs import evaluation
+from keras_adapters.tasks.question_answering import data as qa_data
+from keras_adapters.runs import folder as runs
 
 
 @pytest.fixture(scope="module")

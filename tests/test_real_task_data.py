@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import keras_adapters as ka
-from keras_adapters import pair_data
+from keras_adapters.tasks import pair_classification as pair_data
 from keras_adapters import tasks
-from keras_adapters import token_data
+from keras_adapters.tasks.token_classification import data as token_data
 
 pytestmark = pytest.mark.slow
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
@@ -59,7 +59,7 @@ def test_squad_answers_lie_whole_in_a_labelled_window(minilm_preset):
     (256 tokens sharing 96), is what its labelled tokens' offsets cut out of
     the context: word-aligned answers exactly, the rest within whole words."""
     from bigbench_data import squad_split
-    from keras_adapters import qa_data
+    from keras_adapters.tasks.question_answering import data as qa_data
 
     files = squad_split(train_size=3000, test_size=600)
     assert tasks.detect_task(files["test"]) == tasks.QUESTION_ANSWERING

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from keras_adapters import recipe
-from keras_adapters.evaluation import classification_report
+from keras_adapters.core import recipe
+from keras_adapters.runs.evaluation import classification_report
 
 
 def test_warmup_linear_decay_shape():
@@ -35,7 +35,7 @@ def test_sparse_macro_f1_matches_numpy_reference():
 def test_token_metrics_count_labelled_tokens_only():
     import numpy as np
 
-    from keras_adapters import recipe
+    from keras_adapters.core import recipe
 
     y_true = np.array([[-1, 0, 2, -1, 1, -1], [-1, 0, 0, 2, -1, -1]])
     predicted = np.array([[1, 0, 2, 1, 0, 1], [2, 1, 0, 2, 2, 2]])  # values at -1 positions must not count

@@ -11,10 +11,10 @@ from conftest import randomize_adapter_weights
 from conftest import token_batch
 
 import keras_adapters as ka
-from keras_adapters import serving_graph
-from keras_adapters.export import _as_model_inputs
-from keras_adapters.export import _token_signature
-from keras_adapters.export import _trace
+from keras_adapters.serving import graph as serving_graph
+from keras_adapters.serving.export import _as_model_inputs
+from keras_adapters.serving.export import _token_signature
+from keras_adapters.serving.export import _trace
 
 LAYERS = 2  # tiny_backbone's
 

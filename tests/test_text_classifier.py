@@ -12,8 +12,8 @@ from conftest import VOCAB
 from conftest import randomize_adapter_weights
 
 import keras_adapters as ka
-from keras_adapters import injection
-from keras_adapters.injection import adapter_weights
+from keras_adapters.core import injection
+from keras_adapters.core.injection import adapter_weights
 
 
 def _model(preset, method="houlsby", **kwargs):

@@ -9,7 +9,7 @@ from conftest import ENTITY_WORDS
 from conftest import randomize_adapter_weights
 
 import keras_adapters as ka
-from keras_adapters import token_data
+from keras_adapters.tasks.token_classification import data as token_data
 
 TAGS = ["O", "B-EVENT", "B-LOC", "B-ORG", "B-PER"]
 
@@ -22,7 +22,7 @@ def _model(preset, method="houlsby", **kwargs):
 
 @pytest.fixture(scope="module")
 def trained(token_run):
-    from keras_adapters import runs
+    from keras_adapters.runs import folder as runs
 
     run, _ = token_run
     return runs.load_run(run), json.loads((run / "history.json").read_text())

@@ -6,7 +6,7 @@ import tensorflow as tf
 from conftest import VOCAB
 
 import keras_adapters as ka
-from keras_adapters import token_data
+from keras_adapters.tasks.token_classification import data as token_data
 
 CONLL = (
     "-DOCSTART- O\n\n"

@@ -378,7 +378,7 @@ def test_mixed_float16_end_to_end(tiny_preset, text_folder, tmp_path):
     computation with the same weights (float16 keeps ~3 significant digits)."""
     from conftest import TEXTS
 
-    from keras_adapters import export
+    from keras_adapters.serving import export
 
     model, summary = ka.train_classifier(
         text_folder, tmp_path / "r", preset=tiny_preset, method="lora", epochs=3, batch_size=4,

@@ -2,9 +2,9 @@
 
 A method never touches the backbone itself. Its config says *where* it acts
 (`sites`: named places inside a keras-hub `TransformerEncoder`, see
-`keras_adapters.injection.SITES`), *how* (`wrap`: a Keras layer that replaces
+`keras_adapters.core.injection.SITES`), *how* (`wrap`: a Keras layer that replaces
 the layer at that site and calls it), and which original weights stay
-trainable. `keras_adapters.injection.inject_adapters` does the rest, the same
+trainable. `keras_adapters.core.injection.inject_adapters` does the rest, the same
 way for every method.
 """
 
@@ -207,8 +207,8 @@ class WrappedLayer(UnitHooks, keras.layers.Layer):
     `base` is the original (frozen) layer at the site. The unit keeps a plain
     reference to it (not tracked: the site owns it), and says how it changes
     the site's computation through up to four hooks, which the site
-    (`keras_adapters.injection.AdapterSite`) calls in this order, so units of
-    several adapters compose (see `keras_adapters.composition.Stack`):
+    (`keras_adapters.core.injection.AdapterSite`) calls in this order, so units of
+    several adapters compose (see `keras_adapters.core.composition.Stack`):
 
     - `transform_input(x)`: the input of `base` ((IA)^3 on inputs);
     - `adjust_linear(x, y)`: `base`'s linear output, before its activation
@@ -221,7 +221,7 @@ class WrappedLayer(UnitHooks, keras.layers.Layer):
     Units that can be folded into `base` implement `merge()`, which updates
     `base`'s weights so that `base` alone computes what the unit computed.
 
-    For per-row routing (`keras_adapters.composition.Route`) a unit class
+    For per-row routing (`keras_adapters.core.composition.Route`) a unit class
     names a `RoutedUnits` subclass in `routed`: it stacks the units of
     several adapters at one site and applies, to each row, that row's unit.
     """

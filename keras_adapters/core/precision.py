@@ -6,7 +6,7 @@ Keras' convention is kept: a model follows the global dtype policy
 fast path is one word: `dtype="auto"` (Python) and `--precision auto` (the
 CLI's default) both resolve here, to `mixed_float16` on GPUs,
 `mixed_bfloat16` on CPUs with bf16 matrix instructions (`float32` for
-question answering) and `float32` elsewhere. (The served graph's precision is `keras_adapters.serving_graph`'s.)
+question answering) and `float32` elsewhere. (The served graph's precision is `keras_adapters.serving.graph`'s.)
 """
 
 import tensorflow as tf

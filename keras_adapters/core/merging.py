@@ -22,7 +22,7 @@ reproduces itself for every combination (at `density=1.0` for TIES/DARE).
 
 import numpy as np
 
-from keras_adapters.injection import units_of
+from keras_adapters.core.injection import units_of
 from keras_adapters.methods.lora import LoRAConfig
 
 COMBINATIONS = ("linear", "cat", "svd", "ties", "dare_linear", "dare_ties")

@@ -2,7 +2,7 @@
 
 import math
 
-from keras_adapters import injection
+from keras_adapters.core import injection
 
 
 def _count(weights):

@@ -10,13 +10,13 @@ import math
 import os
 from pathlib import Path
 
-from keras_adapters.adapter_io import atomic_write
-from keras_adapters.adapter_io import read_config
-from keras_adapters.adapter_io import task_type as adapter_task_type
+from keras_adapters.io.adapter_folder import atomic_write
+from keras_adapters.io.adapter_folder import read_config
+from keras_adapters.io.adapter_folder import task_type as adapter_task_type
 from keras_adapters import tasks
-from keras_adapters.question_answerer import AdapterQuestionAnswerer
-from keras_adapters.text_classifier import AdapterTextClassifier
-from keras_adapters.token_classifier import AdapterTokenClassifier
+from keras_adapters.models.question_answerer import AdapterQuestionAnswerer
+from keras_adapters.models.text_classifier import AdapterTextClassifier
+from keras_adapters.models.token_classifier import AdapterTokenClassifier
 
 ADAPTER_DIR = "adapter"
 

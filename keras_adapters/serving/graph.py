@@ -28,7 +28,7 @@ copy's outputs equal the model's up to rounding (checked in the tests).
 import keras
 import tensorflow as tf
 
-from keras_adapters import injection
+from keras_adapters.core import injection
 
 PRECISIONS = ("float32", "bfloat16", "float16")
 

@@ -5,8 +5,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_adapters import tasks
-from keras_adapters import token_data
-from keras_adapters.text_classifier import AdapterTextClassifier
+from keras_adapters.tasks.token_classification import data as token_data
+from keras_adapters.models.text_classifier import AdapterTextClassifier
 
 
 @keras.saving.register_keras_serializable(package="keras_adapters")

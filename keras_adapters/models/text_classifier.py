@@ -6,20 +6,20 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from keras_adapters import adapter_io
-from keras_adapters import composition
-from keras_adapters import heads as heads_lib
-from keras_adapters import injection
-from keras_adapters import precision
-from keras_adapters import presets
-from keras_adapters import recipe
+from keras_adapters.io import adapter_folder as adapter_io
+from keras_adapters.core import composition
+from keras_adapters.tasks import heads as heads_lib
+from keras_adapters.core import injection
+from keras_adapters.core import precision
+from keras_adapters.io import presets
+from keras_adapters.core import recipe
 from keras_adapters import tasks
-from keras_adapters.fusion import FusionConfig
-from keras_adapters.heads import routed_probabilities
+from keras_adapters.core.fusion import FusionConfig
+from keras_adapters.tasks.heads import routed_probabilities
 from keras_adapters.methods.baselines import HeadOnlyConfig
 from keras_adapters.methods.registry import get_adapter_config
-from keras_adapters.prefix_cache import PREFIX_DEPTH
-from keras_adapters.prefix_cache import PREFIX_OUTPUT
+from keras_adapters.core.prefix_cache import PREFIX_DEPTH
+from keras_adapters.core.prefix_cache import PREFIX_OUTPUT
 
 TOKEN_INPUTS = ("token_ids", "segment_ids", "padding_mask")
 DEFAULT_NAME = "default"
@@ -172,7 +172,7 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
             dtype: optional dtype policy for the backbone (e.g.
                 `"mixed_bfloat16"`); defaults to Keras' global policy.
                 `"auto"`: the fastest safe policy on this machine, what
-                `keras-adapters train` uses (`keras_adapters.precision`).
+                `keras-adapters train` uses (`keras_adapters.core.precision`).
             load_weights: load the pretrained weights (`False`: random init).
             **kwargs: other `AdapterTextClassifier` arguments. `pooling`
                 defaults to the checkpoint's own (`"mean"` for
@@ -479,7 +479,7 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         return head(names)
 
     def _run_from_prefix(self, spec, inputs, training):
-        """The backbone from cached frozen-prefix outputs (`keras_adapters.prefix_cache`)."""
+        """The backbone from cached frozen-prefix outputs (`keras_adapters.core.prefix_cache`)."""
         if isinstance(spec, composition.Parallel):
             raise ValueError("Cached frozen-prefix inputs need one active adapter (or stack/fusion), not Parallel.")
         depth = injection.frozen_prefix_depth(self.backbone)
@@ -524,7 +524,7 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         """Write one adapter (or fusion) with its head to a small folder.
 
         The folder holds `adapter_config.json` and `adapter_model.safetensors`
-        (see `keras_adapters.adapter_io`); never a copy of the frozen
+        (see `keras_adapters.io.adapter_folder`); never a copy of the frozen
         backbone. A fusion's folder also holds its adapters' folders.
 
         Args:

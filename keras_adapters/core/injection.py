@@ -7,7 +7,7 @@ The first adapter that acts at a site replaces the layer there by an
 `AdapterSite`, which keeps the original layer and, per named adapter, that
 adapter's *unit* (see `keras_adapters.methods.base.WrappedLayer`). When
 called, the site runs the original layer with the units of the *active*
-adapters (a name or a composition block, `keras_adapters.composition`), so:
+adapters (a name or a composition block, `keras_adapters.core.composition`), so:
 
 - the encoder's own code, weights and functional graph stay untouched (no
   copy of keras-hub code to keep in sync; only the attribute names below are
@@ -30,9 +30,9 @@ import re
 import keras
 from keras import ops
 
-from keras_adapters import composition
-from keras_adapters.fusion import FusionConfig
-from keras_adapters.fusion import FusionLayer
+from keras_adapters.core import composition
+from keras_adapters.core.fusion import FusionConfig
+from keras_adapters.core.fusion import FusionLayer
 from keras_adapters.methods.base import Shared
 from keras_adapters.methods.base import UnitHooks
 from keras_adapters.methods.base import apply_linear
@@ -413,7 +413,7 @@ def frozen_prefix_depth(backbone):
     its sites, none of its own weights trains, and nothing before it does
     (embeddings, input-end units). With dropout off there, those layers'
     outputs depend on the tokens only, so they can be computed once per
-    example (`keras_adapters.prefix_cache`). 0 when there is nothing to skip.
+    example (`keras_adapters.core.prefix_cache`). 0 when there is nothing to skip.
     """
     state = get_state(backbone)
     if state is None or state.active is None or isinstance(state.active, composition.Route) or _input_units(state):

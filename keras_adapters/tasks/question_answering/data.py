@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from keras_adapters import data as data_lib
-from keras_adapters import token_data
+from keras_adapters.io import text_data as data_lib
+from keras_adapters.tasks.token_classification import data as token_data
 
 #: The longest answer (in tokens) a prediction may have, as Hugging Face's pipeline.
 MAX_ANSWER_LENGTH = 30

@@ -22,19 +22,19 @@ import keras
 import numpy as np
 from keras.src.saving import saving_lib
 
-from keras_adapters import adapter_io
-from keras_adapters import composition
-from keras_adapters import data as data_lib
-from keras_adapters import distribute
-from keras_adapters import pair_data
-from keras_adapters import precision as precision_lib
-from keras_adapters import prefix_cache
-from keras_adapters import qa_data
-from keras_adapters import presets
-from keras_adapters import recipe
-from keras_adapters import runs
+from keras_adapters.io import adapter_folder as adapter_io
+from keras_adapters.core import composition
+from keras_adapters.io import text_data as data_lib
+from keras_adapters.runs import distribute
+from keras_adapters.tasks import pair_classification as pair_data
+from keras_adapters.core import precision as precision_lib
+from keras_adapters.core import prefix_cache
+from keras_adapters.tasks.question_answering import data as qa_data
+from keras_adapters.io import presets
+from keras_adapters.core import recipe
+from keras_adapters.runs import folder as runs
 from keras_adapters import tasks
-from keras_adapters import token_data
+from keras_adapters.tasks.token_classification import data as token_data
 from keras_adapters.methods.registry import get_adapter_config
 from keras_adapters.version import __version__
 
@@ -407,9 +407,9 @@ def train_classifier(
     Args:
         data: a folder with one sub-folder per class, `tfds:NAME`, a
             `.jsonl` / `.csv` / `.tsv` file of text pairs
-            (`keras_adapters.pair_data`), a CoNLL file
-            (`keras_adapters.token_data`), or a SQuAD v1.1 JSON file
-            (`keras_adapters.qa_data`).
+            (`keras_adapters.tasks.pair_classification`), a CoNLL file
+            (`keras_adapters.tasks.token_classification.data`), or a SQuAD v1.1 JSON file
+            (`keras_adapters.tasks.question_answering.data`).
         task: `"text_classification"`, `"pair_classification"`,
             `"token_classification"`, `"question_answering"`, or
             `"auto"`: told from `data` (`keras_adapters.tasks.detect_task`).
@@ -422,7 +422,7 @@ def train_classifier(
             (`RunSettingsChanged`); a run with the same settings resumes.
         cache_frozen_layers: compute the encoder layers below the adapter
             once, before the first epoch, and train the layers above only
-            (`keras_adapters.prefix_cache`; needs `target_layers` that leave
+            (`keras_adapters.core.prefix_cache`; needs `target_layers` that leave
             the bottom layers out).
         **data_options: go to the dataset functions (e.g. `text_key`,
             `label_key`, `split` for TFDS; `text_a_key`, `text_b_key`,

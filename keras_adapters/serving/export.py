@@ -44,16 +44,16 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from keras_adapters import composition
-from keras_adapters import data as data_lib
-from keras_adapters import injection
-from keras_adapters import qa_data
-from keras_adapters import runs
-from keras_adapters import serving_graph
+from keras_adapters.core import composition
+from keras_adapters.io import text_data as data_lib
+from keras_adapters.core import injection
+from keras_adapters.tasks.question_answering import data as qa_data
+from keras_adapters.runs import folder as runs
+from keras_adapters.serving import graph as serving_graph
 from keras_adapters import tasks
-from keras_adapters import token_data
+from keras_adapters.tasks.token_classification import data as token_data
 from keras_adapters.methods.base import stored_stacks
-from keras_adapters.text_classifier import TOKEN_INPUTS
+from keras_adapters.models.text_classifier import TOKEN_INPUTS
 
 
 TEXT_SIGNATURE = [tf.TensorSpec([None], tf.string, name="text")]
@@ -442,7 +442,7 @@ def export_saved_model(model, path, version=1, merge=True, precision="float32"):
         merge: fold a lone LoRA/(IA)^3 adapter into the base weights first
             (the given model is not changed; a copy is merged).
         precision: `"float32"`, `"bfloat16"` or `"float16"`: what the
-            served graph stores and computes in (`keras_adapters.serving_graph`);
+            served graph stores and computes in (`keras_adapters.serving.graph`);
             inputs and float32 `probabilities` are the same in each.
 
     Returns:

@@ -4,11 +4,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_adapters import qa_data
+from keras_adapters.tasks.question_answering import data as qa_data
 from keras_adapters import tasks
 from keras_adapters.methods.registry import get_adapter_config
-from keras_adapters.text_classifier import DEFAULT_NAME
-from keras_adapters.text_classifier import AdapterTextClassifier
+from keras_adapters.models.text_classifier import DEFAULT_NAME
+from keras_adapters.models.text_classifier import AdapterTextClassifier
 
 
 @keras.saving.register_keras_serializable(package="keras_adapters")

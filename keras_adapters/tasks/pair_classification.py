@@ -25,7 +25,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from keras_adapters import data as data_lib
+from keras_adapters.io import text_data as data_lib
 from keras_adapters import tasks
 
 DEFAULT_KEYS = {"text_a_key": "text_a", "text_b_key": "text_b", "label_key": "label"}

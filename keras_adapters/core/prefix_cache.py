@@ -26,7 +26,7 @@ model.fit(train, epochs=3)
 import numpy as np
 import tensorflow as tf
 
-from keras_adapters import injection
+from keras_adapters.core import injection
 
 #: The input key of the cached hidden states (the model reads it).
 PREFIX_OUTPUT = "prefix_output"

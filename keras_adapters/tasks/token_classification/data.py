@@ -19,10 +19,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-from keras_adapters import data as data_lib
-from keras_adapters import recipe
-from keras_adapters.entity_metrics import TAG_PREFIXES
-from keras_adapters.entity_metrics import entities
+from keras_adapters.io import text_data as data_lib
+from keras_adapters.core import recipe
+from keras_adapters.tasks.token_classification.metrics import TAG_PREFIXES
+from keras_adapters.tasks.token_classification.metrics import entities
 
 IGNORE = recipe.IGNORE
 #: How raw text is cut into words: at white space, and each punctuation mark or

@@ -2,14 +2,14 @@
 
 import numpy as np
 
-from keras_adapters import answer_metrics
-from keras_adapters import data as data_lib
-from keras_adapters import entity_metrics
-from keras_adapters import pair_data
-from keras_adapters import qa_data
+from keras_adapters.tasks.question_answering import metrics as answer_metrics
+from keras_adapters.io import text_data as data_lib
+from keras_adapters.tasks.token_classification import metrics as entity_metrics
+from keras_adapters.tasks import pair_classification as pair_data
+from keras_adapters.tasks.question_answering import data as qa_data
 from keras_adapters import tasks
-from keras_adapters import token_data
-from keras_adapters.runs import load_run
+from keras_adapters.tasks.token_classification import data as token_data
+from keras_adapters.runs.folder import load_run
 
 
 def classification_report(labels, probabilities, class_names):

@@ -1,0 +1,1 @@
+"""Files in and out: presets (backbones, tokenizers), adapter folders, text data readers."""

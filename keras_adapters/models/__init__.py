@@ -1,0 +1,1 @@
+"""The Keras models that hold a backbone, named adapters and their heads."""

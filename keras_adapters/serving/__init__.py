@@ -1,0 +1,1 @@
+"""Export for serving: SavedModel (TF Serving) and TFLite."""

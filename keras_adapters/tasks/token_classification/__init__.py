@@ -1,0 +1,1 @@
+"""Token classification (tagging): CoNLL data and entity metrics."""
