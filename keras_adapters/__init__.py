@@ -63,6 +63,9 @@ from keras_adapters.models.text_classifier import AdapterTextClassifier
 from keras_adapters.models.token_classifier import AdapterTokenClassifier
 from keras_adapters.tasks.token_classification.data import token_dataset_from_file
 from keras_adapters.runs.training import train_classifier
+from keras_adapters import tasks
+from keras_adapters.tasks import Task
+from keras_adapters.tasks import register_task
 from keras_adapters.version import __version__
 
 # Module paths of 0.8 and before (one flat folder), still importable:
@@ -142,6 +145,7 @@ __all__ = [
     "QuestionAnsweringHead",
     "Route",
     "Stack",
+    "Task",
     "TokenClassificationHead",
     "__version__",
     "available_methods",
@@ -161,5 +165,7 @@ __all__ = [
     "text_dataset_from_directory",
     "tfds_text_dataset",
     "token_dataset_from_file",
+    "register_task",
+    "tasks",
     "train_classifier",
 ]

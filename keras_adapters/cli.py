@@ -16,9 +16,7 @@ from keras_adapters.io.text_data import DatasetError  # noqa: E402
 from keras_adapters.runs.distribute import STRATEGIES  # noqa: E402
 from keras_adapters.methods.registry import available_methods  # noqa: E402
 from keras_adapters.methods.registry import config_from_options  # noqa: E402
-from keras_adapters.tasks.pair_classification import read_pairs  # noqa: E402
 from keras_adapters.io.presets import PresetNotFoundError  # noqa: E402
-from keras_adapters.tasks.question_answering.data import read_squad  # noqa: E402
 from keras_adapters.runs.training import train_classifier  # noqa: E402
 
 DESCRIPTION = """Fine-tune adapters on a pretrained BERT and use them.
@@ -71,7 +69,7 @@ def _parser():
 
     train = sub.add_parser("train", help="fine-tune an adapter on a dataset")
     train.add_argument("data", metavar="DATA")
-    train.add_argument("--task", default="auto", choices=["auto", *map(tasks.cli_name, tasks.TASKS)],
+    train.add_argument("--task", default="auto", choices=["auto", *map(tasks.cli_name, tasks.available_tasks())],
                        help="auto: told from DATA (a folder or tfds:NAME: text-classification; a .jsonl/.csv/"
                             ".tsv file with a text_b column: pair-classification; 'word<TAB>tag' lines: "
                             "token-classification; SQuAD JSON: question-answering)")
@@ -238,21 +236,18 @@ def cmd_train(args):
 
 
 def cmd_evaluate(args):
+    task = tasks.get_task(runs.run_task(args.run))
     result = evaluation.evaluate_run(
         args.run, args.data, batch_size=args.batch_size, **_data_options(args)
     )
     if args.json:
         print(json.dumps(runs.finite(result), allow_nan=False))
-    elif "exact_match" in result:
-        print(evaluation.format_answer_report(result))
-    elif "per_type" in result:
-        print(evaluation.format_token_report(result))
     else:
-        print(evaluation.format_report(result))
+        print(task.format_report(result))
     sys.stdout.flush()  # the numbers are out before anything is written to the run folder
     try:
         runs.update_metrics_file(args.run, "evaluation", {"data": str(args.data), **result})
-        if not args.json and "exact_match" not in result and "per_type" not in result:
+        if not args.json and "confusion_matrix" in result:
             png = evaluation.write_confusion_png(result, os.path.join(args.run, "confusion_matrix.png"))
             print(f"\nconfusion matrix image: {png}")
     except OSError as e:
@@ -261,105 +256,35 @@ def cmd_evaluate(args):
     return 0
 
 
-def _texts(args):
-    texts = list(args.texts)
-    if args.file:
-        stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8-sig", errors="replace")
-        with stream:
-            # Blank lines are texts too, so output line i answers input line i.
-            texts += [line.rstrip("\r\n") for line in stream]
-    if not texts:
-        raise ValueError("No texts to classify: pass TEXT arguments or --file F.")
-    return texts
-
-
-def _pairs(args):
-    texts = list(args.texts)
-    if len(texts) % 2:
+def _columns(task, args):
+    """The examples to predict, one list per `task.input_fields` entry: the
+    TEXT arguments (taken in groups), then the examples of `--file`."""
+    fields, texts = task.input_fields, list(args.texts)
+    if len(texts) % len(fields):
         raise ValueError(
-            f"This run classifies text pairs: pass TEXT_A TEXT_B ... (got {len(texts)} texts, an odd number)."
+            f"This run ({task.cli_name}) takes {len(fields)} texts per example: pass "
+            f"{' '.join(f.upper() for f in fields)} ... (got {len(texts)} texts)."
         )
-    pairs = [texts[0::2], texts[1::2]]
+    columns = [texts[i::len(fields)] for i in range(len(fields))]
     if args.file:
-        if args.file == "-":
-            raise ValueError("This run classifies text pairs: pass --file with a .jsonl, .csv or .tsv file.")
-        a, b, _ = read_pairs(args.file, args.text_a_key, args.text_b_key, labelled=False)
-        pairs = [pairs[0] + a, pairs[1] + b]
-    if not pairs[0]:
-        raise ValueError("No pairs to classify: pass TEXT_A TEXT_B arguments or --file F.")
-    return tuple(pairs)
-
-
-def _short(text):
-    return text if len(text) <= 70 else text[:67] + "..."
-
-
-def _predict_entities(model, texts, args):
-    found = model.predict_entities(texts, batch_size=args.batch_size)
-    if args.json:
-        print(json.dumps(runs.finite([{"text": t, "entities": e} for t, e in zip(texts, found)]), allow_nan=False))
-    else:
-        for text, spans in zip(texts, found):
-            shown = ", ".join(f"{s['text']} ({s['type']}, {s['score']:.2f})" for s in spans) or "-"
-            print(f"{shown}\t{_short(text)}")
-    return 0
-
-
-def _questions(args):
-    texts = list(args.texts)
-    if len(texts) % 2:
-        raise ValueError(
-            f"This run answers questions: pass QUESTION CONTEXT ... (got {len(texts)} texts, an odd number)."
-        )
-    questions, contexts = texts[0::2], texts[1::2]
-    if args.file:
-        if str(args.file).lower().endswith(".json"):
-            examples = read_squad(args.file, labelled=False)
-            questions += [e["question"] for e in examples]
-            contexts += [e["context"] for e in examples]
-        elif args.file != "-":
-            q, c, _ = read_pairs(args.file, "question", "context", labelled=False)
-            questions, contexts = questions + q, contexts + c
-        else:
-            raise ValueError("This run answers questions: pass --file with a SQuAD .json file or a .jsonl, "
-                             ".csv or .tsv file with question and context columns.")
-    return questions, contexts
-
-
-def _predict_answers(model, args):
-    questions, contexts = _questions(args)
-    found = model.answer(questions, contexts, batch_size=args.batch_size)
-    if args.json:
-        print(json.dumps(runs.finite([{"question": q, **f} for q, f in zip(questions, found)]), allow_nan=False))
-    else:
-        for question, f in zip(questions, found):
-            print(f"{f['answer'] or '-'}\t{f['score']:.4f}\t{_short(question)}")
-    return 0
+        read = task.read_inputs(args.file, {k: getattr(args, k) for k in ("text_a_key", "text_b_key") if hasattr(args, k)})
+        columns = [c + r for c, r in zip(columns, read)]
+    if not columns[0]:
+        raise ValueError(f"No examples to predict: pass {' '.join(f.upper() for f in fields)} arguments or --file F.")
+    return columns
 
 
 def cmd_predict(args):
     if not args.texts and not args.file:
         raise ValueError("No texts to classify: pass TEXT arguments or --file F.")
     model = runs.load_run(args.run)
-    if model.task == tasks.QUESTION_ANSWERING:
-        return _predict_answers(model, args)
-    if model.task == tasks.TOKEN_CLASSIFICATION:
-        return _predict_entities(model, _texts(args), args)
-    if model.task == tasks.PAIR_CLASSIFICATION:
-        pairs = _pairs(args)
-        results = evaluation.predict_texts(model, pairs, batch_size=args.batch_size)
-        inputs = [{"text_a": a, "text_b": b} for a, b in zip(*pairs)]
-        shown = [f"{_short(a)} || {_short(b)}" for a, b in zip(*pairs)]
-    else:
-        texts = _texts(args)
-        results = evaluation.predict_texts(model, texts, batch_size=args.batch_size)
-        inputs = [{"text": t} for t in texts]
-        shown = [_short(t) for t in texts]
+    task = tasks.get_task(model.task)
+    results = task.predict(model, _columns(task, args), batch_size=args.batch_size)
     if args.json:
-        print(json.dumps(runs.finite([{**i, **r} for i, r in zip(inputs, results)]), allow_nan=False))
+        print(json.dumps(runs.finite(results), allow_nan=False))
     else:
-        for text, r in zip(shown, results):
-            print(f"{r['label']}\t{r['probabilities'][r['label']]:.4f}\t{text}")
+        for result in results:
+            print(task.format_prediction(result))
     return 0
 
 
@@ -375,12 +300,7 @@ def cmd_export(args):
             task_signatures=not args.no_task_signatures, precision=args.precision,
         )
         per_task = "" if args.no_task_signatures else ", classify_<adapter>"
-        task = None if several else runs.run_task(run_dirs)
-        single_input = {
-            tasks.PAIR_CLASSIFICATION: "text_a, text_b",
-            tasks.TOKEN_CLASSIFICATION: "text -> entities",
-            tasks.QUESTION_ANSWERING: "question, context -> answer, start, end, score",
-        }.get(task, "text")
+        single_input = None if several else ", ".join(tasks.get_task(runs.run_task(run_dirs)).input_fields)
         signatures = (
             f"classify (text, adapter: one of {names}), classify_token_ids{per_task}"
             if several else f"serving_default ({single_input}), serve_token_ids"

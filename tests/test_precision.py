@@ -30,9 +30,12 @@ def test_from_preset_auto_is_what_train_picks(tiny_preset, monkeypatch, fast_bf1
 
 def test_question_answering_trains_in_float32_on_cpus(tiny_preset, monkeypatch):
     monkeypatch.setattr(precision, "cpu_has_fast_bfloat16", lambda: True)
-    assert precision.resolve_precision("auto", "question_answering") == "float32"
-    assert precision.resolve_precision("auto", "token_classification") == "mixed_bfloat16"  # no GPU here
-    assert precision.resolve_precision("mixed_bfloat16", "question_answering") == "mixed_bfloat16"  # asked for
+    qa, tagging = ka.tasks.get_task("question_answering"), ka.tasks.get_task("token-classification")
+    assert precision.resolve_precision("auto", qa) == "float32"
+    assert precision.resolve_precision("auto", tagging) == "mixed_bfloat16"  # no GPU here
+    assert precision.resolve_precision("mixed_bfloat16", qa) == "mixed_bfloat16"  # asked for
+    with pytest.raises(TypeError, match="takes a Task"):  # a name would silently pass as bf16-safe
+        precision.resolve_precision("auto", "question_answering")
     model = ka.AdapterQuestionAnswerer.from_preset(tiny_preset, method="lora", sequence_length=16, dtype="auto")
     assert model.backbone.dtype_policy.name == "float32"
     tagger = ka.AdapterTokenClassifier.from_preset(tiny_preset, num_classes=2, sequence_length=16, dtype="auto")

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from keras_adapters import tasks
 from keras_adapters.core import recipe
 from keras_adapters.runs.evaluation import classification_report
 
@@ -40,7 +41,8 @@ def test_token_metrics_count_labelled_tokens_only():
     y_true = np.array([[-1, 0, 2, -1, 1, -1], [-1, 0, 0, 2, -1, -1]])
     predicted = np.array([[1, 0, 2, 1, 0, 1], [2, 1, 0, 2, 2, 2]])  # values at -1 positions must not count
     y_pred = np.eye(3)[predicted].astype("float32")
-    accuracy, f1 = recipe.task_metrics("token_classification", 3, ["O", "B-X", "I-X"])
+    tagging = tasks.get_task("token_classification")
+    accuracy, f1 = tagging.metrics(3, ["O", "B-X", "I-X"])
     accuracy.update_state(y_true, y_pred)
     f1.update_state(y_true, y_pred)
     # labelled: (0,0) (2,2) (1,0) | (0,1) (0,0) (2,2) -> 4 of 6 right
@@ -49,4 +51,4 @@ def test_token_metrics_count_labelled_tokens_only():
     assert float(f1.result()) == pytest.approx(2 * 2 / (3 + 3))
     f1.reset_state()
     assert float(f1.result()) == 0.0
-    assert recipe.monitored_metric("token_classification") == "tag_f1"
+    assert tagging.monitor == "tag_f1"

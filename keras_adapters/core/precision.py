@@ -11,13 +11,7 @@ question answering) and `float32` elsewhere. (The served graph's precision is `k
 
 import tensorflow as tf
 
-from keras_adapters import tasks
-
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-#: Tasks whose "auto" stays float32 on CPUs: on SQuAD, full fine-tuning in
-#: mixed_bfloat16 scored 6 F1 points below float32 (52.3 against 58.6, the
-#: PyTorch bf16-autocast reference 58.7) for about 20% less CPU time (BENCHMARKS.md).
-FLOAT32_TASKS = (tasks.QUESTION_ANSWERING,)
 
 
 def cpu_has_fast_bfloat16():
@@ -34,17 +28,21 @@ def cpu_has_fast_bfloat16():
 
 
 def default_precision(task=None):
-    """The fastest numerically safe policy here for `task` (see BENCHMARKS.md).
+    """The fastest numerically safe policy here for `task` (a `tasks.Task`;
+    see BENCHMARKS.md).
 
     GPUs: `mixed_float16` (Keras adds loss scaling). CPUs with bf16 matrix
     instructions: `mixed_bfloat16` (measured 1.5x faster than float32 for
     adapter training on an AVX512-BF16 CPU, same BBC News accuracy within
-    two test documents), except for `FLOAT32_TASKS`.
+    two test documents), except for tasks that are not `bf16_safe` (question
+    answering).
     Otherwise `float32`.
     """
+    if isinstance(task, str):
+        raise TypeError(f"default_precision takes a Task (keras_adapters.tasks.get_task({task!r})), not a name.")
     if tf.config.list_physical_devices("GPU"):
         return "mixed_float16"
-    if cpu_has_fast_bfloat16() and task not in FLOAT32_TASKS:
+    if cpu_has_fast_bfloat16() and getattr(task, "bf16_safe", True):
         return "mixed_bfloat16"
     return "float32"
 

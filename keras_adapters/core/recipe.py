@@ -7,8 +7,6 @@ both take their defaults from here, so there is one definition.
 import keras
 import tensorflow as tf
 
-from keras_adapters import tasks
-
 #: The label of token positions that no loss or metric counts (see `token_data`).
 IGNORE = -1
 
@@ -94,81 +92,3 @@ def classification_metrics(num_classes):
         keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
         SparseMacroF1(num_classes),
     ]
-
-
-@keras.saving.register_keras_serializable(package="keras_adapters")
-class MaskedAccuracy(keras.metrics.Mean):
-    """Accuracy over the positions whose label is not `ignore`: for token
-    tagging, the first piece of each word (padding and later pieces are -1)."""
-
-    def __init__(self, ignore=IGNORE, name="accuracy", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.ignore = ignore
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        y_true = tf.cast(y_true, tf.int32)
-        hit = tf.equal(y_true, tf.cast(tf.argmax(y_pred, axis=-1), tf.int32))
-        return super().update_state(tf.boolean_mask(tf.cast(hit, self.dtype), tf.not_equal(y_true, self.ignore)))
-
-    def get_config(self):
-        return {**super().get_config(), "ignore": self.ignore}
-
-
-@keras.saving.register_keras_serializable(package="keras_adapters")
-class TagF1(keras.metrics.Metric):
-    """Micro F1 of the tags other than `outside` (`O`) over labelled tokens.
-
-    What a tagger is picked by during training: token accuracy stays at the
-    share of `O` while a model tags nothing, while this rises with every
-    entity word found. (Entity-level F1 needs whole sentences:
-    `evaluation.token_report`.)
-    """
-
-    def __init__(self, outside=0, ignore=IGNORE, name="tag_f1", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.outside, self.ignore = outside, ignore
-        self.counts = self.add_variable(shape=(3,), initializer="zeros", name="counts")
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        y_true = tf.cast(y_true, tf.int32)
-        predicted = tf.cast(tf.argmax(y_pred, axis=-1), tf.int32)
-        labelled = tf.not_equal(y_true, self.ignore)
-        true_tag = labelled & tf.not_equal(y_true, self.outside)
-        predicted_tag = labelled & tf.not_equal(predicted, self.outside)
-        hits = true_tag & tf.equal(y_true, predicted)
-        counts = [tf.reduce_sum(tf.cast(m, self.dtype)) for m in (hits, predicted_tag, true_tag)]
-        self.counts.assign_add(tf.stack(counts))
-
-    def result(self):
-        hits, predicted, true = self.counts[0], self.counts[1], self.counts[2]
-        return tf.math.divide_no_nan(2.0 * hits, predicted + true)
-
-    def reset_state(self):
-        self.counts.assign(tf.zeros_like(self.counts))
-
-    def get_config(self):
-        return {**super().get_config(), "outside": self.outside, "ignore": self.ignore}
-
-
-def task_loss(task):
-    """The loss for a head's task: cross-entropy, over labelled tokens only for
-    tagging; for question answering, the mean of the start's and the end's."""
-    if task == tasks.TOKEN_CLASSIFICATION:
-        return keras.losses.SparseCategoricalCrossentropy(ignore_class=IGNORE)
-    return keras.losses.SparseCategoricalCrossentropy()
-
-
-def task_metrics(task, num_classes, class_names=None):
-    """Accuracy and macro-F1 for classification; labelled-token accuracy and
-    `TagF1` for tagging (entity F1 needs whole sentences: `evaluation.token_report`)."""
-    if task == tasks.QUESTION_ANSWERING:  # of the start and end tokens, each counted
-        return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-    if task == tasks.TOKEN_CLASSIFICATION:
-        outside = list(class_names).index("O") if class_names and "O" in class_names else 0
-        return [MaskedAccuracy(), TagF1(outside=outside)]
-    return classification_metrics(num_classes)
-
-
-def monitored_metric(task):
-    """The metric the best epoch is picked by (higher is better)."""
-    return "tag_f1" if task == tasks.TOKEN_CLASSIFICATION else "accuracy"

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_adapters import tasks
 from keras_adapters.methods.registry import get_adapter_config
 from keras_adapters.methods.registry import known_fields
 from keras_adapters.version import __version__
@@ -44,10 +43,8 @@ KNOWN_KEYS = {
 #: fields are checked against its config class).
 KNOWN_SECTION_KEYS = {
     "backbone": {"preset", "architecture", "weights_sha256", "tokenizer"},
-    "task": {
-        "type", "num_classes", "class_names", "pooling", "dropout", "sequence_length", "multi_label",
-        "stride", "max_answer_length", "max_question_length",
-    },
+    # and the head settings of the folder's task (`unknown_keys(task_keys=...)`)
+    "task": {"type", "num_classes", "class_names", "pooling", "dropout", "sequence_length", "multi_label"},
     "weights": {"file", "sha256", "num_tensors", "num_parameters"},
     "fusion": {"adapters", "config"},
 }
@@ -230,19 +227,21 @@ def _check_sequence_length(config, config_path):
         )
 
 
-def unknown_keys(config):
+def unknown_keys(config, task_keys=()):
     """Keys of a folder's JSON this release does not know, as dotted paths
-    (`task.foo`); the method's own fields are checked by `method_config`."""
+    (`task.foo`); `task_keys`: the head settings of the folder's task. The
+    method's own fields are checked by `method_config`."""
     found = {str(k) for k in set(config) - KNOWN_KEYS}
     for section, known in KNOWN_SECTION_KEYS.items():
+        known = known | set(task_keys) if section == "task" else known
         if isinstance(config.get(section), dict):
             found |= {f"{section}.{k}" for k in set(config[section]) - known}
     return sorted(found)
 
 
-def warn_unknown_keys(config, source):
+def warn_unknown_keys(config, source, task_keys=()):
     """One warning naming every unknown key (a newer release wrote the folder)."""
-    unknown = unknown_keys(config)
+    unknown = unknown_keys(config, task_keys)
     if unknown:
         warnings.warn(
             f"{source}/{CONFIG_FILE} has keys this keras-adapters ({__version__}) does not know, "
@@ -251,14 +250,17 @@ def warn_unknown_keys(config, source):
         )
 
 
-def task_type(config, source):
-    """The task a folder's head does (`keras_adapters.tasks`); older folders
-    are text classification."""
-    task = config["task"].get("type", tasks.TEXT_CLASSIFICATION)
-    if task not in tasks.HEAD_TASKS:
+def task_type(config, source, known):
+    """The task a folder's head does; older folders are text classification.
+
+    Args:
+        known: the task names this process can hold (`tasks.available_tasks()`).
+    """
+    task = config["task"].get("type", "text_classification")
+    if task not in known:
         raise AdapterFormatError(
             f"{source}: its head does {task!r}, which this keras-adapters cannot hold (its heads do "
-            f"{', '.join(tasks.HEAD_TASKS)}); upgrade keras-adapters to load it."
+            f"{', '.join(known)}); upgrade keras-adapters, or register that task, to load it."
         )
     return task
 

@@ -1,1 +1,14 @@
 """The Keras models that hold a backbone, named adapters and their heads."""
+
+from keras_adapters.models.question_answerer import AdapterQuestionAnswerer
+from keras_adapters.models.text_classifier import AdapterTextClassifier
+from keras_adapters.models.token_classifier import AdapterTokenClassifier
+
+#: The classes whose first adapter's task is not text classification (they
+#: add `answer` and `predict_entities`); any other task uses `AdapterTextClassifier`.
+_FIRST_TASK_CLASSES = (AdapterTokenClassifier, AdapterQuestionAnswerer)
+
+
+def model_class(task):
+    """The model class whose first adapter does `task` (a name)."""
+    return next((c for c in _FIRST_TASK_CLASSES if c.default_task == task), AdapterTextClassifier)

@@ -1,9 +1,8 @@
 """AdapterQuestionAnswerer: extractive question answering with named adapters."""
 
 import keras
-import numpy as np
-import tensorflow as tf
 
+from keras_adapters.tasks import question_answering
 from keras_adapters.tasks.question_answering import data as qa_data
 from keras_adapters import tasks
 from keras_adapters.methods.registry import get_adapter_config
@@ -77,11 +76,8 @@ class AdapterQuestionAnswerer(AdapterTextClassifier):
         super().__init__(backbone, adapters=adapters, method=method, **kwargs)
 
     def windows(self):
-        """The `qa_data.QuestionWindows` the active head was trained with."""
-        head = self._output_head()
-        return qa_data.QuestionWindows(
-            self.preprocessor.tokenizer, self.sequence_length, head.stride, head.max_question_length
-        )
+        """The `QuestionWindows` the active head was trained with."""
+        return question_answering.windows(self)
 
     def answer(self, question, context, batch_size=32, max_answer_length=None):
         """The best answer to each question in its context.
@@ -108,22 +104,7 @@ class AdapterQuestionAnswerer(AdapterTextClassifier):
         return found[0] if single else found
 
     def answer_examples(self, examples, batch_size=32, max_answer_length=None):
-        """`answer` for `qa_data.read_squad` examples, in their order."""
-        head = self._output_head()
-        windows = qa_data.window_dataset(examples, self.windows(), with_offsets=True).batch(batch_size).cache()
-        batches = [o for _, _, o in windows]  # fills the cache; its size tells predict the steps
-        offsets = {k: np.concatenate([o[k].numpy() for o in batches]) for k in ("starts", "ends", "example")}
-        inputs = windows.map(lambda x, y, o: x).apply(tf.data.experimental.assert_cardinality(len(batches)))
-        probabilities = self.predict(inputs, verbose=0)
-        reader = qa_data.GraphAnswers(max_answer_length or head.max_answer_length)
-        found = reader(
-            tf.constant([e["context"] for e in examples]), probabilities,
-            offsets["starts"], offsets["ends"], offsets["example"],
-        )
-        return [
-            {"answer": a.decode("utf-8", errors="replace"), "start": int(s), "end": int(e), "score": float(p)}
-            for a, s, e, p in zip(*(found[k].numpy() for k in ("answer", "start", "end", "score")))
-        ]
-
+        """`answer` for `read_squad` examples, in their order."""
+        return question_answering.answer_examples(self, examples, batch_size, max_answer_length)
 
 __all__ = ["AdapterQuestionAnswerer"]

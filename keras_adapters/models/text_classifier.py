@@ -8,14 +8,15 @@ from keras import ops
 
 from keras_adapters.io import adapter_folder as adapter_io
 from keras_adapters.core import composition
-from keras_adapters.tasks import heads as heads_lib
 from keras_adapters.core import injection
 from keras_adapters.core import precision
 from keras_adapters.io import presets
 from keras_adapters.core import recipe
 from keras_adapters import tasks
 from keras_adapters.core.fusion import FusionConfig
-from keras_adapters.tasks.heads import routed_probabilities
+from keras_adapters.tasks.classification import MULTI_LABEL_REMOVED
+from keras_adapters.tasks.classification import check_labels  # noqa: F401  (its 0.8 home)
+from keras_adapters.tasks.classification import routed_probabilities
 from keras_adapters.methods.baselines import HeadOnlyConfig
 from keras_adapters.methods.registry import get_adapter_config
 from keras_adapters.core.prefix_cache import PREFIX_DEPTH
@@ -106,7 +107,7 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         if adapter != "unset":
             method = adapter
         if kwargs.pop("multi_label", False):
-            raise ValueError(heads_lib.MULTI_LABEL_REMOVED)
+            raise ValueError(MULTI_LABEL_REMOVED)
         if backbone_fingerprint is None:
             backbone_fingerprint = presets.weights_fingerprint(backbone)
         self.backbone = backbone
@@ -182,7 +183,7 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         if adapter != "unset":
             method = adapter
         if dtype == "auto":
-            dtype = precision.default_precision(kwargs.get("task", cls.default_task))
+            dtype = precision.default_precision(tasks.get_task(kwargs.get("task") or cls.default_task))
         backbone = presets.load_backbone(preset, dtype=dtype, load_weights=load_weights)
         preprocessor = presets.load_preprocessor(preset, sequence_length)
         if kwargs.get("pooling") in (None, "auto"):
@@ -274,21 +275,10 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         self._check_not_merged()
         first = next(iter(self.heads.values()), None)
         base = first.task_config() if first is not None else {"pooling": "cls", "dropout": 0.1}
-        head = {
-            "num_classes": num_classes if num_classes is not None else (
-                len(class_names) if class_names is not None else base.get("num_classes")),
-            "class_names": class_names,
-            "pooling": (base["pooling"] or "cls") if pooling is None else pooling,
-            "dropout": base["dropout"] if dropout is None else dropout,
-            "sequence_length": sequence_length,
-            "task": base.get("task", tasks.TEXT_CLASSIFICATION) if task is None else task,
-        }
-        if tasks.canonical_task(head["task"]) != base.get("task", head["task"]) and num_classes is None:
-            head["num_classes"] = len(class_names) if class_names is not None else None
-        if tasks.canonical_task(head["task"]) == tasks.QUESTION_ANSWERING:
-            head.update({"num_classes": 2, **{k: base[k] for k in heads_lib.QA_SETTINGS if k in base}, **settings})
-        elif settings:
-            raise TypeError(f"add_adapter got {sorted(settings)}, which only question-answering heads take.")
+        task = tasks.get_task(base.get("task", tasks.TEXT_CLASSIFICATION) if task is None else task)
+        given = {"num_classes": num_classes, "class_names": class_names, "pooling": pooling,
+                 "dropout": dropout, "sequence_length": sequence_length}
+        head = task.new_head_record(base, given, settings)
         if head["num_classes"] is None:
             raise ValueError(f"Adapter {name!r} needs num_classes (the model has no other head to copy).")
         self._add(name, method, head)
@@ -300,7 +290,7 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
 
     def _add(self, name, method, head_config):
         injection.check_name(name, self._taken())  # before the name becomes a layer name
-        head = heads_lib.make_head(head_config, dtype=self.backbone.dtype_policy, name=f"{name}_head")
+        head = _make_head(head_config, dtype=self.backbone.dtype_policy, name=f"{name}_head")
         tokenizer = getattr(self.preprocessor, "tokenizer", None)
         config = get_adapter_config(method).prepare(tokenizer, int(self.backbone.vocabulary_size))
         injection.add_adapter(self.backbone, name, config)
@@ -342,7 +332,7 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
 
     def _add_fusion(self, fuse, config, head_config):
         injection.check_name(fuse.name, self._taken())
-        head = heads_lib.make_head(head_config, dtype=self.backbone.dtype_policy, name=f"{fuse.name}_head")
+        head = _make_head(head_config, dtype=self.backbone.dtype_policy, name=f"{fuse.name}_head")
         injection.add_fusion(self.backbone, fuse, FusionConfig.from_config(config))
         head.build(self.backbone.hidden_dim)
         for w in head.weights:
@@ -419,6 +409,12 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         if not names:
             return None
         return self.heads[names[0]]
+
+    @property
+    def output_head(self):
+        """The head whose output the model gives: the active adapter's (the
+        first one's in a composition), or the first head; `None` without heads."""
+        return self._output_head()
 
     num_classes = _from_head("num_classes")
     class_names = _from_head("class_names")
@@ -505,7 +501,7 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
                 f"With {spec!r} active, the inputs need 'adapter_id': each row's index into the "
                 "Route's adapters (route.ids(names) makes it)."
             )
-        other = [n for n in spec.children if self.heads[n].task != tasks.TEXT_CLASSIFICATION]
+        other = [n for n in spec.children if not tasks.get_task(self.heads[n].task).routable]
         if other:
             raise ValueError(
                 f"A Route serves single-text classification adapters in one batch; {other} do "
@@ -588,7 +584,8 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         self._check_not_merged()
         source = str(directory)
         config, tensors = adapter_io.read_folder(directory)
-        adapter_io.warn_unknown_keys(config, source)
+        task = tasks.get_task(adapter_io.task_type(config, source, tasks.available_tasks()))
+        adapter_io.warn_unknown_keys(config, source, task.head_settings)
         adapter_io.check_backbone(
             config, presets.architecture_config(self.backbone), self.backbone_fingerprint, source
         )
@@ -597,11 +594,11 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         )
         name = name or config.get("name") or DEFAULT_NAME
         if config["task"].get("multi_label"):
-            raise adapter_io.AdapterFormatError(f"{source}: {heads_lib.MULTI_LABEL_REMOVED}")
+            raise adapter_io.AdapterFormatError(f"{source}: {MULTI_LABEL_REMOVED}")
         head_config = {k: config["task"].get(k) for k in ("num_classes", "class_names", "pooling", "dropout")}
         head_config["sequence_length"] = config["task"].get("sequence_length")
-        head_config["task"] = adapter_io.task_type(config, source)
-        head_config.update({k: config["task"][k] for k in heads_lib.QA_SETTINGS if k in config["task"]})
+        head_config["task"] = task.name
+        head_config.update({k: config["task"][k] for k in task.head_settings if k in config["task"]})
         if "fusion" in config:
             members = config["fusion"]["adapters"]
             for member in members:
@@ -678,14 +675,7 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         if x is not None and not isinstance(x, tf.data.Dataset):
             self._check_texts(x)
             if y is not None:
-                labelled = np.asarray(y)
-                if self.task == tasks.TOKEN_CLASSIFICATION:  # unlabelled pieces are -1
-                    labelled = labelled[labelled != recipe.IGNORE]
-                if self.task == tasks.QUESTION_ANSWERING:  # start and end token positions
-                    width = np.shape(tf.nest.flatten(x)[0])[-1]
-                    check_labels(labelled, width, source="y (start and end tokens)")
-                else:
-                    check_labels(labelled, self.num_classes, self.class_names)
+                tasks.get_task(self.task).check_labels(y, x, self.num_classes, self.class_names)
             if isinstance(validation_data, (tuple, list)) and len(validation_data) > 1:
                 check_labels(validation_data[1], self.num_classes, self.class_names, "validation_data")
             data = keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
@@ -749,33 +739,11 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         return super().preprocess_samples(x, y=y, sample_weight=sample_weight)
 
     def _check_texts(self, x):
-        """Refuse pairs for a single-text head and single texts for a pair head."""
+        """Refuse inputs of another task (pairs for a single-text head, ...)."""
         head = self._output_head()
         if head is None or (isinstance(x, dict) and ("token_ids" in x or PREFIX_OUTPUT in x)):
             return
-        if head.task == tasks.QUESTION_ANSWERING:
-            raise ValueError(
-                f"Adapter {head.name.removesuffix('_head')!r} answers questions: ask with "
-                "model.answer(questions, contexts); fit and evaluate on ka.question_dataset_from_file(...) "
-                "or on token inputs."
-            )
-        if head.task == tasks.TOKEN_CLASSIFICATION:
-            raise ValueError(
-                f"Adapter {head.name.removesuffix('_head')!r} tags tokens: find entities in texts with "
-                "model.predict_entities(texts); fit and evaluate on ka.token_dataset_from_file(...) "
-                "or on token inputs."
-            )
-        pair = isinstance(x, (tuple, list)) and len(x) == 2 and not isinstance(x[0], str)
-        if head.text_inputs == 2 and not pair:
-            raise ValueError(
-                f"Adapter {head.name.removesuffix('_head')!r} classifies text pairs: pass a tuple "
-                "(texts_a, texts_b) of two equally long lists (or arrays) of strings."
-            )
-        if head.text_inputs == 1 and isinstance(x, tuple):
-            raise ValueError(
-                f"Adapter {head.name.removesuffix('_head')!r} classifies single texts, but got a tuple of "
-                f"{len(x)}. For text pairs, give the adapter task='pair_classification'."
-            )
+        tasks.get_task(head.task).check_inputs(x, head.name.removesuffix("_head"))
 
     def compile(self, optimizer="auto", loss="auto", metrics="auto", learning_rate=None, **kwargs):
         """Compile with the trained adapters' defaults for anything left `"auto"`.
@@ -789,11 +757,11 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         if optimizer == "auto":
             optimizer = recipe.make_optimizer(learning_rate or self.default_learning_rate)
         if loss == "auto":
-            loss = recipe.task_loss(self.task)
+            loss = tasks.get_task(self.task or self.default_task).loss()
         if metrics == "auto":
             several = isinstance(self.active_adapters, (composition.Parallel, composition.Route))
             single = not several and self.num_classes
-            metrics = recipe.task_metrics(self.task, self.num_classes, self.class_names) if single else []
+            metrics = tasks.get_task(self.task).metrics(self.num_classes, self.class_names) if single else []
         keras.Model.compile(self, optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
     def compile_from_config(self, config):
@@ -826,6 +794,10 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         return config
 
 
+def _make_head(record, **layer_kwargs):
+    return tasks.get_task(record.get("task") or tasks.TEXT_CLASSIFICATION).make_head(record, **layer_kwargs)
+
+
 def _flatten(names):
     return [names] if isinstance(names, str) else [n for x in names for n in _flatten(x)]
 
@@ -839,33 +811,6 @@ def _as_tensors(data):
     if isinstance(data, list):
         return np.asarray(data, dtype=object if data and isinstance(data[0], str) else None)
     return data
-
-
-def check_labels(labels, num_classes, class_names=None, source="y"):
-    """Refuse labels that are not class indices in `[0, num_classes)`.
-
-    Keras would truncate 1.5 to 1 and stop mid-epoch on 7 with a long
-    TensorFlow error; this names the first offending label and its index.
-    """
-    values = np.asarray(labels)
-    flat = values.reshape(-1)
-    classes = f" ({', '.join(class_names)})" if class_names else ""
-    if values.dtype.kind not in "iuf":
-        raise ValueError(
-            f"{source} holds {values.dtype} values (e.g. {flat[0]!r}); labels are class indices "
-            f"0..{num_classes - 1}{classes}."
-        )
-    problems = (
-        ("is not a whole number", np.flatnonzero(flat != np.round(flat))),
-        (f"is outside [0, {num_classes})", np.flatnonzero((flat < 0) | (flat >= num_classes))),
-    )
-    for what, where in problems:
-        if where.size:
-            i = int(where[0])
-            raise ValueError(
-                f"{source}[{i}] = {flat[i].item()!r} {what}: labels are class indices 0..{num_classes - 1}"
-                f"{classes} ({where.size} such label(s))."
-            )
 
 
 def checked_ids(ids, count, name):

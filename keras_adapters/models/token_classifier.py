@@ -1,11 +1,9 @@
 """AdapterTokenClassifier: a tag per word (named entities, ...) with named adapters."""
 
 import keras
-import numpy as np
-import tensorflow as tf
 
 from keras_adapters import tasks
-from keras_adapters.tasks.token_classification import data as token_data
+from keras_adapters.tasks import token_classification
 from keras_adapters.models.text_classifier import AdapterTextClassifier
 
 
@@ -52,23 +50,6 @@ class AdapterTokenClassifier(AdapterTextClassifier):
         `start`/`end` are character offsets into the text. Words past the
         sequence length are tagged `O`.
         """
-        texts = [str(t) for t in texts]
-        if not texts:
-            return []
-        words, starts, ends = token_data.split_words(tf.constant(texts))
-        labeller = token_data.WordPieceLabeller(self.preprocessor.tokenizer, self.sequence_length)
-        rows = tf.data.Dataset.from_tensor_slices(words).map(
-            lambda w: labeller(w, tf.zeros(tf.shape(w), tf.int32))
-        ).batch(batch_size)
-        labels = np.concatenate([y.numpy() for _, y in rows])
-        probabilities = self.predict(rows.map(lambda x, y: x), verbose=0)
-        names = self._output_head().label_names()
-        out = []
-        for i, text in enumerate(texts):
-            count = int(words.row_lengths()[i])
-            tags, scores = token_data.word_predictions(probabilities[i], labels[i], count, names)
-            out.append(token_data.entity_spans(text, starts[i].numpy(), ends[i].numpy(), tags, scores))
-        return out
-
+        return token_classification.predict_entities(self, texts, batch_size)
 
 __all__ = ["AdapterTokenClassifier"]

@@ -14,21 +14,14 @@ from keras_adapters.io.adapter_folder import atomic_write
 from keras_adapters.io.adapter_folder import read_config
 from keras_adapters.io.adapter_folder import task_type as adapter_task_type
 from keras_adapters import tasks
-from keras_adapters.models.question_answerer import AdapterQuestionAnswerer
-from keras_adapters.models.text_classifier import AdapterTextClassifier
-from keras_adapters.models.token_classifier import AdapterTokenClassifier
+from keras_adapters.models import AdapterTextClassifier
+from keras_adapters.models import model_class
 
 ADAPTER_DIR = "adapter"
 
 
 def adapter_dir(run_dir):
     return str(Path(run_dir) / ADAPTER_DIR)
-
-
-def model_class(task):
-    """The model class whose first adapter does `task`."""
-    classes = {tasks.TOKEN_CLASSIFICATION: AdapterTokenClassifier, tasks.QUESTION_ANSWERING: AdapterQuestionAnswerer}
-    return classes.get(task, AdapterTextClassifier)
 
 
 def load_run(run_dir, dtype=None):
@@ -38,7 +31,7 @@ def load_run(run_dir, dtype=None):
 
 def run_task(run_dir):
     """The task a run's adapter does (`keras_adapters.tasks`), from its folder."""
-    return adapter_task_type(read_config(adapter_dir(run_dir)), adapter_dir(run_dir))
+    return adapter_task_type(read_config(adapter_dir(run_dir)), adapter_dir(run_dir), tasks.available_tasks())
 
 
 def task_name(run_dir):

@@ -26,17 +26,13 @@ from keras_adapters.io import adapter_folder as adapter_io
 from keras_adapters.core import composition
 from keras_adapters.io import text_data as data_lib
 from keras_adapters.runs import distribute
-from keras_adapters.tasks import pair_classification as pair_data
 from keras_adapters.core import precision as precision_lib
 from keras_adapters.core import prefix_cache
-from keras_adapters.tasks.question_answering import data as qa_data
 from keras_adapters.io import presets
 from keras_adapters.core import recipe
 from keras_adapters.runs import folder as runs
 from keras_adapters import tasks
-from keras_adapters.tasks.token_classification import data as token_data
 from keras_adapters.methods.registry import get_adapter_config
-from keras_adapters.version import __version__
 
 BACKUP_DIR = "backup"
 #: What a run folder holds from training (removed by `overwrite=True`).
@@ -319,61 +315,10 @@ class TrainingTimer(keras.callbacks.Callback):
 
 
 # ------------------------------------------------------------------- train
-#: Data options that shape a question-answering head's windows (recorded with it).
-QA_DATA_OPTIONS = ("stride", "max_question_length")
-
-
-def _refuse_qa_options(options):
-    given = sorted(k for k in (*QA_DATA_OPTIONS, "max_answer_length") if options.get(k) is not None)
-    if given:
-        raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in given)}: only for question answering.")
-
-
 def training_datasets(data, preprocessor, validation_split, task=tasks.TEXT_CLASSIFICATION, **kwargs):
-    """(train, validation or None) from a folder, `tfds:NAME`, a pair file or a CoNLL file.
-
-    For TFDS, the validation part is the last `validation_split` of the
-    training split (`train[:90%]` / `train[90%:]`); pass `split=` to change
-    the base split. For a pair or CoNLL file it is a seeded random
-    `validation_split` of its records (sentences; for SQuAD, articles).
-    """
-    if task in (tasks.PAIR_CLASSIFICATION, tasks.TOKEN_CLASSIFICATION, tasks.QUESTION_ANSWERING):
-        if task == tasks.QUESTION_ANSWERING:
-            read = qa_data.question_dataset_from_file
-            options = {k: kwargs[k] for k in (*QA_DATA_OPTIONS, "batch_size", "seed", "shuffle", "cache")
-                       if k in kwargs}
-        elif task == tasks.TOKEN_CLASSIFICATION:
-            read = token_data.token_dataset_from_file
-            options = {k: kwargs[k] for k in ("batch_size", "seed", "shuffle", "cache") if k in kwargs}
-            options["tag_names"] = kwargs.get("class_names")
-        else:
-            _refuse_qa_options(kwargs)
-            read = pair_data.pair_dataset_from_file
-            options = {k: v for k, v in kwargs.items() if k not in ("split", "text_key", "data_dir")}
-        if not validation_split:
-            return read(data, preprocessor, **options), None
-        return read(data, preprocessor, validation_split=validation_split, subset="both", **options)
-    for key in ("text_a_key", "text_b_key"):
-        kwargs.pop(key, None)
-    _refuse_qa_options(kwargs)
-    if not str(data).startswith("tfds:"):
-        kwargs.pop("label_key", None)  # folders are labelled by sub-folder
-    if str(data).startswith("tfds:"):
-        split = kwargs.pop("split", "train")
-        if not validation_split:
-            return data_lib.load_text_dataset(data, preprocessor, split=split, **kwargs), None
-        cut = int(round(100 * (1 - validation_split)))
-        train = data_lib.load_text_dataset(data, preprocessor, split=f"{split}[:{cut}%]", **kwargs)
-        kwargs.update(shuffle=False, class_names=train.class_names)
-        validation = data_lib.load_text_dataset(
-            data, preprocessor, split=f"{split}[{cut}%:]", **kwargs
-        )
-        return train, validation
-    if validation_split:
-        return data_lib.text_dataset_from_directory(
-            data, preprocessor, validation_split=validation_split, subset="both", **kwargs
-        )
-    return data_lib.text_dataset_from_directory(data, preprocessor, **kwargs), None
+    """(train, validation or None) from the data files of `task` (a name or
+    `Task`): see its `datasets`."""
+    return tasks.get_task(task).datasets(data, preprocessor, validation_split, **kwargs)
 
 
 def train_classifier(
@@ -451,7 +396,7 @@ def train_classifier(
     with _run_folder(output), run_lock(output):
         if validation_split and not str(data).startswith("tfds:"):
             validation_split = _usable_validation_split(data, validation_split, task, data_options)
-        precision = precision_lib.resolve_precision(precision, task)
+        precision = precision_lib.resolve_precision(precision, tasks.get_task(task))
         keras.utils.set_random_seed(seed)
         if fuse:
             preset = adapter_io.read_config(runs.adapter_dir(fuse[0]))["backbone"]["preset"]
@@ -470,9 +415,7 @@ def train_classifier(
         steps = int(np.ceil(getattr(train, "num_windows", train.num_examples) / global_batch)) * epochs
         with strategy.scope():
             options = dict(sequence_length=sequence_length, dtype=precision, pooling=pooling, task=task)
-            if task == tasks.QUESTION_ANSWERING:
-                options.update(stride=train.stride, max_question_length=train.max_question_length)
-                options.update({k: data_options[k] for k in ("max_answer_length",) if k in data_options})
+            options.update(tasks.get_task(task).head_options(train, data_options))
             if fuse:
                 model = build_fusion_model(fuse, train.class_names, **options)
             else:
@@ -483,9 +426,9 @@ def train_classifier(
             peak = learning_rate or model.default_learning_rate
             model.compile(
                 optimizer=recipe.make_optimizer(peak, steps),
-                metrics=recipe.task_metrics(task, model.num_classes, model.class_names),
+                metrics=tasks.get_task(task).metrics(model.num_classes, model.class_names),
             )
-        monitor = ("val_" if validation is not None else "") + recipe.monitored_metric(task)
+        monitor = ("val_" if validation is not None else "") + tasks.get_task(task).monitor
         record = _run_record(
             model, data, fuse, train, validation,
             epochs=epochs, batch_size=batch_size, sequence_length=sequence_length, learning_rate=peak,
@@ -534,37 +477,14 @@ def _run_record(model, data, fuse, train, validation, **options):
 def resolve_task(data, task, text_b_key="text_b"):
     """The task to train: `task`, or the one `data` is for when `"auto"`."""
     task = tasks.detect_task(data, text_b_key) if task in (None, "auto") else tasks.canonical_task(task)
-    if task not in tasks.HEAD_TASKS:
-        raise ValueError(
-            f"Training for {tasks.cli_name(task)} is not in keras-adapters {__version__} "
-            f"yet; it trains {', '.join(tasks.cli_name(t) for t in tasks.HEAD_TASKS)}."
-        )
-    is_file = os.path.isfile(str(data))
-    if task == tasks.PAIR_CLASSIFICATION and not is_file:
-        raise ValueError(f"Pair classification reads a .jsonl, .csv or .tsv file; {str(data)!r} is not a file.")
-    if task == tasks.QUESTION_ANSWERING and not is_file:
-        raise ValueError(f"Question answering reads a SQuAD v1.1 JSON file; {str(data)!r} is not a file.")
-    if task == tasks.TOKEN_CLASSIFICATION and not is_file:
-        raise ValueError(f"Token classification reads a CoNLL-style file; {str(data)!r} is not a file.")
-    if task == tasks.TEXT_CLASSIFICATION and is_file:
-        raise ValueError(
-            f"{str(data)!r} is a file; text classification reads a folder with one sub-folder per class "
-            "(or tfds:NAME). For a file of text pairs pass --task pair-classification."
-        )
+    tasks.get_task(task).check_data(data)
     return task
 
 
 def _usable_validation_split(data, validation_split, task, data_options):
     """`validation_split`, or `None` (with a warning) when it would hold no example."""
-    if task == tasks.PAIR_CLASSIFICATION:
-        keys = {k: data_options[k] for k in pair_data.DEFAULT_KEYS if k in data_options}
-        total, unit = len(pair_data.read_pairs(data, **keys)[0]), "record"
-    elif task == tasks.TOKEN_CLASSIFICATION:
-        total, unit = len(token_data.read_conll(data)[0]), "sentence"
-    elif task == tasks.QUESTION_ANSWERING:
-        total, unit = len({e["title"] for e in qa_data.read_squad(data)}), "article"
-    else:
-        total, unit = sum(len(paths) for paths in data_lib.scan_directory(data).values()), "file"
+    task = tasks.get_task(task)
+    total, unit = task.count_examples(data, data_options), task.unit
     if data_lib.validation_size(total, validation_split):
         return validation_split
     warnings.warn(

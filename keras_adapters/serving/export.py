@@ -39,26 +39,22 @@ import tempfile
 from pathlib import Path
 
 import keras
-import keras_hub
 import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from keras_adapters.core import composition
-from keras_adapters.io import text_data as data_lib
 from keras_adapters.core import injection
-from keras_adapters.tasks.question_answering import data as qa_data
 from keras_adapters.runs import folder as runs
 from keras_adapters.serving import graph as serving_graph
 from keras_adapters import tasks
-from keras_adapters.tasks.token_classification import data as token_data
+from keras_adapters.tasks.classification import TextInputs
+from keras_adapters.tasks.classification import outputs
 from keras_adapters.methods.base import stored_stacks
 from keras_adapters.models.text_classifier import TOKEN_INPUTS
 
 
 TEXT_SIGNATURE = [tf.TensorSpec([None], tf.string, name="text")]
-PAIR_SIGNATURE = [tf.TensorSpec([None], tf.string, name="text_a"), tf.TensorSpec([None], tf.string, name="text_b")]
-QA_SIGNATURE = [tf.TensorSpec([None], tf.string, name="question"), tf.TensorSpec([None], tf.string, name="context")]
 ADAPTER_SPEC = tf.TensorSpec([None], tf.string, name="adapter")
 
 
@@ -74,178 +70,14 @@ def _as_model_inputs(token_ids, segment_ids, padding_mask):
     }
 
 
-class _TextInputs:
-    """Raw text -> the model's token inputs, each row cut to its task's length.
-
-    Tasks of one SavedModel may have been trained at different sequence
-    lengths; each row gets exactly the tokens its own model would (the text
-    cut to `BYTES_PER_TOKEN * length` bytes as in training, invalid UTF-8
-    replaced, the first `length - 2` word pieces between `[CLS]` and
-    `[SEP]`), padded to the longest length, so a row's output does not depend
-    on the other rows' tasks. One tokenizer pass for the whole batch.
-    """
-
-    def __init__(self, preprocessor, width):
-        tokenizer = preprocessor.tokenizer
-        self.tokenizer = tokenizer
-        self.pad_id = tokenizer.pad_token_id
-        self.packer = keras_hub.layers.MultiSegmentPacker(
-            start_value=tokenizer.start_token_id,
-            end_value=tokenizer.end_token_id,
-            pad_value=tokenizer.pad_token_id,
-            sequence_length=int(width),
-        )
-
-    def __call__(self, text, lengths):
-        text = tf.reshape(text, [-1])
-        lengths = tf.broadcast_to(tf.cast(lengths, tf.int32), tf.shape(text))
-        cut = tf.strings.substr(text, tf.zeros_like(lengths), data_lib.BYTES_PER_TOKEN * lengths)
-        text = data_lib.clean_text(cut)
-        tokens = self.tokenizer(text)
-        positions = tf.ragged.range(tf.cast(tokens.row_lengths(), tf.int32))
-        tokens = tf.ragged.boolean_mask(tokens, positions < tf.expand_dims(lengths - 2, 1))
-        token_ids, segment_ids = self.packer(tokens)
-        return {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": token_ids != self.pad_id}
-
-
 def _task_length(model, name):
     """The sequence length adapter `name` was trained with."""
     return int(model.heads[name].sequence_length or model.sequence_length or 512)
 
 
-def _outputs(probabilities, labels):
-    """The text signatures' outputs; `labels(label_id)` names the classes."""
-    probabilities = tf.cast(probabilities, tf.float32)
-    label_id = tf.argmax(probabilities, axis=-1)
-    return {"probabilities": probabilities, "label_id": label_id, "label": labels(label_id)}
-
-
-class _PairInputs:
-    """Two raw texts per row -> `[CLS] a [SEP] b [SEP]` token inputs, as in training.
-
-    Each text is cut to the bytes the sequence length can use and cleaned
-    (`data.clean_text`), then the model's own preprocessor tokenizes and packs
-    the pair (the longer text is truncated first), so served inputs are
-    exactly the training pipeline's.
-    """
-
-    def __init__(self, preprocessor, length):
-        self.preprocessor = preprocessor
-        self.max_bytes = data_lib.BYTES_PER_TOKEN * int(length)
-
-    def __call__(self, text_a, text_b):
-        text_a, text_b = tf.reshape(text_a, [-1]), tf.reshape(text_b, [-1])
-        check = tf.debugging.assert_equal(
-            tf.size(text_a), tf.size(text_b),
-            message="text_a and text_b need the same number of rows (one pair per row)",
-        )
-        with tf.control_dependencies([check]):
-            pair = tuple(data_lib.clean_text(tf.identity(t), self.max_bytes) for t in (text_a, text_b))
-        return self.preprocessor(pair, y=None)
-
-
-class _Task:
-    """The functions one classification task exposes (its active adapters)."""
-
-    def __init__(self, model, length=None):
-        self.model = model
-        head = model._output_head()
-        self.class_names = tf.constant(head.label_names())
-        self.length = int(length or model.sequence_length or 512)
-        self.pairs = head.text_inputs == 2
-        self.inputs = _PairInputs(model.preprocessor, self.length) if self.pairs else _TextInputs(
-            model.preprocessor, self.length
-        )
-
-    @property
-    def text_signature(self):
-        return PAIR_SIGNATURE if self.pairs else TEXT_SIGNATURE
-
-    def classify_text(self, *texts):
-        inputs = self.inputs(*texts) if self.pairs else self.inputs(texts[0], self.length)
-        probabilities = self.model(inputs, training=False)
-        return _outputs(probabilities, lambda label_id: tf.gather(self.class_names, label_id))
-
-    def classify_tokens(self, token_ids, segment_ids, padding_mask):
-        inputs = _as_model_inputs(token_ids, segment_ids, padding_mask)
-        probabilities = self.model(inputs, training=False)
-        return {"probabilities": tf.cast(probabilities, tf.float32)}
-
-
-class _TokenTask(_Task):
-    """A token-classification adapter's functions: text -> entities (`token_data.GraphEntities`)."""
-
-    def __init__(self, model, length=None):
-        self.model = model
-        self.length = int(length or model.sequence_length or 512)
-        self.pairs = False
-        self.max_bytes = data_lib.BYTES_PER_TOKEN * self.length
-        self.entities = token_data.GraphEntities(
-            model.preprocessor.tokenizer, self.length, model._output_head().label_names()
-        )
-
-    def classify_text(self, text):
-        text = data_lib.clean_text(tf.reshape(text, [-1]), self.max_bytes)
-        starts, ends, inputs, labels = self.entities.inputs(text)
-        probabilities = tf.cast(self.model(inputs, training=False), tf.float32)
-        return self.entities(text, probabilities, starts, ends, labels)
-
-
-class _AnswerTask(_Task):
-    """A question-answering adapter's functions: (question, context) -> the
-    best answer (`qa_data.QuestionWindows` and `qa_data.GraphAnswers`, as
-    `AdapterQuestionAnswerer.answer`)."""
-
-    text_signature = QA_SIGNATURE
-
-    def __init__(self, model, length=None):
-        self.model = model
-        head = model._output_head()
-        self.length = int(length or model.sequence_length or 512)
-        self.windows = qa_data.QuestionWindows(
-            model.preprocessor.tokenizer, self.length, head.stride, head.max_question_length
-        )
-        self.answers = qa_data.GraphAnswers(head.max_answer_length)
-
-    def classify_text(self, question, context):
-        question, context = tf.reshape(question, [-1]), tf.reshape(context, [-1])
-        check = tf.debugging.assert_equal(
-            tf.size(question), tf.size(context),
-            message="question and context need the same number of rows (one question per context)",
-        )
-        rows = tf.size(question)
-        with tf.control_dependencies([check]):
-            # One empty row more: an empty request runs the same ops as any other.
-            question = data_lib.clean_text(tf.concat([question, [""]], 0), data_lib.BYTES_PER_TOKEN * self.length)
-            context = data_lib.clean_text(tf.concat([context, [""]], 0))
-        spec = tf.RaggedTensorSpec([None, self.length], tf.int32, ragged_rank=0)
-        # Each question's windows ([k, length], k varying) -> ragged [questions, k, length].
-        windows = tf.map_fn(
-            lambda qc: self._window_rows(qc[0], qc[1]), (question, context),
-            fn_output_signature=(spec, spec, tf.RaggedTensorSpec([None, self.length], tf.bool, ragged_rank=0),
-                                 spec, spec),
-        )
-        token_ids, segment_ids, padding_mask, starts, ends = (w.values for w in windows)
-        probabilities = self.model(
-            {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask}, training=False
-        )
-        example = tf.cast(windows[0].value_rowids(), tf.int32)
-        found = self.answers(context, probabilities, starts, ends, example)
-        return {k: v[:rows] for k, v in found.items()}
-
-    def _window_rows(self, question, context):
-        inputs, _, offsets = self.windows(question, context)
-        return (inputs["token_ids"], inputs["segment_ids"], inputs["padding_mask"],
-                offsets["starts"], offsets["ends"])
-
-
 def _task(model, length=None):
-    """The serving functions of the model's active task."""
-    if model._output_head().task == tasks.QUESTION_ANSWERING:
-        return _AnswerTask(model, length)
-    if model._output_head().task == tasks.TOKEN_CLASSIFICATION:
-        return _TokenTask(model, length)
-    return _Task(model, length)
+    """The serving functions of the model's active adapter, as its task defines them."""
+    return tasks.get_task(model.output_head.task).serving(model, length)
 
 
 class _RoutedTask:
@@ -260,7 +92,7 @@ class _RoutedTask:
         heads = [model.heads[n] for n in names]
         lengths = [_task_length(model, n) for n in names]
         self.lengths = tf.constant(lengths, tf.int32)
-        self.inputs = _TextInputs(model.preprocessor, max(lengths))
+        self.inputs = TextInputs(model.preprocessor, max(lengths))
         width = max(h.num_classes for h in heads)
         self.labels = tf.constant([h.label_names() + [""] * (width - h.num_classes) for h in heads])
         keys = {n: i for i, n in enumerate(names)}
@@ -304,7 +136,7 @@ class _RoutedTask:
         def labels(label_id):
             return tf.gather_nd(self.labels, tf.stack([tf.cast(ids, tf.int64), label_id], axis=1))
 
-        return _outputs(self.model(inputs, training=False), labels)
+        return outputs(self.model(inputs, training=False), labels)
 
 
 def _trace(function, signature):
@@ -460,8 +292,8 @@ def export_saved_model(model, path, version=1, merge=True, precision="float32"):
     served = serving_graph.serving_copy(model, precision, merge=merge)
     task = _task(served)
     signatures = {
-        "serving_default": _trace(task.classify_text, task.text_signature),
-        "serve_token_ids": _trace(task.classify_tokens, list(_token_signature().values())),
+        "serving_default": _trace(task.serve_text, task.text_signature),
+        "serve_token_ids": _trace(task.serve_token_ids, list(_token_signature().values())),
     }
     return _save(_variables_module(served), out, signatures)
 
@@ -515,10 +347,8 @@ def export_multi_adapter_saved_model(
     serving_graph.check_precision(precision)
     out = _version_dir(path, version)
     model = serving_graph.serving_copy(model, precision, merge=False)
-    # Pair tasks take two texts, so they get their own signatures, not the routed ones.
-    routed = [
-        n for n in names if n in model.adapter_names and model.heads[n].task == tasks.TEXT_CLASSIFICATION
-    ]
+    # Tasks that take other inputs (pairs, questions) or give other outputs get their own signatures.
+    routed = [n for n in names if n in model.adapter_names and tasks.get_task(model.heads[n].task).routable]
     # The routed graphs read stacked copies of the adapters' weights, so only
     # the fusions' own signatures need per-adapter variables.
     module = _variables_module(model, [n for n in names if n not in routed])
@@ -543,7 +373,7 @@ def export_multi_adapter_saved_model(
         else:
             model.set_active_adapters(model._fusion(name) if name in model.fusion_names else name)
             task = _task(model, _task_length(model, name))
-            signatures[key] = _trace(task.classify_text, task.text_signature)
+            signatures[key] = _trace(task.serve_text, task.text_signature)
     signatures["serving_default"] = signatures.get(keys[0], signatures.get("classify"))
     return _save(module, out, signatures)
 
@@ -634,7 +464,7 @@ def export_tflite(model, path, sequence_length=None, quantize="none", merge=True
     else:
         # Not fused: TFLite's converter makes its own fused ops.
         served = serving_graph.serving_copy(model, "float32", merge=merge, fuse=False)
-        module = _frozen_module(_trace(_Task(served).classify_tokens, signature), signature)
+        module = _frozen_module(_trace(tasks.TaskServing(served, length).serve_token_ids, signature), signature)
     files = {"model.tflite": _convert(module, quantize), "vocab.txt": _vocabulary(served)}
     if names:
         entries = [
@@ -648,7 +478,7 @@ def export_tflite(model, path, sequence_length=None, quantize="none", merge=True
         ]
         files["adapters.json"] = json.dumps({"adapters": entries}, indent=2) + "\n"
     else:
-        files["labels.txt"] = "\n".join(served._output_head().label_names()) + "\n"
+        files["labels.txt"] = "\n".join(served.output_head.label_names()) + "\n"
     _replace_files(path, files, stale=("adapters.json", "labels.txt"))
     return os.path.join(path, "model.tflite")
 

@@ -1,14 +1,31 @@
-"""Tasks: what each head means, from files to reports and served answers."""
+"""Tasks: what each head means, from files to reports and served answers.
 
-from keras_adapters.tasks.base import CLASSIFICATION_TASKS
-from keras_adapters.tasks.base import FORMATS
-from keras_adapters.tasks.base import HEAD_TASKS
-from keras_adapters.tasks.base import PAIR_CLASSIFICATION
-from keras_adapters.tasks.base import PAIR_SUFFIXES
-from keras_adapters.tasks.base import QUESTION_ANSWERING
-from keras_adapters.tasks.base import TASKS
-from keras_adapters.tasks.base import TEXT_CLASSIFICATION
-from keras_adapters.tasks.base import TOKEN_CLASSIFICATION
-from keras_adapters.tasks.base import canonical_task
-from keras_adapters.tasks.base import cli_name
-from keras_adapters.tasks.base import detect_task
+`Task` is the interface; each task is one module here that registers
+itself (`register_task`), in the order `detect_task` tries them. A task
+defined outside the package registers the same way.
+"""
+
+from keras_adapters.tasks.base import CLASSIFICATION_TASKS  # noqa: F401
+from keras_adapters.tasks.base import PAIR_CLASSIFICATION  # noqa: F401
+from keras_adapters.tasks.base import PAIR_SUFFIXES  # noqa: F401
+from keras_adapters.tasks.base import QUESTION_ANSWERING  # noqa: F401
+from keras_adapters.tasks.base import TEXT_CLASSIFICATION  # noqa: F401
+from keras_adapters.tasks.base import TOKEN_CLASSIFICATION  # noqa: F401
+from keras_adapters.tasks.base import Task  # noqa: F401
+from keras_adapters.tasks.base import TaskServing  # noqa: F401
+from keras_adapters.tasks.base import available_tasks  # noqa: F401
+from keras_adapters.tasks.base import canonical_task  # noqa: F401
+from keras_adapters.tasks.base import cli_name  # noqa: F401
+from keras_adapters.tasks.base import detect_task  # noqa: F401
+from keras_adapters.tasks.base import formats  # noqa: F401
+from keras_adapters.tasks.base import get_task  # noqa: F401
+from keras_adapters.tasks.base import register_task  # noqa: F401
+
+# Registration order is detection order (folders, CoNLL, then files by their suffix and columns).
+from keras_adapters.tasks import text_classification  # noqa: E402,F401
+from keras_adapters.tasks import token_classification  # noqa: E402,F401
+from keras_adapters.tasks import question_answering  # noqa: E402,F401
+from keras_adapters.tasks import pair_classification  # noqa: E402,F401
+
+#: The tasks this package defines (`available_tasks()` adds registered ones).
+TASKS = HEAD_TASKS = tuple(available_tasks())

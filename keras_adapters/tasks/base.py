@@ -1,4 +1,11 @@
-"""The tasks an adapter's head can do, and telling a data source's task.
+"""The `Task` interface, the registry of tasks, and telling a data source's task.
+
+A task is everything one kind of head means: the head layer, its loss and
+metrics, the readers that turn files into `tf.data`, label checks, the
+evaluation report, predictions for people and the serving functions. Each
+task is one module in this package that subclasses `Task` and registers an
+instance next to its code (`register_task`), as peft registers its methods;
+nothing outside `keras_adapters.tasks` tests which task it holds.
 
 Python and adapter folders spell a task with underscores
 (`"pair_classification"`); the CLI's `--task` takes the same words with
@@ -8,7 +15,10 @@ hyphens (`pair-classification`), as the Hugging Face pipelines name them.
 import csv
 import json
 import re
+import sys
 from pathlib import Path
+
+import keras
 
 TEXT_CLASSIFICATION = "text_classification"
 PAIR_CLASSIFICATION = "pair_classification"
@@ -16,68 +26,276 @@ TOKEN_CLASSIFICATION = "token_classification"
 QUESTION_ANSWERING = "question_answering"
 #: Tasks a `ClassificationHead` does (one label per text, or per pair).
 CLASSIFICATION_TASKS = (TEXT_CLASSIFICATION, PAIR_CLASSIFICATION)
-#: Tasks this release has heads for.
-HEAD_TASKS = (*CLASSIFICATION_TASKS, TOKEN_CLASSIFICATION, QUESTION_ANSWERING)
-TASKS = HEAD_TASKS
-#: File suffixes of pair data (JSON lines, comma- and tab-separated values).
+#: File suffixes of tabular data (JSON lines, comma- and tab-separated values).
 PAIR_SUFFIXES = (".jsonl", ".ndjson", ".csv", ".tsv")
-
-FORMATS = (
-    "a folder with one sub-folder per class of .txt files (text-classification); "
-    "tfds:NAME (text-classification); a .jsonl, .csv or .tsv file with two text columns "
-    "(pair-classification); a CoNLL-style file of 'word<TAB>tag' lines, sentences separated by "
-    "blank lines (token-classification); SQuAD v1.1 JSON (question-answering)"
-)
 #: A CoNLL line: a word, white space, and a BIO/IOBES tag last.
 CONLL_LINE = re.compile(r"^\S.*\s(O|[BIES]-\S+)$")
+#: The keys of a task record (`head.task_config()`) that every head has.
+COMMON_HEAD_KEYS = ("task", "num_classes", "class_names", "pooling", "dropout", "sequence_length")
+
+_REGISTRY = {}
+
+
+class Task:
+    """One kind of head, from data files to served answers.
+
+    Subclass it, set the class attributes and override the hooks a task
+    needs, then `register_task(MyTask())`. The model, training runs,
+    evaluation, the CLI and export call only these hooks.
+
+    Attributes:
+        name: the task's name in Python spelling (`"text_classification"`).
+        head_class: the Keras layer of its head; `head_class(**record)`
+            rebuilds a head from its `task_config()` record.
+        head_settings: head options beyond the common ones
+            (`COMMON_HEAD_KEYS`), kept in adapter folders and copied to a
+            new adapter of the same task.
+        input_fields: the texts of one example, in order (`("text",)`).
+        monitor: the metric the best epoch is picked by (higher is better).
+        unit: what one example of its data files is (`validation_split`
+            counts these).
+        bf16_safe: `False` when training in `mixed_bfloat16` costs accuracy
+            (`"auto"` precision stays float32 on CPUs).
+        routable: rows of this task can share a routed batch (`ka.Route`).
+        data_formats: the data files it reads, for error messages.
+
+    Example:
+    ```python
+    class TextLength(ka.tasks.Task):
+        name = "text_length"
+        head_class = LengthHead
+        ...
+    ka.tasks.register_task(TextLength())
+    ```
+    """
+
+    name = None
+    head_class = None
+    head_settings = ()
+    input_fields = ("text",)
+    monitor = "accuracy"
+    unit = "example"
+    bf16_safe = True
+    routable = False
+    data_formats = ""
+
+    @property
+    def cli_name(self):
+        return cli_name(self.name)
+
+    def __repr__(self):
+        return f"<task {self.name}>"
+
+    # ------------------------------------------------------------- the head
+    def make_head(self, record, **layer_kwargs):
+        """The head a task record describes (`task_config()`, or an adapter
+        folder's `task` section with `type` as `task`)."""
+        keys = (*COMMON_HEAD_KEYS, *self.head_settings)
+        return self.head_class(**{k: v for k, v in record.items() if k in keys}, **layer_kwargs)
+
+    def new_head_record(self, base, given, settings):
+        """The record of a new adapter's head (`add_adapter`).
+
+        Args:
+            base: the record of the model's first head (or defaults), whose
+                pooling and dropout (and, for the same task, settings) a new
+                head starts from.
+            given: the arguments the caller passed (`None`: unset).
+            settings: task-specific keyword arguments.
+        """
+        unknown = sorted(set(settings) - set(self.head_settings))
+        if unknown:
+            raise TypeError(f"add_adapter got {unknown}, which {self.cli_name} heads do not take.")
+        same = base.get("task") == self.name
+        record = {
+            "task": self.name,
+            "pooling": given["pooling"] if given["pooling"] is not None else (base.get("pooling") or "cls"),
+            "dropout": given["dropout"] if given["dropout"] is not None else base.get("dropout", 0.1),
+            "class_names": given["class_names"],
+            "sequence_length": given["sequence_length"],
+            "num_classes": given["num_classes"],
+        }
+        if record["num_classes"] is None and given["class_names"] is not None:
+            record["num_classes"] = len(given["class_names"])
+        if record["num_classes"] is None and same:
+            record["num_classes"] = base.get("num_classes")
+        record.update({k: base[k] for k in self.head_settings if same and k in base})
+        record.update(settings)
+        return record
+
+    # ------------------------------------------------------------- training
+    def loss(self):
+        return keras.losses.SparseCategoricalCrossentropy()
+
+    def metrics(self, num_classes, class_names=None):
+        return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+
+    def check_labels(self, y, x, num_classes, class_names=None, source="y"):
+        """Refuse in-memory labels the head cannot learn from (before `fit`)."""
+
+    def check_inputs(self, x, adapter):
+        """Refuse in-memory inputs that are not this task's (before `fit`,
+        `evaluate`, `predict`); `adapter` names the head's adapter."""
+
+    # ------------------------------------------------------------ data files
+    def detect(self, path, options):
+        """`True` when `path` (a `Path`, or `tfds:NAME` as a string) is this
+        task's data; `options` holds the data options (`text_b_key`, ...)."""
+        return False
+
+    def check_data(self, data):
+        """Raise `ValueError` when `data` is not a source this task reads."""
+
+    def datasets(self, data, preprocessor, validation_split, **options):
+        """(train, validation or `None`): batched `tf.data` datasets of
+        `(inputs, labels)` with `class_names` and `num_examples`."""
+        raise NotImplementedError(f"{self.cli_name} has no data reader.")
+
+    def count_examples(self, data, options):
+        """How many examples (`unit`s) `data` holds."""
+        raise NotImplementedError
+
+    def head_options(self, train, options):
+        """Head settings a training run takes from its data or data options."""
+        return {}
+
+    # ------------------------------------------------------------ using it
+    def evaluate(self, model, data, batch_size=32, **options):
+        """The report (a JSON-able dict) of `model`'s active adapter on `data`."""
+        raise NotImplementedError(f"{self.cli_name} has no evaluation.")
+
+    def format_report(self, report):
+        return json.dumps(report, indent=2)
+
+    def read_inputs(self, path, options):
+        """The examples of a file to predict, one list per `input_fields`
+        entry. One field: each line of the file is a text (blank lines too,
+        so output line i answers input line i); `"-"` reads standard input."""
+        if len(self.input_fields) != 1:
+            raise NotImplementedError(f"{self.cli_name} reads no prediction file.")
+        stream = sys.stdin if str(path) == "-" else open(path, encoding="utf-8-sig", errors="replace")
+        with stream:
+            return [[line.rstrip("\r\n").removeprefix("\ufeff") for line in stream]]
+
+    def predict(self, model, columns, batch_size=32):
+        """One JSON-able answer per example; `columns` holds one list of
+        strings per `input_fields` entry."""
+        raise NotImplementedError(f"{self.cli_name} has no prediction.")
+
+    def format_prediction(self, result):
+        """One line for people (the CLI's `predict` without `--json`)."""
+        return json.dumps(result)
+
+    def serving(self, model, length):
+        """The serving functions of `model`'s active adapter (a `TaskServing`)."""
+        raise NotImplementedError(f"{self.cli_name} has no serving signature.")
+
+
+class TaskServing:
+    """What a task's adapter exposes in a SavedModel.
+
+    Attributes:
+        text_signature: the `tf.TensorSpec`s of the raw-input signature.
+    Methods:
+        serve_text(*inputs): raw inputs -> dict of output tensors.
+        serve_token_ids(token_ids, segment_ids, padding_mask): token inputs
+            -> dict of output tensors.
+    """
+
+    text_signature = ()
+
+    def __init__(self, model, length):
+        self.model = model
+        self.length = int(length or model.sequence_length or 512)
+
+    def serve_token_ids(self, token_ids, segment_ids, padding_mask):
+        import tensorflow as tf
+
+        inputs = {
+            "token_ids": tf.cast(token_ids, tf.int32),
+            "segment_ids": tf.cast(segment_ids, tf.int32),
+            "padding_mask": tf.cast(padding_mask, tf.bool),
+        }
+        return {"probabilities": tf.cast(self.model(inputs, training=False), tf.float32)}
+
+
+# ------------------------------------------------------------------ registry
+def register_task(task):
+    """Make `task` (a `Task` instance) known to models, runs, the CLI and export.
+
+    Returns `task`. A second task under a taken name is an error, unless it is
+    of the same class (re-importing a module).
+    """
+    if not isinstance(task, Task) or not task.name or task.head_class is None:
+        raise TypeError(f"register_task takes a Task instance with a name and a head_class, got {task!r}.")
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", task.name):
+        raise ValueError(f"A task name is lower case letters, digits and '_', got {task.name!r}.")
+    known = _REGISTRY.get(task.name)
+    if known is not None and type(known).__qualname__ != type(task).__qualname__:
+        raise ValueError(f"A task named {task.name!r} is registered already ({known!r}).")
+    _REGISTRY[task.name] = task
+    return task
+
+
+def available_tasks():
+    """The registered tasks' names, in registration order."""
+    return list(_REGISTRY)
+
+
+def get_task(task):
+    """The registered `Task` named `task` (either spelling), or `task` itself.
+
+    Raises:
+        ValueError: no such task; the message names the known ones.
+    """
+    if isinstance(task, Task):
+        return task
+    name = str(task).replace("-", "_")
+    if name not in _REGISTRY:
+        raise ValueError(f"Unknown task {task!r}; the tasks are {', '.join(map(cli_name, _REGISTRY))}.")
+    return _REGISTRY[name]
 
 
 def canonical_task(task):
     """`task` in Python spelling; `ValueError` naming the tasks for anything else."""
-    name = str(task).replace("-", "_")
-    if name not in TASKS:
-        raise ValueError(f"Unknown task {task!r}; the tasks are {', '.join(cli_name(t) for t in TASKS)}.")
-    return name
+    return get_task(task).name
 
 
 def cli_name(task):
     return task.replace("_", "-")
 
 
-def detect_task(source, text_b_key="text_b"):
-    """The task a data source is for, from its layout.
+def formats():
+    return "; ".join(t.data_formats for t in _REGISTRY.values() if t.data_formats)
 
-    A folder (or `tfds:NAME`): text classification. A file whose first
-    lines are `word<TAB>tag` (a BIO/IOBES tag): token classification. A
-    `.jsonl`, `.csv` or `.tsv` file whose first record has a `text_b_key`
-    field: pairs.
+
+def detect_task(source, text_b_key="text_b", **options):
+    """The task a data source is for, from its layout: the first registered
+    task whose `detect` accepts it.
 
     Raises:
-        ValueError: the source is none of these; the message names the formats.
+        ValueError: no task reads it; the message names the formats.
     """
     source = str(source)
-    if source.startswith("tfds:") or Path(source).is_dir():
-        return TEXT_CLASSIFICATION
-    path = Path(source)
-    if not path.exists():
-        raise ValueError(f"{source!r} does not exist. Pass {FORMATS}.")
-    if _looks_like_conll(path):
-        return TOKEN_CLASSIFICATION
-    if path.suffix.lower() == ".json" and _looks_like_squad(path):
-        return QUESTION_ANSWERING
-    if path.suffix.lower() in PAIR_SUFFIXES:
-        fields = _first_record_fields(path)
-        if text_b_key in fields:
-            return PAIR_CLASSIFICATION
+    options = {"text_b_key": text_b_key, **options}
+    if not source.startswith("tfds:") and not Path(source).exists():
+        raise ValueError(f"{source!r} does not exist. Pass {formats()}.")
+    path = source if source.startswith("tfds:") else Path(source)
+    for task in _REGISTRY.values():
+        if task.detect(path, options):
+            return task.name
+    if isinstance(path, Path) and path.suffix.lower() in PAIR_SUFFIXES:
+        fields = first_record_fields(path)
         raise ValueError(
             f"{source} has no {text_b_key!r} column (its columns: {sorted(fields)}), so its task cannot be "
             f"told. For sentence pairs name the second text's column (--text-b-key), or pass --task. "
-            f"Formats: {FORMATS}."
+            f"Formats: {formats()}."
         )
-    raise ValueError(f"Cannot tell the task of {source!r} from its format. Pass {FORMATS}; or pass --task.")
+    raise ValueError(f"Cannot tell the task of {source!r} from its format. Pass {formats()}; or pass --task.")
 
 
-def _first_record_fields(path):
+def first_record_fields(path):
+    """The field names of a JSONL/CSV/TSV file's first record."""
     with open(path, encoding="utf-8-sig", errors="replace") as f:
         for line in f:
             if not line.strip():
@@ -93,7 +311,7 @@ def _first_record_fields(path):
     return []
 
 
-def _looks_like_conll(path, lines=20):
+def looks_like_conll(path, lines=20):
     """Its first `lines` non-blank lines (past `-DOCSTART-`) all end in a tag.
 
     Raises:
@@ -120,7 +338,7 @@ def _looks_like_conll(path, lines=20):
     return seen > 0
 
 
-def _looks_like_squad(path):
+def looks_like_squad(path):
     """A SQuAD-format JSON: {"data": [{"paragraphs": [...]}, ...]}."""
     with open(path, encoding="utf-8-sig", errors="replace") as f:
         head = f.read(4096)

@@ -26,7 +26,11 @@ from pathlib import Path
 import tensorflow as tf
 
 from keras_adapters.io import text_data as data_lib
-from keras_adapters import tasks
+from keras_adapters.tasks.base import PAIR_CLASSIFICATION
+from keras_adapters.tasks.base import PAIR_SUFFIXES
+from keras_adapters.tasks.base import first_record_fields
+from keras_adapters.tasks.base import register_task
+from keras_adapters.tasks.classification import ClassificationTask
 
 DEFAULT_KEYS = {"text_a_key": "text_a", "text_b_key": "text_b", "label_key": "label"}
 
@@ -34,9 +38,9 @@ DEFAULT_KEYS = {"text_a_key": "text_a", "text_b_key": "text_b", "label_key": "la
 def _records(path):
     """(line number, {column: value}) per record of a JSONL, CSV or TSV file."""
     suffix = path.suffix.lower()
-    if suffix not in tasks.PAIR_SUFFIXES:
+    if suffix not in PAIR_SUFFIXES:
         raise data_lib.DatasetError(
-            f"{path}: pair data is read from {', '.join(tasks.PAIR_SUFFIXES)} files, not {suffix or 'no suffix'!r}."
+            f"{path}: pair data is read from {', '.join(PAIR_SUFFIXES)} files, not {suffix or 'no suffix'!r}."
         )
     # utf-8-sig: a spreadsheet's byte-order mark is not part of the first column's name.
     with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
@@ -274,3 +278,56 @@ def pair_dataset_from_file(
         outputs.append(ds)
     return tuple(outputs) if subset == "both" else outputs[0]
 
+
+
+class PairClassification(ClassificationTask):
+    """One label per pair of texts (`[CLS] a [SEP] b [SEP]`), from a JSONL,
+    CSV or TSV file with two text columns (`pair_dataset_from_file`)."""
+
+    name = PAIR_CLASSIFICATION
+    input_fields = ("text_a", "text_b")
+    unit = "record"
+    data_formats = "a .jsonl, .csv or .tsv file with two text columns (pair-classification)"
+
+    def detect(self, path, options):
+        return (
+            not isinstance(path, str)
+            and path.suffix.lower() in PAIR_SUFFIXES
+            and options.get("text_b_key", "text_b") in first_record_fields(path)
+        )
+
+    def check_data(self, data):
+        if not Path(str(data)).is_file():
+            raise ValueError(f"Pair classification reads a .jsonl, .csv or .tsv file; {str(data)!r} is not a file.")
+
+    def datasets(self, data, preprocessor, validation_split, **options):
+        refused = sorted(k for k in ("stride", "max_question_length", "max_answer_length")
+                         if options.get(k) is not None)
+        if refused:
+            raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in refused)}: only for question answering.")
+        options = {k: v for k, v in options.items() if k not in ("split", "text_key", "data_dir", *refused)}
+        for key in ("stride", "max_question_length", "max_answer_length"):
+            options.pop(key, None)
+        if not validation_split:
+            return pair_dataset_from_file(data, preprocessor, **options), None
+        return pair_dataset_from_file(data, preprocessor, validation_split=validation_split, subset="both", **options)
+
+    def read_inputs(self, path, options):
+        if str(path) == "-":
+            raise ValueError("This run classifies text pairs: pass --file with a .jsonl, .csv or .tsv file.")
+        keys = {k: options[k] for k in ("text_a_key", "text_b_key") if options.get(k)}
+        a, b, _ = read_pairs(path, **keys, labelled=False)
+        return [a, b]
+
+    def count_examples(self, data, options):
+        keys = {k: options[k] for k in DEFAULT_KEYS if k in options}
+        return len(read_pairs(data, **keys)[0])
+
+    def evaluation_dataset(self, model, data, batch_size, **options):
+        keys = {k: options[k] for k in DEFAULT_KEYS if k in options}
+        return pair_dataset_from_file(
+            data, model.preprocessor, batch_size=batch_size, shuffle=False, class_names=model.class_names, **keys
+        )
+
+
+TASK = register_task(PairClassification())

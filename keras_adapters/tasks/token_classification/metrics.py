@@ -13,6 +13,11 @@ entity_report([["B-PER", "I-PER"]], [["B-PER", "O"]])["f1"]  # 0.0
 ```
 """
 
+import keras
+import tensorflow as tf
+
+from keras_adapters.core.recipe import IGNORE
+
 TAG_PREFIXES = ("B", "I", "E", "S")
 
 
@@ -86,3 +91,58 @@ def entity_report(true_tags, predicted_tags):
         count = [sum(e[1] == kind for e in group) for group in (correct, predicted, true)]
         per_type[kind] = {**_scores(*count), "support": count[2]}
     return {**report, "per_type": per_type, "num_examples": len(true_tags)}
+
+
+# ------------------------------------------------------ Keras training metrics
+@keras.saving.register_keras_serializable(package="keras_adapters")
+class MaskedAccuracy(keras.metrics.Mean):
+    """Accuracy over the positions whose label is not `ignore`: for token
+    tagging, the first piece of each word (padding and later pieces are -1)."""
+
+    def __init__(self, ignore=IGNORE, name="accuracy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.ignore = ignore
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true = tf.cast(y_true, tf.int32)
+        hit = tf.equal(y_true, tf.cast(tf.argmax(y_pred, axis=-1), tf.int32))
+        return super().update_state(tf.boolean_mask(tf.cast(hit, self.dtype), tf.not_equal(y_true, self.ignore)))
+
+    def get_config(self):
+        return {**super().get_config(), "ignore": self.ignore}
+
+
+@keras.saving.register_keras_serializable(package="keras_adapters")
+class TagF1(keras.metrics.Metric):
+    """Micro F1 of the tags other than `outside` (`O`) over labelled tokens.
+
+    What a tagger is picked by during training: token accuracy stays at the
+    share of `O` while a model tags nothing, while this rises with every
+    entity word found. (Entity-level F1 needs whole sentences:
+    `token_classification.token_report`.)
+    """
+
+    def __init__(self, outside=0, ignore=IGNORE, name="tag_f1", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.outside, self.ignore = outside, ignore
+        self.counts = self.add_variable(shape=(3,), initializer="zeros", name="counts")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true = tf.cast(y_true, tf.int32)
+        predicted = tf.cast(tf.argmax(y_pred, axis=-1), tf.int32)
+        labelled = tf.not_equal(y_true, self.ignore)
+        true_tag = labelled & tf.not_equal(y_true, self.outside)
+        predicted_tag = labelled & tf.not_equal(predicted, self.outside)
+        hits = true_tag & tf.equal(y_true, predicted)
+        counts = [tf.reduce_sum(tf.cast(m, self.dtype)) for m in (hits, predicted_tag, true_tag)]
+        self.counts.assign_add(tf.stack(counts))
+
+    def result(self):
+        hits, predicted, true = self.counts[0], self.counts[1], self.counts[2]
+        return tf.math.divide_no_nan(2.0 * hits, predicted + true)
+
+    def reset_state(self):
+        self.counts.assign(tf.zeros_like(self.counts))
+
+    def get_config(self):
+        return {**super().get_config(), "outside": self.outside, "ignore": self.ignore}

@@ -1,0 +1,497 @@
+"""What text and pair classification share: the head, label checks, the
+report, predictions and the serving functions (one label per example)."""
+
+import numbers
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from keras_adapters.core import recipe
+from keras_adapters.io import text_data as data_lib
+from keras_adapters.methods.base import gather_rows
+from keras_adapters.methods.base import pad_axis
+from keras_adapters.tasks.base import CLASSIFICATION_TASKS
+from keras_adapters.tasks.base import PAIR_CLASSIFICATION
+from keras_adapters.tasks.base import TEXT_CLASSIFICATION
+from keras_adapters.tasks.base import Task
+from keras_adapters.tasks.base import TaskServing
+
+MULTI_LABEL_REMOVED = (
+    "multi_label heads were removed in keras-adapters 0.4: evaluate, predict and serving "
+    "answered them with argmax, and no data format carried several labels per text. Train "
+    "one two-class adapter per label instead."
+)
+POOLINGS = ("cls", "mean")
+
+
+@keras.saving.register_keras_serializable(package="keras_adapters")
+class MaskedMeanPooling(keras.layers.Layer):
+    """Mean of the token vectors where `padding_mask` is true.
+
+    Example:
+    ```python
+    MaskedMeanPooling()(sequence_output, padding_mask)  # (batch, hidden)
+    ```
+    """
+
+    def call(self, sequence, padding_mask):
+        mask = ops.cast(ops.expand_dims(padding_mask, -1), sequence.dtype)
+        total = ops.sum(sequence * mask, axis=1)
+        count = ops.maximum(ops.sum(mask, axis=1), ops.cast(1.0, mask.dtype))
+        return total / count
+
+    def compute_output_shape(self, sequence_shape, padding_mask_shape):
+        return (sequence_shape[0], sequence_shape[-1])
+
+
+def check_classes(num_classes, class_names):
+    """`class_names` as a list of distinct strings, or `None`; raises on bad input."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
+    if class_names is None:
+        return None
+    class_names = [str(c) for c in class_names]
+    if len(class_names) != num_classes or len(set(class_names)) != num_classes:
+        raise ValueError(f"class_names must be {num_classes} distinct names, got {class_names}.")
+    return class_names
+
+
+def dropout_and_logits(head, num_classes, dropout):
+    """A head's dropout and its dense layer to `num_classes` logits (BERT's init)."""
+    return (
+        keras.layers.Dropout(dropout, dtype=head.dtype_policy, name="classifier_dropout"),
+        keras.layers.Dense(
+            num_classes,
+            kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+            dtype=head.dtype_policy,
+            name="logits",
+        ),
+    )
+
+
+@keras.saving.register_keras_serializable(package="keras_adapters")
+class ClassificationHead(keras.layers.Layer):
+    """Pooling, dropout and a dense layer to class probabilities.
+
+    Args:
+        num_classes: number of classes (2 or more).
+        pooling: `"cls"` (the backbone's pooled `[CLS]` output) or `"mean"`
+            (mean of the token vectors where the padding mask is true).
+        dropout: dropout before the classification layer.
+        class_names: optional `num_classes` distinct names.
+        sequence_length: the tokens per text this task was trained with
+            (recorded with the adapter; exported text signatures cut each
+            task's texts to it). `None`: the model's.
+        task: `"text_classification"` (one text per example) or
+            `"pair_classification"` (two: `[CLS] a [SEP] b [SEP]`, segment
+            ids 0 and 1; fit and predict take `(texts_a, texts_b)`).
+
+    Probabilities are float32 whatever the dtype policy, for a stable loss.
+
+    Example:
+    ```python
+    head = ClassificationHead(3, pooling="mean")
+    head.build(hidden_dim=384)
+    probabilities = head(sequence_output, pooled_output, padding_mask)
+    ```
+    """
+
+    def __init__(
+        self,
+        num_classes,
+        pooling="cls",
+        dropout=0.1,
+        class_names=None,
+        sequence_length=None,
+        task=TEXT_CLASSIFICATION,
+        **kwargs,
+    ):
+        if kwargs.pop("multi_label", False):
+            raise ValueError(MULTI_LABEL_REMOVED)
+        super().__init__(**kwargs)
+        task = str(task).replace("-", "_")
+        if task not in CLASSIFICATION_TASKS:
+            raise ValueError(f"A ClassificationHead classifies texts or text pairs, not {task!r}.")
+        self.task = task
+        self.class_names = check_classes(num_classes, class_names)
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}.")
+        if sequence_length is not None and (
+            isinstance(sequence_length, bool) or not isinstance(sequence_length, int) or sequence_length < 3
+        ):
+            raise ValueError(f"sequence_length must be an integer >= 3 or None, got {sequence_length!r}.")
+        self.sequence_length = sequence_length
+        self.num_classes = int(num_classes)
+        self.pooling = pooling
+        self.dropout_rate = dropout
+        self.mean_pooling = MaskedMeanPooling(dtype=self.dtype_policy, name="mean_pooling")
+        self.dropout, self.logits = dropout_and_logits(self, num_classes, dropout)
+
+    def build(self, hidden_dim):
+        self.logits.build((None, int(hidden_dim)))
+        self.built = True
+
+    def call(self, sequence_output, pooled_output, padding_mask, training=None):
+        if self.pooling == "cls":
+            pooled = pooled_output
+        else:
+            pooled = self.mean_pooling(sequence_output, padding_mask)
+        logits = self.logits(self.dropout(pooled, training=training))
+        logits = ops.cast(logits, "float32")
+        return ops.softmax(logits, axis=-1)
+
+    def weights_by_key(self):
+        """{key: variable}, keyed as adapter folders are (`logits/kernel`)."""
+        return {f"logits/{w.name}": w for w in self.logits.weights}
+
+    def task_config(self):
+        return {
+            "num_classes": self.num_classes,
+            "class_names": self.class_names,
+            "pooling": self.pooling,
+            "dropout": self.dropout_rate,
+            "sequence_length": self.sequence_length,
+            "task": self.task,
+        }
+
+    @property
+    def text_inputs(self):
+        """Texts per example: 1, or 2 for pairs."""
+        return 2 if self.task == PAIR_CLASSIFICATION else 1
+
+    def label_names(self):
+        return self.class_names or [str(i) for i in range(self.num_classes)]
+
+    def compute_output_shape(self, sequence_shape, pooled_shape, mask_shape):
+        return (sequence_shape[0], self.num_classes)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(self.task_config())
+        return config
+
+
+def routed_probabilities(heads, ids, sequence_output, pooled_output, padding_mask):
+    """Each row through its own head, with the heads' weights gathered per row.
+
+    Args:
+        heads: the `ClassificationHead`s of a `Route`, in its order.
+        ids: int32 `[batch]`, each row's index into `heads`.
+        sequence_output, pooled_output, padding_mask: the backbone's outputs.
+
+    Returns:
+        float32 `[batch, K]`, K the largest head's class count; a row's
+        columns past its head's classes are exactly 0 (they are masked out of
+        the softmax, so its own columns are what its head alone gives).
+    """
+    width = max(h.num_classes for h in heads)
+
+    def rows(values, dtype, role=None):
+        return gather_rows(values, ids, dtype, key=role and f"heads/{'+'.join(h.name for h in heads)}/{role}")
+
+    poolings = {h.pooling for h in heads}
+    if poolings == {"cls"}:
+        pooled = pooled_output
+    else:
+        mean = heads[0].mean_pooling(sequence_output, padding_mask)
+        is_mean = rows([h.pooling == "mean" for h in heads], "bool")
+        pooled = mean if poolings == {"mean"} else ops.where(is_mean[:, None], mean, pooled_output)
+    dtype = pooled.dtype
+    kernel = rows(lambda: [pad_axis(h.logits.kernel, width, 1) for h in heads], dtype, "kernel")
+    bias = rows(lambda: [pad_axis(h.logits.bias, width, 0) for h in heads], dtype, "bias")
+    logits = ops.cast(ops.einsum("bh,bhk->bk", pooled, kernel) + bias, "float32")
+    valid = rows([[j < h.num_classes for j in range(width)] for h in heads], "bool")
+    logits = ops.where(valid, logits, float("-inf"))
+    return ops.softmax(logits, axis=-1)
+
+
+def classification_report(labels, probabilities, class_names):
+    """Accuracy, macro-F1, log loss, per-class P/R/F1 and the confusion matrix.
+
+    Computed in NumPy (float64) from the model's probabilities, independent
+    of the Keras metrics used during training.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    num_classes = len(class_names)
+    predicted = probabilities.argmax(axis=1)
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    per_class = {}
+    f1s = []
+    for i, name in enumerate(class_names):
+        tp = confusion[i, i]
+        support = int(confusion[i].sum())
+        predicted_count = confusion[:, i].sum()
+        precision = tp / predicted_count if predicted_count else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {
+            "precision": float(precision),
+            "recall": float(recall),
+            "f1": float(f1),
+            "support": support,
+        }
+        if support:
+            f1s.append(f1)
+    picked = probabilities[np.arange(len(labels)), labels]
+    return {
+        "accuracy": float((predicted == labels).mean()) if len(labels) else 0.0,
+        # Over the classes present in the data, so a subset folder is fair.
+        "macro_f1": float(np.mean(f1s)) if f1s else 0.0,
+        "loss": float(-np.log(np.clip(picked, 1e-12, 1.0)).mean()) if len(labels) else 0.0,
+        "num_examples": int(len(labels)),
+        "class_names": list(class_names),
+        "per_class": per_class,
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def format_report(result):
+    """A readable text report: summary, per-class table, confusion matrix."""
+    names = result["class_names"]
+    width = max(12, max(len(n) for n in names) + 2)
+    lines = [
+        f"examples {result['num_examples']}   accuracy {result['accuracy']:.4f}   "
+        f"macro-F1 {result['macro_f1']:.4f}   loss {result['loss']:.4f}",
+        "",
+        f"{'class':{width}s}{'precision':>10s}{'recall':>10s}{'f1':>10s}{'support':>10s}",
+    ]
+    for name in names:
+        c = result["per_class"][name]
+        lines.append(
+            f"{name:{width}s}{c['precision']:10.4f}{c['recall']:10.4f}{c['f1']:10.4f}{c['support']:10d}"
+        )
+    lines += ["", "confusion matrix (rows: true, columns: predicted)"]
+    cell = max(6, max(len(n) for n in names) + 1)
+    lines.append(" " * width + "".join(f"{n[:cell - 1]:>{cell}s}" for n in names))
+    for name, row in zip(names, result["confusion_matrix"]):
+        lines.append(f"{name:{width}s}" + "".join(f"{v:{cell}d}" for v in row))
+    return "\n".join(lines)
+
+
+def write_confusion_png(result, path):
+    """Draw the confusion matrix (counts, row-normalised colours) to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = result["class_names"]
+    matrix = np.asarray(result["confusion_matrix"], dtype=np.float64)
+    rows = matrix.sum(axis=1, keepdims=True)
+    shares = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
+    size = 1.2 + 0.7 * len(names)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), labels=names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), labels=names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(
+                j, i, int(matrix[i, j]), ha="center", va="center",
+                color="white" if shares[i, j] > 0.5 else "black",
+            )
+    ax.set_title(f"accuracy {result['accuracy']:.3f}, macro-F1 {result['macro_f1']:.3f}")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return str(path)
+
+
+def predict_texts(model, texts, batch_size=32):
+    """[{"label": name, "label_id": i, "probabilities": {name: p}}] per text
+    (`texts`: a list of strings, or a tuple `(texts_a, texts_b)` of pairs)."""
+    texts = tuple(list(t) for t in texts) if isinstance(texts, tuple) else list(texts)
+    probabilities = model.predict(texts, batch_size=batch_size, verbose=0)
+    names = model.class_names or [str(i) for i in range(model.num_classes)]
+    out = []
+    for row in np.asarray(probabilities, dtype=np.float64):
+        best = int(row.argmax())
+        out.append(
+            {
+                "label": names[best],
+                "label_id": best,
+                "probabilities": {n: round(float(p), 6) for n, p in zip(names, row)},
+            }
+        )
+    return out
+
+
+def check_labels(labels, num_classes, class_names=None, source="y"):
+    """Refuse labels that are not class indices in `[0, num_classes)`.
+
+    Keras would truncate 1.5 to 1 and stop mid-epoch on 7 with a long
+    TensorFlow error; this names the first offending label and its index.
+    """
+    values = np.asarray(labels)
+    flat = values.reshape(-1)
+    classes = f" ({', '.join(class_names)})" if class_names else ""
+    if values.dtype.kind not in "iuf":
+        raise ValueError(
+            f"{source} holds {values.dtype} values (e.g. {flat[0]!r}); labels are class indices "
+            f"0..{num_classes - 1}{classes}."
+        )
+    problems = (
+        ("is not a whole number", np.flatnonzero(flat != np.round(flat))),
+        (f"is outside [0, {num_classes})", np.flatnonzero((flat < 0) | (flat >= num_classes))),
+    )
+    for what, where in problems:
+        if where.size:
+            i = int(where[0])
+            raise ValueError(
+                f"{source}[{i}] = {flat[i].item()!r} {what}: labels are class indices 0..{num_classes - 1}"
+                f"{classes} ({where.size} such label(s))."
+            )
+
+
+def outputs(probabilities, labels):
+    """The text signatures' outputs; `labels(label_id)` names the classes."""
+    probabilities = tf.cast(probabilities, tf.float32)
+    label_id = tf.argmax(probabilities, axis=-1)
+    return {"probabilities": probabilities, "label_id": label_id, "label": labels(label_id)}
+
+
+
+class TextInputs:
+    """Raw text -> the model's token inputs, each row cut to its own length.
+
+    Tasks of one SavedModel may have been trained at different sequence
+    lengths; each row gets exactly the tokens its own model would (the text
+    cut to `BYTES_PER_TOKEN * length` bytes as in training, invalid UTF-8
+    replaced, the first `length - 2` word pieces between `[CLS]` and
+    `[SEP]`), padded to the longest length, so a row's output does not depend
+    on the other rows' tasks. One tokenizer pass for the whole batch.
+    """
+
+    def __init__(self, preprocessor, width):
+        import keras_hub
+
+        tokenizer = preprocessor.tokenizer
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.pad_token_id
+        self.packer = keras_hub.layers.MultiSegmentPacker(
+            start_value=tokenizer.start_token_id,
+            end_value=tokenizer.end_token_id,
+            pad_value=tokenizer.pad_token_id,
+            sequence_length=int(width),
+        )
+
+    def __call__(self, text, lengths):
+        text = tf.reshape(text, [-1])
+        lengths = tf.broadcast_to(tf.cast(lengths, tf.int32), tf.shape(text))
+        cut = tf.strings.substr(text, tf.zeros_like(lengths), data_lib.BYTES_PER_TOKEN * lengths)
+        text = data_lib.clean_text(cut)
+        tokens = self.tokenizer(text)
+        positions = tf.ragged.range(tf.cast(tokens.row_lengths(), tf.int32))
+        tokens = tf.ragged.boolean_mask(tokens, positions < tf.expand_dims(lengths - 2, 1))
+        token_ids, segment_ids = self.packer(tokens)
+        return {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": token_ids != self.pad_id}
+
+
+class PairInputs:
+    """Two raw texts per row -> `[CLS] a [SEP] b [SEP]` token inputs, as in training.
+
+    Each text is cut to the bytes the sequence length can use and cleaned
+    (`data.clean_text`), then the model's own preprocessor tokenizes and packs
+    the pair (the longer text is truncated first), so served inputs are
+    exactly the training pipeline's.
+    """
+
+    def __init__(self, preprocessor, length):
+        self.preprocessor = preprocessor
+        self.max_bytes = data_lib.BYTES_PER_TOKEN * int(length)
+
+    def __call__(self, text_a, text_b):
+        text_a, text_b = tf.reshape(text_a, [-1]), tf.reshape(text_b, [-1])
+        check = tf.debugging.assert_equal(
+            tf.size(text_a), tf.size(text_b),
+            message="text_a and text_b need the same number of rows (one pair per row)",
+        )
+        with tf.control_dependencies([check]):
+            pair = tuple(data_lib.clean_text(tf.identity(t), self.max_bytes) for t in (text_a, text_b))
+        return self.preprocessor(pair, y=None)
+
+
+class ClassificationServing(TaskServing):
+    """A classification adapter's functions: text(s) -> probabilities, label."""
+
+    def __init__(self, model, length):
+        super().__init__(model, length)
+        head = model.output_head
+        self.class_names = tf.constant(head.label_names())
+        self.pairs = head.text_inputs == 2
+        self.inputs = PairInputs(model.preprocessor, self.length) if self.pairs else TextInputs(
+            model.preprocessor, self.length
+        )
+        names = ("text_a", "text_b") if self.pairs else ("text",)
+        self.text_signature = [tf.TensorSpec([None], tf.string, name=n) for n in names]
+
+    def serve_text(self, *texts):
+        inputs = self.inputs(*texts) if self.pairs else self.inputs(texts[0], self.length)
+        probabilities = self.model(inputs, training=False)
+        return outputs(probabilities, lambda label_id: tf.gather(self.class_names, label_id))
+
+
+class ClassificationTask(Task):
+    """One label per example, from a softmax over the classes."""
+
+    head_class = ClassificationHead
+    head_settings = ()
+
+    def metrics(self, num_classes, class_names=None):
+        return recipe.classification_metrics(num_classes)
+
+    def check_labels(self, y, x, num_classes, class_names=None, source="y"):
+        check_labels(y, num_classes, class_names, source)
+
+    def check_inputs(self, x, adapter):
+        pair = isinstance(x, (tuple, list)) and len(x) == 2 and not isinstance(x[0], str)
+        if len(self.input_fields) == 2 and not pair:
+            raise ValueError(
+                f"Adapter {adapter!r} classifies text pairs: pass a tuple "
+                "(texts_a, texts_b) of two equally long lists (or arrays) of strings."
+            )
+        if len(self.input_fields) == 1 and isinstance(x, tuple):
+            raise ValueError(
+                f"Adapter {adapter!r} classifies single texts, but got a tuple of "
+                f"{len(x)}. For text pairs, give the adapter task='pair_classification'."
+            )
+
+    def evaluation_dataset(self, model, data, batch_size, **options):
+        raise NotImplementedError
+
+    def evaluate(self, model, data, batch_size=32, **options):
+        dataset = self.evaluation_dataset(model, data, batch_size, **options)
+        labels, probabilities = [], []
+        for x, y in dataset:
+            probabilities.append(np.asarray(model.predict_on_batch(x), dtype=np.float64))
+            labels.append(np.asarray(y))
+        if not labels:
+            raise data_lib.DatasetError(f"{data!r} yielded no examples to evaluate.")
+        return classification_report(np.concatenate(labels), np.concatenate(probabilities), model.class_names)
+
+    def format_report(self, report):
+        return format_report(report)
+
+    def predict(self, model, columns, batch_size=32):
+        texts = tuple(columns) if len(columns) > 1 else columns[0]
+        results = predict_texts(model, texts, batch_size=batch_size)
+        inputs = [dict(zip(self.input_fields, row)) for row in zip(*columns)]
+        return [{**i, **r} for i, r in zip(inputs, results)]
+
+    def format_prediction(self, result):
+        shown = " || ".join(_short(result[f]) for f in self.input_fields)
+        return f"{result['label']}\t{result['probabilities'][result['label']]:.4f}\t{shown}"
+
+    def serving(self, model, length):
+        return ClassificationServing(model, length)
+
+
+def _short(text):
+    return text if len(text) <= 70 else text[:67] + "..."
