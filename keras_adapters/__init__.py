@@ -66,6 +66,8 @@ from keras_adapters.runs.training import train_classifier
 from keras_adapters import tasks
 from keras_adapters.tasks import Task
 from keras_adapters.tasks import register_task
+from keras_adapters.tasks.multi_label_classification import MultiLabelHead
+from keras_adapters.tasks.multi_label_classification import multi_label_dataset
 from keras_adapters.version import __version__
 
 # Module paths of 0.8 and before (one flat folder), still importable:
@@ -135,6 +137,7 @@ __all__ = [
     "LoRAConfig",
     "LoRALayer",
     "MAMConfig",
+    "MultiLabelHead",
     "Parallel",
     "ParallelAdapterConfig",
     "PfeifferConfig",
@@ -158,6 +161,7 @@ __all__ = [
     "inject_adapters",
     "load_run",
     "merge_lora_adapters",
+    "multi_label_dataset",
     "pair_dataset_from_file",
     "parameter_report",
     "question_dataset_from_file",

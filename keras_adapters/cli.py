@@ -162,15 +162,17 @@ def _parser():
 
 def _add_key_options(command):
     command.add_argument("--text-key", default="text", help="tfds: the text feature")
-    command.add_argument("--label-key", default="label", help="tfds: the label feature; pair files: the label column")
+    command.add_argument("--label-key", default=None,
+                         help="tfds: the label feature; files: the label column (default: label; multi-label: labels)")
     command.add_argument("--text-a-key", default="text_a", help="pair files: the first text's column")
     command.add_argument("--text-b-key", default="text_b", help="pair files: the second text's column")
 
 
 def _data_options(args):
     if not str(args.data).startswith("tfds:"):
-        return {"text_a_key": args.text_a_key, "text_b_key": args.text_b_key, "label_key": args.label_key}
-    options = {"text_key": args.text_key, "label_key": args.label_key}
+        options = {"text_a_key": args.text_a_key, "text_b_key": args.text_b_key, "label_key": args.label_key}
+        return {k: v for k, v in options.items() if v is not None}
+    options = {"text_key": args.text_key, "label_key": args.label_key or "label"}
     if getattr(args, "split", None):
         options["split"] = args.split
     return options

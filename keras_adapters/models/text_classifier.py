@@ -340,7 +340,8 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
         with injection.unlocked(self):
             self.heads[fuse.name] = head
 
-    def _fusion(self, name):
+    def fusion(self, name):
+        """The `ka.Fuse` block of the AdapterFusion named `name`."""
         return self.state.fusions[name][0]
 
     def set_active_adapters(self, spec):
@@ -364,7 +365,7 @@ class AdapterTextClassifier(keras_hub.models.TextClassifier):
     def train_adapter_fusion(self, fuse):
         """Activate `fuse` and let only its fusion layers and head train."""
         if isinstance(fuse, str):
-            fuse = self._fusion(fuse)
+            fuse = self.fusion(fuse)
         spec = self.set_active_adapters(fuse)
         self._set_trained(spec)
         return spec

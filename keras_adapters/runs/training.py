@@ -454,9 +454,21 @@ def train_classifier(
                 validation = prefix_cache.cache_frozen_prefix(model, validation, shuffle=False)
         model.fit(train, validation_data=validation, epochs=epochs, callbacks=fit_callbacks, verbose=verbose)
         summary = _finish(model, output, timer, best, backup, examples, monitor)
+        if validation is not None:
+            _tune(task, model, output, validation)
     if not is_chief:
         shutil.rmtree(output, ignore_errors=True)
     return model, summary
+
+
+def _tune(task, model, output, validation):
+    """Let the task adjust the saved (best) adapter's head and the returned
+    model's on the validation data (multi-label thresholds)."""
+    task = tasks.get_task(task)
+    saved = runs.load_run(output)
+    if task.tune(saved, validation):
+        saved.save_adapter(runs.adapter_dir(output))
+        task.tune(model, validation)
 
 
 def _run_record(model, data, fuse, train, validation, **options):

@@ -371,7 +371,7 @@ def export_multi_adapter_saved_model(
             # A thin wrapper: the graph is stored once, not once per task.
             signatures[key] = _trace(_one_task(classify, name, model.heads[name].num_classes), TEXT_SIGNATURE)
         else:
-            model.set_active_adapters(model._fusion(name) if name in model.fusion_names else name)
+            model.set_active_adapters(model.fusion(name) if name in model.fusion_names else name)
             task = _task(model, _task_length(model, name))
             signatures[key] = _trace(task.serve_text, task.text_signature)
     signatures["serving_default"] = signatures.get(keys[0], signatures.get("classify"))
@@ -478,8 +478,8 @@ def export_tflite(model, path, sequence_length=None, quantize="none", merge=True
         ]
         files["adapters.json"] = json.dumps({"adapters": entries}, indent=2) + "\n"
     else:
-        files["labels.txt"] = "\n".join(served.output_head.label_names()) + "\n"
-    _replace_files(path, files, stale=("adapters.json", "labels.txt"))
+        files.update(tasks.get_task(served.output_head.task).tflite_files(served.output_head))
+    _replace_files(path, files, stale=("adapters.json", "labels.txt", "thresholds.txt"))
     return os.path.join(path, "model.tflite")
 
 

@@ -21,11 +21,13 @@ from keras_adapters.tasks.base import formats  # noqa: F401
 from keras_adapters.tasks.base import get_task  # noqa: F401
 from keras_adapters.tasks.base import register_task  # noqa: F401
 
-# Registration order is detection order (folders, CoNLL, then files by their suffix and columns).
+# Registration order is detection order: folders, then files by their suffix,
+# columns (pairs: a text_b column) or lines (CoNLL: a tag last), SQuAD, lists of labels.
 from keras_adapters.tasks import text_classification  # noqa: E402,F401
+from keras_adapters.tasks import pair_classification  # noqa: E402,F401
 from keras_adapters.tasks import token_classification  # noqa: E402,F401
 from keras_adapters.tasks import question_answering  # noqa: E402,F401
-from keras_adapters.tasks import pair_classification  # noqa: E402,F401
+from keras_adapters.tasks import multi_label_classification  # noqa: E402,F401
 
 #: The tasks this package defines (`available_tasks()` adds registered ones).
 TASKS = HEAD_TASKS = tuple(available_tasks())

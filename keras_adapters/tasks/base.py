@@ -105,7 +105,9 @@ class Task:
         """
         unknown = sorted(set(settings) - set(self.head_settings))
         if unknown:
-            raise TypeError(f"add_adapter got {unknown}, which {self.cli_name} heads do not take.")
+            takers = [t.cli_name for t in _REGISTRY.values() if set(unknown) <= set(t.head_settings)]
+            who = f"only {' and '.join(takers)} heads take" if takers else "no task's heads take"
+            raise TypeError(f"add_adapter got {unknown}, which {who} (this adapter's task: {self.cli_name}).")
         same = base.get("task") == self.name
         record = {
             "task": self.name,
@@ -155,6 +157,11 @@ class Task:
         """How many examples (`unit`s) `data` holds."""
         raise NotImplementedError
 
+    def tune(self, model, validation):
+        """After training: adjust the head on validation data (multi-label
+        thresholds); `True` when the head changed and is to be saved again."""
+        return False
+
     def head_options(self, train, options):
         """Head settings a training run takes from its data or data options."""
         return {}
@@ -185,6 +192,10 @@ class Task:
     def format_prediction(self, result):
         """One line for people (the CLI's `predict` without `--json`)."""
         return json.dumps(result)
+
+    def tflite_files(self, head):
+        """{file name: text} written next to a TFLite model of this task."""
+        return {"labels.txt": "\n".join(head.label_names()) + "\n"}
 
     def serving(self, model, length):
         """The serving functions of `model`'s active adapter (a `TaskServing`)."""

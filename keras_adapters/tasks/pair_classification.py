@@ -18,13 +18,13 @@ not know is a `DatasetError` naming the file and line. Records with an empty
 text are skipped with a warning (how many, and the first line).
 """
 
-import csv
 import json
 import warnings
 from pathlib import Path
 
 import tensorflow as tf
 
+from keras_adapters.io import records
 from keras_adapters.io import text_data as data_lib
 from keras_adapters.tasks.base import PAIR_CLASSIFICATION
 from keras_adapters.tasks.base import PAIR_SUFFIXES
@@ -33,82 +33,7 @@ from keras_adapters.tasks.base import register_task
 from keras_adapters.tasks.classification import ClassificationTask
 
 DEFAULT_KEYS = {"text_a_key": "text_a", "text_b_key": "text_b", "label_key": "label"}
-
-
-def _records(path):
-    """(line number, {column: value}) per record of a JSONL, CSV or TSV file."""
-    suffix = path.suffix.lower()
-    if suffix not in PAIR_SUFFIXES:
-        raise data_lib.DatasetError(
-            f"{path}: pair data is read from {', '.join(PAIR_SUFFIXES)} files, not {suffix or 'no suffix'!r}."
-        )
-    # utf-8-sig: a spreadsheet's byte-order mark is not part of the first column's name.
-    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
-        if suffix in (".jsonl", ".ndjson"):
-            yield from _json_records(path, f)
-        else:
-            yield from _table_records(path, f, "\t" if suffix == ".tsv" else ",")
-
-
-def _json_records(path, lines):
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise data_lib.DatasetError(
-                f"{path}:{number}: not a JSON object ({e.msg}); each line holds one object such as "
-                '{"text_a": "...", "text_b": "...", "label": "..."}.'
-            ) from None
-        if not isinstance(record, dict):
-            raise data_lib.DatasetError(f"{path}:{number}: a JSON {type(record).__name__}, not an object.")
-        yield number, record
-
-
-#: Python's csv module refuses fields over 128 KB by default; a text that
-#: long is cut in the graph anyway (`data.clean_text`).
-MAX_FIELD_BYTES = 64 * 1024 * 1024
-
-
-def _table_records(path, f, delimiter):
-    csv.field_size_limit(MAX_FIELD_BYTES)
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
-    try:
-        yield from _table_rows(path, reader, delimiter)
-    except csv.Error as e:
-        kind = "TSV" if delimiter == "\t" else "CSV"
-        raise data_lib.DatasetError(f"{path}:{reader.line_num}: not readable as {kind} ({e}).") from None
-
-
-def _table_rows(path, reader, delimiter):
-    header = next(reader, None)
-    if not header:
-        raise data_lib.DatasetError(f"{path} is empty; it needs a header row naming its columns.")
-    header = [c.strip() for c in header]
-    for row in reader:
-        if not row or not any(cell.strip() for cell in row):
-            continue
-        if len(row) != len(header):
-            raise data_lib.DatasetError(
-                f"{path}:{reader.line_num}: {len(row)} field(s), but the header names {len(header)} "
-                f"({header}). Quote fields that hold the separator"
-                + (" (CSV), or use a .tsv file." if delimiter == "," else "; TSV fields hold no tabs.")
-            )
-        yield reader.line_num, dict(zip(header, row))
-
-
-def _field(path, number, record, key, option):
-    if key not in record:
-        raise data_lib.DatasetError(
-            f"{path}:{number}: no {key!r} field (the record has {sorted(record)}). Name the column "
-            f"with {option}= (CLI --{option.replace('_', '-')})."
-        )
-    value = record[key]
-    if value is None:
-        raise data_lib.DatasetError(f"{path}:{number}: the {key!r} field is null; give it a value or drop the record.")
-    return value if isinstance(value, str) else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+EXAMPLE = '{"text_a": "...", "text_b": "...", "label": "..."}'
 
 
 def _label(path, number, record, key):
@@ -167,11 +92,11 @@ def read_pairs(path, text_a_key="text_a", text_b_key="text_b", label_key="label"
     if not path.is_file():
         raise data_lib.DatasetError(f"Pair file {str(path)!r} does not exist.")
     texts_a, texts_b, raw, empty = [], [], [], []
-    for number, record in _records(path):
-        a = _field(path, number, record, text_a_key, "text_a_key")
-        b = _field(path, number, record, text_b_key, "text_b_key")
+    for number, record in records.read_records(path, example=EXAMPLE):
+        a = records.field(path, number, record, text_a_key, "text_a_key")
+        b = records.field(path, number, record, text_b_key, "text_b_key")
         if labelled:
-            _field(path, number, record, label_key, "label_key")
+            records.field(path, number, record, label_key, "label_key")
             label = _label(path, number, record, label_key)
             if not str(label).strip():
                 raise data_lib.DatasetError(f"{path}:{number}: the {label_key!r} field is empty.")
