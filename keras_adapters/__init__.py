@@ -59,6 +59,7 @@ from keras_adapters.io.presets import default_preset
 from keras_adapters.tasks.question_answering.data import question_dataset_from_file
 from keras_adapters.models.question_answerer import AdapterQuestionAnswerer
 from keras_adapters.runs.folder import load_run
+from keras_adapters.models.adapter_model import AdapterModel
 from keras_adapters.models.text_classifier import AdapterTextClassifier
 from keras_adapters.models.token_classifier import AdapterTokenClassifier
 from keras_adapters.tasks.token_classification.data import token_dataset_from_file
@@ -115,6 +116,7 @@ _alias_moved_modules()
 __all__ = [
     "AdapterConfig",
     "AdapterFormatError",
+    "AdapterModel",
     "AdapterQuestionAnswerer",
     "AdapterTextClassifier",
     "AdapterTokenClassifier",

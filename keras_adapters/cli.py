@@ -146,7 +146,8 @@ def _parser():
                         help="saved_model: version folder (TF Serving loads whole numbers from 0)")
     export.add_argument("--adapters", metavar="RUN_A,RUN_B",
                         help="several runs on one backbone: a routed `classify` signature (each row "
-                             "names its run) and classify_<run> per run; tflite: an adapter_id input")
+                             "names its run) and <verb>_<run> per run (classify_, tag_, answer_, label_; each also "
+                             "classify_<run>); tflite: an adapter_id input")
     export.add_argument("--no-task-signatures", action="store_true",
                         help="with --adapters: only the routed classify signatures (less memory when served)")
     export.add_argument("--no-merge", action="store_true",
@@ -301,7 +302,10 @@ def cmd_export(args):
             run_dirs, args.output, version=args.version, merge=not args.no_merge,
             task_signatures=not args.no_task_signatures, precision=args.precision,
         )
-        per_task = "" if args.no_task_signatures else ", classify_<adapter>"
+        per_task = "" if args.no_task_signatures else ", " + ", ".join(
+            f"{tasks.get_task(runs.run_task(r)).signature_verb}_{runs.task_name(r)}"
+            for r in run_dirs.split(",") if r
+        )
         single_input = None if several else ", ".join(tasks.get_task(runs.run_task(run_dirs)).input_fields)
         signatures = (
             f"classify (text, adapter: one of {names}), classify_token_ids{per_task}"

@@ -166,9 +166,11 @@ def test_bottleneck_adapter_identity_init_and_reference():
 
 
 def test_bottleneck_near_identity_init_is_small_but_not_zero():
+    # Seeded, and inputs of both signs: with ones, all 4 ReLU units were off (diff 0) once in 16 draws.
+    keras.utils.set_random_seed(0)
     adapter = ka.BottleneckAdapter(None, bottleneck_size=4, init="near_identity")
     adapter.build((None, None, 32))
-    x = np.ones((1, 2, 32), "float32")
+    x = np.random.default_rng(0).normal(size=(1, 2, 32)).astype("float32")
     diff = np.abs(adapter(x).numpy() - x).max()
     assert 0 < diff < 0.05
     with pytest.raises(ValueError, match="cannot be merged"):

@@ -1,5 +1,11 @@
-"""The Keras models that hold a backbone, named adapters and their heads."""
+"""The Keras models that hold a backbone, named adapters and their heads.
 
+`AdapterModel` holds adapters of any tasks; `AdapterTextClassifier`,
+`AdapterTokenClassifier` and `AdapterQuestionAnswerer` are its names of 0.8
+and before, each with its own first task (and saved under its own name in
+`.keras` files)."""
+
+from keras_adapters.models.adapter_model import AdapterModel
 from keras_adapters.models.question_answerer import AdapterQuestionAnswerer
 from keras_adapters.models.text_classifier import AdapterTextClassifier
 from keras_adapters.models.token_classifier import AdapterTokenClassifier

@@ -2,7 +2,6 @@
 
 import keras
 
-from keras_adapters.tasks import question_answering
 from keras_adapters.tasks.question_answering import data as qa_data
 from keras_adapters import tasks
 from keras_adapters.methods.registry import get_adapter_config
@@ -75,36 +74,5 @@ class AdapterQuestionAnswerer(AdapterTextClassifier):
             kwargs.setdefault("trained", DEFAULT_NAME)
         super().__init__(backbone, adapters=adapters, method=method, **kwargs)
 
-    def windows(self):
-        """The `QuestionWindows` the active head was trained with."""
-        return question_answering.windows(self)
-
-    def answer(self, question, context, batch_size=32, max_answer_length=None):
-        """The best answer to each question in its context.
-
-        Args:
-            question, context: a string each, or two equally long lists.
-            max_answer_length: the longest answer in tokens (default: the
-                head's, 30).
-
-        Returns:
-            `{"answer", "start", "end", "score"}` (a list of them for lists):
-            `context[start:end] == answer` (character offsets), `score` the
-            span's start x end probability. A context without a word gives
-            an empty answer with score 0.
-        """
-        single = isinstance(question, str)
-        questions, contexts = ([question], [context]) if single else (list(question), list(context))
-        if single != isinstance(context, str) or len(questions) != len(contexts):
-            raise ValueError("Pass one question and one context, or two equally long lists of them.")
-        if not questions:
-            return []
-        examples = [{"question": str(q), "context": str(c), "answers": []} for q, c in zip(questions, contexts)]
-        found = self.answer_examples(examples, batch_size, max_answer_length)
-        return found[0] if single else found
-
-    def answer_examples(self, examples, batch_size=32, max_answer_length=None):
-        """`answer` for `read_squad` examples, in their order."""
-        return question_answering.answer_examples(self, examples, batch_size, max_answer_length)
 
 __all__ = ["AdapterQuestionAnswerer"]

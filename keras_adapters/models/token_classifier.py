@@ -3,7 +3,6 @@
 import keras
 
 from keras_adapters import tasks
-from keras_adapters.tasks import token_classification
 from keras_adapters.models.text_classifier import AdapterTextClassifier
 
 
@@ -41,15 +40,5 @@ class AdapterTokenClassifier(AdapterTextClassifier):
     def __init__(self, backbone, num_classes=None, task=tasks.TOKEN_CLASSIFICATION, **kwargs):
         super().__init__(backbone, num_classes=num_classes, task=task, **kwargs)
 
-    def predict_entities(self, texts, batch_size=32):
-        """The entities in each text: [[{"type", "text", "start", "end", "score"}]].
-
-        Texts are cut into words at white space and punctuation (BERT's own
-        pre-tokenization), each word tagged by its first piece, and runs of
-        tags read as entities with the CoNLL chunk rules (`entity_metrics`).
-        `start`/`end` are character offsets into the text. Words past the
-        sequence length are tagged `O`.
-        """
-        return token_classification.predict_entities(self, texts, batch_size)
 
 __all__ = ["AdapterTokenClassifier"]

@@ -25,11 +25,6 @@ def evaluate_run(run_dir, data, batch_size=32, dtype=None, **data_options):
     return tasks.get_task(model.task).evaluate(model, data, batch_size=batch_size, **data_options)
 
 
-def format_run_report(model_task, result):
-    """The report for people, as the run's task writes it."""
-    return tasks.get_task(model_task).format_report(result)
-
-
 def write_confusion_png(result, path):
     """Draw the confusion matrix (counts, row-normalised colours) to a PNG."""
     import matplotlib

@@ -51,7 +51,7 @@ from keras_adapters import tasks
 from keras_adapters.tasks.classification import TextInputs
 from keras_adapters.tasks.classification import outputs
 from keras_adapters.methods.base import stored_stacks
-from keras_adapters.models.text_classifier import TOKEN_INPUTS
+from keras_adapters.models.adapter_model import TOKEN_INPUTS
 
 
 TEXT_SIGNATURE = [tf.TensorSpec([None], tf.string, name="text")]
@@ -304,8 +304,11 @@ def export_multi_adapter_saved_model(
     """One SavedModel, one backbone, for many tasks.
 
     Signatures:
-    - `classify_<name>` per adapter or fusion, as `serving_default` of a
-      single-task export (`serving_default` is the first one);
+    - `<verb>_<name>` per adapter or fusion, as `serving_default` of a
+      single-task export (`serving_default` is the first one); the verb is
+      its task's: `classify_<name>` (classification), `tag_<name>`
+      (tagging), `answer_<name>` (question answering), `label_<name>`
+      (multi-label); every one is also `classify_<name>`, its 0.8 name;
     - `classify`: `text` and `adapter` (string `[None]`: each row's adapter
       name) -> `probabilities` (float32 `[None, K]`, K the largest class
       count; a row's columns past its task's classes are 0), `label_id`,
@@ -343,7 +346,7 @@ def export_multi_adapter_saved_model(
         raise ValueError(
             f"{full} fine-tune the whole backbone and cannot share one; export them on their own."
         )
-    keys = _signature_keys(names)
+    keys = _signature_keys(model, names)
     serving_graph.check_precision(precision)
     out = _version_dir(path, version)
     model = serving_graph.serving_copy(model, precision, merge=False)
@@ -364,17 +367,18 @@ def export_multi_adapter_saved_model(
             )
         signatures["classify"] = classify
         module.adapter_stacks = list(stacks.values())
-    for name, key in zip(names, keys):
+    for name in names:
         if name in routed and not task_signatures:
             continue
         if name in routed:
             # A thin wrapper: the graph is stored once, not once per task.
-            signatures[key] = _trace(_one_task(classify, name, model.heads[name].num_classes), TEXT_SIGNATURE)
+            function = _trace(_one_task(classify, name, model.heads[name].num_classes), TEXT_SIGNATURE)
         else:
             model.set_active_adapters(model.fusion(name) if name in model.fusion_names else name)
             task = _task(model, _task_length(model, name))
-            signatures[key] = _trace(task.serve_text, task.text_signature)
-    signatures["serving_default"] = signatures.get(keys[0], signatures.get("classify"))
+            function = _trace(task.serve_text, task.text_signature)
+        signatures.update({key: function for key in keys[name]})
+    signatures["serving_default"] = signatures.get(keys[names[0]][0], signatures.get("classify"))
     return _save(module, out, signatures)
 
 
@@ -389,10 +393,17 @@ def _one_task(classify, name, num_classes):
     return classify_one
 
 
-def _signature_keys(names):
-    keys = [f"classify_{_signature_name(n)}" for n in names]
+def _signature_keys(model, names):
+    """{name: its signature keys}: `<verb>_<name>` for its task's verb
+    (`classify`, `tag`, `answer`, `label`), and `classify_<name>` too, the
+    name every task's signature had before 0.9."""
+    keys = {}
+    for name in names:
+        verb = tasks.get_task(model.heads[name].task).signature_verb
+        keys[name] = list(dict.fromkeys([f"{verb}_{_signature_name(name)}", f"classify_{_signature_name(name)}"]))
+    every = [k for ks in keys.values() for k in ks]
     taken = {"classify", "classify_token_ids"}
-    clashes = sorted({k for k in keys if k in taken or keys.count(k) > 1})
+    clashes = sorted({k for k in every if k in taken or every.count(k) > 1})
     if clashes:
         raise ValueError(
             f"The adapter names {names} give clashing signature names {clashes}; rename the "

@@ -57,6 +57,8 @@ class Task:
         bf16_safe: `False` when training in `mixed_bfloat16` costs accuracy
             (`"auto"` precision stays float32 on CPUs).
         routable: rows of this task can share a routed batch (`ka.Route`).
+        signature_verb: a multi-adapter SavedModel's signature of adapter
+            `x` is `<verb>_x`.
         data_formats: the data files it reads, for error messages.
 
     Example:
@@ -77,6 +79,7 @@ class Task:
     unit = "example"
     bf16_safe = True
     routable = False
+    signature_verb = "classify"
     data_formats = ""
 
     @property

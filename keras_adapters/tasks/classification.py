@@ -272,38 +272,6 @@ def format_report(result):
     return "\n".join(lines)
 
 
-def write_confusion_png(result, path):
-    """Draw the confusion matrix (counts, row-normalised colours) to a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = result["class_names"]
-    matrix = np.asarray(result["confusion_matrix"], dtype=np.float64)
-    rows = matrix.sum(axis=1, keepdims=True)
-    shares = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
-    size = 1.2 + 0.7 * len(names)
-    fig, ax = plt.subplots(figsize=(size + 1.5, size))
-    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(names)), labels=names, rotation=45, ha="right")
-    ax.set_yticks(range(len(names)), labels=names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for i in range(len(names)):
-        for j in range(len(names)):
-            ax.text(
-                j, i, int(matrix[i, j]), ha="center", va="center",
-                color="white" if shares[i, j] > 0.5 else "black",
-            )
-    ax.set_title(f"accuracy {result['accuracy']:.3f}, macro-F1 {result['macro_f1']:.3f}")
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return str(path)
-
-
 def predict_texts(model, texts, batch_size=32):
     """[{"label": name, "label_id": i, "probabilities": {name: p}}] per text
     (`texts`: a list of strings, or a tuple `(texts_a, texts_b)` of pairs)."""

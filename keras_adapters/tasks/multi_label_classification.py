@@ -359,6 +359,7 @@ class MultiLabelClassification(Task):
     head_class = MultiLabelHead
     head_settings = ("thresholds",)
     monitor = "micro_f1"
+    signature_verb = "label"
     unit = "text"
     data_formats = ("a .jsonl file whose 'labels' are lists, a .csv/.tsv file with ';'-separated labels, or a "
                     "folder with a sub-folder per label (multi-label-classification)")

@@ -174,6 +174,7 @@ class TokenClassification(Task):
     name = TOKEN_CLASSIFICATION
     head_class = TokenClassificationHead
     monitor = "tag_f1"
+    signature_verb = "tag"
     unit = "sentence"
     data_formats = ("a CoNLL-style file of 'word<TAB>tag' lines, sentences separated by blank lines "
                     "(token-classification)")
