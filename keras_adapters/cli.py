@@ -306,7 +306,7 @@ def cmd_export(args):
             f"{tasks.get_task(runs.run_task(r)).signature_verb}_{runs.task_name(r)}"
             for r in run_dirs.split(",") if r
         )
-        single_input = None if several else ", ".join(tasks.get_task(runs.run_task(run_dirs)).input_fields)
+        single_input = None if several else tasks.get_task(runs.run_task(run_dirs)).signature_summary
         signatures = (
             f"classify (text, adapter: one of {names}), classify_token_ids{per_task}"
             if several else f"serving_default ({single_input}), serve_token_ids"

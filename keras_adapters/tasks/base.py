@@ -59,6 +59,8 @@ class Task:
         routable: rows of this task can share a routed batch (`ka.Route`).
         signature_verb: a multi-adapter SavedModel's signature of adapter
             `x` is `<verb>_x`.
+        served_outputs: what its text signature answers, when not a class
+            (`"entities"`), for messages.
         data_formats: the data files it reads, for error messages.
 
     Example:
@@ -80,11 +82,18 @@ class Task:
     bf16_safe = True
     routable = False
     signature_verb = "classify"
+    served_outputs = ""
     data_formats = ""
 
     @property
     def cli_name(self):
         return cli_name(self.name)
+
+    @property
+    def signature_summary(self):
+        """What its text signature takes (and gives, when not a class), for people."""
+        taken = ", ".join(self.input_fields)
+        return f"{taken} -> {self.served_outputs}" if self.served_outputs else taken
 
     def __repr__(self):
         return f"<task {self.name}>"

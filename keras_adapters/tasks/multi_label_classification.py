@@ -363,6 +363,7 @@ class MultiLabelClassification(Task):
     #: epoch 1 of 5 for both full fine-tuning and LoRA).
     monitor = "auc"
     signature_verb = "label"
+    served_outputs = "scores, predicted, labels, num_labels"
     unit = "text"
     data_formats = ("a .jsonl file whose 'labels' are lists, a .csv/.tsv file with ';'-separated labels, or a "
                     "folder with a sub-folder per label (multi-label-classification)")

@@ -217,6 +217,7 @@ class QuestionAnswering(Task):
     head_settings = QA_SETTINGS
     input_fields = ("question", "context")
     signature_verb = "answer"
+    served_outputs = "answer, start, end, score"
     unit = "article"
     #: On SQuAD, full fine-tuning in mixed_bfloat16 scored 6 F1 points below
     #: float32 (52.3 against 58.6, the PyTorch bf16-autocast reference 58.7)

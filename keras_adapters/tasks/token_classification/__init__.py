@@ -175,6 +175,7 @@ class TokenClassification(Task):
     head_class = TokenClassificationHead
     monitor = "tag_f1"
     signature_verb = "tag"
+    served_outputs = "entities"
     unit = "sentence"
     data_formats = ("a CoNLL-style file of 'word<TAB>tag' lines, sentences separated by blank lines "
                     "(token-classification)")
