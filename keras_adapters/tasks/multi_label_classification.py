@@ -39,6 +39,7 @@ from keras_adapters.tasks.base import Task
 from keras_adapters.tasks.base import first_record_fields
 from keras_adapters.tasks.base import register_task
 from keras_adapters.tasks.classification import POOLINGS
+from keras_adapters.tasks.classification import ClassificationHead
 from keras_adapters.tasks.classification import MaskedMeanPooling
 from keras_adapters.tasks.classification import TextInputs
 from keras_adapters.tasks.classification import dropout_and_logits
@@ -96,20 +97,14 @@ class MultiLabelHead(keras.layers.Layer):
         self.mean_pooling = MaskedMeanPooling(dtype=self.dtype_policy, name="mean_pooling")
         self.dropout, self.logits = dropout_and_logits(self, num_classes, dropout)
 
-    def build(self, hidden_dim):
-        self.logits.build((None, int(hidden_dim)))
-        self.built = True
+    build = ClassificationHead.build
+    weights_by_key = ClassificationHead.weights_by_key
+    label_names = ClassificationHead.label_names
 
     def call(self, sequence_output, pooled_output, padding_mask, training=None):
         pooled = pooled_output if self.pooling == "cls" else self.mean_pooling(sequence_output, padding_mask)
         logits = self.logits(self.dropout(pooled, training=training))
         return ops.sigmoid(ops.cast(logits, "float32"))
-
-    def weights_by_key(self):
-        return {f"logits/{w.name}": w for w in self.logits.weights}
-
-    def label_names(self):
-        return self.class_names or [str(i) for i in range(self.num_classes)]
 
     def task_config(self):
         return {
