@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import keras
+import tensorflow as tf
 
 TEXT_CLASSIFICATION = "text_classification"
 PAIR_CLASSIFICATION = "pair_classification"
@@ -232,8 +233,6 @@ class TaskServing:
         self.length = int(length or model.sequence_length or 512)
 
     def serve_token_ids(self, token_ids, segment_ids, padding_mask):
-        import tensorflow as tf
-
         inputs = {
             "token_ids": tf.cast(token_ids, tf.int32),
             "segment_ids": tf.cast(segment_ids, tf.int32),

@@ -19,9 +19,9 @@ from keras_adapters.tasks.base import Task
 from keras_adapters.tasks.base import TaskServing
 
 MULTI_LABEL_REMOVED = (
-    "multi_label heads were removed in keras-adapters 0.4: evaluate, predict and serving "
-    "answered them with argmax, and no data format carried several labels per text. Train "
-    "one two-class adapter per label instead."
+    "multi_label heads were removed in keras-adapters 0.4 (evaluate, predict and serving answered "
+    "them with argmax). For several labels per text use task=\"multi_label_classification\" (CLI "
+    "--task multi-label-classification) and retrain: a sigmoid head with per-label thresholds."
 )
 POOLINGS = ("cls", "mean")
 

@@ -36,6 +36,7 @@ from keras import ops
 from keras_adapters.io import records
 from keras_adapters.io import text_data as data_lib
 from keras_adapters.tasks.base import Task
+from keras_adapters.tasks.base import TaskServing
 from keras_adapters.tasks.base import first_record_fields
 from keras_adapters.tasks.base import register_task
 from keras_adapters.tasks.classification import POOLINGS
@@ -320,13 +321,13 @@ def _probabilities(model, dataset):
 
 
 # --------------------------------------------------------------- serving
-class MultiLabelServing:
+class MultiLabelServing(TaskServing):
     """text -> `scores` float32 [None, L], `predicted` bool [None, L] (score
     >= its label's threshold), `labels` string [None, L] (the predicted
     labels' names, `""` elsewhere) and `num_labels` int32 [None]."""
 
     def __init__(self, model, length):
-        self.model, self.length = model, int(length or model.sequence_length or 512)
+        super().__init__(model, length)
         head = model.output_head
         self.names = tf.constant(head.label_names())
         self.thresholds = tf.constant(head.thresholds, tf.float32)
@@ -339,11 +340,6 @@ class MultiLabelServing:
         labels = tf.where(predicted, tf.broadcast_to(self.names, tf.shape(predicted)), "")
         count = tf.reduce_sum(tf.cast(predicted, tf.int32), axis=1)
         return {"scores": scores, "predicted": predicted, "labels": labels, "num_labels": count}
-
-    def serve_token_ids(self, token_ids, segment_ids, padding_mask):
-        inputs = {"token_ids": tf.cast(token_ids, tf.int32), "segment_ids": tf.cast(segment_ids, tf.int32),
-                  "padding_mask": tf.cast(padding_mask, tf.bool)}
-        return {"probabilities": tf.cast(self.model(inputs, training=False), tf.float32)}
 
 
 # ------------------------------------------------------------------ task
