@@ -302,14 +302,9 @@ def cmd_export(args):
             run_dirs, args.output, version=args.version, merge=not args.no_merge,
             task_signatures=not args.no_task_signatures, precision=args.precision,
         )
-        per_task = "" if args.no_task_signatures else ", " + ", ".join(
-            f"{tasks.get_task(runs.run_task(r)).signature_verb}_{runs.task_name(r)}"
-            for r in run_dirs.split(",") if r
-        )
-        single_input = None if several else tasks.get_task(runs.run_task(run_dirs)).signature_summary
         signatures = (
-            f"classify (text, adapter: one of {names}), classify_token_ids{per_task}"
-            if several else f"serving_default ({single_input}), serve_token_ids"
+            export.describe_run_signatures(run_dirs, task_signatures=not args.no_task_signatures) if several
+            else f"serving_default ({tasks.get_task(runs.run_task(run_dirs)).signature_summary}), serve_token_ids"
         )
         print(f"SavedModel written to {out} (signatures: {signatures})")
         return 0

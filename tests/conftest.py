@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -283,3 +284,31 @@ def cli_process(*args, stdin=None, env=None):
         capture_output=True, text=True, input=stdin, timeout=600,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})},
     )
+
+
+#: Runs a SavedModel as TF Serving would, in a fresh process.
+CLIENT = os.path.join(os.path.dirname(__file__), "serving_client.py")
+
+
+def serve(saved_model_dir, signature, inputs, dtypes, tmp_path, loader="function"):
+    """Outputs of a signature run in a fresh process (tensorflow + tensorflow_text);
+    `loader="session"` loads it as TF Serving does (see serving_client.py)."""
+    payload = {"signature": signature, "inputs": inputs, "dtypes": dtypes}
+    return _client(saved_model_dir, payload, tmp_path, loader)
+
+
+def serve_many(saved_model_dir, requests, tmp_path, loader="function"):
+    """Several calls in one fresh serving process: each {"outputs": ...} or {"error": ...}."""
+    return _client(saved_model_dir, requests, tmp_path, loader)["responses"]
+
+
+def _client(saved_model_dir, payload, tmp_path, loader):
+    request, response = tmp_path / "request.json", tmp_path / "response.json"
+    request.write_text(json.dumps(payload))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(
+        [sys.executable, CLIENT, saved_model_dir, str(request), str(response), loader],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(response.read_text())

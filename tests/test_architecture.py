@@ -121,3 +121,14 @@ def test_the_checks_can_fail():
     assert upward_imports(modules) == ["core/bad.py:1 imports keras_adapters.serving"]
     assert task_comparisons(modules, {"token_classification"}) == ["core/bad.py:3", "core/bad.py:3"]  # both
     assert private_uses(modules) == ["core/bad.py:2 imports _private", "core/bad.py:5 uses ._output_head"]
+
+
+def test_tests_mirror_the_package_folders():
+    """tests/<floor>/ holds the tests of keras_adapters/<floor>/; the end-to-end
+    and package-wide tests stay at the top."""
+    tests = Path(__file__).parent
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and p.name not in ("data", "__pycache__")}
+    floors = {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert folders <= floors, sorted(folders - floors)
+    loose = sorted(p.name for p in tests.glob("test_*.py"))
+    assert loose == ["test_architecture.py", "test_bbc_news.py", "test_cli.py", "test_startup.py"]

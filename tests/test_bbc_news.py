@@ -50,7 +50,7 @@ def test_houlsby_reaches_95_percent_on_held_out_bbc_news(bbc_run, capsys):
 
 
 def test_exports_agree_with_keras_on_real_documents(bbc_run, tmp_path):
-    from test_export import serve
+    from conftest import serve
 
     run, test_dir = bbc_run
     model = ka.AdapterTextClassifier.from_adapter(str(run / "adapter"))
@@ -134,7 +134,7 @@ def sms_run(tmp_path_factory):
 
 
 def test_routed_classify_matches_each_tasks_own_saved_model_on_real_texts(bbc_run, sms_run, tmp_path):
-    from test_export import serve_many
+    from conftest import serve_many
 
     (bbc, test_dir), (sms, sms_texts) = bbc_run, sms_run
     news = _test_documents(test_dir)[0][::11][:40]

@@ -186,6 +186,25 @@ def bucket_by_length(ds, batch_size, boundaries, sequence_length):
     return ds.map(trim, num_parallel_calls=AUTOTUNE)
 
 
+def _checked_files(directory, paths, validation_split, subset):
+    """The empty files among `paths` (with a warning); an error when all
+    are empty or the validation split would hold none."""
+    empty = _count_empty_files(paths)
+    if empty:
+        warnings.warn(
+            f"Skipping {len(empty)} empty file(s) in {str(directory)!r} (e.g. {empty[0]}).",
+            stacklevel=3,
+        )
+    if len(empty) == len(paths):
+        raise DatasetError(f"Every file in {str(directory)!r} is empty.")
+    if validation_split and subset in ("validation", "both") and not validation_size(len(paths), validation_split):
+        raise DatasetError(
+            f"A validation split of {validation_split} of the {len(paths)} files in {str(directory)!r} "
+            "holds no file. Raise validation_split, add examples, or train without a split."
+        )
+    return empty
+
+
 def text_dataset_from_directory(
     directory,
     preprocessor,
@@ -241,21 +260,9 @@ def text_dataset_from_directory(
     names = _check_classes(directory, list(files), class_names)
     folder_classes = list(files)
     all_paths = [p for ps in files.values() for p in ps]
-    empty = _count_empty_files(all_paths)
-    if empty:
-        warnings.warn(
-            f"Skipping {len(empty)} empty file(s) in {str(directory)!r} (e.g. {empty[0]}).",
-            stacklevel=2,
-        )
-    if len(empty) == len(all_paths):
-        raise DatasetError(f"Every file in {str(directory)!r} is empty.")
+    empty = _checked_files(directory, all_paths, validation_split, subset)
     if validation_split and seed is None:
         seed = 1337  # Keras requires a seed to split; fixed so runs repeat.
-    if validation_split and subset in ("validation", "both") and not validation_size(len(all_paths), validation_split):
-        raise DatasetError(
-            f"A validation split of {validation_split} of the {len(all_paths)} files in {str(directory)!r} "
-            "holds no file. Raise validation_split, add examples, or train without a split."
-        )
     max_bytes = max_bytes or BYTES_PER_TOKEN * int(preprocessor.sequence_length or 512)
 
     raw = keras.utils.text_dataset_from_directory(

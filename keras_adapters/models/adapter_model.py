@@ -15,7 +15,7 @@ from keras_adapters.core import recipe
 from keras_adapters import tasks
 from keras_adapters.tasks.classification import MULTI_LABEL_REMOVED
 from keras_adapters.tasks.classification import check_labels  # noqa: F401  (its 0.8 home)
-from keras_adapters.tasks.classification import routed_probabilities
+from keras_adapters.tasks.base import shared_task
 from keras_adapters.methods.registry import get_adapter_config
 from keras_adapters.core.prefix_cache import PREFIX_DEPTH
 from keras_adapters.core.prefix_cache import PREFIX_OUTPUT
@@ -284,17 +284,12 @@ class AdapterModel(AdaptersMixin, AdapterFilesMixin, AnswersMixin, keras_hub.mod
                 f"With {spec!r} active, the inputs need 'adapter_id': each row's index into the "
                 "Route's adapters (route.ids(names) makes it)."
             )
-        other = [n for n in spec.children if not tasks.get_task(self.heads[n].task).routable]
-        if other:
-            raise ValueError(
-                f"A Route serves single-text classification adapters in one batch; {other} do "
-                f"{sorted({self.heads[n].task for n in other})}: activate them on their own."
-            )
+        task = shared_task({n: self.heads[n].task for n in spec.children})
         ids = checked_ids(inputs["adapter_id"], len(spec.children), "adapter_id")
         with injection.routing(self.backbone, ids):
             outputs = self.backbone({k: inputs[k] for k in TOKEN_INPUTS}, training=False)
         heads = [self.heads[n] for n in spec.children]
-        return routed_probabilities(
+        return task.route_outputs(
             heads, ids, outputs["sequence_output"], outputs["pooled_output"], inputs["padding_mask"]
         )
 

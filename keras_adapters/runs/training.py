@@ -413,21 +413,10 @@ def train_classifier(
         )
         # Question answering trains on windows, more than its questions.
         steps = int(np.ceil(getattr(train, "num_windows", train.num_examples) / global_batch)) * epochs
+        options = dict(sequence_length=sequence_length, dtype=precision, pooling=pooling, task=task)
+        options.update(tasks.get_task(task).head_options(train, data_options))
         with strategy.scope():
-            options = dict(sequence_length=sequence_length, dtype=precision, pooling=pooling, task=task)
-            options.update(tasks.get_task(task).head_options(train, data_options))
-            if fuse:
-                model = build_fusion_model(fuse, train.class_names, **options)
-            else:
-                model = runs.model_class(task).from_preset(
-                    preset, num_classes=len(train.class_names), method=get_adapter_config(method),
-                    class_names=train.class_names, **options,
-                )
-            peak = learning_rate or model.default_learning_rate
-            model.compile(
-                optimizer=recipe.make_optimizer(peak, steps),
-                metrics=tasks.get_task(task).metrics(model.num_classes, model.class_names),
-            )
+            model, peak = _compiled_model(train, preset, method, fuse, learning_rate, steps, **options)
         monitor = ("val_" if validation is not None else "") + tasks.get_task(task).monitor
         record = _run_record(
             model, data, fuse, train, validation,
@@ -444,16 +433,9 @@ def train_classifier(
             return runs.load_run(run_output), {**finished, "already_complete": True}
         runs.write_json(output / "train_config.json", record)
         runs.write_json(output / "class_names.json", train.class_names)
-        fit_callbacks, timer, best, backup = _callbacks(
-            output, monitor, tensorboard, early_stopping_patience, callbacks
-        )
-        examples = train.num_examples
-        if cache_frozen_layers:
-            train = prefix_cache.cache_frozen_prefix(model, train, seed=seed)
-            if validation is not None:
-                validation = prefix_cache.cache_frozen_prefix(model, validation, shuffle=False)
-        model.fit(train, validation_data=validation, epochs=epochs, callbacks=fit_callbacks, verbose=verbose)
-        summary = _finish(model, output, timer, best, backup, examples, monitor)
+        callbacks = _callbacks(output, monitor, tensorboard, early_stopping_patience, callbacks)
+        summary = _fit(model, output, train, validation, epochs, callbacks, monitor, verbose,
+                       cache_frozen_layers, seed)
         if validation is not None:
             _tune(task, model, output, validation)
     if not is_chief:
@@ -491,6 +473,35 @@ def resolve_task(data, task, text_b_key="text_b"):
     task = tasks.detect_task(data, text_b_key) if task in (None, "auto") else tasks.canonical_task(task)
     tasks.get_task(task).check_data(data)
     return task
+
+
+def _compiled_model(train, preset, method, fuse, learning_rate, steps, **options):
+    """(the model a run trains, compiled; its peak learning rate)."""
+    task = tasks.get_task(options["task"])
+    if fuse:
+        model = build_fusion_model(fuse, train.class_names, **options)
+    else:
+        model = runs.model_class(task.name).from_preset(
+            preset, num_classes=len(train.class_names), method=get_adapter_config(method),
+            class_names=train.class_names, **options,
+        )
+    peak = learning_rate or model.default_learning_rate
+    model.compile(
+        optimizer=recipe.make_optimizer(peak, steps), metrics=task.metrics(model.num_classes, model.class_names)
+    )
+    return model, peak
+
+
+def _fit(model, output, train, validation, epochs, callbacks, monitor, verbose, cache_frozen_layers, seed):
+    """Train (from cached frozen-layer outputs when asked) and finish the run folder; its summary."""
+    fit_callbacks, timer, best, backup = callbacks
+    examples = train.num_examples
+    if cache_frozen_layers:
+        train = prefix_cache.cache_frozen_prefix(model, train, seed=seed)
+        if validation is not None:
+            validation = prefix_cache.cache_frozen_prefix(model, validation, shuffle=False)
+    model.fit(train, validation_data=validation, epochs=epochs, callbacks=fit_callbacks, verbose=verbose)
+    return _finish(model, output, timer, best, backup, examples, monitor)
 
 
 def _usable_validation_split(data, validation_split, task, data_options):

@@ -13,6 +13,7 @@ SavedModel signatures (tokenization inside, so clients send text):
   [None] each) and answers `answer` (string), `start`, `end` (int64
   character offsets into the context) and `score` (float32)
   (`qa_data.GraphAnswers`); long contexts are windowed as in training.
+  For a multi-label adapter: `scores`, `predicted`, `labels`, `num_labels`.
 - `serve_token_ids`: `token_ids`, `segment_ids`, `padding_mask` (int32
   [None, None]) -> `probabilities`, for clients that tokenize themselves.
 
@@ -23,9 +24,10 @@ active adapters are exported; a lone LoRA or (IA)^3 adapter is merged into
 the base weights first (no extra latency), bottleneck adapters export as
 they are. A model with several named adapters exports them into one
 SavedModel sharing one stored backbone (`export_multi_adapter_saved_model`):
-a `classify` signature whose `adapter` input routes each row of a mixed
-batch to its own adapter in one backbone pass (`ka.Route`), and a
-`classify_<name>` signature per task. Versions are written to a temporary
+a routed signature per task (`classify`, `classify_pairs`, `tag`, `answer`,
+`label`) whose `adapter` input sends each row of a mixed batch to its own
+adapter in one backbone pass (`ka.Route`), and a `<verb>_<name>` signature
+per adapter. Versions are written to a temporary
 folder and renamed when complete.
 
 The exported graphs need only TensorFlow and tensorflow-text at serving
@@ -48,18 +50,12 @@ from keras_adapters.core import injection
 from keras_adapters.runs import folder as runs
 from keras_adapters.serving import graph as serving_graph
 from keras_adapters import tasks
-from keras_adapters.tasks.classification import TextInputs
-from keras_adapters.tasks.classification import outputs
+from keras_adapters.tasks.routing import Router
+from keras_adapters.tasks.routing import adapter_length
 from keras_adapters.methods.base import stored_stacks
 from keras_adapters.models.adapter_model import TOKEN_INPUTS
 
 
-TEXT_SIGNATURE = [tf.TensorSpec([None], tf.string, name="text")]
-ADAPTER_SPEC = tf.TensorSpec([None], tf.string, name="adapter")
-
-
-def _token_signature():
-    return {name: tf.TensorSpec([None, None], tf.int32, name=name) for name in TOKEN_INPUTS}
 
 
 def _as_model_inputs(token_ids, segment_ids, padding_mask):
@@ -70,73 +66,9 @@ def _as_model_inputs(token_ids, segment_ids, padding_mask):
     }
 
 
-def _task_length(model, name):
-    """The sequence length adapter `name` was trained with."""
-    return int(model.heads[name].sequence_length or model.sequence_length or 512)
-
-
 def _task(model, length=None):
     """The serving functions of the model's active adapter, as its task defines them."""
     return tasks.get_task(model.output_head.task).serving(model, length)
-
-
-class _RoutedTask:
-    """The `classify` functions: each row runs the adapter its `adapter` names.
-
-    The model must have `self.route` active when they are traced.
-    """
-
-    def __init__(self, model, names, aliases=None):
-        self.model = model
-        self.route = composition.Route(*names)
-        heads = [model.heads[n] for n in names]
-        lengths = [_task_length(model, n) for n in names]
-        self.lengths = tf.constant(lengths, tf.int32)
-        self.inputs = TextInputs(model.preprocessor, max(lengths))
-        width = max(h.num_classes for h in heads)
-        self.labels = tf.constant([h.label_names() + [""] * (width - h.num_classes) for h in heads])
-        keys = {n: i for i, n in enumerate(names)}
-        for alias, name in (aliases or {}).items():
-            keys.setdefault(alias, keys[name])
-        self.table = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(tf.constant(list(keys)), tf.constant(list(keys.values()), tf.int32)),
-            default_value=-1,
-        )
-        self.known = ", ".join(names)
-
-    def adapter_ids(self, adapter, rows):
-        """Each row's index into the route; a clear error for unknown names."""
-        adapter = tf.reshape(adapter, [-1])
-        ids = self.table.lookup(adapter)
-        unknown = tf.strings.reduce_join(tf.boolean_mask(adapter, ids < 0), separator=", ")
-        checks = [
-            tf.debugging.assert_equal(
-                tf.size(adapter), tf.cast(rows, tf.int32), message="'adapter' needs one adapter name per input row"
-            ),
-            tf.debugging.Assert(
-                tf.reduce_all(ids >= 0),
-                [tf.strings.join(["Unknown adapter name(s): ", unknown, f". This model serves: {self.known}."])],
-            ),
-        ]
-        with tf.control_dependencies(checks):
-            return tf.identity(ids)
-
-    def classify_text(self, text, adapter):
-        text = tf.reshape(text, [-1])
-        ids = self.adapter_ids(adapter, tf.size(text))
-        inputs = {**self.inputs(text, tf.gather(self.lengths, ids)), "adapter_id": ids}
-        return self._run(inputs, ids)
-
-    def classify_tokens(self, token_ids, segment_ids, padding_mask, adapter):
-        ids = self.adapter_ids(adapter, tf.shape(token_ids)[0])
-        inputs = {**_as_model_inputs(token_ids, segment_ids, padding_mask), "adapter_id": ids}
-        return self._run(inputs, ids)
-
-    def _run(self, inputs, ids):
-        def labels(label_id):
-            return tf.gather_nd(self.labels, tf.stack([tf.cast(ids, tf.int64), label_id], axis=1))
-
-        return outputs(self.model(inputs, training=False), labels)
 
 
 def _trace(function, signature):
@@ -292,8 +224,8 @@ def export_saved_model(model, path, version=1, merge=True, precision="float32"):
     served = serving_graph.serving_copy(model, precision, merge=merge)
     task = _task(served)
     signatures = {
-        "serving_default": _trace(task.serve_text, task.text_signature),
-        "serve_token_ids": _trace(task.serve_token_ids, list(_token_signature().values())),
+        "serving_default": _trace(task.serve_text, task.signature),
+        "serve_token_ids": _trace(task.serve_token_ids, task.token_signature),
     }
     return _save(_variables_module(served), out, signatures)
 
@@ -301,41 +233,81 @@ def export_saved_model(model, path, version=1, merge=True, precision="float32"):
 def export_multi_adapter_saved_model(
     model, path, names=None, version=1, aliases=None, task_signatures=True, precision="float32"
 ):
-    """One SavedModel, one backbone, for many tasks.
+    """One SavedModel, one backbone, for many adapters of any tasks.
 
     Signatures:
+    - one **routed** signature per task: its inputs and `adapter` (string
+      `[None]`: each row's adapter name), each row answered by its own
+      adapter, rows of one request sharing one backbone pass (`ka.Route`):
+      `classify` (`text`), `classify_pairs` (`text_a`, `text_b`), `tag`
+      (`text` -> entities), `answer` (`question`, `context`), `label`
+      (`text` -> multi-label scores and labels). Outputs are as the task's
+      single-adapter `serving_default`; class columns are as wide as the
+      widest adapter's (a row's columns past its own are 0, or never
+      predicted). An unknown name is an error naming it and the served ones;
+    - `<routed>_token_ids` beside each: `token_ids`, `segment_ids`,
+      `padding_mask` and `adapter` -> `probabilities`;
     - `<verb>_<name>` per adapter or fusion, as `serving_default` of a
-      single-task export (`serving_default` is the first one); the verb is
-      its task's: `classify_<name>` (classification), `tag_<name>`
-      (tagging), `answer_<name>` (question answering), `label_<name>`
-      (multi-label); every one is also `classify_<name>`, its 0.8 name;
-    - `classify`: `text` and `adapter` (string `[None]`: each row's adapter
-      name) -> `probabilities` (float32 `[None, K]`, K the largest class
-      count; a row's columns past its task's classes are 0), `label_id`,
-      `label`. Rows of different tasks run in one backbone pass: each row's
-      adapter weights and head are gathered (`ka.Route`). An unknown name is
-      an error naming it and the served names.
-    - `classify_token_ids`: the same on `token_ids`, `segment_ids`,
-      `padding_mask` and `adapter`.
-    Fusions and pair-classification adapters get their own `classify_<name>`
-    only (a pair task's takes `text_a` and `text_b`).
+      single-adapter export (`serving_default` is the first one): the verb
+      is its task's (`classify`, `tag`, `answer`, `label`); each is also
+      `classify_<name>`, its 0.8 name. A routed adapter's is the routed
+      graph with every row sent to it (stored once).
+    Fusions, and tasks that do not route, get their own signature only.
 
-    Each task's texts are cut to the sequence length it was trained with.
-    The frozen backbone and each adapter are stored once and shared by
-    every signature. The given model is not changed (a copy is traced).
+    Each adapter reads its inputs as in training (its sequence length, QA
+    window settings). The frozen backbone and each adapter are stored once
+    and shared by every signature. The given model is not changed (a copy is
+    traced).
 
     Args:
-        model: an `AdapterTextClassifier` holding several named adapters.
+        model: an `AdapterModel` holding several named adapters.
         names: the adapters (or fusions) to serve; default: every adapter.
         path, version: as `export_saved_model`.
-        aliases: dict of other names `classify` accepts -> adapter name
-            (the CLI passes the run folders' names).
-        task_signatures: also write `classify_<name>` for each adapter.
+        aliases: dict of other names the routed signatures accept -> adapter
+            name (the CLI passes the run folders' names).
+        task_signatures: also write `<verb>_<name>` for each adapter.
             Without them a server holds less (each costs memory when
-            loaded, see BENCHMARKS.md) and `serving_default` is `classify`;
-            fusions always get theirs.
+            loaded, see BENCHMARKS.md) and `serving_default` is the first
+            routed signature; fusions always get theirs.
         precision: as `export_saved_model`.
     """
+    names = _served_names(model, names)
+    groups = _routed_groups(model, names)
+    keys = _signature_keys(model, names, groups)
+    serving_graph.check_precision(precision)
+    out = _version_dir(path, version)
+    model = serving_graph.serving_copy(model, precision, merge=False)
+    routed = [n for group in groups.values() for n in group]
+    # The routed graphs read stacked copies of the adapters' weights, so only
+    # the others need per-adapter variables.
+    module = _variables_module(model, [n for n in names if n not in routed])
+    # Heads that a routed graph runs one by one (tagging, QA, multi-label) read their own weights.
+    module.head_variables = _tf_variables([w for n in routed for w in model.heads[n].weights])
+    module.adapter_tables, module.adapter_stacks = [], []
+    signatures, per_adapter = {}, {}
+    for task, group in groups.items():
+        router = Router(model, group, aliases)
+        serving, text, tokens, stacks = _trace_routed(model, task, router)
+        signatures[task.routed_name], signatures[f"{task.routed_name}_token_ids"] = text, tokens
+        module.adapter_tables.append(router.table)
+        module.adapter_stacks += stacks
+        if task_signatures:
+            for index, name in enumerate(group):
+                # A thin wrapper: the graph is stored once, not once per adapter.
+                per_adapter[name] = _trace(_one_adapter(text, serving, name, index), serving.text_signature)
+    for name in names:
+        if name not in routed:
+            model.set_active_adapters(model.fusion(name) if name in model.fusion_names else name)
+            serving = _task(model, adapter_length(model, name))
+            per_adapter[name] = _trace(serving.serve_text, serving.signature)
+    for name, function in per_adapter.items():
+        signatures.update({key: function for key in keys[name]})
+    first = keys[names[0]][0] if names[0] in per_adapter else next(iter(signatures))
+    signatures["serving_default"] = signatures[first]
+    return _save(module, out, signatures)
+
+
+def _served_names(model, names):
     names = list(names or model.adapter_names)
     if not names:
         raise ValueError("No adapters to export.")
@@ -346,54 +318,47 @@ def export_multi_adapter_saved_model(
         raise ValueError(
             f"{full} fine-tune the whole backbone and cannot share one; export them on their own."
         )
-    keys = _signature_keys(model, names)
-    serving_graph.check_precision(precision)
-    out = _version_dir(path, version)
-    model = serving_graph.serving_copy(model, precision, merge=False)
-    # Tasks that take other inputs (pairs, questions) or give other outputs get their own signatures.
-    routed = [n for n in names if n in model.adapter_names and tasks.get_task(model.heads[n].task).routable]
-    # The routed graphs read stacked copies of the adapters' weights, so only
-    # the fusions' own signatures need per-adapter variables.
-    module = _variables_module(model, [n for n in names if n not in routed])
-    signatures = {}
-    if routed:
-        task = _RoutedTask(model, routed, {a: n for a, n in (aliases or {}).items() if n in routed})
-        module.adapter_table = task.table
-        model.set_active_adapters(task.route)
-        with stored_stacks({}) as stacks:
-            classify = _trace(task.classify_text, [*TEXT_SIGNATURE, ADAPTER_SPEC])
-            signatures["classify_token_ids"] = _trace(
-                task.classify_tokens, [*_token_signature().values(), ADAPTER_SPEC]
-            )
-        signatures["classify"] = classify
-        module.adapter_stacks = list(stacks.values())
+    return names
+
+
+def _routed_groups(model, names):
+    """{task: its adapters among `names`}, for tasks whose adapters share a routed batch."""
+    groups = {}
     for name in names:
-        if name in routed and not task_signatures:
-            continue
-        if name in routed:
-            # A thin wrapper: the graph is stored once, not once per task.
-            function = _trace(_one_task(classify, name, model.heads[name].num_classes), TEXT_SIGNATURE)
-        else:
-            model.set_active_adapters(model.fusion(name) if name in model.fusion_names else name)
-            task = _task(model, _task_length(model, name))
-            function = _trace(task.serve_text, task.text_signature)
-        signatures.update({key: function for key in keys[name]})
-    signatures["serving_default"] = signatures.get(keys[names[0]][0], signatures.get("classify"))
-    return _save(module, out, signatures)
+        task = tasks.get_task(model.heads[name].task)
+        if name in model.adapter_names and task.routable:
+            groups.setdefault(task, []).append(name)
+    return groups
 
 
-def _one_task(classify, name, num_classes):
-    """`classify` with every row sent to adapter `name`, its own columns only."""
+def _trace_routed(model, task, router):
+    """(the task's routed serving, its traced text and token functions, the
+    stacked weights they read)."""
+    serving = task.serving(model, None, router)
+    active = model.active_adapters
+    model.set_active_adapters(composition.Route(*router.names))
+    try:
+        with stored_stacks({}) as stacks:
+            text = _trace(serving.serve_text, serving.signature)
+            tokens = _trace(serving.serve_token_ids, serving.token_signature)
+    finally:
+        model.set_active_adapters(active)
+    return serving, text, tokens, list(stacks.values())
 
-    def classify_one(text):
-        text = tf.reshape(text, [-1])
-        outputs = classify(text=text, adapter=tf.fill(tf.shape(text), name))
-        return {**outputs, "probabilities": outputs["probabilities"][:, :num_classes]}
 
-    return classify_one
+def _one_adapter(routed, serving, name, index):
+    """`routed` with every row sent to adapter `name`, its outputs as its own signature's."""
+    fields = [spec.name for spec in serving.text_signature]
+
+    def serve(*inputs):
+        rows = tf.size(tf.reshape(inputs[0], [-1]))
+        outputs = routed(**dict(zip(fields, inputs)), adapter=tf.fill([rows], name))
+        return serving.narrow(outputs, index)
+
+    return serve
 
 
-def _signature_keys(model, names):
+def _signature_keys(model, names, groups):
     """{name: its signature keys}: `<verb>_<name>` for its task's verb
     (`classify`, `tag`, `answer`, `label`), and `classify_<name>` too, the
     name every task's signature had before 0.9."""
@@ -402,7 +367,7 @@ def _signature_keys(model, names):
         verb = tasks.get_task(model.heads[name].task).signature_verb
         keys[name] = list(dict.fromkeys([f"{verb}_{_signature_name(name)}", f"classify_{_signature_name(name)}"]))
     every = [k for ks in keys.values() for k in ks]
-    taken = {"classify", "classify_token_ids"}
+    taken = {n for task in groups for n in (task.routed_name, f"{task.routed_name}_token_ids")}
     clashes = sorted({k for k in every if k in taken or every.count(k) > 1})
     if clashes:
         raise ValueError(
@@ -428,6 +393,25 @@ def export_run_saved_model(run_dirs, path, version=1, merge=True, task_signature
         model, path, names=names, version=version, aliases=aliases, task_signatures=task_signatures,
         precision=precision,
     )
+
+
+def describe_run_signatures(run_dirs, task_signatures=True):
+    """What `export_run_saved_model` writes for several runs, for people:
+    each task's routed signature with the names its `adapter` takes, then
+    the per-run signatures."""
+    by_task = {}
+    for run in (r for r in str(run_dirs).split(",") if r):
+        by_task.setdefault(tasks.get_task(runs.run_task(run)), []).append(runs.task_name(run))
+    parts = []
+    for task, names in by_task.items():
+        if task.routable:
+            fields = ", ".join(task.input_fields)
+            parts.append(f"{task.routed_name} ({fields}, adapter: one of {', '.join(names)}), "
+                         f"{task.routed_name}_token_ids")
+    for task, names in by_task.items():
+        if task_signatures or not task.routable:
+            parts += [f"{task.signature_verb}_{_signature_name(n)}" for n in names]
+    return ", ".join(parts)
 
 
 def export_run_tflite(run_dirs, path, sequence_length=None, quantize="none", merge=True):
@@ -482,8 +466,9 @@ def export_tflite(model, path, sequence_length=None, quantize="none", merge=True
             {
                 "adapter_id": i,
                 "name": n,
-                "labels": model.heads[n].label_names(),
-                "sequence_length": min(_task_length(model, n), length),
+                "task": model.heads[n].task,
+                **tasks.get_task(model.heads[n].task).tflite_entry(model.heads[n]),
+                "sequence_length": min(adapter_length(model, n), length),
             }
             for i, n in enumerate(names)
         ]
@@ -541,6 +526,12 @@ def _routed_tflite_module(model, names, signature):
     unknown = [n for n in names if n not in model.adapter_names]
     if unknown:
         raise ValueError(f"{unknown} are not adapters of this model (it has {model.adapter_names}).")
+    kinds = {n: model.heads[n].task for n in names}
+    if len(set(kinds.values())) > 1:
+        raise ValueError(
+            f"A routed TFLite model serves adapters of one task (its output means one thing); these are "
+            f"{kinds}. Export each task's adapters (runs) to a TFLite model of its own."
+        )
     route = composition.Route(*names)
 
     def classify(token_ids, segment_ids, padding_mask, adapter_id):

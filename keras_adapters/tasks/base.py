@@ -21,6 +21,9 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from keras_adapters.methods.base import pad_axis
+from keras_adapters.tasks.routing import ADAPTER_SPEC
+
 TEXT_CLASSIFICATION = "text_classification"
 PAIR_CLASSIFICATION = "pair_classification"
 TOKEN_CLASSIFICATION = "token_classification"
@@ -57,9 +60,12 @@ class Task:
             counts these).
         bf16_safe: `False` when training in `mixed_bfloat16` costs accuracy
             (`"auto"` precision stays float32 on CPUs).
-        routable: rows of this task can share a routed batch (`ka.Route`).
+        routable: its adapters can share a routed batch (`ka.Route`), and a
+            multi-adapter SavedModel gets one routed signature for them.
         signature_verb: a multi-adapter SavedModel's signature of adapter
             `x` is `<verb>_x`.
+        routed_signature: the name of the routed signature (`<verb>` unless
+            another task's verb is the same).
         served_outputs: what its text signature answers, when not a class
             (`"entities"`), for messages.
         data_formats: the data files it reads, for error messages.
@@ -83,12 +89,17 @@ class Task:
     bf16_safe = True
     routable = False
     signature_verb = "classify"
+    routed_signature = None
     served_outputs = ""
     data_formats = ""
 
     @property
     def cli_name(self):
         return cli_name(self.name)
+
+    @property
+    def routed_name(self):
+        return self.routed_signature or self.signature_verb
 
     @property
     def signature_summary(self):
@@ -210,35 +221,92 @@ class Task:
         """{file name: text} written next to a TFLite model of this task."""
         return {"labels.txt": "\n".join(head.label_names()) + "\n"}
 
-    def serving(self, model, length):
-        """The serving functions of `model`'s active adapter (a `TaskServing`)."""
+    def tflite_entry(self, head):
+        """What a routed TFLite model's `adapters.json` says of an adapter of this task."""
+        return {"labels": head.label_names()}
+
+    def serving(self, model, length, router=None):
+        """The serving functions of `model`'s active adapter (a `TaskServing`),
+        or with `router`, of all its adapters in one routed signature."""
         raise NotImplementedError(f"{self.cli_name} has no serving signature.")
+
+    def route_outputs(self, heads, ids, sequence_output, pooled_output, padding_mask):
+        """Each row through its own adapter's head (`ka.Route`): row i of
+        `heads[ids[i]]`'s output, zero-padded on the last axis to the widest."""
+        outputs = [tf.cast(h(sequence_output, pooled_output, padding_mask, training=False), tf.float32) for h in heads]
+        widths = {o.shape[-1] for o in outputs}  # class counts; unknown (one) for QA's positions
+        if len(widths) > 1:
+            outputs = [pad_axis(o, max(widths), len(o.shape) - 1) for o in outputs]
+        stacked = tf.stack(outputs)  # [heads, batch, ...]
+        ids = tf.cast(ids, tf.int32)
+        return tf.gather_nd(stacked, tf.stack([ids, tf.range(tf.shape(ids)[0])], axis=1))
 
 
 class TaskServing:
-    """What a task's adapter exposes in a SavedModel.
+    """What a task's adapter exposes in a SavedModel; with a `Router`, what
+    all of one task's adapters expose in one routed signature (each row names
+    its adapter, `keras_adapters.tasks.routing`).
+
+    Subclasses implement `serve_text(*inputs)`: the raw inputs of
+    `text_signature`, then (routed) `adapter`; `self.route` splits them.
 
     Attributes:
-        text_signature: the `tf.TensorSpec`s of the raw-input signature.
-    Methods:
-        serve_text(*inputs): raw inputs -> dict of output tensors.
-        serve_token_ids(token_ids, segment_ids, padding_mask): token inputs
-            -> dict of output tensors.
+        text_signature: the `tf.TensorSpec`s of the raw inputs (without `adapter`).
+        heads: the served heads (one, or the router's).
+        lengths: each served adapter's sequence length; `length` the longest.
     """
 
     text_signature = ()
 
-    def __init__(self, model, length):
+    def __init__(self, model, length, router=None):
         self.model = model
-        self.length = int(length or model.sequence_length or 512)
+        self.router = router
+        if router is None:
+            self.heads, self.lengths = [model.output_head], [int(length or model.sequence_length or 512)]
+        else:
+            self.heads, self.lengths = list(router.heads), list(router.lengths)
+        self.length = max(self.lengths)
 
-    def serve_token_ids(self, token_ids, segment_ids, padding_mask):
+    @property
+    def signature(self):
+        """`serve_text`'s input signature: the raw inputs, and `adapter` when routed."""
+        return [*self.text_signature, *self._adapter_spec()]
+
+    @property
+    def token_signature(self):
+        """`serve_token_ids`' input signature."""
+        tokens = [tf.TensorSpec([None, None], tf.int32, name=n) for n in ("token_ids", "segment_ids", "padding_mask")]
+        return [*tokens, *self._adapter_spec()]
+
+    def _adapter_spec(self):
+        return [ADAPTER_SPEC] if self.router is not None else []
+
+    def route(self, inputs, rows):
+        """(the inputs without `adapter`, each row's adapter index int32 `[rows]`: all 0 unrouted)."""
+        if self.router is None:
+            return list(inputs), tf.zeros([rows], tf.int32)
+        *inputs, adapter = inputs
+        return inputs, self.router.ids(adapter, rows)
+
+    def run(self, inputs, ids):
+        """The model's float32 outputs on token inputs, each row through its adapter."""
+        if self.router is not None:
+            inputs = {**inputs, "adapter_id": ids}
+        return tf.cast(self.model(inputs, training=False), tf.float32)
+
+    def serve_token_ids(self, token_ids, segment_ids, padding_mask, *adapter):
         inputs = {
             "token_ids": tf.cast(token_ids, tf.int32),
             "segment_ids": tf.cast(segment_ids, tf.int32),
             "padding_mask": tf.cast(padding_mask, tf.bool),
         }
-        return {"probabilities": tf.cast(self.model(inputs, training=False), tf.float32)}
+        _, ids = self.route([token_ids, *adapter], tf.shape(token_ids)[0])
+        return {"probabilities": self.run(inputs, ids)}
+
+    def narrow(self, outputs, index):
+        """A routed signature's outputs for rows of adapter `index` alone, as
+        its own signature gives them (its own label columns)."""
+        return outputs
 
 
 # ------------------------------------------------------------------ registry
@@ -276,6 +344,24 @@ def get_task(task):
     if name not in _REGISTRY:
         raise ValueError(f"Unknown task {task!r}; the tasks are {', '.join(map(cli_name, _REGISTRY))}.")
     return _REGISTRY[name]
+
+
+def shared_task(kinds):
+    """The one task of a Route's adapters ({name: task name}); an error when
+    they are of several tasks (their outputs would mean different things) or
+    of a task that does not route."""
+    names = sorted(set(kinds.values()))
+    if len(names) > 1:
+        raise ValueError(
+            f"A Route serves adapters of one task in one batch; {list(kinds)} do {names}: "
+            "route each task's adapters in a Route of their own."
+        )
+    task = get_task(names[0])
+    if not task.routable:
+        raise ValueError(
+            f"{task.cli_name} adapters cannot share a routed batch ({list(kinds)}): activate them one at a time."
+        )
+    return task
 
 
 def canonical_task(task):

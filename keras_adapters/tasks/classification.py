@@ -17,6 +17,8 @@ from keras_adapters.tasks.base import PAIR_CLASSIFICATION
 from keras_adapters.tasks.base import TEXT_CLASSIFICATION
 from keras_adapters.tasks.base import Task
 from keras_adapters.tasks.base import TaskServing
+from keras_adapters.tasks.routing import padded_table
+from keras_adapters.tasks.routing import settings_index
 
 MULTI_LABEL_REMOVED = (
     "multi_label heads were removed in keras-adapters 0.4 (evaluate, predict and serving answered "
@@ -368,42 +370,83 @@ class PairInputs:
     Each text is cut to the bytes the sequence length can use and cleaned
     (`data.clean_text`), then the model's own preprocessor tokenizes and packs
     the pair (the longer text is truncated first), so served inputs are
-    exactly the training pipeline's.
+    exactly the training pipeline's. With several `lengths` (routed pairs),
+    each row is packed at its own length (`length_index`) and padded to the
+    longest.
     """
 
-    def __init__(self, preprocessor, length):
-        self.preprocessor = preprocessor
-        self.max_bytes = data_lib.BYTES_PER_TOKEN * int(length)
+    def __init__(self, preprocessor, lengths):
+        import keras_hub
 
-    def __call__(self, text_a, text_b):
+        self.preprocessor = preprocessor
+        self.lengths = [int(n) for n in (lengths if isinstance(lengths, (list, tuple)) else [lengths])]
+        tokenizer = preprocessor.tokenizer
+        self.packers = [
+            keras_hub.layers.MultiSegmentPacker(
+                start_value=tokenizer.start_token_id, end_value=tokenizer.end_token_id,
+                pad_value=tokenizer.pad_token_id,
+                sequence_length=n, truncate=preprocessor.truncate,
+            )
+            for n in self.lengths
+        ]
+
+    def __call__(self, text_a, text_b, length_index=None):
         text_a, text_b = tf.reshape(text_a, [-1]), tf.reshape(text_b, [-1])
         check = tf.debugging.assert_equal(
             tf.size(text_a), tf.size(text_b),
             message="text_a and text_b need the same number of rows (one pair per row)",
         )
+        if len(self.lengths) == 1:
+            with tf.control_dependencies([check]):
+                pair = tuple(data_lib.clean_text(tf.identity(t), data_lib.BYTES_PER_TOKEN * self.lengths[0])
+                             for t in (text_a, text_b))
+            return self.preprocessor(pair, y=None)
         with tf.control_dependencies([check]):
-            pair = tuple(data_lib.clean_text(tf.identity(t), self.max_bytes) for t in (text_a, text_b))
-        return self.preprocessor(pair, y=None)
+            cut = data_lib.BYTES_PER_TOKEN * tf.gather(self.lengths, length_index)
+            pair = tuple(self.preprocessor.tokenizer(data_lib.clean_text(tf.strings.substr(t, 0 * cut, cut)))
+                         for t in (text_a, text_b))
+        width = max(self.lengths)
+        packed = [tf.pad(ids, [[0, 0], [0, width - n]]) for n, packer in zip(self.lengths, self.packers)
+                  for ids in packer(pair)]  # token ids, segment ids, per length
+        rows = tf.stack([tf.cast(length_index, tf.int32), tf.range(tf.size(text_a))], axis=1)
+        token_ids = tf.gather_nd(tf.stack(packed[0::2]), rows)
+        segment_ids = tf.gather_nd(tf.stack(packed[1::2]), rows)
+        pad = self.preprocessor.tokenizer.pad_token_id
+        return {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": token_ids != pad}
 
 
 class ClassificationServing(TaskServing):
-    """A classification adapter's functions: text(s) -> probabilities, label."""
+    """A classification adapter's functions: text(s) -> probabilities, label.
 
-    def __init__(self, model, length):
-        super().__init__(model, length)
-        head = model.output_head
-        self.class_names = tf.constant(head.label_names())
-        self.pairs = head.text_inputs == 2
-        self.inputs = PairInputs(model.preprocessor, self.length) if self.pairs else TextInputs(
-            model.preprocessor, self.length
-        )
+    Routed (several adapters), `probabilities` is as wide as the most classes;
+    a row's columns past its adapter's classes are 0.
+    """
+
+    def __init__(self, model, length, router=None):
+        super().__init__(model, length, router)
+        self.class_names = padded_table([h.label_names() for h in self.heads], "")
+        self.pairs = self.heads[0].text_inputs == 2
+        if self.pairs:
+            self.distinct, index = settings_index(self.lengths)
+            self.length_index = tf.constant(index, tf.int32)
+            self.inputs = PairInputs(model.preprocessor, self.distinct)
+        else:
+            self.inputs = TextInputs(model.preprocessor, self.length)
         names = ("text_a", "text_b") if self.pairs else ("text",)
         self.text_signature = [tf.TensorSpec([None], tf.string, name=n) for n in names]
 
-    def serve_text(self, *texts):
-        inputs = self.inputs(*texts) if self.pairs else self.inputs(texts[0], self.length)
-        probabilities = self.model(inputs, training=False)
-        return outputs(probabilities, lambda label_id: tf.gather(self.class_names, label_id))
+    def serve_text(self, *inputs):
+        texts, ids = self.route(inputs, tf.size(tf.reshape(inputs[0], [-1])))
+        if self.pairs:
+            tokens = self.inputs(*texts, tf.gather(self.length_index, ids))
+        else:
+            tokens = self.inputs(texts[0], tf.gather(self.lengths, ids))
+        probabilities = self.run(tokens, ids)
+        return outputs(probabilities, lambda label_id: tf.gather_nd(
+            self.class_names, tf.stack([tf.cast(ids, tf.int64), label_id], axis=1)))
+
+    def narrow(self, outputs, index):
+        return {**outputs, "probabilities": outputs["probabilities"][:, : self.heads[index].num_classes]}
 
 
 class ClassificationTask(Task):
@@ -457,8 +500,12 @@ class ClassificationTask(Task):
         shown = " || ".join(_short(result[f]) for f in self.input_fields)
         return f"{result['label']}\t{result['probabilities'][result['label']]:.4f}\t{shown}"
 
-    def serving(self, model, length):
-        return ClassificationServing(model, length)
+    def serving(self, model, length, router=None):
+        return ClassificationServing(model, length, router)
+
+    def route_outputs(self, heads, ids, sequence_output, pooled_output, padding_mask):
+        # The heads' weights gathered per row: one small matmul, however many heads.
+        return routed_probabilities(heads, ids, sequence_output, pooled_output, padding_mask)
 
 
 def _short(text):

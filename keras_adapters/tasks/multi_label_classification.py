@@ -37,6 +37,7 @@ from keras_adapters.io import records
 from keras_adapters.io import text_data as data_lib
 from keras_adapters.tasks.base import Task
 from keras_adapters.tasks.base import TaskServing
+from keras_adapters.tasks.routing import padded_table
 from keras_adapters.tasks.base import first_record_fields
 from keras_adapters.tasks.base import register_task
 from keras_adapters.tasks.classification import POOLINGS
@@ -324,22 +325,31 @@ def _probabilities(model, dataset):
 class MultiLabelServing(TaskServing):
     """text -> `scores` float32 [None, L], `predicted` bool [None, L] (score
     >= its label's threshold), `labels` string [None, L] (the predicted
-    labels' names, `""` elsewhere) and `num_labels` int32 [None]."""
+    labels' names, `""` elsewhere) and `num_labels` int32 [None].
 
-    def __init__(self, model, length):
-        super().__init__(model, length)
-        head = model.output_head
-        self.names = tf.constant(head.label_names())
-        self.thresholds = tf.constant(head.thresholds, tf.float32)
+    Routed, L is the most labels of the served adapters; a row's columns past
+    its adapter's labels score 0 and are never predicted.
+    """
+
+    text_signature = [tf.TensorSpec([None], tf.string, name="text")]
+
+    def __init__(self, model, length, router=None):
+        super().__init__(model, length, router)
+        self.names = padded_table([h.label_names() for h in self.heads], "")
+        self.thresholds = padded_table([h.thresholds for h in self.heads], np.inf, tf.float32)
         self.inputs = TextInputs(model.preprocessor, self.length)
-        self.text_signature = [tf.TensorSpec([None], tf.string, name="text")]
 
-    def serve_text(self, text):
-        scores = tf.cast(self.model(self.inputs(text, self.length), training=False), tf.float32)
-        predicted = scores >= self.thresholds
-        labels = tf.where(predicted, tf.broadcast_to(self.names, tf.shape(predicted)), "")
+    def serve_text(self, *inputs):
+        (text,), ids = self.route(inputs, tf.size(tf.reshape(inputs[0], [-1])))
+        scores = self.run(self.inputs(text, tf.gather(self.lengths, ids)), ids)
+        predicted = scores >= tf.gather(self.thresholds, ids)
+        labels = tf.where(predicted, tf.gather(self.names, ids), "")
         count = tf.reduce_sum(tf.cast(predicted, tf.int32), axis=1)
         return {"scores": scores, "predicted": predicted, "labels": labels, "num_labels": count}
+
+    def narrow(self, outputs, index):
+        width = self.heads[index].num_classes
+        return {k: v if k == "num_labels" else v[:, :width] for k, v in outputs.items()}
 
 
 # ------------------------------------------------------------------ task
@@ -354,6 +364,7 @@ class MultiLabelClassification(Task):
     #: epoch 1 of 5 for both full fine-tuning and LoRA).
     monitor = "auc"
     signature_verb = "label"
+    routable = True
     served_outputs = "scores, predicted, labels, num_labels"
     unit = "text"
     data_formats = ("a .jsonl file whose 'labels' are lists, a .csv/.tsv file with ';'-separated labels, or a "
@@ -448,8 +459,11 @@ class MultiLabelClassification(Task):
         text = result["text"]
         return f"{SEPARATOR.join(result['labels']) or '-'}\t{text if len(text) <= 70 else text[:67] + '...'}"
 
-    def serving(self, model, length):
-        return MultiLabelServing(model, length)
+    def serving(self, model, length, router=None):
+        return MultiLabelServing(model, length, router)
+
+    def tflite_entry(self, head):
+        return {**super().tflite_entry(head), "thresholds": list(head.thresholds)}
 
     def tflite_files(self, head):
         return {**super().tflite_files(head), "thresholds.txt": "\n".join(f"{t:g}" for t in head.thresholds) + "\n"}

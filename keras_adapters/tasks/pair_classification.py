@@ -212,6 +212,8 @@ class PairClassification(ClassificationTask):
     name = PAIR_CLASSIFICATION
     input_fields = ("text_a", "text_b")
     unit = "record"
+    routable = True
+    routed_signature = "classify_pairs"
     data_formats = "a .jsonl, .csv or .tsv file with two text columns (pair-classification)"
 
     def detect(self, path, options):

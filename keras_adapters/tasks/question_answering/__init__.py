@@ -16,6 +16,7 @@ from keras_adapters.tasks.base import Task
 from keras_adapters.tasks.base import TaskServing
 from keras_adapters.tasks.base import looks_like_squad
 from keras_adapters.tasks.base import register_task
+from keras_adapters.tasks.routing import settings_index
 from keras_adapters.tasks.classification import POOLINGS
 from keras_adapters.tasks.classification import ClassificationHead
 from keras_adapters.tasks.classification import check_labels
@@ -164,19 +165,24 @@ def answer_examples(model, examples, batch_size=32, max_answer_length=None):
 class AnswerServing(TaskServing):
     """A question-answering adapter's functions: (question, context) -> the
     best answer (`qa_data.QuestionWindows` and `qa_data.GraphAnswers`, as
-    `answer`)."""
+    `answer`). Routed, each question is windowed with its adapter's sequence
+    length, stride and question length, and its answer is at most its
+    adapter's `max_answer_length` tokens."""
 
     text_signature = [tf.TensorSpec([None], tf.string, name="question"), tf.TensorSpec([None], tf.string, name="context")]
 
-    def __init__(self, model, length):
-        super().__init__(model, length)
-        head = model.output_head
-        self.windows = qa_data.QuestionWindows(
-            model.preprocessor.tokenizer, self.length, head.stride, head.max_question_length
-        )
-        self.answers = qa_data.GraphAnswers(head.max_answer_length)
+    def __init__(self, model, length, router=None):
+        super().__init__(model, length, router)
+        tokenizer = model.preprocessor.tokenizer
+        settings = [(n, h.stride, h.max_question_length) for n, h in zip(self.lengths, self.heads)]
+        distinct, index = settings_index(settings)
+        self.setting = tf.constant(index, tf.int32)
+        self.windows = [qa_data.QuestionWindows(tokenizer, *s) for s in distinct]
+        self.max_answer = tf.constant([h.max_answer_length for h in self.heads], tf.int32)
+        self.answers = qa_data.GraphAnswers(max(h.max_answer_length for h in self.heads))
 
-    def serve_text(self, question, context):
+    def serve_text(self, *inputs):
+        (question, context), ids = self.route(inputs, tf.size(tf.reshape(inputs[0], [-1])))
         question, context = tf.reshape(question, [-1]), tf.reshape(context, [-1])
         check = tf.debugging.assert_equal(
             tf.size(question), tf.size(context),
@@ -185,28 +191,38 @@ class AnswerServing(TaskServing):
         rows = tf.size(question)
         with tf.control_dependencies([check]):
             # One empty row more: an empty request runs the same ops as any other.
-            question = data_lib.clean_text(tf.concat([question, [""]], 0), data_lib.BYTES_PER_TOKEN * self.length)
+            ids = tf.concat([ids, [0]], 0)
+            cut = data_lib.BYTES_PER_TOKEN * tf.gather(self.lengths, ids)
+            question = data_lib.clean_text(tf.strings.substr(tf.concat([question, [""]], 0), 0 * cut, cut))
             context = data_lib.clean_text(tf.concat([context, [""]], 0))
         spec = tf.RaggedTensorSpec([None, self.length], tf.int32, ragged_rank=0)
         # Each question's windows ([k, length], k varying) -> ragged [questions, k, length].
         windows = tf.map_fn(
-            lambda qc: self._window_rows(qc[0], qc[1]), (question, context),
+            lambda row: self._window_rows(*row), (question, context, tf.gather(self.setting, ids)),
             fn_output_signature=(spec, spec, tf.RaggedTensorSpec([None, self.length], tf.bool, ragged_rank=0),
                                  spec, spec),
         )
         token_ids, segment_ids, padding_mask, starts, ends = (w.values for w in windows)
-        probabilities = self.model(
-            {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask}, training=False
-        )
         example = tf.cast(windows[0].value_rowids(), tf.int32)
-        found = self.answers(context, probabilities, starts, ends, example)
+        tokens = {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask}
+        window_ids = tf.gather(ids, example)
+        probabilities = self.run(tokens, window_ids)
+        found = self.answers(context, probabilities, starts, ends, example, tf.gather(self.max_answer, window_ids))
         return {k: v[:rows] for k, v in found.items()}
 
-    def _window_rows(self, question, context):
-        inputs, _, offsets = self.windows(question, context)
-        return (inputs["token_ids"], inputs["segment_ids"], inputs["padding_mask"],
-                offsets["starts"], offsets["ends"])
+    def _window_rows(self, question, context, setting):
+        def windows_of(windows):
+            def make():
+                inputs, _, offsets = windows(question, context)
+                pad = [[0, 0], [0, self.length - windows.length]]
+                return tuple(tf.pad(t, pad, constant_values=fill) for t, fill in (
+                    (inputs["token_ids"], windows.ids["pad"]), (inputs["segment_ids"], 0),
+                    (inputs["padding_mask"], False), (offsets["starts"], -1), (offsets["ends"], -1)))
+            return make
 
+        if len(self.windows) == 1:
+            return windows_of(self.windows[0])()
+        return tf.switch_case(setting, [windows_of(w) for w in self.windows])
 
 
 class QuestionAnswering(Task):
@@ -217,6 +233,7 @@ class QuestionAnswering(Task):
     head_settings = QA_SETTINGS
     input_fields = ("question", "context")
     signature_verb = "answer"
+    routable = True
     served_outputs = "answer, start, end, score"
     unit = "article"
     #: On SQuAD, full fine-tuning in mixed_bfloat16 scored 6 F1 points below
@@ -293,8 +310,8 @@ class QuestionAnswering(Task):
         shown = question if len(question) <= 70 else question[:67] + "..."
         return f"{result['answer'] or '-'}\t{result['score']:.4f}\t{shown}"
 
-    def serving(self, model, length):
-        return AnswerServing(model, length)
+    def serving(self, model, length, router=None):
+        return AnswerServing(model, length, router)
 
 
 TASK = register_task(QuestionAnswering())

@@ -322,16 +322,18 @@ class GraphAnswers:
             raise ValueError(f"max_answer_length must be an integer >= 1, got {max_answer_length!r}.")
         self.max_answer_length = max_answer_length
 
-    def window_spans(self, probabilities, starts, ends):
-        """Each window's best span: (log score, byte start, byte end) `[windows]`."""
+    def window_spans(self, probabilities, starts, ends, max_answer_length=None):
+        """Each window's best span: (log score, byte start, byte end) `[windows]`;
+        `max_answer_length` (int32 `[windows]`, routed): each window's own limit."""
         length = tf.shape(starts)[1]
         valid = starts >= 0
         log_p = tf.math.log(tf.maximum(tf.cast(probabilities, tf.float32), 1e-30))
         begin = tf.where(valid, log_p[:, 0], -np.inf)
         finish = tf.where(valid, log_p[:, 1], -np.inf)
         gap = tf.range(length)[None, :] - tf.range(length)[:, None]  # end - start
-        band = (gap >= 0) & (gap < self.max_answer_length)
-        scores = tf.where(band[None], begin[:, :, None] + finish[:, None, :], -np.inf)
+        limit = self.max_answer_length if max_answer_length is None else tf.reshape(max_answer_length, [-1, 1, 1])
+        band = (gap[None] >= 0) & (gap[None] < limit)
+        scores = tf.where(band, begin[:, :, None] + finish[:, None, :], -np.inf)
         flat = tf.reshape(scores, [tf.shape(scores)[0], -1])
         best = tf.argmax(flat, axis=1, output_type=tf.int32)
         i, j = best // length, best % length
@@ -341,12 +343,13 @@ class GraphAnswers:
             tf.gather(ends, j, batch_dims=1),
         )
 
-    def __call__(self, contexts, probabilities, starts, ends, example):
+    def __call__(self, contexts, probabilities, starts, ends, example, max_answer_length=None):
         """contexts `[questions]`; the windows' probabilities `[windows, 2,
-        length]`, byte `starts` / `ends` `[windows, length]` and `example`
-        (each window's question) `[windows]`."""
+        length]`, byte `starts` / `ends` `[windows, length]`, `example`
+        (each window's question) `[windows]`, and optionally each window's
+        `max_answer_length` `[windows]`."""
         count = tf.shape(contexts)[0]
-        score, byte_start, byte_end = self.window_spans(probabilities, starts, ends)
+        score, byte_start, byte_end = self.window_spans(probabilities, starts, ends, max_answer_length)
         best = tf.math.unsorted_segment_max(score, example, count)
         windows = tf.shape(score)[0]
         is_best = tf.equal(score, tf.gather(best, example)) & tf.math.is_finite(score)

@@ -152,20 +152,23 @@ def predict_entities(model, texts, batch_size=32):
 
 
 class TokenServing(TaskServing):
-    """A token-classification adapter's functions: text -> entities (`data.GraphEntities`)."""
+    """A token-classification adapter's functions: text -> entities
+    (`data.GraphEntities`); routed, each row with its adapter's tags and length."""
 
     text_signature = [tf.TensorSpec([None], tf.string, name="text")]
 
-    def __init__(self, model, length):
-        super().__init__(model, length)
-        self.max_bytes = data_lib.BYTES_PER_TOKEN * self.length
-        self.entities = token_data.GraphEntities(model.preprocessor.tokenizer, self.length, model.output_head.label_names())
+    def __init__(self, model, length, router=None):
+        super().__init__(model, length, router)
+        tags = [h.label_names() for h in self.heads]
+        self.entities = token_data.GraphEntities(model.preprocessor.tokenizer, self.length, tags)
 
-    def serve_text(self, text):
-        text = data_lib.clean_text(tf.reshape(text, [-1]), self.max_bytes)
-        starts, ends, inputs, labels = self.entities.inputs(text)
-        probabilities = tf.cast(self.model(inputs, training=False), tf.float32)
-        return self.entities(text, probabilities, starts, ends, labels)
+    def serve_text(self, *inputs):
+        (text,), ids = self.route(inputs, tf.size(tf.reshape(inputs[0], [-1])))
+        lengths = tf.gather(self.lengths, ids)
+        cut = data_lib.BYTES_PER_TOKEN * lengths
+        text = data_lib.clean_text(tf.strings.substr(tf.reshape(text, [-1]), tf.zeros_like(cut), cut))
+        starts, ends, tokens, labels = self.entities.inputs(text, lengths)
+        return self.entities(text, self.run(tokens, ids), starts, ends, labels, ids)
 
 
 class TokenClassification(Task):
@@ -175,6 +178,7 @@ class TokenClassification(Task):
     head_class = TokenClassificationHead
     monitor = "tag_f1"
     signature_verb = "tag"
+    routable = True
     served_outputs = "entities"
     unit = "sentence"
     data_formats = ("a CoNLL-style file of 'word<TAB>tag' lines, sentences separated by blank lines "
@@ -234,8 +238,8 @@ class TokenClassification(Task):
         text = result["text"]
         return f"{shown}\t{text if len(text) <= 70 else text[:67] + '...'}"
 
-    def serving(self, model, length):
-        return TokenServing(model, length)
+    def serving(self, model, length, router=None):
+        return TokenServing(model, length, router)
 
 
 TASK = register_task(TokenClassification())

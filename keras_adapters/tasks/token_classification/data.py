@@ -21,6 +21,7 @@ import tensorflow_text as tf_text
 
 from keras_adapters.io import text_data as data_lib
 from keras_adapters.core import recipe
+from keras_adapters.tasks.routing import padded_table
 from keras_adapters.tasks.token_classification.metrics import TAG_PREFIXES
 from keras_adapters.tasks.token_classification.metrics import entities
 
@@ -121,11 +122,13 @@ class WordPieceLabeller:
         filler = tf.RaggedTensor.from_row_lengths(tf.fill([tf.reduce_sum(empty)], self.unk), empty)
         return tf.concat([pieces, filler], axis=1)
 
-    def __call__(self, words, tag_ids):
+    def __call__(self, words, tag_ids, length=None):
+        """`length` (a scalar tensor, at most `sequence_length`): pack to
+        that many tokens, then pad to `sequence_length` (routed serving)."""
         pieces = self.pieces(words)
         first = tf.equal(tf.ragged.range(pieces.row_lengths()).flat_values, 0)
         labels = tf.where(first, tf.repeat(tf.cast(tag_ids, tf.int32), pieces.row_lengths()), IGNORE)
-        keep = self.length - 2
+        keep = self.length - 2 if length is None else tf.cast(length, tf.int32) - 2
         flat = pieces.flat_values[:keep]
         labels = labels[:keep]
         pad = self.length - 2 - tf.shape(flat)[0]
@@ -274,35 +277,50 @@ class GraphEntities:
     def __init__(self, tokenizer, sequence_length, tag_names):
         self.labeller = WordPieceLabeller(tokenizer, sequence_length)
         self.length = int(sequence_length)
-        kinds = sorted({t.partition("-")[2] for t in tag_names if t != "O"})
-        self.kinds = tf.constant([""] + kinds)
-        # One row past the tags: words cut off by the sequence length, read as O.
-        self.prefix = tf.constant([self.PREFIXES[t.partition("-")[0]] for t in tag_names] + [0], tf.int32)
-        self.kind = tf.constant([kinds.index(t.partition("-")[2]) + 1 if t != "O" else 0 for t in tag_names] + [0])
-        self.outside = len(tag_names)
+        tables = tag_names if tag_names and isinstance(tag_names[0], (list, tuple)) else [tag_names]
+        # Routed: one row of each table per adapter; rows are padded past an
+        # adapter's tags with entries read as O (also words cut off by the length).
+        width = max(len(t) for t in tables) + 1
+        kinds = [sorted({t.partition("-")[2] for t in tags if t != "O"}) for tags in tables]
+        self.kinds = padded_table([[""] + k for k in kinds], "")
+        self.prefix = padded_table(
+            [[self.PREFIXES[t.partition("-")[0]] for t in tags] for tags in tables], 0, tf.int32, width
+        )
+        self.kind = padded_table(
+            [[k.index(t.partition("-")[2]) + 1 if t != "O" else 0 for t in tags] for tags, k in zip(tables, kinds)],
+            0, tf.int32, width,
+        )
+        self.outside = width - 1
 
-    def inputs(self, text):
-        """(texts cleaned, word byte starts/ends ragged, model inputs, per-piece labels)."""
+    def inputs(self, text, lengths=None):
+        """(texts cleaned, word byte starts/ends ragged, model inputs, per-piece
+        labels); `lengths` (int32 `[batch]`): each row's own sequence length."""
         words, starts, ends = split_words(text)
         spec = (
             {k: tf.TensorSpec([self.length], d) for k, d in
              (("token_ids", tf.int32), ("segment_ids", tf.int32), ("padding_mask", tf.bool))},
             tf.TensorSpec([self.length], tf.int32),
         )
+        if lengths is None:
+            lengths = tf.fill([tf.shape(text)[0]], self.length)
         packed, labels = tf.map_fn(
-            lambda w: self.labeller(w, tf.zeros(tf.shape(w), tf.int32)), words, fn_output_signature=spec
+            lambda w: self.labeller(w[0], tf.zeros(tf.shape(w[0]), tf.int32), w[1]), (words, lengths),
+            fn_output_signature=spec,
         )
         return starts, ends, packed, labels
 
-    def __call__(self, text, probabilities, starts, ends, labels):
+    def __call__(self, text, probabilities, starts, ends, labels, ids=None):
+        """`ids` (int32 `[batch]`, routed): each row's index into the tag tables."""
         rows = tf.shape(text)[0]
+        ids = tf.zeros([rows], tf.int32) if ids is None else ids
         width = tf.cast(tf.reduce_max(tf.concat([starts.row_lengths(), [0]], 0)), tf.int32)
         first = tf.ragged.boolean_mask(probabilities, tf.not_equal(labels, IGNORE))  # [batch, kept words, tags]
         tag = tf.ragged.map_flat_values(lambda p: tf.cast(tf.argmax(p, axis=-1), tf.int32), first)
         score = tf.ragged.map_flat_values(lambda p: tf.reduce_max(p, axis=-1), first)
         tag = tag.to_tensor(self.outside, shape=[rows, width])
         score = score.to_tensor(0.0, shape=[rows, width])
-        prefix, kind = tf.gather(self.prefix, tag), tf.gather(self.kind, tag)
+        prefix = tf.gather(tf.gather(self.prefix, ids), tag, batch_dims=1)
+        kind = tf.gather(tf.gather(self.kind, ids), tag, batch_dims=1)
         prev_prefix = tf.pad(prefix[:, :-1], [[0, 0], [1, 0]])
         prev_kind = tf.pad(kind[:, :-1], [[0, 0], [1, 0]])
         inside = prefix > 0
@@ -336,7 +354,9 @@ class GraphEntities:
             return tf.strings.length(tf.strings.substr(texts, tf.zeros_like(end), end), unit="UTF8_CHAR")
 
         return {
-            "entity_type": tf.where(valid, tf.gather(self.kinds, tf.gather(kind, first_word, batch_dims=1)), ""),
+            "entity_type": tf.where(
+                valid, tf.gather(tf.gather(self.kinds, ids), tf.gather(kind, first_word, batch_dims=1), batch_dims=1), ""
+            ),
             "entity_text": tf.where(valid, tf.strings.substr(texts, byte_start, byte_end - byte_start), ""),
             "start": tf.where(valid, tf.cast(chars(byte_start), tf.int64), 0),
             "end": tf.where(valid, tf.cast(chars(byte_end), tf.int64), 0),

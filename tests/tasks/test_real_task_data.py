@@ -18,7 +18,7 @@ from keras_adapters import tasks
 from keras_adapters.tasks.token_classification import data as token_data
 
 pytestmark = pytest.mark.slow
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples"))
 
 
 @pytest.fixture(scope="module")

@@ -285,7 +285,7 @@ def test_save_and_load_by_name(tiny_preset, tmp_path):
 
 def test_release_0_1_adapter_folders_still_load():
     """Folders written by keras-adapters 0.1 (tests/data), with their outputs then."""
-    data = os.path.join(os.path.dirname(__file__), "data", "release_0_1_adapters")
+    data = os.path.join(os.path.dirname(__file__), "..", "data", "release_0_1_adapters")
     for method in ("houlsby", "lora", "ia3"):
         model = ka.AdapterTextClassifier.from_adapter(
             os.path.join(data, method), preset=os.path.join(data, "tiny_preset")

@@ -9,6 +9,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import serve
+from conftest import serve_many
 from conftest import LABELS
 from conftest import TEXTS
 from conftest import randomize_adapter_weights
@@ -16,37 +18,12 @@ from conftest import randomize_adapter_weights
 import keras_adapters as ka
 from keras_adapters.serving import export
 
-CLIENT = os.path.join(os.path.dirname(__file__), "serving_client.py")
 RANDOM_BYTES = np.random.default_rng(11).bytes(4096)  # NULs, invalid UTF-8, control bytes
 MEGABYTE = ("the team won the cup " * 50_000)[:1_000_000]
 #: Odd texts; the fourth has the same first tokens as the 1 MB one (and the same adapter when routed).
 ODD_TEXTS_HEX = [RANDOM_BYTES.hex(), MEGABYTE.encode().hex(), b"".hex(), MEGABYTE[:2000].encode().hex(),
                  b"the \xff\xfe team \xc3".hex()]
 BIG_BATCH = 4096
-
-
-def serve(saved_model_dir, signature, inputs, dtypes, tmp_path, loader="function"):
-    """Outputs of a signature run in a fresh process (tensorflow + tensorflow_text);
-    `loader="session"` loads it as TF Serving does (see serving_client.py)."""
-    payload = {"signature": signature, "inputs": inputs, "dtypes": dtypes}
-    return _client(saved_model_dir, payload, tmp_path, loader)
-
-
-def serve_many(saved_model_dir, requests, tmp_path, loader="function"):
-    """Several calls in one fresh serving process: each {"outputs": ...} or {"error": ...}."""
-    return _client(saved_model_dir, requests, tmp_path, loader)["responses"]
-
-
-def _client(saved_model_dir, payload, tmp_path, loader):
-    request, response = tmp_path / "request.json", tmp_path / "response.json"
-    request.write_text(json.dumps(payload))
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run(
-        [sys.executable, CLIENT, saved_model_dir, str(request), str(response), loader],
-        capture_output=True, text=True, timeout=300, env=env,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(response.read_text())
 
 
 def _trained(preset, method, seed=0, **kwargs):
