@@ -99,13 +99,25 @@ def test_one_backbone_carries_a_tagger_and_a_classifier(tiny_preset):
     assert set(ENTITY_WORDS.values()) == {t[2:] for t in TAGS[1:]}
 
 
-def test_a_route_refuses_taggers(tiny_preset):
+def test_a_route_serves_taggers_but_not_mixed_with_classifiers(tiny_preset):
     model = _model(tiny_preset)
     model.add_adapter("topic", "lora", num_classes=3, task="text_classification")
+    model.add_adapter("short", "lora", class_names=["O", "B-PER", "I-PER"], task="token_classification")
+    randomize_adapter_weights(model.backbone, scale=0.3)
+    tokens = {k: np.asarray(v) for k, v in model.preprocessor(["the team won", "the bank fell"]).items()}
     model.set_active_adapters(ka.Route("topic", "default"))
-    tokens = {k: np.asarray(v) for k, v in model.preprocessor(["the team won"]).items()}
-    with pytest.raises(ValueError, match=r"Route serves single-text classification adapters.*\['default'\]"):
-        model.predict({**tokens, "adapter_id": np.array([1])}, verbose=0)
+    with pytest.raises(ValueError, match=r"Route serves adapters of one task.*text_classification.*token_classification"):
+        model.predict({**tokens, "adapter_id": np.array([1, 0])}, verbose=0)
+    alone = {}
+    for name in ("default", "short"):
+        model.set_active_adapters(name)
+        alone[name] = model.predict(tokens, verbose=0)
+    model.set_active_adapters(ka.Route("default", "short"))
+    routed = model.predict({**tokens, "adapter_id": np.array([1, 0])}, verbose=0)
+    assert routed.shape == (2, 16, len(TAGS))
+    np.testing.assert_allclose(routed[0, :, :3], alone["short"][0], atol=1e-6)
+    assert not routed[0, :, 3:].any()
+    np.testing.assert_allclose(routed[1], alone["default"][1], atol=1e-6)
 
 
 def test_fit_takes_token_inputs_with_ignored_pieces(tiny_preset):

@@ -12,9 +12,6 @@ from conftest import token_batch
 
 import keras_adapters as ka
 from keras_adapters.serving import graph as serving_graph
-from keras_adapters.serving.export import _as_model_inputs
-from keras_adapters.serving.export import _token_signature
-from keras_adapters.serving.export import _trace
 
 LAYERS = 2  # tiny_backbone's
 
@@ -27,16 +24,15 @@ def _model(preset, method="houlsby", seed=0):
 
 
 def _served(model):
-    """`model` traced as export traces it (grappler's rewrites apply)."""
-
-    def classify(token_ids, segment_ids, padding_mask):
-        return model(_as_model_inputs(token_ids, segment_ids, padding_mask), training=False)
-
-    return _trace(classify, list(_token_signature().values()))
+    """`model` traced as export traces it (a concrete function: grappler's rewrites apply)."""
+    serving = ka.tasks.TaskServing(model, None)
+    return tf.function(
+        serving.serve_token_ids, input_signature=serving.token_signature, autograph=False
+    ).get_concrete_function()
 
 
 def _run(function, batch):
-    return function(**{k: tf.constant(np.asarray(v, np.int32)) for k, v in batch.items()}).numpy()
+    return function(**{k: tf.constant(np.asarray(v, np.int32)) for k, v in batch.items()})["probabilities"].numpy()
 
 
 @pytest.mark.parametrize("precision", ["bfloat16", "float16"])
