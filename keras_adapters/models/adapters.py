@@ -64,11 +64,13 @@ class AdaptersMixin:
                 unset ones follow the model's first head (or the defaults).
             sequence_length: tokens per text for this task when it is served
                 (`None`: the model's; see `ClassificationHead`).
-            task: `"text_classification"`, `"pair_classification"` or
-                `"token_classification"` or `"question_answering"` (`None`:
-                the first head's).
-            **settings: a question-answering head's `stride`,
-                `max_answer_length`, `max_question_length`.
+            task: a registered task (`ka.tasks.available_tasks()`:
+                `"text_classification"`, `"pair_classification"`,
+                `"token_classification"`, `"question_answering"`,
+                `"multi_label_classification"`, ...; `None`: the first head's).
+            **settings: the task's head settings (`Task.head_settings`): a
+                question-answering head's `stride`, `max_answer_length`,
+                `max_question_length`; a multi-label head's `thresholds`.
         """
         self._check_not_merged()
         first = next(iter(self.heads.values()), None)

@@ -27,8 +27,8 @@ SavedModel sharing one stored backbone (`export_multi_adapter_saved_model`):
 a routed signature per task (`classify`, `classify_pairs`, `tag`, `answer`,
 `label`) whose `adapter` input sends each row of a mixed batch to its own
 adapter in one backbone pass (`ka.Route`), and a `<verb>_<name>` signature
-per adapter. Versions are written to a temporary
-folder and renamed when complete.
+per adapter. Versions are written to a temporary folder and renamed when
+complete.
 
 The exported graphs need only TensorFlow and tensorflow-text at serving
 time: no Keras, keras-hub or keras-adapters code.
@@ -54,8 +54,6 @@ from keras_adapters.tasks.routing import Router
 from keras_adapters.tasks.routing import adapter_length
 from keras_adapters.methods.base import stored_stacks
 from keras_adapters.models.adapter_model import TOKEN_INPUTS
-
-
 
 
 def _as_model_inputs(token_ids, segment_ids, padding_mask):

@@ -368,8 +368,9 @@ class PairInputs:
     """Two raw texts per row -> `[CLS] a [SEP] b [SEP]` token inputs, as in training.
 
     Each text is cut to the bytes the sequence length can use and cleaned
-    (`data.clean_text`), then the model's own preprocessor tokenizes and packs
-    the pair (the longer text is truncated first), so served inputs are
+    (`data.clean_text`), then tokenized and packed as the model's
+    preprocessor does (its tokenizer, a `MultiSegmentPacker` with its
+    truncation: the longer text is truncated first), so served inputs are
     exactly the training pipeline's. With several `lengths` (routed pairs),
     each row is packed at its own length (`length_index`) and padded to the
     longest.
@@ -396,11 +397,8 @@ class PairInputs:
             tf.size(text_a), tf.size(text_b),
             message="text_a and text_b need the same number of rows (one pair per row)",
         )
-        if len(self.lengths) == 1:
-            with tf.control_dependencies([check]):
-                pair = tuple(data_lib.clean_text(tf.identity(t), data_lib.BYTES_PER_TOKEN * self.lengths[0])
-                             for t in (text_a, text_b))
-            return self.preprocessor(pair, y=None)
+        if length_index is None:
+            length_index = tf.zeros(tf.shape(text_a), tf.int32)
         with tf.control_dependencies([check]):
             cut = data_lib.BYTES_PER_TOKEN * tf.gather(self.lengths, length_index)
             pair = tuple(self.preprocessor.tokenizer(data_lib.clean_text(tf.strings.substr(t, 0 * cut, cut)))

@@ -209,3 +209,27 @@ def test_routed_tflite_of_taggers_matches_keras(every_task, tmp_path):
         want = model.predict({k: v[i:i + 1] for k, v in tokens.items() if k != "adapter_id"}, verbose=0)[0]
         np.testing.assert_allclose(got[i][:, : want.shape[-1]], want, atol=1e-5)
         assert not got[i][:, want.shape[-1]:].any()
+
+
+def test_pairs_are_packed_at_each_rows_own_length(tiny_preset):
+    """As the preprocessor of each length packs them (the training pipeline)."""
+    import keras_hub
+
+    from keras_adapters.tasks.classification import PairInputs
+
+    a = ["the team won the cup today in a great match", "bank", "new phone"]
+    b = ["stocks fell as the market rose", "the minister lost the vote in the election", ""]
+    lengths = [8, 16, 8]
+    packed = PairInputs(keras_hub.models.TextClassifierPreprocessor.from_preset(tiny_preset, sequence_length=16),
+                        [8, 16])(a, b, np.array([0, 1, 0]))
+    for i, length in enumerate(lengths):
+        own = keras_hub.models.TextClassifierPreprocessor.from_preset(tiny_preset, sequence_length=length)
+        want = own(([a[i]], [b[i]]), y=None)
+        for key in ("token_ids", "segment_ids", "padding_mask"):
+            got = np.asarray(packed[key][i])
+            np.testing.assert_array_equal(got[:length], np.asarray(want[key][0]))
+            assert not got[length:].any()
+    assert np.asarray(packed["token_ids"][0][7]) == 3  # cut at 8: the last [SEP]
+    # One length that is not the preprocessor's: packed at that length all the same.
+    alone = PairInputs(keras_hub.models.TextClassifierPreprocessor.from_preset(tiny_preset, sequence_length=16), 8)
+    assert alone(a, b)["token_ids"].shape[1] == 8
