@@ -145,11 +145,11 @@ def _parser():
     export.add_argument("--version", type=_whole_number(0), default=1,
                         help="saved_model: version folder (TF Serving loads whole numbers from 0)")
     export.add_argument("--adapters", metavar="RUN_A,RUN_B",
-                        help="several runs on one backbone: a routed `classify` signature (each row "
-                             "names its run) and <verb>_<run> per run (classify_, tag_, answer_, label_; each also "
-                             "classify_<run>); tflite: an adapter_id input")
+                        help="several runs on one backbone: a routed signature per task (classify, "
+                             "classify_pairs, tag, answer, label: each row names its run) and <verb>_<run> per run "
+                             "(each also classify_<run>); tflite: runs of one task, an adapter_id input")
     export.add_argument("--no-task-signatures", action="store_true",
-                        help="with --adapters: only the routed classify signatures (less memory when served)")
+                        help="with --adapters: only the routed signatures (less memory when served)")
     export.add_argument("--no-merge", action="store_true",
                         help="keep LoRA/IA3 as separate layers instead of merging")
     export.add_argument("--sequence-length", type=_whole_number(3), default=None,

@@ -150,6 +150,10 @@ class Parallel(CompositionBlock):
 class Route(CompositionBlock):
     """Per-row routing: row `i` runs adapter `children[adapter_id[i]]`.
 
+    The children are adapters of one task; the output is each row's own
+    head's, its class axis as wide as the widest head (a row's columns past
+    its own are 0).
+
     Example:
     ```python
     route = ka.Route("topic", "spam")

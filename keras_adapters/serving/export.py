@@ -271,7 +271,7 @@ def export_multi_adapter_saved_model(
     """
     names = _served_names(model, names)
     groups = _routed_groups(model, names)
-    keys = _signature_keys(model, names, groups)
+    keys = _signature_keys(model, names, groups, task_signatures)
     serving_graph.check_precision(precision)
     out = _version_dir(path, version)
     model = serving_graph.serving_copy(model, precision, merge=False)
@@ -279,12 +279,14 @@ def export_multi_adapter_saved_model(
     # The routed graphs read stacked copies of the adapters' weights, so only
     # the others need per-adapter variables.
     module = _variables_module(model, [n for n in names if n not in routed])
-    # Heads that a routed graph runs one by one (tagging, QA, multi-label) read their own weights.
+    # Heads that a routed graph runs one by one (tagging, QA, multi-label) read their own
+    # weights; classification heads are read as stacked copies (small, stored twice).
     module.head_variables = _tf_variables([w for n in routed for w in model.heads[n].weights])
     module.adapter_tables, module.adapter_stacks = [], []
     signatures, per_adapter = {}, {}
+    served_by = {n: task.routed_name for task, group in groups.items() for n in group}
     for task, group in groups.items():
-        router = Router(model, group, aliases)
+        router = Router(model, group, aliases, elsewhere={n: s for n, s in served_by.items() if n not in group})
         serving, text, tokens, stacks = _trace_routed(model, task, router)
         signatures[task.routed_name], signatures[f"{task.routed_name}_token_ids"] = text, tokens
         module.adapter_tables.append(router.table)
@@ -300,7 +302,7 @@ def export_multi_adapter_saved_model(
             per_adapter[name] = _trace(serving.serve_text, serving.signature)
     for name, function in per_adapter.items():
         signatures.update({key: function for key in keys[name]})
-    first = keys[names[0]][0] if names[0] in per_adapter else next(iter(signatures))
+    first = keys[names[0]][0] if names[0] in keys else next(iter(signatures))
     signatures["serving_default"] = signatures[first]
     return _save(module, out, signatures)
 
@@ -326,6 +328,14 @@ def _routed_groups(model, names):
         task = tasks.get_task(model.heads[name].task)
         if name in model.adapter_names and task.routable:
             groups.setdefault(task, []).append(name)
+    signature = {}
+    for task in groups:
+        other = signature.setdefault(task.routed_name, task)
+        if other is not task:
+            raise ValueError(
+                f"Tasks {other.cli_name} and {task.cli_name} both name their routed signature "
+                f"{task.routed_name!r}; give one of them another `routed_signature`."
+            )
     return groups
 
 
@@ -356,21 +366,27 @@ def _one_adapter(routed, serving, name, index):
     return serve
 
 
-def _signature_keys(model, names, groups):
+def _signature_keys(model, names, groups, task_signatures=True):
     """{name: its signature keys}: `<verb>_<name>` for its task's verb
     (`classify`, `tag`, `answer`, `label`), and `classify_<name>` too, the
-    name every task's signature had before 0.9."""
+    name every task's signature had before 0.9. Routed adapters have none
+    without `task_signatures`."""
+    routed = {n for group in groups.values() for n in group}
     keys = {}
     for name in names:
+        if name in routed and not task_signatures:
+            continue
         verb = tasks.get_task(model.heads[name].task).signature_verb
         keys[name] = list(dict.fromkeys([f"{verb}_{_signature_name(name)}", f"classify_{_signature_name(name)}"]))
     every = [k for ks in keys.values() for k in ks]
     taken = {n for task in groups for n in (task.routed_name, f"{task.routed_name}_token_ids")}
     clashes = sorted({k for k in every if k in taken or every.count(k) > 1})
     if clashes:
+        routed_names = sorted(k for k in clashes if k in taken)
+        also = f" ({', '.join(routed_names)}: a routed signature's name)" if routed_names else ""
         raise ValueError(
-            f"The adapter names {names} give clashing signature names {clashes}; rename the "
-            "adapters (or run folders) so that each gives its own classify_<name>."
+            f"The adapter names {names} give clashing signature names {clashes}{also}; rename the "
+            "adapters (or run folders) so that each gives its own <verb>_<name>."
         )
     return keys
 
@@ -381,7 +397,7 @@ def _signature_name(name):
 
 def export_run_saved_model(run_dirs, path, version=1, merge=True, task_signatures=True, precision="float32"):
     """Export one run folder, or several (comma list) as a multi-adapter model
-    whose `classify` takes each run folder's name (see `runs.task_name`)."""
+    whose routed signatures take each run folder's name (see `runs.task_name`)."""
     run_list = [r for r in str(run_dirs).split(",") if r]
     if len(run_list) == 1:
         return export_saved_model(runs.load_run(run_list[0]), path, version=version, merge=merge, precision=precision)

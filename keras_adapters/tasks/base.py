@@ -301,7 +301,11 @@ class TaskServing:
             "padding_mask": tf.cast(padding_mask, tf.bool),
         }
         _, ids = self.route([token_ids, *adapter], tf.shape(token_ids)[0])
-        return {"probabilities": self.run(inputs, ids)}
+        return self.token_outputs(self.run(inputs, ids), ids)
+
+    def token_outputs(self, probabilities, ids):
+        """`serve_token_ids`' outputs from the model's and each row's adapter index."""
+        return {"probabilities": probabilities}
 
     def narrow(self, outputs, index):
         """A routed signature's outputs for rows of adapter `index` alone, as

@@ -377,19 +377,13 @@ class PairInputs:
     """
 
     def __init__(self, preprocessor, lengths):
-        import keras_hub
-
         self.preprocessor = preprocessor
         self.lengths = [int(n) for n in (lengths if isinstance(lengths, (list, tuple)) else [lengths])]
-        tokenizer = preprocessor.tokenizer
-        self.packers = [
-            keras_hub.layers.MultiSegmentPacker(
-                start_value=tokenizer.start_token_id, end_value=tokenizer.end_token_id,
-                pad_value=tokenizer.pad_token_id,
-                sequence_length=n, truncate=preprocessor.truncate,
-            )
-            for n in self.lengths
-        ]
+        if getattr(preprocessor, "packer", None) is None:
+            preprocessor.build(None)  # keras-hub makes its packer on first use
+        config = preprocessor.packer.get_config()
+        # The preprocessor's own packer settings (separator, truncation), at each length.
+        self.packers = [type(preprocessor.packer).from_config({**config, "sequence_length": n}) for n in self.lengths]
 
     def __call__(self, text_a, text_b, length_index=None):
         text_a, text_b = tf.reshape(text_a, [-1]), tf.reshape(text_b, [-1])
@@ -403,13 +397,13 @@ class PairInputs:
             cut = data_lib.BYTES_PER_TOKEN * tf.gather(self.lengths, length_index)
             pair = tuple(self.preprocessor.tokenizer(data_lib.clean_text(tf.strings.substr(t, 0 * cut, cut)))
                          for t in (text_a, text_b))
-        width = max(self.lengths)
-        packed = [tf.pad(ids, [[0, 0], [0, width - n]]) for n, packer in zip(self.lengths, self.packers)
-                  for ids in packer(pair)]  # token ids, segment ids, per length
+        width, pad = max(self.lengths), self.preprocessor.tokenizer.pad_token_id
+        packed = [tf.pad(ids, [[0, 0], [0, width - n]], constant_values=fill)
+                  for n, packer in zip(self.lengths, self.packers)
+                  for ids, fill in zip(packer(pair), (pad, 0))]  # token ids, segment ids, per length
         rows = tf.stack([tf.cast(length_index, tf.int32), tf.range(tf.size(text_a))], axis=1)
         token_ids = tf.gather_nd(tf.stack(packed[0::2]), rows)
         segment_ids = tf.gather_nd(tf.stack(packed[1::2]), rows)
-        pad = self.preprocessor.tokenizer.pad_token_id
         return {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": token_ids != pad}
 
 
@@ -439,7 +433,14 @@ class ClassificationServing(TaskServing):
             tokens = self.inputs(*texts, tf.gather(self.length_index, ids))
         else:
             tokens = self.inputs(texts[0], tf.gather(self.lengths, ids))
-        probabilities = self.run(tokens, ids)
+        return self._outputs(self.run(tokens, ids), ids)
+
+    def token_outputs(self, probabilities, ids):
+        if self.router is None:  # one output, as before (TF Serving's REST answers it bare)
+            return super().token_outputs(probabilities, ids)
+        return self._outputs(probabilities, ids)
+
+    def _outputs(self, probabilities, ids):
         return outputs(probabilities, lambda label_id: tf.gather_nd(
             self.class_names, tf.stack([tf.cast(ids, tf.int64), label_id], axis=1)))
 

@@ -27,6 +27,8 @@ class Router:
         model: the model, with `Route(*names)` active when traced.
         names: the adapters, in the Route's order.
         aliases: other names rows may use -> adapter name (run folders' names).
+        elsewhere: {adapter name: the signature serving it} for the same
+            model's other routed signatures, named in the unknown-name error.
 
     Example:
     ```python
@@ -35,8 +37,13 @@ class Router:
     ```
     """
 
-    def __init__(self, model, names, aliases=None):
+    def __init__(self, model, names, aliases=None, elsewhere=None):
         self.names = list(names)
+        by_signature = {}
+        for name, signature in (elsewhere or {}).items():
+            by_signature.setdefault(signature, []).append(name)
+        hint = "; ".join(f"{s} serves {', '.join(n)}" for s, n in by_signature.items())
+        self.hint = f" ({hint}.)" if hint else ""
         self.heads = [model.heads[n] for n in self.names]
         self.lengths = [adapter_length(model, n) for n in self.names]
         keys = {n: i for i, n in enumerate(self.names)}
@@ -60,7 +67,9 @@ class Router:
             ),
             tf.debugging.Assert(
                 tf.reduce_all(ids >= 0),
-                [tf.strings.join(["Unknown adapter name(s): ", unknown, f". This signature serves: {', '.join(self.names)}."])],
+                [tf.strings.join([
+                    "Unknown adapter name(s): ", unknown, f". This signature serves: {', '.join(self.names)}.{self.hint}"
+                ])],
             ),
         ]
         with tf.control_dependencies(checks):

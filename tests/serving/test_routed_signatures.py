@@ -233,3 +233,21 @@ def test_pairs_are_packed_at_each_rows_own_length(tiny_preset):
     # One length that is not the preprocessor's: packed at that length all the same.
     alone = PairInputs(keras_hub.models.TextClassifierPreprocessor.from_preset(tiny_preset, sequence_length=16), 8)
     assert alone(a, b)["token_ids"].shape[1] == 8
+
+
+def test_routed_token_signature_names_labels_and_errors_name_the_right_signature(every_task, tmp_path):
+    import tensorflow as tf
+
+    model = every_task
+    out = ka.export_multi_adapter_saved_model(model, str(tmp_path / "lean"), names=["default", "short_news", "ner"],
+                                              task_signatures=False)
+    served = tf.saved_model.load(out).signatures
+    assert set(served) == {"classify", "classify_token_ids", "tag", "tag_token_ids", "serving_default"}
+    tokens = {k: tf.constant(np.asarray(v)) for k, v in model.preprocessor(TEXTS[:2]).items()}
+    tokens["padding_mask"] = tf.cast(tokens["padding_mask"], tf.int32)
+    got = served["classify_token_ids"](**tokens, adapter=tf.constant(["short_news", "default"]))
+    assert [x.decode() for x in got["label"].numpy()] == [
+        ["x", "y"][int(np.argmax(got["probabilities"][0, :2]))], NEWS[int(np.argmax(got["probabilities"][1]))]]
+    with pytest.raises(Exception, match=r"Unknown adapter name\(s\): ner\. This signature serves: default, "
+                                         r"short_news\. \(tag serves ner\.\)"):
+        served["classify"](text=tf.constant(["a"]), adapter=tf.constant(["ner"]))

@@ -310,6 +310,10 @@ class QuestionAnswering(Task):
         shown = question if len(question) <= 70 else question[:67] + "..."
         return f"{result['answer'] or '-'}\t{result['score']:.4f}\t{shown}"
 
+    def tflite_entry(self, head):
+        # What a client needs to window questions and read answers as in training.
+        return {**super().tflite_entry(head), **{k: getattr(head, k) for k in QA_SETTINGS}}
+
     def serving(self, model, length, router=None):
         return AnswerServing(model, length, router)
 
