@@ -4,7 +4,6 @@ A mixin of `AdapterModel`; the work is its task's (`tasks.token_classification`,
 `tasks.question_answering`).
 """
 
-from keras_adapters import tasks
 from keras_adapters.tasks import question_answering
 from keras_adapters.tasks import token_classification
 
@@ -15,7 +14,7 @@ class AnswersMixin:
     def predict_entities(self, texts, batch_size=32):
         """The entities the active tagging adapter finds in each text (see
         `tasks.token_classification.predict_entities`)."""
-        self._check_task("token_classification", "predict_entities")
+        token_classification.TASK.require_active(self, "predict_entities")
         return token_classification.predict_entities(self, texts, batch_size)
 
     def answer(self, question, context, batch_size=32, max_answer_length=None):
@@ -33,7 +32,7 @@ class AnswersMixin:
             span's start x end probability. A context without a word gives
             an empty answer with score 0.
         """
-        self._check_task("question_answering", "answer")
+        question_answering.TASK.require_active(self, "answer")
         single = isinstance(question, str)
         questions, contexts = ([question], [context]) if single else (list(question), list(context))
         if single != isinstance(context, str) or len(questions) != len(contexts):
@@ -46,17 +45,9 @@ class AnswersMixin:
 
     def answer_examples(self, examples, batch_size=32, max_answer_length=None):
         """`answer` for `read_squad` examples, in their order."""
-        self._check_task("question_answering", "answer_examples")
+        question_answering.TASK.require_active(self, "answer_examples")
         return question_answering.answer_examples(self, examples, batch_size, max_answer_length)
 
     def windows(self):
         """The `QuestionWindows` the active question-answering head was trained with."""
         return question_answering.windows(self)
-
-    def _check_task(self, task, method):
-        if self.task != task:
-            raise ValueError(
-                f"{method}() needs an active {tasks.cli_name(task)} adapter; the active adapter "
-                f"{self.active_adapters!r} does {self.task and tasks.cli_name(self.task)}."
-            )
-

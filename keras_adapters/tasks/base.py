@@ -110,6 +110,14 @@ class Task:
     def __repr__(self):
         return f"<task {self.name}>"
 
+    def require_active(self, model, method):
+        """Refuse `model.<method>()` unless its active adapter does this task."""
+        if model.task != self.name:
+            raise ValueError(
+                f"{method}() needs an active {self.cli_name} adapter; the active adapter "
+                f"{model.active_adapters!r} does {model.task and cli_name(model.task)}."
+            )
+
     # ------------------------------------------------------------- the head
     def make_head(self, record, **layer_kwargs):
         """The head a task record describes (`task_config()`, or an adapter
