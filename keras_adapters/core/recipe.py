@@ -86,9 +86,50 @@ class SparseMacroF1(keras.metrics.F1Score):
         return config
 
 
+@keras.saving.register_keras_serializable(package="keras_adapters")
+class PredictedClasses(keras.metrics.Metric):
+    """How many classes the model predicted (argmax) at least once.
+
+    1 means the model has collapsed to one class (a tagger answering `O`
+    everywhere): the symptom `runs.training.CollapseWarning` reports. Only
+    positions whose label is not `ignore_class` count (a tagger's unlabelled
+    word pieces).
+
+    Example:
+    ```python
+    model.compile(metrics=[PredictedClasses(3)])  # logs `predicted_classes`
+    ```
+    """
+
+    def __init__(self, num_classes, ignore_class=None, name="predicted_classes", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.num_classes = int(num_classes)
+        self.ignore_class = ignore_class
+        self.seen = self.add_variable(shape=(self.num_classes,), initializer="zeros", name="seen")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        predicted = tf.reshape(tf.argmax(y_pred, axis=-1, output_type=tf.int32), [-1])
+        counted = tf.ones_like(predicted, tf.float32)
+        if self.ignore_class is not None:
+            counted = tf.cast(tf.not_equal(tf.reshape(tf.cast(y_true, tf.int32), [-1]), self.ignore_class), tf.float32)
+        counts = tf.reduce_sum(tf.one_hot(predicted, self.num_classes) * counted[:, None], axis=0)
+        self.seen.assign(tf.maximum(self.seen, tf.cast(counts > 0, self.seen.dtype)))
+
+    def result(self):
+        # `> 0`: replicas' flags may be summed.
+        return tf.reduce_sum(tf.cast(self.seen > 0, self.dtype))
+
+    def reset_state(self):
+        self.seen.assign(tf.zeros_like(self.seen))
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes, "ignore_class": self.ignore_class}
+
+
 def classification_metrics(num_classes):
-    """Accuracy and macro-F1."""
+    """Accuracy, macro-F1 and the number of classes predicted."""
     return [
         keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
         SparseMacroF1(num_classes),
+        PredictedClasses(num_classes),
     ]

@@ -314,6 +314,29 @@ class TrainingTimer(keras.callbacks.Callback):
         self.seconds = time.perf_counter() - self.start
 
 
+class CollapseWarning(keras.callbacks.Callback):
+    """Warn when every prediction of an epoch is one class.
+
+    Reads the `predicted_classes` metric (`recipe.PredictedClasses`), on the
+    validation data when there is some: a model answering one class for every
+    example (a tagger answering `O` for every word) looks fine by its loss
+    and accuracy on imbalanced data, and is the first symptom of a learning
+    rate too low (or too high) for the method and task.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        key = "val_predicted_classes" if "val_predicted_classes" in logs else "predicted_classes"
+        if key in logs and float(logs[key]) <= 1:
+            where = "validation " if key.startswith("val_") else "training "
+            warnings.warn(
+                f"Epoch {epoch + 1}: every {where}prediction is the same class: the model has collapsed to "
+                "one class (a tagger: 'O' for every word). Train longer, raise or lower --learning-rate, or "
+                "try another --method (BENCHMARKS.md lists what learns each task).",
+                stacklevel=2,
+            )
+
+
 # ------------------------------------------------------------------- train
 def training_datasets(data, preprocessor, validation_split, task=tasks.TEXT_CLASSIFICATION, **kwargs):
     """(train, validation or None) from the data files of `task` (a name or
@@ -588,7 +611,7 @@ def _callbacks(output, monitor, tensorboard, patience, extra):
     backup = RunBackup(
         output / BACKUP_DIR, best=best, on_epoch=lambda h: runs.write_json(output / "history.json", h)
     )
-    callbacks = [*extra, timer, keras.callbacks.TerminateOnNaN(), best, backup]
+    callbacks = [*extra, timer, keras.callbacks.TerminateOnNaN(), CollapseWarning(), best, backup]
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(output / "logs"), update_freq="epoch"))
     if patience:

@@ -52,3 +52,23 @@ def test_token_metrics_count_labelled_tokens_only():
     f1.reset_state()
     assert float(f1.result()) == 0.0
     assert tagging.monitor == "tag_f1"
+
+
+def test_predicted_classes_counts_argmax_classes_on_labelled_positions():
+    rng = np.random.default_rng(1)
+    probs = rng.dirichlet(np.ones(5), (6, 4)).astype("float32")  # [sentences, tokens, tags]
+    labels = rng.integers(-1, 5, (6, 4))
+    metric = recipe.PredictedClasses(5, ignore_class=-1)
+    metric.update_state(labels[:3], probs[:3])
+    metric.update_state(labels[3:], probs[3:])
+    expected = len(set(probs.argmax(-1)[labels != -1].tolist()))
+    assert float(metric.result()) == expected
+    collapsed = np.zeros((4, 5), "float32")
+    collapsed[:, 2] = 1.0
+    metric.reset_state()
+    metric.update_state(np.arange(4) % 5, collapsed)
+    assert float(metric.result()) == 1.0
+    # Unlabelled positions do not count, whatever they predict.
+    metric.update_state(np.array([-1, -1]), np.eye(5, dtype="float32")[:2])
+    assert float(metric.result()) == 1.0
+    assert recipe.PredictedClasses.from_config(metric.get_config()).ignore_class == -1

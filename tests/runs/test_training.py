@@ -411,3 +411,35 @@ def test_mixed_float16_end_to_end(tiny_preset, text_folder, tmp_path):
 
     served = tf.saved_model.load(out).signatures["serving_default"](text=tf.constant(TEXTS))
     np.testing.assert_allclose(served["probabilities"].numpy(), reference, atol=5e-3)
+
+
+def test_a_model_that_predicts_one_class_is_warned_about(tiny_preset):
+    """The first symptom users hit (a tagger answering O everywhere): said
+    during training, and only when it happens."""
+    from conftest import LABELS
+    from conftest import TEXTS
+
+    from keras_adapters.runs.training import CollapseWarning
+
+    model = ka.AdapterTextClassifier.from_preset(tiny_preset, num_classes=4, method="lora", sequence_length=16,
+                                                 pooling="mean")
+    model.compile(optimizer=keras.optimizers.SGD(0.0))
+    head = model.output_head
+    head.logits.kernel.assign(np.zeros(head.logits.kernel.shape, "float32"))
+    head.logits.bias.assign(np.array([5.0, 0.0, 0.0, 0.0], "float32"))
+    with pytest.warns(UserWarning, match=r"Epoch 1: every validation prediction is the same class"):
+        model.fit(TEXTS, LABELS, validation_data=(TEXTS, LABELS), epochs=1, verbose=0,
+                  callbacks=[CollapseWarning()])
+    head.logits.bias.assign(np.zeros(4, "float32"))
+    # The tiny backbone's texts differ little: a large kernel tells them apart.
+    head.logits.kernel.assign(50 * np.random.default_rng(0).standard_normal(head.logits.kernel.shape).astype("float32"))
+    model.set_active_adapters("default")
+    assert len(set(model.predict(TEXTS, verbose=0).argmax(-1))) > 1
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        history = model.fit(TEXTS, LABELS, validation_data=(TEXTS, LABELS), epochs=1, verbose=0,
+                            callbacks=[CollapseWarning()])
+    assert history.history["val_predicted_classes"][0] > 1
+    assert not [w for w in seen if "same class" in str(w.message)]

@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from keras_adapters.core import recipe
 from keras_adapters.io import text_data as data_lib
 from keras_adapters.tasks.base import TOKEN_CLASSIFICATION
 from keras_adapters.tasks.base import Task
@@ -188,9 +189,11 @@ class TokenClassification(Task):
         return keras.losses.SparseCategoricalCrossentropy(ignore_class=IGNORE)
 
     def metrics(self, num_classes, class_names=None):
-        """Labelled-token accuracy and `TagF1` (entity F1 needs whole sentences: `token_report`)."""
+        """Labelled-token accuracy, `TagF1` (entity F1 needs whole sentences:
+        `token_report`) and the tags predicted (1: collapsed to `O`)."""
         outside = list(class_names).index("O") if class_names and "O" in class_names else 0
-        return [entity_metrics.MaskedAccuracy(), entity_metrics.TagF1(outside=outside)]
+        return [entity_metrics.MaskedAccuracy(), entity_metrics.TagF1(outside=outside),
+                recipe.PredictedClasses(num_classes, ignore_class=IGNORE)]
 
     def check_labels(self, y, x, num_classes, class_names=None, source="y"):
         labelled = np.asarray(y)
