@@ -279,10 +279,7 @@ def export_multi_adapter_saved_model(
     # The routed graphs read stacked copies of the adapters' weights, so only
     # the others need per-adapter variables.
     module = _variables_module(model, [n for n in names if n not in routed])
-    # Heads that a routed graph runs one by one (tagging, QA, multi-label) read their own
-    # weights; classification heads are read as stacked copies (small, stored twice).
-    module.head_variables = _tf_variables([w for n in routed for w in model.heads[n].weights])
-    module.adapter_tables, module.adapter_stacks = [], []
+    module.adapter_tables, module.adapter_stacks, module.routed_variables = [], [], []
     signatures, per_adapter = {}, {}
     served_by = {n: task.routed_name for task, group in groups.items() for n in group}
     for task, group in groups.items():
@@ -291,6 +288,8 @@ def export_multi_adapter_saved_model(
         signatures[task.routed_name], signatures[f"{task.routed_name}_token_ids"] = text, tokens
         module.adapter_tables.append(router.table)
         module.adapter_stacks += stacks
+        # What else the routed graphs read (heads run one by one: tagging, QA, multi-label).
+        module.routed_variables += [v for f in (text, tokens) for v in f.variables]
         if task_signatures:
             for index, name in enumerate(group):
                 # A thin wrapper: the graph is stored once, not once per adapter.
