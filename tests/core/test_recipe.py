@@ -42,9 +42,14 @@ def test_token_metrics_count_labelled_tokens_only():
     predicted = np.array([[1, 0, 2, 1, 0, 1], [2, 1, 0, 2, 2, 2]])  # values at -1 positions must not count
     y_pred = np.eye(3)[predicted].astype("float32")
     tagging = tasks.get_task("token_classification")
-    accuracy, f1 = tagging.metrics(3, ["O", "B-X", "I-X"])
+    accuracy, f1, classes = tagging.metrics(3, ["O", "B-X", "I-X"])
     accuracy.update_state(y_true, y_pred)
     f1.update_state(y_true, y_pred)
+    classes.update_state(y_true, y_pred)
+    assert float(classes.result()) == 3  # labelled predictions 0 2 0 | 1 0 2
+    classes.reset_state()
+    classes.update_state(y_true, np.eye(3)[np.where(y_true == -1, 1, 0)].astype("float32"))
+    assert float(classes.result()) == 1  # only O where labelled
     # labelled: (0,0) (2,2) (1,0) | (0,1) (0,0) (2,2) -> 4 of 6 right
     assert float(accuracy.result()) == pytest.approx(4 / 6)
     # non-O: true 3 (2, 1, 2), predicted 3 (2, 1?, 2): hits 2 (both 2s), predicted non-O 3 (2, B-X at (0,1), 2)
