@@ -50,18 +50,11 @@ from keras_adapters.core import injection
 from keras_adapters.runs import folder as runs
 from keras_adapters.serving import graph as serving_graph
 from keras_adapters import tasks
+from keras_adapters.tasks.base import token_inputs
 from keras_adapters.tasks.routing import Router
 from keras_adapters.tasks.routing import adapter_length
 from keras_adapters.methods.base import stored_stacks
 from keras_adapters.models.adapter_model import TOKEN_INPUTS
-
-
-def _as_model_inputs(token_ids, segment_ids, padding_mask):
-    return {
-        "token_ids": tf.cast(token_ids, tf.int32),
-        "segment_ids": tf.cast(segment_ids, tf.int32),
-        "padding_mask": tf.cast(padding_mask, tf.bool),
-    }
 
 
 def _task(model, length=None):
@@ -548,7 +541,7 @@ def _routed_tflite_module(model, names, signature):
     route = composition.Route(*names)
 
     def classify(token_ids, segment_ids, padding_mask, adapter_id):
-        inputs = {**_as_model_inputs(token_ids, segment_ids, padding_mask), "adapter_id": adapter_id}
+        inputs = {**token_inputs(token_ids, segment_ids, padding_mask), "adapter_id": adapter_id}
         return {"probabilities": tf.cast(model(inputs, training=False), tf.float32)}
 
     active = model.active_adapters

@@ -250,6 +250,15 @@ class Task:
         return tf.gather_nd(stacked, tf.stack([ids, tf.range(tf.shape(ids)[0])], axis=1))
 
 
+def token_inputs(token_ids, segment_ids, padding_mask):
+    """Served token tensors (any integer dtype) as the model's inputs."""
+    return {
+        "token_ids": tf.cast(token_ids, tf.int32),
+        "segment_ids": tf.cast(segment_ids, tf.int32),
+        "padding_mask": tf.cast(padding_mask, tf.bool),
+    }
+
+
 class TaskServing:
     """What a task's adapter exposes in a SavedModel; with a `Router`, what
     all of one task's adapters expose in one routed signature (each row names
@@ -303,11 +312,7 @@ class TaskServing:
         return tf.cast(self.model(inputs, training=False), tf.float32)
 
     def serve_token_ids(self, token_ids, segment_ids, padding_mask, *adapter):
-        inputs = {
-            "token_ids": tf.cast(token_ids, tf.int32),
-            "segment_ids": tf.cast(segment_ids, tf.int32),
-            "padding_mask": tf.cast(padding_mask, tf.bool),
-        }
+        inputs = token_inputs(token_ids, segment_ids, padding_mask)
         _, ids = self.route([token_ids, *adapter], tf.shape(token_ids)[0])
         return self.token_outputs(self.run(inputs, ids), ids)
 
