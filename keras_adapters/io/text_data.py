@@ -116,6 +116,21 @@ def _count_empty_files(paths):
     return empty
 
 
+def class_prior(label_ids, num_classes):
+    """Each class's share of `label_ids` (add-one smoothed, so a class without
+    examples keeps a small share): where a head starts (`start_from_prior`)."""
+    ids = [int(i) for i in label_ids]
+    counts = [0] * num_classes
+    for i in ids:
+        counts[i] += 1
+    return [(c + 1) / (len(ids) + num_classes) for c in counts]
+
+
+def _labels_of(ds):
+    """The labels of a `(text, label)` dataset, read once (its texts too, unavoidably)."""
+    return [int(y) for batch in ds.map(lambda text, label: label).batch(4096) for y in batch.numpy()]
+
+
 def clean_text(text, max_bytes=None):
     """In-graph: cut to `max_bytes` and replace invalid UTF-8 with U+FFFD."""
     if max_bytes:
@@ -289,6 +304,7 @@ def text_dataset_from_directory(
             num_parallel_calls=AUTOTUNE,
         )
         part = part.filter(lambda text, label: tf.strings.length(tf.strings.strip(text)) > 0)
+        prior = class_prior(_labels_of(part), len(names))
         ds = finish_dataset(
             part,
             preprocessor,
@@ -302,6 +318,7 @@ def text_dataset_from_directory(
         )
         ds.class_names = names
         ds.num_examples = size
+        ds.class_prior = prior
         outputs.append(ds)
     return tuple(outputs) if subset == "both" else outputs[0]
 

@@ -66,6 +66,9 @@ class AdapterModel(AdaptersMixin, AdapterFilesMixin, AnswersMixin, keras_hub.mod
             `(texts_a, texts_b)`), `"multi_label_classification"`,
             `"token_classification"` (`predict_entities`) or
             `"question_answering"` (`answer`).
+        class_prior: the first head starts out predicting these class
+            shares (the training dataset's `class_prior`; see `add_adapter`).
+            Pass it for imbalanced labels, tags above all.
         preset: how the backbone was loaded (recorded in adapter folders).
         backbone_fingerprint: sha256 of the untouched backbone weights;
             computed here when not given.
@@ -101,6 +104,7 @@ class AdapterModel(AdaptersMixin, AdapterFilesMixin, AnswersMixin, keras_hub.mod
         active_adapters=None,
         trained=None,
         adapter="unset",
+        class_prior=None,
         **kwargs,
     ):
         if adapter != "unset":
@@ -133,7 +137,7 @@ class AdapterModel(AdaptersMixin, AdapterFilesMixin, AnswersMixin, keras_hub.mod
                 )
                 active_adapters = trained = DEFAULT_NAME
         for entry in adapters:
-            self._add(entry["name"], entry["method"], entry["head"])
+            self._add(entry["name"], entry["method"], entry["head"], class_prior)
         for entry in fusions or []:
             fuse = composition.from_config(entry["fuse"])
             self._add_fusion(fuse, entry["config"], entry["head"])
@@ -392,8 +396,9 @@ class AdapterModel(AdaptersMixin, AdapterFilesMixin, AnswersMixin, keras_hub.mod
     def compile(self, optimizer="auto", loss="auto", metrics="auto", learning_rate=None, **kwargs):
         """Compile with the trained adapters' defaults for anything left `"auto"`.
 
-        Defaults: AdamW at the method's learning rate (adapters ~1e-3, full
-        fine-tuning 3e-5) with weight decay 0.01 (not on biases and norms)
+        Defaults: AdamW at the method's learning rate for the adapter's task
+        (`tasks.defaults`: adapters ~1e-3, full fine-tuning 3e-5, a few
+        measured exceptions) with weight decay 0.01 (not on biases and norms)
         and global-norm clipping at 1.0 (`recipe.make_optimizer`);
         sparse categorical cross-entropy; accuracy and macro-F1
         (`recipe.classification_metrics`).

@@ -53,7 +53,7 @@ class AdaptersMixin:
 
     def add_adapter(
         self, name, method="houlsby", num_classes=None, class_names=None,
-        pooling=None, dropout=None, sequence_length=None, task=None, **settings,
+        pooling=None, dropout=None, sequence_length=None, task=None, class_prior=None, **settings,
     ):
         """Add a named adapter with its own head (not active, not trainable).
 
@@ -68,6 +68,13 @@ class AdaptersMixin:
                 `"text_classification"`, `"pair_classification"`,
                 `"token_classification"`, `"question_answering"`,
                 `"multi_label_classification"`, ...; `None`: the first head's).
+            class_prior: each class's share of the training labels (the
+                training dataset's `class_prior`; a multi-label head: each
+                label's share of the texts). The head starts out predicting
+                it, so training does not spend its first thousands of steps
+                learning how rare each class is; without it adapters on
+                imbalanced tags collapse to `O` (BENCHMARKS.md, tagging).
+                `keras-adapters train` always passes it. `None`: uniform.
             **settings: the task's head settings (`Task.head_settings`): a
                 question-answering head's `stride`, `max_answer_length`,
                 `max_question_length`; a multi-label head's `thresholds`.
@@ -81,20 +88,21 @@ class AdaptersMixin:
         head = task.new_head_record(base, given, settings)
         if head["num_classes"] is None:
             raise ValueError(f"Adapter {name!r} needs num_classes (the model has no other head to copy).")
-        self._add(name, method, head)
+        self._add(name, method, head, class_prior)
         self._reset_functions()
         return name
 
     def _taken(self):
         return set(self.state.configs) | set(self.state.fusions)
 
-    def _add(self, name, method, head_config):
+    def _add(self, name, method, head_config, class_prior=None):
         injection.check_name(name, self._taken())  # before the name becomes a layer name
         head = make_head(head_config, dtype=self.backbone.dtype_policy, name=f"{name}_head")
         tokenizer = getattr(self.preprocessor, "tokenizer", None)
         config = get_adapter_config(method).prepare(tokenizer, int(self.backbone.vocabulary_size))
         injection.add_adapter(self.backbone, name, config)
         head.build(self.backbone.hidden_dim)
+        start_from_prior(head, class_prior)
         for w in head.weights:
             w.trainable = False
         with injection.unlocked(self):
@@ -110,13 +118,14 @@ class AdaptersMixin:
                 self.heads.pop(gone)
         self._apply_trained({k: [n for n in v if n not in removed] for k, v in self._trained.items()})
 
-    def add_adapter_fusion(self, fuse, num_classes=None, class_names=None, config=None, **head):
+    def add_adapter_fusion(self, fuse, num_classes=None, class_names=None, config=None, class_prior=None, **head):
         """Add an AdapterFusion over `fuse`'s adapters, with its own head.
 
         Args:
             fuse: a `ka.Fuse(...)` of bottleneck adapters the model has.
             num_classes, class_names: the fusion's head.
             config: a `FusionConfig` (or dict) for the fusion layers.
+            class_prior: where the head starts (see `add_adapter`).
         """
         self._check_not_merged()
         if not isinstance(fuse, composition.Fuse):
@@ -126,15 +135,16 @@ class AdaptersMixin:
         head_config = {**first, "class_names": class_names, "sequence_length": None, **head}
         head_config["num_classes"] = num_classes or (len(class_names) if class_names else first["num_classes"])
         config = config if isinstance(config, FusionConfig) else FusionConfig(**(config or {}))
-        self._add_fusion(fuse, config.get_config(), head_config)
+        self._add_fusion(fuse, config.get_config(), head_config, class_prior)
         self._reset_functions()
         return fuse
 
-    def _add_fusion(self, fuse, config, head_config):
+    def _add_fusion(self, fuse, config, head_config, class_prior=None):
         injection.check_name(fuse.name, self._taken())
         head = make_head(head_config, dtype=self.backbone.dtype_policy, name=f"{fuse.name}_head")
         injection.add_fusion(self.backbone, fuse, FusionConfig.from_config(config))
         head.build(self.backbone.hidden_dim)
+        start_from_prior(head, class_prior)
         for w in head.weights:
             w.trainable = False
         with injection.unlocked(self):
@@ -234,5 +244,13 @@ class AdaptersMixin:
         names = trained["adapters"] or ([self.active_adapters] if isinstance(self.active_adapters, str) else [])
         if not names:
             return 1e-3
-        return min(self.state.configs[n].default_learning_rate for n in names)
+        return min(tasks.learning_rate(self.heads[n].task, self.state.configs[n]) for n in names)
 
+
+def start_from_prior(head, class_prior):
+    """A new head's bias from `class_prior` (`None`: left at zero)."""
+    if class_prior is None:
+        return
+    if not hasattr(head, "start_from_prior"):
+        raise ValueError(f"class_prior is for classification and tagging heads; a {head.task} head has no classes.")
+    head.start_from_prior(class_prior)

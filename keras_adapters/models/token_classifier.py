@@ -16,7 +16,9 @@ class AdapterTokenClassifier(AdapterTextClassifier):
     `TokenClassificationHead`: tag probabilities for every word piece.
     Training data come from `ka.token_dataset_from_file` (CoNLL files): each
     word's tag sits on its first word piece, the other pieces are ignored by
-    the loss and by the `accuracy` metric.
+    the loss and by the `accuracy` metric. Pass the dataset's `class_prior`
+    (the tags' shares): with `O` on most words, a head started from zero
+    leaves adapters predicting `O` everywhere (`AdapterModel.add_adapter`).
 
     Args:
         num_classes: the number of tags; `class_names`: the tags (`O`,
@@ -28,7 +30,7 @@ class AdapterTokenClassifier(AdapterTextClassifier):
     train = ka.token_dataset_from_file("ner/train.conll", preprocessor)
     model = ka.AdapterTokenClassifier.from_preset(
         ka.default_preset(), num_classes=len(train.tag_names), class_names=train.tag_names,
-        method="houlsby", sequence_length=64)
+        class_prior=train.class_prior, method="houlsby", sequence_length=64)
     model.fit(train, epochs=5)
     model.predict_entities(["Tim Cook visited Berlin"])
     # [[{"type": "person", "text": "Tim Cook", "start": 0, "end": 8, "score": 0.93}, ...]]

@@ -501,12 +501,14 @@ def resolve_task(data, task, text_b_key="text_b"):
 def _compiled_model(train, preset, method, fuse, learning_rate, steps, **options):
     """(the model a run trains, compiled; its peak learning rate)."""
     task = tasks.get_task(options["task"])
+    # Heads start at the training labels' frequencies: see `classification.start_from_prior`.
+    prior = {"class_prior": train.class_prior} if getattr(train, "class_prior", None) else {}
     if fuse:
-        model = build_fusion_model(fuse, train.class_names, **options)
+        model = build_fusion_model(fuse, train.class_names, **options, **prior)
     else:
         model = runs.model_class(task.name).from_preset(
             preset, num_classes=len(train.class_names), method=get_adapter_config(method),
-            class_names=train.class_names, **options,
+            class_names=train.class_names, **options, **prior,
         )
     peak = learning_rate or model.default_learning_rate
     model.compile(
@@ -588,7 +590,8 @@ def _finished_summary(output):
 
 
 def build_fusion_model(
-    run_dirs, class_names, sequence_length=128, dtype=None, pooling="auto", task=tasks.TEXT_CLASSIFICATION
+    run_dirs, class_names, sequence_length=128, dtype=None, pooling="auto", task=tasks.TEXT_CLASSIFICATION,
+    class_prior=None,
 ):
     """A model with each run's adapter (named after its folder) and a new
     AdapterFusion over them with a head for `class_names` (and `task`), ready to train."""
@@ -597,7 +600,8 @@ def build_fusion_model(
         raise ValueError("--fuse takes runs of single adapters, not fusion runs.")
     head = {"task": task} if pooling in (None, "auto") else {"pooling": pooling, "task": task}
     fuse = model.add_adapter_fusion(
-        composition.Fuse(*names), num_classes=len(class_names), class_names=class_names, **head
+        composition.Fuse(*names), num_classes=len(class_names), class_names=class_names, class_prior=class_prior,
+        **head
     )
     model.train_adapter_fusion(fuse)
     return model

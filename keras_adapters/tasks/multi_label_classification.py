@@ -108,6 +108,18 @@ class MultiLabelHead(keras.layers.Layer):
         logits = self.logits(self.dropout(pooled, training=training))
         return ops.sigmoid(ops.cast(logits, "float32"))
 
+    def start_from_prior(self, prior):
+        """Set the bias so that, before training, label i's probability is
+        `prior[i]` (its share of the training texts; see
+        `classification.start_from_prior` for why)."""
+        rates = np.asarray(prior, dtype="float64").reshape(-1)
+        if rates.size != self.num_classes or not np.all((rates > 0) & (rates < 1)):
+            raise ValueError(
+                f"class_prior must be {self.num_classes} numbers in (0, 1), each label's share of the "
+                f"training texts (the dataset's `class_prior`), got {list(np.asarray(prior).reshape(-1))}."
+            )
+        self.logits.bias.assign(np.log(rates / (1.0 - rates)).astype("float32"))
+
     def task_config(self):
         return {
             "num_classes": self.num_classes, "class_names": self.class_names, "pooling": self.pooling,
@@ -239,6 +251,7 @@ def multi_label_dataset(
         ds = data_lib.finish_dataset(ds, preprocessor, batch_size, training, bucket, cache, len(rows), seed)
         ds.class_names, ds.num_examples = names, len(rows)
         ds.label_sets = [label_sets[i] for i in rows]
+        ds.class_prior = ((labels[rows].reshape(-1, len(names)).sum(axis=0) + 1) / (len(rows) + 2)).tolist()
         outputs.append(ds)
     return tuple(outputs) if subset == "both" else outputs[0]
 

@@ -200,6 +200,7 @@ def pair_dataset_from_file(
         ds = data_lib.finish_dataset(ds, preprocessor, batch_size, training, bucket, cache, len(rows), seed)
         ds.class_names = names
         ds.num_examples = len(rows)
+        ds.class_prior = data_lib.class_prior([ids[i] for i in rows], len(names))
         outputs.append(ds)
     return tuple(outputs) if subset == "both" else outputs[0]
 

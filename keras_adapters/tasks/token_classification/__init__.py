@@ -22,6 +22,7 @@ from keras_adapters.tasks.classification import ClassificationHead
 from keras_adapters.tasks.classification import check_classes
 from keras_adapters.tasks.classification import check_labels
 from keras_adapters.tasks.classification import dropout_and_logits
+from keras_adapters.tasks.classification import start_from_prior
 from keras_adapters.tasks.token_classification import data as token_data
 from keras_adapters.tasks.token_classification import metrics as entity_metrics
 from keras_adapters.tasks.token_classification.data import IGNORE
@@ -78,6 +79,7 @@ class TokenClassificationHead(keras.layers.Layer):
     weights_by_key = ClassificationHead.weights_by_key
     label_names = ClassificationHead.label_names
     task_config = ClassificationHead.task_config
+    start_from_prior = start_from_prior
 
     def compute_output_shape(self, sequence_shape, pooled_shape, mask_shape):
         return (*sequence_shape[:2], self.num_classes)

@@ -201,6 +201,7 @@ def token_dataset_from_file(
         ds.num_examples = len(rows)
         ds.sentences = [sentences[i] for i in rows]
         ds.tags = [tags[i] for i in rows]
+        ds.class_prior = data_lib.class_prior([index[t] for i in rows for t in tags[i]], len(names))
         outputs.append(ds)
     return tuple(outputs) if subset == "both" else outputs[0]
 
