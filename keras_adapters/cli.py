@@ -91,7 +91,8 @@ def _parser():
                        help="examples per step, the global batch (split over the replicas of --strategy)")
     train.add_argument("--sequence-length", type=int, default=128)
     train.add_argument("--learning-rate", type=float, default=None,
-                       help="peak learning rate (default: the method's)")
+                       help="peak learning rate (default: the method's for the task, keras_adapters/tasks/defaults.py; "
+                            "a run being resumed keeps its own)")
     train.add_argument("--precision", default="auto",
                        choices=["auto", *precision.PRECISIONS])
     train.add_argument("--validation-split", type=float, default=0.1)

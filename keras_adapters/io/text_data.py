@@ -126,11 +126,6 @@ def class_prior(label_ids, num_classes):
     return [(c + 1) / (len(ids) + num_classes) for c in counts]
 
 
-def _labels_of(ds):
-    """The labels of a `(text, label)` dataset, read once (its texts too, unavoidably)."""
-    return [int(y) for batch in ds.map(lambda text, label: label).batch(4096) for y in batch.numpy()]
-
-
 def clean_text(text, max_bytes=None):
     """In-graph: cut to `max_bytes` and replace invalid UTF-8 with U+FFFD."""
     if max_bytes:
@@ -275,6 +270,9 @@ def text_dataset_from_directory(
     names = _check_classes(directory, list(files), class_names)
     folder_classes = list(files)
     all_paths = [p for ps in files.values() for p in ps]
+    # The whole folder's shares, from the listing (no file read): a random
+    # split's parts differ from them only by sampling.
+    prior = class_prior([names.index(c) for c, ps in files.items() for _ in ps], len(names))
     empty = _checked_files(directory, all_paths, validation_split, subset)
     if validation_split and seed is None:
         seed = 1337  # Keras requires a seed to split; fixed so runs repeat.
@@ -304,7 +302,6 @@ def text_dataset_from_directory(
             num_parallel_calls=AUTOTUNE,
         )
         part = part.filter(lambda text, label: tf.strings.length(tf.strings.strip(text)) > 0)
-        prior = class_prior(_labels_of(part), len(names))
         ds = finish_dataset(
             part,
             preprocessor,

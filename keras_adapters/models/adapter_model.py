@@ -136,8 +136,10 @@ class AdapterModel(AdaptersMixin, AdapterFilesMixin, AnswersMixin, keras_hub.mod
                     }
                 )
                 active_adapters = trained = DEFAULT_NAME
-        for entry in adapters:
-            self._add(entry["name"], entry["method"], entry["head"], class_prior)
+        if class_prior is not None and not adapters:
+            raise ValueError("class_prior is where the first adapter's head starts; this model has no adapter.")
+        for i, entry in enumerate(adapters):
+            self._add(entry["name"], entry["method"], entry["head"], class_prior if i == 0 else None)
         for entry in fusions or []:
             fuse = composition.from_config(entry["fuse"])
             self._add_fusion(fuse, entry["config"], entry["head"])

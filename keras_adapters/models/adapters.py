@@ -98,11 +98,11 @@ class AdaptersMixin:
     def _add(self, name, method, head_config, class_prior=None):
         injection.check_name(name, self._taken())  # before the name becomes a layer name
         head = make_head(head_config, dtype=self.backbone.dtype_policy, name=f"{name}_head")
+        head.build(self.backbone.hidden_dim)
+        start_from_prior(head, class_prior)  # a refused prior leaves the model as it was
         tokenizer = getattr(self.preprocessor, "tokenizer", None)
         config = get_adapter_config(method).prepare(tokenizer, int(self.backbone.vocabulary_size))
         injection.add_adapter(self.backbone, name, config)
-        head.build(self.backbone.hidden_dim)
-        start_from_prior(head, class_prior)
         for w in head.weights:
             w.trainable = False
         with injection.unlocked(self):
@@ -142,9 +142,9 @@ class AdaptersMixin:
     def _add_fusion(self, fuse, config, head_config, class_prior=None):
         injection.check_name(fuse.name, self._taken())
         head = make_head(head_config, dtype=self.backbone.dtype_policy, name=f"{fuse.name}_head")
-        injection.add_fusion(self.backbone, fuse, FusionConfig.from_config(config))
         head.build(self.backbone.hidden_dim)
         start_from_prior(head, class_prior)
+        injection.add_fusion(self.backbone, fuse, FusionConfig.from_config(config))
         for w in head.weights:
             w.trainable = False
         with injection.unlocked(self):

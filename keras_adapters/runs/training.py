@@ -436,6 +436,8 @@ def train_classifier(
         )
         # Question answering trains on windows, more than its questions.
         steps = int(np.ceil(getattr(train, "num_windows", train.num_examples) / global_batch)) * epochs
+        if learning_rate is None and not overwrite:  # a run resumes at its own rate, whatever today's default
+            learning_rate = _recorded_learning_rate(output)
         options = dict(sequence_length=sequence_length, dtype=precision, pooling=pooling, task=task)
         options.update(tasks.get_task(task).head_options(train, data_options))
         with strategy.scope():
@@ -571,6 +573,13 @@ def _check_same_settings(output, record, overwrite):
             "or pass another --output."
         )
     _discard(output)
+
+
+def _recorded_learning_rate(output):
+    """The learning rate a run started in `output` recorded (`None`: no run)."""
+    started = any((output / name).exists() for name in ("adapter", BACKUP_DIR))
+    config = output / "train_config.json"
+    return runs.read_json(config).get("learning_rate") if started and config.is_file() else None
 
 
 def _discard(output):

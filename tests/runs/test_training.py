@@ -357,6 +357,23 @@ def test_rerun_with_other_settings_is_refused_unless_asked_to_start_over(tiny_pr
     assert len(json.loads((run / "history.json").read_text())["loss"]) == 1
 
 
+def test_a_run_keeps_its_learning_rate_when_a_newer_default_differs(tiny_preset, tmp_path, monkeypatch):
+    """A run started before `tasks.defaults` changed its (task, method) rate
+    resumes (here: is found complete) at its own rate, not refused as changed."""
+    from keras_adapters.tasks import defaults
+
+    data = write_class_folders(tmp_path / "data", per_class=4)
+    options = dict(preset=tiny_preset, method="lora", epochs=1, batch_size=4, sequence_length=16,
+                   precision="float32", verbose=0, tensorboard=False)
+    model, _ = ka.train_classifier(data, tmp_path / "run", **options)
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["learning_rate"] == 1e-3
+    monkeypatch.setitem(defaults.LEARNING_RATES, ("text_classification", "lora"), 5e-3)
+    _, summary = ka.train_classifier(data, tmp_path / "run", **options)
+    assert summary.get("already_complete") is True
+    _, summary = ka.train_classifier(data, tmp_path / "fresh", **options)
+    assert json.loads((tmp_path / "fresh" / "train_config.json").read_text())["learning_rate"] == 5e-3
+
+
 def test_a_validation_split_that_holds_no_file_trains_without_validation(tiny_preset, tiny_preprocessor, tmp_path):
     data = write_class_folders(tmp_path / "data", {"a": ["team", "cup"], "b": ["bank", "profit"]}, per_class=3)
     with pytest.warns(UserWarning, match="holds no file; training without validation"):

@@ -98,10 +98,12 @@ def test_folder_pair_and_multi_label_datasets_carry_their_shares(tmp_path, tiny_
     folder = write_class_folders(tmp_path / "texts", per_class=6)
     for extra in range(4):  # business: 10 files, the others 6
         (folder / "business" / f"x{extra}.txt").write_text("the stocks today")
-    ds = ka.text_dataset_from_directory(folder, tiny_preprocessor, shuffle=False)
     sizes = {name: 10 if name == "business" else 6 for name in CLASS_WORDS}
     total = sum(sizes.values())
-    np.testing.assert_allclose(ds.class_prior, [(sizes[n] + 1) / (total + len(sizes)) for n in ds.class_names])
+    plain = ka.text_dataset_from_directory(folder, tiny_preprocessor, shuffle=False)
+    train, _ = ka.text_dataset_from_directory(folder, tiny_preprocessor, validation_split=0.25, subset="both", seed=2)
+    for ds in (plain, train):  # a folder's shares, split or not (a random split differs by sampling only)
+        np.testing.assert_allclose(ds.class_prior, [(sizes[n] + 1) / (total + len(sizes)) for n in ds.class_names])
 
     rows = topic_pairs(30)
     pairs = ka.pair_dataset_from_file(write_pair_file(tmp_path / "p.jsonl", rows), tiny_preprocessor, shuffle=False)
@@ -128,13 +130,25 @@ def test_models_take_the_prior_for_their_first_and_added_heads(tiny_preset):
     np.testing.assert_allclose(keras.ops.softmax(model.heads["topic"].logits.bias), [0.25, 0.75], rtol=1e-5)
     model.add_adapter("plain", "houlsby", num_classes=2, task="text_classification")
     np.testing.assert_array_equal(np.asarray(model.heads["plain"].logits.bias), [0.0, 0.0])
+    before = model.get_config()
     with pytest.raises(ValueError, match="question_answering head has no classes"):
         model.add_adapter("reader", "lora", task="question_answering", class_prior=[0.5, 0.5])
-    assert "reader" not in model.heads
+    with pytest.raises(ValueError, match="class_prior must be 2 positive numbers"):
+        model.add_adapter("short", "lora", num_classes=2, task="text_classification", class_prior=[1.0])
+    assert model.adapter_names == ["default", "topic", "plain"] and set(model.heads) == set(model.adapter_names)
+    assert model.get_config() == before  # nothing half-added: the refused names are free again
+    model.add_adapter("reader", "lora", task="question_answering")
 
 
-def test_training_runs_start_the_head_at_the_training_tags_shares(tmp_path, tiny_preset):
-    path = write_conll(tmp_path / "x.conll", count=24)
+def test_a_prior_without_a_head_to_start_is_refused(tiny_preset):
+    with pytest.raises(ValueError, match="no adapter"):
+        ka.AdapterTextClassifier.from_preset(tiny_preset, method=None, sequence_length=8, class_prior=[0.5, 0.5])
+    with pytest.raises(ValueError, match="question_answering head has no classes"):
+        ka.AdapterQuestionAnswerer.from_preset(tiny_preset, method="lora", sequence_length=16, class_prior=[0.5, 0.5])
+
+
+def test_training_runs_start_the_head_at_the_training_tags_shares(tmp_path, tiny_preset, tiny_preprocessor):
+    path = write_conll(tmp_path / "x.conll", count=40)
     seen = {}
 
     class StartingBias(keras.callbacks.Callback):
@@ -144,9 +158,14 @@ def test_training_runs_start_the_head_at_the_training_tags_shares(tmp_path, tiny
 
     ka.train_classifier(
         path, tmp_path / "run", preset=tiny_preset, method="houlsby", epochs=1, batch_size=8,
-        sequence_length=16, validation_split=0.0, precision="float32", tensorboard=False, verbose=0,
+        sequence_length=16, validation_split=0.25, seed=5, precision="float32", tensorboard=False, verbose=0,
         callbacks=[StartingBias()],
     )
-    counts = collections.Counter(_tags_of(path))
+    # The training part's words only: the run holds out the same seeded sentences.
+    train, _ = ka.token_dataset_from_file(path, tiny_preprocessor, validation_split=0.25, subset="both", seed=5)
+    counts = collections.Counter(t for sentence in train.tags for t in sentence)
     shares = np.array([counts[t] + 1.0 for t in seen["names"]])
     np.testing.assert_allclose(keras.ops.softmax(seen["bias"]), shares / shares.sum(), rtol=1e-5)
+    whole = collections.Counter(_tags_of(path))
+    assert not np.allclose(shares / shares.sum(), [(whole[t] + 1.0) / (sum(whole.values()) + len(whole))
+                                                   for t in seen["names"]], rtol=1e-3)
