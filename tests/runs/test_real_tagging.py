@@ -17,8 +17,9 @@ from keras_adapters import cli
 pytestmark = pytest.mark.slow
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples"))
 
-#: Full fine-tuning's test entity F1 on this split (3 seeds, BENCHMARKS.md) minus 1.5 points.
-THRESHOLD = 0.35
+#: This test's run scored 0.464 (2026-12-04; 0.10: 0.000). Full fine-tuning: 0.483 ± 0.019 in 5
+#: epochs, 3 seeds (BENCHMARKS.md). The margin is about two seeds' standard deviations.
+THRESHOLD = 0.42
 
 
 def test_a_houlsby_tagger_at_the_defaults_finds_entities(tmp_path, capsys):
