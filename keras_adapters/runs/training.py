@@ -410,9 +410,9 @@ def train_classifier(
     """
     check_options(epochs, batch_size, sequence_length, validation_split, learning_rate, preset)
     task = resolve_task(data, task, data_options.get("text_b_key", "text_b"))
-    shortfall = None if fuse else tasks.shortfall(task, get_adapter_config(method).method)
-    if shortfall:
-        warnings.warn(f"--method {get_adapter_config(method).method}: {shortfall}", stacklevel=2)
+    method_name = None if fuse else get_adapter_config(method).method
+    if tasks.shortfall(task, method_name):
+        warnings.warn(f"--method {method_name}: {tasks.shortfall(task, method_name)}", stacklevel=2)
     # First: a multi-worker strategy must exist before TensorFlow runs anything.
     strategy_name, strategy = strategy or "default", distribute.get_strategy(strategy)
     is_chief, worker = distribute.worker_role(strategy)
@@ -559,12 +559,11 @@ def _check_same_settings(output, record, overwrite):
     A rerun with another method, data or option would otherwise mix two runs
     in one folder (the old adapter next to the new settings).
     """
-    started = any((output / name).exists() for name in ("adapter", BACKUP_DIR))
-    config = output / "train_config.json"
-    if not (started and config.is_file()):
+    recorded = _started_record(output)
+    if recorded is None:
         return
     new = json.loads(json.dumps(runs.finite(record)))
-    old = {"task": tasks.TEXT_CLASSIFICATION, **runs.read_json(config)}  # runs from before 0.6 had no task
+    old = {"task": tasks.TEXT_CLASSIFICATION, **recorded}  # runs from before 0.6 had no task
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if not changed:
         return
@@ -578,11 +577,16 @@ def _check_same_settings(output, record, overwrite):
     _discard(output)
 
 
-def _recorded_learning_rate(output):
-    """The learning rate a run started in `output` recorded (`None`: no run)."""
+def _started_record(output):
+    """The `train_config.json` of a run started in `output` (`None`: no run)."""
     started = any((output / name).exists() for name in ("adapter", BACKUP_DIR))
     config = output / "train_config.json"
-    return runs.read_json(config).get("learning_rate") if started and config.is_file() else None
+    return runs.read_json(config) if started and config.is_file() else None
+
+
+def _recorded_learning_rate(output):
+    """The learning rate a run started in `output` recorded (`None`: no run)."""
+    return (_started_record(output) or {}).get("learning_rate")
 
 
 def _discard(output):
