@@ -29,6 +29,7 @@ from common import machine_description  # noqa: E402
 from wnut16_data import wnut16_split  # noqa: E402
 
 import keras_adapters as ka  # noqa: E402
+from keras_adapters.core.precision import backbone_precision  # noqa: E402
 from keras_adapters.runs.evaluation import evaluate_run  # noqa: E402
 
 
@@ -45,7 +46,7 @@ def train_and_evaluate(files, run, spec, seed=0, **options):
         "method": spec,
         "seed": seed,
         "learning_rate": lr or model.default_learning_rate,
-        "precision": model.dtype_policy.name,
+        "precision": backbone_precision(model.backbone),
         "test_f1": result["f1"],
         "test_precision": result["precision"],
         "test_recall": result["recall"],
@@ -67,6 +68,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--sequence-length", type=int, default=64)
     parser.add_argument("--seeds", default="0")
+    parser.add_argument("--precision", default="auto")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--output", default="benchmarks/results/wnut16_methods.json")
     args = parser.parse_args()
@@ -76,7 +78,8 @@ def main():
     for seed in [int(s) for s in args.seeds.split(",")]:
         for spec in args.methods.split(","):
             run = os.path.join(workdir, "run-" + "".join(c if c.isalnum() else "_" for c in spec))
-            row = train_and_evaluate(files, run, spec, seed, epochs=args.epochs, sequence_length=args.sequence_length)
+            row = train_and_evaluate(files, run, spec, seed, epochs=args.epochs, sequence_length=args.sequence_length,
+                                     precision=args.precision)
             rows = [r for r in rows if (r["method"], r.get("seed", 0)) != (spec, seed)] + [row]
             print(json.dumps(row), flush=True)
             out = {"machine": machine_description(), "revision": git_revision(), "epochs": args.epochs,

@@ -57,6 +57,19 @@ SITES = {
     "feedforward_layer_norm": ("_feedforward_layer_norm",),
 }
 
+#: The sites whose layers multiply matrices: what an autocast precision
+#: (`keras_adapters.core.precision`) computes in bf16/fp16. The attention
+#: layer itself is one (its query-key and probability-value products).
+MATMUL_SITES = (
+    "self_attention",
+    "query",
+    "key",
+    "value",
+    "attention_output",
+    "feedforward_intermediate_dense",
+    "feedforward_output_dense",
+)
+
 #: The one site of the backbone itself: the embedding output, what the first
 #: encoder layer receives (where input-end adapters such as prompts act).
 INPUT_SITE = "embedding_output"
@@ -140,6 +153,15 @@ def resolve_site(encoder, site):
             "the versions keras-adapters supports (see setup.cfg)."
         )
     return obj, attr
+
+
+def matmul_layers(encoder):
+    """The layers of `encoder` at `MATMUL_SITES`, and the attention's own
+    dropout (what the attention probabilities pass through on their way to
+    the probability-value product, so that product runs in the same dtype)."""
+    layers = [getattr(*resolve_site(encoder, site)) for site in MATMUL_SITES]
+    layers = [layer.base if isinstance(layer, AdapterSite) else layer for layer in layers]
+    return layers + [layers[0]._dropout_layer]
 
 
 @contextlib.contextmanager
@@ -528,7 +550,8 @@ def add_adapter(backbone, name, method):
     shared = Shared()
     for encoder, site in targets:
         holder = _site(state, encoder, site)
-        unit = config.make_unit(site, holder.base, dtype=backbone.dtype_policy, hidden_dim=hidden_dim, shared=shared)
+        # A unit computes in its site's dtype (they differ under an autocast precision).
+        unit = config.make_unit(site, holder.base, dtype=holder.base.dtype_policy, hidden_dim=hidden_dim, shared=shared)
         _build_under(f"{holder.scope}/{name}", unit, _input_shape(holder.base, hidden_dim))
         with unlocked(holder):
             holder.units[name] = unit

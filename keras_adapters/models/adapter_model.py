@@ -176,7 +176,10 @@ class AdapterModel(AdaptersMixin, AdapterFilesMixin, AnswersMixin, keras_hub.mod
             method: the first adapter's method (`None`: none; see class doc).
             sequence_length: tokens per example (longer texts are truncated).
             dtype: optional dtype policy for the backbone (e.g.
-                `"mixed_bfloat16"`); defaults to Keras' global policy.
+                `"mixed_bfloat16"`), or an autocast precision
+                (`"autocast_bfloat16"`: matrix products in bf16, the rest
+                in float32; `keras_adapters.core.precision`); defaults to
+                Keras' global policy.
                 `"auto"`: the fastest safe policy on this machine, what
                 `keras-adapters train` uses (`keras_adapters.core.precision`).
             load_weights: load the pretrained weights (`False`: random init).
@@ -189,7 +192,8 @@ class AdapterModel(AdaptersMixin, AdapterFilesMixin, AnswersMixin, keras_hub.mod
             method = adapter
         if dtype == "auto":
             dtype = precision.default_precision(tasks.get_task(kwargs.get("task") or cls.default_task))
-        backbone = presets.load_backbone(preset, dtype=dtype, load_weights=load_weights)
+        backbone = presets.load_backbone(preset, dtype=precision.backbone_dtype(dtype), load_weights=load_weights)
+        precision.apply_autocast(backbone, dtype)
         preprocessor = presets.load_preprocessor(preset, sequence_length)
         if kwargs.get("pooling") in (None, "auto"):
             kwargs["pooling"] = presets.default_pooling(preset)
@@ -413,6 +417,10 @@ class AdapterModel(AdaptersMixin, AdapterFilesMixin, AnswersMixin, keras_hub.mod
             several = isinstance(self.active_adapters, (composition.Parallel, composition.Route))
             single = not several and self.num_classes
             metrics = tasks.get_task(self.task).metrics(self.num_classes, self.class_names) if single else []
+        if precision.backbone_precision(self.backbone) == "autocast_float16" and not isinstance(
+            optimizer, keras.optimizers.LossScaleOptimizer
+        ):  # Keras scales the loss by itself only for a model whose policy is mixed_float16
+            optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.get(optimizer))
         keras.Model.compile(self, optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
     def compile_from_config(self, config):
