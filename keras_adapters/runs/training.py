@@ -422,6 +422,8 @@ def train_classifier(
     with _run_folder(output), run_lock(output):
         if validation_split and not str(data).startswith("tfds:"):
             validation_split = _usable_validation_split(data, validation_split, task, data_options)
+        if precision in (None, "auto") and not overwrite:  # a run resumes in its own precision
+            precision = _recorded(output, "precision") or precision
         precision = precision_lib.resolve_precision(precision, tasks.get_task(task))
         keras.utils.set_random_seed(seed)
         if fuse:
@@ -440,7 +442,7 @@ def train_classifier(
         # Question answering trains on windows, more than its questions.
         steps = int(np.ceil(getattr(train, "num_windows", train.num_examples) / global_batch)) * epochs
         if learning_rate is None and not overwrite:  # a run resumes at its own rate, whatever today's default
-            learning_rate = _recorded_learning_rate(output)
+            learning_rate = _recorded(output, "learning_rate")
         options = dict(sequence_length=sequence_length, dtype=precision, pooling=pooling, task=task)
         options.update(tasks.get_task(task).head_options(train, data_options))
         with strategy.scope():
@@ -584,9 +586,10 @@ def _started_record(output):
     return runs.read_json(config) if started and config.is_file() else None
 
 
-def _recorded_learning_rate(output):
-    """The learning rate a run started in `output` recorded (`None`: no run)."""
-    return (_started_record(output) or {}).get("learning_rate")
+def _recorded(output, setting):
+    """A setting (`"learning_rate"`, `"precision"`) that a run started in
+    `output` recorded (`None`: no run), for defaults that changed since."""
+    return (_started_record(output) or {}).get(setting)
 
 
 def _discard(output):

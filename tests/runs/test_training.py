@@ -374,6 +374,24 @@ def test_a_run_keeps_its_learning_rate_when_a_newer_default_differs(tiny_preset,
     assert json.loads((tmp_path / "fresh" / "train_config.json").read_text())["learning_rate"] == 5e-3
 
 
+def test_a_run_keeps_its_precision_when_auto_picks_another(tiny_preset, tmp_path, monkeypatch):
+    """`--precision auto` picked mixed_bfloat16 before 0.12: such a run resumes
+    in it (here: is found complete), while a new run gets today's pick."""
+    from keras_adapters.core import precision
+
+    data = write_class_folders(tmp_path / "data", per_class=4)
+    options = dict(preset=tiny_preset, method="lora", epochs=1, batch_size=4, sequence_length=16, verbose=0,
+                   tensorboard=False)
+    ka.train_classifier(data, tmp_path / "run", precision="mixed_bfloat16", **options)
+    monkeypatch.setattr(precision, "default_precision", lambda task=None: "float32")
+    _, summary = ka.train_classifier(data, tmp_path / "run", precision="auto", **options)
+    assert summary.get("already_complete") is True
+    with pytest.raises(ValueError, match="precision"):  # asked for explicitly: a change, refused
+        ka.train_classifier(data, tmp_path / "run", precision="float32", **options)
+    ka.train_classifier(data, tmp_path / "fresh", precision="auto", **options)
+    assert json.loads((tmp_path / "fresh" / "train_config.json").read_text())["precision"] == "float32"
+
+
 def test_a_validation_split_that_holds_no_file_trains_without_validation(tiny_preset, tiny_preprocessor, tmp_path):
     data = write_class_folders(tmp_path / "data", {"a": ["team", "cup"], "b": ["bank", "profit"]}, per_class=3)
     with pytest.warns(UserWarning, match="holds no file; training without validation"):

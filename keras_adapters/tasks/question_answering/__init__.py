@@ -236,10 +236,6 @@ class QuestionAnswering(Task):
     routable = True
     served_outputs = "answer, start, end, score"
     unit = "article"
-    #: On SQuAD, full fine-tuning in mixed_bfloat16 scored 6 F1 points below
-    #: float32 (52.3 against 58.6, the PyTorch bf16-autocast reference 58.7)
-    #: for about 20% less CPU time (BENCHMARKS.md).
-    bf16_safe = False
     data_formats = "SQuAD v1.1 JSON (question-answering)"
 
     def make_head(self, record, **layer_kwargs):
