@@ -55,6 +55,9 @@ SITES = {
     "feedforward_output_dense": ("_feedforward_output_dense",),
     "self_attention_layer_norm": ("_self_attention_layer_norm",),
     "feedforward_layer_norm": ("_feedforward_layer_norm",),
+    # What the attention probabilities pass through on their way to the
+    # probability-value product.
+    "attention_probabilities_dropout": ("_self_attention_layer", "_dropout_layer"),
 }
 
 #: The sites whose layers multiply matrices: what an autocast precision
@@ -156,12 +159,12 @@ def resolve_site(encoder, site):
 
 
 def matmul_layers(encoder):
-    """The layers of `encoder` at `MATMUL_SITES`, and the attention's own
-    dropout (what the attention probabilities pass through on their way to
-    the probability-value product, so that product runs in the same dtype)."""
-    layers = [getattr(*resolve_site(encoder, site)) for site in MATMUL_SITES]
-    layers = [layer.base if isinstance(layer, AdapterSite) else layer for layer in layers]
-    return layers + [layers[0]._dropout_layer]
+    """The layers of `encoder` at `MATMUL_SITES`, and the attention
+    probabilities' dropout (so the probability-value product gets both its
+    inputs in the low dtype)."""
+    sites = (*MATMUL_SITES, "attention_probabilities_dropout")
+    layers = [getattr(*resolve_site(encoder, site)) for site in sites]
+    return [layer.base if isinstance(layer, AdapterSite) else layer for layer in layers]
 
 
 @contextlib.contextmanager
