@@ -33,6 +33,7 @@ from keras import ops
 from keras_adapters.core import composition
 from keras_adapters.core.fusion import FusionConfig
 from keras_adapters.core.fusion import FusionLayer
+from keras_adapters.methods.base import PROJECTION_SITES
 from keras_adapters.methods.base import Shared
 from keras_adapters.methods.base import UnitHooks
 from keras_adapters.methods.base import apply_linear
@@ -63,15 +64,7 @@ SITES = {
 #: The sites whose layers multiply matrices: what an autocast precision
 #: (`keras_adapters.core.precision`) computes in bf16/fp16. The attention
 #: layer itself is one (its query-key and probability-value products).
-MATMUL_SITES = (
-    "self_attention",
-    "query",
-    "key",
-    "value",
-    "attention_output",
-    "feedforward_intermediate_dense",
-    "feedforward_output_dense",
-)
+MATMUL_SITES = ("self_attention", *PROJECTION_SITES)
 
 #: The one site of the backbone itself: the embedding output, what the first
 #: encoder layer receives (where input-end adapters such as prompts act).

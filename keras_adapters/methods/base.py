@@ -18,6 +18,18 @@ import tensorflow as tf
 from keras import ops
 
 
+#: The projections of a keras-hub `TransformerEncoder` (sites, see
+#: `keras_adapters.core.injection.SITES`): the layers that multiply by a kernel.
+PROJECTION_SITES = (
+    "query",
+    "key",
+    "value",
+    "attention_output",
+    "feedforward_intermediate_dense",
+    "feedforward_output_dense",
+)
+
+
 @dataclasses.dataclass
 class AdapterConfig:
     """Base class of the method configs.

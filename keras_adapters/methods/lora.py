@@ -15,17 +15,11 @@ from keras_adapters.methods.base import per_row
 from keras_adapters.methods.base import check_sites
 from keras_adapters.methods.base import check_choice
 from keras_adapters.methods.base import check_positive_int
+from keras_adapters.methods.base import PROJECTION_SITES
 from keras_adapters.methods.base import kernel_split
 
 #: Sites LoRA may target (all projections of a keras-hub TransformerEncoder).
-LORA_SITES = (
-    "query",
-    "key",
-    "value",
-    "attention_output",
-    "feedforward_intermediate_dense",
-    "feedforward_output_dense",
-)
+LORA_SITES = PROJECTION_SITES
 
 
 LORA_INITS = ("kaiming", "gaussian")
