@@ -4,8 +4,7 @@ Keras' convention is kept: a model follows the global dtype policy
 (`float32` unless `keras.config.set_dtype_policy` says otherwise), and
 `AdapterTextClassifier.from_preset(..., dtype=...)` takes any policy. The
 fast path is one word: `dtype="auto"` (Python) and `--precision auto` (the
-CLI's default) both resolve here (`default_precision`): `autocast_bfloat16`
-on CPUs with bf16 matrix instructions.
+CLI's default) both resolve here (`default_precision`).
 
 Besides Keras' policies, two *autocast* precisions split the work as
 `torch.autocast` does: `autocast_bfloat16` / `autocast_float16` compute the
@@ -49,19 +48,25 @@ def default_precision(task=None):
     see BENCHMARKS.md).
 
     GPUs: `mixed_float16` (Keras adds loss scaling). CPUs with bf16 matrix
-    instructions: `autocast_bfloat16` (measured 1.45x faster than float32
-    for full fine-tuning, 1.4-1.45x for adapters, within 5% of Keras'
-    `mixed_bfloat16`; on SQuAD full fine-tuning scored F1 54.6 against
-    float32's 54.7, same seed and settings), except for tasks that are not
-    `bf16_safe`. Otherwise `float32`.
+    instructions: `mixed_bfloat16` (1.5x faster than float32 for adapter
+    training on an AVX512-BF16 CPU; BBC News and WNUT-16 scored as in
+    float32), and for tasks that are not `bf16_safe` (question answering)
+    `autocast_bfloat16`: 1.45x faster than float32, within 5% of
+    `mixed_bfloat16`, and on SQuAD full fine-tuning scored as float32 (F1
+    54.6 against 54.7, same seed and settings). Otherwise `float32`.
     """
     if isinstance(task, str):
         raise TypeError(f"default_precision takes a Task (keras_adapters.tasks.get_task({task!r})), not a name.")
     if tf.config.list_physical_devices("GPU"):
         return "mixed_float16"
-    if cpu_has_fast_bfloat16() and getattr(task, "bf16_safe", True):
-        return "autocast_bfloat16"
+    if cpu_has_fast_bfloat16():
+        return "mixed_bfloat16" if getattr(task, "bf16_safe", True) else "autocast_bfloat16"
     return "float32"
+
+
+def usable_here(precision):
+    """Whether `precision` makes sense on this machine (float16 ones need a GPU)."""
+    return precision not in ("mixed_float16", "autocast_float16") or bool(tf.config.list_physical_devices("GPU"))
 
 
 def resolve_precision(precision, task=None):
@@ -76,7 +81,7 @@ def resolve_precision(precision, task=None):
 def backbone_dtype(precision):
     """The dtype policy to build a backbone with for `precision` (autocast
     precisions build it in float32, then `apply_autocast`)."""
-    return "float32" if precision in AUTOCAST else precision
+    return "float32" if isinstance(precision, str) and precision in AUTOCAST else precision
 
 
 def apply_autocast(backbone, precision):
@@ -90,7 +95,7 @@ def apply_autocast(backbone, precision):
     attention scores. A precision that is not an autocast one is left as
     the backbone was built.
     """
-    if precision not in AUTOCAST:
+    if not (isinstance(precision, str) and precision in AUTOCAST):
         return backbone
     if injection.get_state(backbone) is not None:
         raise ValueError("apply_autocast sets a backbone's precision before adapters are added, not after.")
@@ -103,6 +108,7 @@ def apply_autocast(backbone, precision):
     return backbone
 
 
+@keras.saving.register_keras_serializable(package="keras_adapters")
 class Float32Activation:
     """An activation computed in float32 on a bf16/fp16 input, its output
     rounded once to the input's dtype, as PyTorch's kernels do. (GELU's tanh
@@ -115,6 +121,13 @@ class Float32Activation:
 
     def __call__(self, x):
         return ops.cast(self.activation(ops.cast(x, "float32")), x.dtype)
+
+    def get_config(self):
+        return {"activation": keras.activations.serialize(self.activation)}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(keras.activations.deserialize(config["activation"]))
 
 
 def backbone_precision(backbone):

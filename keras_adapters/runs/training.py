@@ -422,8 +422,10 @@ def train_classifier(
     with _run_folder(output), run_lock(output):
         if validation_split and not str(data).startswith("tfds:"):
             validation_split = _usable_validation_split(data, validation_split, task, data_options)
-        if precision in (None, "auto") and not overwrite:  # a run resumes in its own precision
-            precision = _recorded(output, "precision") or precision
+        if precision in (None, "auto") and not overwrite:  # a run resumes in its own precision...
+            recorded = _recorded(output, "precision")
+            if recorded and precision_lib.usable_here(recorded):  # (a GPU's fp16 is not, on a CPU)
+                precision = recorded
         precision = precision_lib.resolve_precision(precision, tasks.get_task(task))
         keras.utils.set_random_seed(seed)
         if fuse:

@@ -58,8 +58,9 @@ class Task:
         monitor: the metric the best epoch is picked by (higher is better).
         unit: what one example of its data files is (`validation_split`
             counts these).
-        bf16_safe: `False` when training with bf16 matrix products costs
-            accuracy (`"auto"` precision then stays float32 on CPUs).
+        bf16_safe: `False` when Keras' whole-model `mixed_bfloat16` may cost
+            accuracy (`"auto"` precision then picks `autocast_bfloat16` on
+            CPUs: bf16 matrix products, float32 residual stream).
         routable: its adapters can share a routed batch (`ka.Route`), and a
             multi-adapter SavedModel gets one routed signature for them.
         signature_verb: a multi-adapter SavedModel's signature of adapter
