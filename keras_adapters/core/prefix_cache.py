@@ -5,8 +5,9 @@ below them are frozen and, with their dropout off, give the same outputs
 for an example in every epoch. `cache_frozen_prefix(model, dataset)`
 computes those outputs once, keeps them in memory (examples x length x
 hidden x 2 bytes in mixed_bfloat16: 160 MB for 1,600 BBC News articles at
-length 128; 4 bytes in float32 and autocast, whose residual stream is float32), and returns a dataset the model trains on directly: each epoch then
-runs only the top layers, forward and backward.
+length 128; 4 bytes in float32 and autocast, whose residual stream is
+float32), and returns a dataset the model trains on directly: each epoch
+then runs only the top layers, forward and backward.
 
 What changes: dropout in the frozen layers (and the embeddings) is off,
 since their outputs are computed once; everything else is the same

@@ -411,8 +411,9 @@ def train_classifier(
     check_options(epochs, batch_size, sequence_length, validation_split, learning_rate, preset)
     task = resolve_task(data, task, data_options.get("text_b_key", "text_b"))
     method_name = None if fuse else get_adapter_config(method).method
-    if tasks.shortfall(task, method_name):
-        warnings.warn(f"--method {method_name}: {tasks.shortfall(task, method_name)}", stacklevel=2)
+    shortfall = tasks.shortfall(task, method_name)
+    if shortfall:
+        warnings.warn(f"--method {method_name}: {shortfall}", stacklevel=2)
     # First: a multi-worker strategy must exist before TensorFlow runs anything.
     strategy_name, strategy = strategy or "default", distribute.get_strategy(strategy)
     is_chief, worker = distribute.worker_role(strategy)
