@@ -32,17 +32,18 @@ from common import machine_description  # noqa: E402
 from keras_adapters.runs.evaluation import evaluate_run  # noqa: E402
 
 
-def train_and_evaluate(train_file, test_file, run, method, name, **options):
+def train_and_evaluate(train_file, test_file, run, method, name, seed=0, **options):
     """One row: train `method` on `train_file`, score the run on `test_file`."""
     with Timer() as t:
         model, summary = ka.train_classifier(
-            train_file, run, method=method, task="question_answering", validation_split=None, seed=0,
+            train_file, run, method=method, task="question_answering", validation_split=None, seed=seed,
             verbose=0, tensorboard=False, overwrite=True, **options,
         )
     result = evaluate_run(run, test_file)
     adapter = os.path.join(run, "adapter")
     return {
         "method": name,
+        "seed": seed,
         "config": model.adapter_config().get_config(),
         "learning_rate": options.get("learning_rate") or model.default_learning_rate,
         "test_exact_match": result["exact_match"],
@@ -64,6 +65,7 @@ def main():
     parser.add_argument("--sequence-length", type=int, default=256)
     parser.add_argument("--stride", type=int, default=96)
     parser.add_argument("--precision", default="auto", help="auto: mixed_bfloat16 on CPUs with bf16 instructions")
+    parser.add_argument("--seeds", default="0", help="comma-separated; rows of seed 0 keep their old names")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--output", default="benchmarks/results/squad_methods.json")
     args = parser.parse_args()
@@ -71,13 +73,14 @@ def main():
     workdir = args.workdir or tempfile.mkdtemp()
     previous = json.load(open(args.output)) if os.path.isfile(args.output) else {"rows": []}
     rows = previous["rows"]
-    for spec in args.methods.split(","):
+    for spec, seed in [(s, int(n)) for n in args.seeds.split(",") for s in args.methods.split(",")]:
         method, lr = parse_spec(spec)
         name = spec if args.precision == "auto" else f"{spec} {args.precision}"
+        name += f" seed {seed}" if seed else ""
         run = os.path.join(workdir, "run-" + "".join(c if c.isalnum() else "_" for c in name))
         row = train_and_evaluate(
             files["train"], files["test"], run, method, name, epochs=args.epochs, learning_rate=lr,
-            sequence_length=args.sequence_length, stride=args.stride, precision=args.precision,
+            sequence_length=args.sequence_length, stride=args.stride, precision=args.precision, seed=seed,
         )
         rows = [r for r in rows if r["method"] != name] + [row]
         print(json.dumps(row), flush=True)

@@ -37,7 +37,8 @@ tfds:NAME for a prepared TensorFlow Datasets set (text-classification); or a .js
 JSON file (question-answering: long contexts are cut into windows of --sequence-length tokens
 sharing --stride).
 RUN_DIR receives adapter/ (load it with keras_adapters.load_run), class_names.json,
-train_config.json, history.json, metrics.json and TensorBoard logs/; never a copy of the backbone."""
+train_config.json, examples.json (a few training inputs: export's TF Serving warm-up requests),
+history.json, metrics.json and TensorBoard logs/; never a copy of the backbone."""
 
 
 def _whole_number(minimum):
@@ -154,6 +155,9 @@ def _parser():
                         help="with --adapters: only the routed signatures (less memory when served)")
     export.add_argument("--no-merge", action="store_true",
                         help="keep LoRA/IA3 as separate layers instead of merging")
+    export.add_argument("--no-warmup", action="store_true",
+                        help="saved_model: no assets.extra/tf_serving_warmup_requests (by default TF Serving "
+                             "replays requests made of each run's kept training inputs before serving a version)")
     export.add_argument("--sequence-length", type=_whole_number(3), default=None,
                         help="tflite: fixed length (at most the backbone's positions)")
     export.add_argument("--quantize", default="none", choices=["none", "dynamic"])
@@ -303,12 +307,15 @@ def cmd_export(args):
         out = export.export_run_saved_model(
             run_dirs, args.output, version=args.version, merge=not args.no_merge,
             task_signatures=not args.no_task_signatures, precision=args.precision,
+            warmup_requests=not args.no_warmup,
         )
         signatures = (
             export.describe_run_signatures(run_dirs, task_signatures=not args.no_task_signatures) if several
             else f"serving_default ({tasks.get_task(runs.run_task(run_dirs)).signature_summary}), serve_token_ids"
         )
         print(f"SavedModel written to {out} (signatures: {signatures})")
+        if os.path.isfile(os.path.join(out, export.warmup.WARMUP_FILE)):
+            print(f"TF Serving warm-up requests: {os.path.join(out, export.warmup.WARMUP_FILE)}")
         return 0
     if args.precision != "float32":
         raise ValueError(

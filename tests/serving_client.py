@@ -7,7 +7,10 @@ C++ loader does (graph + restore op), instead of `tf.saved_model.load`.
 
 REQUEST: {"signature": name, "inputs": {name: list}, "dtypes": {name: dtype},
 "shapes": {name: shape}} (dtypes and shapes optional),
-or a list of them (one process, one load, several calls).
+or a list of them (one process, one load, several calls),
+or {"warmup": true}: replay the version's `assets.extra/tf_serving_warmup_requests`
+as TF Serving does when it loads a version (PredictionLog records parsed with the
+tensorflow-serving-api protos); each response then names its signature and rows.
 RESPONSE: {"outputs": {name: list}, "ops": [...], "foreign_modules": [...]};
 for a list, {"responses": [{"outputs": ...} or {"error": message}], ...}:
 an error of one call is reported, as a server would, and the next one runs.
@@ -94,8 +97,29 @@ class _Session:
         return _listed(self.session.run(fetch, feed))
 
 
+def warmup_requests(saved_model_dir):
+    """The warm-up file's requests, as REQUESTs (tensors as lists, with their dtypes and shapes)."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    requests = []
+    path = f"{saved_model_dir}/assets.extra/tf_serving_warmup_requests"
+    for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+        request = prediction_log_pb2.PredictionLog.FromString(record).predict_log.request
+        arrays = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+        requests.append({
+            "signature": request.model_spec.signature_name,
+            "model": request.model_spec.name,
+            "inputs": {k: [x.hex() for x in v] if v.dtype == object else v.tolist() for k, v in arrays.items()},
+            "dtypes": {k: "bytes_hex" if v.dtype == object else v.dtype.name for k, v in arrays.items()},
+            "shapes": {k: list(v.shape) for k, v in arrays.items()},
+        })
+    return requests
+
+
 def main(saved_model_dir, request_path, response_path, loader="function"):
     request = json.load(open(request_path))
+    if isinstance(request, dict) and request.get("warmup"):
+        request = warmup_requests(saved_model_dir)
     call = (_Session if loader == "session" else _Loaded)(saved_model_dir)
     response = {
         "ops": graph_ops(saved_model_dir),
@@ -107,10 +131,14 @@ def main(saved_model_dir, request_path, response_path, loader="function"):
     if isinstance(request, list):
         response["responses"] = []
         for one in request:
+            echo = {k: one[k] for k in ("signature", "model") if k in one}
+            if "model" in one:  # a warm-up record: what it sent, decoded
+                echo["inputs"] = {k: _decoded([bytes.fromhex(x) for x in v]) if one["dtypes"][k] == "bytes_hex"
+                                  else v for k, v in one["inputs"].items()}
             try:
-                response["responses"].append({"outputs": call(one)})
+                response["responses"].append({**echo, "outputs": call(one)})
             except tf.errors.OpError as e:
-                response["responses"].append({"error": e.message})
+                response["responses"].append({**echo, "error": e.message})
     else:
         response["outputs"] = call(request)
     json.dump(response, open(response_path, "w"))

@@ -9,7 +9,7 @@ from keras import ops
 from keras_adapters.io import adapter_folder as adapter_io
 from keras_adapters.core import composition
 from keras_adapters.core import injection
-from keras_adapters.core import precision
+from keras_adapters.core import precision as precision_lib
 from keras_adapters.io import presets
 from keras_adapters.core import recipe
 from keras_adapters import tasks
@@ -72,6 +72,11 @@ class AdapterModel(AdaptersMixin, AdapterFilesMixin, AnswersMixin, keras_hub.mod
         preset: how the backbone was loaded (recorded in adapter folders).
         backbone_fingerprint: sha256 of the untouched backbone weights;
             computed here when not given.
+        precision: an autocast precision (`"autocast_bfloat16"`) to apply to
+            `backbone` before adapters are added, as `from_preset(dtype=...)`
+            does; a saved model records its backbone's (a Keras policy is
+            part of the backbone's own config, autocast's per-layer policies
+            are not).
 
     Example:
     ```python
@@ -105,6 +110,7 @@ class AdapterModel(AdaptersMixin, AdapterFilesMixin, AnswersMixin, keras_hub.mod
         trained=None,
         adapter="unset",
         class_prior=None,
+        precision=None,
         **kwargs,
     ):
         if adapter != "unset":
@@ -113,6 +119,7 @@ class AdapterModel(AdaptersMixin, AdapterFilesMixin, AnswersMixin, keras_hub.mod
             raise ValueError(MULTI_LABEL_REMOVED)
         if backbone_fingerprint is None:
             backbone_fingerprint = presets.weights_fingerprint(backbone)
+        precision_lib.apply_autocast(backbone, precision)
         self.backbone = backbone
         self.preprocessor = preprocessor
         self.heads = {}
@@ -191,9 +198,9 @@ class AdapterModel(AdaptersMixin, AdapterFilesMixin, AnswersMixin, keras_hub.mod
         if adapter != "unset":
             method = adapter
         if dtype == "auto":
-            dtype = precision.default_precision(tasks.get_task(kwargs.get("task") or cls.default_task))
-        backbone = presets.load_backbone(preset, dtype=precision.backbone_dtype(dtype), load_weights=load_weights)
-        precision.apply_autocast(backbone, dtype)
+            dtype = precision_lib.default_precision(tasks.get_task(kwargs.get("task") or cls.default_task))
+        backbone = presets.load_backbone(preset, dtype=precision_lib.backbone_dtype(dtype), load_weights=load_weights)
+        precision_lib.apply_autocast(backbone, dtype)
         preprocessor = presets.load_preprocessor(preset, sequence_length)
         if kwargs.get("pooling") in (None, "auto"):
             kwargs["pooling"] = presets.default_pooling(preset)
@@ -417,7 +424,7 @@ class AdapterModel(AdaptersMixin, AdapterFilesMixin, AnswersMixin, keras_hub.mod
             several = isinstance(self.active_adapters, (composition.Parallel, composition.Route))
             single = not several and self.num_classes
             metrics = tasks.get_task(self.task).metrics(self.num_classes, self.class_names) if single else []
-        if precision.backbone_precision(self.backbone) == "autocast_float16" and not isinstance(
+        if precision_lib.backbone_precision(self.backbone) == "autocast_float16" and not isinstance(
             optimizer, keras.optimizers.LossScaleOptimizer
         ):  # Keras scales the loss by itself only for a model whose policy is mixed_float16
             optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.get(optimizer))
@@ -448,6 +455,7 @@ class AdapterModel(AdaptersMixin, AdapterFilesMixin, AnswersMixin, keras_hub.mod
                 "preset": self.preset,
                 "backbone_fingerprint": self.backbone_fingerprint,
                 "merged_adapter": self.merged_adapter,
+                "precision": precision_lib.backbone_precision(self.backbone),
             }
         )
         return config

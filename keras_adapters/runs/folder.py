@@ -2,7 +2,8 @@
 
 `RUN_DIR/adapter/` (what `save_adapter` writes; for an AdapterFusion run,
 the fusion with its adapters inside), `class_names.json`,
-`train_config.json`, `history.json`, `metrics.json` and TensorBoard `logs/`.
+`train_config.json`, `examples.json` (a few training inputs: export's
+warm-up requests), `history.json`, `metrics.json` and TensorBoard `logs/`.
 """
 
 import json
@@ -18,6 +19,7 @@ from keras_adapters.models import AdapterTextClassifier
 from keras_adapters.models import model_class
 
 ADAPTER_DIR = "adapter"
+EXAMPLES = "examples.json"
 
 
 def adapter_dir(run_dir):
@@ -85,6 +87,33 @@ def write_json(path, obj):
     leaves the old file."""
     text = json.dumps(finite(obj), indent=2, allow_nan=False) + "\n"
     atomic_write(str(path), lambda tmp: Path(tmp).write_text(text))
+
+
+def keep_examples(run_dir, task, data, options):
+    """Keep a few of the training inputs in the run (`examples.json`), so that
+    an export can warm a server up with real requests after the data is gone."""
+    columns = tasks.get_task(task).sample_inputs(data, options)
+    if columns is not None:
+        write_json(Path(run_dir) / EXAMPLES, {"inputs": dict(zip(tasks.get_task(task).input_fields, columns))})
+
+
+def example_inputs(run_dir):
+    """{input field: [texts]}: the run's `examples.json`; for a run of an
+    older release, read from its training data if that is still there;
+    `None` when neither is."""
+    path = Path(run_dir) / EXAMPLES
+    if path.is_file():
+        return read_json(path)["inputs"]
+    config = Path(run_dir) / "train_config.json"
+    data = read_json(config).get("data") if config.is_file() else None
+    task = tasks.get_task(run_task(run_dir))
+    if not data or not Path(data).exists():
+        return None
+    try:
+        columns = task.sample_inputs(data, {})
+    except (OSError, ValueError):  # (DatasetError is a ValueError)
+        return None
+    return None if columns is None else dict(zip(task.input_fields, columns))
 
 
 def update_metrics_file(run_dir, key, value):

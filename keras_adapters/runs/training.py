@@ -36,7 +36,9 @@ from keras_adapters.methods.registry import get_adapter_config
 
 BACKUP_DIR = "backup"
 #: What a run folder holds from training (removed by `overwrite=True`).
-RUN_FILES = ("adapter", BACKUP_DIR, "train_config.json", "class_names.json", "history.json", "metrics.json", "logs")
+RUN_FILES = (
+    "adapter", BACKUP_DIR, "train_config.json", "class_names.json", runs.EXAMPLES, "history.json", "metrics.json", "logs"
+)
 
 
 # --------------------------------------------------------------- callbacks
@@ -399,6 +401,7 @@ def train_classifier(
 
     Writes to `output` (a run folder): `adapter/` (the best adapter, as
     `save_adapter` writes it), `class_names.json`, `train_config.json`,
+    `examples.json` (a few training inputs, for export's warm-up requests),
     `history.json` (every epoch, rewritten after each), `metrics.json`,
     `logs/` (TensorBoard). While training, `backup/` holds the state a rerun
     resumes from after an interruption (`RunBackup`); it is removed when
@@ -466,6 +469,7 @@ def train_classifier(
             return runs.load_run(run_output), {**finished, "already_complete": True}
         runs.write_json(output / "train_config.json", record)
         runs.write_json(output / "class_names.json", train.class_names)
+        runs.keep_examples(output, task, data, data_options)
         callbacks = _callbacks(output, monitor, tensorboard, early_stopping_patience, callbacks)
         summary = _fit(model, output, train, validation, epochs, callbacks, monitor, verbose,
                        cache_frozen_layers, seed)

@@ -34,10 +34,12 @@ The exported graphs need only TensorFlow and tensorflow-text at serving
 time: no Keras, keras-hub or keras-adapters code.
 """
 
+import itertools
 import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import keras
@@ -49,6 +51,7 @@ from keras_adapters.core import composition
 from keras_adapters.core import injection
 from keras_adapters.runs import folder as runs
 from keras_adapters.serving import graph as serving_graph
+from keras_adapters.serving import warmup
 from keras_adapters import tasks
 from keras_adapters.tasks.base import token_inputs
 from keras_adapters.tasks.routing import Router
@@ -127,8 +130,9 @@ def _version_dir(path, version):
     return str(out)
 
 
-def _save(module, out, signatures):
-    """Save into a hidden temporary folder beside `out`, then rename it.
+def _save(module, out, signatures, warmup_logs=()):
+    """Save into a hidden temporary folder beside `out` (with TF Serving's
+    warm-up file when there are `warmup_logs`), then rename it.
 
     TF Serving only loads numbered folders, so a killed export leaves no
     half-written version behind (only a `.tmp-*` folder, which a rerun
@@ -138,6 +142,8 @@ def _save(module, out, signatures):
     tmp = tempfile.mkdtemp(dir=os.path.dirname(out), prefix=f".tmp-{os.path.basename(out)}-{os.getpid()}-")
     try:
         tf.saved_model.save(module, tmp, signatures=signatures)
+        if warmup_logs:
+            warmup.write_warmup_file(tmp, warmup_logs)
         _readable(tmp)
         if os.path.isdir(out):  # an empty folder left by an earlier release
             os.rmdir(out)
@@ -186,7 +192,7 @@ def _alive(pid):
     return True
 
 
-def export_saved_model(model, path, version=1, merge=True, precision="float32"):
+def export_saved_model(model, path, version=1, merge=True, precision="float32", examples=None):
     """Write `path/<version>/` for TF Serving (see module docstring).
 
     Args:
@@ -199,13 +205,18 @@ def export_saved_model(model, path, version=1, merge=True, precision="float32"):
         precision: `"float32"`, `"bfloat16"` or `"float16"`: what the
             served graph stores and computes in (`keras_adapters.serving.graph`);
             inputs and float32 `probabilities` are the same in each.
+        examples: real inputs, {input field: [texts]} (`{"text": [...]}`;
+            pairs `text_a`/`text_b`, QA `question`/`context`): TF Serving's
+            warm-up requests are made of them, a request of one row and one
+            of up to 8 for each signature (`keras_adapters.serving.warmup`).
+            `None`: no warm-up file.
 
     Returns:
         The folder written.
 
     Example:
     ```python
-    ka.export_saved_model(model, "serving/news", precision="bfloat16")
+    ka.export_saved_model(model, "serving/news", precision="bfloat16", examples={"text": texts[:8]})
     ```
     """
     if model.preprocessor is None:
@@ -218,11 +229,12 @@ def export_saved_model(model, path, version=1, merge=True, precision="float32"):
         "serving_default": _trace(task.serve_text, task.signature),
         "serve_token_ids": _trace(task.serve_token_ids, task.token_signature),
     }
-    return _save(_variables_module(served), out, signatures)
+    rows = {key: _rows(examples) for key in signatures}
+    return _save(_variables_module(served), out, signatures, _warmup_logs(served, path, signatures, rows))
 
 
 def export_multi_adapter_saved_model(
-    model, path, names=None, version=1, aliases=None, task_signatures=True, precision="float32"
+    model, path, names=None, version=1, aliases=None, task_signatures=True, precision="float32", examples=None
 ):
     """One SavedModel, one backbone, for many adapters of any tasks.
 
@@ -261,6 +273,9 @@ def export_multi_adapter_saved_model(
             loaded, see BENCHMARKS.md) and `serving_default` is the first
             routed signature; fusions always get theirs.
         precision: as `export_saved_model`.
+        examples: {adapter name: {input field: [texts]}}: real inputs for
+            TF Serving's warm-up requests (as `export_saved_model`); a routed
+            signature's requests mix its adapters' rows.
     """
     names = _served_names(model, names)
     groups = _routed_groups(model, names)
@@ -296,7 +311,9 @@ def export_multi_adapter_saved_model(
         signatures.update({key: function for key in keys[name]})
     first = keys[names[0]][0] if names[0] in keys else next(iter(signatures))
     signatures["serving_default"] = signatures[first]
-    return _save(module, out, signatures)
+    rows = _routed_rows(examples or {}, names, groups, keys)
+    rows["serving_default"] = rows.get(first)
+    return _save(module, out, signatures, _warmup_logs(model, path, signatures, rows))
 
 
 def _served_names(model, names):
@@ -383,22 +400,70 @@ def _signature_keys(model, names, groups, task_signatures=True):
     return keys
 
 
+def _rows(examples):
+    """[{field: text}] of {field: [texts]} (none for `None`)."""
+    if not examples:
+        return []
+    return [dict(zip(examples, values)) for values in zip(*examples.values())]
+
+
+def _routed_rows(examples, names, groups, keys):
+    """{signature key: rows}: each adapter's signatures its own rows; a routed
+    signature the rows of its adapters in turn, each naming its adapter."""
+    rows = {key: _rows(examples.get(name)) for name in names for key in keys.get(name, ())}
+    for task, group in groups.items():
+        own = [[{**row, "adapter": name} for row in _rows(examples.get(name))] for name in group]
+        mixed = [row for turn in itertools.zip_longest(*own) for row in turn if row]
+        rows[task.routed_name] = rows[f"{task.routed_name}_token_ids"] = mixed
+    return rows
+
+
+def _warmup_logs(model, path, signatures, rows):
+    def tokenize(texts):
+        x = model.preprocessor(tf.constant(texts))
+        return {k: x[k].numpy() for k in TOKEN_INPUTS}
+
+    name = os.path.basename(os.path.normpath(str(path)))
+    return warmup.warmup_requests(signatures, rows, tokenize, name)
+
+
 def _signature_name(name):
     return "".join(c if c.isalnum() else "_" for c in name)
 
 
-def export_run_saved_model(run_dirs, path, version=1, merge=True, task_signatures=True, precision="float32"):
+def export_run_saved_model(
+    run_dirs, path, version=1, merge=True, task_signatures=True, precision="float32", warmup_requests=True
+):
     """Export one run folder, or several (comma list) as a multi-adapter model
-    whose routed signatures take each run folder's name (see `runs.task_name`)."""
+    whose routed signatures take each run folder's name (see `runs.task_name`).
+    With `warmup_requests`, TF Serving's warm-up file is made of the runs'
+    kept training inputs (`examples.json`)."""
     run_list = [r for r in str(run_dirs).split(",") if r]
+    examples = _run_examples(run_list) if warmup_requests else {}
     if len(run_list) == 1:
-        return export_saved_model(runs.load_run(run_list[0]), path, version=version, merge=merge, precision=precision)
+        return export_saved_model(
+            runs.load_run(run_list[0]), path, version=version, merge=merge, precision=precision,
+            examples=examples.get(run_list[0]),
+        )
     model, names = runs.load_runs(run_list)
     aliases = {os.path.basename(os.path.normpath(r)): n for r, n in zip(run_list, names)}
     return export_multi_adapter_saved_model(
         model, path, names=names, version=version, aliases=aliases, task_signatures=task_signatures,
-        precision=precision,
+        precision=precision, examples={n: examples[r] for r, n in zip(run_list, names) if r in examples},
     )
+
+
+def _run_examples(run_list):
+    """{run: its kept inputs}; a run without any is named in a warning."""
+    found = {r: runs.example_inputs(r) for r in run_list}
+    missing = [r for r, e in found.items() if not e]
+    if missing:
+        warnings.warn(
+            f"No warm-up requests for {', '.join(missing)}: the run keeps no examples.json (trained before "
+            "0.13) and its training data is not where it was. TF Serving will load it without warming it up.",
+            stacklevel=3,
+        )
+    return {r: e for r, e in found.items() if e}
 
 
 def describe_run_signatures(run_dirs, task_signatures=True):

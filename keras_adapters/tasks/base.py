@@ -35,6 +35,9 @@ PAIR_SUFFIXES = (".jsonl", ".ndjson", ".csv", ".tsv")
 #: A CoNLL line: a word, white space, and a BIO/IOBES tag last.
 CONLL_LINE = re.compile(r"^\S.*\s(O|[BIES]-\S+)$")
 #: The keys of a task record (`head.task_config()`) that every head has.
+#: Examples a run keeps of its training data (`Task.sample_inputs`).
+SAMPLE_SIZE = 8
+
 COMMON_HEAD_KEYS = ("task", "num_classes", "class_names", "pooling", "dropout", "sequence_length")
 
 _REGISTRY = {}
@@ -216,6 +219,13 @@ class Task:
         stream = sys.stdin if str(path) == "-" else open(path, encoding="utf-8-sig", errors="replace")
         with stream:
             return [[line.rstrip("\r\n").removeprefix("\ufeff") for line in stream]]
+
+    def sample_inputs(self, data, options, count=SAMPLE_SIZE):
+        """Up to `count` examples of training data `data`, as `predict` takes
+        them (one list per `input_fields` entry), or `None` when they cannot
+        be read here (TFDS). A run keeps them (`examples.json`); export makes
+        TF Serving's warm-up requests of them."""
+        return [column[:count] for column in self.read_inputs(data, options)]
 
     def predict(self, model, columns, batch_size=32):
         """One JSON-able answer per example; `columns` holds one list of

@@ -35,6 +35,7 @@ from keras import ops
 
 from keras_adapters.io import records
 from keras_adapters.io import text_data as data_lib
+from keras_adapters.tasks.base import SAMPLE_SIZE
 from keras_adapters.tasks.base import Task
 from keras_adapters.tasks.base import TaskServing
 from keras_adapters.tasks.routing import padded_table
@@ -438,6 +439,10 @@ class MultiLabelClassification(Task):
     def count_examples(self, data, options):
         kept = self._options(options)
         return len(read_multi_label(data, kept.get("text_key", "text"), kept["label_key"])[0])
+
+    def sample_inputs(self, data, options, count=SAMPLE_SIZE):
+        kept = self._options(options)
+        return [read_multi_label(data, kept.get("text_key", "text"), kept["label_key"])[0][:count]]
 
     def tune(self, model, validation):
         """Set each label's threshold to its best F1 on `validation`."""

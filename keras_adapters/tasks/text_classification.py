@@ -1,8 +1,10 @@
 """Text classification: one label per text, from folders or TFDS."""
 
+from itertools import zip_longest
 from pathlib import Path
 
 from keras_adapters.io import text_data as data_lib
+from keras_adapters.tasks.base import SAMPLE_SIZE
 from keras_adapters.tasks.base import TEXT_CLASSIFICATION
 from keras_adapters.tasks.base import register_task
 from keras_adapters.tasks.classification import ClassificationTask
@@ -55,6 +57,14 @@ class TextClassification(ClassificationTask):
 
     def count_examples(self, data, options):
         return sum(len(paths) for paths in data_lib.scan_directory(data).values())
+
+    def sample_inputs(self, data, options, count=SAMPLE_SIZE):
+        if str(data).startswith("tfds:"):
+            return None
+        per_class = list(data_lib.scan_directory(data).values())
+        paths = [p for row in zip_longest(*per_class) for p in row if p][:count]  # each class in turn
+        # (The served graph cuts a text to what its length uses; a file may be far longer.)
+        return [[Path(p).read_text(encoding="utf-8", errors="replace")[:10_000] for p in paths]]
 
     def evaluation_dataset(self, model, data, batch_size, **options):
         options = {k: v for k, v in options.items() if k not in _OTHER_OPTIONS}

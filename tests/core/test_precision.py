@@ -113,6 +113,23 @@ def test_autocast_layers_compute_where_they_should(tiny_preset):
         precision.apply_autocast(model.backbone, "autocast_bfloat16")
 
 
+def test_a_saved_model_keeps_autocast(tiny_preset, tmp_path):
+    """`.keras` files rebuild the backbone from its config, where Keras keeps
+    one policy for the whole backbone: the autocast layers' own policies
+    come back from the model's recorded precision (0.12.0 reloaded them in
+    float32)."""
+    model = ka.AdapterTextClassifier.from_preset(
+        tiny_preset, num_classes=2, method="lora", dtype="autocast_bfloat16", sequence_length=16)
+    texts = ["the team won the cup today", "the bank profit fell today"]
+    expected = np.asarray(model.predict(texts, verbose=0))
+    model.save(tmp_path / "m.keras")
+    restored = keras.saving.load_model(tmp_path / "m.keras")
+    assert precision.backbone_precision(restored.backbone) == "autocast_bfloat16"
+    dense = restored.backbone.get_layer("transformer_layer_0")._feedforward_intermediate_dense
+    assert isinstance(dense.base.activation, precision.Float32Activation)  # under a LoRA unit
+    np.testing.assert_array_equal(np.asarray(restored.predict(texts, verbose=0)), expected)
+
+
 @pytest.mark.parametrize("method", ["houlsby", "lora", "prefix"])
 def test_autocast_trains_float32_weights(tiny_preset, text_folder, tmp_path, method):
     model, summary = ka.train_classifier(

@@ -12,6 +12,7 @@ from keras import ops
 
 from keras_adapters.core import recipe
 from keras_adapters.io import text_data as data_lib
+from keras_adapters.tasks.base import SAMPLE_SIZE
 from keras_adapters.tasks.base import TOKEN_CLASSIFICATION
 from keras_adapters.tasks.base import Task
 from keras_adapters.tasks.base import TaskServing
@@ -226,6 +227,9 @@ class TokenClassification(Task):
 
     def count_examples(self, data, options):
         return len(token_data.read_conll(data)[0])
+
+    def sample_inputs(self, data, options, count=SAMPLE_SIZE):
+        return [[" ".join(words) for words in token_data.read_conll(data)[0][:count]]]
 
     def evaluate(self, model, data, batch_size=32, **options):
         return token_report(model, data, batch_size=batch_size)
