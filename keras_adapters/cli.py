@@ -145,8 +145,15 @@ def _parser():
     export.add_argument("run", metavar="RUN_DIR", nargs="?")
     export.add_argument("--format", required=True, choices=["saved_model", "tflite"])
     export.add_argument("--output", "-o", required=True, metavar="OUT")
-    export.add_argument("--version", type=_whole_number(0), default=1,
-                        help="saved_model: version folder (TF Serving loads whole numbers from 0)")
+    export.add_argument("--version", type=_whole_number(0), default=None,
+                        help="saved_model: version folder (TF Serving loads whole numbers from 0); default: the "
+                             "one after the highest in OUT (1 for a new OUT)")
+    export.add_argument("--serving-config", metavar="DIR",
+                        help="saved_model: add this version to DIR/models.config (TF Serving's --model_config_file; "
+                             "model name: OUT's folder name; other models' entries are kept)")
+    export.add_argument("--label", action="append", default=[], metavar="NAME",
+                        help="with --serving-config: point this version label (stable, canary, ...) at the new "
+                             "version; repeatable")
     export.add_argument("--adapters", metavar="RUN_A,RUN_B",
                         help="several runs on one backbone: a routed signature per task (classify, "
                              "classify_pairs, tag, answer, label: each row names its run) and <verb>_<run> per run "
@@ -307,7 +314,7 @@ def cmd_export(args):
         out = export.export_run_saved_model(
             run_dirs, args.output, version=args.version, merge=not args.no_merge,
             task_signatures=not args.no_task_signatures, precision=args.precision,
-            warmup_requests=not args.no_warmup,
+            warmup_requests=not args.no_warmup, serving_config=args.serving_config, labels=args.label,
         )
         signatures = (
             export.describe_run_signatures(run_dirs, task_signatures=not args.no_task_signatures) if several
@@ -316,6 +323,8 @@ def cmd_export(args):
         print(f"SavedModel written to {out} (signatures: {signatures})")
         if os.path.isfile(os.path.join(out, export.warmup.WARMUP_FILE)):
             print(f"TF Serving warm-up requests: {os.path.join(out, export.warmup.WARMUP_FILE)}")
+        if args.serving_config:
+            print(f"TF Serving model config: {os.path.join(args.serving_config, export.server_config.MODELS_FILE)}")
         return 0
     if args.precision != "float32":
         raise ValueError(

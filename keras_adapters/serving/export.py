@@ -51,6 +51,7 @@ from keras_adapters.core import composition
 from keras_adapters.core import injection
 from keras_adapters.runs import folder as runs
 from keras_adapters.serving import graph as serving_graph
+from keras_adapters.serving import server_config
 from keras_adapters.serving import warmup
 from keras_adapters import tasks
 from keras_adapters.tasks.base import token_inputs
@@ -115,7 +116,17 @@ def _tf_variables(variables):
     return [v.value if isinstance(v, keras.Variable) else v for v in variables]
 
 
+def next_version(path):
+    """The version after the highest one in `path` (1 for a new base path):
+    a new export never touches the versions being served."""
+    base = Path(path)
+    numbers = [int(p.name) for p in base.iterdir() if p.name.isdigit()] if base.is_dir() else []
+    return max(numbers, default=0) + 1
+
+
 def _version_dir(path, version):
+    if version is None:
+        version = next_version(path)
     if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or version < 0:
         raise ValueError(
             f"version must be a whole number >= 0 (TF Serving loads only such folders), got {version!r}."
@@ -192,14 +203,15 @@ def _alive(pid):
     return True
 
 
-def export_saved_model(model, path, version=1, merge=True, precision="float32", examples=None):
+def export_saved_model(model, path, version=None, merge=True, precision="float32", examples=None):
     """Write `path/<version>/` for TF Serving (see module docstring).
 
     Args:
         model: an `AdapterTextClassifier` with its preprocessor; its active
             adapters are exported.
         path: the model base path (TF Serving's `model_base_path`).
-        version: the numbered sub-folder to write.
+        version: the numbered sub-folder to write; `None`: the next one
+            (`next_version`). An existing version is never overwritten.
         merge: fold a lone LoRA/(IA)^3 adapter into the base weights first
             (the given model is not changed; a copy is merged).
         precision: `"float32"`, `"bfloat16"` or `"float16"`: what the
@@ -234,7 +246,7 @@ def export_saved_model(model, path, version=1, merge=True, precision="float32", 
 
 
 def export_multi_adapter_saved_model(
-    model, path, names=None, version=1, aliases=None, task_signatures=True, precision="float32", examples=None
+    model, path, names=None, version=None, aliases=None, task_signatures=True, precision="float32", examples=None
 ):
     """One SavedModel, one backbone, for many adapters of any tasks.
 
@@ -432,25 +444,37 @@ def _signature_name(name):
 
 
 def export_run_saved_model(
-    run_dirs, path, version=1, merge=True, task_signatures=True, precision="float32", warmup_requests=True
+    run_dirs, path, version=None, merge=True, task_signatures=True, precision="float32", warmup_requests=True,
+    serving_config=None, labels=(),
 ):
     """Export one run folder, or several (comma list) as a multi-adapter model
     whose routed signatures take each run folder's name (see `runs.task_name`).
     With `warmup_requests`, TF Serving's warm-up file is made of the runs'
-    kept training inputs (`examples.json`)."""
+    kept training inputs (`examples.json`). With `serving_config` (a folder),
+    the version is added to the `models.config` there, model name `path`'s
+    folder name, with `labels` (`server_config.add_version`)."""
+    if labels and not serving_config:
+        raise ValueError("Version labels live in TF Serving's model config: pass --serving-config DIR with --label.")
+    name = os.path.basename(os.path.normpath(str(path)))
+    if serving_config:
+        server_config.check_version(serving_config, name, path, labels)
     run_list = [r for r in str(run_dirs).split(",") if r]
     examples = _run_examples(run_list) if warmup_requests else {}
     if len(run_list) == 1:
-        return export_saved_model(
+        out = export_saved_model(
             runs.load_run(run_list[0]), path, version=version, merge=merge, precision=precision,
             examples=examples.get(run_list[0]),
         )
-    model, names = runs.load_runs(run_list)
-    aliases = {os.path.basename(os.path.normpath(r)): n for r, n in zip(run_list, names)}
-    return export_multi_adapter_saved_model(
-        model, path, names=names, version=version, aliases=aliases, task_signatures=task_signatures,
-        precision=precision, examples={n: examples[r] for r, n in zip(run_list, names) if r in examples},
-    )
+    else:
+        model, names = runs.load_runs(run_list)
+        aliases = {os.path.basename(os.path.normpath(r)): n for r, n in zip(run_list, names)}
+        out = export_multi_adapter_saved_model(
+            model, path, names=names, version=version, aliases=aliases, task_signatures=task_signatures,
+            precision=precision, examples={n: examples[r] for r, n in zip(run_list, names) if r in examples},
+        )
+    if serving_config:
+        server_config.add_version(serving_config, name, path, int(os.path.basename(out)), labels)
+    return out
 
 
 def _run_examples(run_list):
