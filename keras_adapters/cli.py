@@ -331,6 +331,10 @@ def cmd_export(args):
             f"--precision {args.precision} is for --format saved_model; a TFLite model's size and "
             "precision are set by --quantize (dynamic: int8 weights)."
         )
+    given = [flag for flag, value in (("--version", args.version is not None), ("--serving-config", args.serving_config),
+                                      ("--label", args.label), ("--no-warmup", args.no_warmup)) if value]
+    if given:
+        raise ValueError(f"{', '.join(given)}: for --format saved_model (TF Serving); a TFLite model has none.")
     path = export.export_run_tflite(
         run_dirs, args.output, sequence_length=args.sequence_length,
         quantize=args.quantize, merge=not args.no_merge,

@@ -9,6 +9,7 @@ warm-up requests), `history.json`, `metrics.json` and TensorBoard `logs/`.
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 
 from keras_adapters.io.adapter_folder import atomic_write
@@ -91,29 +92,36 @@ def write_json(path, obj):
 
 def keep_examples(run_dir, task, data, options):
     """Keep a few of the training inputs in the run (`examples.json`), so that
-    an export can warm a server up with real requests after the data is gone."""
-    columns = tasks.get_task(task).sample_inputs(data, options)
+    an export can warm a server up with real requests after the data is gone.
+    Best effort: a task that cannot sample its data trains all the same."""
+    try:
+        columns = tasks.get_task(task).sample_inputs(data, options)
+    except (OSError, ValueError, NotImplementedError) as e:
+        warnings.warn(f"No examples.json kept (export's warm-up requests are made of it): {e}", stacklevel=3)
+        return
     if columns is not None:
         write_json(Path(run_dir) / EXAMPLES, {"inputs": dict(zip(tasks.get_task(task).input_fields, columns))})
 
 
 def example_inputs(run_dir):
-    """{input field: [texts]}: the run's `examples.json`; for a run of an
-    older release, read from its training data if that is still there;
-    `None` when neither is."""
+    """(inputs, why not): {input field: [texts]} from the run's `examples.json`
+    or, for a run of an older release, its training data if that is still
+    there and readable with the default columns; else `None` and the reason."""
     path = Path(run_dir) / EXAMPLES
     if path.is_file():
-        return read_json(path)["inputs"]
+        return read_json(path)["inputs"], None
     config = Path(run_dir) / "train_config.json"
     data = read_json(config).get("data") if config.is_file() else None
     task = tasks.get_task(run_task(run_dir))
-    if not data or not Path(data).exists():
-        return None
+    if not data or not (str(data).startswith("tfds:") or Path(data).exists()):
+        return None, f"it keeps no {EXAMPLES} and its training data {data!r} is not where it was"
     try:
         columns = task.sample_inputs(data, {})
-    except (OSError, ValueError):  # (DatasetError is a ValueError)
-        return None
-    return None if columns is None else dict(zip(task.input_fields, columns))
+    except (OSError, ValueError, NotImplementedError) as e:  # (DatasetError is a ValueError)
+        return None, f"it keeps no {EXAMPLES} and its training data could not be read: {e}"
+    if columns is None:
+        return None, f"it keeps no {EXAMPLES} (trained on {data}, which export does not sample)"
+    return dict(zip(task.input_fields, columns)), None
 
 
 def update_metrics_file(run_dir, key, value):

@@ -234,6 +234,7 @@ def export_saved_model(model, path, version=None, merge=True, precision="float32
     if model.preprocessor is None:
         raise ValueError("The model has no preprocessor; text signatures need one.")
     serving_graph.check_precision(precision)
+    _check_examples(examples, model.output_head.task)
     out = _version_dir(path, version)
     served = serving_graph.serving_copy(model, precision, merge=merge)
     task = _task(served)
@@ -293,6 +294,10 @@ def export_multi_adapter_saved_model(
     groups = _routed_groups(model, names)
     keys = _signature_keys(model, names, groups, task_signatures)
     serving_graph.check_precision(precision)
+    for name, inputs in (examples or {}).items():
+        if name not in names:
+            raise ValueError(f"examples for {name!r}, which this export does not serve ({', '.join(names)}).")
+        _check_examples(inputs, model.heads[name].task, name)
     out = _version_dir(path, version)
     model = serving_graph.serving_copy(model, precision, merge=False)
     routed = [n for group in groups.values() for n in group]
@@ -412,6 +417,15 @@ def _signature_keys(model, names, groups, task_signatures=True):
     return keys
 
 
+def _check_examples(examples, task, name="the model"):
+    fields = tasks.get_task(task).input_fields
+    if examples is not None and (set(examples) != set(fields) or len({len(v) for v in examples.values()}) > 1):
+        raise ValueError(
+            f"examples for {name} must hold one list of texts per input of its task ({', '.join(fields)}), all "
+            f"as long; got {({k: len(v) for k, v in examples.items()})}."
+        )
+
+
 def _rows(examples):
     """[{field: text}] of {field: [texts]} (none for `None`)."""
     if not examples:
@@ -480,14 +494,11 @@ def export_run_saved_model(
 def _run_examples(run_list):
     """{run: its kept inputs}; a run without any is named in a warning."""
     found = {r: runs.example_inputs(r) for r in run_list}
-    missing = [r for r, e in found.items() if not e]
-    if missing:
-        warnings.warn(
-            f"No warm-up requests for {', '.join(missing)}: the run keeps no examples.json (trained before "
-            "0.13) and its training data is not where it was. TF Serving will load it without warming it up.",
-            stacklevel=3,
-        )
-    return {r: e for r, e in found.items() if e}
+    for run, (_, why) in found.items():
+        if why:
+            warnings.warn(f"No warm-up requests for {run}: {why}. TF Serving will load it without them.",
+                          stacklevel=3)
+    return {r: e for r, (e, _) in found.items() if e}
 
 
 def describe_run_signatures(run_dirs, task_signatures=True):

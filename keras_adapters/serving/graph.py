@@ -70,6 +70,7 @@ def _copy(model, precision):
     # The tokenizer's vocabulary is an asset, not config: share the layer.
     config["preprocessor"] = model.preprocessor
     config["backbone"]["config"]["dtype"] = precision
+    config["precision"] = None  # the export's precision, not the training's autocast
     copy = type(model).from_config(config)
     for target, source in zip(copy.weights, model.weights):
         target.assign(tf.cast(source, target.dtype))

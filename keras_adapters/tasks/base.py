@@ -34,10 +34,9 @@ CLASSIFICATION_TASKS = (TEXT_CLASSIFICATION, PAIR_CLASSIFICATION)
 PAIR_SUFFIXES = (".jsonl", ".ndjson", ".csv", ".tsv")
 #: A CoNLL line: a word, white space, and a BIO/IOBES tag last.
 CONLL_LINE = re.compile(r"^\S.*\s(O|[BIES]-\S+)$")
-#: The keys of a task record (`head.task_config()`) that every head has.
 #: Examples a run keeps of its training data (`Task.sample_inputs`).
 SAMPLE_SIZE = 8
-
+#: The keys of a task record (`head.task_config()`) that every head has.
 COMMON_HEAD_KEYS = ("task", "num_classes", "class_names", "pooling", "dropout", "sequence_length")
 
 _REGISTRY = {}
@@ -225,7 +224,11 @@ class Task:
         them (one list per `input_fields` entry), or `None` when they cannot
         be read here (TFDS). A run keeps them (`examples.json`); export makes
         TF Serving's warm-up requests of them."""
-        return [column[:count] for column in self.read_inputs(data, options)]
+        try:
+            columns = self.read_inputs(data, options)
+        except (NotImplementedError, OSError):  # a task that reads no prediction file, or a folder
+            return None
+        return [column[:count] for column in columns]
 
     def predict(self, model, columns, batch_size=32):
         """One JSON-able answer per example; `columns` holds one list of

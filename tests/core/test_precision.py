@@ -130,6 +130,18 @@ def test_a_saved_model_keeps_autocast(tiny_preset, tmp_path):
     np.testing.assert_array_equal(np.asarray(restored.predict(texts, verbose=0)), expected)
 
 
+@pytest.mark.parametrize("method", ["houlsby", "lora"])  # copied as it is / merged first
+def test_an_export_computes_in_its_own_precision_not_the_training_one(tiny_preset, method):
+    from keras_adapters.serving import graph
+
+    model = ka.AdapterTextClassifier.from_preset(
+        tiny_preset, num_classes=2, method=method, dtype="autocast_bfloat16", sequence_length=16)
+    for served in ("float32", "bfloat16"):
+        copy = graph.serving_copy(model, served)
+        assert precision.backbone_precision(copy.backbone) == served
+    assert precision.backbone_precision(model.backbone) == "autocast_bfloat16"  # the model is not changed
+
+
 @pytest.mark.parametrize("method", ["houlsby", "lora", "prefix"])
 def test_autocast_trains_float32_weights(tiny_preset, text_folder, tmp_path, method):
     model, summary = ka.train_classifier(

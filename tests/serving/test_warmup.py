@@ -123,6 +123,8 @@ def test_a_routed_request_mixes_the_adapters_of_its_task(tiny_preset, tmp_path):
     tokens = [inputs for key, inputs in records if key == "classify_token_ids"][1]
     assert tokens["token_ids"].dtype == np.int32 and tokens["token_ids"].shape == (8, 16)
     assert (tokens["padding_mask"].sum(axis=1) > 2).all()  # real texts, tokenized
+    with pytest.raises(ValueError, match=r"examples for spam must hold one list of texts per input of its task \(text\)"):
+        ka.export_multi_adapter_saved_model(model, tmp_path / "m", examples={"spam": {"txt": ["a"]}})
     no_examples = ka.export_multi_adapter_saved_model(model, tmp_path / "m", version=2)
     assert not (tmp_path / "m" / "2" / warmup.WARMUP_FILE).exists() and no_examples
 
@@ -139,7 +141,8 @@ def test_an_old_run_warms_up_from_its_data_or_says_why_not(token_run, tmp_path, 
     assert first["text"][0].decode() == " ".join(w.split("\t")[0] for w in words)  # read from its training file
     config = json.loads((run / "train_config.json").read_text())
     (run / "train_config.json").write_text(json.dumps({**config, "data": str(tmp_path / "gone.conll")}))
-    with pytest.warns(UserWarning, match="No warm-up requests for .*old.*training data is not where it was"):
+    gone = "No warm-up requests for .*old: it keeps no examples.json and its training data .*gone.conll' is not where"
+    with pytest.warns(UserWarning, match=gone):
         out = export_run_saved_model(str(run), tmp_path / "b")
     assert (tmp_path / "b" / "1" / "saved_model.pb").exists()  # exported all the same
     assert not (tmp_path / "b" / "1" / warmup.WARMUP_FILE).exists()
