@@ -33,6 +33,17 @@ SHORTFALLS = {
         "0.483 ± 0.019, Houlsby's 0.491 and LoRA's 0.518 (3 seeds, BENCHMARKS.md 'Tagging words'): one "
         "adapter per layer, half Houlsby's weights. Use --method houlsby or lora to tag."
     ),
+    (TOKEN_CLASSIFICATION, "prefix"): (
+        "on WNUT-16 tagging prefix tuning scores entity F1 0.390 against full fine-tuning's 0.483 ± 0.019 "
+        "and LoRA's 0.518 (seed 0; BENCHMARKS.md 'Tagging words'), its validation F1 still rising slowly "
+        "after the 5 epochs (0.42, 0.43). Use --method lora or houlsby to tag."
+    ),
+    (TOKEN_CLASSIFICATION, "prompt"): (
+        "on WNUT-16 tagging prompt tuning scores entity F1 0.358 against full fine-tuning's 0.483 ± 0.019 "
+        "and LoRA's 0.518 (seed 0; BENCHMARKS.md 'Tagging words'), its validation F1 level from the "
+        "second epoch on (0.47, 0.44, 0.48, 0.46): 20 trained input vectors and the head, 15,765 weights. "
+        "Use --method lora or houlsby to tag."
+    ),
 }
 
 
