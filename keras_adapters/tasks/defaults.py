@@ -33,6 +33,11 @@ SHORTFALLS = {
         "0.483 ± 0.019, Houlsby's 0.491 and LoRA's 0.518 (3 seeds, BENCHMARKS.md 'Tagging words'): one "
         "adapter per layer, half Houlsby's weights. Use --method houlsby or lora to tag."
     ),
+    (QUESTION_ANSWERING, "pfeiffer"): (
+        "on SQuAD (3,000 questions, 2 epochs) a Pfeiffer adapter scored test F1 48.2 at 3e-3 against full "
+        "fine-tuning's 54.6 and 58.2 and Houlsby's 53.1 and 58.2 (seeds 0 and 1; BENCHMARKS.md 'Extractive "
+        "QA'): one adapter per layer, half Houlsby's weights. Use --method houlsby or lora for question answering."
+    ),
     (TOKEN_CLASSIFICATION, "prefix"): (
         "on WNUT-16 tagging prefix tuning scores entity F1 0.390 against full fine-tuning's 0.483 ± 0.019 "
         "and LoRA's 0.518 (seed 0; BENCHMARKS.md 'Tagging words'), its validation F1 still rising slowly "
