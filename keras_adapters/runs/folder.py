@@ -94,13 +94,11 @@ def keep_examples(run_dir, task, data, options):
     """Keep a few of the training inputs in the run (`examples.json`), so that
     an export can warm a server up with real requests after the data is gone.
     Best effort: a task that cannot sample its data trains all the same."""
-    try:
-        columns = tasks.get_task(task).sample_inputs(data, options)
-    except (OSError, ValueError, NotImplementedError) as e:
-        warnings.warn(f"No examples.json kept (export's warm-up requests are made of it): {e}", stacklevel=3)
-        return
-    if columns is not None:
-        write_json(Path(run_dir) / EXAMPLES, {"inputs": dict(zip(tasks.get_task(task).input_fields, columns))})
+    inputs, error = _sampled(task, data, options)
+    if error:
+        warnings.warn(f"No {EXAMPLES} kept (export's warm-up requests are made of it): {error}", stacklevel=3)
+    elif inputs is not None:
+        write_json(Path(run_dir) / EXAMPLES, {"inputs": inputs})
 
 
 def example_inputs(run_dir):
@@ -112,16 +110,25 @@ def example_inputs(run_dir):
         return read_json(path)["inputs"], None
     config = Path(run_dir) / "train_config.json"
     data = read_json(config).get("data") if config.is_file() else None
-    task = tasks.get_task(run_task(run_dir))
     if not data or not (str(data).startswith("tfds:") or Path(data).exists()):
         return None, f"it keeps no {EXAMPLES} and its training data {data!r} is not where it was"
-    try:
-        columns = task.sample_inputs(data, {})
-    except (OSError, ValueError, NotImplementedError) as e:  # (DatasetError is a ValueError)
-        return None, f"it keeps no {EXAMPLES} and its training data could not be read: {e}"
-    if columns is None:
+    inputs, error = _sampled(run_task(run_dir), data, {})
+    if error:
+        return None, f"it keeps no {EXAMPLES} and its training data could not be read: {error}"
+    if inputs is None:
         return None, f"it keeps no {EXAMPLES} (trained on {data}, which export does not sample)"
-    return dict(zip(task.input_fields, columns)), None
+    return inputs, None
+
+
+def _sampled(task, data, options):
+    """({input field: [texts]}, None); `None` for inputs when the task
+    samples nothing of `data` (TFDS); (None, the error) when reading failed."""
+    task = tasks.get_task(task)
+    try:
+        columns = task.sample_inputs(data, options)
+    except (OSError, ValueError, NotImplementedError) as e:  # (DatasetError is a ValueError)
+        return None, str(e)
+    return (None if columns is None else dict(zip(task.input_fields, columns))), None
 
 
 def update_metrics_file(run_dir, key, value):

@@ -449,8 +449,12 @@ def _warmup_logs(model, path, signatures, rows):
         x = model.preprocessor(tf.constant(texts))
         return {k: x[k].numpy() for k in TOKEN_INPUTS}
 
-    name = os.path.basename(os.path.normpath(str(path)))
-    return warmup.warmup_requests(signatures, rows, tokenize, name)
+    return warmup.warmup_requests(signatures, rows, tokenize, _model_name(path))
+
+
+def _model_name(path):
+    """TF Serving's name for the model stored under base path `path`: its folder's name."""
+    return os.path.basename(os.path.normpath(str(path)))
 
 
 def _signature_name(name):
@@ -469,7 +473,7 @@ def export_run_saved_model(
     folder name, with `labels` (`server_config.add_version`)."""
     if labels and not serving_config:
         raise ValueError("Version labels live in TF Serving's model config: pass --serving-config DIR with --label.")
-    name = os.path.basename(os.path.normpath(str(path)))
+    name = _model_name(path)
     if serving_config:
         server_config.check_version(serving_config, name, path, labels)
     run_list = [r for r in str(run_dirs).split(",") if r]

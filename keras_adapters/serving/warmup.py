@@ -21,12 +21,13 @@ from tensorflow_serving.apis import model_pb2
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
+from keras_adapters.models.inputs import TOKEN_INPUTS
+
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 #: TF Serving's limit on the records it reads.
 MAX_RECORDS = 1000
 #: The batch sizes of each signature's requests.
 BATCH_SIZES = (1, 8)
-TOKEN_INPUTS = ("token_ids", "segment_ids", "padding_mask")
 
 
 def warmup_requests(signatures, rows, tokenize, model_name):

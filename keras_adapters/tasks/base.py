@@ -224,11 +224,7 @@ class Task:
         them (one list per `input_fields` entry), or `None` when they cannot
         be read here (TFDS). A run keeps them (`examples.json`); export makes
         TF Serving's warm-up requests of them."""
-        try:
-            columns = self.read_inputs(data, options)
-        except (NotImplementedError, OSError):  # a task that reads no prediction file, or a folder
-            return None
-        return [column[:count] for column in columns]
+        return [column[:count] for column in self.read_inputs(data, options)]
 
     def predict(self, model, columns, batch_size=32):
         """One JSON-able answer per example; `columns` holds one list of
