@@ -1,8 +1,9 @@
 """Real task data from the BIG-bench source archive (`bigbench==1.0.0`).
 
-`scripts/setup.sh` keeps the archive as a file in `data/cache/` (it is
-downloaded with `pip download --no-deps`, never installed: installing it
-pulls in a whole other stack). This module reads from the archive and
+`scripts/setup.sh` keeps the archive as a file in `data/cache/` (never
+installed: installing it pulls in a whole other stack). PyPI stopped serving
+it in December 2026: set-up takes a sha256-checked copy from the user cache
+(scripts/fetch_sdist.py) where a machine has one. This module reads from the archive and
 writes our formats once into `data/cache/<task>/`; nothing here is
 committed.
 
@@ -33,9 +34,15 @@ MEMBERS = {
 VITAMINC_LABELS = {"True": "supports", "False": "refutes", "Neither": "not enough info"}
 
 
+MISSING = (
+    f"{ARCHIVE} is missing: PyPI no longer serves bigbench 1.0.0's source archive; put a copy "
+    "(sha256 1bb398a5...c5c2) in ~/.cache/keras-adapters/ and run `bash scripts/setup.sh`."
+)
+
+
 def read_member(key):
     if not ARCHIVE.is_file():
-        sys.exit(f"{ARCHIVE} is missing: run `bash scripts/setup.sh` (it downloads the bigbench source archive).")
+        sys.exit(MISSING)
     with tarfile.open(ARCHIVE) as archive:
         return json.load(archive.extractfile(MEMBERS[key]))
 

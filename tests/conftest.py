@@ -112,6 +112,18 @@ def minilm_preset():
     return default_preset()
 
 
+@pytest.fixture(scope="session")
+def bigbench_data():
+    """examples/bigbench_data.py (VitaminC and SQuAD from the BIG-bench archive), or a skip
+    that says why: PyPI no longer serves the archive, so a machine without a copy lacks it."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+    import bigbench_data
+
+    if not bigbench_data.ARCHIVE.is_file():
+        pytest.skip(bigbench_data.MISSING)
+    return bigbench_data
+
+
 @pytest.fixture(autouse=True)
 def _reset_policy():
     yield

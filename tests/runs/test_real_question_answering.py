@@ -23,10 +23,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples
 THRESHOLD = 48.0
 
 
-def test_a_houlsby_answerer_at_the_defaults_finds_answers(tmp_path, capsys):
-    from bigbench_data import squad_split
-
-    files = squad_split(train_size=3000, test_size=600)
+def test_a_houlsby_answerer_at_the_defaults_finds_answers(tmp_path, capsys, bigbench_data):
+    files = bigbench_data.squad_split(train_size=3000, test_size=600)
     run = tmp_path / "run"
     # The benchmark's setting: windows of 256 tokens, 2 epochs, every question trains.
     assert cli.main(["train", files["train"], "-o", str(run), "--method", "houlsby", "--sequence-length", "256",

@@ -26,10 +26,8 @@ def minilm_preprocessor(minilm_preset):
     return ka.AdapterTextClassifier.from_preset(minilm_preset, method=None, sequence_length=64).preprocessor
 
 
-def test_vitaminc_pairs_read_split_and_tokenize(minilm_preprocessor):
-    from bigbench_data import vitaminc_split
-
-    files = vitaminc_split((3000, 10000, 30000))
+def test_vitaminc_pairs_read_split_and_tokenize(minilm_preprocessor, bigbench_data):
+    files = bigbench_data.vitaminc_split((3000, 10000, 30000))
     assert tasks.detect_task(files["test"]) == tasks.PAIR_CLASSIFICATION
     a, b, labels = pair_data.read_pairs(files["train_3000"])
     assert len(a) == 3000 and set(labels) == {"supports", "refutes", "not enough info"}
@@ -54,14 +52,13 @@ def test_wnut16_sentences_keep_one_tag_per_word(minilm_preprocessor):
     assert labelled.tolist() == [min(len(s), 62) for s in ds.sentences]  # 64 less [CLS] and [SEP]
 
 
-def test_squad_answers_lie_whole_in_a_labelled_window(minilm_preset):
+def test_squad_answers_lie_whole_in_a_labelled_window(minilm_preset, bigbench_data):
     """Every test answer of the real SQuAD split, at the benchmark's windows
     (256 tokens sharing 96), is what its labelled tokens' offsets cut out of
     the context: word-aligned answers exactly, the rest within whole words."""
-    from bigbench_data import squad_split
     from keras_adapters.tasks.question_answering import data as qa_data
 
-    files = squad_split(train_size=3000, test_size=600)
+    files = bigbench_data.squad_split(train_size=3000, test_size=600)
     assert tasks.detect_task(files["test"]) == tasks.QUESTION_ANSWERING
     train, test = qa_data.read_squad(files["train"]), qa_data.read_squad(files["test"])
     assert (len(train), len(test)) == (3000, 600)
