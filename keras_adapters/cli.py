@@ -150,7 +150,8 @@ def _parser():
                              "one after the highest in OUT (1 for a new OUT)")
     export.add_argument("--serving-config", metavar="DIR",
                         help="saved_model: add this version to DIR/models.config (TF Serving's --model_config_file; "
-                             "model name: OUT's folder name; other models' entries are kept)")
+                             "model name: OUT's folder name; other models' entries are kept), and write "
+                             "DIR/batching.config (--batching_parameters_file) unless there is one")
     export.add_argument("--label", action="append", default=[], metavar="NAME",
                         help="with --serving-config: point this version label (stable, canary, ...) at the new "
                              "version; repeatable")
@@ -324,7 +325,9 @@ def cmd_export(args):
         if os.path.isfile(os.path.join(out, export.warmup.WARMUP_FILE)):
             print(f"TF Serving warm-up requests: {os.path.join(out, export.warmup.WARMUP_FILE)}")
         if args.serving_config:
-            print(f"TF Serving model config: {os.path.join(args.serving_config, export.server_config.MODELS_FILE)}")
+            config = export.server_config
+            print(f"TF Serving model config: {os.path.join(args.serving_config, config.MODELS_FILE)}; batching "
+                  f"parameters: {os.path.join(args.serving_config, config.BATCHING_FILE)}")
         return 0
     if args.precision != "float32":
         raise ValueError(

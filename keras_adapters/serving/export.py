@@ -470,7 +470,8 @@ def export_run_saved_model(
     With `warmup_requests`, TF Serving's warm-up file is made of the runs'
     kept training inputs (`examples.json`). With `serving_config` (a folder),
     the version is added to the `models.config` there, model name `path`'s
-    folder name, with `labels` (`server_config.add_version`)."""
+    folder name, with `labels` (`server_config.add_version`), and a
+    `batching.config` is written there unless one exists."""
     if labels and not serving_config:
         raise ValueError("Version labels live in TF Serving's model config: pass --serving-config DIR with --label.")
     name = _model_name(path)
@@ -492,6 +493,7 @@ def export_run_saved_model(
         )
     if serving_config:
         server_config.add_version(serving_config, name, path, int(os.path.basename(out)), labels)
+        server_config.write_batching_config(serving_config)
     return out
 
 

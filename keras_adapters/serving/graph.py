@@ -13,7 +13,10 @@ model's config, weights copied) that
 - has a lone LoRA/(IA)^3 adapter merged into the base weights (no extra
   latency), when asked;
 - runs the feed-forward dense layers of each encoder layer as a 2-D
-  `MatMul` -> `BiasAdd` -> activation. keras-hub's `Dense` multiplies the
+  `MatMul` -> `BiasAdd` -> activation, and the attention's query, key,
+  value and output projections as a 2-D `MatMul` -> `BiasAdd` (einsum
+  computes them through transposes and, at small batches, costs more than
+  the product itself). keras-hub's `Dense` multiplies the
   3-D hidden states through `tensordot` (reshape, matmul, reshape, then the
   bias), which hides the pattern from grappler's oneDNN remapper; in 2-D it
   fuses the three into one `_MklFusedMatMul` (GELU included), which took the
@@ -34,6 +37,11 @@ PRECISIONS = ("float32", "bfloat16", "float16")
 
 #: Encoder attributes whose `Dense` layer is run in 2-D (see module doc).
 _FUSED_DENSE = ("_feedforward_intermediate_dense", "_feedforward_output_dense")
+#: Attention attributes whose `EinsumDense` projection is run in 2-D.
+_FUSED_PROJECTIONS = ("_query_dense", "_key_dense", "_value_dense", "_output_dense")
+#: The projections' equations (Keras' MultiHeadAttention on [batch, length,
+#: features]): into heads, and back out of them.
+_INTO_HEADS, _OUT_OF_HEADS = "abc,cde->abde", "abcd,cde->abe"
 
 
 def check_precision(precision):
@@ -105,7 +113,33 @@ def fuse_dense_layers(backbone):
             if type(layer) is keras.layers.Dense and layer.use_bias:
                 layer.call = _dense_2d_call(layer)
                 count += 1
+        attention = getattr(encoder, "_self_attention_layer", None)
+        for attribute in _FUSED_PROJECTIONS:
+            layer = getattr(attention, attribute, None)
+            if (type(layer) is keras.layers.EinsumDense and layer.equation in (_INTO_HEADS, _OUT_OF_HEADS)
+                    and layer.bias is not None and layer.activation in (None, keras.activations.linear)):
+                layer.call = _projection_2d_call(layer)
+                count += 1
     return count
+
+
+def _projection_2d_call(layer):
+    """An attention projection as MatMul -> BiasAdd on [batch * length, features]:
+    einsum runs it through transposes and a weight reorder per call, which at
+    small batches cost more than the product (BENCHMARKS.md "Small batches")."""
+    inputs_in = layer.kernel.shape[0] * (layer.kernel.shape[1] if layer.equation == _OUT_OF_HEADS else 1)
+    outputs = layer.kernel.shape[-1] * (layer.kernel.shape[-2] if layer.equation == _INTO_HEADS else 1)
+
+    def call(inputs, training=None):
+        shape = tf.shape(inputs)
+        x = tf.reshape(inputs, [-1, inputs_in])
+        x = tf.matmul(x, tf.reshape(tf.cast(layer.kernel, x.dtype), [inputs_in, outputs]))
+        x = tf.nn.bias_add(x, tf.reshape(tf.cast(layer.bias, x.dtype), [outputs]))
+        if layer.equation == _INTO_HEADS:
+            return tf.reshape(x, tf.concat([shape[:-1], layer.kernel.shape[1:]], 0))
+        return tf.reshape(x, tf.concat([shape[:2], [outputs]], 0))
+
+    return call
 
 
 def _dense_2d_call(layer):

