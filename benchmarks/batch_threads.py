@@ -16,7 +16,8 @@ import os
 import statistics
 import sys
 import threading
-import time
+
+from common import time_calls
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -41,17 +42,9 @@ def main(mode, path, repeats=6):
         batch()
         other.join()
 
-    step = parallel if mode == "parallel" else (lambda: (batch(), batch()))
-    for _ in range(2):
-        step()
-    walls, cpus = [], []
-    for _ in range(repeats):
-        c, w = time.process_time(), time.perf_counter()
-        step()
-        walls.append(time.perf_counter() - w)
-        cpus.append(time.process_time() - c)
-    print(json.dumps({"mode": mode, "wall_ms_32_rows": round(1000 * statistics.median(walls), 1),
-                      "cpu_ms_32_rows": round(1000 * statistics.median(cpus), 1)}))
+    times = time_calls(parallel if mode == "parallel" else (lambda: (batch(), batch())), repeats, warmup=2)
+    print(json.dumps({"mode": mode, "wall_ms_32_rows": round(1000 * statistics.median(times["wall"]), 1),
+                      "cpu_ms_32_rows": round(1000 * statistics.median(times["cpu"]), 1)}))
 
 
 if __name__ == "__main__":

@@ -49,3 +49,17 @@ def git_revision():
         return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
     except Exception:
         return "unknown"
+
+
+def time_calls(step, calls, warmup=3):
+    """Each call's wall and process CPU seconds after `warmup` untimed calls:
+    {"cpu": [...], "wall": [...]}."""
+    for _ in range(warmup):
+        step()
+    cpu, wall = [], []
+    for _ in range(calls):
+        c, w = time.process_time(), time.perf_counter()
+        step()
+        cpu.append(time.process_time() - c)
+        wall.append(time.perf_counter() - w)
+    return {"cpu": cpu, "wall": wall}

@@ -35,7 +35,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
+
+from common import time_calls
 
 HERE = os.path.abspath(__file__)
 CLASSES = 5
@@ -53,18 +54,6 @@ def _ids(batch, length):
     return np.random.RandomState(batch * 1000 + length).randint(1000, 30000, size=(batch, length)).astype("int32")
 
 
-def _time(step, calls, warmup=3):
-    for _ in range(warmup):
-        step()
-    cpu, wall = [], []
-    for _ in range(calls):
-        c, w = time.process_time(), time.perf_counter()
-        step()
-        cpu.append(time.process_time() - c)
-        wall.append(time.perf_counter() - w)
-    return {"cpu": cpu, "wall": wall}
-
-
 # ----------------------------------------------------------------- workers
 def torch_worker(bf16):
     import torch
@@ -80,7 +69,7 @@ def torch_worker(bf16):
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 model(**inputs)
 
-        out[f"{batch}x{length}"] = _time(step, _calls(batch))
+        out[f"{batch}x{length}"] = time_calls(step, _calls(batch))
     return out
 
 
@@ -97,9 +86,9 @@ def keras_worker(path, threads):
     for batch, length in SHAPES:
         ids = tf.constant(_ids(batch, length))
         x = {"token_ids": ids, "segment_ids": tf.zeros_like(ids), "padding_mask": tf.ones_like(ids)}
-        out[f"{batch}x{length}"] = _time(lambda: serve(**x), _calls(batch))
+        out[f"{batch}x{length}"] = time_calls(lambda: serve(**x), _calls(batch))
     text = tf.constant([TEXT])
-    out["text"] = _time(lambda: loaded.signatures["serving_default"](text=text), _calls(1))
+    out["text"] = time_calls(lambda: loaded.signatures["serving_default"](text=text), _calls(1))
     return out
 
 
@@ -111,7 +100,7 @@ def tflite_worker(path):
     runner = tflite_signature_runner(path)
     ids = _ids(1, 128)
     x = {"token_ids": ids, "segment_ids": np.zeros_like(ids), "padding_mask": np.ones_like(ids)}
-    return {"1x128": _time(lambda: runner(**x), _calls(1))}
+    return {"1x128": time_calls(lambda: runner(**x), _calls(1))}
 
 
 # ------------------------------------------------------------------ parent
