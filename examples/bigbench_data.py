@@ -19,6 +19,7 @@ committed.
 import hashlib
 import json
 import math
+import os
 import random
 import sys
 import tarfile
@@ -34,9 +35,12 @@ MEMBERS = {
 VITAMINC_LABELS = {"True": "supports", "False": "refutes", "Neither": "not enough info"}
 
 
+USER_CACHE = os.environ.get("KERAS_ADAPTERS_CACHE") or os.path.join(
+    os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "keras-adapters"
+)  # where scripts/fetch_sdist.py looks first
 MISSING = (
     f"{ARCHIVE} is missing: PyPI no longer serves bigbench 1.0.0's source archive; put a copy "
-    "(sha256 1bb398a5...c5c2) in ~/.cache/keras-adapters/ and run `bash scripts/setup.sh`."
+    f"(sha256 1bb398a5...c5c2) in {USER_CACHE} and run `bash scripts/setup.sh`."
 )
 
 

@@ -64,8 +64,11 @@ def pypi_url(name, version):
 def download(url, folder, sha256):
     with tempfile.NamedTemporaryFile(dir=folder, prefix=".download-", delete=False) as tmp:
         try:
-            with urllib.request.urlopen(url, timeout=600) as response:
-                shutil.copyfileobj(response, tmp, 1 << 20)
+            try:
+                with urllib.request.urlopen(url, timeout=600) as response:
+                    shutil.copyfileobj(response, tmp, 1 << 20)
+            except (urllib.error.URLError, OSError) as error:
+                raise Unavailable(f"{url} could not be downloaded ({error})") from error
             tmp.close()
             if sha256_of(tmp.name) != sha256:
                 raise SystemExit(f"{url}: its sha256 is not the pinned {sha256}; nothing was kept.")

@@ -21,8 +21,8 @@ model's config, weights copied) that
   bias), which hides the pattern from grappler's oneDNN remapper; in 2-D it
   fuses the three into one `_MklFusedMatMul` (GELU included), which took the
   bf16 MiniLM batch from 284 to 243 ms of summed op time (BENCHMARKS.md).
-  Only plain `Dense` layers are rewritten: a layer wrapped by an adapter
-  site runs as it is.
+  Only plain `Dense` and `EinsumDense` layers are rewritten: a layer
+  wrapped by an adapter site runs as it is.
 
 The rewrite changes how the same function is computed, not the function: the
 copy's outputs equal the model's up to rounding (checked in the tests).
@@ -58,7 +58,8 @@ def serving_copy(model, precision="float32", merge=True, fuse=True):
         precision: one of `PRECISIONS`, the dtype the copy stores and
             computes in.
         merge: fold a lone LoRA/(IA)^3 adapter into the base weights.
-        fuse: run the feed-forward dense layers in 2-D (see module doc).
+        fuse: run the feed-forward dense layers and the attention
+            projections in 2-D (see module doc).
     """
     check_precision(precision)
     if merge and _mergeable(model):

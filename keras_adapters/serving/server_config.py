@@ -183,8 +183,8 @@ def write_batching_config(config_dir):
 
 
 #: Measured (BENCHMARKS.md "Small batches"): a bf16 MiniLM SavedModel on one
-#: core runs a batch of 16 rows of 128 tokens in about 290 ms.
-BATCH_OF_16_MS = 290
+#: intra-op thread runs a batch of 16 rows of 128 tokens in about 297 ms.
+BATCH_OF_16_MS = 297
 
 
 def batching_text(cores):
@@ -200,8 +200,8 @@ BATCHING_TEMPLATE = """\
 # Written by `keras-adapters export --serving-config`; later exports keep your edits.
 # Values measured on a 2-core AVX512-BF16 CPU with MiniLM (BENCHMARKS.md, "Small batches").
 
-# Rows per batch. Per row, a bf16 batch costs 17.8 ms at 1 row, 13.0 at 4, 11.2 at 8,
-# 10.5 at 16 and 10.5 at 32 (128 tokens): past 16 a bigger batch only waits longer.
+# Rows per batch. Per row, a bf16 batch costs 18.1 ms at 1 row, 13.0 at 4, 11.1 at 8,
+# 10.5 at 16 and 10.6 at 32 (128 tokens): past 16 a bigger batch only waits longer.
 max_batch_size {{ value: 16 }}
 
 # 0: a request that finds a batch thread idle runs at once (no added latency when traffic is

@@ -106,8 +106,8 @@ def test_a_layer_an_adapter_wraps_is_not_rewritten(tiny_preset):
     # Unmerged (IA)^3 scales the intermediate dense's output through its site.
     model = _model(tiny_preset, method="ia3")
     copy = serving_graph.serving_copy(model, "float32", merge=False, fuse=False)
-    # (IA)^3's sites: keys, values, the intermediate dense. The rest is rewritten: the
-    # output dense and the query and output projections of each layer.
+    # (IA)^3's sites: keys, values, the feed-forward output. The rest is rewritten: the
+    # intermediate dense and the query and output projections of each layer.
     assert serving_graph.fuse_dense_layers(copy.backbone) == 3 * LAYERS
     batch = token_batch(batch=3, length=10)
     np.testing.assert_allclose(_run(_served(copy), batch), model.predict(batch, verbose=0), atol=1e-6)
