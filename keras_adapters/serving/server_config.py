@@ -21,6 +21,7 @@ built here from the fields of TF Serving's `session_bundle_config.proto`
 (`batching_parameters`) to parse and check the file.
 """
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -111,46 +112,42 @@ def _entry(config, path, name, base_path, labels):
 
 
 # ------------------------------------------------------------ batching.config
+_FIELD = descriptor_pb2.FieldDescriptorProto
+_INT64, _STRING, _BOOL = (f".google.protobuf.{w}" for w in ("Int64Value", "StringValue", "BoolValue"))
 #: TF Serving's `BatchingParameters` fields (session_bundle_config.proto):
-#: (name, number, wrapper type or None for a plain repeated int64 / bool).
+#: (name, number, wrapper message, or the plain type of a field without one).
 _BATCHING_FIELDS = (
-    ("max_batch_size", 1, "Int64Value"),
-    ("batch_timeout_micros", 2, "Int64Value"),
-    ("max_enqueued_batches", 3, "Int64Value"),
-    ("num_batch_threads", 4, "Int64Value"),
-    ("thread_pool_name", 5, "StringValue"),
-    ("allowed_batch_sizes", 6, None),
-    ("pad_variable_length_inputs", 7, None),
-    ("enable_large_batch_splitting", 8, "BoolValue"),
-    ("max_execution_batch_size", 9, "Int64Value"),
+    ("max_batch_size", 1, _INT64),
+    ("batch_timeout_micros", 2, _INT64),
+    ("max_enqueued_batches", 3, _INT64),
+    ("num_batch_threads", 4, _INT64),
+    ("thread_pool_name", 5, _STRING),
+    ("allowed_batch_sizes", 6, _FIELD.TYPE_INT64),
+    ("pad_variable_length_inputs", 7, _FIELD.TYPE_BOOL),
+    ("enable_large_batch_splitting", 8, _BOOL),
+    ("max_execution_batch_size", 9, _INT64),
 )
-_BATCHING_CLASS = []
 
 
+@functools.cache
 def batching_parameters_class():
     """The `tensorflow.serving.BatchingParameters` message class (in a pool of its own)."""
-    if not _BATCHING_CLASS:
-        field = descriptor_pb2.FieldDescriptorProto
-        proto = descriptor_pb2.FileDescriptorProto(
-            name="keras_adapters/batching_parameters.proto", package="tensorflow.serving", syntax="proto3",
-            dependency=["google/protobuf/wrappers.proto"],
-        )
-        message = proto.message_type.add(name="BatchingParameters")
-        for name, number, wrapper in _BATCHING_FIELDS:
-            if wrapper:
-                message.field.add(name=name, number=number, label=field.LABEL_OPTIONAL, type=field.TYPE_MESSAGE,
-                                  type_name=f".google.protobuf.{wrapper}")
-            elif name == "allowed_batch_sizes":
-                message.field.add(name=name, number=number, label=field.LABEL_REPEATED, type=field.TYPE_INT64)
-            else:
-                message.field.add(name=name, number=number, label=field.LABEL_OPTIONAL, type=field.TYPE_BOOL)
-        pool = descriptor_pool.DescriptorPool()
-        pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
-        pool.Add(proto)
-        _BATCHING_CLASS.append(
-            message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
-        )
-    return _BATCHING_CLASS[0]
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="keras_adapters/batching_parameters.proto", package="tensorflow.serving", syntax="proto3",
+        dependency=["google/protobuf/wrappers.proto"],
+    )
+    message = proto.message_type.add(name="BatchingParameters")
+    for name, number, kind in _BATCHING_FIELDS:
+        if isinstance(kind, str):
+            message.field.add(name=name, number=number, label=_FIELD.LABEL_OPTIONAL, type=_FIELD.TYPE_MESSAGE,
+                              type_name=kind)
+        else:
+            label = _FIELD.LABEL_REPEATED if kind == _FIELD.TYPE_INT64 else _FIELD.LABEL_OPTIONAL
+            message.field.add(name=name, number=number, label=label, type=kind)
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
 
 
 def read_batching_config(path):
