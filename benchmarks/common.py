@@ -62,9 +62,11 @@ def minilm_env():
 
 
 def only(table, prefixes):
-    """The entries of `table` whose name starts with one of the comma-separated `prefixes` (all when empty)."""
+    """The entries of `table` whose name starts with one of the comma-separated
+    `prefixes` (all when empty); a prefix ending in `$` is the whole name."""
     wanted = [p for p in prefixes.split(",") if p]
-    return {k: v for k, v in table.items() if not wanted or any(k.startswith(p) for p in wanted)}
+    chosen = lambda k, p: k == p[:-1] if p.endswith("$") else k.startswith(p)  # noqa: E731
+    return {k: v for k, v in table.items() if not wanted or any(chosen(k, p) for p in wanted)}
 
 
 def run_worker(name, argv, env):

@@ -3,7 +3,7 @@
 Every variant is its own process (one framework per process); the variants
 alternate (A B C … × rounds) and each reports, per input shape, the
 medians over its timed calls of wall time and of the process's CPU time
-(all threads). MiniLM, 5 classes, a Houlsby adapter with random non-zero
+(all threads), and the wall time's 95th percentile. MiniLM, 5 classes, a Houlsby adapter with random non-zero
 weights (ours) against the plain model (PyTorch eager, `inference_mode`,
 bf16 autocast or float32), fixed random token ids.
 
@@ -13,8 +13,9 @@ not timed on either side), and `serving_default` on one real short text
 (tokenization included, trimmed to the text's own length).
 
 Our variants: the export's precision (float32, bfloat16), with the
-attention projections as 2-D matmuls (0.14) or as keras' einsums (before:
-`_einsum`), with and without
+self-attention fused into one query/key/value product (0.15), without it
+(the 0.14 graph: `_unfused`), with the attention projections as keras'
+einsums too (before 0.14: `_einsum`), with and without
 the forward pass compiled by XLA (`jit_compile=True`, `_xla_forward`), with
 `TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1` in the serving process (oneDNN keeps
 the weights' reordered copies between calls), with
@@ -127,70 +128,107 @@ def _xla_forward():
 
 
 @contextlib.contextmanager
+def _unfused_attention():
+    """Exports inside keep keras' self-attention (its projections in 2-D: the 0.14 graph)."""
+    from keras_adapters.serving import graph
+
+    original, graph._FUSE_SELF_ATTENTION = graph._FUSE_SELF_ATTENTION, False
+    try:
+        yield
+    finally:
+        graph._FUSE_SELF_ATTENTION = original
+
+
+@contextlib.contextmanager
 def _einsum_projections():
     """Exports inside keep the attention projections as keras' einsums (before 0.14)."""
     from keras_adapters.serving import graph
 
     original, graph._FUSED_PROJECTIONS = graph._FUSED_PROJECTIONS, ()
     try:
-        yield
+        with _unfused_attention():
+            yield
     finally:
         graph._FUSED_PROJECTIONS = original
 
 
-def export_models(folder):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+def _model(method):
     import numpy as np
 
     import keras_adapters as ka
     from keras_adapters.core.injection import adapter_weights
-    from keras_adapters.serving import export
 
-    model = ka.AdapterTextClassifier.from_preset(ka.default_preset(), num_classes=CLASSES, method="houlsby",
+    model = ka.AdapterTextClassifier.from_preset(ka.default_preset(), num_classes=CLASSES, method=method,
                                                  sequence_length=128)
     rng = np.random.default_rng(0)
     for w in adapter_weights(model.backbone):
         w.assign(rng.normal(0, 0.02, w.shape).astype("float32"))
+    return model
+
+
+def export_models(folder, needed):
+    """{model key: its export} for the keys in `needed`: the Houlsby model in
+    each precision and graph variant, the LoRA model (merged at export: the
+    same network as PyTorch's), the int8 TFLite model."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras_adapters as ka
+    from keras_adapters.serving import export
+
+    houlsby = _model("houlsby")
+    graphs = {"": contextlib.nullcontext, "_unfused": _unfused_attention, "_einsum": _einsum_projections,
+              "_xla": _xla_forward}
     paths = {}
-    for precision in ("float32", "bfloat16"):
-        paths[precision] = str(ka.export_saved_model(model, f"{folder}/{precision}", precision=precision))
-        with _einsum_projections():
-            paths[f"{precision}_einsum"] = str(ka.export_saved_model(model, f"{folder}/{precision}_einsum",
-                                                                     precision=precision))
-        with _xla_forward():
-            paths[f"{precision}_xla"] = str(ka.export_saved_model(model, f"{folder}/{precision}_xla",
-                                                                  precision=precision))
-    paths["tflite_int8"] = export.export_tflite(model, f"{folder}/tflite", sequence_length=128, quantize="dynamic")
+    for key in needed:
+        if key == "tflite_int8":
+            paths[key] = export.export_tflite(houlsby, f"{folder}/tflite", sequence_length=128, quantize="dynamic")
+        elif key.startswith("lora_"):
+            paths[key] = str(ka.export_saved_model(_model("lora"), f"{folder}/{key}", precision=key[5:]))
+        else:
+            precision, graph = key.split("_", 1)[0], "_" + key.split("_", 1)[1] if "_" in key else ""
+            with graphs[graph]():
+                paths[key] = str(ka.export_saved_model(houlsby, f"{folder}/{key}", precision=precision))
     return paths
 
 
-def variants(torch_python, models):
-    me = [sys.executable, HERE, "worker"]
+def variants(torch_python):
+    """{name: (argv, extra environment, the model key it serves or None)}."""
     frozen = {"TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": "1"}
     caller = {"TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD": "1"}
-    return {
-        # name: (argv, extra environment)
-        "pytorch_bf16": ([torch_python, HERE, "worker", "torch", "1"], {}),
-        "pytorch_float32": ([torch_python, HERE, "worker", "torch", "0"], {}),
-        "ours_bfloat16": (me + ["keras", models["bfloat16"], "0"], {}),
-        "ours_float32": (me + ["keras", models["float32"], "0"], {}),
-        "ours_bfloat16_xla": (me + ["keras", models["bfloat16_xla"], "0"], {}),
-        "ours_float32_xla": (me + ["keras", models["float32_xla"], "0"], {}),
-        "ours_bfloat16_frozen": (me + ["keras", models["bfloat16"], "0"], frozen),
-        "ours_float32_frozen": (me + ["keras", models["float32"], "0"], frozen),
-        "ours_bfloat16_einsum": (me + ["keras", models["bfloat16_einsum"], "0"], {}),
-        "ours_bfloat16_einsum_frozen": (me + ["keras", models["bfloat16_einsum"], "0"], frozen),
-        "ours_float32_einsum": (me + ["keras", models["float32_einsum"], "0"], {}),
-        "ours_float32_einsum_frozen": (me + ["keras", models["float32_einsum"], "0"], frozen),
-        "ours_bfloat16_caller": (me + ["keras", models["bfloat16"], "0"], caller),
-        "ours_bfloat16_frozen_caller": (me + ["keras", models["bfloat16"], "0"], {**frozen, **caller}),
-        "ours_bfloat16_1thread": (me + ["keras", models["bfloat16"], "1"], {}),
-        "ours_tflite_int8": (me + ["tflite", models["tflite_int8"]], {}),
+    ours = {
+        # name: (model key, intra-op threads, extra environment)
+        "ours_bfloat16": ("bfloat16", 0, {}),
+        "ours_float32": ("float32", 0, {}),
+        "ours_bfloat16_xla": ("bfloat16_xla", 0, {}),
+        "ours_float32_xla": ("float32_xla", 0, {}),
+        "ours_bfloat16_frozen": ("bfloat16", 0, frozen),
+        "ours_bfloat16_lora_frozen": ("lora_bfloat16", 0, frozen),
+        "ours_float32_frozen": ("float32", 0, frozen),
+        "ours_bfloat16_unfused": ("bfloat16_unfused", 0, {}),
+        "ours_bfloat16_unfused_frozen": ("bfloat16_unfused", 0, frozen),
+        "ours_float32_unfused_frozen": ("float32_unfused", 0, frozen),
+        "ours_bfloat16_einsum": ("bfloat16_einsum", 0, {}),
+        "ours_bfloat16_einsum_frozen": ("bfloat16_einsum", 0, frozen),
+        "ours_float32_einsum": ("float32_einsum", 0, {}),
+        "ours_float32_einsum_frozen": ("float32_einsum", 0, frozen),
+        "ours_bfloat16_caller": ("bfloat16", 0, caller),
+        "ours_bfloat16_frozen_caller": ("bfloat16", 0, {**frozen, **caller}),
+        "ours_bfloat16_1thread": ("bfloat16", 1, {}),
     }
+    table = {
+        "pytorch_bf16": ([torch_python, HERE, "worker", "torch", "1"], {}, None),
+        "pytorch_float32": ([torch_python, HERE, "worker", "torch", "0"], {}, None),
+    }
+    for name, (key, threads, env) in ours.items():
+        table[name] = ([sys.executable, HERE, "worker", "keras", key, str(threads)], env, key)
+    table["ours_tflite_int8"] = ([sys.executable, HERE, "worker", "tflite", "tflite_int8"], {}, "tflite_int8")
+    return table
 
 
 def summarize(times):
+    """Medians (p50) of wall and CPU time, and the wall time's 95th percentile."""
+    p95 = statistics.quantiles(times["wall"], n=20, method="inclusive")[-1]
     return {"wall_ms": round(1000 * statistics.median(times["wall"]), 2),
+            "wall_p95_ms": round(1000 * p95, 2),
             "cpu_ms": round(1000 * statistics.median(times["cpu"]), 2), "calls": len(times["wall"])}
 
 
@@ -200,7 +238,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--torch-python", required=True, help="a Python with torch==2.13.0 and transformers")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--only", default="", help="comma list of variant-name prefixes")
+    parser.add_argument("--only", default="", help="comma list of variant-name prefixes (NAME$: exactly NAME)")
     parser.add_argument("--output", default="benchmarks/results/serving_small_batch.json")
     args = parser.parse_args()
     sys.path.insert(0, os.path.dirname(HERE))
@@ -211,7 +249,11 @@ def main():
     from common import run_worker
 
     env = minilm_env()
-    table = only(variants(args.torch_python, export_models(tempfile.mkdtemp(prefix="small_batch_"))), args.only)
+    chosen = only(variants(args.torch_python), args.only)
+    paths = export_models(tempfile.mkdtemp(prefix="small_batch_"), {key for _, _, key in chosen.values() if key})
+    # Each worker gets its model's path in place of the model key.
+    table = {name: ([paths.get(a, a) if key and a == key else a for a in argv], extra)
+             for name, (argv, extra, key) in chosen.items()}
     times = {name: {} for name in table}
     for round_ in range(args.rounds):
         for name, (argv, extra) in table.items():

@@ -29,6 +29,8 @@ DESCRIPTION = """Fine-tune adapters on a pretrained BERT and use them.
   keras-adapters export RUN_DIR --format saved_model|tflite --output OUT [--precision bfloat16] [...]
   keras-adapters export --adapters RUN_A,RUN_B --format saved_model --output OUT
       (many tasks, one backbone: each request row names its run; one pass per batch)
+  keras-adapters promote MODEL --serving-config DIR --label stable [--version N]
+      (point a TF Serving version label at a version DIR/models.config loads)
 
 DATA is a folder with one sub-folder per class and one .txt file per example, or
 tfds:NAME for a prepared TensorFlow Datasets set (text-classification); or a .jsonl, .csv or
@@ -172,6 +174,13 @@ def _parser():
     export.add_argument("--precision", default="float32", choices=list(serving_graph.PRECISIONS),
                         help="saved_model: what the served graph computes in (bfloat16: faster on CPUs "
                              "with AVX512-BF16/AMX; float16: GPUs)")
+
+    promote = sub.add_parser("promote", help="point a version label of a served model at another version")
+    promote.add_argument("model", metavar="MODEL", help="the model's name in models.config (its export folder's name)")
+    promote.add_argument("--serving-config", required=True, metavar="DIR", help="the folder holding models.config")
+    promote.add_argument("--label", required=True, metavar="NAME", help="the version label to move (e.g. stable)")
+    promote.add_argument("--version", type=_whole_number(0), default=None,
+                         help="a version models.config loads (default: the newest)")
     return parser
 
 
@@ -347,6 +356,13 @@ def cmd_export(args):
     return 0
 
 
+def cmd_promote(args):
+    path, version = export.server_config.move_label(args.serving_config, args.model, args.label, args.version)
+    print(f"{args.model}: label {args.label} -> version {version} in {path} (a server started with "
+          "--model_config_file_poll_wait_seconds applies it; otherwise restart it)")
+    return 0
+
+
 def main(argv=None):
     args = _parser().parse_args(argv)
 
@@ -355,6 +371,7 @@ def main(argv=None):
         "evaluate": cmd_evaluate,
         "predict": cmd_predict,
         "export": cmd_export,
+        "promote": cmd_promote,
     }[args.command]
     try:
         return handler(args)

@@ -14,6 +14,10 @@ TASK_CONSTANTS = {"TEXT_CLASSIFICATION", "PAIR_CLASSIFICATION", "TOKEN_CLASSIFIC
 #: Private names of other libraries used on purpose (each with its reason where it is used).
 THIRD_PARTY_PRIVATE = {
     "_tracker", "_save_state", "_keras_adapters_multi_worker", "_maybe_symbolic_build", "_initial_epoch",
+    # Keras' walk over nested layers, and the MultiHeadAttention internals the served
+    # graph's fused self-attention reads (serving/graph.py checks they exist).
+    "_flatten_layers", "_inverse_sqrt_key_dim", "_query_dense", "_output_dense", "_compute_attention_mask",
+    "_masked_softmax", "_dropout",
 }
 
 

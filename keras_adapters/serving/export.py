@@ -48,7 +48,6 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from keras_adapters.core import composition
-from keras_adapters.core import injection
 from keras_adapters.runs import folder as runs
 from keras_adapters.serving import graph as serving_graph
 from keras_adapters.serving import server_config
@@ -73,35 +72,29 @@ def _trace(function, signature):
 
 
 
-def _variables_module(model, names=None):
-    """A plain tf.Module that tracks the model's variables once.
+def _graph_module(signatures, variables, **resources):
+    """A plain tf.Module tracking, each once, the variables the `signatures`
+    read: those of `variables` (a model's) and the functions' own; plus
+    `resources` (e.g. lookup tables).
 
     Not keras.export.ExportArchive: it stores every variable twice (as the
     Keras variable and as the tf.Variable inside it), doubling the
     SavedModel (185 MB instead of 91 MB for MiniLM). Not the model itself:
-    its optimizer state has no place in a serving artifact. The tokenizer's
-    tables are constants captured by the traced functions.
+    its optimizer state has no place in a serving artifact, and a serving
+    copy's fused self-attention reads new query/key/value variables instead
+    of the layers' own (`serving.graph`). The tokenizer's tables are
+    constants the functions capture.
 
-    With `names`, only the backbone and those adapters and fusions (with
-    their members) and heads.
+    A function's `.variables` misses some it reads (Keras' layer norms pass
+    their weights as tensors), so a variable counts as read when its handle
+    is among the functions' captures.
     """
+    captured = {id(tensor) for f in signatures.values() for tensor, _ in f.graph.captures}
+    candidates = _tf_variables(variables) + [v for f in signatures.values() for v in f.variables]
     module = tf.Module()
-    if names is None:
-        module.model_variables = _tf_variables(model.variables)
-        return module
-    state = model.state
-    served = set(names)
-    for name in names:
-        if name in state.fusions:
-            served.update(state.fusions[name][0].children)
-    variables = list(state.original_weights)
-    for name in sorted(served):
-        if name in state.fusions:
-            variables += injection.fusion_weights_by_key(model.backbone, name).values()
-        else:
-            variables += injection.adapter_weights_by_key(model.backbone, name).values()
-        variables += model.heads[name].weights
-    module.model_variables = _tf_variables(variables)
+    module.graph_variables = list({v.ref(): v for v in candidates if id(v.handle) in captured}.values())
+    for name, value in resources.items():
+        setattr(module, name, value)
     return module
 
 
@@ -243,7 +236,7 @@ def export_saved_model(model, path, version=None, merge=True, precision="float32
         "serve_token_ids": _trace(task.serve_token_ids, task.token_signature),
     }
     rows = {key: _rows(examples) for key in signatures}
-    return _save(_variables_module(served), out, signatures, _warmup_logs(served, path, signatures, rows))
+    return _save(_graph_module(signatures, served.variables), out, signatures, _warmup_logs(served, path, signatures, rows))
 
 
 def export_multi_adapter_saved_model(
@@ -301,20 +294,15 @@ def export_multi_adapter_saved_model(
     out = _version_dir(path, version)
     model = serving_graph.serving_copy(model, precision, merge=False)
     routed = [n for group in groups.values() for n in group]
-    # The routed graphs read stacked copies of the adapters' weights, so only
-    # the others need per-adapter variables.
-    module = _variables_module(model, [n for n in names if n not in routed])
-    module.adapter_tables, module.adapter_stacks, module.routed_variables = [], [], []
+    tables, stacks = [], []
     signatures, per_adapter = {}, {}
     served_by = {n: task.routed_name for task, group in groups.items() for n in group}
     for task, group in groups.items():
         router = Router(model, group, aliases, elsewhere={n: s for n, s in served_by.items() if n not in group})
-        serving, text, tokens, stacks = _trace_routed(model, task, router)
+        serving, text, tokens, stacked = _trace_routed(model, task, router)
         signatures[task.routed_name], signatures[f"{task.routed_name}_token_ids"] = text, tokens
-        module.adapter_tables.append(router.table)
-        module.adapter_stacks += stacks
-        # What else the routed graphs read (heads run one by one: tagging, QA, multi-label).
-        module.routed_variables += [v for f in (text, tokens) for v in f.variables]
+        tables.append(router.table)
+        stacks += stacked
         if task_signatures:
             for index, name in enumerate(group):
                 # A thin wrapper: the graph is stored once, not once per adapter.
@@ -330,7 +318,8 @@ def export_multi_adapter_saved_model(
     signatures["serving_default"] = signatures[first]
     rows = _routed_rows(examples or {}, names, groups, keys)
     rows["serving_default"] = rows.get(first)
-    return _save(module, out, signatures, _warmup_logs(model, path, signatures, rows))
+    return _save(_graph_module(signatures, model.variables, adapter_tables=tables, adapter_stacks=stacks), out, signatures,
+                 _warmup_logs(model, path, signatures, rows))
 
 
 def _served_names(model, names):
@@ -367,7 +356,8 @@ def _routed_groups(model, names):
 
 def _trace_routed(model, task, router):
     """(the task's routed serving, its traced text and token functions, the
-    stacked weights they read)."""
+    stacked weights they read: kept alive by the caller, the functions hold
+    them weakly)."""
     serving = task.serving(model, None, router)
     active = model.active_adapters
     model.set_active_adapters(composition.Route(*router.names))

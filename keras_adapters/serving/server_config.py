@@ -86,6 +86,41 @@ def add_version(config_dir, name, base_path, version, labels=()):
     return path
 
 
+def move_label(config_dir, name, label, version=None):
+    """Point version label `label` of model `name` in `config_dir/models.config`
+    at `version` (default: the newest version the file loads), e.g. promote a
+    canary to `stable`.
+
+    The version must be one the file already loads: TF Serving moves a label
+    only to a version it has loaded. The versions loaded become the labelled
+    ones and the newest, so a version no label names any more is unloaded.
+
+    Returns:
+        (the config file's path, the version the label now points at).
+    """
+    path = os.path.join(config_dir, MODELS_FILE)
+    config = read_model_config(path)
+    entries = {entry.name: entry for entry in config.model_config_list.config}
+    if name not in entries:
+        raise ValueError(f"{path} serves no model {name!r} (it serves: {', '.join(entries) or 'none'}).")
+    if not LABEL.fullmatch(label):
+        raise ValueError(f"A version label is a letter, then letters, digits, '_' or '-'; got {label!r}.")
+    entry = entries[name]
+    loaded = sorted(entry.model_version_policy.specific.versions)
+    version = loaded[-1] if version is None and loaded else version
+    if version not in loaded:
+        raise ValueError(
+            f"Version {version} of {name!r} is not one {path} loads ({loaded or 'none listed'}): TF Serving moves "
+            "a label only to a version it has loaded. Export it with --serving-config first."
+        )
+    entry.version_labels[label] = int(version)
+    entry.model_version_policy.specific.ClearField("versions")
+    entry.model_version_policy.specific.versions.extend(sorted(set(entry.version_labels.values()) | {loaded[-1]}))
+    text = text_format.MessageToString(config)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return path, int(version)
+
+
 def _entry(config, path, name, base_path, labels):
     bad = [label for label in labels if not LABEL.fullmatch(label)]
     if bad:

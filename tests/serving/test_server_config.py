@@ -58,6 +58,33 @@ def test_each_export_is_a_new_version_named_in_the_model_config(token_run, tmp_p
     assert list(models["other"].model_version_policy.specific.versions) == [1] and not models["other"].version_labels
 
 
+def test_promote_moves_a_label_to_a_loaded_version_and_unloads_what_no_label_names(token_run, tmp_path, capsys):
+    base, config = tmp_path / "models" / "tagger", tmp_path / "config"
+    for label in ("stable", "canary"):
+        assert export(token_run[0], base, "--serving-config", config, "--label", label) == 0
+    assert export(token_run[0], base, "--serving-config", config) == 0  # version 3, unlabelled
+    promote = lambda *a: cli.main(["promote", "tagger", "--serving-config", str(config), *map(str, a)])  # noqa: E731
+    before = (config / "models.config").read_text()
+    # Refusals change nothing.
+    assert promote("--label", "stable", "--version", "5") == 2
+    assert "Version 5 of 'tagger' is not one" in capsys.readouterr().err
+    assert cli.main(["promote", "news", "--serving-config", str(config), "--label", "stable"]) == 2
+    assert "serves no model 'news' (it serves: tagger)" in capsys.readouterr().err
+    assert promote("--label", "2nd", "--version", "2") == 2
+    assert (config / "models.config").read_text() == before
+    assert promote("--label", "stable", "--version", "2") == 0
+    assert "tagger: label stable -> version 2" in capsys.readouterr().out
+    entry = parsed(config)["tagger"]
+    # Version 1 lost its only label: unloaded; 3 is the newest: kept.
+    assert dict(entry.version_labels) == {"stable": 2, "canary": 2}
+    assert list(entry.model_version_policy.specific.versions) == [2, 3]
+    assert promote("--label", "canary") == 0  # the newest loaded version
+    entry = parsed(config)["tagger"]
+    assert dict(entry.version_labels) == {"stable": 2, "canary": 3}
+    assert list(entry.model_version_policy.specific.versions) == [2, 3]
+    assert sorted(os.listdir(base)) == ["1", "2", "3"]  # no version folder touched
+
+
 def test_a_bad_config_request_is_refused_before_anything_is_exported(token_run, tmp_path, capsys):
     base, config = tmp_path / "m" / "tagger", tmp_path / "config"
     assert export(token_run[0], base, "--label", "stable") == 2

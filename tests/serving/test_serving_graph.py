@@ -1,6 +1,7 @@
-"""The serving copy: precision, merging and the 2-D feed-forward and projection rewrites."""
+"""The serving copy: precision, merging, the 2-D feed-forward and projection rewrites and the fused self-attention."""
 
 import os
+import re
 
 import keras
 import numpy as np
@@ -63,43 +64,116 @@ def test_the_float32_copy_serves_what_the_model_computes(tiny_preset):
     np.testing.assert_allclose(_run(_served(fused), batch), reference, atol=1e-6)
 
 
-def _bias_adds_on_a_matmul(function):
+def _bias_adds_on_a_matmul(function, scope=r"feedforward_(intermediate|output)_dense(_\d+)?/BiasAdd"):
     graph = function.graph
     return sum(
         1 for op in graph.get_operations()
-        if op.type == "BiasAdd" and op.inputs[0].op.type == "MatMul" and "feedforward" in op.name
+        if op.type == "BiasAdd" and op.inputs[0].op.type == "MatMul" and re.search(scope, op.name)
     )
 
 
-def test_feed_forward_layers_become_matmul_then_bias_add_for_the_oneDNN_fusion(tiny_preset):
+def test_feed_forward_and_adapter_layers_become_matmul_then_bias_add_for_the_oneDNN_fusion(tiny_preset):
     model = _model(tiny_preset)
     fused = serving_graph.serving_copy(model, "float32")
     plain = serving_graph.serving_copy(model, "float32", fuse=False)
     # keras-hub's tensordot puts a Reshape between the MatMul and the bias.
     assert _bias_adds_on_a_matmul(_served(plain)) == 0
     assert _bias_adds_on_a_matmul(_served(fused)) == 2 * LAYERS
+    # The Houlsby adapters' down and up projections too (two adapters a layer).
+    adapters = r"/(down|up)(_\d+)?/"
+    assert (_bias_adds_on_a_matmul(_served(plain), adapters), _bias_adds_on_a_matmul(_served(fused), adapters)) == (
+        0, 4 * LAYERS)
     # keras-hub's GELU (the form the fusion matches), not the training one.
     for copy in (fused, plain):
         types = [op.type for op in _served(copy).graph.get_operations() if "feedforward" in op.name]
         assert "Tanh" in types and "Sigmoid" not in types
 
 
-def test_attention_projections_become_matmul_then_bias_add(tiny_preset):
-    """Query, key, value and output projections leave einsum (transposes and a
-    weight reorder per call) for MatMul -> BiasAdd, with the same answers."""
-    model = _model(tiny_preset)
-    projections = lambda copy: sum(  # noqa: E731
-        1 for op in _served(copy).graph.get_operations()
-        if op.type == "BiasAdd" and op.inputs[0].op.type == "MatMul" and "attention" in op.name
+def _attention_ops(function, op_type, inputs=None):
+    """Ops of `op_type` (with a first input from an `inputs` op) inside the
+    attention layers (not their layer norms: `self_attention_layer_norm`)."""
+    return sum(
+        1 for op in function.graph.get_operations()
+        if op.type == op_type and re.search(r"self_attention_layer(_\d+)?/", op.name)
+        and (inputs is None or op.inputs[0].op.type == inputs)
     )
-    einsums = lambda copy: sum(op.type == "Einsum" for op in _served(copy).graph.get_operations())  # noqa: E731
-    plain = serving_graph.serving_copy(model, "float32", fuse=False)
-    fused = serving_graph.serving_copy(model, "float32")
-    assert (projections(plain), projections(fused)) == (0, 4 * LAYERS)
-    assert einsums(plain) >= 4 * LAYERS and einsums(fused) == einsums(plain) - 4 * LAYERS
+
+
+def test_self_attention_becomes_one_projection_and_two_transposes(tiny_preset):
+    """Keras' four projection einsums and the attention products' transposes
+    become one query/key/value MatMul -> BiasAdd, the output projection's
+    MatMul -> BiasAdd and two transposes, with the same answers, padded rows
+    included."""
+    model = _model(tiny_preset)
+    plain = _served(serving_graph.serving_copy(model, "float32", fuse=False))
+    fused = _served(serving_graph.serving_copy(model, "float32"))
+    assert _attention_ops(plain, "BiasAdd", "MatMul") == 0 and _attention_ops(plain, "Einsum") == 4 * LAYERS
+    assert _attention_ops(fused, "BiasAdd", "MatMul") == 2 * LAYERS and _attention_ops(fused, "Einsum") == 0
+    assert (_attention_ops(plain, "Transpose"), _attention_ops(fused, "Transpose")) == (5 * LAYERS, 2 * LAYERS)
     batch = token_batch(batch=3, length=10)
     batch["padding_mask"][1, 6:] = 0  # a padded row: the heads' reshapes keep rows and positions apart
-    np.testing.assert_allclose(_run(_served(fused), batch), model.predict(batch, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(_run(fused, batch), model.predict(batch, verbose=0), atol=1e-6)
+
+
+def test_the_fused_attention_of_the_real_minilm_serves_what_keras_computes(minilm_preset):
+    """12 heads of 32 on real sentences of different lengths (padded rows):
+    the fused float32 graph against the Keras model, and the bf16 one
+    against the unfused bf16 graph (the fusion adds no rounding of note)."""
+    keras.utils.set_random_seed(0)
+    model = ka.AdapterTextClassifier.from_preset(minilm_preset, num_classes=5, method="houlsby", sequence_length=48)
+    randomize_adapter_weights(model.backbone, scale=0.05)
+    texts = ["Shares in the bank fell 5% after it reported lower profits for the third quarter.",
+             "The striker scored twice.", "Parliament will vote on the new budget next week, ministers said."]
+    batch = {k: keras.ops.convert_to_numpy(v) for k, v in model.preprocessor(texts).items()}
+    assert batch["padding_mask"].sum(axis=1).min() < batch["padding_mask"].sum(axis=1).max()
+    served = lambda copy: _run(_served(copy), batch)  # noqa: E731
+    reference = model.predict(batch, verbose=0)
+    assert np.ptp(reference, axis=1).min() > 1e-2  # not a uniform head, which would hide the encoder
+    np.testing.assert_allclose(served(serving_graph.serving_copy(model, "float32")), reference, atol=1e-5)
+    fused, plain = (served(serving_graph.serving_copy(model, "bfloat16", fuse=f)) for f in (True, False))
+    assert np.abs(fused - reference).max() <= 2 * np.abs(plain - reference).max() + 1e-3
+
+
+def test_the_fused_attention_runs_the_layers_own_call_for_anything_but_self_attention():
+    keras.utils.set_random_seed(0)
+    layer = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4)
+    x, y = np.random.RandomState(0).normal(size=(2, 2, 5, 8)).astype("float32")
+    mask = np.tril(np.ones((2, 5, 5), bool))
+    layer(x, x)
+    for p in (layer._query_dense, layer._key_dense, layer._value_dense):
+        p.bias.assign(np.random.RandomState(1).normal(size=p.bias.shape))  # zero biases would hide a bias bug
+    calls = [
+        lambda: layer(x, x, attention_mask=mask),
+        lambda: layer(x, y),
+        lambda: layer(x, x, key=y),
+        lambda: layer(x, x, return_attention_scores=True),
+        lambda: layer(x, x, use_causal_mask=True),
+    ]
+    outputs = lambda call: [keras.ops.convert_to_numpy(t) for t in keras.tree.flatten(call())]  # noqa: E731
+    expected = [outputs(call) for call in calls]
+    layer.call = serving_graph._self_attention_call(layer)
+    for call, want in zip(calls, expected):
+        for got, w in zip(outputs(call), want, strict=True):
+            np.testing.assert_allclose(got, w, atol=1e-6)
+    # The fused path answers differently from a plain (unmasked) self-attention: the mask was read.
+    assert np.abs(expected[0][0] - keras.ops.convert_to_numpy(layer(x, x))).max() > 1e-3
+
+
+def test_a_saved_model_stores_what_its_graphs_read_once(tiny_preset, tmp_path):
+    """The fused query/key/value variables replace the layers' own in the
+    SavedModel: it stores as many values as the unfused graph reads (not the
+    layer norms a Houlsby adapter replaces with its own, nor dropout seeds)."""
+    model = _model(tiny_preset)
+    plain = serving_graph.serving_copy(model, "float32", fuse=False)
+    captured = {id(tensor) for tensor, _ in _served(plain).graph.captures}
+    read = sum(int(np.prod(w.shape)) for w in plain.weights if id(w.value.handle) in captured)
+    assert 0 < read < sum(int(np.prod(w.shape)) for w in plain.weights)
+    out = ka.export_saved_model(model, str(tmp_path / "sm"))
+    reader = tf.train.load_checkpoint(os.path.join(out, "variables", "variables"))
+    dtypes = reader.get_variable_to_dtype_map()
+    stored = sum(int(np.prod(shape)) for name, shape in reader.get_variable_to_shape_map().items()
+                 if dtypes[name].is_floating)
+    assert stored == read
 
 
 def test_a_layer_an_adapter_wraps_is_not_rewritten(tiny_preset):
@@ -107,9 +181,25 @@ def test_a_layer_an_adapter_wraps_is_not_rewritten(tiny_preset):
     model = _model(tiny_preset, method="ia3")
     copy = serving_graph.serving_copy(model, "float32", merge=False, fuse=False)
     # (IA)^3's sites: keys, values, the feed-forward output. The rest is rewritten: the
-    # intermediate dense and the query and output projections of each layer.
+    # intermediate dense and the query and output projections of each layer; the
+    # attention is not fused (its keys and values go through their sites).
     assert serving_graph.fuse_dense_layers(copy.backbone) == 3 * LAYERS
     batch = token_batch(batch=3, length=10)
+    np.testing.assert_allclose(_run(_served(copy), batch), model.predict(batch, verbose=0), atol=1e-6)
+
+
+def test_inside_prefix_tunings_attention_site_the_plain_projections_are_rewritten(tiny_preset):
+    """Prefix tuning wraps the attention layer and its key and value
+    projections: the query and output projections inside are rewritten, the
+    attention is not fused (its keys carry the prefix)."""
+    model = _model(tiny_preset, method="prefix")
+    copy = serving_graph.serving_copy(model, "float32", merge=False, fuse=False)
+    # Feed-forward, query and output projections: 4 a layer; and the prefix's
+    # reparameterisation MLP (a decoder a layer, one shared encoder), plain Dense layers too.
+    assert serving_graph.fuse_dense_layers(copy.backbone) == 4 * LAYERS + LAYERS + 1
+    assert _bias_adds_on_a_matmul(_served(copy), r"/(query|attention_output)(_\d+)?/BiasAdd") == 2 * LAYERS
+    batch = token_batch(batch=3, length=10)
+    batch["padding_mask"][1, 6:] = 0
     np.testing.assert_allclose(_run(_served(copy), batch), model.predict(batch, verbose=0), atol=1e-6)
 
 
