@@ -53,6 +53,8 @@ from keras_adapters.methods.registry import available_methods
 from keras_adapters.methods.registry import get_adapter_config
 from keras_adapters.tasks.pair_classification import pair_dataset_from_file
 from keras_adapters.core.parameters import parameter_report
+from keras_adapters.core.privacy import DPConfig
+from keras_adapters.core.privacy import PrivacyBudgetError
 from keras_adapters.core.prefix_cache import cache_frozen_prefix
 from keras_adapters.io.presets import PresetNotFoundError
 from keras_adapters.io.presets import default_preset
@@ -166,6 +168,8 @@ __all__ = [
     "multi_label_dataset",
     "pair_dataset_from_file",
     "parameter_report",
+    "DPConfig",
+    "PrivacyBudgetError",
     "question_dataset_from_file",
     "split_directory",
     "text_dataset_from_directory",

@@ -8,6 +8,7 @@ import sys
 from keras_adapters.runs import evaluation  # noqa: E402
 from keras_adapters.serving import export  # noqa: E402
 from keras_adapters.core import precision  # noqa: E402
+from keras_adapters.core import privacy  # noqa: E402
 from keras_adapters.runs import folder as runs  # noqa: E402
 from keras_adapters.serving import graph as serving_graph  # noqa: E402
 from keras_adapters import tasks  # noqa: E402
@@ -99,7 +100,8 @@ def _parser():
     train.add_argument("--precision", default="auto", choices=["auto", *precision.PRECISIONS],
                        help="auto: the fastest precision that costs no accuracy here (keras_adapters/core/precision.py); "
                             "autocast_bfloat16: matrix products in bf16, residual stream, norms and loss in float32")
-    train.add_argument("--validation-split", type=float, default=0.1)
+    train.add_argument("--validation-split", type=float, default=None,
+                       help="share held out to choose the best epoch (default 0.1; none with --dp-epsilon)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--strategy", default="default", choices=STRATEGIES,
                        help="mirrored: every local GPU (or CPU device); multi-worker: a cluster from "
@@ -117,6 +119,17 @@ def _parser():
                        help="question-answering: question tokens kept (default 64)")
     train.add_argument("--max-answer-length", type=int, default=None,
                        help="question-answering: the longest answer in tokens predictions pick (default 30)")
+    dp = train.add_argument_group("differential privacy (DP-SGD)")
+    dp.add_argument("--dp-epsilon", type=float, default=None, metavar="EPSILON",
+                    help="train with DP-SGD within this budget (noise calibrated to it unless given)")
+    dp.add_argument("--dp-delta", type=float, default=1e-5, metavar="DELTA",
+                    help="below 1 / training examples (default 1e-5)")
+    dp.add_argument("--dp-clip-norm", type=float, default=1.0, metavar="C",
+                    help="each example's gradient is scaled to at most this L2 norm (default 1.0)")
+    dp.add_argument("--dp-noise-multiplier", type=float, default=None, metavar="SIGMA",
+                    help="noise std / clip norm; with --dp-epsilon, training stops at the budget")
+    dp.add_argument("--dp-accountant", default="rdp", choices=privacy.ACCOUNTANTS,
+                    help="rdp (default, fast) or pld (tighter epsilon, slower to calibrate)")
     train.add_argument("--overwrite", action="store_true",
                        help="RUN_DIR holds a run with other settings: discard it and start over "
                             "(without it that run is refused; one with the same settings resumes)")
@@ -229,7 +242,7 @@ def cmd_train(args):
         sequence_length=args.sequence_length,
         learning_rate=args.learning_rate,
         precision=args.precision,
-        validation_split=args.validation_split or None,
+        validation_split="auto" if args.validation_split is None else (args.validation_split or None),
         seed=args.seed,
         strategy=args.strategy,
         bucket_by_sequence_length=args.bucket_by_length,
@@ -240,14 +253,16 @@ def cmd_train(args):
         overwrite=args.overwrite,
         cache_frozen_layers=args.cache_frozen_layers,
         task=args.task,
+        privacy=_privacy(args),
         **_data_options(args),
         **{k: v for k, v in _qa_options(args).items() if v is not None},
     )
-    best = (
-        f"best {summary['best_metric']} {summary['best_value']:.4f} at epoch {summary['best_epoch']}"
-        if summary["best_epoch"]
-        else "no validation metric"
-    )
+    if summary["best_metric"] is None and summary["best_epoch"]:  # private: no metric chooses
+        best = f"adapter of the last epoch ({summary['best_epoch']})"
+    elif summary["best_epoch"]:
+        best = f"best {summary['best_metric']} {summary['best_value']:.4f} at epoch {summary['best_epoch']}"
+    else:
+        best = "no validation metric"
     if summary.get("already_complete"):
         print(f"{args.output} already holds this run, complete ({summary['epochs_run']} epochs; {best}); "
               "nothing to do. Pass --overwrite to train it again.")
@@ -258,7 +273,19 @@ def cmd_train(args):
         f"({summary['examples_per_second']} examples/s, {summary['epochs_run']} epochs); "
         f"{best}; adapter: {runs.adapter_dir(args.output)}"
     )
+    if model.privacy_report():
+        print(privacy.describe(model.privacy_report()))
     return 0
+
+
+def _privacy(args):
+    """A `DPConfig` from the --dp-* options, or `None` (no --dp-epsilon nor --dp-noise-multiplier)."""
+    if args.dp_epsilon is None and args.dp_noise_multiplier is None:
+        return None
+    return privacy.DPConfig(
+        epsilon=args.dp_epsilon, delta=args.dp_delta, clip_norm=args.dp_clip_norm,
+        noise_multiplier=args.dp_noise_multiplier, accountant=args.dp_accountant,
+    )
 
 
 def cmd_evaluate(args):
@@ -270,6 +297,8 @@ def cmd_evaluate(args):
         print(json.dumps(runs.finite(result), allow_nan=False))
     else:
         print(task.format_report(result))
+        if result.get("privacy"):
+            print(privacy.describe(result["privacy"]))
     sys.stdout.flush()  # the numbers are out before anything is written to the run folder
     try:
         runs.update_metrics_file(args.run, "evaluation", {"data": str(args.data), **result})

@@ -18,6 +18,8 @@ THIRD_PARTY_PRIVATE = {
     # graph's fused self-attention reads (serving/graph.py checks they exist).
     "_flatten_layers", "_inverse_sqrt_key_dim", "_query_dense", "_output_dense", "_compute_attention_mask",
     "_masked_softmax", "_dropout",
+    # The loss metric Keras' own train_step updates; DP-SGD's step (core/dp_sgd.py) replaces that step.
+    "_loss_tracker",
 }
 
 

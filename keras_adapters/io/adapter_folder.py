@@ -37,7 +37,7 @@ FORMAT = "keras-adapters/adapter"
 FORMAT_VERSION = 2
 KNOWN_KEYS = {
     "format", "format_version", "library_version", "name", "method", "adapter",
-    "fusion", "backbone", "task", "weights",
+    "fusion", "backbone", "task", "weights", "privacy",
 }
 #: The keys of each section this release writes or reads (the method's own
 #: fields are checked against its config class).

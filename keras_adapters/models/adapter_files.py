@@ -65,6 +65,8 @@ class AdapterFilesMixin:
             config["method"] = self.state.configs[name].as_saved().get_config()
             weights = injection.adapter_weights_by_key(self.backbone, name)
         tensors.update({k: w.numpy() for k, w in weights.items()})
+        if self.privacy_report(name):
+            config["privacy"] = self.privacy_report(name)
         return adapter_io.write_folder(directory, config, tensors)
 
     def load_adapter(self, directory, name=None):
@@ -121,6 +123,7 @@ class AdapterFilesMixin:
             raise
         for key, variable in weights.items():
             variable.assign(tensors[key].astype(variable.dtype))
+        self.set_privacy_report(name, config.get("privacy"))
         self._reset_functions()
         return name
 

@@ -22,6 +22,7 @@ from keras_adapters.core.prefix_cache import PREFIX_OUTPUT
 from keras_adapters.models.adapter_files import AdapterFilesMixin
 from keras_adapters.models.adapters import AdaptersMixin
 from keras_adapters.models.answers import AnswersMixin
+from keras_adapters.models.private_training import PrivateTrainingMixin
 from keras_adapters.models.inputs import DEFAULT_NAME
 from keras_adapters.models.inputs import TOKEN_INPUTS
 from keras_adapters.models.inputs import as_tensors
@@ -31,7 +32,9 @@ from keras_adapters.models.inputs import complete_token_inputs
 
 
 @keras.saving.register_keras_serializable(package="keras_adapters")
-class AdapterModel(AdaptersMixin, AdapterFilesMixin, AnswersMixin, keras_hub.models.TextClassifier):
+class AdapterModel(
+    AdaptersMixin, AdapterFilesMixin, AnswersMixin, PrivateTrainingMixin, keras_hub.models.TextClassifier
+):
     """Named adapters of any tasks on one frozen backbone.
 
     An *adapter* is a named unit: its method's layers inside the backbone,
@@ -333,6 +336,12 @@ class AdapterModel(AdaptersMixin, AdapterFilesMixin, AnswersMixin, keras_hub.mod
                 "fit() trains one output; activate one adapter (model.train_adapter(name)) "
                 f"instead of a {type(self.active_adapters).__name__} block."
             )
+        if self.privacy is not None:
+            return self._fit_privately(
+                x, y, batch_size, sample_weight, validation_split, super().fit,
+                validation_data=validation_data, **kwargs
+            )
+        self.set_privacy_report(self._trained_name(), None)  # what it said no longer holds
         if x is not None and not isinstance(x, tf.data.Dataset):
             self._check_texts(x)
             if y is not None:
@@ -406,7 +415,7 @@ class AdapterModel(AdaptersMixin, AdapterFilesMixin, AnswersMixin, keras_hub.mod
             return
         tasks.get_task(head.task).check_inputs(x, head.name.removesuffix("_head"))
 
-    def compile(self, optimizer="auto", loss="auto", metrics="auto", learning_rate=None, **kwargs):
+    def compile(self, optimizer="auto", loss="auto", metrics="auto", learning_rate=None, privacy=None, **kwargs):
         """Compile with the trained adapters' defaults for anything left `"auto"`.
 
         Defaults: AdamW at the method's learning rate for the adapter's task
@@ -415,9 +424,15 @@ class AdapterModel(AdaptersMixin, AdapterFilesMixin, AnswersMixin, keras_hub.mod
         and global-norm clipping at 1.0 (`recipe.make_optimizer`);
         sparse categorical cross-entropy; accuracy and macro-F1
         (`recipe.classification_metrics`).
+
+        `privacy`: a `ka.DPConfig`: `fit` then trains with DP-SGD
+        (`keras_adapters.models.private_training`); the default optimizer
+        then has no global-norm clipping (each example's gradient is
+        clipped instead).
         """
         if optimizer == "auto":
-            optimizer = recipe.make_optimizer(learning_rate or self.default_learning_rate)
+            clipping = {"clipnorm": None} if privacy is not None else {}
+            optimizer = recipe.make_optimizer(learning_rate or self.default_learning_rate, **clipping)
         if loss == "auto":
             loss = tasks.get_task(self.task or self.default_task).loss()
         if metrics == "auto":
@@ -428,6 +443,7 @@ class AdapterModel(AdaptersMixin, AdapterFilesMixin, AnswersMixin, keras_hub.mod
             optimizer, keras.optimizers.LossScaleOptimizer
         ):  # Keras scales the loss by itself only for a model whose policy is mixed_float16
             optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.get(optimizer))
+        self._set_privacy(privacy, optimizer)
         keras.Model.compile(self, optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
     def compile_from_config(self, config):

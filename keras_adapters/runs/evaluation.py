@@ -22,7 +22,10 @@ def evaluate_run(run_dir, data, batch_size=32, dtype=None, **data_options):
     a folder or `tfds:NAME`, a pair file, a CoNLL file, a SQuAD file);
     labels are matched by name. See each task's `evaluate`."""
     model = load_run(run_dir, dtype=dtype)
-    return tasks.get_task(model.task).evaluate(model, data, batch_size=batch_size, **data_options)
+    result = tasks.get_task(model.task).evaluate(model, data, batch_size=batch_size, **data_options)
+    if model.privacy_report():  # trained with DP-SGD: the guarantee its adapter folder records
+        result["privacy"] = model.privacy_report()
+    return result
 
 
 def write_confusion_png(result, path):

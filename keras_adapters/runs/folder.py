@@ -109,7 +109,13 @@ def example_inputs(run_dir):
     if path.is_file():
         return read_json(path)["inputs"], None
     config = Path(run_dir) / "train_config.json"
-    data = read_json(config).get("data") if config.is_file() else None
+    record = read_json(config) if config.is_file() else {}
+    if record.get("privacy"):
+        return None, (
+            "it was trained with differential privacy, and its training texts stay out of exports; give "
+            "warm-up examples that are not private (Python: examples={'text': [...]})"
+        )
+    data = record.get("data")
     if not data or not (str(data).startswith("tfds:") or Path(data).exists()):
         return None, f"it keeps no {EXAMPLES} and its training data {data!r} is not where it was"
     inputs, error = _sampled(run_task(run_dir), data, {})

@@ -28,6 +28,7 @@ from keras_adapters.io import text_data as data_lib
 from keras_adapters.runs import distribute
 from keras_adapters.core import precision as precision_lib
 from keras_adapters.core import prefix_cache
+from keras_adapters.core import privacy as privacy_lib
 from keras_adapters.io import presets
 from keras_adapters.core import recipe
 from keras_adapters.runs import folder as runs
@@ -43,7 +44,8 @@ RUN_FILES = (
 
 # --------------------------------------------------------------- callbacks
 class BestAdapterCheckpoint(keras.callbacks.Callback):
-    """Save the adapter folder whenever the monitored metric improves.
+    """Save the adapter folder whenever the monitored metric improves
+    (`monitor=None`: after every epoch, so the last one is kept).
 
     A resumed run starts from the best value recorded in its backup
     (`restore`), so it never overwrites a better adapter saved before the
@@ -68,10 +70,14 @@ class BestAdapterCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        value = logs.get(self.monitor)
+        value = logs.get(self.monitor) if self.monitor else logs.get("loss", np.nan)
         if value is None or not _finite(value, logs.get("loss", 0.0)) or not self._weights_finite():
             return  # a diverged epoch never becomes the best adapter
-        if self.better(value, self.best):
+        if self.monitor is None:  # chosen by nothing that depends on the data
+            with _disk_errors(f"the adapter of epoch {epoch + 1} in {self.directory}", epoch):
+                self.model.save_adapter(self.directory)
+            self.best_epoch = epoch + 1
+        elif self.better(value, self.best):
             with _disk_errors(f"the best adapter of epoch {epoch + 1} in {self.directory}", epoch):
                 self.model.save_adapter(self.directory)
             self.best, self.best_epoch = float(value), epoch + 1
@@ -235,7 +241,7 @@ class TrainingDiverged(ValueError):
     """The loss became NaN or infinite; the message says what was kept."""
 
 
-def check_options(epochs, batch_size, sequence_length, validation_split, learning_rate, preset):
+def check_options(epochs, batch_size, sequence_length, validation_split, learning_rate, preset, privacy=None):
     """Refuse impossible numeric options before anything is loaded."""
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("sequence_length", sequence_length)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -254,6 +260,31 @@ def check_options(epochs, batch_size, sequence_length, validation_split, learnin
         raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}.")
     if learning_rate is not None and not (learning_rate > 0 and np.isfinite(learning_rate)):
         raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}.")
+    if privacy is not None and validation_split:
+        raise ValueError(
+            "With differential privacy a validation split would choose the adapter by private examples "
+            "that no accountant counts: train without one (--validation-split 0; the last epoch's adapter "
+            "is kept) and evaluate on data you may use freely."
+        )
+
+
+def resolved_privacy(privacy):
+    """`privacy` as a `DPConfig` (from itself, its config dict, or `None`)."""
+    return privacy_lib.DPConfig.from_config(privacy) if isinstance(privacy, dict) else privacy
+
+
+def check_private_options(privacy, fuse, strategy, bucket_by_sequence_length, early_stopping_patience):
+    """Refuse, before anything loads, what breaks DP-SGD's assumptions."""
+    if privacy is None:
+        return
+    refused = {
+        "--strategy (several replicas)": strategy not in (None, "default"),
+        "--bucket-by-length (batches are drawn by Poisson sampling)": bucket_by_sequence_length,
+        "--early-stopping (it stops on a metric of private data)": early_stopping_patience,
+    }
+    named = [name for name, given in refused.items() if given]
+    if named:
+        raise ValueError(f"Differentially private training cannot use {', '.join(named)}; leave it out.")
 
 
 @contextlib.contextmanager
@@ -356,7 +387,7 @@ def train_classifier(
     sequence_length=128,
     learning_rate=None,
     precision="auto",
-    validation_split=0.1,
+    validation_split="auto",
     seed=0,
     strategy=None,
     bucket_by_sequence_length=False,
@@ -369,6 +400,7 @@ def train_classifier(
     overwrite=False,
     cache_frozen_layers=False,
     task="auto",
+    privacy=None,
     **data_options,
 ):
     """Fine-tune an adapter (or an AdapterFusion) on a directory, `tfds:NAME`,
@@ -390,6 +422,14 @@ def train_classifier(
         overwrite: discard a run already in `output` that has other
             settings and start over. Without it such a run is refused
             (`RunSettingsChanged`); a run with the same settings resumes.
+        validation_split: the share of the training data held out to choose
+            the best epoch; `"auto"`: 0.1, or none with `privacy`.
+        privacy: a `ka.DPConfig` (or its config dict): train with DP-SGD
+            (`keras_adapters.models.private_training`). Without validation,
+            the last epoch's adapter is kept; heads start uniform (not at the
+            private labels' frequencies) and no training text is kept for
+            export's warm-up requests. `metrics.json` and the adapter folder
+            record the guarantee (`"privacy"`).
         cache_frozen_layers: compute the encoder layers below the adapter
             once, before the first epoch, and train the layers above only
             (`keras_adapters.core.prefix_cache`; needs `target_layers` that leave
@@ -411,7 +451,11 @@ def train_classifier(
     Returns:
         (model, summary dict).
     """
-    check_options(epochs, batch_size, sequence_length, validation_split, learning_rate, preset)
+    privacy = resolved_privacy(privacy)
+    if validation_split == "auto":
+        validation_split = None if privacy is not None else 0.1
+    check_options(epochs, batch_size, sequence_length, validation_split, learning_rate, preset, privacy)
+    check_private_options(privacy, fuse, strategy, bucket_by_sequence_length, early_stopping_patience)
     task = resolve_task(data, task, data_options.get("text_b_key", "text_b"))
     method_name = None if fuse else get_adapter_config(method).method
     shortfall = tasks.shortfall(task, method_name)
@@ -452,14 +496,17 @@ def train_classifier(
         options = dict(sequence_length=sequence_length, dtype=precision, pooling=pooling, task=task)
         options.update(tasks.get_task(task).head_options(train, data_options))
         with strategy.scope():
-            model, peak = _compiled_model(train, preset, method, fuse, learning_rate, steps, **options)
+            model, peak = _compiled_model(train, preset, method, fuse, learning_rate, steps, privacy, **options)
         monitor = ("val_" if validation is not None else "") + tasks.get_task(task).monitor
+        if privacy is not None and validation is None:
+            monitor = None  # no private metric chooses the adapter: the last epoch's is kept
         record = _run_record(
             model, data, fuse, train, validation,
             epochs=epochs, batch_size=batch_size, sequence_length=sequence_length, learning_rate=peak,
             strategy=strategy_name, num_replicas=strategy.num_replicas_in_sync, precision=precision,
             validation_split=validation_split, seed=seed, bucket_by_sequence_length=bucket_by_sequence_length,
             cache_frozen_layers=cache_frozen_layers, task=task,
+            **({"privacy": privacy.get_config()} if privacy is not None else {}),
         )
         _check_same_settings(output, record, overwrite)
         finished = _finished_summary(run_output)
@@ -469,10 +516,11 @@ def train_classifier(
             return runs.load_run(run_output), {**finished, "already_complete": True}
         runs.write_json(output / "train_config.json", record)
         runs.write_json(output / "class_names.json", train.class_names)
-        runs.keep_examples(output, task, data, data_options)
+        if privacy is None:  # private texts never go into an export's warm-up file
+            runs.keep_examples(output, task, data, data_options)
         callbacks = _callbacks(output, monitor, tensorboard, early_stopping_patience, callbacks)
         summary = _fit(model, output, train, validation, epochs, callbacks, monitor, verbose,
-                       cache_frozen_layers, seed)
+                       cache_frozen_layers, seed, global_batch if privacy is not None else None)
         if validation is not None:
             _tune(task, model, output, validation)
     if not is_chief:
@@ -512,11 +560,12 @@ def resolve_task(data, task, text_b_key="text_b"):
     return task
 
 
-def _compiled_model(train, preset, method, fuse, learning_rate, steps, **options):
+def _compiled_model(train, preset, method, fuse, learning_rate, steps, privacy=None, **options):
     """(the model a run trains, compiled; its peak learning rate)."""
     task = tasks.get_task(options["task"])
-    # Heads start at the training labels' frequencies: see `classification.start_from_prior`.
-    prior = {"class_prior": train.class_prior} if getattr(train, "class_prior", None) else {}
+    # Heads start at the training labels' frequencies (`classification.start_from_prior`);
+    # not under privacy: those frequencies are an uncounted statistic of the private data.
+    prior = {"class_prior": train.class_prior} if getattr(train, "class_prior", None) and not privacy else {}
     if fuse:
         model = build_fusion_model(fuse, train.class_names, **options, **prior)
     else:
@@ -525,21 +574,28 @@ def _compiled_model(train, preset, method, fuse, learning_rate, steps, **options
             class_names=train.class_names, **options, **prior,
         )
     peak = learning_rate or model.default_learning_rate
+    # Under privacy each example's gradient is clipped instead of the batch's.
+    clipping = {"clipnorm": None} if privacy is not None else {}
     model.compile(
-        optimizer=recipe.make_optimizer(peak, steps), metrics=task.metrics(model.num_classes, model.class_names)
+        optimizer=recipe.make_optimizer(peak, steps, **clipping),
+        metrics=task.metrics(model.num_classes, model.class_names),
+        privacy=privacy,
     )
     return model, peak
 
 
-def _fit(model, output, train, validation, epochs, callbacks, monitor, verbose, cache_frozen_layers, seed):
-    """Train (from cached frozen-layer outputs when asked) and finish the run folder; its summary."""
+def _fit(model, output, train, validation, epochs, callbacks, monitor, verbose, cache_frozen_layers, seed,
+         private_batch=None):
+    """Train (from cached frozen-layer outputs when asked) and finish the run folder; its summary.
+    `private_batch`: DP-SGD's expected batch size (the model was compiled with `privacy`)."""
     fit_callbacks, timer, best, backup = callbacks
     examples = train.num_examples
     if cache_frozen_layers:
         train = prefix_cache.cache_frozen_prefix(model, train, seed=seed)
         if validation is not None:
             validation = prefix_cache.cache_frozen_prefix(model, validation, shuffle=False)
-    model.fit(train, validation_data=validation, epochs=epochs, callbacks=fit_callbacks, verbose=verbose)
+    batch = {"batch_size": private_batch} if private_batch else {}
+    model.fit(train, validation_data=validation, epochs=epochs, callbacks=fit_callbacks, verbose=verbose, **batch)
     return _finish(model, output, timer, best, backup, examples, monitor)
 
 
@@ -674,6 +730,8 @@ def _finish(model, output, timer, best, backup, num_examples, monitor):
     }
     summary["diverged"] = diverged
     runs.update_metrics_file(output, "train", summary)  # an evaluation recorded earlier stays
+    if model.privacy is not None:
+        runs.update_metrics_file(output, "privacy", model.privacy_report())
     shutil.rmtree(output / BACKUP_DIR, ignore_errors=True)
     if diverged:
         kept = (

@@ -89,6 +89,11 @@ class Task:
     input_fields = ("text",)
     monitor = "accuracy"
     unit = "example"
+    #: Outputs and labels per token (a tagger, span answers): private
+    #: training then cannot cut an example's padding off (`core.dp_sgd`).
+    token_outputs = False
+    #: What one training row is, the unit a DP guarantee protects.
+    privacy_unit = "example"
     bf16_safe = True
     routable = False
     signature_verb = "classify"

@@ -185,6 +185,8 @@ class TokenClassification(Task):
     routable = True
     served_outputs = "entities"
     unit = "sentence"
+    token_outputs = True
+    privacy_unit = "sentence"
     data_formats = ("a CoNLL-style file of 'word<TAB>tag' lines, sentences separated by blank lines "
                     "(token-classification)")
 

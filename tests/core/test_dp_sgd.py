@@ -1,0 +1,216 @@
+"""DP-SGD: per-example clipping against a float64 loop, Poisson sampling, noise, and fit."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import LABELS
+from conftest import TEXTS
+from conftest import token_batch
+
+import keras_adapters as ka
+from keras_adapters.core import dp_sgd
+from keras_adapters.core.privacy import DPConfig
+from keras_adapters.core.privacy import spent_epsilon
+
+
+def private_model(preset, method="lora", length=16, **kwargs):
+    model = ka.AdapterModel.from_preset(preset, num_classes=4, method=method, sequence_length=length, **kwargs)
+    model.compile(privacy=DPConfig(noise_multiplier=1.0, delta=1e-3))
+    return model
+
+
+norms = []  # each example's gradient norm in the last `reference_sum`
+
+
+def reference_sum(model, x, y, clip_norm):
+    """Each example alone (a batch of one, padding kept), its gradient's norm,
+    clipping and the sum in float64."""
+    variables = model.trainable_variables
+    total = [np.zeros(v.shape, np.float64) for v in variables]
+    norms.clear()
+    for i in range(len(y)):
+        xi = {k: v[i : i + 1] for k, v in x.items()}
+        with tf.GradientTape() as tape:
+            loss = model.compute_loss(x=xi, y=y[i : i + 1], y_pred=model(xi, training=False))
+        grads = [np.zeros(v.shape) if g is None else tf.convert_to_tensor(g).numpy().astype(np.float64)
+                 for g, v in zip(tape.gradient(loss, variables), variables)]
+        norm = np.sqrt(sum((g**2).sum() for g in grads))
+        scale = 1.0 if clip_norm is None else min(1.0, clip_norm / norm)
+        total = [t + scale * g for t, g in zip(total, grads)]
+        norms.append(norm)
+    return total
+
+
+def prepared(model, x, y):
+    plan = model.privacy.plan(len(y) * 4, 2, 1)
+    dp_sgd.prepare(model, plan, (x, y), ka.tasks.get_task(model.task))
+    return model
+
+
+def batch_of(model, texts):
+    x = model.preprocessor(tf.constant(texts))
+    x = x[0] if isinstance(x, tuple) else x
+    return {k: np.asarray(v) for k, v in x.items()}
+
+
+@pytest.mark.parametrize("clipping", ["none", "all", "half"])
+def test_clipped_sum_equals_a_float64_loop_over_single_examples(tiny_preset, clipping):
+    model = private_model(tiny_preset)
+    x, y = batch_of(model, TEXTS), LABELS
+    prepared(model, x, y)
+    reference_sum(model, x, y, None)
+    # clip every example, or half of them (between the 4th and 5th norms), or none
+    clip_norm = {"none": None, "all": 1e-3, "half": float(np.mean(sorted(norms)[3:5]))}[clipping]
+    sums, loss_sum, predictions = dp_sgd.clipped_gradient_sum(model, x, y, None, clip_norm)
+    reference = reference_sum(model, x, y, clip_norm)
+    scale = max(np.abs(w).max() for w in reference)  # float32 sums of 8 cancel to ~1e-6 of it
+    for got, want in zip(sums, reference):
+        np.testing.assert_allclose(got.numpy(), want, rtol=2e-4, atol=1e-5 * scale)
+    if clipping == "half":
+        assert sum(n > clip_norm for n in norms) == 4 and norms[0] != norms[1]
+    if clipping == "all":  # every example is clipped: the sum's norm is at most 8 * C
+        assert np.sqrt(sum((s.numpy() ** 2).sum() for s in sums)) <= 8 * clip_norm * 1.0001
+    np.testing.assert_allclose(predictions.numpy(), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_without_clipping_or_noise_the_sum_is_the_batch_gradient(tiny_preset):
+    model = private_model(tiny_preset, method="houlsby")
+    x, y = batch_of(model, TEXTS), LABELS
+    prepared(model, x, y)
+    sums, _, _ = dp_sgd.clipped_gradient_sum(model, x, y, None, None)
+    with tf.GradientTape() as tape:
+        loss = model.compute_loss(x=x, y=y, y_pred=model(x, training=False))  # the batch's mean loss
+    batch = [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, model.trainable_variables)]
+    scale = max(np.abs(w).max() for w in batch)
+    for got, want in zip(sums, batch):
+        np.testing.assert_allclose(got.numpy() / len(y), want, rtol=2e-4, atol=1e-5 * scale)
+
+
+def test_trimming_padding_changes_no_example_output(tiny_preset):
+    model = private_model(tiny_preset)
+    x = token_batch(batch=3, length=16)
+    x["padding_mask"][1, 9:] = False
+    full = model(x, training=False).numpy()
+    for i in range(3):
+        one = dp_sgd.trim_padding({k: tf.constant(v[i : i + 1]) for k, v in x.items()})
+        assert one["token_ids"].shape[1] == int(x["padding_mask"][i].nonzero()[0].max()) + 1
+        np.testing.assert_allclose(model(one, training=False).numpy()[0], full[i], rtol=1e-5, atol=1e-6)
+
+
+def test_poisson_batches_have_the_sizes_and_shares_the_sampling_rate_gives():
+    count, rate, steps = 400, 0.05, 300
+    examples = (np.arange(count, dtype=np.int32), np.zeros(count, np.int32))
+    batches = dp_sgd.poisson_batches(examples, rate, steps)
+    sizes, seen = [], np.zeros(count)
+    for epoch in range(2):
+        drawn = [b[0].numpy() for b in batches]
+        assert len(drawn) == steps
+        sizes += [len(d) for d in drawn]
+        for d in drawn:
+            seen[d] += 1
+        if epoch == 0:
+            first = drawn
+    assert any(not np.array_equal(a, b) for a, b in zip(first, drawn))  # the next epoch draws anew
+    mean, expected = np.mean(sizes), count * rate
+    standard_error = np.sqrt(count * rate * (1 - rate) / len(sizes))
+    assert abs(mean - expected) < 4 * standard_error  # 20 +- 0.36
+    assert np.var(sizes) == pytest.approx(count * rate * (1 - rate), rel=0.25)  # binomial, not fixed
+    assert abs(seen.mean() / (2 * steps) - rate) < 0.005 and seen.min() > 5  # every example is drawn
+
+
+def test_noise_has_the_planned_deviation_over_the_expected_batch(tiny_preset):
+    plan = DPConfig(noise_multiplier=1.3, clip_norm=0.7, delta=1e-4).plan(1000, 50, 1)
+    noised = dp_sgd.noised_mean([tf.zeros([200, 100])], plan, dp_sgd.secret_generator())[0].numpy()
+    assert abs(noised.mean()) < 4 * (1.3 * 0.7 / 50) / np.sqrt(noised.size)
+    assert noised.std() == pytest.approx(1.3 * 0.7 / 50, rel=0.02)
+
+
+def test_private_fit_reports_epsilon_per_epoch_and_keeps_it_with_the_adapter(tiny_preset, tmp_path):
+    keras.utils.set_random_seed(0)
+    model = ka.AdapterModel.from_preset(tiny_preset, num_classes=4, method="lora", sequence_length=16)
+    model.compile(privacy=DPConfig(epsilon=4.0, delta=1e-3))
+    texts, labels = TEXTS * 8, np.tile(LABELS, 8)
+    before = [w.numpy().copy() for w in model.trainable_variables]
+    history = model.fit(texts, labels, batch_size=8, epochs=3, verbose=0).history
+    report = model.privacy_report()
+    assert int(model.optimizer.iterations.numpy()) == report["steps"] == 24
+    expected = [spent_epsilon(report["noise_multiplier"], 0.125, 8 * e, 1e-3) for e in (1, 2, 3)]
+    np.testing.assert_allclose(history["epsilon"], expected, rtol=1e-9)
+    assert history["epsilon"][-1] <= 4.0 and history["epsilon"][-1] == pytest.approx(4.0, rel=0.01)
+    assert any(not np.allclose(b, w.numpy()) for b, w in zip(before, model.trainable_variables))
+    model.save_adapter(tmp_path / "adapter")
+    saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["privacy"]
+    assert saved == report
+    other = ka.AdapterModel.from_adapter(tmp_path / "adapter", preset=tiny_preset)
+    assert other.privacy_report() == report
+    model.compile()  # trained on without privacy: the guarantee no longer holds
+    model.fit(texts, labels, batch_size=8, epochs=1, verbose=0)
+    assert model.privacy_report() is None
+
+
+def test_given_noise_and_budget_stop_training_at_the_budget(tiny_preset):
+    model = ka.AdapterModel.from_preset(tiny_preset, num_classes=4, method="lora", sequence_length=16)
+    model.compile(privacy=DPConfig(epsilon=3.0, noise_multiplier=1.5, delta=1e-3))
+    history = model.fit(TEXTS * 8, np.tile(LABELS, 8), batch_size=8, epochs=20, verbose=0).history
+    steps = int(model.optimizer.iterations.numpy())
+    assert 8 < steps < 160  # stopped part-way, after the first epoch
+    assert spent_epsilon(1.5, 0.125, steps, 1e-3) <= 3.0 < spent_epsilon(1.5, 0.125, steps + 1, 1e-3)
+    assert len(history["epsilon"]) < 20 and history["epsilon"][-1] <= 3.0
+
+
+def test_a_tagger_trains_privately_on_padded_examples(tiny_preset):
+    model = ka.AdapterModel.from_preset(
+        tiny_preset, num_classes=3, method="lora", sequence_length=16, task="token_classification",
+        class_names=["O", "B-ORG", "I-ORG"],
+    )
+    model.compile(privacy=DPConfig(noise_multiplier=0.5, delta=1e-3))
+    x = token_batch(batch=16, length=16)
+    y = np.where(x["padding_mask"], np.arange(16)[None, :] % 3, -1).astype("int32")
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    assert model.dp_state is None and model.privacy_report()["unit"] == "sentence"
+    assert int(model.optimizer.iterations.numpy()) == 4
+
+
+def test_what_breaks_private_training_is_refused(tiny_preset):
+    model = private_model(tiny_preset)
+    with pytest.raises(ValueError, match="validation_split holds out examples of the private data"):
+        model.fit(TEXTS, LABELS, validation_split=0.25, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="float16 loss scaling"):
+        model.compile(optimizer=keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD()),
+                      privacy=DPConfig(epsilon=1.0))
+    with pytest.raises(TypeError, match="privacy must be a ka.DPConfig"):
+        model.compile(privacy=8.0)
+
+
+@pytest.mark.checkpoint
+def test_minilm_clipping_equals_the_float64_loop(minilm_preset):
+    model = ka.AdapterModel.from_preset(minilm_preset, num_classes=4, method="lora", sequence_length=48)
+    model.compile(privacy=DPConfig(noise_multiplier=1.0, delta=1e-3))
+    from conftest import randomize_adapter_weights
+
+    randomize_adapter_weights(model.backbone, scale=0.05)
+    texts = ["The team won the cup final in extra time.", "Shares fell sharply.",
+             "A new phone was released today with a faster chip and a brighter screen.", "Vote!"]
+    x, y = batch_of(model, texts), np.array([0, 1, 2, 3])
+    prepared(model, x, y)
+    sums, _, _ = dp_sgd.clipped_gradient_sum(model, x, y, None, 0.5)
+    reference = reference_sum(model, x, y, 0.5)
+    scale = max(np.abs(w).max() for w in reference)
+    for got, want in zip(sums, reference):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-3, atol=1e-5 * scale)
+
+
+def test_an_empty_poisson_batch_is_a_noise_only_step(tiny_preset):
+    model = private_model(tiny_preset)
+    x, y = batch_of(model, TEXTS), LABELS
+    prepared(model, x, y)
+    empty = ({k: v[:0] for k, v in x.items()}, y[:0])
+    sums, loss_sum, predictions = dp_sgd.clipped_gradient_sum(model, *empty, None, 1.0)
+    assert predictions.shape == (0, 4) and float(loss_sum) == 0.0
+    assert all(not s.numpy().any() for s in sums)
+    before = [w.numpy().copy() for w in model.trainable_variables]
+    model.train_on_batch(*empty)  # the noise still moves the weights
+    assert all(not np.allclose(b, w.numpy()) for b, w in zip(before, model.trainable_variables))

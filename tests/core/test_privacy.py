@@ -1,0 +1,90 @@
+"""The privacy accountant: epsilon, calibration, budgets and refusals, against dp-accounting itself."""
+
+import dp_accounting
+import pytest
+from dp_accounting import pld
+from dp_accounting import rdp
+
+from keras_adapters.core import privacy
+from keras_adapters.core.privacy import DPConfig
+from keras_adapters.core.privacy import PrivacyBudgetError
+
+
+def reference_epsilon(sigma, q, steps, delta, accountant):
+    """Epsilon computed here with dp-accounting's own objects, not through the library."""
+    account = rdp.RdpAccountant() if accountant == "rdp" else pld.PLDAccountant()
+    event = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma))
+    account.compose(dp_accounting.SelfComposedDpEvent(event, steps))
+    return account.get_epsilon(delta)
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "pld"])
+def test_reported_epsilon_is_dp_accountings(accountant):
+    plan = DPConfig(noise_multiplier=1.1, delta=1e-5, accountant=accountant).plan(2000, 50, 2)
+    assert plan.sampling_rate == 50 / 2000 and plan.planned_steps == 80 == plan.max_steps
+    report = plan.report(37)
+    assert report["steps"] == 37 and report["accountant"] == accountant
+    assert report["epsilon"] == pytest.approx(reference_epsilon(1.1, 0.025, 37, 1e-5, accountant), rel=1e-9)
+    assert {"epsilon", "delta", "noise_multiplier", "clip_norm", "sampling_rate", "steps", "accountant"} <= set(report)
+
+
+@pytest.mark.parametrize(
+    "accountant,epsilon", [("rdp", 1.0), ("rdp", 8.0), pytest.param("pld", 3.0, marks=pytest.mark.slow)]  # pld: 15 s
+)
+def test_calibrated_noise_spends_the_target_within_one_percent(accountant, epsilon):
+    plan = DPConfig(epsilon=epsilon, delta=1e-5, accountant=accountant).plan(1780, 64, 2)
+    spent = reference_epsilon(plan.noise_multiplier, plan.sampling_rate, plan.planned_steps, 1e-5, accountant)
+    assert spent <= epsilon * 1.0001
+    assert spent == pytest.approx(epsilon, rel=0.01)
+    # and no less noise would do: 2% less noise overspends
+    assert reference_epsilon(0.98 * plan.noise_multiplier, plan.sampling_rate, plan.planned_steps, 1e-5,
+                             accountant) > epsilon
+
+
+def test_given_noise_and_budget_stop_at_the_last_step_within_it():
+    plan = DPConfig(epsilon=3.0, noise_multiplier=1.5, delta=1e-5).plan(1000, 100, 20)
+    assert plan.max_steps < plan.planned_steps == 200
+    assert 0 < plan.max_steps
+    assert reference_epsilon(1.5, 0.1, plan.max_steps, 1e-5, "rdp") <= 3.0
+    assert reference_epsilon(1.5, 0.1, plan.max_steps + 1, 1e-5, "rdp") > 3.0
+
+
+def test_config_round_trips():
+    config = DPConfig(epsilon=3.0, delta=1e-6, clip_norm=0.5, noise_multiplier=None, accountant="pld")
+    assert DPConfig.from_config(config.get_config()) == config
+
+
+@pytest.mark.parametrize(
+    "kwargs,words",
+    [
+        (dict(epsilon=0.0), "epsilon must be a positive"),
+        (dict(epsilon=-1.0), "epsilon must be a positive"),
+        (dict(), "needs epsilon"),
+        (dict(epsilon=1.0, delta=1.0), "delta must be in (0, 1)"),
+        (dict(epsilon=1.0, clip_norm=0.0), "clip_norm"),
+        (dict(noise_multiplier=0.0), "no privacy"),
+        (dict(epsilon=1.0, accountant="gdp"), "accountant must be one of"),
+    ],
+)
+def test_bad_settings_are_refused_with_the_reason(kwargs, words):
+    with pytest.raises(PrivacyBudgetError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        DPConfig(**kwargs)
+
+
+def test_delta_not_below_one_over_n_is_refused():
+    with pytest.raises(PrivacyBudgetError, match=r"not below 1/N = 0.001 for N = 1000"):
+        DPConfig(epsilon=8.0, delta=1e-3).plan(1000, 10, 1)
+    DPConfig(epsilon=8.0, delta=9e-4).plan(1000, 10, 1)  # just below: accepted
+
+
+def test_an_unreachable_target_says_what_epsilon_is_reachable():
+    with pytest.raises(PrivacyBudgetError) as error:
+        DPConfig(epsilon=0.01, delta=1e-5).plan(10_000, 5000, 50)
+    reachable = reference_epsilon(privacy.MAX_NOISE_MULTIPLIER, 0.5, 100, 1e-5, "rdp")
+    assert f"spends epsilon {reachable:.3g}" in str(error.value)
+    assert "noise multiplier above 20" in str(error.value)
+
+
+def test_one_step_over_budget_is_refused():
+    with pytest.raises(PrivacyBudgetError, match="more than epsilon 0.1 in a single step"):
+        DPConfig(epsilon=0.1, noise_multiplier=0.5, delta=1e-4).plan(1000, 500, 1)

@@ -1,0 +1,58 @@
+"""`keras-adapters train --dp-epsilon`: the run folder states its guarantee and keeps no private text."""
+
+import json
+
+import pytest
+from conftest import write_class_folders
+
+from keras_adapters import cli
+from keras_adapters.core.privacy import spent_epsilon
+from keras_adapters.runs import folder as runs
+
+
+def train(data, run, preset, *extra):
+    return cli.main([
+        "train", str(data), "--output", str(run), "--backbone", preset, "--method", "lora", "--epochs", "2",
+        "--batch-size", "8", "--sequence-length", "16", "--precision", "float32", "--quiet", *extra,
+    ])
+
+
+def test_a_private_run_records_its_guarantee_and_keeps_no_private_text(tiny_preset, tmp_path, capsys):
+    data = write_class_folders(tmp_path / "data", per_class=16)
+    run = tmp_path / "run"
+    assert train(data, run, tiny_preset, "--dp-epsilon", "3", "--dp-delta", "1e-3") == 0
+    printed = capsys.readouterr().out
+    assert "adapter of the last epoch (2)" in printed and "privacy: (3, 0.001)-DP per example" in printed
+    report = json.loads((run / "metrics.json").read_text())["privacy"]
+    assert report == json.loads((run / "adapter" / "adapter_config.json").read_text())["privacy"]
+    assert report["steps"] == 12 and report["sampling_rate"] == pytest.approx(8 / 48)
+    assert report["epsilon"] == pytest.approx(
+        spent_epsilon(report["noise_multiplier"], 8 / 48, 12, 1e-3), rel=1e-12
+    ) and 2.97 < report["epsilon"] <= 3.0
+    history = json.loads((run / "history.json").read_text())
+    assert history["epsilon"][-1] == report["epsilon"] and "val_loss" not in history
+    config = json.loads((run / "train_config.json").read_text())
+    assert config["privacy"]["epsilon"] == 3.0 and config["num_validation_examples"] is None
+    assert not (run / runs.EXAMPLES).exists()
+    inputs, why = runs.example_inputs(run)  # export's warm-up never samples the private data
+    assert inputs is None and "differential privacy" in why
+    assert cli.main(["evaluate", str(run), str(data), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["privacy"] == report
+
+
+@pytest.mark.parametrize(
+    "extra,words",
+    [
+        (["--validation-split", "0.2"], "a validation split would choose the adapter by private examples"),
+        (["--early-stopping", "2"], "--early-stopping (it stops on a metric of private data)"),
+        (["--bucket-by-length"], "--bucket-by-length"),
+        (["--dp-delta", "0.05"], "not below 1/N"),
+        (["--dp-epsilon", "-1"], "epsilon must be a positive number"),
+    ],
+)
+def test_what_breaks_a_private_run_is_refused_before_training(tiny_preset, tmp_path, capsys, extra, words):
+    data = write_class_folders(tmp_path / "data", per_class=8)
+    options = ["--dp-epsilon", "3", *extra] if "--dp-epsilon" not in extra else extra
+    assert train(data, tmp_path / "run", tiny_preset, *options) != 0
+    assert words in capsys.readouterr().err
+    assert not (tmp_path / "run" / "adapter").exists()
