@@ -64,7 +64,7 @@ def run(titles, calls, length=128, batch=32):
     x = plain.preprocessor(bbc_texts(batch, titles))
     x = {k: np.asarray(v) for k, v in (x[0] if isinstance(x, tuple) else x).items()}
     y = np.arange(batch) % 5
-    plan = private.privacy.plan(1780, batch, 3)
+    plan = private.privacy.plan(1781, batch, 3)  # as on BBC News
     dp_sgd.prepare(private, plan, (x, y), ka.tasks.get_task(private.task))
     steps = {"plain": lambda: plain.train_on_batch(x, y), "private": lambda: private.train_on_batch(x, y)}
     for step in steps.values():  # trace and warm up

@@ -444,7 +444,10 @@ class AdapterModel(
         ):  # Keras scales the loss by itself only for a model whose policy is mixed_float16
             optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.get(optimizer))
         self._set_privacy(privacy, optimizer)
+        if privacy is not None:  # per-example lengths vary: no XLA
+            kwargs.setdefault("jit_compile", False)
         keras.Model.compile(self, optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+        self._check_privacy_compiled()
 
     def compile_from_config(self, config):
         # Restores the saved optimizer (and its state) on load_model.

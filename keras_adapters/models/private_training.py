@@ -24,10 +24,18 @@ class PrivacyAccountant(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
-        report = self.plan.report(int(self.model.optimizer.iterations.numpy()), self.unit)
-        self.model.set_privacy_report(self.name, report)
+        report = self._report()
         if logs is not None:
             logs["epsilon"] = report["epsilon"]
+
+    def on_train_end(self, logs=None):
+        self._report()  # a resumed run that had no epoch left to run counts its restored steps too
+
+    def _report(self):
+        # The optimizer's steps: a resumed run restores them with its weights.
+        report = self.plan.report(int(self.model.optimizer.iterations.numpy()), self.unit)
+        self.model.set_privacy_report(self.name, report)
+        return report
 
 
 class PrivateTrainingMixin:
@@ -62,13 +70,7 @@ class PrivateTrainingMixin:
         if privacy is not None and not isinstance(privacy, privacy_lib.DPConfig):
             raise TypeError(f"privacy must be a ka.DPConfig (or its config dict), got {type(privacy).__name__}.")
         if privacy is not None:
-            if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) or (
-                precision_lib.backbone_precision(self.backbone) == "autocast_float16"
-            ):
-                raise ValueError(
-                    "Private training clips each example's own gradient, which float16 loss scaling "
-                    "distorts; train in float32 or bfloat16 (--precision float32 / autocast_bfloat16)."
-                )
+            _check_private_optimizer(self, optimizer)
             if self.distribute_strategy.num_replicas_in_sync > 1:
                 raise ValueError(
                     "Private training runs on one device for now (the noise must be added once, not once "
@@ -77,10 +79,46 @@ class PrivateTrainingMixin:
         self.privacy = privacy
         self.dp_state = None
 
+    def _check_privacy_compiled(self):
+        """After `keras.Model.compile`: Keras wraps a `mixed_float16` model's
+        optimizer in loss scaling by itself."""
+        if self.privacy is not None:
+            _check_private_optimizer(self, self.optimizer)
+
     def train_step(self, data):
-        if self.dp_state is None:
-            return super().train_step(data)
-        return dp_sgd.train_step(self, data)
+        if self.dp_state is not None:
+            return dp_sgd.train_step(self, data)
+        if self.privacy is not None:
+            raise ValueError(
+                "A model compiled with privacy= trains through fit(), which draws the Poisson-sampled "
+                "batches the accountant counts; train_on_batch and custom loops would train without "
+                "privacy. Compile without privacy to train that way."
+            )
+        return super().train_step(data)
+
+    def train_on_batch(self, *args, **kwargs):
+        if self.privacy is None and self.dp_state is None:
+            self.set_privacy_report(self._trained_name(), None)  # what it said no longer holds
+        return super().train_on_batch(*args, **kwargs)
+
+    def _check_fresh_privacy(self):
+        """One private fit per adapter and optimizer: the accountant counts the
+        optimizer's steps from 0, for one plan."""
+        name = self._trained_name()
+        if self.privacy_report(name):
+            raise ValueError(
+                f"Adapter {name!r} was already trained privately ({self.privacy_report(name)['steps']} steps, "
+                f"epsilon {self.privacy_report(name)['epsilon']:.3g}); a second private fit would need both "
+                "budgets composed, which this release does not do. Train a new adapter (add_adapter) instead."
+            )
+        if int(self.optimizer.iterations.numpy()) != 0 or self._steps_per_execution_above_one():
+            raise ValueError(
+                "Private training counts the optimizer's steps from 0, one per batch: compile again "
+                "(a new optimizer) with privacy=..., and without steps_per_execution."
+            )
+
+    def _steps_per_execution_above_one(self):
+        return int(getattr(self, "steps_per_execution", 1) or 1) > 1
 
     def _fit_privately(self, x, y, batch_size, sample_weight, validation_split, fit, **kwargs):
         """`fit` on Poisson-sampled batches drawn from all of `x` (expected
@@ -97,6 +135,7 @@ class PrivateTrainingMixin:
             batch_size = batch_size or 32
             packed = keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
             dataset = tf.data.Dataset.from_tensor_slices(packed).batch(256)
+        self._check_fresh_privacy()
         dataset = dataset.map(lambda *e: self.preprocess_samples(*e))
         examples = dp_sgd.examples_in_memory(dataset)
         count = len(tf.nest.flatten(examples)[0])
@@ -114,6 +153,17 @@ class PrivateTrainingMixin:
         finally:
             self.dp_state = None
             self.train_function = None
+
+
+def _check_private_optimizer(model, optimizer):
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) or (
+        precision_lib.backbone_precision(model.backbone) in ("autocast_float16", "mixed_float16")
+    ):
+        raise ValueError(
+            "Private training clips each example's own gradient, which float16 loss scaling distorts "
+            "(and a skipped step would depend on the private data); train in float32 or bfloat16 "
+            "(precision float32 / mixed_bfloat16 / autocast_bfloat16)."
+        )
 
 
 def _batch_size(dataset):

@@ -281,6 +281,7 @@ def check_private_options(privacy, fuse, strategy, bucket_by_sequence_length, ea
         "--strategy (several replicas)": strategy not in (None, "default"),
         "--bucket-by-length (batches are drawn by Poisson sampling)": bucket_by_sequence_length,
         "--early-stopping (it stops on a metric of private data)": early_stopping_patience,
+        "--fuse (the fused adapters' own training is not accounted)": fuse,
     }
     named = [name for name, given in refused.items() if given]
     if named:

@@ -160,9 +160,13 @@ def _fusable_attention(layer):
     """Keras' own MultiHeadAttention, no gate, plain query/key/value projections
     into heads (an adapter site on one of them keeps the layer as it is), and
     the internals the fused call reads (a Keras that renames them keeps its
-    own attention; the tests compare the fused one with Keras')."""
+    own attention; the tests compare the fused one with Keras').
+
+    Not a layer built with `dropout=0`: Keras then takes its
+    `dot_product_attention` path, which gives a row whose keys are all
+    masked the mean of the values where `_masked_softmax` gives zeros."""
     projections = [getattr(layer, a, None) for a in _QKV]
-    if not all(hasattr(layer, a) for a in _MHA_INTERNALS):
+    if not all(hasattr(layer, a) for a in _MHA_INTERNALS) or not getattr(layer, "_dropout", 0):
         return False
     return type(layer) is keras.layers.MultiHeadAttention and not getattr(layer, "_use_gate", False) and all(
         type(p) is keras.layers.EinsumDense and p.equation == _INTO_HEADS and p.bias is not None

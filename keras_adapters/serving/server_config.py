@@ -91,9 +91,11 @@ def move_label(config_dir, name, label, version=None):
     at `version` (default: the newest version the file loads), e.g. promote a
     canary to `stable`.
 
-    The version must be one the file already loads: TF Serving moves a label
-    only to a version it has loaded. The versions loaded become the labelled
-    ones and the newest, so a version no label names any more is unloaded.
+    The version must be one the file already lists; TF Serving moreover
+    moves a label only to a version it is serving (AVAILABLE), and rejects
+    the whole re-read file otherwise, so call this once the version serves.
+    The versions loaded become the labelled ones and the newest, so a
+    version no label names any more is unloaded.
 
     Returns:
         (the config file's path, the version the label now points at).

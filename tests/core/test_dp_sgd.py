@@ -214,3 +214,25 @@ def test_an_empty_poisson_batch_is_a_noise_only_step(tiny_preset):
     before = [w.numpy().copy() for w in model.trainable_variables]
     model.train_on_batch(*empty)  # the noise still moves the weights
     assert all(not np.allclose(b, w.numpy()) for b, w in zip(before, model.trainable_variables))
+
+
+def test_a_private_model_trains_only_through_fit_and_only_once(tiny_preset):
+    model = ka.AdapterModel.from_preset(tiny_preset, num_classes=4, method="lora", sequence_length=16)
+    model.compile(privacy=DPConfig(noise_multiplier=1.0, delta=1e-3))
+    with pytest.raises(ValueError, match="train_on_batch and custom loops would train without privacy"):
+        model.train_on_batch(batch_of(model, TEXTS), LABELS)
+    model.fit(TEXTS * 4, np.tile(LABELS, 4), batch_size=8, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="already trained privately"):  # its budget would restart at 0
+        model.fit(TEXTS * 4, np.tile(LABELS, 4), batch_size=8, epochs=1, verbose=0)
+    other = ka.AdapterModel.from_preset(tiny_preset, num_classes=4, method="lora", sequence_length=16)
+    other.compile(privacy=DPConfig(noise_multiplier=1.0, delta=1e-3), steps_per_execution=2)
+    with pytest.raises(ValueError, match="without steps_per_execution"):
+        other.fit(TEXTS * 4, np.tile(LABELS, 4), batch_size=8, epochs=1, verbose=0)
+
+
+def test_float16_loss_scaling_is_refused_however_it_comes(tiny_preset):
+    model = ka.AdapterModel.from_preset(
+        tiny_preset, num_classes=4, method="lora", sequence_length=16, dtype="mixed_float16"
+    )
+    with pytest.raises(ValueError, match="float16 loss scaling"):
+        model.compile(privacy=DPConfig(epsilon=1.0))

@@ -134,29 +134,56 @@ def test_the_fused_attention_of_the_real_minilm_serves_what_keras_computes(minil
     assert np.abs(fused - reference).max() <= 2 * np.abs(plain - reference).max() + 1e-3
 
 
-def test_the_fused_attention_runs_the_layers_own_call_for_anything_but_self_attention():
+def test_the_fused_attention_runs_the_layers_own_call_for_anything_but_self_attention(monkeypatch):
     keras.utils.set_random_seed(0)
-    layer = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4)
-    x, y = np.random.RandomState(0).normal(size=(2, 2, 5, 8)).astype("float32")
+    layer = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4, dropout=0.1)  # as BERT's
+    x, y = (tf.constant(a) for a in np.random.RandomState(0).normal(size=(2, 2, 5, 8)).astype("float32"))
     mask = np.tril(np.ones((2, 5, 5), bool))
+    mask[1, 2, :] = False  # a row whose keys are all masked
     layer(x, x)
     for p in (layer._query_dense, layer._key_dense, layer._value_dense):
         p.bias.assign(np.random.RandomState(1).normal(size=p.bias.shape))  # zero biases would hide a bias bug
-    calls = [
-        lambda: layer(x, x, attention_mask=mask),
-        lambda: layer(x, y),
-        lambda: layer(x, x, key=y),
-        lambda: layer(x, x, return_attention_scores=True),
-        lambda: layer(x, x, use_causal_mask=True),
-    ]
+    masked_keras = keras.layers.Embedding(10, 8, mask_zero=True)
+    masked_keras.build((None,))
+    tokens = tf.constant([[3, 4, 0, 0, 0], [5, 6, 7, 0, 0]])
+    calls = {  # name: (call, whether the fused path answers it)
+        "masked self-attention": (lambda: layer(x, x, attention_mask=mask), True),
+        "self-attention": (lambda: layer(x, x), True),
+        "self-attention, inference": (lambda: layer(x, x, training=False), True),
+        "cross-attention": (lambda: layer(x, y), False),
+        "another key": (lambda: layer(x, x, key=y), False),
+        "scores": (lambda: layer(x, x, return_attention_scores=True), False),
+        "causal": (lambda: layer(x, x, use_causal_mask=True), False),
+        "Keras mask": (lambda: (lambda e: layer(e, e))(masked_keras(tokens)), False),
+    }
     outputs = lambda call: [keras.ops.convert_to_numpy(t) for t in keras.tree.flatten(call())]  # noqa: E731
-    expected = [outputs(call) for call in calls]
+    expected = {name: outputs(call) for name, (call, _) in calls.items()}
+    fused = []
+    plain = serving_graph._plain_self_attention
+    monkeypatch.setattr(serving_graph, "_plain_self_attention", lambda *a: fused.append(plain(*a)) or fused[-1])
     layer.call = serving_graph._self_attention_call(layer)
-    for call, want in zip(calls, expected):
-        for got, w in zip(outputs(call), want, strict=True):
-            np.testing.assert_allclose(got, w, atol=1e-6)
-    # The fused path answers differently from a plain (unmasked) self-attention: the mask was read.
-    assert np.abs(expected[0][0] - keras.ops.convert_to_numpy(layer(x, x))).max() > 1e-3
+    for name, (call, takes_fused_path) in calls.items():
+        fused.clear()
+        got = outputs(call)
+        assert fused == [takes_fused_path], name
+        for g, w in zip(got, expected[name], strict=True):
+            np.testing.assert_allclose(g, w, atol=1e-6, err_msg=name)
+    # The fused path read the mask: its answer differs from the unmasked one.
+    assert np.abs(expected["masked self-attention"][0] - expected["self-attention"][0]).max() > 1e-3
+    # Training with dropout runs the layer's own call (its dropout), never the fused one.
+    fused.clear()
+    layer(x, x, training=True)
+    assert fused == [False]
+
+
+def test_a_layer_without_attention_dropout_is_not_fused():
+    """Keras computes it by `dot_product_attention`, which answers a fully
+    masked row differently from `_masked_softmax`."""
+    layer = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4, dropout=0.0)
+    layer(np.zeros((1, 3, 8), "float32"), np.zeros((1, 3, 8), "float32"))
+    assert not serving_graph._fusable_attention(layer)
+    layer._dropout = 0.1
+    assert serving_graph._fusable_attention(layer)
 
 
 def test_a_saved_model_stores_what_its_graphs_read_once(tiny_preset, tmp_path):
