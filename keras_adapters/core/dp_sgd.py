@@ -83,11 +83,10 @@ class DPState:
     structure of one example's outputs (the loop collects them for the
     metrics)."""
 
-    def __init__(self, plan, output_spec, trim, unit="example"):
+    def __init__(self, plan, output_spec, trim):
         self.plan = plan
         self.output_spec = output_spec
         self.trim = trim
-        self.unit = unit
         self.noise = secret_generator()
 
 
@@ -97,7 +96,7 @@ def prepare(model, plan, examples, task):
     first = tf.nest.map_structure(lambda a: a[:1], examples[0])
     outputs = model(first, training=False)
     spec = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape[1:], t.dtype), outputs)
-    model.dp_state = DPState(plan, spec, trim=not task.token_outputs, unit=task.privacy_unit)
+    model.dp_state = DPState(plan, spec, trim=not task.token_outputs)
     return model.dp_state
 
 

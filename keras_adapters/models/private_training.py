@@ -105,10 +105,11 @@ class PrivateTrainingMixin:
         """One private fit per adapter and optimizer: the accountant counts the
         optimizer's steps from 0, for one plan."""
         name = self._trained_name()
-        if self.privacy_report(name):
+        spent = self.privacy_report(name)
+        if spent:
             raise ValueError(
-                f"Adapter {name!r} was already trained privately ({self.privacy_report(name)['steps']} steps, "
-                f"epsilon {self.privacy_report(name)['epsilon']:.3g}); a second private fit would need both "
+                f"Adapter {name!r} was already trained privately ({spent['steps']} steps, "
+                f"epsilon {spent['epsilon']:.3g}); a second private fit would need both "
                 "budgets composed, which this release does not do. Train a new adapter (add_adapter) instead."
             )
         if int(self.optimizer.iterations.numpy()) != 0 or self._steps_per_execution_above_one():
