@@ -1,10 +1,17 @@
-"""Private fine-tuning on BBC News: accuracy at several epsilons, against
-non-private training and against Opacus, and a membership-inference check.
+"""Private fine-tuning on BBC News and on movie-review sentiment: accuracy at
+several epsilons, against non-private training and against Opacus, and a
+membership-inference check.
 
-Every row trains on the same stratified 80% split (`split_directory`, seed 0:
-1,781 articles) and is scored on the same held-out 20% (444), as
-`bbc_methods.py`. Each row runs in its own process; rows alternate between the
-frameworks in the order given.
+`--data bbc` (default): every row trains on the same stratified 80% split
+(`split_directory`, seed 0: 1,781 articles) and is scored on the same held-out
+20% (444), as `bbc_methods.py`; length 128, expected batch 64. `--data
+movies`: the movie-review sentences rated for sentiment by people
+(`examples/vader_movie_reviews_data.py`: 8,455 training and 2,113 test
+sentences, positive or negative, split the same way); length 64 (99% have at
+most 55 tokens), expected batch 256 (DP-SGD's noise per example falls with
+the batch: Li et al., ICLR 2022, train with large batches), the plain rows
+with length bucketing. Each row runs in its own process; rows alternate
+between the frameworks in the order given.
 
 - ours: `train_classifier` (the CLI's `train`) with `--dp-epsilon E --dp-delta
   1e-5` (`privacy=DPConfig`): Poisson sampling at expected batch 64, clip norm
@@ -23,9 +30,10 @@ frameworks in the order given.
   held-out one (0.5: the loss tells nothing).
 
     .venv/bin/python benchmarks/dp_bbc.py --rows ours:lora:none,ours:lora:8,opacus:lora:8 --seeds 0 \\
-        --torch-python /work/torchenv/bin/python
+        [--data movies] --torch-python /work/torchenv/bin/python
 
-Appends to benchmarks/results/dp_bbc.json (rows keyed by name and seed).
+Appends to benchmarks/results/dp_bbc.json or dp_movies.json (rows keyed by
+name and seed).
 """
 
 import argparse
@@ -43,13 +51,23 @@ from common import machine_description  # noqa: E402
 from common import minilm_env  # noqa: E402
 
 HERE = os.path.abspath(__file__)
-RESULTS = os.path.join(os.path.dirname(HERE), "results", "dp_bbc.json")
-EPOCHS, BATCH, DELTA, CLIP, LENGTH = 3, 64, 1e-5, 1.0, 128
+EPOCHS, DELTA, CLIP = 3, 1e-5, 1.0
+LENGTHS = {"bbc": 128, "movies": 64}
+BATCHES = {"bbc": 64, "movies": 256}
 
 
-def split(workdir):
+def results_path(data):
+    return os.path.join(os.path.dirname(HERE), "results", f"dp_{data}.json")
+
+
+def split(workdir, data):
     import keras_adapters as ka
 
+    if data == "movies":
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "examples"))
+        from vader_movie_reviews_data import vader_movie_reviews_split
+
+        return vader_movie_reviews_split()
     made = os.path.join(workdir, "data")
     if os.path.isdir(os.path.join(made, "test")):  # the same split, made by an earlier invocation
         return os.path.join(made, "train"), os.path.join(made, "test")
@@ -101,14 +119,15 @@ def ours_worker(args):
     privacy = None if args.epsilon == "none" else ka.DPConfig(epsilon=float(args.epsilon), delta=DELTA, clip_norm=CLIP)
     cpu, wall = time.process_time(), time.perf_counter()
     model, summary = ka.train_classifier(
-        args.train, run, method=args.method, epochs=EPOCHS, batch_size=BATCH, sequence_length=LENGTH,
+        args.train, run, method=args.method, epochs=EPOCHS, batch_size=args.batch_size, sequence_length=args.length,
         validation_split=None, seed=args.seed, verbose=0, tensorboard=False, privacy=privacy,
+        bucket_by_sequence_length=args.bucket and privacy is None,
     )
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     result = evaluate_run(run, args.test)
     auc, member_loss, other_loss = membership_auc(load_run(run), args.train, args.test)
     report = model.privacy_report() or {}
-    examples = report.get("steps", 0) * BATCH or summary["epochs_run"] * model_examples(run)
+    examples = report.get("steps", 0) * args.batch_size or summary["epochs_run"] * model_examples(run)
     return {
         "framework": "keras-adapters", "method": args.method, "epsilon_target": args.epsilon, "seed": args.seed,
         "accuracy": result["accuracy"], "macro_f1": result["macro_f1"],
@@ -124,15 +143,17 @@ def model_examples(run):
     return json.load(open(os.path.join(run, "train_config.json")))["num_train_examples"]
 
 
-def row(name, seed, train_dir, test_dir, torch_python):
+def row(name, seed, train_dir, test_dir, torch_python, data):
     framework, method, epsilon = name.split(":")
+    length, batch = LENGTHS[data], BATCHES[data]
     if framework == "ours":
         argv = [sys.executable, HERE, "--worker", "--method", method, "--epsilon", epsilon, "--seed", str(seed),
-                "--train", train_dir, "--test", test_dir]
+                "--train", train_dir, "--test", test_dir, "--length", str(length), "--batch-size", str(batch)]
+        argv += ["--bucket"] if data == "movies" else []
     else:
         script = os.path.join(os.path.dirname(HERE), "opacus_bbc.py")
         argv = [torch_python, script, "--train", train_dir, "--test", test_dir, "--seed", str(seed),
-                "--epochs", str(EPOCHS), "--batch-size", str(BATCH), "--length", str(LENGTH),
+                "--epochs", str(EPOCHS), "--batch-size", str(batch), "--length", str(length),
                 "--clip-norm", str(CLIP), "--delta", str(DELTA), "--bf16"]
         argv += ["--no-dp"] if epsilon == "none" else ["--epsilon", epsilon]
     out = subprocess.run(argv, capture_output=True, text=True, env=minilm_env(), check=False)
@@ -147,6 +168,10 @@ def main():
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--torch-python", default="/work/torchenv/bin/python")
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--data", choices=sorted(LENGTHS), default="bbc")
+    parser.add_argument("--length", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--bucket", action="store_true")
     parser.add_argument("--worker", action="store_true")
     parser.add_argument("--method"), parser.add_argument("--epsilon"), parser.add_argument("--seed", type=int)
     parser.add_argument("--train"), parser.add_argument("--test")
@@ -154,17 +179,18 @@ def main():
     if args.worker:
         print(json.dumps(ours_worker(args)))
         return
-    train_dir, test_dir = split(args.workdir or tempfile.mkdtemp())
-    saved = json.load(open(RESULTS)) if os.path.isfile(RESULTS) else {"rows": []}
+    train_dir, test_dir = split(args.workdir or tempfile.mkdtemp(), args.data)
+    length, results = LENGTHS[args.data], results_path(args.data)
+    saved = json.load(open(results)) if os.path.isfile(results) else {"rows": []}
     for seed in [int(s) for s in args.seeds.split(",")]:
         for name in args.rows.split(","):  # alternating the frameworks within each seed
-            result = row(name, seed, train_dir, test_dir, args.torch_python)
+            result = row(name, seed, train_dir, test_dir, args.torch_python, args.data)
             print(json.dumps(result), flush=True)
             saved["rows"] = [r for r in saved["rows"] if (r["row"], r["seed"]) != (name, seed)] + [result]
-            saved.update(machine=machine_description(), revision=git_revision(), epochs=EPOCHS, batch_size=BATCH,
-                         delta=DELTA, clip_norm=CLIP, sequence_length=LENGTH)
-            os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-            json.dump(saved, open(RESULTS, "w"), indent=1)
+            saved.update(machine=machine_description(), revision=git_revision(), epochs=EPOCHS, batch_size=BATCHES[args.data],
+                         delta=DELTA, clip_norm=CLIP, sequence_length=length, data=args.data)
+            os.makedirs(os.path.dirname(results), exist_ok=True)
+            json.dump(saved, open(results, "w"), indent=1)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The PyTorch + Opacus reference for `dp_bbc.py`: private LoRA on the same BBC News files.
+"""The PyTorch + Opacus reference for `dp_bbc.py`: private LoRA on the same files (BBC News, tweets).
 
 Run with a Python that has torch==2.13.0 (CPU wheel), transformers>=5, peft
 and opacus (never this project's venv: PyTorch is no runtime dependency;
@@ -10,7 +10,9 @@ nothing here imports TensorFlow or keras_adapters):
 What is the same as our rows (`train_classifier` with `privacy=`):
 - data: the directory split `dp_bbc.py` makes (sub-folder per class, sorted
   class names), each article tokenized by the checkpoint's own tokenizer
-  (the same WordPiece vocabulary, lower-cased), cut and padded to 128.
+  (the same WordPiece vocabulary, lower-cased), cut and padded to 128
+  (64 for tweets); each training batch is then cut after its longest row
+  (dynamic padding; our private step cuts each example after its own).
 - model: all-MiniLM-L6-v2 (`BertModel` from MODEL_DIR, no pooler), dropout off
   under DP (our private step runs examples with `training=False`), the mean of
   the real tokens' last hidden states (our `pooling="auto"` for this
@@ -109,6 +111,15 @@ def optimizer_and_schedule(model, lr, steps):
     return optimizer, factor
 
 
+def trim(ids, mask):
+    """The batch cut after its longest row's last real token (dynamic padding,
+    as a PyTorch user batches short texts; no effect on 128-token articles)."""
+    if len(ids) == 0:  # Poisson sampling can draw nobody
+        return ids, mask
+    longest = max(int(mask.sum(1).max()), 1)
+    return ids[:, :longest], mask[:, :longest]
+
+
 def evaluate(model, ids, mask, labels, classes):
     model.eval()
     predicted = []
@@ -179,6 +190,7 @@ def main():
     for _ in range(args.epochs):
         for batch_ids, batch_mask, batch_labels in loader:
             optimizer.zero_grad(set_to_none=True)
+            batch_ids, batch_mask = trim(batch_ids, batch_mask)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
                 logits = model(batch_ids, batch_mask)
             loss = loss_fn(logits.float(), batch_labels)

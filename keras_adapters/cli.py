@@ -101,7 +101,11 @@ def _parser():
                        help="auto: the fastest precision that costs no accuracy here (keras_adapters/core/precision.py); "
                             "autocast_bfloat16: matrix products in bf16, residual stream, norms and loss in float32")
     train.add_argument("--validation-split", type=float, default=None,
-                       help="share held out to choose the best epoch (default 0.1; none with --dp-epsilon)")
+                       help="share held out to choose the best epoch (default 0.1; none with "
+                            "--validation-data or --dp-epsilon)")
+    train.add_argument("--validation-data", default=None, metavar="DATA",
+                       help="held-out examples in DATA's format to choose the best epoch by, instead of a "
+                            "split; with --dp-epsilon they are not accounted, so pass only public data")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--strategy", default="default", choices=STRATEGIES,
                        help="mirrored: every local GPU (or CPU device); multi-worker: a cluster from "
@@ -243,6 +247,7 @@ def cmd_train(args):
         learning_rate=args.learning_rate,
         precision=args.precision,
         validation_split="auto" if args.validation_split is None else (args.validation_split or None),
+        validation_data=args.validation_data,
         seed=args.seed,
         strategy=args.strategy,
         bucket_by_sequence_length=args.bucket_by_length,

@@ -114,6 +114,15 @@ def replace_folder(directory, fill):
     return str(directory)
 
 
+def record_privacy(directory, report):
+    """Replace the differential-privacy guarantee a saved adapter folder
+    records (its weights stay as they are)."""
+    path = Path(directory) / CONFIG_FILE
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["privacy"] = dict(report)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
+
+
 def _old_copy(directory):
     return directory.parent / f".{directory.name}.old"
 

@@ -17,6 +17,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from keras_adapters.methods import per_example
+
 
 #: The projections of a keras-hub `TransformerEncoder` (sites, see
 #: `keras_adapters.core.injection.SITES`): the layers that multiply by a kernel.
@@ -421,6 +423,8 @@ class TrainableCopy(WrappedLayer):
             target.assign(source)
 
     def call(self, inputs, training=None):
+        if isinstance(self.layer, keras.layers.LayerNormalization):
+            return per_example.layer_norm(self.layer, inputs)
         return self.layer(inputs)
 
     def keyed_weights(self, scope):

@@ -13,6 +13,7 @@ from keras_adapters.methods.base import pad_axis
 from keras_adapters.methods.base import per_row
 from keras_adapters.methods.base import check_choice
 from keras_adapters.methods.base import check_positive_int
+from keras_adapters.methods import per_example
 
 BOTTLENECK_INITS = ("zeros", "near_identity")
 
@@ -113,7 +114,7 @@ class BottleneckAdapter(WrappedLayer):
 
     def residual(self, y):
         """What the adapter adds to `y` (the input AdapterFusion combines)."""
-        return self.up(self.activation(self.down(y)))
+        return per_example.dense(self.up, self.activation(per_example.dense(self.down, y)))
 
     def projections(self):
         """(down kernel, down bias, up kernel, up bias), for per-row routing."""

@@ -17,6 +17,7 @@ from keras_adapters.methods.base import check_choice
 from keras_adapters.methods.base import check_positive_int
 from keras_adapters.methods.base import PROJECTION_SITES
 from keras_adapters.methods.base import kernel_split
+from keras_adapters.methods import per_example
 
 #: Sites LoRA may target (all projections of a keras-hub TransformerEncoder).
 LORA_SITES = PROJECTION_SITES
@@ -157,7 +158,7 @@ class LoRALayer(WrappedLayer):
         if n_in > 1:
             lead = ops.shape(x)[:-n_in]
             x = ops.reshape(x, (*lead, math.prod(self._in_shape)))
-        delta = ops.matmul(ops.matmul(x, self.lora_a), self.lora_b)
+        delta = per_example.linear(per_example.linear(x, self.lora_a), self.lora_b)
         delta = ops.multiply(delta, ops.cast(self.scaling, delta.dtype))
         if len(self._out_shape) > 1:
             lead = ops.shape(delta)[:-1]

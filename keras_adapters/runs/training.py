@@ -264,8 +264,25 @@ def check_options(epochs, batch_size, sequence_length, validation_split, learnin
         raise ValueError(
             "With differential privacy a validation split would choose the adapter by private examples "
             "that no accountant counts: train without one (--validation-split 0; the last epoch's adapter "
-            "is kept) and evaluate on data you may use freely."
+            "is kept), or pass public data as --validation-data, and evaluate on data you may use freely."
         )
+
+
+def check_validation_data(validation_data, validation_split, data):
+    """Refuse a validation set given twice or one that is the training data."""
+    if validation_data is None:
+        return
+    if validation_split:
+        raise ValueError(
+            f"validation_split {validation_split} and validation_data both give validation examples; "
+            "pass one (--validation-split or --validation-data)."
+        )
+    if str(validation_data).startswith("tfds:"):
+        raise ValueError("validation_data takes a folder or file; for a TFDS dataset use validation_split.")
+    if not os.path.exists(validation_data):
+        raise FileNotFoundError(f"validation_data {str(validation_data)!r} does not exist.")
+    if os.path.abspath(validation_data) == os.path.abspath(data):
+        raise ValueError("validation_data is the training data itself; pass held-out examples.")
 
 
 def resolved_privacy(privacy):
@@ -273,14 +290,16 @@ def resolved_privacy(privacy):
     return privacy_lib.DPConfig.from_config(privacy) if isinstance(privacy, dict) else privacy
 
 
-def check_private_options(privacy, fuse, strategy, bucket_by_sequence_length, early_stopping_patience):
+def check_private_options(privacy, fuse, strategy, bucket_by_sequence_length, early_stopping_patience,
+                          validation_data=None):
     """Refuse, before anything loads, what breaks DP-SGD's assumptions."""
     if privacy is None:
         return
     refused = {
         "--strategy (several replicas)": strategy not in (None, "default"),
         "--bucket-by-length (batches are drawn by Poisson sampling)": bucket_by_sequence_length,
-        "--early-stopping (it stops on a metric of private data)": early_stopping_patience,
+        "--early-stopping without --validation-data (it would stop on a metric of private data)":
+            early_stopping_patience and validation_data is None,
         "--fuse (the fused adapters' own training is not accounted)": fuse,
     }
     named = [name for name, given in refused.items() if given]
@@ -372,10 +391,20 @@ class CollapseWarning(keras.callbacks.Callback):
 
 
 # ------------------------------------------------------------------- train
-def training_datasets(data, preprocessor, validation_split, task=tasks.TEXT_CLASSIFICATION, **kwargs):
+def training_datasets(data, preprocessor, validation_split, task=tasks.TEXT_CLASSIFICATION, validation_data=None,
+                      **kwargs):
     """(train, validation or None) from the data files of `task` (a name or
-    `Task`): see its `datasets`."""
-    return tasks.get_task(task).datasets(data, preprocessor, validation_split, **kwargs)
+    `Task`): see its `datasets`. With `validation_data` (files of the same
+    format), the validation set is read from them, in the training data's
+    classes (a class the training data lacks is refused)."""
+    task = tasks.get_task(task)
+    train, validation = task.datasets(data, preprocessor, validation_split, **kwargs)
+    if validation_data is not None:
+        task.check_data(validation_data)
+        options = {**kwargs, "shuffle": False, "class_names": train.class_names}
+        options.pop("bucket_by_sequence_length", None)
+        validation, _ = task.datasets(validation_data, preprocessor, None, **options)
+    return train, validation
 
 
 def train_classifier(
@@ -389,6 +418,7 @@ def train_classifier(
     learning_rate=None,
     precision="auto",
     validation_split="auto",
+    validation_data=None,
     seed=0,
     strategy=None,
     bucket_by_sequence_length=False,
@@ -424,7 +454,13 @@ def train_classifier(
             settings and start over. Without it such a run is refused
             (`RunSettingsChanged`); a run with the same settings resumes.
         validation_split: the share of the training data held out to choose
-            the best epoch; `"auto"`: 0.1, or none with `privacy`.
+            the best epoch; `"auto"`: 0.1, or none with `privacy` or
+            `validation_data`.
+        validation_data: files of the same format as `data` (held-out
+            examples of the same classes) to choose the best epoch by,
+            instead of a split. With `privacy` they are not accounted: pass
+            only data that is not private (it may then choose the epoch and
+            stop early).
         privacy: a `ka.DPConfig` (or its config dict): train with DP-SGD
             (`keras_adapters.models.private_training`). Without validation,
             the last epoch's adapter is kept; heads start uniform (not at the
@@ -454,9 +490,11 @@ def train_classifier(
     """
     privacy = resolved_privacy(privacy)
     if validation_split == "auto":
-        validation_split = None if privacy is not None else 0.1
+        validation_split = None if privacy is not None or validation_data is not None else 0.1
     check_options(epochs, batch_size, sequence_length, validation_split, learning_rate, preset, privacy)
-    check_private_options(privacy, fuse, strategy, bucket_by_sequence_length, early_stopping_patience)
+    check_validation_data(validation_data, validation_split, data)
+    check_private_options(privacy, fuse, strategy, bucket_by_sequence_length, early_stopping_patience,
+                          validation_data)
     task = resolve_task(data, task, data_options.get("text_b_key", "text_b"))
     method_name = None if fuse else get_adapter_config(method).method
     shortfall = tasks.shortfall(task, method_name)
@@ -485,6 +523,7 @@ def train_classifier(
             presets.load_preprocessor(preset, sequence_length),
             validation_split,
             task=task,
+            validation_data=validation_data,
             batch_size=global_batch,
             seed=seed,
             bucket_by_sequence_length=bucket_by_sequence_length,
@@ -506,6 +545,7 @@ def train_classifier(
             epochs=epochs, batch_size=batch_size, sequence_length=sequence_length, learning_rate=peak,
             strategy=strategy_name, num_replicas=strategy.num_replicas_in_sync, precision=precision,
             validation_split=validation_split, seed=seed, bucket_by_sequence_length=bucket_by_sequence_length,
+            validation_data=None if validation_data is None else os.path.abspath(validation_data),
             cache_frozen_layers=cache_frozen_layers, task=task,
             **({"privacy": privacy.get_config()} if privacy is not None else {}),
         )
@@ -732,6 +772,10 @@ def _finish(model, output, timer, best, backup, num_examples, monitor):
     summary["diverged"] = diverged
     runs.update_metrics_file(output, "train", summary)  # an evaluation recorded earlier stays
     if model.privacy is not None:
+        if best.best_epoch not in (None, epochs_run):
+            # Chosen after later epochs trained, by metrics of their weights too:
+            # only the whole run's guarantee holds for it.
+            adapter_io.record_privacy(runs.adapter_dir(output), model.privacy_report())
         runs.update_metrics_file(output, "privacy", model.privacy_report())
     shutil.rmtree(output / BACKUP_DIR, ignore_errors=True)
     if diverged:

@@ -12,6 +12,7 @@ from keras_adapters.core import recipe
 from keras_adapters.io import text_data as data_lib
 from keras_adapters.methods.base import gather_rows
 from keras_adapters.methods.base import pad_axis
+from keras_adapters.methods import per_example
 from keras_adapters.tasks.base import CLASSIFICATION_TASKS
 from keras_adapters.tasks.base import PAIR_CLASSIFICATION
 from keras_adapters.tasks.base import TEXT_CLASSIFICATION
@@ -168,7 +169,7 @@ class ClassificationHead(keras.layers.Layer):
             pooled = pooled_output
         else:
             pooled = self.mean_pooling(sequence_output, padding_mask)
-        logits = self.logits(self.dropout(pooled, training=training))
+        logits = per_example.dense(self.logits, self.dropout(pooled, training=training))
         logits = ops.cast(logits, "float32")
         return ops.softmax(logits, axis=-1)
 

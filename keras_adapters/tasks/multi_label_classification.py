@@ -34,6 +34,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_adapters.io import records
+from keras_adapters.methods import per_example
 from keras_adapters.io import text_data as data_lib
 from keras_adapters.tasks.base import SAMPLE_SIZE
 from keras_adapters.tasks.base import Task
@@ -106,7 +107,7 @@ class MultiLabelHead(keras.layers.Layer):
 
     def call(self, sequence_output, pooled_output, padding_mask, training=None):
         pooled = pooled_output if self.pooling == "cls" else self.mean_pooling(sequence_output, padding_mask)
-        logits = self.logits(self.dropout(pooled, training=training))
+        logits = per_example.dense(self.logits, self.dropout(pooled, training=training))
         return ops.sigmoid(ops.cast(logits, "float32"))
 
     def start_from_prior(self, prior):

@@ -12,6 +12,7 @@ from conftest import token_batch
 
 import keras_adapters as ka
 from keras_adapters.core import dp_sgd
+from keras_adapters.methods import per_example
 from keras_adapters.core.privacy import DPConfig
 from keras_adapters.core.privacy import spent_epsilon
 
@@ -56,15 +57,35 @@ def batch_of(model, texts):
     return {k: np.asarray(v) for k, v in x.items()}
 
 
-@pytest.mark.parametrize("clipping", ["none", "all", "half"])
-def test_clipped_sum_equals_a_float64_loop_over_single_examples(tiny_preset, clipping):
-    model = private_model(tiny_preset)
-    x, y = batch_of(model, TEXTS), LABELS
+def clipped_sum(how, model, x, y, clip_norm):
+    if how in ("batched", "chunks of 3"):
+        assert model.dp_state.batched  # the model's weights all sit in maps per_example computes
+        chunk = 3 if how == "chunks of 3" else None  # (sorted by length: outputs must come back in order)
+        return dp_sgd.batched_clipped_gradient_sum(model, x, y, clip_norm, chunk=chunk)
+    return dp_sgd.clipped_gradient_sum(model, x, y, None, clip_norm)
+
+
+@pytest.mark.parametrize(
+    "how,method,clipping",
+    [("loop", "lora", "none"), ("loop", "lora", "all"), ("loop", "lora", "half"),
+     ("batched", "lora", "half"), ("batched", "houlsby", "none"), ("batched", "pfeiffer", "all"),
+     ("chunks of 3", "houlsby", "half")],
+)
+def test_clipped_sum_equals_a_float64_loop_over_single_examples(tiny_preset, how, method, clipping):
+    model = private_model(tiny_preset, method=method)
+    from conftest import randomize_adapter_weights
+
+    randomize_adapter_weights(model.backbone, scale=0.05)  # (zero-initialised up-projections hide the rest)
+    x, y = {k: np.array(v) for k, v in batch_of(model, TEXTS).items()}, LABELS
+    x["padding_mask"][2, 5:] = False  # rows of other lengths: the batched pass keeps their padding
+    x["token_ids"][2, 5:] = 0
+    x["padding_mask"][6, 3:] = False
+    x["token_ids"][6, 3:] = 0
     prepared(model, x, y)
     reference_sum(model, x, y, None)
     # clip every example, or half of them (between the 4th and 5th norms), or none
     clip_norm = {"none": None, "all": 1e-3, "half": float(np.mean(sorted(norms)[3:5]))}[clipping]
-    sums, loss_sum, predictions = dp_sgd.clipped_gradient_sum(model, x, y, None, clip_norm)
+    sums, loss_sum, predictions = clipped_sum(how, model, x, y, clip_norm)
     reference = reference_sum(model, x, y, clip_norm)
     scale = max(np.abs(w).max() for w in reference)  # float32 sums of 8 cancel to ~1e-6 of it
     for got, want in zip(sums, reference):
@@ -196,19 +217,21 @@ def test_minilm_clipping_equals_the_float64_loop(minilm_preset):
              "A new phone was released today with a faster chip and a brighter screen.", "Vote!"]
     x, y = batch_of(model, texts), np.array([0, 1, 2, 3])
     prepared(model, x, y)
-    sums, _, _ = dp_sgd.clipped_gradient_sum(model, x, y, None, 0.5)
     reference = reference_sum(model, x, y, 0.5)
     scale = max(np.abs(w).max() for w in reference)
-    for got, want in zip(sums, reference):
-        np.testing.assert_allclose(got.numpy(), want, rtol=1e-3, atol=1e-5 * scale)
+    for how in ("loop", "batched"):
+        sums, _, _ = clipped_sum(how, model, x, y, 0.5)
+        for got, want in zip(sums, reference):
+            np.testing.assert_allclose(got.numpy(), want, rtol=1e-3, atol=1e-5 * scale)
 
 
-def test_an_empty_poisson_batch_is_a_noise_only_step(tiny_preset):
+@pytest.mark.parametrize("how", ["loop", "batched"])
+def test_an_empty_poisson_batch_is_a_noise_only_step(tiny_preset, how):
     model = private_model(tiny_preset)
     x, y = batch_of(model, TEXTS), LABELS
     prepared(model, x, y)
     empty = ({k: v[:0] for k, v in x.items()}, y[:0])
-    sums, loss_sum, predictions = dp_sgd.clipped_gradient_sum(model, *empty, None, 1.0)
+    sums, loss_sum, predictions = clipped_sum(how, model, *empty, 1.0)
     assert predictions.shape == (0, 4) and float(loss_sum) == 0.0
     assert all(not s.numpy().any() for s in sums)
     before = [w.numpy().copy() for w in model.trainable_variables]
@@ -236,3 +259,48 @@ def test_float16_loss_scaling_is_refused_however_it_comes(tiny_preset):
     )
     with pytest.raises(ValueError, match="float16 loss scaling"):
         model.compile(privacy=DPConfig(epsilon=1.0))
+
+
+@pytest.mark.parametrize(
+    "method,batched",
+    [("lora", True), ("houlsby", True), ("parallel", True), ("ia3", False), ("prompt", False),
+     (ka.LoRAConfig(use_dora=True), False)],
+)
+def test_the_batched_pass_is_used_exactly_where_it_covers_every_trained_weight(tiny_preset, method, batched):
+    model = private_model(tiny_preset, method=method)
+    x, y = batch_of(model, TEXTS), LABELS
+    assert prepared(model, x, y).dp_state.batched is batched
+    if not batched:
+        return
+    # the per-example gradients it finds add up to the batch's gradient, weight by weight
+    variables = model.trainable_variables
+    with per_example.recording() as notes, tf.GradientTape(persistent=True) as tape:
+        loss = model.compute_loss(x=x, y=y, y_pred=model(x, training=False)) * len(y)
+    each = notes.gradients(tape, loss, variables, len(y))
+    for g, v, total in zip(each, variables, tape.gradient(loss, variables)):
+        assert g.shape == (len(y), *v.shape)
+        np.testing.assert_allclose(g.numpy().sum(0), tf.convert_to_tensor(total).numpy(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow  # the fast suite must stay under 15 min
+@pytest.mark.checkpoint
+def test_in_bfloat16_the_batched_sum_is_as_close_to_float32_as_the_loop(minilm_preset):
+    """bf16 rounding moves both; against the same weights in float32 the
+    batched pass (its per-example products summed in float32) is no worse."""
+    texts = ["The team won the cup final in extra time.", "Shares fell sharply.",
+             "A new phone was released today with a faster chip and a brighter screen.", "Vote!"]
+    sums = {}
+    for dtype in ("float32", "mixed_bfloat16"):
+        keras.utils.set_random_seed(0)
+        model = private_model(minilm_preset, method="houlsby", length=32, dtype=dtype)
+        x, y = batch_of(model, texts), np.array([0, 1, 2, 3])
+        prepared(model, x, y)
+        for how in ("loop", "batched"):
+            sums[dtype, how] = [s.numpy() for s in clipped_sum(how, model, x, y, 0.5)[0]]
+    truth = sums["float32", "loop"]
+
+    def error(got):
+        return np.sqrt(sum(((g - t) ** 2).sum() for g, t in zip(got, truth)) / sum((t**2).sum() for t in truth))
+
+    assert error(sums["float32", "batched"]) < 1e-4
+    assert error(sums["mixed_bfloat16", "batched"]) <= 1.5 * error(sums["mixed_bfloat16", "loop"]) < 0.1

@@ -2,9 +2,11 @@
 
 import json
 
+import keras
 import pytest
 from conftest import write_class_folders
 
+import keras_adapters as ka
 from keras_adapters import cli
 from keras_adapters.core.privacy import spent_epsilon
 from keras_adapters.runs import folder as runs
@@ -44,7 +46,7 @@ def test_a_private_run_records_its_guarantee_and_keeps_no_private_text(tiny_pres
     "extra,words",
     [
         (["--validation-split", "0.2"], "a validation split would choose the adapter by private examples"),
-        (["--early-stopping", "2"], "--early-stopping (it stops on a metric of private data)"),
+        (["--early-stopping", "2"], "--early-stopping without --validation-data (it would stop on a metric"),
         (["--bucket-by-length"], "--bucket-by-length"),
         (["--dp-delta", "0.05"], "not below 1/N"),
         (["--dp-epsilon", "-1"], "epsilon must be a positive number"),
@@ -56,3 +58,42 @@ def test_what_breaks_a_private_run_is_refused_before_training(tiny_preset, tmp_p
     assert train(data, tmp_path / "run", tiny_preset, *options) != 0
     assert words in capsys.readouterr().err
     assert not (tmp_path / "run" / "adapter").exists()
+
+
+def test_public_validation_data_chooses_the_epoch_and_the_adapter_states_the_whole_runs_guarantee(
+    tiny_preset, tmp_path
+):
+    class FirstEpochBest(keras.callbacks.Callback):  # runs before the run's own callbacks
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_accuracy"] = 1.0 if epoch == 0 else 0.0
+
+    data = write_class_folders(tmp_path / "data", per_class=16)
+    public = write_class_folders(tmp_path / "public", per_class=3, seed=1)
+    run = tmp_path / "run"
+    _, summary = ka.train_classifier(
+        data, run, preset=tiny_preset, method="lora", epochs=3, batch_size=8, sequence_length=16,
+        precision="float32", validation_data=public, early_stopping_patience=5, verbose=0, tensorboard=False,
+        privacy=ka.DPConfig(epsilon=3.0, delta=1e-3), callbacks=[FirstEpochBest()],
+    )
+    assert summary["best_metric"] == "val_accuracy" and summary["best_epoch"] == 1
+    history = json.loads((run / "history.json").read_text())
+    assert len(history["val_loss"]) == 3 and history["epsilon"][0] < history["epsilon"][-1]
+    # Epoch 1's weights were chosen by metrics of epochs 2 and 3 too: the folder states all 18 steps.
+    report = json.loads((run / "metrics.json").read_text())["privacy"]
+    assert report["steps"] == 18 and report["epsilon"] == history["epsilon"][-1]
+    assert json.loads((run / "adapter" / "adapter_config.json").read_text())["privacy"] == report
+    assert ka.AdapterTextClassifier.from_adapter(str(run / "adapter")).privacy_report() == report
+    config = json.loads((run / "train_config.json").read_text())
+    assert config["num_validation_examples"] == 9 and config["num_train_examples"] == 48
+
+
+def test_the_command_line_validates_a_private_run_on_public_data(tiny_preset, tmp_path, capsys):
+    data = write_class_folders(tmp_path / "data", per_class=16)
+    public = write_class_folders(tmp_path / "public", per_class=3, seed=1)
+    run = tmp_path / "run"
+    assert train(data, run, tiny_preset, "--dp-epsilon", "3", "--dp-delta", "1e-3", "--validation-data", str(public),
+                 "--early-stopping", "3") == 0
+    printed = capsys.readouterr().out
+    assert "best val_accuracy" in printed and "privacy: (3, 0.001)-DP per example" in printed
+    config = json.loads((run / "train_config.json").read_text())
+    assert config["validation_data"] == str(public.resolve()) and config["num_validation_examples"] == 9

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -478,3 +479,72 @@ def test_a_model_that_predicts_one_class_is_warned_about(tiny_preset):
                             callbacks=[CollapseWarning()])
     assert history.history["val_predicted_classes"][0] > 1
     assert not [w for w in seen if "same class" in str(w.message)]
+
+
+def _val_accuracy_best_at_first_epoch():
+    """A callback that makes epoch 1 the best by `val_accuracy` (it runs
+    before the run's own callbacks, which read the same logs)."""
+
+    class FirstEpochBest(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_accuracy"] = 1.0 if epoch == 0 else 0.0
+
+    return FirstEpochBest()
+
+
+def test_validation_data_chooses_the_epoch_from_its_own_files(tiny_preset, tmp_path):
+    data = write_class_folders(tmp_path / "train", per_class=8)
+    dev = write_class_folders(tmp_path / "dev", per_class=3, seed=1)
+    run = tmp_path / "run"
+    _, summary = ka.train_classifier(
+        data, run, preset=tiny_preset, method="lora", epochs=2, batch_size=4, sequence_length=16,
+        precision="float32", validation_data=dev, verbose=0, tensorboard=False,
+        callbacks=[_val_accuracy_best_at_first_epoch()],
+    )
+    config = json.loads((run / "train_config.json").read_text())
+    # every training file trains (no split); the validation set is the dev folder's 3 x 3 files
+    assert config["num_train_examples"] == 24 and config["num_validation_examples"] == 9
+    assert config["validation_data"] == str(dev.resolve()) and config["validation_split"] is None
+    assert summary["best_metric"] == "val_accuracy" and summary["best_epoch"] == 1
+    history = json.loads((run / "history.json").read_text())
+    assert len(history["val_loss"]) == 2
+
+
+@pytest.mark.parametrize(
+    "change,words",
+    [
+        ("split", "validation_split 0.2 and validation_data both give validation examples"),
+        ("same", "validation_data is the training data itself"),
+        ("missing", "does not exist"),
+        ("unknown class", "has class folder(s) ['weather']"),
+    ],
+)
+def test_unusable_validation_data_is_refused(tiny_preset, tmp_path, change, words):
+    data = write_class_folders(tmp_path / "train", per_class=4)
+    dev = write_class_folders(tmp_path / "dev", per_class=2, seed=1)
+    options = {"validation_data": dev}
+    if change == "split":
+        options["validation_split"] = 0.2
+    elif change == "same":
+        options["validation_data"] = data
+    elif change == "missing":
+        options["validation_data"] = tmp_path / "nowhere"
+    else:
+        write_class_folders(tmp_path / "dev", classes={"weather": ["rain", "sun"]}, per_class=2)
+    with pytest.raises((ValueError, FileNotFoundError), match=re.escape(words)):
+        ka.train_classifier(data, tmp_path / "run", preset=tiny_preset, method="lora", epochs=1, batch_size=4,
+                            sequence_length=16, precision="float32", verbose=0, tensorboard=False, **options)
+    assert not (tmp_path / "run" / "adapter").exists()
+
+
+def test_a_tagger_validates_on_a_conll_file_of_its_tags(tiny_preset, tmp_path):
+    from conftest import write_conll
+
+    train_file, dev_file = write_conll(tmp_path / "train.conll", 32), write_conll(tmp_path / "dev.conll", 8, seed=1)
+    _, summary = ka.train_classifier(
+        train_file, tmp_path / "run", preset=tiny_preset, method="lora", epochs=1, batch_size=8,
+        sequence_length=16, precision="float32", validation_data=dev_file, verbose=0, tensorboard=False,
+    )
+    config = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert config["num_train_examples"] == 32 and config["num_validation_examples"] == 8
+    assert summary["best_metric"] == "val_tag_f1"
