@@ -43,19 +43,19 @@ class Notes:
         self.entries = []
 
     def add(self, kind, inputs, outputs, weights):
-        self.entries.append((kind, inputs, outputs, tuple(w for w in weights if w is not None), weights))
+        self.entries.append((kind, inputs, outputs, tuple(weights)))
 
     def variables(self):
-        return [w for *_, present, _ in self.entries for w in present]
+        return [w for *_, weights in self.entries for w in weights if w is not None]
 
     def gradients(self, tape, loss, variables, batch):
         """Each of `variables`' per-example gradients, `[batch, *shape]`,
         float32 or float64 (zeros for one no noted map reached), from `tape` holding
         the forward pass and `loss` the sum of the examples' losses."""
         wanted = {id(v): i for i, v in enumerate(variables)}
-        d_outputs = tape.gradient(loss, [outputs for _, _, outputs, _, _ in self.entries])
+        d_outputs = tape.gradient(loss, [outputs for _, _, outputs, _ in self.entries])
         found = [None] * len(variables)
-        for (kind, inputs, _, _, weights), dz in zip(self.entries, d_outputs):
+        for (kind, inputs, _, weights), dz in zip(self.entries, d_outputs):
             if dz is None or not any(w is not None and id(w) in wanted for w in weights):
                 continue
             for weight, grad in zip(weights, _weight_gradients(kind, inputs, dz)):
