@@ -10,6 +10,7 @@ with startup.quiet_import():
     import tensorflow_text  # noqa: F401
     import keras_hub  # noqa: F401
 
+from keras_adapters.backbones.bert import BertBackbone
 from keras_adapters.io.adapter_folder import AdapterFormatError
 from keras_adapters.core.composition import Average
 from keras_adapters.core.composition import Fuse
@@ -123,6 +124,7 @@ __all__ = [
     "AdapterTextClassifier",
     "AdapterTokenClassifier",
     "Average",
+    "BertBackbone",
     "BiasShift",
     "BitFitConfig",
     "BottleneckAdapter",

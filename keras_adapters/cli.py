@@ -5,6 +5,7 @@ import json
 import os
 import sys
 
+from keras_adapters.runs import conversion  # noqa: E402
 from keras_adapters.runs import evaluation  # noqa: E402
 from keras_adapters.serving import export  # noqa: E402
 from keras_adapters.core import precision  # noqa: E402
@@ -191,6 +192,20 @@ def _parser():
     export.add_argument("--precision", default="float32", choices=list(serving_graph.PRECISIONS),
                         help="saved_model: what the served graph computes in (bfloat16: faster on CPUs "
                              "with AVX512-BF16/AMX; float16: GPUs)")
+
+    convert = sub.add_parser("convert", help="turn a peft or AdapterHub adapter folder into ours, or ours into a "
+                                             "peft folder")
+    convert.add_argument("source", metavar="SRC", help="a peft or AdapterHub adapter folder; with --to peft, our "
+                                                       "adapter or run folder")
+    convert.add_argument("--output", "-o", required=True, metavar="DST", help="the folder to write")
+    convert.add_argument("--to", default="keras-adapters", choices=["keras-adapters", "peft"],
+                         help="peft: a folder PeftModel.from_pretrained loads onto "
+                              "AutoModelForSequenceClassification (LoRA, rsLoRA, DoRA, IA3 with pooling 'cls')")
+    convert.add_argument("--preset", default=None,
+                         help="the checkpoint SRC was trained on, when its base_model_name_or_path is not a "
+                              "folder here")
+    convert.add_argument("--sequence-length", type=_whole_number(3), default=128,
+                         help="tokens per example the adapter folder records")
 
     promote = sub.add_parser("promote", help="point a version label of a served model at another version")
     promote.add_argument("model", metavar="MODEL", help="the model's name in models.config (its export folder's name)")
@@ -390,6 +405,18 @@ def cmd_export(args):
     return 0
 
 
+def cmd_convert(args):
+    if args.to == "peft":
+        out, method = conversion.to_peft(args.source, args.output)
+        print(f"{method} adapter written to {out} as a peft folder (PeftModel.from_pretrained("
+              f"AutoModelForSequenceClassification.from_pretrained(BASE, num_labels=N), {out!r}))")
+        return 0
+    out, method = conversion.convert(args.source, args.output, preset=args.preset, sequence_length=args.sequence_length)
+    print(f"{method} adapter written to {out} (load it with AdapterModel.from_adapter, or pass it to "
+          "evaluate, predict and export as RUN_DIR)")
+    return 0
+
+
 def cmd_promote(args):
     path, version = export.server_config.move_label(args.serving_config, args.model, args.label, args.version)
     print(f"{args.model}: label {args.label} -> version {version} in {path} (a server started with "
@@ -406,6 +433,7 @@ def main(argv=None):
         "predict": cmd_predict,
         "export": cmd_export,
         "promote": cmd_promote,
+        "convert": cmd_convert,
     }[args.command]
     try:
         return handler(args)

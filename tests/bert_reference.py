@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 from safetensors.numpy import load_file
+from scipy.special import erf
 
 
 def _layer_norm(x, w, b, eps):
@@ -19,11 +20,15 @@ def _layer_norm(x, w, b, eps):
 
 
 def _gelu_tanh(x):
-    # keras-hub's BertBackbone uses the tanh approximation of GELU, where
-    # Hugging Face's "gelu" is the exact erf form; outputs of the two differ
-    # by a few 1e-3 on MiniLM. The reference follows keras-hub here so the
-    # comparison checks the weight conversion, not that choice.
     return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def _gelu_erf(x):
+    return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+
+
+#: transformers' ACT2FN names, computed here in float64 on their own.
+ACTIVATIONS = {"gelu": _gelu_erf, "gelu_new": _gelu_tanh, "gelu_pytorch_tanh": _gelu_tanh, "relu": lambda x: np.maximum(x, 0)}
 
 
 class NumpyBert:
@@ -34,11 +39,13 @@ class NumpyBert:
             for k, v in load_file(os.path.join(folder, "model.safetensors")).items()
         }
 
-    def __call__(self, token_ids, segment_ids, padding_mask, lora=None, prompt=None, prefix=None):
+    def __call__(self, token_ids, segment_ids, padding_mask, lora=None, prompt=None, prefix=None, bottleneck=None):
         """sequence_output, float64. `lora`: {(layer, "query"): (lora_A, lora_B, scale)};
         `prompt`: [n, hidden] vectors inserted after [CLS] into the embedding output
         (prompt tuning) and taken out of the result again; `prefix`: {layer: (keys, values)},
-        each [p, hidden], put in front of that layer's projected keys and values (prefix tuning)."""
+        each [p, hidden], put in front of that layer's projected keys and values (prefix tuning);
+        `bottleneck`: {(layer, "attention" | "ffn"): Bottleneck}, an adapter on that sublayer's
+        output (see `Bottleneck`)."""
         c, w = self.config, self.w
         eps = c["layer_norm_eps"]
         heads = c["num_attention_heads"]
@@ -80,8 +87,38 @@ class NumpyBert:
             scores = np.exp(scores - scores.max(-1, keepdims=True))
             probs = scores / scores.sum(-1, keepdims=True)
             context = (probs @ v).transpose(0, 2, 1, 3).reshape(x.shape)
+            attn_norm = lambda t: _layer_norm(  # noqa: E731
+                t, w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"], eps)
+            ffn_norm = lambda t: _layer_norm(t, w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"], eps)  # noqa: E731
             attn = linear(context, "attention.output.dense")
-            x = _layer_norm(attn + x, w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"], eps)
-            h = _gelu_tanh(linear(x, "intermediate.dense"))
-            x = _layer_norm(linear(h, "output.dense") + x, w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"], eps)
+            if bottleneck and (i, "attention") in bottleneck:
+                attn = bottleneck[(i, "attention")](attn, x, attn_norm)
+            x = attn_norm(attn + x)
+            h = ACTIVATIONS[c.get("hidden_act", "gelu")](linear(x, "intermediate.dense"))
+            out = linear(h, "output.dense")
+            if bottleneck and (i, "ffn") in bottleneck:
+                out = bottleneck[(i, "ffn")](out, x, ffn_norm)
+            x = ffn_norm(out + x)
         return np.concatenate([x[:, :1], x[:, 1 + n :]], axis=1)
+
+
+class Bottleneck:
+    """A bottleneck adapter on a sublayer's output `h` (input `x`, the block's layer norm `LN`),
+    as AdapterHub 1.3 computes its three placements; the block then computes `LN(result + x)`.
+
+    - "sequential": `h + up(f(down(h)))` (Houlsby, Pfeiffer, AdapterHub's double_seq_bn)
+    - "normed": `h + up(f(down(LN(h + x))))` (AdapterHub's seq_bn: original_ln_before)
+    - "parallel": `h + scale * up(f(down(x)))` (AdapterHub's par_bn)
+
+    Weights as Keras keeps them: kernels [in, out].
+    """
+
+    def __init__(self, down_kernel, down_bias, up_kernel, up_bias, activation, placement="sequential", scale=1.0):
+        self.down = (np.asarray(down_kernel, np.float64), np.asarray(down_bias, np.float64))
+        self.up = (np.asarray(up_kernel, np.float64), np.asarray(up_bias, np.float64))
+        self.activation, self.placement, self.scale = activation, placement, scale
+
+    def __call__(self, h, x, layer_norm):
+        source = {"sequential": h, "normed": layer_norm(h + x), "parallel": x}[self.placement]
+        inner = self.activation(source @ self.down[0] + self.down[1])
+        return h + self.scale * (inner @ self.up[0] + self.up[1])

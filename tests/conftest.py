@@ -9,6 +9,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import keras_hub  # noqa: E402
 import numpy as np  # noqa: E402
+from safetensors.numpy import save_file  # noqa: E402
 import pytest  # noqa: E402
 
 WORDS = (
@@ -33,7 +34,10 @@ LABELS = np.array([0, 1, 2, 3, 0, 1, 2, 3])
 
 
 def tiny_backbone(seed=0, **overrides):
-    """A randomly initialised 2-layer BERT (hidden 16) for fast tests."""
+    """A randomly initialised 2-layer BERT (hidden 16) for fast tests, with
+    the exact GELU BERT checkpoints use (`ka.BertBackbone`)."""
+    from keras_adapters import BertBackbone
+
     keras.utils.set_random_seed(seed)
     kwargs = dict(
         vocabulary_size=len(VOCAB),
@@ -44,7 +48,7 @@ def tiny_backbone(seed=0, **overrides):
         max_sequence_length=16,
     )
     kwargs.update(overrides)
-    backbone = keras_hub.models.BertBackbone(**kwargs)
+    backbone = BertBackbone(**kwargs)
     _perturb_norms_and_biases(backbone, seed)
     return backbone
 
@@ -324,3 +328,29 @@ def _client(saved_model_dir, payload, tmp_path, loader):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(response.read_text())
+
+
+PEFT_PREFIX = "base_model.model.bert.encoder.layer"
+
+
+def write_peft_lora(folder, base, rank=4, alpha=8, sites=("query", "value"), seed=0, **config):
+    """A peft LoRA folder as peft 0.21 writes one for BertForSequenceClassification."""
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for i in range(6):
+        for site in sites:
+            tensors[f"{PEFT_PREFIX}.{i}.attention.self.{site}.lora_A.weight"] = rng.normal(0, 0.05, (rank, 384))
+            tensors[f"{PEFT_PREFIX}.{i}.attention.self.{site}.lora_B.weight"] = rng.normal(0, 0.05, (384, rank))
+    tensors["base_model.model.classifier.weight"] = rng.normal(0, 0.5, (3, 384))
+    tensors["base_model.model.classifier.bias"] = rng.normal(0, 0.5, (3,))
+    os.makedirs(folder, exist_ok=True)
+    save_file({k: v.astype(np.float32) for k, v in tensors.items()}, os.path.join(folder, "adapter_model.safetensors"))
+    peft_config = {
+        "peft_type": "LORA", "task_type": "SEQ_CLS", "r": rank, "lora_alpha": alpha, "lora_dropout": 0.1,
+        "target_modules": list(sites), "modules_to_save": ["classifier", "score"], "bias": "none",
+        "use_rslora": False, "use_dora": False, "base_model_name_or_path": base, "rank_pattern": {},
+        "alpha_pattern": {}, "layers_to_transform": None, **config,
+    }
+    with open(os.path.join(folder, "adapter_config.json"), "w") as f:
+        json.dump(peft_config, f)
+    return str(folder)

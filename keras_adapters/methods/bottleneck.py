@@ -139,6 +139,36 @@ class BottleneckAdapter(WrappedLayer):
         return cls(None, **config)
 
 
+@keras.saving.register_keras_serializable(package="keras_adapters")
+class NormedInputBottleneck(BottleneckAdapter):
+    """A bottleneck that reads the block's own layer norm: at a layer-norm site
+    (input `z = h + x`, sublayer output plus residual) it turns `z` into
+    `z + up(activation(down(LN(z))))`, which the frozen `LN` then normalises.
+
+    That is AdapterHub's `original_ln_before=True` (its `seq_bn`):
+    `LN(h + up(relu(down(LN(h + x)))) + x)`, the layer norm applied twice.
+
+    Args:
+        base: the block's layer norm (frozen, shared with the backbone).
+        bottleneck_size, activation, init: see `BottleneckAdapter`.
+    """
+
+    routed = None  # its input is the pre-norm sum, which per-row routing does not gather
+
+    def transform_input(self, x, training=None):
+        return ops.add(x, self.residual(self.base(x)))
+
+    def transform_output(self, y, training=None):
+        return y
+
+
+#: Where a bottleneck that reads the normalised sum sits, for each usual site.
+NORMED_SITES = {
+    "self_attention_dropout": "self_attention_layer_norm",
+    "feedforward_dropout": "feedforward_layer_norm",
+}
+
+
 @dataclasses.dataclass
 class BottleneckConfig(AdapterConfig):
     """Fields shared by the bottleneck adapter methods.
@@ -149,16 +179,33 @@ class BottleneckConfig(AdapterConfig):
             `reduction_factor` when set.
         activation: non-linearity inside the adapter.
         init: `"zeros"` (starts as the identity) or `"near_identity"`.
+        original_ln_before: the adapter reads the sublayer output after the
+            residual add and the block's own (frozen) layer norm, `LN(h + x)`,
+            and adds to `h + x` before that layer norm runs
+            (`NormedInputBottleneck`; AdapterHub's `original_ln_before`, as
+            in its `seq_bn`). Default: it reads and adds to `h` alone.
         target_layers: see `AdapterConfig`.
     """
 
     default_learning_rate: ClassVar[float] = 1e-3
-    fusable: ClassVar[bool] = True
+    #: Whether `original_ln_before` is offered (plain bottleneck units only).
+    normed_input: ClassVar[bool] = False
 
     reduction_factor: int = 16
     bottleneck_size: int | None = None
     activation: str = "relu"
     init: str = "zeros"
+    original_ln_before: bool = False
+
+    @property
+    def fusable(self):
+        # AdapterFusion combines what units add at a dropout site.
+        return not self.original_ln_before
+
+    def sites(self):
+        if self.original_ln_before:
+            return tuple(NORMED_SITES.get(s, s) for s in self.default_sites)
+        return tuple(self.default_sites)
 
     def validate(self):
         super().validate()
@@ -168,6 +215,10 @@ class BottleneckConfig(AdapterConfig):
             name, "bottleneck_size", self.bottleneck_size, allow_none=True
         )
         check_choice(name, "init", self.init, BOTTLENECK_INITS)
+        if not isinstance(self.original_ln_before, bool):
+            raise ValueError(f"{name}.original_ln_before must be True or False, got {self.original_ln_before!r}.")
+        if self.original_ln_before and not self.normed_input:
+            raise ValueError(f"{name} has no original_ln_before placement (Houlsby and Pfeiffer adapters do).")
         try:
             keras.activations.get(self.activation)
         except ValueError:
@@ -182,13 +233,14 @@ class BottleneckConfig(AdapterConfig):
         return max(1, hidden_dim // self.reduction_factor)
 
     def wrap(self, site, base, *, dtype, hidden_dim, shared):
-        return BottleneckAdapter(
+        kind = NormedInputBottleneck if site in NORMED_SITES.values() else BottleneckAdapter
+        return kind(
             base,
             bottleneck_size=self.size_for(hidden_dim),
             activation=self.activation,
             init=self.init,
             dtype=dtype,
-            name=site.replace("dropout", "adapter"),
+            name=site.replace("dropout", "adapter").replace("layer_norm", "adapter"),
         )
 
 
@@ -196,17 +248,25 @@ class BottleneckConfig(AdapterConfig):
 class HoulsbyConfig(BottleneckConfig):
     """Houlsby adapters: after attention and after the feed-forward block.
 
-    The backbone's layer norms train too, as in the paper.
+    The backbone's layer norms train too (each adapter its own copies), as
+    in the paper.
+
+    Args:
+        train_layer_norms: `False` keeps the layer norms frozen: with
+            `activation="swish"` this is AdapterHub's `double_seq_bn`.
+        See `BottleneckConfig` for the others.
 
     Example:
     ```python
     config = HoulsbyConfig(reduction_factor=16)
     model = AdapterTextClassifier.from_preset(preset, num_classes=2,
                                               adapter=config)
+    HoulsbyConfig(activation="swish", train_layer_norms=False)  # AdapterHub's double_seq_bn
     ```
     """
 
     method: ClassVar[str] = "houlsby"
+    normed_input: ClassVar[bool] = True
     default_sites: ClassVar[tuple] = (
         "self_attention_dropout",
         "feedforward_dropout",
@@ -216,13 +276,36 @@ class HoulsbyConfig(BottleneckConfig):
         "feedforward_layer_norm",
     )
 
+    train_layer_norms: bool = True
+
+    def validate(self):
+        super().validate()
+        if not isinstance(self.train_layer_norms, bool):
+            raise ValueError(f"HoulsbyConfig.train_layer_norms must be True or False, got {self.train_layer_norms!r}.")
+        if self.train_layer_norms and self.original_ln_before:
+            raise ValueError(
+                "HoulsbyConfig: original_ln_before reads the block's frozen layer norms; set "
+                "train_layer_norms=False with it."
+            )
+
+    def unit_sites(self):
+        return tuple(self.sites()) + (tuple(self.trainable_sites) if self.train_layer_norms else ())
+
 
 @dataclasses.dataclass
 class PfeifferConfig(BottleneckConfig):
     """Pfeiffer adapters: one bottleneck after the feed-forward block only.
 
-    The backbone, layer norms included, stays frozen.
+    The backbone, layer norms included, stays frozen. With
+    `original_ln_before=True` the adapter reads the normalised sum, which is
+    AdapterHub's `seq_bn`: `LN(h + up(relu(down(LN(h + x)))) + x)`.
+
+    Example:
+    ```python
+    PfeifferConfig(original_ln_before=True)  # AdapterHub's seq_bn (reduction 16, ReLU)
+    ```
     """
 
     method: ClassVar[str] = "pfeiffer"
+    normed_input: ClassVar[bool] = True
     default_sites: ClassVar[tuple] = ("feedforward_dropout",)

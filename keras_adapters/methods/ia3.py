@@ -6,6 +6,7 @@ from typing import ClassVar
 import keras
 from keras import ops
 
+from keras_adapters.methods.base import PROJECTION_SITES
 from keras_adapters.methods.base import AdapterConfig
 from keras_adapters.methods.base import RoutedUnits
 from keras_adapters.methods.base import WrappedLayer
@@ -98,40 +99,43 @@ class IA3Scaling(WrappedLayer):
         return config
 
 
-#: Which side of each projection (IA)^3 scales.
-IA3_POSITIONS = {
-    "key": "output",
-    "value": "output",
-    "feedforward_output_dense": "input",
-}
-
-
 @dataclasses.dataclass
 class IA3Config(AdapterConfig):
     """(IA)^3 on keys, values and the feed-forward intermediate activations.
 
     Args:
-        target_modules: a subset of `key`, `value`, `feedforward_output_dense`
-            (the last scales the feed-forward block's intermediate
-            activation, i.e. the input of its output projection).
+        target_modules: projections to rescale, from `query`, `key`, `value`,
+            `attention_output`, `feedforward_intermediate_dense`,
+            `feedforward_output_dense`.
+        feedforward_modules: those of them whose *input* is rescaled (peft's
+            `feedforward_modules`); the others have their output rescaled.
+            The default scales the feed-forward block's intermediate
+            activation, i.e. the input of its output projection.
         target_layers: see `AdapterConfig`.
+
+    Example:
+    ```python
+    IA3Config()  # keys, values, feed-forward activations (the paper's)
+    IA3Config(target_modules=("key", "value", "attention_output", "feedforward_output_dense"),
+              feedforward_modules=("attention_output", "feedforward_output_dense"))  # peft's BERT default
+    ```
     """
 
     method: ClassVar[str] = "ia3"
     default_learning_rate: ClassVar[float] = 3e-3
 
     target_modules: tuple = ("key", "value", "feedforward_output_dense")
+    feedforward_modules: tuple = ("feedforward_output_dense",)
 
     def validate(self):
         super().validate()
-        self.target_modules = check_sites(
-            "IA3Config", "target_modules", self.target_modules, IA3_POSITIONS
-        )
+        self.target_modules = check_sites("IA3Config", "target_modules", self.target_modules, PROJECTION_SITES)
+        ff = self.feedforward_modules  # may be empty: every output rescaled
+        self.feedforward_modules = check_sites("IA3Config", "feedforward_modules", ff, PROJECTION_SITES) if ff else ()
 
     def sites(self):
         return self.target_modules
 
     def wrap(self, site, base, *, dtype, hidden_dim, shared):
-        return IA3Scaling(
-            base, position=IA3_POSITIONS[site], dtype=dtype, name=base.name
-        )
+        position = "input" if site in self.feedforward_modules else "output"
+        return IA3Scaling(base, position=position, dtype=dtype, name=base.name)

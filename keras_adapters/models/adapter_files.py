@@ -7,6 +7,8 @@ from keras_adapters import tasks
 from keras_adapters.core import composition
 from keras_adapters.core import injection
 from keras_adapters.io import adapter_folder as adapter_io
+from keras_adapters.io import adapterhub_format
+from keras_adapters.io import peft_format
 from keras_adapters.io import presets
 from keras_adapters.methods.baselines import HeadOnlyConfig
 from keras_adapters.tasks.classification import MULTI_LABEL_REMOVED
@@ -76,24 +78,26 @@ class AdapterFilesMixin:
         backbone checkpoint, and every tensor's name and shape. A fusion's
         adapters are loaded from its folder unless the model has them.
 
+        A Hugging Face peft folder (`adapter_config.json` with `peft_type`:
+        LoRA, rsLoRA, DoRA, IA3 of a BERT sequence classifier) loads too,
+        with its classifier as the head (`keras_adapters.io.peft_format`),
+        and so does an AdapterHub folder (bottleneck adapters with their
+        classification head, `keras_adapters.io.adapterhub_format`). They
+        record no checkpoint fingerprint, so the backbone must be the one
+        they were trained on (shapes are checked).
+
         Args:
             name: the name to give it (default: the saved name, or
-                `"default"` for folders written by keras-adapters 0.1).
+                `"default"` for folders written by keras-adapters 0.1
+                and for peft folders; AdapterHub's own name).
 
         Returns:
             The name it was added under (not activated).
         """
         self._check_not_merged()
         source = str(directory)
-        config, tensors = adapter_io.read_folder(directory)
+        config, tensors_for = self._read_adapter_source(directory)
         task = tasks.get_task(adapter_io.task_type(config, source, tasks.available_tasks()))
-        adapter_io.warn_unknown_keys(config, source, task.head_settings)
-        adapter_io.check_backbone(
-            config, presets.architecture_config(self.backbone), self.backbone_fingerprint, source
-        )
-        adapter_io.check_tokenizer(
-            config, presets.tokenizer_config(getattr(self.preprocessor, "tokenizer", None)), source
-        )
         name = name or config.get("name") or DEFAULT_NAME
         if config["task"].get("multi_label"):
             raise adapter_io.AdapterFormatError(f"{source}: {MULTI_LABEL_REMOVED}")
@@ -114,7 +118,9 @@ class AdapterFilesMixin:
             weights = injection.adapter_weights_by_key(self.backbone, name)
         weights.update(self.heads[name].weights_by_key())
         try:
-            adapter_io.check_tensors({k: w.shape for k, w in weights.items()}, tensors, source)
+            shapes = {k: tuple(w.shape) for k, w in weights.items()}
+            tensors = tensors_for(shapes)
+            adapter_io.check_tensors(shapes, tensors, source)
         except adapter_io.AdapterFormatError:
             if name in self.state.configs:
                 self.delete_adapter(name)
@@ -126,6 +132,22 @@ class AdapterFilesMixin:
         self.set_privacy_report(name, config.get("privacy"))
         self._reset_functions()
         return name
+
+    def _read_adapter_source(self, directory):
+        """(config, tensors for the expected shapes) of our folder or a peft one."""
+        source = str(directory)
+        if peft_format.is_peft_folder(directory):
+            peft = peft_format.PeftFolder(directory, tasks.peft_task_types())
+            return peft.config, peft.tensors
+        if adapterhub_format.is_adapterhub_folder(directory):
+            hub = adapterhub_format.AdapterHubFolder(directory)
+            return hub.config, hub.tensors
+        config, tensors = adapter_io.read_folder(directory)
+        task = tasks.get_task(adapter_io.task_type(config, source, tasks.available_tasks()))
+        adapter_io.warn_unknown_keys(config, source, task.head_settings)
+        adapter_io.check_backbone(config, presets.architecture_config(self.backbone), self.backbone_fingerprint, source)
+        adapter_io.check_tokenizer(config, presets.tokenizer_config(getattr(self.preprocessor, "tokenizer", None)), source)
+        return config, lambda shapes: tensors
 
     def _drop_fusion(self, name):
         injection.delete_fusion(self.backbone, name)

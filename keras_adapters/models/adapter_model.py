@@ -7,6 +7,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_adapters.io import adapter_folder as adapter_io
+from keras_adapters.backbones import bert
 from keras_adapters.core import composition
 from keras_adapters.core import injection
 from keras_adapters.core import precision as precision_lib
@@ -173,6 +174,7 @@ class AdapterModel(
         dtype=None,
         load_weights=True,
         adapter="unset",
+        activation=None,
         **kwargs,
     ):
         """Load a backbone and its preprocessor, add an adapter and its head.
@@ -193,6 +195,9 @@ class AdapterModel(
                 `"auto"`: the fastest safe policy on this machine, what
                 `keras-adapters train` uses (`keras_adapters.core.precision`).
             load_weights: load the pretrained weights (`False`: random init).
+            activation: a Hugging Face BERT's feed-forward activation
+                (default: its checkpoint's `hidden_act`; see
+                `keras_adapters.BertBackbone`).
             **kwargs: other `AdapterTextClassifier` arguments. `pooling`
                 defaults to the checkpoint's own (`"mean"` for
                 sentence-transformers folders that average, such as the
@@ -202,7 +207,9 @@ class AdapterModel(
             method = adapter
         if dtype == "auto":
             dtype = precision_lib.default_precision(tasks.get_task(kwargs.get("task") or cls.default_task))
-        backbone = presets.load_backbone(preset, dtype=precision_lib.backbone_dtype(dtype), load_weights=load_weights)
+        backbone = presets.load_backbone(
+            preset, dtype=precision_lib.backbone_dtype(dtype), load_weights=load_weights, activation=activation
+        )
         precision_lib.apply_autocast(backbone, dtype)
         preprocessor = presets.load_preprocessor(preset, sequence_length)
         if kwargs.get("pooling") in (None, "auto"):
@@ -221,7 +228,9 @@ class AdapterModel(
         """A model with the adapter (or fusion) saved in `directory`, active.
 
         The backbone comes from the recorded preset, or from `preset` (it
-        must be the same checkpoint; this is checked).
+        must be the same checkpoint; this is checked), computing what it
+        computed in training (an adapter saved before 0.18 had BERT's GELU
+        in keras-hub's tanh form).
         """
         config = adapter_io.read_config(directory)
         model = cls.from_preset(
@@ -229,6 +238,7 @@ class AdapterModel(
             method=None,
             sequence_length=config["task"].get("sequence_length") or 128,
             dtype=dtype,
+            activation=bert.recorded_activation(config["backbone"].get("architecture")),
         )
         name = model.load_adapter(directory)
         if name in model.fusion_names:

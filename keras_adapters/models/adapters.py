@@ -77,7 +77,8 @@ class AdaptersMixin:
                 `keras-adapters train` always passes it. `None`: uniform.
             **settings: the task's head settings (`Task.head_settings`): a
                 question-answering head's `stride`, `max_answer_length`,
-                `max_question_length`; a multi-label head's `thresholds`.
+                `max_question_length`; a multi-label head's `thresholds`; a
+                classifier's `hidden_activation` (a hidden layer before the logits).
         """
         self._check_not_merged()
         first = next(iter(self.heads.values()), None)

@@ -4,6 +4,8 @@
 the fusion with its adapters inside), `class_names.json`,
 `train_config.json`, `examples.json` (a few training inputs: export's
 warm-up requests), `history.json`, `metrics.json` and TensorBoard `logs/`.
+Commands that read a run also take an adapter folder alone (what
+`save_adapter` or `keras-adapters convert` wrote).
 """
 
 import json
@@ -12,6 +14,7 @@ import os
 import warnings
 from pathlib import Path
 
+from keras_adapters.io.adapter_folder import CONFIG_FILE
 from keras_adapters.io.adapter_folder import atomic_write
 from keras_adapters.io.adapter_folder import read_config
 from keras_adapters.io.adapter_folder import task_type as adapter_task_type
@@ -24,6 +27,10 @@ EXAMPLES = "examples.json"
 
 
 def adapter_dir(run_dir):
+    """A run's adapter folder; an adapter folder itself (from `save_adapter`
+    or `keras-adapters convert`) stands for a run of its own."""
+    if (Path(run_dir) / CONFIG_FILE).is_file():
+        return str(run_dir)
     return str(Path(run_dir) / ADAPTER_DIR)
 
 
@@ -109,6 +116,8 @@ def example_inputs(run_dir):
     if path.is_file():
         return read_json(path)["inputs"], None
     config = Path(run_dir) / "train_config.json"
+    if adapter_dir(run_dir) == str(run_dir):
+        return None, f"it is an adapter folder, not a run that keeps {EXAMPLES}"
     record = read_json(config) if config.is_file() else {}
     if record.get("privacy"):
         return None, (

@@ -98,6 +98,9 @@ class Task:
     routable = False
     signature_verb = "classify"
     routed_signature = None
+    #: peft's `task_type` for the same head on a Hugging Face model, when
+    #: an adapter of this task converts to and from peft (`io.peft_format`).
+    peft_task_type = None
     served_outputs = ""
     data_formats = ""
 
@@ -362,6 +365,11 @@ def register_task(task):
 def available_tasks():
     """The registered tasks' names, in registration order."""
     return list(_REGISTRY)
+
+
+def peft_task_types():
+    """{peft task_type: task name} of the tasks whose adapters convert to and from peft."""
+    return {t.peft_task_type: name for name, t in _REGISTRY.items() if t.peft_task_type}
 
 
 def get_task(task):

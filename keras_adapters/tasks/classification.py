@@ -27,6 +27,8 @@ MULTI_LABEL_REMOVED = (
     "--task multi-label-classification) and retrain: a sigmoid head with per-label thresholds."
 )
 POOLINGS = ("cls", "mean")
+#: A classifier may also read the `[CLS]` token's last hidden state itself (AdapterHub's heads).
+CLASSIFIER_POOLINGS = POOLINGS + ("cls_token",)
 
 
 @keras.saving.register_keras_serializable(package="keras_adapters")
@@ -108,9 +110,15 @@ class ClassificationHead(keras.layers.Layer):
 
     Args:
         num_classes: number of classes (2 or more).
-        pooling: `"cls"` (the backbone's pooled `[CLS]` output) or `"mean"`
-            (mean of the token vectors where the padding mask is true).
-        dropout: dropout before the classification layer.
+        pooling: `"cls"` (the backbone's pooled `[CLS]` output), `"mean"`
+            (mean of the token vectors where the padding mask is true) or
+            `"cls_token"` (the `[CLS]` token's last hidden state, without
+            BERT's pooler).
+        dropout: dropout before the classification layer (and before the
+            hidden layer).
+        hidden_activation: with an activation name (e.g. `"tanh"`), a dense
+            layer of the hidden size with that activation comes before the
+            classification layer (AdapterHub's two-layer classification head).
         class_names: optional `num_classes` distinct names.
         sequence_length: the tokens per text this task was trained with
             (recorded with the adapter; exported text signatures cut each
@@ -137,6 +145,7 @@ class ClassificationHead(keras.layers.Layer):
         class_names=None,
         sequence_length=None,
         task=TEXT_CLASSIFICATION,
+        hidden_activation=None,
         **kwargs,
     ):
         if kwargs.pop("multi_label", False):
@@ -147,8 +156,8 @@ class ClassificationHead(keras.layers.Layer):
             raise ValueError(f"A ClassificationHead classifies texts or text pairs, not {task!r}.")
         self.task = task
         self.class_names = check_classes(num_classes, class_names)
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}.")
+        if pooling not in CLASSIFIER_POOLINGS:
+            raise ValueError(f"pooling must be one of {CLASSIFIER_POOLINGS}, got {pooling!r}.")
         if sequence_length is not None and (
             isinstance(sequence_length, bool) or not isinstance(sequence_length, int) or sequence_length < 3
         ):
@@ -159,16 +168,33 @@ class ClassificationHead(keras.layers.Layer):
         self.dropout_rate = dropout
         self.mean_pooling = MaskedMeanPooling(dtype=self.dtype_policy, name="mean_pooling")
         self.dropout, self.logits = dropout_and_logits(self, num_classes, dropout)
+        if hidden_activation is not None:
+            keras.activations.get(hidden_activation)  # an unknown name fails here, with Keras' message
+        self.hidden_activation = hidden_activation
+        self.hidden = None  # made in build: its width is the backbone's
 
     def build(self, hidden_dim):
+        if self.hidden_activation is not None:
+            self.hidden = keras.layers.Dense(
+                int(hidden_dim), activation=self.hidden_activation, dtype=self.dtype_policy, name="hidden",
+                kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+            )
+            self.hidden.build((None, int(hidden_dim)))
         self.logits.build((None, int(hidden_dim)))
         self.built = True
 
-    def call(self, sequence_output, pooled_output, padding_mask, training=None):
+    def pool(self, sequence_output, pooled_output, padding_mask):
+        """One vector per example, as `pooling` says."""
         if self.pooling == "cls":
-            pooled = pooled_output
-        else:
-            pooled = self.mean_pooling(sequence_output, padding_mask)
+            return pooled_output
+        if self.pooling == "cls_token":
+            return sequence_output[:, 0]
+        return self.mean_pooling(sequence_output, padding_mask)
+
+    def call(self, sequence_output, pooled_output, padding_mask, training=None):
+        pooled = self.pool(sequence_output, pooled_output, padding_mask)
+        if self.hidden is not None:
+            pooled = per_example.dense(self.hidden, self.dropout(pooled, training=training))
         logits = per_example.dense(self.logits, self.dropout(pooled, training=training))
         logits = ops.cast(logits, "float32")
         return ops.softmax(logits, axis=-1)
@@ -177,10 +203,13 @@ class ClassificationHead(keras.layers.Layer):
 
     def weights_by_key(self):
         """{key: variable}, keyed as adapter folders are (`logits/kernel`)."""
-        return {f"logits/{w.name}": w for w in self.logits.weights}
+        # Other tasks' heads borrow this method (and task_config): they have no hidden layer.
+        hidden = getattr(self, "hidden", None)
+        layers = [self.logits] + ([hidden] if hidden is not None else [])
+        return {f"{layer.name}/{w.name}": w for layer in layers for w in layer.weights}
 
     def task_config(self):
-        return {
+        config = {
             "num_classes": self.num_classes,
             "class_names": self.class_names,
             "pooling": self.pooling,
@@ -188,6 +217,9 @@ class ClassificationHead(keras.layers.Layer):
             "sequence_length": self.sequence_length,
             "task": self.task,
         }
+        if getattr(self, "hidden_activation", None) is not None:  # folders without one stay as they were
+            config["hidden_activation"] = self.hidden_activation
+        return config
 
     @property
     def text_inputs(self):
@@ -220,6 +252,10 @@ def routed_probabilities(heads, ids, sequence_output, pooled_output, padding_mas
         the softmax, so its own columns are what its head alone gives).
     """
     width = max(h.num_classes for h in heads)
+    if any(getattr(h, "hidden", None) is not None or h.pooling == "cls_token" for h in heads):
+        # Heads of different shapes: each head on every row, each row keeps its own head's answer.
+        every = ops.stack([pad_axis(h(sequence_output, pooled_output, padding_mask), width, 1) for h in heads])
+        return ops.einsum("bh,hbk->bk", ops.one_hot(ids, len(heads), dtype=every.dtype), every)
 
     def rows(values, dtype, role=None):
         return gather_rows(values, ids, dtype, key=role and f"heads/{'+'.join(h.name for h in heads)}/{role}")
@@ -483,7 +519,7 @@ class ClassificationTask(Task):
     """One label per example, from a softmax over the classes."""
 
     head_class = ClassificationHead
-    head_settings = ()
+    head_settings = ("hidden_activation",)
 
     def metrics(self, num_classes, class_names=None):
         return recipe.classification_metrics(num_classes)

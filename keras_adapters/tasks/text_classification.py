@@ -20,6 +20,7 @@ class TextClassification(ClassificationTask):
     name = TEXT_CLASSIFICATION
     unit = "file"
     routable = True
+    peft_task_type = "SEQ_CLS"  # BertForSequenceClassification: BERT's pooler, then the classifier
     data_formats = "a folder with one sub-folder per class of .txt files, or tfds:NAME (text-classification)"
 
     def detect(self, path, options):

@@ -43,7 +43,8 @@ def test_unknown_method_names_the_available_ones():
         (lambda: ka.HoulsbyConfig(reduction_factor=0), "reduction_factor"),
         (lambda: ka.HoulsbyConfig(init="random"), "init must be one of"),
         (lambda: ka.PfeifferConfig(activation="nope"), "not a Keras activation"),
-        (lambda: ka.IA3Config(target_modules=("query",)), "target_modules"),
+        (lambda: ka.IA3Config(target_modules=("feedforward_layer_norm",)), "target_modules"),
+        (lambda: ka.IA3Config(feedforward_modules=("pooler",)), "feedforward_modules"),
         (lambda: ka.HoulsbyConfig(target_layers="(["), "regular expression"),
     ],
 )

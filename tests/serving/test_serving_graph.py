@@ -83,10 +83,11 @@ def test_feed_forward_and_adapter_layers_become_matmul_then_bias_add_for_the_one
     adapters = r"/(down|up)(_\d+)?/"
     assert (_bias_adds_on_a_matmul(_served(plain), adapters), _bias_adds_on_a_matmul(_served(fused), adapters)) == (
         0, 4 * LAYERS)
-    # keras-hub's GELU (the form the fusion matches), not the training one.
+    # The checkpoint's exact GELU, in the erfc form grappler fuses into the MatMul
+    # (`_FusedMatMul` with BiasAdd and GeluExact), not the tanh approximation.
     for copy in (fused, plain):
         types = [op.type for op in _served(copy).graph.get_operations() if "feedforward" in op.name]
-        assert "Tanh" in types and "Sigmoid" not in types
+        assert "Erfc" in types and "Tanh" not in types and "Sigmoid" not in types
 
 
 def _attention_ops(function, op_type, inputs=None):

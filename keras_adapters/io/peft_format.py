@@ -1,0 +1,294 @@
+"""Hugging Face peft adapter folders, read as keras-adapters adapters.
+
+A peft folder holds `adapter_config.json` (with `peft_type`) and
+`adapter_model.safetensors` (or `adapter_model.bin`), keyed by the PyTorch
+module each tensor belongs to
+(`base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight`).
+For a BERT sequence classifier (`task_type: SEQ_CLS`) the classifier layer
+peft saves (`modules_to_save`) becomes the adapter's head, on BERT's pooled
+`[CLS]` output as `BertForSequenceClassification` computes it.
+
+Which layers and projections an adapter covers is read from the tensors, not
+from `target_modules` patterns; every tensor must map to a weight here, and
+what this library cannot compute identically (per-module ranks, trained
+biases, other saved modules) is refused with its name, never dropped.
+"""
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+from keras_adapters.backbones import bert
+from keras_adapters.io.adapter_folder import AdapterFormatError
+from keras_adapters.io.adapter_folder import replace_folder
+from keras_adapters.io.torch_tensors import UnsafeFileError
+from keras_adapters.io.torch_tensors import load_torch_tensors
+from keras_adapters.methods.base import PROJECTION_SITES
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+_LAYER_KEY = re.compile(r"base_model\.model\.(?:bert\.)?encoder\.layer\.(\d+)\.(.+)\.(lora_A\.weight|lora_B\.weight|lora_magnitude_vector|ia3_l)")
+_HEAD_KEY = re.compile(r"base_model\.model\.(classifier|score)\.(weight|bias)")
+
+
+def is_peft_folder(directory):
+    """Whether `directory` holds a peft adapter (`adapter_config.json` with `peft_type`)."""
+    path = Path(directory) / CONFIG_FILE
+    try:
+        return "peft_type" in json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+class PeftFolder:
+    """A peft adapter folder, as our adapter config and tensors.
+
+    Attributes:
+        config: an adapter-folder config (`method`, `task`, `name`), no backbone section.
+        base: the peft config's `base_model_name_or_path`.
+    """
+
+    def __init__(self, directory, task_types):
+        """`task_types`: {peft task_type: our task name} for the tasks that convert."""
+        self.source = str(directory)
+        self._task_types = task_types
+        self.peft = json.loads((Path(directory) / CONFIG_FILE).read_text(encoding="utf-8"))
+        self.base = self.peft.get("base_model_name_or_path")
+        self._raw = _read_weights(Path(directory))
+        self._units, head = self._parse()
+        self._head = head
+        kind = self.peft["peft_type"]
+        readers = {"LORA": self._lora, "IA3": self._ia3}
+        if kind not in readers:
+            raise AdapterFormatError(
+                f"{self.source}: peft type {kind!r} cannot be read yet (this keras-adapters reads "
+                f"{sorted(readers)} adapters of BERT-family sequence classifiers)."
+            )
+        self.config = {
+            "name": None,
+            "method": readers[kind](),
+            "task": {"type": task_types[self.peft["task_type"]], "num_classes": int(head["weight"].shape[0]), "pooling": "cls",
+                     "dropout": 0.1},  # BERT's hidden_dropout_prob, which its classifier uses
+        }
+
+    @staticmethod
+    def base_of(directory):
+        """The `base_model_name_or_path` a peft folder names (None if it names none).
+
+        Raises:
+            AdapterFormatError: `directory` is not a peft folder.
+        """
+        if not is_peft_folder(directory):
+            raise AdapterFormatError(
+                f"{directory} is not a peft adapter folder (no {CONFIG_FILE} with a peft_type) nor an "
+                "AdapterHub one; convert reads those (our own folders convert with --to peft)."
+            )
+        return json.loads((Path(directory) / CONFIG_FILE).read_text(encoding="utf-8")).get("base_model_name_or_path")
+
+    def _fail(self, message):
+        raise AdapterFormatError(f"{self.source}: {message}")
+
+    def _parse(self):
+        units, head, unknown = {}, {}, []
+        for key, value in self._raw.items():
+            layer, head_match = _LAYER_KEY.fullmatch(key), _HEAD_KEY.fullmatch(key)
+            if layer and layer.group(2) in bert.HUGGINGFACE_SITES:
+                site = bert.HUGGINGFACE_SITES[layer.group(2)]
+                units.setdefault((int(layer.group(1)), site), {})[layer.group(3)] = value
+            elif head_match:
+                head[head_match.group(2)] = value
+            else:
+                unknown.append(key)
+        if unknown:
+            self._fail(
+                f"tensors this library has no place for: {sorted(unknown)[:6]}"
+                f"{'...' if len(unknown) > 6 else ''} (peft's pooler, embeddings or other saved modules "
+                "are not read yet); nothing was loaded."
+            )
+        task = self.peft.get("task_type")
+        if task not in self._task_types or set(head) != {"weight", "bias"}:
+            self._fail(
+                f"task_type {task!r} with head tensors {sorted(head)}: only adapters with a head convert (task_type "
+                f"{sorted(self._task_types)}, whose classifier peft saves), since every adapter here carries its head."
+            )
+        others = sorted(set(self.peft.get("modules_to_save") or []) - {"classifier", "score"})
+        if others:
+            self._fail(f"modules_to_save {others} would need their trained copies of base modules; not supported.")
+        return units, head
+
+    def _layers_and_sites(self, allowed):
+        """(target_layers regex, sites in our order); every layer must have the same sites."""
+        by_layer = {}
+        for layer, site in self._units:
+            by_layer.setdefault(layer, set()).add(site)
+        if not by_layer:
+            self._fail("no adapter tensors in the weights file.")
+        site_sets = {frozenset(s) for s in by_layer.values()}
+        if len(site_sets) > 1:
+            self._fail(f"its layers adapt different projections ({by_layer}); one adapter here adapts the same ones in every layer it covers.")
+        sites = tuple(s for s in PROJECTION_SITES if s in next(iter(site_sets)))
+        bad = [s for s in sites if s not in allowed]
+        if bad:
+            self._fail(f"adapts {bad}, which this method cannot adapt here (it can adapt {list(allowed)}).")
+        if self.peft.get("layers_to_transform") is None:  # peft adapted every layer
+            return ".*", sites
+        return "(" + "|".join(bert.encoder_name(i) for i in sorted(by_layer)) + ")", sites
+
+    def _lora(self):
+        p = self.peft
+        for flag, ok in (("bias", "none"), ("lora_bias", False), ("layer_replication", None), ("use_qalora", False)):
+            if p.get(flag, ok) not in (ok, None, False, "none"):
+                self._fail(f"{flag}={p.get(flag)!r}: trained biases or replicated layers are not supported.")
+        ranks = {t["lora_A.weight"].shape[0] for t in self._units.values() if "lora_A.weight" in t}
+        alphas = set((p.get("alpha_pattern") or {}).values()) | {p["lora_alpha"]}
+        if len(ranks) != 1 or len(alphas) != 1:
+            self._fail(
+                f"ranks {sorted(ranks)} and alphas {sorted(alphas)} differ between modules (rank_pattern/"
+                "alpha_pattern); one adapter here has one rank and one alpha."
+            )
+        dora = bool(p.get("use_dora"))
+        needed = {"lora_A.weight", "lora_B.weight"} | ({"lora_magnitude_vector"} if dora else set())
+        for (layer, site), tensors in self._units.items():
+            if set(tensors) != needed:
+                self._fail(f"layer {layer} {site} has {sorted(tensors)}, expected {sorted(needed)}.")
+        target_layers, sites = self._layers_and_sites(PROJECTION_SITES)
+        return {
+            "method": "lora",
+            "rank": int(ranks.pop()),
+            "alpha": float(alphas.pop()),
+            "dropout": float(p.get("lora_dropout") or 0.0),
+            "target_modules": list(sites),
+            "use_rslora": bool(p.get("use_rslora")),
+            "use_dora": dora,
+            "target_layers": target_layers,
+        }
+
+    def _ia3(self):
+        target_layers, sites = self._layers_and_sites(PROJECTION_SITES)
+        # peft scales a feed-forward module's input ((1, in) vectors), any other module's output.
+        inputs = {site for (_, site), t in self._units.items() if t["ia3_l"].shape[0] == 1}
+        return {
+            "method": "ia3",
+            "target_modules": list(sites),
+            "feedforward_modules": [s for s in sites if s in inputs],
+            "target_layers": target_layers,
+        }
+
+    def tensors(self, shapes):
+        """{our key: array} for the model's expected `shapes` ({key: shape})."""
+        out = {"logits/kernel": self._head["weight"].T, "logits/bias": self._head["bias"]}
+        names = {"lora_A.weight": "lora_a", "lora_B.weight": "lora_b", "lora_magnitude_vector": "magnitude", "ia3_l": "scale"}
+        for (layer, site), tensors in self._units.items():
+            for peft_name, value in tensors.items():
+                key = bert.unit_key(layer, site, names[peft_name])
+                if peft_name.startswith("lora_"):  # torch Linear weights are [out, in]; our kernels [in, out]
+                    value = value.T if value.ndim == 2 else value
+                elif key in shapes and value.size == math.prod(shapes[key]):
+                    value = value.reshape(shapes[key])  # a scaling vector, laid out as the kernel's dims
+                out[key] = value
+        return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
+
+
+def _read_weights(directory):
+    for name in WEIGHT_FILES:
+        path = directory / name
+        if not path.is_file():
+            continue
+        try:
+            if name.endswith(".bin"):
+                return load_torch_tensors(path)
+            from safetensors.numpy import load_file
+
+            return load_file(str(path))
+        except UnsafeFileError as e:
+            raise AdapterFormatError(str(e)) from None
+        except Exception as e:
+            raise AdapterFormatError(f"{path} is not a readable safetensors file: {e}") from None
+    raise AdapterFormatError(f"{directory} has an adapter_config.json but none of {list(WEIGHT_FILES)}.")
+
+
+#: Our method name -> what peft calls it, for the methods peft has.
+PEFT_TYPES = {"lora": "LORA", "ia3": "IA3"}
+_OUR_KEY = re.compile(r"transformer_layer_(\d+)/(?:self_attention_layer/)?(\w+)/(lora_a|lora_b|magnitude|scale)")
+_MODULES = {site: module for module, site in bert.HUGGINGFACE_SITES.items()}
+
+
+def _modules_regex(sites, layers=r"\d+"):
+    # A regex, not module names: peft matches the name "output.dense" against attention.output.dense too.
+    return rf".*encoder\.layer\.({layers})\.({'|'.join(re.escape(_MODULES[s]) for s in sites)})"
+
+
+def _input_scaled(method):
+    """The sites whose inputs an (IA)^3 adapter scales (peft's feedforward modules)."""
+    return [s for s in method["target_modules"] if s in method.get("feedforward_modules", ["feedforward_output_dense"])]
+
+
+def peft_config(config, num_layers, base, task_type):
+    """The `adapter_config.json` peft reads for our adapter `config` (folder JSON);
+    `task_type`: peft's for the adapter's task (`Task.peft_task_type`)."""
+    method, task = config.get("method") or {}, config["task"]
+    kind = PEFT_TYPES.get(method.get("method"))
+    problem = (
+        "a fusion has no peft form" if "fusion" in config
+        else f"method {method['method']!r} has no peft type (of ours, peft has {sorted(PEFT_TYPES)}); export it "
+        "with `keras-adapters export` instead" if kind is None
+        else f"its task is {task.get('type')!r}; only single-text classifiers convert to peft yet" if task_type is None
+        else f"its head pools by {task.get('pooling')!r}; peft's BertForSequenceClassification reads BERT's "
+        "pooled [CLS] output (train with pooling='cls' to export to peft)" if task.get("pooling") != "cls"
+        else None
+    )
+    if problem:
+        raise AdapterFormatError(f"Cannot write a peft folder: {problem}.")
+    layers = [i for i in range(num_layers) if re.fullmatch(method.get("target_layers", ".*"), bert.encoder_name(i))]
+    common = {
+        "peft_type": kind, "task_type": task_type, "base_model_name_or_path": base, "inference_mode": True,
+        "target_modules": _modules_regex(method["target_modules"], "|".join(map(str, layers))),
+        "modules_to_save": ["classifier"], "fan_in_fan_out": False,
+    }
+    if kind == "IA3":
+        inputs = _input_scaled(method)
+        return {**common, "feedforward_modules": _modules_regex(inputs) if inputs else []}
+    return {
+        **common, "r": method["rank"], "lora_alpha": method["alpha"], "lora_dropout": method.get("dropout", 0.0),
+        "use_rslora": method.get("use_rslora", False), "use_dora": method.get("use_dora", False), "bias": "none",
+    }
+
+
+def peft_tensors(method, tensors):
+    """peft's tensors for our adapter's `tensors` ({our key: array})."""
+    names = {"lora_a": "lora_A.weight", "lora_b": "lora_B.weight", "magnitude": "lora_magnitude_vector"}
+    inputs = set(_input_scaled(method)) if method.get("method") == "ia3" else set()
+    out, unknown = {}, []
+    for key, value in tensors.items():
+        match = _OUR_KEY.fullmatch(key)
+        if key in ("logits/kernel", "logits/bias"):
+            out[f"base_model.model.classifier.{'weight' if key.endswith('kernel') else 'bias'}"] = value.T
+        elif not match or match.group(2) not in _MODULES:
+            unknown.append(key)
+        elif match.group(3) == "scale":  # peft: (1, in) scales a feed-forward module's inputs, (out, 1) outputs
+            shape = (1, -1) if match.group(2) in inputs else (-1, 1)
+            out[f"base_model.model.bert.encoder.layer.{match.group(1)}.{_MODULES[match.group(2)]}.ia3_l"] = value.reshape(shape)
+        else:
+            name = f"base_model.model.bert.encoder.layer.{match.group(1)}.{_MODULES[match.group(2)]}.{names[match.group(3)]}"
+            out[name] = value.T if value.ndim == 2 else value
+    if unknown:
+        raise AdapterFormatError(f"Cannot write a peft folder: no peft name for {sorted(unknown)[:6]}.")
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
+
+
+def write_peft_folder(directory, config, tensors, num_layers, base, task_type):
+    """Write our adapter (folder `config` and `tensors`) as a peft folder that
+    `PeftModel.from_pretrained(AutoModelForSequenceClassification..., directory)` loads."""
+    from safetensors.numpy import save
+
+    peft = peft_config(config, num_layers, base, task_type)
+    data = save(peft_tensors(config["method"], tensors))
+
+    def fill(folder):
+        (Path(folder) / WEIGHT_FILES[0]).write_bytes(data)
+        (Path(folder) / CONFIG_FILE).write_text(json.dumps(peft, indent=2) + "\n")
+
+    return replace_folder(directory, fill)

@@ -1,0 +1,82 @@
+"""`keras-adapters convert`: adapters trained with other libraries, as our
+adapter folders, and ours as peft folders.
+
+A peft or AdapterHub folder is read by the model (`AdapterModel.load_adapter`,
+which knows both), on the checkpoint it was trained on, and written with
+`save_adapter`, so the result carries everything our own folders do: the
+backbone's fingerprint, the tokenizer, the head, a checksum. The other way,
+our folder's tensors are renamed and transposed into peft's layout
+(`io.peft_format`); no model is built.
+"""
+
+import os
+import warnings
+
+from keras_adapters import tasks
+from keras_adapters.backbones import bert
+from keras_adapters.io import adapter_folder as adapter_io
+from keras_adapters.io import adapterhub_format
+from keras_adapters.io import peft_format
+from keras_adapters.io import presets
+from keras_adapters.models import AdapterModel
+from keras_adapters.runs.folder import adapter_dir
+
+#: Hub names of the checkpoint embedded as "default" (a peft folder trained on
+#: it in PyTorch names it so).
+DEFAULT_PRESET_NAMES = ("sentence-transformers/all-MiniLM-L6-v2",)
+
+
+def base_preset(source, preset=None):
+    """The checkpoint `source` was trained on: `preset`, or the folder (or
+    known hub name) its config names."""
+    if preset is not None:
+        return preset
+    if adapterhub_format.is_adapterhub_folder(source):
+        base = adapterhub_format.AdapterHubFolder(source).base
+    else:
+        base = peft_format.PeftFolder.base_of(source)
+    if base in DEFAULT_PRESET_NAMES:
+        return presets.DEFAULT_PRESET_ALIAS
+    if base and os.path.isdir(base):
+        return base
+    raise presets.PresetNotFoundError(
+        f"{source} was trained on {base!r}, which is not a folder here; pass --preset FOLDER "
+        "(a local copy of that same checkpoint: a Hugging Face folder or a keras-hub preset folder)."
+    )
+
+
+def convert(source, output, preset=None, sequence_length=128):
+    """Write the adapter in `source` (a peft or AdapterHub folder) as our adapter folder `output`.
+
+    Returns:
+        (output folder, the adapter's method name).
+    """
+    preset = base_preset(source, preset)
+    model = AdapterModel.from_preset(preset, method=None, sequence_length=sequence_length)
+    name = model.load_adapter(source)
+    model.save_adapter(output, name)
+    return str(output), model.state.configs[name].method
+
+
+def to_peft(source, output):
+    """Write our adapter in `source` (an adapter or run folder) as a peft folder `output`.
+
+    Returns:
+        (output folder, the adapter's method name).
+    """
+    directory = adapter_dir(source)
+    config, tensors = adapter_io.read_folder(directory)
+    architecture = config["backbone"]["architecture"]
+    activation = bert.recorded_activation(architecture)
+    if activation not in (None, "gelu"):
+        warnings.warn(
+            f"{directory} was trained on a backbone computing {activation!r}; BertForSequenceClassification "
+            "computes the checkpoint's exact GELU, so PyTorch's outputs will differ slightly (about 1e-3).",
+            stacklevel=2,
+        )
+    base = presets.resolve_preset(config["backbone"]["preset"])
+    task = tasks.get_task(adapter_io.task_type(config, directory, tasks.available_tasks()))
+    peft_format.write_peft_folder(
+        output, config, tensors, architecture["num_layers"], os.path.abspath(base), task.peft_task_type
+    )
+    return str(output), config["method"]["method"]

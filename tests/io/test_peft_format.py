@@ -1,0 +1,129 @@
+"""peft adapter folders load with peft's outputs (against the float64 reference,
+no PyTorch needed), and what cannot be computed the same is refused by name."""
+
+import json
+import os
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+from bert_reference import NumpyBert
+from conftest import PEFT_PREFIX as PREFIX
+from conftest import write_peft_lora
+from safetensors.numpy import load_file
+from safetensors.numpy import save_file
+
+import keras_adapters as ka
+from keras_adapters.io import presets
+
+SENTENCES = ["The striker scored twice as the home side won the cup final.", "Shares fell 4% on Monday."]
+LAYERS = 6
+
+
+@pytest.fixture(scope="module")
+def model(minilm_preset):
+    return ka.AdapterModel.from_preset(minilm_preset, method=None, sequence_length=24)
+
+
+def _reference_probabilities(preset, folder, tokens, scale):
+    """BertForSequenceClassification with peft's LoRA, in float64 NumPy: pooler, classifier, softmax."""
+    weights = load_file(os.path.join(folder, "adapter_model.safetensors"))
+    lora = {
+        (i, site): (
+            weights[f"{PREFIX}.{i}.attention.self.{site}.lora_A.weight"].astype(np.float64),
+            weights[f"{PREFIX}.{i}.attention.self.{site}.lora_B.weight"].astype(np.float64),
+            scale,
+        )
+        for i in range(LAYERS)
+        for site in ("query", "value")
+    }
+    bert = NumpyBert(preset)
+    cls = bert(tokens["token_ids"], tokens["segment_ids"], tokens["padding_mask"], lora=lora)[:, 0]
+    pooled = np.tanh(cls @ bert.w["pooler.dense.weight"].T + bert.w["pooler.dense.bias"])
+    logits = pooled @ weights["base_model.model.classifier.weight"].T + weights["base_model.model.classifier.bias"]
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("use_rslora", [False, True])
+def test_a_peft_lora_classifier_predicts_as_peft_computes(model, minilm_preset, tmp_path, use_rslora):
+    folder = write_peft_lora(tmp_path / "peft", minilm_preset, use_rslora=use_rslora)
+    name = model.load_adapter(folder, name=f"peft_{use_rslora}")
+    model.set_active_adapters(name)
+    tokens = {k: np.asarray(v) for k, v in presets.load_preprocessor(minilm_preset, 24)(SENTENCES).items()}
+    scale = 8 / (np.sqrt(4) if use_rslora else 4)
+    expected = _reference_probabilities(minilm_preset, folder, tokens, scale)
+    np.testing.assert_allclose(model.predict(SENTENCES, verbose=0), expected, atol=1e-5)
+    assert model.state.configs[name].get_config()["use_rslora"] is use_rslora
+
+
+def test_the_converted_folder_is_an_adapter_folder_with_the_same_outputs(model, minilm_preset, tmp_path):
+    name = model.load_adapter(write_peft_lora(tmp_path / "peft", minilm_preset, seed=2), name="conv")
+    model.set_active_adapters(name)
+    expected = model.predict(SENTENCES, verbose=0)
+    model.save_adapter(tmp_path / "ours", name="conv")
+    again = ka.AdapterModel.from_adapter(tmp_path / "ours")
+    np.testing.assert_allclose(again.predict(SENTENCES, verbose=0), expected, atol=1e-6)
+    assert again.heads[again.active_adapters].pooling == "cls"
+
+
+def _rewrite(folder, tensors=None, **config):
+    if tensors is not None:
+        save_file(tensors, os.path.join(folder, "adapter_model.safetensors"))
+    path = os.path.join(folder, "adapter_config.json")
+    with open(path) as f:
+        data = json.load(f)
+    with open(path, "w") as f:
+        json.dump({**data, **config}, f)
+
+
+def _refusals(folder):
+    weights = load_file(os.path.join(folder, "adapter_model.safetensors"))
+    pooler = dict(weights, **{"base_model.model.bert.pooler.dense.lora_A.weight": np.zeros((4, 384), np.float32)})
+    ranked = dict(weights, **{f"{PREFIX}.0.attention.self.query.lora_A.weight": np.zeros((2, 384), np.float32),
+                              f"{PREFIX}.0.attention.self.query.lora_B.weight": np.zeros((384, 2), np.float32)})
+    return {
+        "pooler": ({"tensors": pooler}, r"no place for: \['base_model.model.bert.pooler.dense.lora_A.weight'\]"),
+        "ranks": ({"tensors": ranked, "rank_pattern": {"layer.0.attention.self.query": 2}}, r"ranks \[2, 4\].*rank_pattern"),
+        "bias": ({"bias": "lora_only"}, "bias='lora_only'"),
+        "task": ({"task_type": "FEATURE_EXTRACTION"}, "task_type 'FEATURE_EXTRACTION'"),
+        "saved": ({"modules_to_save": ["classifier", "pooler"]}, r"modules_to_save \['pooler'\]"),
+        "prompt": ({"peft_type": "ADALORA"}, "peft type 'ADALORA' cannot be read yet"),
+    }
+
+
+@pytest.mark.parametrize("case", ["pooler", "ranks", "bias", "task", "saved", "prompt"])
+def test_what_cannot_be_computed_the_same_is_refused_by_name(model, minilm_preset, tmp_path, case):
+    folder = write_peft_lora(tmp_path / case, minilm_preset)
+    change, message = _refusals(folder)[case]
+    _rewrite(folder, **change)
+    before = set(model.state.configs)
+    with pytest.raises(ka.AdapterFormatError, match=message):
+        model.load_adapter(folder, name=case)
+    assert set(model.state.configs) == before
+
+
+class _Payload:
+    def __reduce__(self):
+        return os.system, ("touch payload_ran",)
+
+
+def test_a_bin_weights_file_that_runs_code_is_refused(model, minilm_preset, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = write_peft_lora(tmp_path / "bin", minilm_preset)
+    os.remove(os.path.join(folder, "adapter_model.safetensors"))
+    with zipfile.ZipFile(os.path.join(folder, "adapter_model.bin"), "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps({"x": _Payload()}, protocol=2))
+    with pytest.raises(ka.AdapterFormatError, match="asks to run (posix|os).system"):
+        model.load_adapter(folder, name="bin")
+    assert not (tmp_path / "payload_ran").exists()
+
+
+def test_a_corrupt_weights_file_is_refused(model, minilm_preset, tmp_path):
+    folder = write_peft_lora(tmp_path / "corrupt", minilm_preset)
+    path = os.path.join(folder, "adapter_model.safetensors")
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    with pytest.raises(ka.AdapterFormatError, match="not a readable safetensors file"):
+        model.load_adapter(folder, name="corrupt")
