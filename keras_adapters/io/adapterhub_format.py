@@ -29,8 +29,7 @@ import numpy as np
 
 from keras_adapters.backbones import bert
 from keras_adapters.io.adapter_folder import AdapterFormatError
-from keras_adapters.io.torch_tensors import UnsafeFileError
-from keras_adapters.io.torch_tensors import load_torch_tensors
+from keras_adapters.io.torch_tensors import read_tensor_file
 
 CONFIG_FILE = "adapter_config.json"
 HEAD_CONFIG_FILE = "head_config.json"
@@ -73,7 +72,7 @@ class AdapterHubFolder:
         self.name, self.base, bn = data["name"], data.get("model_name"), data["config"]
         if data.get("model_type") not in (None, "bert"):
             self._fail(f"it adapts a {data.get('model_type')!r} model; BERT-family models convert here.")
-        self._units = self._parse(_read(self.directory, WEIGHT_FILES, self.source))
+        self._units = self._parse(read_tensor_file(self.directory, WEIGHT_FILES, self.source))
         self._head_config, self._head = self._read_head()
         self.config = {"name": self.name, "method": self._method(bn), "task": self._task()}
 
@@ -140,7 +139,7 @@ class AdapterHubFolder:
                 "save it in AdapterHub with its prediction head (model.save_adapter(DIR, name, with_head=True))."
             )
         head = json.loads(path.read_text(encoding="utf-8"))["config"]
-        return head, _read(self.directory, HEAD_WEIGHT_FILES, self.source)
+        return head, read_tensor_file(self.directory, HEAD_WEIGHT_FILES, self.source)
 
     def _task(self):
         head = self._head_config
@@ -182,20 +181,3 @@ class AdapterHubFolder:
             out[f"{name}/bias"] = bias if bias is not None else np.zeros(shapes.get(f"{name}/bias", (0,)), np.float32)
         return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
 
-
-def _read(directory, names, source):
-    for name in names:
-        path = directory / name
-        if not path.is_file():
-            continue
-        try:
-            if name.endswith(".bin"):
-                return load_torch_tensors(path)
-            from safetensors.numpy import load_file
-
-            return load_file(str(path))
-        except UnsafeFileError as e:
-            raise AdapterFormatError(str(e)) from None
-        except Exception as e:
-            raise AdapterFormatError(f"{path} is not a readable safetensors file: {e}") from None
-    raise AdapterFormatError(f"{source} has none of {list(names)}.")

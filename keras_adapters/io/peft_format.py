@@ -24,8 +24,7 @@ import numpy as np
 from keras_adapters.backbones import bert
 from keras_adapters.io.adapter_folder import AdapterFormatError
 from keras_adapters.io.adapter_folder import replace_folder
-from keras_adapters.io.torch_tensors import UnsafeFileError
-from keras_adapters.io.torch_tensors import load_torch_tensors
+from keras_adapters.io.torch_tensors import read_tensor_file
 from keras_adapters.methods.base import PROJECTION_SITES
 
 CONFIG_FILE = "adapter_config.json"
@@ -57,7 +56,7 @@ class PeftFolder:
         self._task_types = task_types
         self.peft = json.loads((Path(directory) / CONFIG_FILE).read_text(encoding="utf-8"))
         self.base = self.peft.get("base_model_name_or_path")
-        self._raw = _read_weights(Path(directory))
+        self._raw = read_tensor_file(Path(directory), WEIGHT_FILES, self.source)
         self._units, head = self._parse()
         self._head = head
         kind = self.peft["peft_type"]
@@ -191,23 +190,6 @@ class PeftFolder:
                 out[key] = value
         return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
 
-
-def _read_weights(directory):
-    for name in WEIGHT_FILES:
-        path = directory / name
-        if not path.is_file():
-            continue
-        try:
-            if name.endswith(".bin"):
-                return load_torch_tensors(path)
-            from safetensors.numpy import load_file
-
-            return load_file(str(path))
-        except UnsafeFileError as e:
-            raise AdapterFormatError(str(e)) from None
-        except Exception as e:
-            raise AdapterFormatError(f"{path} is not a readable safetensors file: {e}") from None
-    raise AdapterFormatError(f"{directory} has an adapter_config.json but none of {list(WEIGHT_FILES)}.")
 
 
 #: Our method name -> what peft calls it, for the methods peft has.

@@ -16,6 +16,8 @@ import zipfile
 
 import numpy as np
 
+from keras_adapters.io.adapter_folder import AdapterFormatError
+
 #: torch storage class -> NumPy dtype ("BFloat16" is widened to float32 on read).
 STORAGE_DTYPES = {
     "FloatStorage": np.float32,
@@ -120,3 +122,24 @@ def load_torch_tensors(path):
     if not isinstance(state, dict) or not all(isinstance(v, np.ndarray) for v in state.values()):
         raise UnsafeFileError(f"{path} does not hold a dict of tensors (a state dict).")
     return dict(state)
+
+
+def read_tensor_file(directory, names, source):
+    """{name: array} from the first of `names` (`.safetensors` or a torch `.bin`)
+    in the `pathlib.Path` `directory`; a missing, unreadable or unsafe file is
+    an `AdapterFormatError` naming it."""
+    for name in names:
+        path = directory / name
+        if not path.is_file():
+            continue
+        try:
+            if name.endswith(".bin"):
+                return load_torch_tensors(path)
+            from safetensors.numpy import load_file
+
+            return load_file(str(path))
+        except UnsafeFileError as e:
+            raise AdapterFormatError(str(e)) from None
+        except Exception as e:
+            raise AdapterFormatError(f"{path} is not a readable safetensors file: {e}") from None
+    raise AdapterFormatError(f"{source} has none of {list(names)}.")

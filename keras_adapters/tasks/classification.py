@@ -174,7 +174,7 @@ class ClassificationHead(keras.layers.Layer):
         self.hidden = None  # made in build: its width is the backbone's
 
     def build(self, hidden_dim):
-        if self.hidden_activation is not None:
+        if getattr(self, "hidden_activation", None) is not None:  # the multi-label head borrows build
             self.hidden = keras.layers.Dense(
                 int(hidden_dim), activation=self.hidden_activation, dtype=self.dtype_policy, name="hidden",
                 kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),

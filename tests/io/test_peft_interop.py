@@ -10,17 +10,10 @@ peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
 import keras_adapters as ka  # noqa: E402
+from adapterhub_side import TEST  # noqa: E402  (the same texts both interop tests use)
+from adapterhub_side import TRAIN  # noqa: E402
 from keras_adapters.methods.base import PROJECTION_SITES  # noqa: E402
 
-TRAIN = [
-    ("Shares fell sharply after the bank cut its profit forecast.", 0),
-    ("The central bank raised interest rates again.", 0),
-    ("The striker scored twice in the cup final.", 1),
-    ("The home side won the league on the last day.", 1),
-    ("A new phone chip promises longer battery life.", 2),
-    ("The software update fixes a security flaw.", 2),
-]
-TEST = ["Markets rallied as inflation eased.", "The coach was sacked after a heavy defeat.", "A faster laptop went on sale."]
 ALL_LINEAR = r".*encoder.*\.(query|key|value|dense)$"  # every encoder projection, not the pooler
 
 CONFIGS = {
