@@ -37,8 +37,6 @@ WEIGHT_FILES = ("adapter.safetensors", "pytorch_adapter.bin")
 HEAD_WEIGHT_FILES = ("model_head.safetensors", "pytorch_model_head.bin")
 #: AdapterHub's (transformers') activation names -> Keras'.
 ACTIVATIONS = {"relu": "relu", "swish": "silu", "silu": "silu", "gelu": "gelu", "tanh": "tanh", "sigmoid": "sigmoid"}
-#: AdapterHub head types -> our task names, for the heads that convert.
-HEAD_TASKS = {"classification": "text_classification"}
 #: The options a converted bottleneck must have, at these values (AdapterHub's names).
 FIXED = {
     "ln_before": False, "ln_after": False, "use_gating": False, "phm_layer": False, "adapter_residual_before_ln": False,
@@ -65,8 +63,10 @@ class AdapterHubFolder:
         base: the `model_name` AdapterHub recorded.
     """
 
-    def __init__(self, directory):
+    def __init__(self, directory, head_tasks):
+        """`head_tasks`: {AdapterHub head_type: our task name} for the heads that convert."""
         self.directory = Path(directory)
+        self._head_tasks = head_tasks
         self.source = str(directory)
         data = json.loads((self.directory / CONFIG_FILE).read_text(encoding="utf-8"))
         self.name, self.base, bn = data["name"], data.get("model_name"), data["config"]
@@ -144,14 +144,14 @@ class AdapterHubFolder:
     def _task(self):
         head = self._head_config
         kind = head.get("head_type")
-        if kind not in HEAD_TASKS:
-            self._fail(f"its head is {kind!r}; {sorted(HEAD_TASKS)} heads convert.")
+        if kind not in self._head_tasks:
+            self._fail(f"its head is {kind!r}; {sorted(self._head_tasks)} heads convert.")
         layers = head.get("layers", 1)
         activation = ACTIVATIONS.get(str(head.get("activation_function")).lower())
         if layers not in (1, 2) or (layers == 2 and activation is None):
             self._fail(f"a head of {layers} layers with activation {head.get('activation_function')!r} has no counterpart here.")
         names = sorted(head.get("label2id") or {}, key=lambda n: head["label2id"][n]) or None
-        task = {"type": HEAD_TASKS[kind], "num_classes": int(head["num_labels"]), "class_names": names,
+        task = {"type": self._head_tasks[kind], "num_classes": int(head["num_labels"]), "class_names": names,
                 "pooling": "cls" if head.get("use_pooler") else "cls_token", "dropout": 0.1}
         if layers == 2:
             task["hidden_activation"] = activation

@@ -140,7 +140,7 @@ class AdapterFilesMixin:
             peft = peft_format.PeftFolder(directory, tasks.peft_task_types())
             return peft.config, peft.tensors
         if adapterhub_format.is_adapterhub_folder(directory):
-            hub = adapterhub_format.AdapterHubFolder(directory)
+            hub = adapterhub_format.AdapterHubFolder(directory, tasks.adapterhub_head_types())
             return hub.config, hub.tensors
         config, tensors = adapter_io.read_folder(directory)
         task = tasks.get_task(adapter_io.task_type(config, source, tasks.available_tasks()))

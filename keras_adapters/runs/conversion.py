@@ -32,7 +32,7 @@ def base_preset(source, preset=None):
     if preset is not None:
         return preset
     if adapterhub_format.is_adapterhub_folder(source):
-        base = adapterhub_format.AdapterHubFolder(source).base
+        base = adapterhub_format.AdapterHubFolder(source, tasks.adapterhub_head_types()).base
     else:
         base = peft_format.PeftFolder.base_of(source)
     if base in DEFAULT_PRESET_NAMES:

@@ -15,6 +15,7 @@ from keras_adapters.tasks.base import Task  # noqa: F401
 from keras_adapters.tasks.base import TaskServing  # noqa: F401
 from keras_adapters.tasks.base import available_tasks  # noqa: F401
 from keras_adapters.tasks.base import canonical_task  # noqa: F401
+from keras_adapters.tasks.base import adapterhub_head_types  # noqa: F401
 from keras_adapters.tasks.base import peft_task_types  # noqa: F401
 from keras_adapters.tasks.base import cli_name  # noqa: F401
 from keras_adapters.tasks.base import detect_task  # noqa: F401

@@ -101,6 +101,8 @@ class Task:
     #: peft's `task_type` for the same head on a Hugging Face model, when
     #: an adapter of this task converts to and from peft (`io.peft_format`).
     peft_task_type = None
+    #: AdapterHub's `head_type` for the same head, when its heads convert (`io.adapterhub_format`).
+    adapterhub_head_type = None
     served_outputs = ""
     data_formats = ""
 
@@ -370,6 +372,11 @@ def available_tasks():
 def peft_task_types():
     """{peft task_type: task name} of the tasks whose adapters convert to and from peft."""
     return {t.peft_task_type: name for name, t in _REGISTRY.items() if t.peft_task_type}
+
+
+def adapterhub_head_types():
+    """{AdapterHub head_type: task name} of the tasks whose AdapterHub heads convert."""
+    return {t.adapterhub_head_type: name for name, t in _REGISTRY.items() if t.adapterhub_head_type}
 
 
 def get_task(task):

@@ -21,6 +21,7 @@ class TextClassification(ClassificationTask):
     unit = "file"
     routable = True
     peft_task_type = "SEQ_CLS"  # BertForSequenceClassification: BERT's pooler, then the classifier
+    adapterhub_head_type = "classification"
     data_formats = "a folder with one sub-folder per class of .txt files, or tfds:NAME (text-classification)"
 
     def detect(self, path, options):
