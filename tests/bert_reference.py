@@ -39,19 +39,29 @@ class NumpyBert:
             for k, v in load_file(os.path.join(folder, "model.safetensors")).items()
         }
 
-    def __call__(self, token_ids, segment_ids, padding_mask, lora=None, prompt=None, prefix=None, bottleneck=None):
+    def __call__(self, token_ids, segment_ids, padding_mask, lora=None, prompt=None, prefix=None, bottleneck=None,
+                 word_prompt=None, first=False):
         """sequence_output, float64. `lora`: {(layer, "query"): (lora_A, lora_B, scale)};
         `prompt`: [n, hidden] vectors inserted after [CLS] into the embedding output
         (prompt tuning) and taken out of the result again; `prefix`: {layer: (keys, values)},
         each [p, hidden], put in front of that layer's projected keys and values (prefix tuning);
         `bottleneck`: {(layer, "attention" | "ffn"): Bottleneck}, an adapter on that sublayer's
-        output (see `Bottleneck`)."""
+        output (see `Bottleneck`); `word_prompt`: [n, hidden] word vectors put before [CLS] as peft's
+        prompt tuning does (positions counted over the whole sequence, segment 0), taken out again;
+        `first`: also return the first position's output (what BERT's pooler reads)."""
         c, w = self.config, self.w
         eps = c["layer_norm_eps"]
         heads = c["num_attention_heads"]
-        length = token_ids.shape[1]
+        words = w["embeddings.word_embeddings.weight"][token_ids]
+        front = 0 if word_prompt is None else len(word_prompt)
+        if front:
+            batch = token_ids.shape[0]
+            words = np.concatenate([np.broadcast_to(word_prompt, (batch, *word_prompt.shape)), words], axis=1)
+            segment_ids = np.concatenate([np.zeros((batch, front), segment_ids.dtype), segment_ids], axis=1)
+            padding_mask = np.concatenate([np.ones((batch, front), bool), padding_mask], axis=1)
+        length = words.shape[1]
         x = (
-            w["embeddings.word_embeddings.weight"][token_ids]
+            words
             + w["embeddings.position_embeddings.weight"][:length][None]
             + w["embeddings.token_type_embeddings.weight"][segment_ids]
         )
@@ -99,7 +109,8 @@ class NumpyBert:
             if bottleneck and (i, "ffn") in bottleneck:
                 out = bottleneck[(i, "ffn")](out, x, ffn_norm)
             x = ffn_norm(out + x)
-        return np.concatenate([x[:, :1], x[:, 1 + n :]], axis=1)
+        sequence = np.concatenate([x[:, front : front + 1], x[:, front + 1 + n :]], axis=1)
+        return (sequence, x[:, 0]) if first else sequence
 
 
 class Bottleneck:

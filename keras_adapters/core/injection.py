@@ -40,7 +40,8 @@ from keras_adapters.methods.base import apply_linear
 from keras_adapters.methods.base import kernel_split
 from keras_adapters.methods.prompt import EMBEDDING_LAYERS
 from keras_adapters.methods.prompt import embedding_output
-from keras_adapters.methods.prompt import remove_virtual_tokens
+from keras_adapters.methods.prompt import embed_with_prompts
+from keras_adapters.methods.prompt import strip_prompts
 from keras_adapters.methods.registry import get_adapter_config
 
 #: Site name -> attribute path from a `TransformerEncoder`.
@@ -414,14 +415,11 @@ def run_backbone(backbone, inputs, training=False):
     units = _input_units(state) if state is not None else []
     if not units:
         return backbone(inputs, training=training)
-    x = embedding_output(backbone, inputs["token_ids"], inputs["segment_ids"], training=training)
-    mask = inputs["padding_mask"]
-    for unit in units:
-        x, mask = unit.insert(x, mask)
+    x, mask = embed_with_prompts(backbone, inputs, units, training=training)
     for layer in backbone.transformer_layers:
         x = layer(x, padding_mask=mask, training=training)
-    sequence = remove_virtual_tokens(x, sum(u.num_virtual_tokens for u in units))
-    return {"sequence_output": sequence, "pooled_output": backbone.pooled_dense(x[:, 0, :])}
+    # The pooler reads the first position, as BERT's does (a virtual token's, for peft's placement).
+    return {"sequence_output": strip_prompts(x, units), "pooled_output": backbone.pooled_dense(x[:, 0, :])}
 
 
 def frozen_prefix_depth(backbone):
@@ -547,7 +545,9 @@ def add_adapter(backbone, name, method):
     for encoder, site in targets:
         holder = _site(state, encoder, site)
         # A unit computes in its site's dtype (they differ under an autocast precision).
-        unit = config.make_unit(site, holder.base, dtype=holder.base.dtype_policy, hidden_dim=hidden_dim, shared=shared)
+        unit = config.for_unit(f"{encoder.name}/{site}").make_unit(
+            site, holder.base, dtype=holder.base.dtype_policy, hidden_dim=hidden_dim, shared=shared
+        )
         _build_under(f"{holder.scope}/{name}", unit, _input_shape(holder.base, hidden_dim))
         with unlocked(holder):
             holder.units[name] = unit

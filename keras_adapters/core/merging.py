@@ -57,11 +57,14 @@ def merge_lora_adapters(
     for site in _units(model, sources[0]):
         parts = [(_units(model, n)[site], float(weights[n])) for n in sources]
         factors[site] = _combine(parts, combination, density, svd_rank, seed)
-    rank = next(iter(factors.values()))[0].shape[1]
+    ranks = {site: a.shape[1] for site, (a, _) in factors.items()}
+    rank = next(iter(ranks.values()))
+    other = {site: r for site, r in ranks.items() if r != rank}  # where rank_patterns made ranks differ
     first = configs[0]
     config = LoRAConfig(
         rank=rank, alpha=float(rank), dropout=first.dropout,
         target_modules=first.target_modules, target_layers=first.target_layers,
+        rank_pattern=other or None, alpha_pattern={site: float(r) for site, r in other.items()} or None,
     )
     head = model.heads[sources[0]]
     model.add_adapter(name, config, **{k: v for k, v in head.task_config().items()})
@@ -95,11 +98,13 @@ def _check(model, weights, combination, density):
             )
     if len({(c.target_modules, c.target_layers) for c in configs}) != 1:
         raise ValueError("The adapters must target the same modules and layers to be merged.")
-    if combination not in ("cat", "svd") and len({c.rank for c in configs}) != 1:
-        raise ValueError(
-            f"{combination!r} needs adapters of the same rank (got {[c.rank for c in configs]}); "
-            "use 'cat' or 'svd'."
-        )
+    if combination not in ("cat", "svd"):
+        for site in _units(model, sources[0]):
+            ranks = [_units(model, n)[site].rank for n in sources]
+            if len(set(ranks)) != 1:
+                raise ValueError(
+                    f"{combination!r} needs adapters of the same rank (at {site}: {ranks}); use 'cat' or 'svd'."
+                )
     if combination in ("ties", "dare_linear", "dare_ties") and not (density and 0 < density <= 1):
         raise ValueError(f"{combination!r} needs density in (0, 1], got {density!r}.")
     return sources

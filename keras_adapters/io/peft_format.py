@@ -10,8 +10,12 @@ peft saves (`modules_to_save`) becomes the adapter's head, on BERT's pooled
 
 Which layers and projections an adapter covers is read from the tensors, not
 from `target_modules` patterns; every tensor must map to a weight here, and
-what this library cannot compute identically (per-module ranks, trained
-biases, other saved modules) is refused with its name, never dropped.
+what this library cannot compute identically (trained biases, other saved
+modules) is refused with its name, never dropped. Per-module ranks and alphas
+(`rank_pattern`, `alpha_pattern`) become the same options of `LoRAConfig`,
+one exact unit name per module that differs. A `PROMPT_TUNING` folder's
+`prompt_embeddings` become a `PromptConfig(placement="before_cls")`, peft's
+placement; peft's prefix tuning is refused with the reason (see `_NOT_READ`).
 """
 
 import json
@@ -26,11 +30,18 @@ from keras_adapters.io.adapter_folder import AdapterFormatError
 from keras_adapters.io.adapter_folder import replace_folder
 from keras_adapters.io.torch_tensors import read_tensor_file
 from keras_adapters.methods.base import PROJECTION_SITES
+from keras_adapters.methods.lora import LoRAConfig
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
-_LAYER_KEY = re.compile(r"base_model\.model\.(?:bert\.)?encoder\.layer\.(\d+)\.(.+)\.(lora_A\.weight|lora_B\.weight|lora_magnitude_vector|ia3_l)")
-_HEAD_KEY = re.compile(r"base_model\.model\.(classifier|score)\.(weight|bias)")
+_LAYER_KEY = re.compile(
+    r"base_model\.model\.((?:bert\.)?encoder\.layer\.(\d+)\.(.+))\.(lora_A\.weight|lora_B\.weight|lora_magnitude_vector|ia3_l)"
+)
+# peft saves a prompt-learning model's classifier without the inner ".model".
+_HEAD_KEY = re.compile(r"base_model\.(?:model\.)?(classifier|score)\.(weight|bias)")
+PROMPT_KEY = "prompt_embeddings"
+#: Our key of a prompt adapter's vectors (its unit at the embedding output).
+_OUR_PROMPT_KEY = "embeddings/embedding_output/prompt"
 
 
 def is_peft_folder(directory):
@@ -56,11 +67,13 @@ class PeftFolder:
         self._task_types = task_types
         self.peft = json.loads((Path(directory) / CONFIG_FILE).read_text(encoding="utf-8"))
         self.base = self.peft.get("base_model_name_or_path")
+        kind = self.peft["peft_type"]
+        if kind in _NOT_READ:
+            self._fail(f"peft type {kind!r}: {_NOT_READ[kind]}")
         self._raw = read_tensor_file(Path(directory), WEIGHT_FILES, self.source)
         self._units, head = self._parse()
         self._head = head
-        kind = self.peft["peft_type"]
-        readers = {"LORA": self._lora, "IA3": self._ia3}
+        readers = {"LORA": self._lora, "IA3": self._ia3, "PROMPT_TUNING": self._prompt}
         if kind not in readers:
             raise AdapterFormatError(
                 f"{self.source}: peft type {kind!r} cannot be read yet (this keras-adapters reads "
@@ -92,13 +105,17 @@ class PeftFolder:
 
     def _parse(self):
         units, head, unknown = {}, {}, []
+        self._modules = {}  # (layer, site) -> the module name peft matched its patterns against
         for key, value in self._raw.items():
             layer, head_match = _LAYER_KEY.fullmatch(key), _HEAD_KEY.fullmatch(key)
-            if layer and layer.group(2) in bert.HUGGINGFACE_SITES:
-                site = bert.HUGGINGFACE_SITES[layer.group(2)]
-                units.setdefault((int(layer.group(1)), site), {})[layer.group(3)] = value
+            if layer and layer.group(3) in bert.HUGGINGFACE_SITES:
+                unit = (int(layer.group(2)), bert.HUGGINGFACE_SITES[layer.group(3)])
+                units.setdefault(unit, {})[layer.group(4)] = value
+                self._modules[unit] = layer.group(1)
             elif head_match:
                 head[head_match.group(2)] = value
+            elif key == PROMPT_KEY and self.peft.get("peft_type") == "PROMPT_TUNING":
+                units["prompt"] = {key: value}
             else:
                 unknown.append(key)
         if unknown:
@@ -141,29 +158,41 @@ class PeftFolder:
         for flag, ok in (("bias", "none"), ("lora_bias", False), ("layer_replication", None), ("use_qalora", False)):
             if p.get(flag, ok) not in (ok, None, False, "none"):
                 self._fail(f"{flag}={p.get(flag)!r}: trained biases or replicated layers are not supported.")
-        ranks = {t["lora_A.weight"].shape[0] for t in self._units.values() if "lora_A.weight" in t}
-        alphas = set((p.get("alpha_pattern") or {}).values()) | {p["lora_alpha"]}
-        if len(ranks) != 1 or len(alphas) != 1:
-            self._fail(
-                f"ranks {sorted(ranks)} and alphas {sorted(alphas)} differ between modules (rank_pattern/"
-                "alpha_pattern); one adapter here has one rank and one alpha."
-            )
         dora = bool(p.get("use_dora"))
         needed = {"lora_A.weight", "lora_B.weight"} | ({"lora_magnitude_vector"} if dora else set())
         for (layer, site), tensors in self._units.items():
             if set(tensors) != needed:
                 self._fail(f"layer {layer} {site} has {sorted(tensors)}, expected {sorted(needed)}.")
         target_layers, sites = self._layers_and_sites(PROJECTION_SITES)
+        # Each module's rank is its tensors'; its alpha is what peft's alpha_pattern gave it.
+        ranks = {unit: int(t["lora_A.weight"].shape[0]) for unit, t in self._units.items()}
+        alphas = {unit: float(_peft_pattern_value(p.get("alpha_pattern"), self._modules[unit], p["lora_alpha"])) for unit in ranks}
+        rank = p["r"] if p.get("r") in ranks.values() else max(set(ranks.values()), key=list(ranks.values()).count)
         return {
             "method": "lora",
-            "rank": int(ranks.pop()),
-            "alpha": float(alphas.pop()),
+            "rank": int(rank),
+            "alpha": float(p["lora_alpha"]),
+            "rank_pattern": _unit_patterns(ranks, rank),
+            "alpha_pattern": _unit_patterns(alphas, float(p["lora_alpha"])),
             "dropout": float(p.get("lora_dropout") or 0.0),
             "target_modules": list(sites),
             "use_rslora": bool(p.get("use_rslora")),
             "use_dora": dora,
             "target_layers": target_layers,
         }
+
+    def _prompt(self):
+        p = self.peft
+        prompt = self._units.get("prompt", {}).get(PROMPT_KEY)
+        if prompt is None or set(self._units) != {"prompt"}:
+            self._fail(f"a PROMPT_TUNING folder holds '{PROMPT_KEY}' and the classifier; found {sorted(self._raw)}.")
+        if p.get("num_transformer_submodules", 1) != 1 or prompt.shape[0] != p.get("num_virtual_tokens", prompt.shape[0]):
+            self._fail(
+                f"{PROMPT_KEY} has shape {tuple(prompt.shape)} for num_virtual_tokens={p.get('num_virtual_tokens')} and "
+                f"num_transformer_submodules={p.get('num_transformer_submodules')}: one prompt per virtual token expected."
+            )
+        # peft puts word vectors before [CLS] (PromptConfig's "before_cls"); the vectors are read, so no init is replayed.
+        return {"method": "prompt", "num_virtual_tokens": int(prompt.shape[0]), "init": "random", "placement": "before_cls"}
 
     def _ia3(self):
         target_layers, sites = self._layers_and_sites(PROJECTION_SITES)
@@ -180,6 +209,9 @@ class PeftFolder:
         """{our key: array} for the model's expected `shapes` ({key: shape})."""
         out = {"logits/kernel": self._head["weight"].T, "logits/bias": self._head["bias"]}
         names = {"lora_A.weight": "lora_a", "lora_B.weight": "lora_b", "lora_magnitude_vector": "magnitude", "ia3_l": "scale"}
+        if "prompt" in self._units:
+            out[_OUR_PROMPT_KEY] = self._units["prompt"][PROMPT_KEY]
+            return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
         for (layer, site), tensors in self._units.items():
             for peft_name, value in tensors.items():
                 key = bert.unit_key(layer, site, names[peft_name])
@@ -192,8 +224,30 @@ class PeftFolder:
 
 
 
+def _peft_pattern_value(patterns, module, default):
+    """What peft's `rank_pattern`/`alpha_pattern` gives `module` (peft's `get_pattern_key`)."""
+    for key, value in (patterns or {}).items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+def _unit_patterns(values, default):
+    """{our unit name: value} for the units whose value is not `default` (None if none)."""
+    return {f"{bert.encoder_name(layer)}/{site}": v for (layer, site), v in sorted(values.items()) if v != default} or None
+
+
+#: peft types whose BERT classifiers compute what nothing here computes, and why.
+_NOT_READ = {
+    "PREFIX_TUNING": (
+        "peft's prefix tuning hands BERT past key values, which transformers 5's BERT no longer takes (peft "
+        "refuses it there too); with transformers 4 BERT also moved the real tokens' positions on by the prefix "
+        "length, which keras-adapters' PrefixConfig does not. Train a PrefixConfig here, or use PROMPT_TUNING or LoRA."
+    ),
+}
+
 #: Our method name -> what peft calls it, for the methods peft has.
-PEFT_TYPES = {"lora": "LORA", "ia3": "IA3"}
+PEFT_TYPES = {"lora": "LORA", "ia3": "IA3", "prompt": "PROMPT_TUNING"}
 _OUR_KEY = re.compile(r"transformer_layer_(\d+)/(?:self_attention_layer/)?(\w+)/(lora_a|lora_b|magnitude|scale)")
 _MODULES = {site: module for module, site in bert.HUGGINGFACE_SITES.items()}
 
@@ -220,34 +274,63 @@ def peft_config(config, num_layers, base, task_type):
         else f"its task is {task.get('type')!r}; only single-text classifiers convert to peft yet" if task_type is None
         else f"its head pools by {task.get('pooling')!r}; peft's BertForSequenceClassification reads BERT's "
         "pooled [CLS] output (train with pooling='cls' to export to peft)" if task.get("pooling") != "cls"
+        else "its prompt sits after [CLS] in the embedding output; peft's PROMPT_TUNING puts word vectors before "
+        "[CLS] (train with PromptConfig(placement='before_cls') to export to peft)"
+        if kind == "PROMPT_TUNING" and method.get("placement") != "before_cls"
         else None
     )
     if problem:
         raise AdapterFormatError(f"Cannot write a peft folder: {problem}.")
-    layers = [i for i in range(num_layers) if re.fullmatch(method.get("target_layers", ".*"), bert.encoder_name(i))]
     common = {
         "peft_type": kind, "task_type": task_type, "base_model_name_or_path": base, "inference_mode": True,
-        "target_modules": _modules_regex(method["target_modules"], "|".join(map(str, layers))),
-        "modules_to_save": ["classifier"], "fan_in_fan_out": False,
+        "modules_to_save": ["classifier"],
     }
+    if kind == "PROMPT_TUNING":
+        return {
+            **common, "num_virtual_tokens": method["num_virtual_tokens"], "num_transformer_submodules": 1,
+            "num_layers": num_layers, "prompt_tuning_init": "RANDOM",
+        }
+    layers = [i for i in range(num_layers) if re.fullmatch(method.get("target_layers", ".*"), bert.encoder_name(i))]
+    common.update(target_modules=_modules_regex(method["target_modules"], "|".join(map(str, layers))), fan_in_fan_out=False)
     if kind == "IA3":
         inputs = _input_scaled(method)
         return {**common, "feedforward_modules": _modules_regex(inputs) if inputs else []}
     return {
         **common, "r": method["rank"], "lora_alpha": method["alpha"], "lora_dropout": method.get("dropout", 0.0),
         "use_rslora": method.get("use_rslora", False), "use_dora": method.get("use_dora", False), "bias": "none",
+        **_peft_patterns(method, layers),
     }
+
+
+def _peft_patterns(method, layers):
+    """peft's `rank_pattern`/`alpha_pattern`: one exact module name per unit whose
+    rank or alpha is not the adapter's."""
+    lora = LoRAConfig.from_config(method)
+    patterns = {"rank_pattern": {}, "alpha_pattern": {}}
+    for layer in layers:
+        for site in lora.target_modules:
+            unit = lora.for_unit(f"{bert.encoder_name(layer)}/{site}")
+            module = re.escape(f"bert.encoder.layer.{layer}.{_MODULES[site]}")
+            if unit.rank != lora.rank:
+                patterns["rank_pattern"][module] = unit.rank
+            if unit.alpha != lora.alpha:
+                patterns["alpha_pattern"][module] = unit.alpha
+    return patterns
 
 
 def peft_tensors(method, tensors):
     """peft's tensors for our adapter's `tensors` ({our key: array})."""
     names = {"lora_a": "lora_A.weight", "lora_b": "lora_B.weight", "magnitude": "lora_magnitude_vector"}
     inputs = set(_input_scaled(method)) if method.get("method") == "ia3" else set()
+    # peft keys a prompt-learning model's classifier without the inner ".model".
+    head = "base_model.classifier" if method.get("method") == "prompt" else "base_model.model.classifier"
     out, unknown = {}, []
     for key, value in tensors.items():
         match = _OUR_KEY.fullmatch(key)
         if key in ("logits/kernel", "logits/bias"):
-            out[f"base_model.model.classifier.{'weight' if key.endswith('kernel') else 'bias'}"] = value.T
+            out[f"{head}.{'weight' if key.endswith('kernel') else 'bias'}"] = value.T
+        elif key == _OUR_PROMPT_KEY:
+            out[PROMPT_KEY] = value
         elif not match or match.group(2) not in _MODULES:
             unknown.append(key)
         elif match.group(3) == "scale":  # peft: (1, in) scales a feed-forward module's inputs, (out, 1) outputs

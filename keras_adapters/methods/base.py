@@ -97,6 +97,11 @@ class AdapterConfig:
     def applies_to_layer(self, encoder_name):
         return re.fullmatch(self.target_layers, encoder_name) is not None
 
+    def for_unit(self, path):
+        """The config the unit at `path` (`"transformer_layer_3/query"`) is
+        built from: this one, unless the method sets options per unit."""
+        return self
+
     def wrap(self, site, base, *, dtype, hidden_dim, shared):
         """Return the layer that replaces `base` at `site`.
 
@@ -190,6 +195,31 @@ def check_choice(owner, name, value, choices):
         raise ValueError(
             f"{owner}.{name} must be one of {sorted(choices)}, got {value!r}."
         )
+
+
+def pattern_value(patterns, path):
+    """The value of the first key of `patterns` that matches `path` or a
+    `/`-separated end of it (peft's `rank_pattern` rule, with `/` for `.`),
+    or None."""
+    for key, value in (patterns or {}).items():
+        if re.fullmatch(rf"(.*/)?({key})", path):
+            return value
+    return None
+
+
+def check_patterns(owner, name, patterns, check_value):
+    """`patterns` as a dict of valid regular expressions -> checked values (or None)."""
+    if patterns is None:
+        return None
+    if not isinstance(patterns, dict):
+        raise ValueError(f"{owner}.{name} must be a dict of unit patterns to values, got {patterns!r}.")
+    for key, value in patterns.items():
+        try:
+            re.compile(key)
+        except (re.error, TypeError) as e:
+            raise ValueError(f"{owner}.{name} key {key!r} is not a regular expression: {e}") from None
+        check_value(f"{name}[{key!r}]", value)
+    return dict(patterns)
 
 
 def check_sites(owner, name, value, allowed):

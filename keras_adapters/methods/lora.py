@@ -15,6 +15,8 @@ from keras_adapters.methods.base import per_row
 from keras_adapters.methods.base import check_sites
 from keras_adapters.methods.base import check_choice
 from keras_adapters.methods.base import check_positive_int
+from keras_adapters.methods.base import check_patterns
+from keras_adapters.methods.base import pattern_value
 from keras_adapters.methods.base import PROJECTION_SITES
 from keras_adapters.methods.base import kernel_split
 from keras_adapters.methods import per_example
@@ -198,6 +200,11 @@ class LoRALayer(WrappedLayer):
         return config
 
 
+def _check_alpha(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"LoRAConfig.{name} must be > 0, got {value!r}.")
+
+
 @dataclasses.dataclass
 class LoRAConfig(AdapterConfig):
     """LoRA on chosen projections of every encoder layer.
@@ -214,11 +221,18 @@ class LoRAConfig(AdapterConfig):
         use_dora: DoRA, a learned magnitude per output column (peft's
             `use_dora`); merges exactly, routes per row.
         init: `"kaiming"` or `"gaussian"`, how `A` starts (see `LoRALayer`).
+        rank_pattern: `{pattern: rank}` for units whose rank differs from
+            `rank` (peft's `rank_pattern`). A unit is named
+            `"transformer_layer_3/query"`; a pattern matches the name or its
+            end after a `/` (`"query"`, `"transformer_layer_[0-2]/value"`);
+            the first matching key wins.
+        alpha_pattern: `{pattern: alpha}`, the same for `alpha`.
         target_layers: see `AdapterConfig`.
 
     Example:
     ```python
     LoRAConfig(rank=8, alpha=16, target_modules=("query", "key", "value"))
+    LoRAConfig(rank=8, rank_pattern={"transformer_layer_5/.*": 16}, alpha_pattern={"value": 8})
     ```
     """
 
@@ -236,12 +250,13 @@ class LoRAConfig(AdapterConfig):
     use_rslora: bool = False
     use_dora: bool = False
     init: str = "kaiming"
+    rank_pattern: dict | None = None
+    alpha_pattern: dict | None = None
 
     def validate(self):
         super().validate()
         check_positive_int("LoRAConfig", "rank", self.rank)
-        if not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
-            raise ValueError(f"LoRAConfig.alpha must be > 0, got {self.alpha!r}.")
+        _check_alpha("alpha", self.alpha)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(
                 f"LoRAConfig.dropout must be in [0, 1), got {self.dropout!r}."
@@ -253,9 +268,19 @@ class LoRAConfig(AdapterConfig):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"LoRAConfig.{flag} must be True or False, got {getattr(self, flag)!r}.")
         check_choice("LoRAConfig", "init", self.init, LORA_INITS)
+        self.rank_pattern = check_patterns(
+            "LoRAConfig", "rank_pattern", self.rank_pattern, lambda name, v: check_positive_int("LoRAConfig", name, v)
+        )
+        self.alpha_pattern = check_patterns("LoRAConfig", "alpha_pattern", self.alpha_pattern, _check_alpha)
 
     def sites(self):
         return self.target_modules
+
+    def for_unit(self, path):
+        rank, alpha = pattern_value(self.rank_pattern, path), pattern_value(self.alpha_pattern, path)
+        return dataclasses.replace(
+            self, rank=rank or self.rank, alpha=alpha or self.alpha, rank_pattern=None, alpha_pattern=None
+        )
 
     def wrap(self, site, base, *, dtype, hidden_dim, shared):
         return LoRALayer(

@@ -1,12 +1,23 @@
 """Prompt tuning, the input-end adapter (Lester et al. 2021).
 
-A prompt adapter owns `num_virtual_tokens` trainable vectors. They are
-inserted right after `[CLS]` into the *embedding output* (what the first
-encoder layer receives: token + position + segment embeddings after their
-layer norm), and the padding mask grows with them. The real tokens keep the
-positions they have without the prompt, `[CLS]` stays first, and the virtual
-tokens are taken out of the sequence output again, so the heads see the
-usual `[batch, length, hidden]` (mean pooling averages the real tokens only).
+A prompt adapter owns `num_virtual_tokens` trainable vectors, placed one of
+two ways:
+
+- `"after_cls"` (the default): inserted right after `[CLS]` into the
+  *embedding output* (what the first encoder layer receives: token +
+  position + segment embeddings after their layer norm). The real tokens
+  keep the positions they have without the prompt and `[CLS]` stays first,
+  so BERT's pooler still reads `[CLS]`.
+- `"before_cls"` (peft's `PROMPT_TUNING`): word-embedding vectors put in
+  front of `[CLS]`; then the sequence gets its position embeddings (the
+  real tokens move `num_virtual_tokens` positions on), segment 0 for the
+  virtual tokens, and the layer norm, as `BertEmbeddings` computes for
+  peft's `inputs_embeds`. BERT's pooler reads the first position, which
+  is now the first virtual token.
+
+Either way the padding mask grows with the prompt and the virtual tokens
+are taken out of the sequence output again, so the heads see the usual
+`[batch, length, hidden]` (mean pooling averages the real tokens only).
 """
 
 import dataclasses
@@ -22,6 +33,7 @@ from keras_adapters.methods.base import check_choice
 from keras_adapters.methods.base import check_positive_int
 
 PROMPT_INITS = ("vocab", "text", "random")
+PROMPT_PLACEMENTS = ("after_cls", "before_cls")
 
 #: The backbone attributes the embedding output is computed from (keras-hub
 #: `BertBackbone`), in the order they are applied.
@@ -37,12 +49,52 @@ EMBEDDING_LAYERS = (
 
 def embedding_output(backbone, token_ids, segment_ids, training=False):
     """What keras-hub's `BertBackbone` feeds its first encoder layer."""
-    tokens = backbone.token_embedding(token_ids)
+    return _embed(backbone, backbone.token_embedding(token_ids), segment_ids, training)
+
+
+def _embed(backbone, tokens, segment_ids, training):
+    """Embedding output from word vectors `tokens` (positions counted from 0)."""
     positions = backbone.position_embedding(tokens)
     segments = backbone.segment_embedding(segment_ids)
     x = backbone.embeddings_add((tokens, positions, segments))
     x = backbone.embeddings_layer_norm(x)
     return backbone.embeddings_dropout(x, training=training)
+
+
+def _placement(units):
+    placements = {u.placement for u in units}
+    if len(placements) > 1:
+        raise ValueError(
+            f"Active prompt adapters place their tokens differently ({sorted(placements)}); "
+            "activate prompts of one placement at a time."
+        )
+    return placements.pop()
+
+
+def embed_with_prompts(backbone, inputs, units, training=False):
+    """The first encoder layer's input and padding mask with the prompt
+    `units`' virtual tokens (all of one placement)."""
+    mask = inputs["padding_mask"]
+    if _placement(units) == "after_cls":
+        x = embedding_output(backbone, inputs["token_ids"], inputs["segment_ids"], training=training)
+        for unit in units:
+            x, mask = unit.insert(x, mask)
+        return x, mask
+    x = backbone.token_embedding(inputs["token_ids"])
+    for unit in units:
+        x, mask = unit.insert(x, mask)
+    segment_ids = inputs["segment_ids"]
+    count = sum(u.num_virtual_tokens for u in units)
+    segment_ids = ops.concatenate([ops.zeros((ops.shape(segment_ids)[0], count), segment_ids.dtype), segment_ids], axis=1)
+    return _embed(backbone, x, segment_ids, training), mask
+
+
+def strip_prompts(sequence, units):
+    """The encoder's output at the real tokens only."""
+    count = sum(u.num_virtual_tokens for u in units)
+    if _placement(units) == "after_cls":
+        return remove_virtual_tokens(sequence, count)
+    return sequence[:, count:]
 
 
 @keras.saving.register_keras_serializable(package="keras_adapters")
@@ -54,6 +106,9 @@ class PromptEmbedding(WrappedLayer):
         num_virtual_tokens: how many vectors.
         initial: `None` (random normal, stddev 0.02, BERT's initialiser)
             or an array `[num_virtual_tokens, hidden]` the vectors start as.
+        placement: `"after_cls"` (vectors of the embedding output, after
+            `[CLS]`) or `"before_cls"` (word vectors before `[CLS]`, peft's);
+            see the module docstring.
 
     Example:
     ```python
@@ -63,10 +118,12 @@ class PromptEmbedding(WrappedLayer):
     ```
     """
 
-    def __init__(self, base, num_virtual_tokens, initial=None, **kwargs):
+    def __init__(self, base, num_virtual_tokens, initial=None, placement="after_cls", **kwargs):
         super().__init__(base, **kwargs)
+        check_choice("PromptEmbedding", "placement", placement, PROMPT_PLACEMENTS)
         self.num_virtual_tokens = num_virtual_tokens
         self.initial = initial
+        self.placement = placement
 
     def build(self, input_shape):
         hidden = int(input_shape[-1])
@@ -79,14 +136,17 @@ class PromptEmbedding(WrappedLayer):
             self.prompt.assign(ops.cast(self.initial, "float32"))
 
     def insert(self, x, padding_mask):
-        """`x` ([batch, length, hidden]) with the prompt after position 0,
-        and the padding mask with the prompt's positions on."""
+        """`x` ([batch, length, hidden]) with the prompt after position 0
+        (`"after_cls"`) or in front (`"before_cls"`), and the padding mask
+        with the prompt's positions on."""
         batch = ops.shape(x)[0]
         prompt = ops.broadcast_to(
             ops.expand_dims(ops.cast(self.prompt, x.dtype), 0), (batch, self.num_virtual_tokens, ops.shape(x)[-1])
         )
-        x = ops.concatenate([x[:, :1], prompt, x[:, 1:]], axis=1)
         on = ops.ones((batch, self.num_virtual_tokens), padding_mask.dtype)
+        if self.placement == "before_cls":
+            return ops.concatenate([prompt, x], axis=1), ops.concatenate([on, padding_mask], axis=1)
+        x = ops.concatenate([x[:, :1], prompt, x[:, 1:]], axis=1)
         return x, ops.concatenate([padding_mask[:, :1], on, padding_mask[:, 1:]], axis=1)
 
     def call(self, inputs):
@@ -97,7 +157,7 @@ class PromptEmbedding(WrappedLayer):
 
     def get_config(self):
         config = super().get_config()
-        config["num_virtual_tokens"] = self.num_virtual_tokens
+        config.update(num_virtual_tokens=self.num_virtual_tokens, placement=self.placement)
         return config
 
     @classmethod
@@ -126,6 +186,10 @@ class PromptConfig(AdapterConfig):
         init_token_ids: the token ids the vectors start from; filled in from
             `init`/`init_text` when the adapter is added to a model.
         seed: draws the `"vocab"` tokens.
+        placement: `"after_cls"` (default) or `"before_cls"`, peft's
+            `PROMPT_TUNING` placement (see `keras_adapters.methods.prompt`);
+            with `"before_cls"` the vectors start as the word embeddings of
+            their tokens, as peft's do.
 
     Example:
     ```python
@@ -145,11 +209,13 @@ class PromptConfig(AdapterConfig):
     init_text: str | None = None
     init_token_ids: tuple | None = None
     seed: int = 0
+    placement: str = "after_cls"
 
     def validate(self):
         super().validate()
         check_positive_int("PromptConfig", "num_virtual_tokens", self.num_virtual_tokens)
         check_choice("PromptConfig", "init", self.init, PROMPT_INITS)
+        check_choice("PromptConfig", "placement", self.placement, PROMPT_PLACEMENTS)
         if self.init == "text" and not (self.init_text and str(self.init_text).strip()):
             raise ValueError('PromptConfig(init="text") needs init_text, e.g. "Classify the topic of this article:".')
         if self.init_token_ids is not None:
@@ -181,7 +247,11 @@ class PromptConfig(AdapterConfig):
         (position 1, segment 0; the virtual tokens have no position of their
         own)."""
         initial = None
-        if self.init_token_ids is not None:
+        if self.init_token_ids is not None and self.placement == "before_cls":
+            initial = ops.convert_to_numpy(base.token_embedding(np.asarray(self.init_token_ids, "int32")))
+        elif self.init_token_ids is not None:
             ids = np.stack([np.zeros(self.num_virtual_tokens, "int32"), np.asarray(self.init_token_ids, "int32")], 1)
             initial = ops.convert_to_numpy(embedding_output(base, ids, np.zeros_like(ids))[:, 1])
-        return PromptEmbedding(None, self.num_virtual_tokens, initial=initial, dtype=dtype, name="prompt")
+        return PromptEmbedding(
+            None, self.num_virtual_tokens, initial=initial, placement=self.placement, dtype=dtype, name="prompt"
+        )

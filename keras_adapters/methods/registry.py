@@ -1,6 +1,7 @@
 """Maps method names to their config classes."""
 
 import dataclasses
+import json
 
 from keras_adapters.methods.base import AdapterConfig
 from keras_adapters.methods.baselines import FullFineTuningConfig
@@ -71,8 +72,9 @@ def config_from_options(method, options):
     """A config of `method` from `KEY=VALUE` strings (the CLI's `--method-option`).
 
     Values are read by the field's type: `true`/`false` for flags, numbers,
-    comma-separated names for lists (`target_modules=query,value`), `none`
-    for optional fields.
+    comma-separated names for lists (`target_modules=query,value`), JSON
+    objects for patterns (`rank_pattern={"query": 16}`), `none` for optional
+    fields.
 
     Example:
     ```python
@@ -105,11 +107,16 @@ def _parse_value(field, text, option):
             return text.lower() in ("true", "1", "yes")
         if kind is tuple:
             return tuple(t.strip() for t in text.split(",") if t.strip())
+        if kind == (dict | None):
+            value = json.loads(text)
+            if not isinstance(value, dict):
+                raise ValueError
+            return value
         for number in (int, float):
             if kind is number or kind == (number | None):
                 return number(text)
     except ValueError:
-        wanted = {bool: "true or false", int: "an integer", float: "a number"}
+        wanted = {bool: "true or false", int: "an integer", float: "a number", dict: 'a JSON object ({"query": 16})'}
         kind_name = next((v for k, v in wanted.items() if kind is k or kind == (k | None)), kind)
         raise ValueError(f"--method-option {option!r}: {field.name} takes {kind_name}.") from None
     return text

@@ -190,6 +190,7 @@ class _NoTokens:
     """An input-end unit that inserts nothing: run_backbone then runs by hand."""
 
     num_virtual_tokens = 0
+    placement = "after_cls"
 
     def insert(self, x, mask):
         return x, mask

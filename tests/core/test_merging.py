@@ -124,3 +124,19 @@ def test_a_negative_weight_subtracts_an_adapter(tiny_preset):
     expected = _delta(model, "default") - 0.5 * _delta(model, "b")
     np.testing.assert_allclose(_delta(model, "diff"), expected, atol=1e-5)
     assert np.isfinite(_sequence(model, "diff")).all()
+
+
+def test_cat_of_adapters_with_rank_patterns_keeps_each_sites_rank(tiny_preset):
+    model = _model(tiny_preset)
+    model.add_adapter("p", ka.LoRAConfig(rank=2, alpha=4.0, target_modules=QV, rank_pattern={"transformer_layer_1/value": 5}))
+    rng = np.random.default_rng(1)
+    for w in injection.adapter_weights_by_key(model.backbone, "p").values():
+        w.assign(rng.standard_normal(w.shape).astype("float32"))
+    ka.merge_lora_adapters(model, {"default": 0.5, "p": 2.0}, "both", combination="cat")
+    for site in injection.units_of(model.backbone, "both"):
+        expected = 0.5 * _delta(model, "default", site) + 2.0 * _delta(model, "p", site)
+        np.testing.assert_allclose(_delta(model, "both", site), expected, atol=1e-5)
+    assert injection.units_of(model.backbone, "both")["transformer_layer_1/value"].rank == 8 + 5
+    assert injection.units_of(model.backbone, "both")["transformer_layer_0/value"].rank == 8 + 2
+    with pytest.raises(ValueError, match=r"same rank \(at transformer_layer_0/query: \[8, 2\]\)"):
+        ka.merge_lora_adapters(model, {"default": 0.5, "p": 0.5}, "lin", combination="linear")

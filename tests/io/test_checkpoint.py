@@ -65,6 +65,29 @@ def test_prompt_matches_float64_numpy_bert_with_inserted_vectors(minilm_preset, 
     assert np.abs(_masked(plain - adapted, tokens)).max() > 0.1
 
 
+def test_a_prompt_before_cls_matches_float64_numpy_bert_with_peft_placement(minilm_preset, tokens):
+    """peft's prompt tuning: word vectors before [CLS], positions counted over them, the pooler on the first."""
+    backbone = presets.load_backbone(minilm_preset)
+    injection_lib.add_adapter(backbone, "prompt", ka.PromptConfig(num_virtual_tokens=3, init="random", placement="before_cls"))
+    injection_lib.set_active(backbone, "prompt")
+    unit = injection_lib.units_of(backbone, "prompt")["embeddings/embedding_output"]
+    prompt = np.random.default_rng(2).normal(0, 0.05, (3, 384)).astype("float32")  # word-embedding sized
+    unit.prompt.assign(prompt)
+    outputs = injection_lib.run_backbone(backbone, tokens)
+    reference = NumpyBert(minilm_preset)
+    sequence, first = reference(tokens["token_ids"], tokens["segment_ids"], tokens["padding_mask"],
+                                word_prompt=prompt.astype("f8"), first=True)
+    np.testing.assert_allclose(_masked(outputs["sequence_output"].numpy(), tokens), _masked(sequence, tokens), atol=1e-5)
+    pooled = np.tanh(first @ reference.w["pooler.dense.weight"].T + reference.w["pooler.dense.bias"])
+    np.testing.assert_allclose(outputs["pooled_output"].numpy(), pooled, atol=1e-5)
+    after = ka.PromptConfig(num_virtual_tokens=3, init="random")  # the default placement differs
+    injection_lib.add_adapter(backbone, "after", after)
+    injection_lib.set_active(backbone, "after")
+    injection_lib.units_of(backbone, "after")["embeddings/embedding_output"].prompt.assign(prompt)
+    other = injection_lib.run_backbone(backbone, tokens)["sequence_output"].numpy()
+    assert np.abs(_masked(other, tokens) - _masked(sequence, tokens)).max() > 0.05
+
+
 @pytest.mark.parametrize("reparameterize", [False, True])
 def test_prefix_matches_float64_numpy_bert_with_the_same_keys_and_values(minilm_preset, tokens, reparameterize):
     backbone = presets.load_backbone(minilm_preset)

@@ -33,7 +33,7 @@ def _reference_probabilities(preset, folder, tokens, scale):
         (i, site): (
             weights[f"{PREFIX}.{i}.attention.self.{site}.lora_A.weight"].astype(np.float64),
             weights[f"{PREFIX}.{i}.attention.self.{site}.lora_B.weight"].astype(np.float64),
-            scale,
+            scale(i, site) if callable(scale) else scale,
         )
         for i in range(LAYERS)
         for site in ("query", "value")
@@ -68,6 +68,53 @@ def test_the_converted_folder_is_an_adapter_folder_with_the_same_outputs(model, 
     assert again.heads[again.active_adapters].pooling == "cls"
 
 
+def test_per_module_ranks_and_alphas_are_read_as_peft_assigns_them(model, minilm_preset, tmp_path):
+    folder = write_peft_lora(
+        tmp_path / "ranked", minilm_preset, seed=4,
+        rank_pattern={"layer.0.attention.self.query": 2, "layer\\.[45]\\..*value": 6}, alpha_pattern={"value": 3},
+    )
+    weights = load_file(os.path.join(folder, "adapter_model.safetensors"))
+    rng = np.random.default_rng(5)
+    for i, site, rank in [(0, "query", 2), (4, "value", 6), (5, "value", 6)]:  # what peft would have built
+        weights[f"{PREFIX}.{i}.attention.self.{site}.lora_A.weight"] = rng.normal(0, 0.05, (rank, 384)).astype(np.float32)
+        weights[f"{PREFIX}.{i}.attention.self.{site}.lora_B.weight"] = rng.normal(0, 0.05, (384, rank)).astype(np.float32)
+    _rewrite(folder, tensors=weights)
+    model.set_active_adapters(model.load_adapter(folder, name="ranked"))
+    tokens = {k: np.asarray(v) for k, v in presets.load_preprocessor(minilm_preset, 24)(SENTENCES).items()}
+    ranks = {(0, "query"): 2, (4, "value"): 6, (5, "value"): 6}
+    expected = _reference_probabilities(
+        minilm_preset, folder, tokens, lambda i, site: (3 if site == "value" else 8) / ranks.get((i, site), 4)
+    )
+    np.testing.assert_allclose(model.predict(SENTENCES, verbose=0), expected, atol=1e-5)
+    config = model.adapter_config("ranked")
+    assert config.rank_pattern == {"transformer_layer_0/query": 2, "transformer_layer_4/value": 6, "transformer_layer_5/value": 6}
+    assert config.alpha_pattern == {f"transformer_layer_{i}/value": 3.0 for i in range(LAYERS)}
+
+
+def test_a_peft_prompt_tuning_classifier_predicts_as_peft_computes(model, minilm_preset, tmp_path):
+    """peft's PROMPT_TUNING: word vectors before [CLS]; BERT's pooler reads the first of them."""
+    rng = np.random.default_rng(6)
+    tensors = {"prompt_embeddings": rng.normal(0, 0.05, (4, 384)), "base_model.classifier.weight": rng.normal(0, 0.5, (3, 384)),
+               "base_model.classifier.bias": rng.normal(0, 0.5, (3,))}
+    folder = tmp_path / "prompt"
+    folder.mkdir()
+    save_file({k: v.astype(np.float32) for k, v in tensors.items()}, str(folder / "adapter_model.safetensors"))
+    (folder / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "PROMPT_TUNING", "task_type": "SEQ_CLS", "num_virtual_tokens": 4, "token_dim": 384,
+        "num_transformer_submodules": 1, "prompt_tuning_init": "RANDOM", "base_model_name_or_path": minilm_preset,
+        "modules_to_save": ["classifier", "score"],
+    }))
+    model.set_active_adapters(model.load_adapter(folder, name="prompt"))
+    tokens = {k: np.asarray(v) for k, v in presets.load_preprocessor(minilm_preset, 24)(SENTENCES).items()}
+    bert = NumpyBert(minilm_preset)
+    _, first = bert(tokens["token_ids"], tokens["segment_ids"], tokens["padding_mask"], word_prompt=tensors["prompt_embeddings"], first=True)
+    pooled = np.tanh(first @ bert.w["pooler.dense.weight"].T + bert.w["pooler.dense.bias"])
+    logits = pooled @ tensors["base_model.classifier.weight"].T + tensors["base_model.classifier.bias"]
+    expected = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    np.testing.assert_allclose(model.predict(SENTENCES, verbose=0), expected, atol=1e-5)
+    assert model.adapter_config("prompt").placement == "before_cls"
+
+
 def _rewrite(folder, tensors=None, **config):
     if tensors is not None:
         save_file(tensors, os.path.join(folder, "adapter_model.safetensors"))
@@ -81,19 +128,17 @@ def _rewrite(folder, tensors=None, **config):
 def _refusals(folder):
     weights = load_file(os.path.join(folder, "adapter_model.safetensors"))
     pooler = dict(weights, **{"base_model.model.bert.pooler.dense.lora_A.weight": np.zeros((4, 384), np.float32)})
-    ranked = dict(weights, **{f"{PREFIX}.0.attention.self.query.lora_A.weight": np.zeros((2, 384), np.float32),
-                              f"{PREFIX}.0.attention.self.query.lora_B.weight": np.zeros((384, 2), np.float32)})
     return {
         "pooler": ({"tensors": pooler}, r"no place for: \['base_model.model.bert.pooler.dense.lora_A.weight'\]"),
-        "ranks": ({"tensors": ranked, "rank_pattern": {"layer.0.attention.self.query": 2}}, r"ranks \[2, 4\].*rank_pattern"),
         "bias": ({"bias": "lora_only"}, "bias='lora_only'"),
         "task": ({"task_type": "FEATURE_EXTRACTION"}, "task_type 'FEATURE_EXTRACTION'"),
         "saved": ({"modules_to_save": ["classifier", "pooler"]}, r"modules_to_save \['pooler'\]"),
-        "prompt": ({"peft_type": "ADALORA"}, "peft type 'ADALORA' cannot be read yet"),
+        "adalora": ({"peft_type": "ADALORA"}, "peft type 'ADALORA' cannot be read yet"),
+        "prefix": ({"peft_type": "PREFIX_TUNING"}, "past key values.*positions on by the prefix length"),
     }
 
 
-@pytest.mark.parametrize("case", ["pooler", "ranks", "bias", "task", "saved", "prompt"])
+@pytest.mark.parametrize("case", ["pooler", "bias", "task", "saved", "adalora", "prefix"])
 def test_what_cannot_be_computed_the_same_is_refused_by_name(model, minilm_preset, tmp_path, case):
     folder = write_peft_lora(tmp_path / case, minilm_preset)
     change, message = _refusals(folder)[case]

@@ -24,6 +24,11 @@ CONFIGS = {
     "lora_some_layers": lambda: peft.LoraConfig(
         r=2, lora_alpha=4, target_modules=["key", "intermediate.dense"], layers_to_transform=[0, 2, 5], task_type="SEQ_CLS"
     ),
+    "lora_rank_alpha_patterns": lambda: peft.LoraConfig(
+        r=4, lora_alpha=8, target_modules=["query", "value", "output.dense"], task_type="SEQ_CLS",
+        rank_pattern={"layer.1.attention.self.query": 2, r"layer\.[34]\..*value": 8}, alpha_pattern={"output.dense": 2},
+    ),
+    "prompt_tuning": lambda: peft.PromptTuningConfig(num_virtual_tokens=6, task_type="SEQ_CLS"),
     "ia3_default": lambda: peft.IA3Config(task_type="SEQ_CLS"),
     "ia3_query_intermediate": lambda: peft.IA3Config(
         target_modules=["query", "intermediate.dense"], feedforward_modules=["intermediate.dense"], task_type="SEQ_CLS"
@@ -66,6 +71,11 @@ OURS = {
     "rslora_dora_some_layers": lambda: ka.LoRAConfig(
         rank=8, alpha=16, use_rslora=True, use_dora=True, target_layers="transformer_layer_[135]"
     ),
+    "lora_rank_alpha_patterns": lambda: ka.LoRAConfig(
+        rank=4, alpha=8, target_modules=("query", "value", "feedforward_output_dense"),
+        rank_pattern={"transformer_layer_2/query": 2, "value": 6}, alpha_pattern={"feedforward_output_dense": 2},
+    ),
+    "prompt_before_cls": lambda: ka.PromptConfig(num_virtual_tokens=4, placement="before_cls"),
     "ia3": lambda: ka.IA3Config(),
     "ia3_every_projection": lambda: ka.IA3Config(
         target_modules=PROJECTION_SITES, feedforward_modules=("attention_output", "feedforward_output_dense")
@@ -97,15 +107,17 @@ def test_our_adapter_written_as_a_peft_folder_predicts_the_same_in_pytorch(minil
     np.testing.assert_allclose(_pytorch_probabilities(minilm_preset, tmp_path / "peft"), expected, atol=1e-4)
 
 
-def test_a_peft_folder_converted_here_and_back_keeps_every_tensor(minilm_preset, tmp_path):
+@pytest.mark.parametrize("kind", ["rslora_dora_all", "lora_rank_alpha_patterns"])
+def test_a_peft_folder_converted_here_and_back_keeps_every_tensor(minilm_preset, tmp_path, kind):
     from safetensors.numpy import load_file
 
     from keras_adapters.runs import conversion
 
-    _train_in_pytorch(minilm_preset, CONFIGS["rslora_dora_all"](), tmp_path / "peft")
+    expected = _train_in_pytorch(minilm_preset, CONFIGS[kind](), tmp_path / "peft")
     conversion.convert(tmp_path / "peft", tmp_path / "ours", preset=minilm_preset)
     conversion.to_peft(tmp_path / "ours", tmp_path / "back")
     before, after = (load_file(str(tmp_path / d / "adapter_model.safetensors")) for d in ("peft", "back"))
     assert sorted(before) == sorted(after)
     for key in before:
         np.testing.assert_array_equal(after[key], before[key])
+    np.testing.assert_allclose(_pytorch_probabilities(minilm_preset, tmp_path / "back"), expected, atol=1e-5)

@@ -347,3 +347,56 @@ def test_compacter_needs_phm_dim_to_divide_the_sizes():
         unit.build((None, None, 8))
     assert ka.CompacterConfig(reduction_factor=16).size_for(384) == 24
     assert ka.CompacterConfig(bottleneck_size=10, phm_dim=4).size_for(384) == 8
+
+
+def test_rank_and_alpha_patterns_set_each_units_rank_and_scaling():
+    from conftest import tiny_backbone
+
+    from keras_adapters.core import injection
+
+    config = ka.LoRAConfig(
+        rank=4, alpha=8, target_modules=("query", "value"),
+        rank_pattern={"transformer_layer_1/value": 2, "query": 6}, alpha_pattern={"value": 3.0},
+    )
+    backbone = tiny_backbone()
+    units = injection.add_adapter(backbone, "a", config)
+    got = {path: (u.rank, u.scaling, u.lora_a.shape[1], u.lora_b.shape[0]) for path, u in units.items()}
+    assert got["transformer_layer_0/query"] == (6, 8 / 6, 6, 6)  # "query" matches every layer's query
+    assert got["transformer_layer_1/query"] == (6, 8 / 6, 6, 6)
+    assert got["transformer_layer_0/value"] == (4, 3 / 4, 4, 4)  # rank from `rank`, alpha from its pattern
+    assert got["transformer_layer_1/value"] == (2, 3 / 2, 2, 2)
+    assert ka.LoRAConfig.from_config(config.get_config()) == config
+
+
+def test_patterns_match_a_whole_name_or_its_end():
+    from keras_adapters.methods.base import pattern_value
+
+    patterns = {"transformer_layer_1/query": 2, "value": 3}
+    assert pattern_value(patterns, "transformer_layer_1/query") == 2
+    assert pattern_value(patterns, "transformer_layer_11/query") is None  # not a suffix after "/"
+    assert pattern_value(patterns, "transformer_layer_4/value") == 3
+    assert pattern_value(patterns, "transformer_layer_4/key_value") is None
+    assert pattern_value({"(query|key)": 5, "query": 1}, "transformer_layer_0/query") == 5  # first key wins
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"rank_pattern": {"query": 0}}, r"rank_pattern\['query'\] must be a positive integer"),
+        ({"rank_pattern": {"([": 2}}, "key '\\(\\[' is not a regular expression"),
+        ({"alpha_pattern": {"value": -1.0}}, r"alpha_pattern\['value'\] must be > 0"),
+        ({"rank_pattern": [("query", 2)]}, "must be a dict of unit patterns"),
+    ],
+)
+def test_bad_patterns_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ka.LoRAConfig(**kwargs)
+
+
+def test_patterns_are_read_as_json_options():
+    from keras_adapters.methods.registry import config_from_options
+
+    config = config_from_options("lora", ['rank_pattern={"query": 16}', "alpha_pattern=none"])
+    assert config.rank_pattern == {"query": 16} and config.alpha_pattern is None
+    with pytest.raises(ValueError, match="rank_pattern takes a JSON object"):
+        config_from_options("lora", ["rank_pattern=query:16"])

@@ -58,6 +58,7 @@ def test_our_folder_is_not_a_peft_source(minilm_preset, tmp_path, capsys):
     [
         ("houlsby", "cls", "method 'houlsby' has no peft type"),
         ("lora", "mean", "its head pools by 'mean'.*pooling='cls'"),
+        ("prompt", "cls", r"its prompt sits after \[CLS\].*placement='before_cls'"),
     ],
 )
 def test_what_peft_cannot_hold_is_refused_and_nothing_is_written(minilm_preset, tmp_path, method, pooling, message):
