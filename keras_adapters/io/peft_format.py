@@ -39,6 +39,8 @@ _LAYER_KEY = re.compile(
 )
 # peft saves a prompt-learning model's classifier without the inner ".model".
 _HEAD_KEY = re.compile(r"base_model\.(?:model\.)?(classifier|score)\.(weight|bias)")
+# BERT's pooler: LoRA on it (peft's "all-linear" includes it) or a trained copy (modules_to_save).
+_POOLER_KEY = re.compile(r"base_model\.(?:model\.)?bert\.pooler\.dense\.(lora_A\.weight|lora_B\.weight|lora_magnitude_vector|weight|bias)")
 PROMPT_KEY = "prompt_embeddings"
 #: Our key of a prompt adapter's vectors (its unit at the embedding output).
 _OUR_PROMPT_KEY = "embeddings/embedding_output/prompt"
@@ -61,9 +63,12 @@ class PeftFolder:
         base: the peft config's `base_model_name_or_path`.
     """
 
-    def __init__(self, directory, task_types):
-        """`task_types`: {peft task_type: our task name} for the tasks that convert."""
+    def __init__(self, directory, task_types, base_pooler=None):
+        """`task_types`: {peft task_type: our task name} for the tasks that convert;
+        `base_pooler`: a function giving the base model's pooler `(kernel [in, out],
+        bias)`, needed when the adapter changes the pooler."""
         self.source = str(directory)
+        self._base_pooler = base_pooler
         self._task_types = task_types
         self.peft = json.loads((Path(directory) / CONFIG_FILE).read_text(encoding="utf-8"))
         self.base = self.peft.get("base_model_name_or_path")
@@ -79,12 +84,11 @@ class PeftFolder:
                 f"{self.source}: peft type {kind!r} cannot be read yet (this keras-adapters reads "
                 f"{sorted(readers)} adapters of BERT-family sequence classifiers)."
             )
-        self.config = {
-            "name": None,
-            "method": readers[kind](),
-            "task": {"type": task_types[self.peft["task_type"]], "num_classes": int(head["weight"].shape[0]), "pooling": "cls",
-                     "dropout": 0.1},  # BERT's hidden_dropout_prob, which its classifier uses
-        }
+        task = {"type": task_types[self.peft["task_type"]], "num_classes": int(head["weight"].shape[0]), "pooling": "cls",
+                "dropout": 0.1}  # BERT's hidden_dropout_prob, which its classifier uses
+        if self._pooler:  # the adapter's own pooler: our head's hidden layer on the [CLS] token, as BERT's
+            task.update(pooling="cls_token", hidden_activation="tanh")
+        self.config = {"name": None, "method": readers[kind](), "task": task}
 
     @staticmethod
     def base_of(directory):
@@ -106,9 +110,12 @@ class PeftFolder:
     def _parse(self):
         units, head, unknown = {}, {}, []
         self._modules = {}  # (layer, site) -> the module name peft matched its patterns against
+        self._pooler = {}
         for key, value in self._raw.items():
-            layer, head_match = _LAYER_KEY.fullmatch(key), _HEAD_KEY.fullmatch(key)
-            if layer and layer.group(3) in bert.HUGGINGFACE_SITES:
+            layer, head_match, pooler = _LAYER_KEY.fullmatch(key), _HEAD_KEY.fullmatch(key), _POOLER_KEY.fullmatch(key)
+            if pooler:
+                self._pooler[pooler.group(1)] = value
+            elif layer and layer.group(3) in bert.HUGGINGFACE_SITES:
                 unit = (int(layer.group(2)), bert.HUGGINGFACE_SITES[layer.group(3)])
                 units.setdefault(unit, {})[layer.group(4)] = value
                 self._modules[unit] = layer.group(1)
@@ -130,10 +137,34 @@ class PeftFolder:
                 f"task_type {task!r} with head tensors {sorted(head)}: only adapters with a head convert (task_type "
                 f"{sorted(self._task_types)}, whose classifier peft saves), since every adapter here carries its head."
             )
-        others = sorted(set(self.peft.get("modules_to_save") or []) - {"classifier", "score"})
+        others = sorted(set(self.peft.get("modules_to_save") or []) - {"classifier", "score", "pooler"})
         if others:
             self._fail(f"modules_to_save {others} would need their trained copies of base modules; not supported.")
+        self._check_pooler()
         return units, head
+
+    def _check_pooler(self):
+        names = set(self._pooler)
+        lora = {"lora_A.weight", "lora_B.weight"} | ({"lora_magnitude_vector"} if self.peft.get("use_dora") else set())
+        if names and names not in ({"weight", "bias"}, lora):
+            self._fail(f"its pooler tensors {sorted(names)} are neither a trained copy (weight, bias) nor {sorted(lora)}.")
+        if names and self._base_pooler is None and names != {"weight", "bias"}:
+            self._fail("it adapts BERT's pooler, whose base weights this reader was not given.")
+
+    def _pooler_weights(self):
+        """The adapter's pooler as (kernel [in, out], bias): the saved copy, or
+        the base pooler with the LoRA/DoRA update folded in (float64)."""
+        saved = self._pooler
+        if "weight" in saved:
+            return saved["weight"].T, saved["bias"]
+        kernel, bias = (np.asarray(t, np.float64) for t in self._base_pooler())
+        weight = kernel.T  # torch layout [out, in]
+        rank, alpha = saved["lora_A.weight"].shape[0], _peft_pattern_value(self.peft.get("alpha_pattern"), "bert.pooler.dense", self.peft["lora_alpha"])
+        scaling = alpha / (math.sqrt(rank) if self.peft.get("use_rslora") else rank)
+        weight = weight + scaling * saved["lora_B.weight"].astype(np.float64) @ saved["lora_A.weight"].astype(np.float64)
+        if "lora_magnitude_vector" in saved:  # DoRA: magnitude / ||W + sBA|| per output row
+            weight = weight * (saved["lora_magnitude_vector"] / np.linalg.norm(weight, axis=1))[:, None]
+        return weight.T, bias
 
     def _layers_and_sites(self, allowed):
         """(target_layers regex, sites in our order); every layer must have the same sites."""
@@ -208,6 +239,8 @@ class PeftFolder:
     def tensors(self, shapes):
         """{our key: array} for the model's expected `shapes` ({key: shape})."""
         out = {"logits/kernel": self._head["weight"].T, "logits/bias": self._head["bias"]}
+        if self._pooler:
+            out["hidden/kernel"], out["hidden/bias"] = self._pooler_weights()
         names = {"lora_A.weight": "lora_a", "lora_B.weight": "lora_b", "lora_magnitude_vector": "magnitude", "ia3_l": "scale"}
         if "prompt" in self._units:
             out[_OUR_PROMPT_KEY] = self._units["prompt"][PROMPT_KEY]
@@ -262,6 +295,12 @@ def _input_scaled(method):
     return [s for s in method["target_modules"] if s in method.get("feedforward_modules", ["feedforward_output_dense"])]
 
 
+def _own_pooler(task):
+    """Whether a head computes BERT's pooler with its own weights (a tanh layer on
+    the [CLS] token), which peft holds as a saved copy of the pooler."""
+    return task.get("pooling") == "cls_token" and task.get("hidden_activation") == "tanh"
+
+
 def peft_config(config, num_layers, base, task_type):
     """The `adapter_config.json` peft reads for our adapter `config` (folder JSON);
     `task_type`: peft's for the adapter's task (`Task.peft_task_type`)."""
@@ -273,7 +312,7 @@ def peft_config(config, num_layers, base, task_type):
         "with `keras-adapters export` instead" if kind is None
         else f"its task is {task.get('type')!r}; only single-text classifiers convert to peft yet" if task_type is None
         else f"its head pools by {task.get('pooling')!r}; peft's BertForSequenceClassification reads BERT's "
-        "pooled [CLS] output (train with pooling='cls' to export to peft)" if task.get("pooling") != "cls"
+        "pooled [CLS] output (train with pooling='cls' to export to peft)" if not _own_pooler(task) and task.get("pooling") != "cls"
         else "its prompt sits after [CLS] in the embedding output; peft's PROMPT_TUNING puts word vectors before "
         "[CLS] (train with PromptConfig(placement='before_cls') to export to peft)"
         if kind == "PROMPT_TUNING" and method.get("placement") != "before_cls"
@@ -283,7 +322,7 @@ def peft_config(config, num_layers, base, task_type):
         raise AdapterFormatError(f"Cannot write a peft folder: {problem}.")
     common = {
         "peft_type": kind, "task_type": task_type, "base_model_name_or_path": base, "inference_mode": True,
-        "modules_to_save": ["classifier"],
+        "modules_to_save": ["classifier", "pooler"] if _own_pooler(task) else ["classifier"],
     }
     if kind == "PROMPT_TUNING":
         return {
@@ -329,6 +368,8 @@ def peft_tensors(method, tensors):
         match = _OUR_KEY.fullmatch(key)
         if key in ("logits/kernel", "logits/bias"):
             out[f"{head}.{'weight' if key.endswith('kernel') else 'bias'}"] = value.T
+        elif key in ("hidden/kernel", "hidden/bias"):  # a head's own pooler (see _own_pooler)
+            out[f"{head.rsplit('.', 1)[0]}.bert.pooler.dense.{'weight' if key.endswith('kernel') else 'bias'}"] = value.T
         elif key == _OUR_PROMPT_KEY:
             out[PROMPT_KEY] = value
         elif not match or match.group(2) not in _MODULES:

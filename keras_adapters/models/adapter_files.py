@@ -137,7 +137,10 @@ class AdapterFilesMixin:
         """(config, tensors for the expected shapes) of our folder or a peft one."""
         source = str(directory)
         if peft_format.is_peft_folder(directory):
-            peft = peft_format.PeftFolder(directory, tasks.peft_task_types())
+            pooler = self.backbone.pooled_dense
+            peft = peft_format.PeftFolder(
+                directory, tasks.peft_task_types(), base_pooler=lambda: (pooler.kernel.numpy(), pooler.bias.numpy())
+            )
             return peft.config, peft.tensors
         if adapterhub_format.is_adapterhub_folder(directory):
             hub = adapterhub_format.AdapterHubFolder(directory, tasks.adapterhub_head_types())

@@ -26,8 +26,9 @@ def model(minilm_preset):
     return ka.AdapterModel.from_preset(minilm_preset, method=None, sequence_length=24)
 
 
-def _reference_probabilities(preset, folder, tokens, scale):
-    """BertForSequenceClassification with peft's LoRA, in float64 NumPy: pooler, classifier, softmax."""
+def _reference_probabilities(preset, folder, tokens, scale, pooler=None):
+    """BertForSequenceClassification with peft's LoRA, in float64 NumPy: pooler (`pooler`:
+    a function of BERT's pooler weight and bias giving the adapted ones), classifier, softmax."""
     weights = load_file(os.path.join(folder, "adapter_model.safetensors"))
     lora = {
         (i, site): (
@@ -40,7 +41,8 @@ def _reference_probabilities(preset, folder, tokens, scale):
     }
     bert = NumpyBert(preset)
     cls = bert(tokens["token_ids"], tokens["segment_ids"], tokens["padding_mask"], lora=lora)[:, 0]
-    pooled = np.tanh(cls @ bert.w["pooler.dense.weight"].T + bert.w["pooler.dense.bias"])
+    weight, bias = (pooler or (lambda w, b: (w, b)))(bert.w["pooler.dense.weight"], bert.w["pooler.dense.bias"])
+    pooled = np.tanh(cls @ weight.T + bias)
     logits = pooled @ weights["base_model.model.classifier.weight"].T + weights["base_model.model.classifier.bias"]
     e = np.exp(logits - logits.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
@@ -91,6 +93,39 @@ def test_per_module_ranks_and_alphas_are_read_as_peft_assigns_them(model, minilm
     assert config.alpha_pattern == {f"transformer_layer_{i}/value": 3.0 for i in range(LAYERS)}
 
 
+POOLER = "base_model.model.bert.pooler.dense"
+
+
+@pytest.mark.parametrize("kind", ["lora", "saved"])
+def test_an_adapted_pooler_becomes_the_heads_own(model, minilm_preset, tmp_path, kind):
+    """LoRA on BERT's pooler (peft's "all-linear") or a trained copy (modules_to_save) is folded into
+    a head that reads the [CLS] token through its own tanh layer, BERT's pooler's place."""
+    extra = {"modules_to_save": ["classifier", "pooler"]} if kind == "saved" else {}
+    folder = write_peft_lora(tmp_path / kind, minilm_preset, seed=7, **extra)
+    weights = load_file(os.path.join(folder, "adapter_model.safetensors"))
+    rng = np.random.default_rng(8)
+    if kind == "saved":
+        weights[f"{POOLER}.weight"] = rng.normal(0, 0.05, (384, 384)).astype(np.float32)
+        weights[f"{POOLER}.bias"] = rng.normal(0, 0.05, (384,)).astype(np.float32)
+
+        def pooler(w, b):
+            return weights[f"{POOLER}.weight"].astype("f8"), weights[f"{POOLER}.bias"].astype("f8")
+    else:
+        weights[f"{POOLER}.lora_A.weight"] = rng.normal(0, 0.05, (4, 384)).astype(np.float32)
+        weights[f"{POOLER}.lora_B.weight"] = rng.normal(0, 0.05, (384, 4)).astype(np.float32)
+
+        def pooler(w, b):  # peft: W + (alpha / r) B A
+            return w + 2.0 * weights[f"{POOLER}.lora_B.weight"].astype("f8") @ weights[f"{POOLER}.lora_A.weight"].astype("f8"), b
+    _rewrite(folder, tensors=weights)
+    model.set_active_adapters(model.load_adapter(folder, name=f"pooler_{kind}"))
+    tokens = {k: np.asarray(v) for k, v in presets.load_preprocessor(minilm_preset, 24)(SENTENCES).items()}
+    expected = _reference_probabilities(minilm_preset, folder, tokens, 2.0, pooler=pooler)
+    np.testing.assert_allclose(model.predict(SENTENCES, verbose=0), expected, atol=1e-5)
+    assert model.heads[f"pooler_{kind}"].pooling == "cls_token"
+    plain = _reference_probabilities(minilm_preset, folder, tokens, 2.0)  # the pooler matters here
+    assert np.abs(plain - expected).max() > 1e-3
+
+
 def test_a_peft_prompt_tuning_classifier_predicts_as_peft_computes(model, minilm_preset, tmp_path):
     """peft's PROMPT_TUNING: word vectors before [CLS]; BERT's pooler reads the first of them."""
     rng = np.random.default_rng(6)
@@ -129,16 +164,18 @@ def _refusals(folder):
     weights = load_file(os.path.join(folder, "adapter_model.safetensors"))
     pooler = dict(weights, **{"base_model.model.bert.pooler.dense.lora_A.weight": np.zeros((4, 384), np.float32)})
     return {
-        "pooler": ({"tensors": pooler}, r"no place for: \['base_model.model.bert.pooler.dense.lora_A.weight'\]"),
+        "pooler": ({"tensors": pooler}, r"pooler tensors \['lora_A.weight'\] are neither a trained copy"),
+        "embeddings": ({"tensors": dict(weights, **{"base_model.model.bert.embeddings.word_embeddings.lora_A": np.zeros((4, 9), np.float32)})},
+                       r"no place for: \['base_model.model.bert.embeddings.word_embeddings.lora_A'\]"),
         "bias": ({"bias": "lora_only"}, "bias='lora_only'"),
         "task": ({"task_type": "FEATURE_EXTRACTION"}, "task_type 'FEATURE_EXTRACTION'"),
-        "saved": ({"modules_to_save": ["classifier", "pooler"]}, r"modules_to_save \['pooler'\]"),
+        "saved": ({"modules_to_save": ["classifier", "embeddings"]}, r"modules_to_save \['embeddings'\]"),
         "adalora": ({"peft_type": "ADALORA"}, "peft type 'ADALORA' cannot be read yet"),
         "prefix": ({"peft_type": "PREFIX_TUNING"}, "past key values.*positions on by the prefix length"),
     }
 
 
-@pytest.mark.parametrize("case", ["pooler", "bias", "task", "saved", "adalora", "prefix"])
+@pytest.mark.parametrize("case", ["pooler", "embeddings", "bias", "task", "saved", "adalora", "prefix"])
 def test_what_cannot_be_computed_the_same_is_refused_by_name(model, minilm_preset, tmp_path, case):
     folder = write_peft_lora(tmp_path / case, minilm_preset)
     change, message = _refusals(folder)[case]

@@ -28,6 +28,8 @@ CONFIGS = {
         r=4, lora_alpha=8, target_modules=["query", "value", "output.dense"], task_type="SEQ_CLS",
         rank_pattern={"layer.1.attention.self.query": 2, r"layer\.[34]\..*value": 8}, alpha_pattern={"output.dense": 2},
     ),
+    "all_linear_dora": lambda: peft.LoraConfig(r=4, lora_alpha=8, use_dora=True, target_modules="all-linear", task_type="SEQ_CLS"),
+    "pooler_saved": lambda: peft.LoraConfig(r=4, lora_alpha=8, target_modules=["value"], modules_to_save=["pooler"], task_type="SEQ_CLS"),
     "prompt_tuning": lambda: peft.PromptTuningConfig(num_virtual_tokens=6, task_type="SEQ_CLS"),
     "ia3_default": lambda: peft.IA3Config(task_type="SEQ_CLS"),
     "ia3_query_intermediate": lambda: peft.IA3Config(
@@ -77,6 +79,7 @@ OURS = {
     ),
     "prompt_before_cls": lambda: ka.PromptConfig(num_virtual_tokens=4, placement="before_cls"),
     "ia3": lambda: ka.IA3Config(),
+    "lora_own_pooler": lambda: ka.LoRAConfig(rank=2, alpha=4, target_modules=("value",)),
     "ia3_every_projection": lambda: ka.IA3Config(
         target_modules=PROJECTION_SITES, feedforward_modules=("attention_output", "feedforward_output_dense")
     ),
@@ -95,9 +98,12 @@ def _pytorch_probabilities(preset, folder, num_labels=3):
 def test_our_adapter_written_as_a_peft_folder_predicts_the_same_in_pytorch(minilm_preset, tmp_path, kind):
     from keras_adapters.runs import conversion
 
-    model = ka.AdapterTextClassifier.from_preset(
-        minilm_preset, num_classes=3, method=OURS[kind](), sequence_length=32, pooling="cls"
-    )
+    head = {"pooling": "cls_token", "hidden_activation": "tanh"} if kind == "lora_own_pooler" else {"pooling": "cls"}
+    model = ka.AdapterTextClassifier.from_preset(minilm_preset, method=None, sequence_length=32)
+    model.add_adapter("default", OURS[kind](), num_classes=3, **head)
+    model.train_adapter("default")
+    if kind == "lora_own_pooler":  # the head's layer starts as BERT's pooler, as peft's saved copy does
+        model.heads["default"].hidden.set_weights(model.backbone.pooled_dense.get_weights())
     model.compile(optimizer=keras.optimizers.Adam(3e-2))
     model.fit([t for t, _ in TRAIN], np.array([y for _, y in TRAIN]), epochs=4, batch_size=6, verbose=0)
     expected = model.predict(TEST, verbose=0)
