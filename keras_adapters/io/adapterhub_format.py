@@ -13,6 +13,11 @@ Bottleneck adapters map onto ours exactly (AdapterHub 1.3's forward pass,
 | `double_seq_bn` | `LN(h + up(f(down(h))) + x)` after attention and the FFN | `HoulsbyConfig(train_layer_norms=False)` |
 | `par_bn` (`is_parallel`) | `LN(h + s * up(f(down(x))) + x)` beside the FFN | `ParallelAdapterConfig(scaling=s)` |
 
+Its LoRA (`LoRAConfig`, `composition_mode: add`: `x A^T B^T alpha / r` added to
+a projection's output) becomes our `LoRAConfig`, and its (IA)^3 (`IA3Config`,
+`composition_mode: scale`: the output times `alpha * lora_B`) our `IA3Config`
+scaling those outputs.
+
 Its classification head reads the `[CLS]` token's last hidden state
 (`use_pooler: false`): dropout, Linear(d, d), activation, dropout,
 Linear(d, classes) -> `ClassificationHead(pooling="cls_token",
@@ -30,6 +35,7 @@ import numpy as np
 from keras_adapters.backbones import bert
 from keras_adapters.io.adapter_folder import AdapterFormatError
 from keras_adapters.io.torch_tensors import read_tensor_file
+from keras_adapters.methods.base import PROJECTION_SITES
 
 CONFIG_FILE = "adapter_config.json"
 HEAD_CONFIG_FILE = "head_config.json"
@@ -43,6 +49,10 @@ FIXED = {
     "residual_before_ln": True, "original_ln_after": True, "inv_adapter": None, "cross_adapter": False,
 }
 _SITES = {"output": "feedforward", "attention.output": "self_attention"}
+#: The modules AdapterHub's LoRA and (IA)^3 adapt in a BERT layer (`attn_matrices`, `intermediate_lora`, `output_lora`).
+_LORA_MODULES = ("attention.self.query", "attention.self.key", "attention.self.value", "intermediate.dense", "output.dense")
+#: The options a converted LoRA / (IA)^3 must have, at these values.
+LORA_FIXED = {"use_gating": False, "use_dora": False, "vera_d": None, "vera_b": None}
 
 
 def is_adapterhub_folder(directory):
@@ -70,9 +80,10 @@ class AdapterHubFolder:
         self.source = str(directory)
         data = json.loads((self.directory / CONFIG_FILE).read_text(encoding="utf-8"))
         self.name, self.base, bn = data["name"], data.get("model_name"), data["config"]
+        self._alpha = bn.get("alpha", 1)
         if data.get("model_type") not in (None, "bert"):
             self._fail(f"it adapts a {data.get('model_type')!r} model; BERT-family models convert here.")
-        self._units = self._parse(read_tensor_file(self.directory, WEIGHT_FILES, self.source))
+        self._units, self._loras = self._parse(read_tensor_file(self.directory, WEIGHT_FILES, self.source))
         self._head_config, self._head = self._read_head()
         self.config = {"name": self.name, "method": self._method(bn), "task": self._task()}
 
@@ -84,23 +95,34 @@ class AdapterHubFolder:
             rf"bert\.encoder\.layer\.(\d+)\.(output|attention\.output)\.adapters\.{re.escape(self.name)}\."
             r"(adapter_down\.0|adapter_up)\.(weight|bias)"
         )
-        units, unknown = {}, []
+        low_rank = re.compile(
+            rf"bert\.encoder\.layer\.(\d+)\.({'|'.join(map(re.escape, _LORA_MODULES))})\.loras\.{re.escape(self.name)}\."
+            r"(lora_A|lora_B)"
+        )
+        units, loras, unknown = {}, {}, []
         for key, value in tensors.items():
-            match = pattern.fullmatch(key)
-            if match is None:
+            match, lora = pattern.fullmatch(key), low_rank.fullmatch(key)
+            if match:
+                layer, where, part, kind = match.groups()
+                units.setdefault((int(layer), _SITES[where]), {})[f"{'down' if 'down' in part else 'up'}/{kind}"] = value
+            elif lora:
+                layer, module, part = lora.groups()
+                loras.setdefault((int(layer), bert.HUGGINGFACE_SITES[module]), {})[part] = value
+            else:
                 unknown.append(key)
-                continue
-            layer, where, part, kind = match.groups()
-            units.setdefault((int(layer), _SITES[where]), {})[f"{'down' if 'down' in part else 'up'}/{kind}"] = value
         if unknown:
             self._fail(f"tensors this library has no place for: {sorted(unknown)[:6]}; nothing was loaded.")
-        if not units:
+        if not units and not loras:
             self._fail("no adapter tensors in its weights file.")
-        return units
+        if units and loras:
+            self._fail("it holds bottleneck and LoRA tensors at once (a ConfigUnion); convert one method per adapter.")
+        return units, loras
 
     def _method(self, bn):
+        if bn.get("architecture") == "lora":
+            return self._lora_method(bn)
         if bn.get("architecture") not in (None, "bottleneck"):
-            self._fail(f"AdapterHub {bn['architecture']!r} adapters cannot be read yet (bottleneck adapters can).")
+            self._fail(f"AdapterHub {bn['architecture']!r} adapters cannot be read yet (bottleneck and LoRA/(IA)^3 adapters can).")
         off = {k: bn.get(k) for k, v in FIXED.items() if bn.get(k, v) != v}
         if off:
             self._fail(f"options {off} have no exact counterpart here (they must be {({k: FIXED[k] for k in off})}).")
@@ -127,8 +149,29 @@ class AdapterHubFolder:
             return {"method": "houlsby", "original_ln_before": normed, "train_layer_norms": False, **common}
         self._fail("an adapter after attention only has no counterpart here.")
 
+    def _lora_method(self, bn):
+        """LoRA (`composition_mode: add`, scaling `alpha / r`) or (IA)^3 (`scale`:
+        each module's output times `alpha * lora_B`)."""
+        off = {k: bn.get(k) for k, v in LORA_FIXED.items() if bn.get(k, v) != v}
+        if off:
+            self._fail(f"options {off} have no exact counterpart here (they must be {({k: LORA_FIXED[k] for k in off})}).")
+        by_layer = {}
+        for layer, site in self._loras:
+            by_layer.setdefault(layer, set()).add(site)
+        if len({frozenset(s) for s in by_layer.values()}) != 1:
+            self._fail(f"its layers adapt different modules ({by_layer}); one adapter here adapts the same ones in every layer.")
+        sites = [s for s in PROJECTION_SITES if s in next(iter(by_layer.values()))]
+        common = {"target_modules": sites, "target_layers": self._layers()}
+        if bn.get("composition_mode") == "scale":
+            return {"method": "ia3", "feedforward_modules": [], **common}
+        ranks = {t["lora_A"].shape[0] for t in self._loras.values() if "lora_A" in t}
+        if len(ranks) != 1 or any(set(t) != {"lora_A", "lora_B"} for t in self._loras.values()):
+            self._fail(f"its LoRA modules need lora_A and lora_B of one rank (ranks {sorted(ranks)}).")
+        return {"method": "lora", "rank": int(ranks.pop()), "alpha": float(bn.get("alpha", 8)),
+                "dropout": float(bn.get("dropout") or 0.0), **common}
+
     def _layers(self):
-        layers = sorted({layer for layer, _ in self._units})
+        layers = sorted({layer for layer, _ in (self._units or self._loras)})
         return "(" + "|".join(bert.encoder_name(i) for i in layers) + ")"
 
     def _read_head(self):
@@ -157,10 +200,22 @@ class AdapterHubFolder:
             task["hidden_activation"] = activation
         return task
 
+    def _lora_tensors(self, shapes):
+        out = {}
+        for (layer, site), tensors in self._loras.items():
+            if self.config["method"]["method"] == "ia3":
+                key = bert.unit_key(layer, site, "scale")
+                scale = tensors["lora_B"][:, 0] * float(self._alpha)
+                out[key] = scale.reshape(shapes.get(key, scale.shape))  # laid out as the kernel's output dims
+            else:  # torch's lora_A [r, in] and lora_B [out, r] are our kernels' transposes
+                out[bert.unit_key(layer, site, "lora_a")] = tensors["lora_A"].T
+                out[bert.unit_key(layer, site, "lora_b")] = tensors["lora_B"].T
+        return out
+
     def tensors(self, shapes):
         """{our key: array} for the model's expected `shapes` ({key: shape})."""
         method = self.config["method"]
-        out = {}
+        out = self._lora_tensors(shapes)
         for (layer, side), tensors in self._units.items():
             site = {"feedforward": "feedforward_dropout", "self_attention": "self_attention_dropout"}[side]
             if method["method"] == "parallel":
