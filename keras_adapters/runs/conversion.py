@@ -1,5 +1,6 @@
 """`keras-adapters convert`: adapters trained with other libraries, as our
-adapter folders, and ours as peft folders.
+adapter folders, and ours as peft folders; GGUF checkpoints as Hugging Face
+folders.
 
 A peft or AdapterHub folder is read by the model (`AdapterModel.load_adapter`,
 which knows both), on the checkpoint it was trained on, and written with
@@ -9,13 +10,16 @@ our folder's tensors are renamed and transposed into peft's layout
 (`io.peft_format`); no model is built.
 """
 
+import json
 import os
 import warnings
+from pathlib import Path
 
 from keras_adapters import tasks
 from keras_adapters.backbones import bert
 from keras_adapters.io import adapter_folder as adapter_io
 from keras_adapters.io import adapterhub_format
+from keras_adapters.io import gguf_checkpoint
 from keras_adapters.io import peft_format
 from keras_adapters.io import presets
 from keras_adapters.models import AdapterModel
@@ -56,6 +60,24 @@ def convert(source, output, preset=None, sequence_length=128):
     name = model.load_adapter(source)
     model.save_adapter(output, name)
     return str(output), model.state.configs[name].method
+
+
+def is_checkpoint_file(source):
+    """Whether `source` is a model checkpoint file (GGUF) rather than an adapter folder."""
+    return os.path.isfile(source) and str(source).endswith(".gguf")
+
+
+def checkpoint(source, output):
+    """Write the GGUF checkpoint `source` as a Hugging Face folder `output`
+    (what `--preset` takes; `keras_adapters.io.gguf_checkpoint`).
+
+    Returns:
+        (output folder, a one-line description of the model).
+    """
+    folder = gguf_checkpoint.convert_gguf(source, output)
+    config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    return str(folder), (f"{config['model_type']} model, {config['num_hidden_layers']} layers, "
+                         f"hidden size {config['hidden_size']}, vocabulary {config['vocab_size']}")
 
 
 def to_peft(source, output):

