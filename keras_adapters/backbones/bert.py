@@ -17,6 +17,8 @@ import keras
 import keras_hub
 from keras_hub.src.utils.keras_utils import gelu_approximate  # keras-hub's own (serializable)
 
+from keras_adapters.backbones import huggingface
+
 #: Activation name (as saved in our config) -> function.
 ACTIVATIONS = {
     "gelu": keras.activations.gelu,  # approximate=False by default
@@ -123,11 +125,7 @@ def with_activation(architecture):
 
 def is_huggingface_bert(folder):
     """Whether `folder` holds a Hugging Face BERT checkpoint (`model_type: bert`)."""
-    try:
-        with open(os.path.join(folder, "config.json")) as f:
-            return json.load(f).get("model_type") == "bert"
-    except (OSError, ValueError):
-        return False
+    return huggingface.model_type(folder) == "bert"
 
 
 # keras-hub finds a preset's tokenizer and preprocessor by the class of its

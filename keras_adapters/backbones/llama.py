@@ -9,14 +9,12 @@ such a folder first (`keras_adapters.io.gguf_checkpoint`).
 import json
 import os
 
+from keras_adapters.backbones import huggingface
+
 
 def is_huggingface_llama(folder):
     """Whether `folder` holds a Hugging Face Llama checkpoint (`model_type: llama`)."""
-    try:
-        with open(os.path.join(folder, "config.json")) as f:
-            return json.load(f).get("model_type") == "llama"
-    except (OSError, ValueError):
-        return False
+    return huggingface.model_type(folder) == "llama"
 
 
 def from_huggingface(folder, load_weights=True, **kwargs):

@@ -55,7 +55,8 @@ class AdapterFormatError(ValueError):
     """An adapter folder is missing, corrupt, or does not fit the model."""
 
 
-def _sha256(path):
+def file_sha256(path):
+    """The SHA-256 of a file's bytes, hex."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -156,7 +157,7 @@ def write_folder(directory, config, tensors):
         **config,
         "weights": {
             "file": WEIGHTS_FILE,
-            "sha256": _sha256(weights_path),
+            "sha256": file_sha256(weights_path),
             "num_tensors": len(tensors),
             "num_parameters": int(sum(t.size for t in tensors.values())),
         },

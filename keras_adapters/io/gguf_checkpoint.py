@@ -14,12 +14,12 @@ Llama-family files (`general.architecture: llama`, SmolLM2 among them) convert;
 others are refused by name.
 """
 
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
+from keras_adapters.io.adapter_folder import file_sha256 as sha256
 from keras_adapters.io.adapter_folder import replace_folder
 
 #: llama.cpp's tensor names -> Hugging Face Llama's.
@@ -167,14 +167,6 @@ def read_tokenizer(reader):
         "model_max_length": int(value("llama.context_length", 2048)),
     }
     return tokenizer, settings
-
-
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def convert_gguf(path, output):
