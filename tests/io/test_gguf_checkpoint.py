@@ -43,9 +43,10 @@ def _hf_weights(seed=0):
     return {k: v.astype(np.float32) for k, v in out.items()}
 
 
-def write_tiny_gguf(path, arch="llama", quantize_embeddings=False, seed=0):
+def write_tiny_gguf(path, arch="llama", quantize_embeddings=False, seed=0, embedding_scale=1.0):
     """A tiny Llama GGUF as llama.cpp writes one (Q/K rows permuted); returns the Hugging Face weights."""
     weights = _hf_weights(seed)
+    weights["model.embed_tokens.weight"] *= np.float32(embedding_scale)
     names = {v: k for k, v in gguf_checkpoint.LAYER_NAMES.items()}
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_block_count(LAYERS)
@@ -139,6 +140,20 @@ def test_the_folder_loads_in_keras_hub_with_its_tokenizer_and_epsilon(tmp_path):
     settings = json.loads((Path(folder) / "tokenizer_config.json").read_text())
     assert (settings["bos_token"], settings["eos_token"]) == ("<|im_start|>", "<|im_end|>")
     assert settings["chat_template"].startswith("{% for m in messages %}")
+
+
+@pytest.mark.parametrize("embedding_scale", [1.0, 0.003])  # small inputs: the RMS norm's epsilon matters
+def test_the_backbone_computes_what_a_float64_llama_computes(tmp_path, embedding_scale):
+    from llama_reference import NumpyLlama
+
+    write_tiny_gguf(tmp_path / "tiny.gguf", embedding_scale=embedding_scale)
+    folder = gguf_checkpoint.convert_gguf(tmp_path / "tiny.gguf", tmp_path / "hf")
+    backbone = presets.load_backbone(folder)
+    ids = np.array([[3, 9, 6, 11, 4, 7, 8], [5, 5, 10, 3, 6, 9, 4]])
+    hidden = backbone({"token_ids": ids, "padding_mask": np.ones_like(ids)})
+    logits = backbone.token_embedding(hidden, reverse=True).numpy()
+    expected = NumpyLlama(folder)(ids)
+    np.testing.assert_allclose(logits, expected, atol=1e-4 * np.abs(expected).max())
 
 
 def test_a_gguf_preset_is_converted_once_and_again_when_the_file_changes(tmp_path, monkeypatch):
