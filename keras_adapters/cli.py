@@ -14,6 +14,7 @@ from keras_adapters.runs import folder as runs  # noqa: E402
 from keras_adapters.serving import graph as serving_graph  # noqa: E402
 from keras_adapters import tasks  # noqa: E402
 from keras_adapters.io.adapter_folder import AdapterFormatError  # noqa: E402
+from keras_adapters.io import gguf_checkpoint  # noqa: E402
 from keras_adapters.io.text_data import DatasetError  # noqa: E402
 from keras_adapters.runs.distribute import STRATEGIES  # noqa: E402
 from keras_adapters.methods.registry import available_methods  # noqa: E402
@@ -406,7 +407,9 @@ def cmd_export(args):
 
 
 def cmd_convert(args):
-    if conversion.is_checkpoint_file(args.source):
+    if gguf_checkpoint.is_gguf_file(args.source):
+        if args.to != "keras-adapters":
+            raise ValueError(f"{args.source} is a model checkpoint: it converts into a Hugging Face folder, not --to {args.to}.")
         out, model = conversion.checkpoint(args.source, args.output)
         print(f"{model} written to {out} as a Hugging Face folder, dequantized to float32 (pass it as --preset)")
         return 0

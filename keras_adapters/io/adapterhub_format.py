@@ -80,7 +80,6 @@ class AdapterHubFolder:
         self.source = str(directory)
         data = json.loads((self.directory / CONFIG_FILE).read_text(encoding="utf-8"))
         self.name, self.base, bn = data["name"], data.get("model_name"), data["config"]
-        self._alpha = bn.get("alpha", 1)
         if data.get("model_type") not in (None, "bert"):
             self._fail(f"it adapts a {data.get('model_type')!r} model; BERT-family models convert here.")
         self._units, self._loras = self._parse(read_tensor_file(self.directory, WEIGHT_FILES, self.source))
@@ -119,6 +118,10 @@ class AdapterHubFolder:
         return units, loras
 
     def _method(self, bn):
+        kind = "LoRA/(IA)^3" if self._loras else "bottleneck"
+        expected = "LoRA/(IA)^3" if bn.get("architecture") == "lora" else "bottleneck"
+        if bn.get("architecture") in (None, "bottleneck", "lora") and kind != expected:
+            self._fail(f"its config is a {expected} adapter ({bn.get('architecture')!r}) but its weights are {kind} tensors.")
         if bn.get("architecture") == "lora":
             return self._lora_method(bn)
         if bn.get("architecture") not in (None, "bottleneck"):
@@ -162,7 +165,13 @@ class AdapterHubFolder:
             self._fail(f"its layers adapt different modules ({by_layer}); one adapter here adapts the same ones in every layer.")
         sites = [s for s in PROJECTION_SITES if s in next(iter(by_layer.values()))]
         common = {"target_modules": sites, "target_layers": self._layers()}
-        if bn.get("composition_mode") == "scale":
+        mode = bn.get("composition_mode", "add")
+        if mode not in ("add", "scale"):
+            self._fail(f"composition_mode {mode!r}: 'add' (LoRA) and 'scale' ((IA)^3) convert.")
+        if mode == "scale":
+            if any(set(t) != {"lora_B"} or t["lora_B"].ndim != 2 or t["lora_B"].shape[1] != 1 for t in self._loras.values()):
+                self._fail("an (IA)^3 adapter holds one lora_B vector [out, 1] per module; its tensors differ.")
+            self._scale = float(bn.get("alpha", 1))  # AdapterHub's IA3Config default
             return {"method": "ia3", "feedforward_modules": [], **common}
         ranks = {t["lora_A"].shape[0] for t in self._loras.values() if "lora_A" in t}
         if len(ranks) != 1 or any(set(t) != {"lora_A", "lora_B"} for t in self._loras.values()):
@@ -205,7 +214,7 @@ class AdapterHubFolder:
         for (layer, site), tensors in self._loras.items():
             if self.config["method"]["method"] == "ia3":
                 key = bert.unit_key(layer, site, "scale")
-                scale = tensors["lora_B"][:, 0] * float(self._alpha)
+                scale = tensors["lora_B"][:, 0] * self._scale
                 out[key] = scale.reshape(shapes.get(key, scale.shape))  # laid out as the kernel's output dims
             else:  # torch's lora_A [r, in] and lora_B [out, r] are our kernels' transposes
                 out[bert.unit_key(layer, site, "lora_a")] = tensors["lora_A"].T

@@ -10,8 +10,11 @@ transformers' GGUF loader does), and writes `config.json`,
 Hugging Face's names. `cached_folder` does that once per file, keyed and
 checked by the file's SHA-256.
 
-Llama-family files (`general.architecture: llama`, SmolLM2 among them) convert;
-others are refused by name.
+Files of architecture `llama` with a byte-level BPE tokenizer (`gpt2`, the
+pre-tokenizers in `PRE_TOKENIZERS`: SmolLM2's among them) and no rope
+scaling convert; others (Llama 2's SentencePiece tokenizer, Llama 3's
+`llama-bpe` pre-tokenizer, Llama 3.1's rope frequencies, other architectures)
+are refused by name.
 """
 
 import json
@@ -46,8 +49,8 @@ PRE_TOKENIZERS = {
     "gpt-2": _BYTE_LEVEL,
     "default": _BYTE_LEVEL,
 }
-#: llama.cpp token types whose tokens are special (control) tokens.
-_CONTROL = 3
+#: llama.cpp token types: control tokens are special, user-defined ones are added but not special.
+_CONTROL, _USER_DEFINED = 3, 4
 SOURCE_FILE = "gguf_source.json"
 
 
@@ -56,26 +59,44 @@ class GGUFError(ValueError):
 
 
 def _fields(reader):
-    def value(name, default=None):
+    """`value(name, default)`; a field without a default must be there."""
+    missing = object()
+
+    def value(name, default=missing):
         field = reader.fields.get(name)
-        return default if field is None else field.contents()
+        if field is not None:
+            return field.contents()
+        if default is missing:
+            raise GGUFError(f"the GGUF file has no {name!r} field, which a Llama model needs.")
+        return default
 
     return value
+
+
+def is_gguf_file(path):
+    """Whether `path` names a GGUF checkpoint file."""
+    return str(path).endswith(".gguf") and Path(path).is_file()
 
 
 def read_config(reader):
     """The Hugging Face `config.json` of the Llama model in `reader` (a `gguf.GGUFReader`)."""
     value = _fields(reader)
-    arch = value("general.architecture")
+    arch = value("general.architecture", None)
     if arch != "llama":
         raise GGUFError(f"GGUF architecture {arch!r}: only Llama-family files (architecture 'llama') convert here.")
-    if value("llama.rope.scaling.type") not in (None, "none"):
-        raise GGUFError(f"rope scaling {value('llama.rope.scaling.type')!r} is not converted yet.")
     names = {t.name for t in reader.tensors}
+    if value("llama.rope.scaling.type", None) not in (None, "none") or "rope_freqs.weight" in names:
+        raise GGUFError("its rope scaling (Llama 3.1-style rope frequencies) is not converted yet.")
+    hidden, heads = value("llama.embedding_length"), value("llama.attention.head_count")
+    if value("llama.rope.dimension_count", hidden // heads) != hidden // heads:
+        raise GGUFError(
+            f"its heads are {value('llama.rope.dimension_count')} wide, not hidden size / heads = {hidden // heads}; "
+            "keras-hub's Llama computes only the latter."
+        )
     return {
         "model_type": "llama",
         "architectures": ["LlamaForCausalLM"],
-        "vocab_size": int(value("llama.vocab_size") or len(value("tokenizer.ggml.tokens"))),
+        "vocab_size": int(value("llama.vocab_size", None) or len(value("tokenizer.ggml.tokens"))),
         "num_hidden_layers": int(value("llama.block_count")),
         "hidden_size": int(value("llama.embedding_length")),
         "intermediate_size": int(value("llama.feed_forward_length")),
@@ -86,9 +107,9 @@ def read_config(reader):
         "max_position_embeddings": int(value("llama.context_length", 2048)),
         "tie_word_embeddings": "output.weight" not in names,
         "hidden_act": "silu",
-        "bos_token_id": value("tokenizer.ggml.bos_token_id"),
-        "eos_token_id": value("tokenizer.ggml.eos_token_id"),
-        "pad_token_id": value("tokenizer.ggml.padding_token_id"),
+        "bos_token_id": value("tokenizer.ggml.bos_token_id", None),
+        "eos_token_id": value("tokenizer.ggml.eos_token_id", None),
+        "pad_token_id": value("tokenizer.ggml.padding_token_id", None),
         "torch_dtype": "float32",
     }
 
@@ -128,21 +149,24 @@ def _hf_name(name):
 def read_tokenizer(reader):
     """(`tokenizer.json`, `tokenizer_config.json`) contents for the GGUF's BPE tokenizer."""
     value = _fields(reader)
-    if value("tokenizer.ggml.model") != "gpt2":
+    if value("tokenizer.ggml.model", None) != "gpt2":
         raise GGUFError(f"tokenizer model {value('tokenizer.ggml.model')!r}: only byte-level BPE ('gpt2') converts here.")
     pre = value("tokenizer.ggml.pre", "default")
     if pre not in PRE_TOKENIZERS:
         raise GGUFError(f"pre-tokenizer {pre!r} is not known here (known: {sorted(PRE_TOKENIZERS)}).")
     tokens, types = value("tokenizer.ggml.tokens"), value("tokenizer.ggml.token_type")
-    special = [
-        {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
-        for i, (t, kind) in enumerate(zip(tokens, types)) if kind == _CONTROL
+    if len(types) != len(tokens):
+        raise GGUFError(f"it lists {len(tokens)} tokens but {len(types)} token types.")
+    added = [
+        {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
+         "special": kind == _CONTROL}
+        for i, (t, kind) in enumerate(zip(tokens, types)) if kind in (_CONTROL, _USER_DEFINED)
     ]
     tokenizer = {
         "version": "1.0",
         "truncation": None,
         "padding": None,
-        "added_tokens": special,
+        "added_tokens": added,
         "normalizer": None,
         "pre_tokenizer": PRE_TOKENIZERS[pre],
         "post_processor": None,
@@ -156,22 +180,23 @@ def read_tokenizer(reader):
     }
 
     def token(key):
-        index = value(f"tokenizer.ggml.{key}_token_id")
+        index = value(f"tokenizer.ggml.{key}_token_id", None)
         return None if index is None else tokens[index]
 
     settings = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": token("bos"), "eos_token": token("eos"), "pad_token": token("padding"), "unk_token": token("unknown"),
         "add_bos_token": bool(value("tokenizer.ggml.add_bos_token", False)),
-        "chat_template": value("tokenizer.chat_template"),
+        "chat_template": value("tokenizer.chat_template", None),
         "model_max_length": int(value("llama.context_length", 2048)),
     }
     return tokenizer, settings
 
 
-def convert_gguf(path, output):
+def convert_gguf(path, output, digest=None):
     """Write the GGUF file `path` as a Hugging Face Llama folder `output`
-    (replaced whole, or left as it was on failure). Returns `output`.
+    (replaced whole, or left as it was on failure); `digest`: the file's
+    SHA-256 when the caller has it. Returns `output`.
 
     Raises:
         GGUFError: the file is not a Llama-family GGUF this library converts.
@@ -186,7 +211,7 @@ def convert_gguf(path, output):
     config = read_config(reader)
     tokenizer, settings = read_tokenizer(reader)
     weights = save(read_tensors(reader, config))
-    source = {"gguf": Path(path).name, "sha256": sha256(path),
+    source = {"gguf": Path(path).name, "sha256": digest or sha256(path),
               "note": "dequantized to float32: a quantized model's weights, not the original float ones"}
 
     def fill(folder):
@@ -210,5 +235,5 @@ def cached_folder(path, cache_dir):
     except (OSError, ValueError, KeyError):
         recorded = None
     if recorded != digest:
-        convert_gguf(path, folder)
+        convert_gguf(path, folder, digest)
     return folder

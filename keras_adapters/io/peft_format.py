@@ -30,6 +30,7 @@ from keras_adapters.io.adapter_folder import AdapterFormatError
 from keras_adapters.io.adapter_folder import replace_folder
 from keras_adapters.io.torch_tensors import read_tensor_file
 from keras_adapters.methods.base import PROJECTION_SITES
+from keras_adapters.methods.base import pattern_value
 from keras_adapters.methods.lora import LoRAConfig
 
 CONFIG_FILE = "adapter_config.json"
@@ -145,7 +146,12 @@ class PeftFolder:
 
     def _check_pooler(self):
         names = set(self._pooler)
-        lora = {"lora_A.weight", "lora_B.weight"} | ({"lora_magnitude_vector"} if self.peft.get("use_dora") else set())
+        if names and self.peft.get("peft_type") == "PROMPT_TUNING":
+            self._fail(
+                "a prompt-tuning adapter with its own pooler: BERT's pooler reads the first virtual token, which "
+                "a head's own pooler here cannot; not supported."
+            )
+        lora = _lora_tensor_names(self.peft.get("use_dora"))
         if names and names not in ({"weight", "bias"}, lora):
             self._fail(f"its pooler tensors {sorted(names)} are neither a trained copy (weight, bias) nor {sorted(lora)}.")
         if names and self._base_pooler is None and names != {"weight", "bias"}:
@@ -190,7 +196,7 @@ class PeftFolder:
             if p.get(flag, ok) not in (ok, None, False, "none"):
                 self._fail(f"{flag}={p.get(flag)!r}: trained biases or replicated layers are not supported.")
         dora = bool(p.get("use_dora"))
-        needed = {"lora_A.weight", "lora_B.weight"} | ({"lora_magnitude_vector"} if dora else set())
+        needed = _lora_tensor_names(dora)
         for (layer, site), tensors in self._units.items():
             if set(tensors) != needed:
                 self._fail(f"layer {layer} {site} has {sorted(tensors)}, expected {sorted(needed)}.")
@@ -217,7 +223,7 @@ class PeftFolder:
         prompt = self._units.get("prompt", {}).get(PROMPT_KEY)
         if prompt is None or set(self._units) != {"prompt"}:
             self._fail(f"a PROMPT_TUNING folder holds '{PROMPT_KEY}' and the classifier; found {sorted(self._raw)}.")
-        if p.get("num_transformer_submodules", 1) != 1 or prompt.shape[0] != p.get("num_virtual_tokens", prompt.shape[0]):
+        if (p.get("num_transformer_submodules") or 1) != 1 or prompt.shape[0] != p.get("num_virtual_tokens", prompt.shape[0]):
             self._fail(
                 f"{PROMPT_KEY} has shape {tuple(prompt.shape)} for num_virtual_tokens={p.get('num_virtual_tokens')} and "
                 f"num_transformer_submodules={p.get('num_transformer_submodules')}: one prompt per virtual token expected."
@@ -257,12 +263,16 @@ class PeftFolder:
 
 
 
+def _lora_tensor_names(dora):
+    """The tensors peft saves per LoRA module."""
+    return {"lora_A.weight", "lora_B.weight"} | ({"lora_magnitude_vector"} if dora else set())
+
+
 def _peft_pattern_value(patterns, module, default):
-    """What peft's `rank_pattern`/`alpha_pattern` gives `module` (peft's `get_pattern_key`)."""
-    for key, value in (patterns or {}).items():
-        if re.match(rf"(.*\.)?({key})$", module):
-            return value
-    return default
+    """What peft's `rank_pattern`/`alpha_pattern` gives `module` (peft's `get_pattern_key`:
+    the key matches the dotted name or its end after a `.`)."""
+    value = pattern_value(patterns, module, separator=".")
+    return default if value is None else value
 
 
 def _unit_patterns(values, default):
@@ -316,6 +326,8 @@ def peft_config(config, num_layers, base, task_type):
         else "its prompt sits after [CLS] in the embedding output; peft's PROMPT_TUNING puts word vectors before "
         "[CLS] (train with PromptConfig(placement='before_cls') to export to peft)"
         if kind == "PROMPT_TUNING" and method.get("placement") != "before_cls"
+        else "a prompt adapter's head reads [CLS] through its own pooler, while BERT's pooler under peft's prompt "
+        "tuning reads the first virtual token" if kind == "PROMPT_TUNING" and _own_pooler(task)
         else None
     )
     if problem:

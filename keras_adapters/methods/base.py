@@ -197,12 +197,11 @@ def check_choice(owner, name, value, choices):
         )
 
 
-def pattern_value(patterns, path):
-    """The value of the first key of `patterns` that matches `path` or a
-    `/`-separated end of it (peft's `rank_pattern` rule, with `/` for `.`),
-    or None."""
+def pattern_value(patterns, path, separator="/"):
+    """The value of the first key of `patterns` that matches `path` or its end
+    after a `separator` (peft's `rank_pattern` rule, which uses `.`), or None."""
     for key, value in (patterns or {}).items():
-        if re.fullmatch(rf"(.*/)?({key})", path):
+        if re.fullmatch(rf"(.*{re.escape(separator)})?({key})", path):
             return value
     return None
 

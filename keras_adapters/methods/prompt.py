@@ -175,7 +175,8 @@ class PromptConfig(AdapterConfig):
     """Prompt tuning: trainable virtual tokens at the model's input end.
 
     Args:
-        num_virtual_tokens: how many vectors are inserted after `[CLS]`.
+        num_virtual_tokens: how many vectors are inserted (after `[CLS]`, or
+            before it with `placement="before_cls"`).
         init: `"vocab"` (each vector starts as the embedding output of a
             token drawn at random from the vocabulary, as in the paper,
             taken at position 1),
@@ -242,10 +243,11 @@ class PromptConfig(AdapterConfig):
         return dataclasses.replace(self, init_token_ids=tuple(int(i) for i in ids))
 
     def wrap(self, site, base, *, dtype, hidden_dim, shared):
-        """`base` is the backbone: each vector starts as its embedding output
-        of one of `init_token_ids`, as if that token came right after `[CLS]`
-        (position 1, segment 0; the virtual tokens have no position of their
-        own)."""
+        """`base` is the backbone. With `"after_cls"` each vector starts as the
+        embedding output of one of `init_token_ids`, as if that token came
+        right after `[CLS]` (position 1, segment 0; the virtual tokens have no
+        position of their own); with `"before_cls"` as its word embedding
+        (positions and segments are added when the model runs)."""
         initial = None
         if self.init_token_ids is not None and self.placement == "before_cls":
             initial = ops.convert_to_numpy(base.token_embedding(np.asarray(self.init_token_ids, "int32")))

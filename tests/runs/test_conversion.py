@@ -84,3 +84,13 @@ def test_ia3_writes_peft_feedforward_modules_as_the_sides_it_scales(minilm_prese
     assert shapes == {"attention.self.key.ia3_l": (384, 1), "attention.output.dense.ia3_l": (1, 384),
                       "output.dense.ia3_l": (1, 1536)}
     assert peft_config["peft_type"] == "IA3" and "attention\\.output\\.dense" in peft_config["feedforward_modules"]
+
+
+def test_a_prompt_whose_head_has_its_own_pooler_does_not_go_to_peft(minilm_preset, tmp_path):
+    model = ka.AdapterTextClassifier.from_preset(minilm_preset, method=None, sequence_length=16)
+    model.add_adapter("p", ka.PromptConfig(num_virtual_tokens=2, placement="before_cls"), num_classes=2,
+                      pooling="cls_token", hidden_activation="tanh")
+    model.save_adapter(tmp_path / "ours", name="p")
+    with pytest.raises(ka.AdapterFormatError, match="reads \\[CLS\\] through its own pooler"):
+        conversion.to_peft(tmp_path / "ours", tmp_path / "peft")
+    assert not (tmp_path / "peft").exists()
