@@ -25,6 +25,20 @@ def bbc_news_folder():
     return os.path.join(list(spec.submodule_search_locations)[0], "bbcnews", "data")
 
 
+def read_class_folders(root):
+    """(texts, labels as an array, class names) of a folder with one sub-folder of text files per class."""
+    import numpy as np
+
+    names = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    texts, labels = [], []
+    for label, name in enumerate(names):
+        for file in sorted(os.listdir(os.path.join(root, name))):
+            with open(os.path.join(root, name, file), encoding="utf-8", errors="replace") as f:
+                texts.append(f.read())
+            labels.append(label)
+    return texts, np.array(labels), names
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--workdir", default="runs/bbc")

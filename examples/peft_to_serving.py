@@ -29,16 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bbc_news_demo import bbc_news_folder  # noqa: E402
-
-
-def read_split(folder):
-    texts, labels, names = [], [], sorted(os.listdir(folder))
-    for label, name in enumerate(names):
-        for file in sorted(os.listdir(os.path.join(folder, name))):
-            with open(os.path.join(folder, name, file), encoding="utf-8", errors="replace") as f:
-                texts.append(f.read())
-            labels.append(label)
-    return texts, np.array(labels), names
+from bbc_news_demo import read_class_folders as read_split  # noqa: E402
 
 
 def train_in_pytorch(preset, texts, labels, num_labels, folder, epochs, length=128, batch=16):

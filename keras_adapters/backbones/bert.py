@@ -17,7 +17,7 @@ import keras
 import keras_hub
 from keras_hub.src.utils.keras_utils import gelu_approximate  # keras-hub's own (serializable)
 
-from keras_adapters.backbones import huggingface
+from keras_adapters.backbones.huggingface import model_type
 
 #: Activation name (as saved in our config) -> function.
 ACTIVATIONS = {
@@ -125,7 +125,7 @@ def with_activation(architecture):
 
 def is_huggingface_bert(folder):
     """Whether `folder` holds a Hugging Face BERT checkpoint (`model_type: bert`)."""
-    return huggingface.model_type(folder) == "bert"
+    return model_type(folder) == "bert"
 
 
 # keras-hub finds a preset's tokenizer and preprocessor by the class of its

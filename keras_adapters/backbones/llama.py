@@ -9,12 +9,12 @@ such a folder first (`keras_adapters.io.gguf_checkpoint`).
 import json
 import os
 
-from keras_adapters.backbones import huggingface
+from keras_adapters.backbones.huggingface import model_type
 
 
 def is_huggingface_llama(folder):
     """Whether `folder` holds a Hugging Face Llama checkpoint (`model_type: llama`)."""
-    return huggingface.model_type(folder) == "llama"
+    return model_type(folder) == "llama"
 
 
 def from_huggingface(folder, load_weights=True, **kwargs):

@@ -202,7 +202,7 @@ def convert_gguf(path, output, digest=None):
         GGUFError: the file is not a Llama-family GGUF this library converts.
     """
     from gguf import GGUFReader
-    from safetensors.numpy import save
+    from safetensors.numpy import save_file
 
     try:
         reader = GGUFReader(str(path))
@@ -210,13 +210,13 @@ def convert_gguf(path, output, digest=None):
         raise GGUFError(f"{path} is not a readable GGUF file: {e}") from None
     config = read_config(reader)
     tokenizer, settings = read_tokenizer(reader)
-    weights = save(read_tensors(reader, config))
+    tensors = read_tensors(reader, config)
     source = {"gguf": Path(path).name, "sha256": digest or sha256(path),
               "note": "dequantized to float32: a quantized model's weights, not the original float ones"}
 
     def fill(folder):
         folder = Path(folder)
-        (folder / "model.safetensors").write_bytes(weights)
+        save_file(tensors, str(folder / "model.safetensors"))  # straight to disk: no second copy in memory
         for name, data in (("config.json", config), ("tokenizer.json", tokenizer),
                            ("tokenizer_config.json", settings), (SOURCE_FILE, source)):
             (folder / name).write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
