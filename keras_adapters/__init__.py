@@ -63,6 +63,7 @@ from keras_adapters.tasks.question_answering.data import question_dataset_from_f
 from keras_adapters.models.question_answerer import AdapterQuestionAnswerer
 from keras_adapters.runs.folder import load_run
 from keras_adapters.models.adapter_model import AdapterModel
+from keras_adapters.models.causal_lm import AdapterCausalLM
 from keras_adapters.models.text_classifier import AdapterTextClassifier
 from keras_adapters.models.token_classifier import AdapterTokenClassifier
 from keras_adapters.tasks.token_classification.data import token_dataset_from_file
@@ -120,6 +121,7 @@ __all__ = [
     "AdapterConfig",
     "AdapterFormatError",
     "AdapterModel",
+    "AdapterCausalLM",
     "AdapterQuestionAnswerer",
     "AdapterTextClassifier",
     "AdapterTokenClassifier",

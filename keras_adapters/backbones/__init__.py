@@ -2,5 +2,6 @@
 its checkpoint so that it computes what the checkpoint was trained to compute."""
 
 from keras_adapters.backbones.bert import BertBackbone
+from keras_adapters.backbones import llama  # noqa: F401  (registers the Llama family)
 
 __all__ = ["BertBackbone"]

@@ -17,6 +17,8 @@ import keras
 import keras_hub
 from keras_hub.src.utils.keras_utils import gelu_approximate  # keras-hub's own (serializable)
 
+from keras_adapters.backbones.family import Family
+from keras_adapters.backbones.family import register_family
 from keras_adapters.backbones.huggingface import model_type
 
 #: Activation name (as saved in our config) -> function.
@@ -145,7 +147,34 @@ class BertTextClassifierPreprocessor(keras_hub.models.BertTextClassifierPreproce
     tokenizer_cls = BertTokenizer
 
 
-#: A Hugging Face BERT layer's module names -> our site names (`core.injection.SITES`).
+#: Site name -> attribute path from a keras-hub `TransformerEncoder` (see `backbones.family`).
+SITES = {
+    "self_attention": ("_self_attention_layer",),
+    "self_attention_dropout": ("_self_attention_dropout",),
+    "feedforward_dropout": ("_feedforward_dropout",),
+    "query": ("_self_attention_layer", "_query_dense"),
+    "key": ("_self_attention_layer", "_key_dense"),
+    "value": ("_self_attention_layer", "_value_dense"),
+    "attention_output": ("_self_attention_layer", "_output_dense"),
+    "feedforward_intermediate_dense": ("_feedforward_intermediate_dense",),
+    "feedforward_output_dense": ("_feedforward_output_dense",),
+    "self_attention_layer_norm": ("_self_attention_layer_norm",),
+    "feedforward_layer_norm": ("_feedforward_layer_norm",),
+    # What the attention probabilities pass through on their way to the
+    # probability-value product.
+    "attention_probabilities_dropout": ("_self_attention_layer", "_dropout_layer"),
+}
+
+
+def _layer_types():
+    from keras_hub.layers import TransformerEncoder
+
+    return (TransformerEncoder,)
+
+
+FAMILY = register_family(Family("bert", _layer_types, SITES, post_norm=True, input_end=True))
+
+#: A Hugging Face BERT layer's module names -> our site names (`SITES`).
 HUGGINGFACE_SITES = {
     "attention.self.query": "query",
     "attention.self.key": "key",

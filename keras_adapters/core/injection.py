@@ -30,6 +30,9 @@ import re
 import keras
 from keras import ops
 
+from keras_adapters.backbones import bert
+from keras_adapters.backbones.family import family_of
+from keras_adapters.backbones.family import family_of_layer
 from keras_adapters.core import composition
 from keras_adapters.core.fusion import FusionConfig
 from keras_adapters.core.fusion import FusionLayer
@@ -44,23 +47,8 @@ from keras_adapters.methods.prompt import embed_with_prompts
 from keras_adapters.methods.prompt import strip_prompts
 from keras_adapters.methods.registry import get_adapter_config
 
-#: Site name -> attribute path from a `TransformerEncoder`.
-SITES = {
-    "self_attention": ("_self_attention_layer",),
-    "self_attention_dropout": ("_self_attention_dropout",),
-    "feedforward_dropout": ("_feedforward_dropout",),
-    "query": ("_self_attention_layer", "_query_dense"),
-    "key": ("_self_attention_layer", "_key_dense"),
-    "value": ("_self_attention_layer", "_value_dense"),
-    "attention_output": ("_self_attention_layer", "_output_dense"),
-    "feedforward_intermediate_dense": ("_feedforward_intermediate_dense",),
-    "feedforward_output_dense": ("_feedforward_output_dense",),
-    "self_attention_layer_norm": ("_self_attention_layer_norm",),
-    "feedforward_layer_norm": ("_feedforward_layer_norm",),
-    # What the attention probabilities pass through on their way to the
-    # probability-value product.
-    "attention_probabilities_dropout": ("_self_attention_layer", "_dropout_layer"),
-}
+#: BERT's sites (`keras_adapters.backbones.bert.SITES`; each family has its own).
+SITES = bert.SITES
 
 #: The sites whose layers multiply matrices: what an autocast precision
 #: (`keras_adapters.core.precision`) computes in bf16/fp16. The attention
@@ -122,31 +110,29 @@ def get_state(backbone, create=False):
 
 
 def encoder_layers(backbone):
-    """The backbone's `TransformerEncoder` layers, in order."""
-    from keras_hub.layers import TransformerEncoder
-
-    encoders = [layer for layer in backbone.layers if isinstance(layer, TransformerEncoder)]
-    if not encoders:
-        raise ValueError(
-            f"{type(backbone).__name__} has no keras_hub TransformerEncoder "
-            "layers; keras-adapters supports BERT-style keras-hub backbones "
-            "(e.g. BertBackbone)."
-        )
-    return encoders
+    """The backbone's transformer layers (encoder or decoder), in order."""
+    return family_of(backbone).layers(backbone)
 
 
 def resolve_site(encoder, site):
-    """(parent layer, attribute name) of `site` inside `encoder`."""
+    """(parent layer, attribute name) of `site` inside the transformer layer `encoder`."""
+    family = family_of_layer(encoder)
+    path = family.sites.get(family.where(site) or site) if family is not None else None
+    if path is None:
+        raise ValueError(
+            f"{encoder.name} ({family.name if family else type(encoder).__name__} layer) has no site {site!r}; "
+            f"its sites are {family.site_names() if family else []}."
+        )
     obj = encoder
-    *parents, attr = SITES[site]
+    *parents, attr = path
     for name in parents:
         obj = getattr(obj, name, None)
         if isinstance(obj, AdapterSite):  # e.g. the attention layer, itself a site
             obj = obj.base
     if obj is None or not isinstance(getattr(obj, attr, None), keras.layers.Layer):
         raise RuntimeError(
-            f"{encoder.name} has no sublayer at {'.'.join(SITES[site])}: this "
-            "keras-hub version lays out TransformerEncoder differently from "
+            f"{encoder.name} has no sublayer at {'.'.join(path)}: this "
+            f"keras-hub version lays out {type(encoder).__name__} differently from "
             "the versions keras-adapters supports (see setup.cfg)."
         )
     return obj, attr
@@ -467,14 +453,16 @@ def run_from(backbone, hidden, padding_mask, depth, training=False):
 
 
 def _input_shape(base, hidden_dim):
-    if isinstance(base, (keras.layers.Dropout, keras.layers.LayerNormalization, keras.layers.MultiHeadAttention)):
-        return (None, None, hidden_dim)
+    if not isinstance(base, (keras.layers.Dense, keras.layers.EinsumDense)):
+        return (None, None, hidden_dim)  # dropout, norms, attention: the hidden states
     in_shape, _ = kernel_split(base)
     return (None, None, *in_shape)
 
 
 def _site(state, encoder, site):
-    """The `AdapterSite` at `site` of `encoder`, put there if needed."""
+    """The `AdapterSite` at `site` of `encoder`, put there if needed; an
+    aliased site's units live in the holder of the site it acts on."""
+    site = family_of_layer(encoder).where(site)
     key = f"{encoder.name}/{site}"
     if key not in state.sites:
         parent, attr = resolve_site(encoder, site)
@@ -525,7 +513,9 @@ def add_adapter(backbone, name, method):
             f"model's only adapter (the model has {list(state.configs)}; adding {name!r}, "
             f"method {config.method!r})."
         )
-    encoders = encoder_layers(backbone)
+    family = family_of(backbone)
+    encoders = family.layers(backbone)
+    _check_family(family, config)
     if config.input_end:
         return _add_input_end(backbone, state, name, config)
     chosen = [e for e in encoders if config.applies_to_layer(e.name)]
@@ -548,7 +538,10 @@ def add_adapter(backbone, name, method):
         unit = config.for_unit(f"{encoder.name}/{site}").make_unit(
             site, holder.base, dtype=holder.base.dtype_policy, hidden_dim=hidden_dim, shared=shared
         )
-        _build_under(f"{holder.scope}/{name}", unit, _input_shape(holder.base, hidden_dim))
+        # A unit at an aliased site acts on its layer's output: the hidden states.
+        aliased = family.where(site) != site
+        shape = (None, None, hidden_dim) if aliased else _input_shape(holder.base, hidden_dim)
+        _build_under(f"{holder.scope}/{name}", unit, shape)
         with unlocked(holder):
             holder.units[name] = unit
         for w in unit.weights:
@@ -556,6 +549,35 @@ def add_adapter(backbone, name, method):
         added[f"{encoder.name}/{site}"] = unit
     state.configs[name] = config
     return added
+
+
+def _check_family(family, config):
+    """Refuse, naming the reason, a method the family's layers cannot take."""
+    if config.input_end and not family.input_end:
+        raise ValueError(
+            f"{config.method!r} adapters act on the input embeddings, which keras-adapters supports on "
+            f"BERT-style encoders only so far, not on {family.name} layers."
+        )
+    if getattr(config, "original_ln_before", False) and not family.post_norm:
+        raise ValueError(
+            f"original_ln_before reads the layer norm after a residual add; {family.name} layers normalise "
+            "before their blocks (pre-norm), so there is no such norm: leave original_ln_before off."
+        )
+    if config.input_end:
+        return
+    missing = [s for s in config.unit_sites() if family.where(s) is None]
+    if missing:
+        raise ValueError(
+            f"The {config.method!r} method puts units at {missing}, which {family.name} layers do not have "
+            f"(their sites: {family.site_names()})."
+        )
+    landing = [family.where(s) for s in config.unit_sites()]
+    shared = sorted({s for s in landing if landing.count(s) > 1})
+    if shared:
+        raise ValueError(
+            f"On {family.name} layers, the sites {list(config.unit_sites())} of this {config.method!r} adapter "
+            f"put two units on {shared}; choose one of the sites acting there."
+        )
 
 
 def _add_input_end(backbone, state, name, config):
@@ -607,6 +629,11 @@ def _require(backbone, name):
         known = [] if state is None else list(state.configs)
         raise ValueError(f"No adapter named {name!r}; the model has {known}.")
     return state
+
+
+def adapter_config(backbone, name):
+    """The `AdapterConfig` adapter `name` was added with."""
+    return _require(backbone, name).configs[name]
 
 
 def add_fusion(backbone, fuse, config=None):

@@ -30,6 +30,9 @@ PROJECTION_SITES = (
     "feedforward_intermediate_dense",
     "feedforward_output_dense",
 )
+#: Every projection site of any backbone family: the above, and the gate of
+#: the gated feed-forward blocks of decoders (Llama's, `backbones.llama`).
+LINEAR_SITES = PROJECTION_SITES + ("feedforward_gate_dense",)
 
 
 @dataclasses.dataclass

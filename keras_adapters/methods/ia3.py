@@ -6,7 +6,7 @@ from typing import ClassVar
 import keras
 from keras import ops
 
-from keras_adapters.methods.base import PROJECTION_SITES
+from keras_adapters.methods.base import LINEAR_SITES
 from keras_adapters.methods.base import AdapterConfig
 from keras_adapters.methods.base import RoutedUnits
 from keras_adapters.methods.base import WrappedLayer
@@ -129,9 +129,9 @@ class IA3Config(AdapterConfig):
 
     def validate(self):
         super().validate()
-        self.target_modules = check_sites("IA3Config", "target_modules", self.target_modules, PROJECTION_SITES)
+        self.target_modules = check_sites("IA3Config", "target_modules", self.target_modules, LINEAR_SITES)
         ff = self.feedforward_modules  # may be empty: every output rescaled
-        self.feedforward_modules = check_sites("IA3Config", "feedforward_modules", ff, PROJECTION_SITES) if ff else ()
+        self.feedforward_modules = check_sites("IA3Config", "feedforward_modules", ff, LINEAR_SITES) if ff else ()
 
     def sites(self):
         return self.target_modules

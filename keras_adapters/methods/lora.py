@@ -17,11 +17,14 @@ from keras_adapters.methods.base import check_choice
 from keras_adapters.methods.base import check_positive_int
 from keras_adapters.methods.base import check_patterns
 from keras_adapters.methods.base import pattern_value
+from keras_adapters.methods.base import LINEAR_SITES
 from keras_adapters.methods.base import PROJECTION_SITES
 from keras_adapters.methods.base import kernel_split
 from keras_adapters.methods import per_example
 
-#: Sites LoRA may target (all projections of a keras-hub TransformerEncoder).
+#: LoRA's default sites (all projections of a keras-hub TransformerEncoder;
+#: a Llama decoder's gate projection, `"feedforward_gate_dense"`, is one more
+#: it may target).
 LORA_SITES = PROJECTION_SITES
 
 
@@ -262,7 +265,7 @@ class LoRAConfig(AdapterConfig):
                 f"LoRAConfig.dropout must be in [0, 1), got {self.dropout!r}."
             )
         self.target_modules = check_sites(
-            "LoRAConfig", "target_modules", self.target_modules, LORA_SITES
+            "LoRAConfig", "target_modules", self.target_modules, LINEAR_SITES
         )
         for flag in ("use_rslora", "use_dora"):
             if not isinstance(getattr(self, flag), bool):

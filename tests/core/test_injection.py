@@ -299,7 +299,7 @@ def test_missing_site_fails_before_changing_anything():
 def test_non_transformer_backbone_is_refused():
     inputs = keras.Input((4,))
     model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
-    with pytest.raises(ValueError, match="no keras_hub TransformerEncoder"):
+    with pytest.raises(ValueError, match="no transformer layers keras-adapters knows"):
         ka.inject_adapters(model, "lora")
 
 

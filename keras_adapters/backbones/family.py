@@ -1,0 +1,100 @@
+"""Backbone families: where a kind of keras-hub transformer layer has its adapter sites.
+
+A *site* is a named place inside one transformer layer (`"query"`,
+`"feedforward_output_dense"`, ...): an attribute path to the sublayer there,
+which keras-hub's own `call` reaches through that attribute at run time (so
+a layer put in its place runs in training, in cached decoding and in the
+served graph alike). Methods name sites (`keras_adapters.methods`); each
+family says which sites its layers have and where they are. Sites are
+concepts shared across families (a BERT encoder's and a Llama decoder's
+query projection are both `"query"`), so one method config works on both.
+
+A family may also *alias* a site it has no sublayer for to one it has: a
+Llama decoder has no dropout after its feed-forward block, so the units
+that BERT puts on that dropout's output (bottleneck adapters) act on the
+output of the block's last projection, the same place in the computation.
+
+A new family is one module that builds a `Family` and calls `register_family`.
+"""
+
+import dataclasses
+from typing import Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """Where the adapter sites of one kind of transformer layer are.
+
+    Args:
+        name: the family's name, for messages (`"bert"`, `"llama"`).
+        layer_types: returns the keras-hub layer classes of the family's
+            transformer layers (imported when first needed).
+        sites: site name -> attribute path from a transformer layer.
+        aliases: site name -> the site (of `sites`) whose layer it acts on.
+        post_norm: the layer norms come after the residual adds (BERT), so
+            a unit can read the normalised sum (`original_ln_before`).
+        input_end: input-end adapters (prompt tuning) work on it.
+        language_model: for decoders, builds keras-hub's causal LM over a
+            backbone of the family (its generation with a KV cache).
+    """
+
+    name: str
+    layer_types: Callable[[], tuple]
+    sites: dict
+    aliases: dict = dataclasses.field(default_factory=dict)
+    post_norm: bool = False
+    input_end: bool = False
+    language_model: Callable | None = None
+
+    def owns(self, layer):
+        return isinstance(layer, self.layer_types())
+
+    def layers(self, backbone):
+        """The backbone's transformer layers of this family, in order."""
+        return [layer for layer in backbone.layers if self.owns(layer)]
+
+    def where(self, site):
+        """The site whose layer `site` acts on (itself, unless aliased), or
+        `None` when layers of this family have no such place."""
+        site = self.aliases.get(site, site)
+        return site if site in self.sites else None
+
+    def site_names(self):
+        return sorted({*self.sites, *self.aliases})
+
+
+_FAMILIES = []
+
+
+def register_family(family):
+    """Make a family's layers adaptable; returns `family`. Registering a
+    family of the same name again replaces it (re-importing its module)."""
+    _FAMILIES[:] = [f for f in _FAMILIES if f.name != family.name]
+    _FAMILIES.append(family)
+    return family
+
+
+def family_of_layer(layer):
+    """The family whose transformer layer `layer` is, or `None`."""
+    return next((f for f in _FAMILIES if f.owns(layer)), None)
+
+
+def family_of(backbone):
+    """The family of `backbone`'s transformer layers.
+
+    Raises:
+        ValueError: none of its layers belongs to a known family; the
+            message names the families.
+    """
+    for family in _FAMILIES:
+        if family.layers(backbone):
+            return family
+    raise ValueError(
+        f"{type(backbone).__name__} has no transformer layers keras-adapters knows where to put adapters in; "
+        f"the supported families are {[f.name for f in _FAMILIES]} (keras-hub BertBackbone-style encoders "
+        "and Llama-family decoders such as Llama3Backbone)."
+    )
+
+
+def families():
+    return list(_FAMILIES)

@@ -1,0 +1,352 @@
+"""`AdapterCausalLM`: named adapters on a pretrained decoder, trained with
+`fit` on completions, generating with a KV cache."""
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_adapters.backbones import llama
+from keras_adapters.backbones.family import family_of
+from keras_adapters.core import composition
+from keras_adapters.core import injection
+from keras_adapters.io import adapter_folder as adapter_io
+from keras_adapters.io import chat_template
+from keras_adapters.io import presets
+from keras_adapters.methods.registry import get_adapter_config
+from keras_adapters.tasks import causal_lm as data_lib
+
+DEFAULT_NAME = "default"
+
+
+class AdapterCausalLM(keras.Model):
+    """A decoder (Llama family: SmolLM2, Llama 2/3) with named adapters.
+
+    The backbone stays frozen and unchanged; each adapter (LoRA/DoRA/rsLoRA,
+    (IA)^3, Houlsby, Pfeiffer, parallel bottlenecks) is a set of units at
+    the decoder layers' sites, through the same injection as the encoders'
+    (`keras_adapters.core.injection`). Generation is keras-hub's, with a KV
+    cache: the units sit where the decoder layers call their sublayers, so
+    the cached decoding steps run them too.
+
+    Args:
+        backbone: a keras-hub decoder backbone (`Llama3Backbone`).
+        tokenizer: its keras-hub tokenizer.
+        method: the first adapter's method (name, dict or `AdapterConfig`),
+            added as `"default"`, active and trainable; `None` for none.
+        sequence_length: the most tokens a training example keeps.
+        preset: where the backbone came from (recorded in adapter folders).
+        template: the checkpoint's chat template (Jinja), or `None`.
+        special_tokens: the texts of its special tokens, for the template.
+        start_token_id: the id put before every text, if the checkpoint does.
+
+    Example:
+    ```python
+    model = AdapterCausalLM.from_preset("SmolLM2-135M-Instruct.Q4_1.gguf", method="lora")
+    model.compile()
+    model.fit(model.dataset("train.jsonl", shuffle=True), epochs=1)
+    model.generate(["Translate to French: Good morning."], max_new_tokens=20, chat=True)
+    model.save_adapter("my_adapter")
+    ```
+    """
+
+    def __init__(self, backbone, tokenizer=None, method="lora", sequence_length=512, preset=None, template=None,
+                 special_tokens=None, start_token_id=None, **kwargs):
+        super().__init__(**kwargs)
+        family = family_of(backbone)
+        if family.language_model is None:
+            raise ValueError(f"{family.name} backbones are encoders: use AdapterModel (they do not generate text).")
+        self.language_model = family.language_model(backbone)
+        self.tokenizer = tokenizer
+        self.sequence_length = int(sequence_length)
+        self.preset = preset
+        self.template = template
+        self.special_tokens = dict(special_tokens or {})
+        self.start_token_id = start_token_id
+        # The checkpoint's own weights, before any adapter's are among them.
+        self._fingerprint = presets.weights_fingerprint(backbone)
+        self._nll_function = None
+        self.merged_adapter = None
+        if method is not None:
+            self.add_adapter(DEFAULT_NAME, method)
+            self.train_adapter(DEFAULT_NAME)
+
+    @classmethod
+    def from_preset(cls, preset, method="lora", sequence_length=512, dtype=None, load_weights=True):
+        """A decoder checkpoint (a Hugging Face Llama folder, or a `.gguf`
+        file, converted once into a cached folder) with its tokenizer and
+        chat template, and a first adapter of `method` (`None`: none)."""
+        folder = presets.resolve_preset(preset)
+        if not llama.is_huggingface_llama(folder):
+            raise ValueError(
+                f"{preset!r} is not a Llama-family checkpoint (config.json model_type 'llama', or a .gguf file); "
+                "AdapterCausalLM adapts decoders."
+            )
+        backbone = presets.load_backbone(folder, dtype=dtype, load_weights=load_weights)
+        tokenizer = llama.tokenizer(folder)
+        template, special_tokens = chat_template.read_settings(folder)
+        return cls(
+            backbone, tokenizer, method=method, sequence_length=sequence_length,
+            preset=presets.preset_reference(preset), template=template, special_tokens=special_tokens,
+            start_token_id=llama.start_token_id(folder, tokenizer),
+        )
+
+    @classmethod
+    def from_adapter(cls, directory, preset=None, dtype=None):
+        """A model with the adapter saved in `directory`, active (the backbone
+        from the recorded preset, or `preset`: the same checkpoint, checked)."""
+        config = adapter_io.read_config(directory)
+        model = cls.from_preset(
+            preset if preset is not None else config["backbone"]["preset"], method=None,
+            sequence_length=config["task"].get("sequence_length") or 512, dtype=dtype,
+        )
+        model.train_adapter(model.load_adapter(directory))
+        model.compile()
+        return model
+
+    @property
+    def backbone(self):
+        return self.language_model.backbone
+
+    def build(self, input_shape=None):
+        self.built = True  # the language model is built with its backbone
+
+    def call(self, inputs, training=False):
+        return self.language_model(inputs, training=training)
+
+    # ------------------------------------------------------------- adapters
+    @property
+    def adapter_names(self):
+        state = injection.get_state(self.backbone)
+        return list(state.configs) if state is not None else []
+
+    @property
+    def active_adapters(self):
+        state = injection.get_state(self.backbone)
+        return state.active if state is not None else None
+
+    def adapter_config(self, name=DEFAULT_NAME):
+        return injection.adapter_config(self.backbone, name)
+
+    def add_adapter(self, name, method="lora"):
+        """Add a named adapter (not active, frozen)."""
+        injection.add_adapter(self.backbone, name, get_adapter_config(method))
+        self._reset_functions()
+
+    def delete_adapter(self, name):
+        injection.delete_adapter(self.backbone, name)
+        self._reset_functions()
+
+    def set_active_adapters(self, spec):
+        """What the model computes: an adapter name, a composition block
+        (`ka.Stack`, `ka.Average`, ...), or `None` (the plain backbone)."""
+        injection.set_active(self.backbone, spec)
+        self._reset_functions()
+
+    def train_adapter(self, name):
+        """Activate `name` and let only its weights train."""
+        injection.set_active(self.backbone, name)
+        injection.set_trainable(self.backbone, composition.adapter_names(composition.parse(name)))
+        self._reset_functions()
+
+    def merge_adapter(self, name=DEFAULT_NAME):
+        """Fold a LoRA / (IA)^3 adapter into the backbone's weights (then the
+        backbone is no longer the checkpoint: adapters cannot be saved)."""
+        injection.merge_adapter(self.backbone, name)
+        self.merged_adapter = name
+        self._reset_functions()
+
+    def _reset_functions(self):
+        # Which adapters are active is read when a function is traced.
+        self.language_model.generate_function = None
+        self.train_function = self.test_function = self.predict_function = None
+        self._nll_function = None
+
+    # ------------------------------------------------------------- training
+    def compile(self, optimizer="auto", learning_rate=None, **kwargs):
+        """AdamW at the active adapter's method's default learning rate, and
+        the mean negative log-likelihood of the completion tokens."""
+        if optimizer == "auto":
+            names = composition.adapter_names(self.active_adapters) if self.active_adapters else []
+            default = self.adapter_config(names[0]).default_learning_rate if names else 1e-4
+            optimizer = keras.optimizers.AdamW(learning_rate=learning_rate or default, weight_decay=0.0)
+        kwargs.setdefault(
+            "loss", keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight")
+        )
+        kwargs.setdefault("weighted_metrics", [keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def dataset(self, data, batch_size=8, shuffle=False, chat=False, seed=0):
+        """Batches of `(inputs, next tokens, completion weights)` from a JSONL
+        file or a list of records (see `keras_adapters.tasks.causal_lm`)."""
+        records = data_lib.read(data) if isinstance(data, (str, bytes)) or hasattr(data, "__fspath__") else [
+            data_lib.check_record(r, f"record {i}") for i, r in enumerate(data)
+        ]
+        return data_lib.dataset(
+            records, self.tokenizer, self.sequence_length, batch_size=batch_size, template=self.template,
+            special_tokens=self.special_tokens, chat=chat, end_token_id=self.tokenizer.end_token_id,
+            start_token_id=self.start_token_id, shuffle=shuffle, seed=seed,
+        )
+
+    def perplexity(self, data, batch_size=8, chat=False):
+        """`{"perplexity", "loss", "tokens"}` of the completions in `data` (the
+        mean negative log-likelihood per completion token, summed in float64)."""
+        total, count = 0.0, 0.0
+        for inputs, labels, weights in self.dataset(data, batch_size=batch_size, chat=chat):
+            nll = self._token_nll(inputs, labels).numpy().astype(np.float64)
+            total += float(np.sum(nll * weights.numpy()))
+            count += float(np.sum(weights.numpy()))
+        loss = total / max(count, 1.0)
+        return {"perplexity": math.exp(loss), "loss": loss, "tokens": int(count)}
+
+    def _token_nll(self, inputs, labels):
+        if self._nll_function is None:
+
+            @tf.function(reduce_retracing=True)
+            def nll(inputs, labels):
+                logits = tf.cast(self.language_model(inputs, training=False), tf.float32)
+                return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+
+            self._nll_function = nll
+        return self._nll_function(inputs, labels)
+
+    # ------------------------------------------------------------ generating
+    def prompt_texts(self, prompts, chat=False):
+        """Each prompt as the text the model continues: a string as it is (a
+        user message under the chat template with `chat=True`), a list of
+        messages under the template, ready for the assistant's answer."""
+        texts = []
+        for prompt in prompts:
+            if isinstance(prompt, str) and not chat:
+                texts.append(prompt)
+                continue
+            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+            if self.template is None:
+                raise ValueError("This checkpoint has no chat template; pass prompts as plain strings without chat.")
+            texts.append(chat_template.render(self.template, messages, True, self.special_tokens))
+        return texts
+
+    def generate(self, prompts, max_new_tokens=64, sampler="greedy", chat=False, batch_size=8, stop_token_ids="auto"):
+        """The text each prompt continues with (prompt not included).
+
+        Args:
+            prompts: a string, a list of strings, or a list of conversations
+                (lists of `{"role", "content"}` messages).
+            max_new_tokens: the most tokens generated per prompt.
+            sampler: `"greedy"`, `"top_k"`, `"top_p"`, `"random"`, or a
+                `keras_hub.samplers.Sampler` (e.g. `TopPSampler(p=0.9,
+                temperature=0.7, seed=1)`).
+            chat: write plain-string prompts as user messages under the chat template.
+            stop_token_ids: ids that end a generation (`"auto"`: the
+                tokenizer's end token); `None` to always generate `max_new_tokens`.
+        """
+        import keras_hub
+
+        single = isinstance(prompts, str)
+        texts = self.prompt_texts([prompts] if single else list(prompts), chat)
+        if stop_token_ids == "auto":
+            stop_token_ids = (self.tokenizer.end_token_id,)
+        self.language_model.sampler = keras_hub.samplers.get(sampler) if isinstance(sampler, str) else sampler
+        self.language_model.generate_function = None
+        answers = []
+        for start in range(0, len(texts), batch_size):
+            answers += self._generate_batch(texts[start:start + batch_size], max_new_tokens, stop_token_ids)
+        return answers[0] if single else answers
+
+    def _generate_batch(self, texts, max_new_tokens, stop_token_ids):
+        rows = [self._prompt_ids(t) for t in texts]
+        lengths = [len(r) for r in rows]
+        width = max(lengths) + int(max_new_tokens)
+        token_ids = np.zeros((len(rows), width), np.int32)
+        mask = np.zeros((len(rows), width), bool)
+        for i, ids in enumerate(rows):
+            token_ids[i, : len(ids)], mask[i, : len(ids)] = ids, True
+        out = self.language_model.generate(
+            {"token_ids": token_ids, "padding_mask": mask}, stop_token_ids=stop_token_ids
+        )
+        answers = []
+        for i, length in enumerate(lengths):
+            new = [int(t) for t in np.asarray(out["token_ids"][i])[length : length + int(max_new_tokens)]]
+            for j, token in enumerate(new):
+                if stop_token_ids and token in stop_token_ids:
+                    new = new[:j]
+                    break
+            answers.append(str(self.tokenizer.detokenize(np.array(new, np.int32))) if new else "")
+        return answers
+
+    def _prompt_ids(self, text):
+        ids = [int(t) for t in np.asarray(self.tokenizer(text))]
+        if self.start_token_id is not None:
+            ids = [int(self.start_token_id), *ids]
+        if not ids:
+            raise ValueError("An empty prompt gives the model nothing to continue; pass some text.")
+        return ids
+
+    # -------------------------------------------------------- adapter files
+    @property
+    def backbone_fingerprint(self):
+        return self._fingerprint
+
+    def _backbone_record(self):
+        return {
+            "preset": self.preset,
+            "architecture": presets.architecture_config(self.backbone),
+            "weights_sha256": self.backbone_fingerprint,
+            "tokenizer": presets.tokenizer_config(self.tokenizer),
+        }
+
+    def save_adapter(self, directory, name=None):
+        """Write one adapter to a small folder (`adapter_config.json`,
+        `adapter_model.safetensors`; see `keras_adapters.io.adapter_folder`)."""
+        name = name or self._single_active()
+        self._check_not_merged()
+        config = {
+            "name": name,
+            "backbone": self._backbone_record(),
+            "task": {"type": data_lib.NAME, "sequence_length": self.sequence_length},
+            "method": self.adapter_config(name).as_saved().get_config(),
+        }
+        weights = injection.adapter_weights_by_key(self.backbone, name)
+        tensors = {k: w.numpy() for k, w in weights.items()}
+        return adapter_io.replace_folder(directory, lambda tmp: adapter_io.write_folder(tmp, config, tensors))
+
+    def _check_not_merged(self):
+        if self.merged_adapter is not None:
+            raise ValueError(
+                f"The adapter {self.merged_adapter!r} was merged into this model's backbone, which is no longer the "
+                "checkpoint adapters are saved for and loaded onto; use a fresh model (from_preset)."
+            )
+
+    def _single_active(self):
+        active = self.active_adapters
+        if not isinstance(active, str):
+            raise ValueError(f"Name the adapter to save; the active adapters are {active!r}.")
+        return active
+
+    def load_adapter(self, directory, name=None):
+        """Add the adapter saved in `directory` (checked: its file's sha256,
+        the backbone checkpoint and tokenizer it was trained with, every
+        tensor's name and shape); returns its name (not activated)."""
+        self._check_not_merged()
+        source = str(directory)
+        config, tensors = adapter_io.read_folder(directory)
+        kind = config.get("task", {}).get("type")
+        if kind != data_lib.NAME:
+            raise adapter_io.AdapterFormatError(
+                f"{source} holds a {kind!r} adapter; a causal LM loads causal_lm adapters "
+                "(load that one with AdapterModel)."
+            )
+        adapter_io.check_backbone(config, presets.architecture_config(self.backbone), self.backbone_fingerprint, source)
+        adapter_io.check_tokenizer(config, presets.tokenizer_config(self.tokenizer), source)
+        name = name or config.get("name") or DEFAULT_NAME
+        self.add_adapter(name, adapter_io.method_config(config, source))
+        weights = injection.adapter_weights_by_key(self.backbone, name)
+        try:
+            adapter_io.check_tensors({k: tuple(w.shape) for k, w in weights.items()}, tensors, source)
+        except adapter_io.AdapterFormatError:
+            self.delete_adapter(name)
+            raise
+        for key, variable in weights.items():
+            variable.assign(tensors[key].astype(variable.dtype))
+        return name

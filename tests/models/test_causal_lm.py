@@ -1,0 +1,255 @@
+"""Adapters on a Llama decoder (`AdapterCausalLM`), checked against a float64
+NumPy Llama whose weights carry the same updates: LoRA on every projection,
+(IA)^3; cached generation against greedy decoding by full forwards; the loss
+over completion tokens only; training that leaves the backbone untouched;
+adapter folders; and what the decoder refuses, by name."""
+
+import json
+
+import numpy as np
+import pytest
+
+from keras_adapters.core import injection
+from keras_adapters.methods.ia3 import IA3Config
+from keras_adapters.methods.lora import LoRAConfig
+from keras_adapters.models.causal_lm import AdapterCausalLM
+from keras_adapters.tasks import causal_lm as data_lib
+
+from conftest import tiny_backbone
+from llama_reference import NumpyLlama
+from tiny_llama import FFN, HEADS, TOKENS, tiny_llama_folder
+
+ALL_LINEAR = ("query", "key", "value", "attention_output", "feedforward_gate_dense",
+              "feedforward_intermediate_dense", "feedforward_output_dense")
+#: Our site -> the Hugging Face module of a Llama layer.
+HF_MODULES = {"query": "self_attn.q_proj", "key": "self_attn.k_proj", "value": "self_attn.v_proj",
+              "attention_output": "self_attn.o_proj", "feedforward_gate_dense": "mlp.gate_proj",
+              "feedforward_intermediate_dense": "mlp.up_proj", "feedforward_output_dense": "mlp.down_proj"}
+IDS = np.array([[3, 9, 6, 11, 4, 7, 8], [5, 5, 10, 3, 6, 9, 4]])
+RECORDS = [{"prompt": "ab c", "completion": "cab"}, {"prompt": "a1b2", "completion": "12 ab"},
+           {"prompt": "abc", "completion": "a"}]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return tiny_llama_folder(tmp_path_factory.mktemp("tiny_llama"))
+
+
+def _randomize(model, name, seed=0):
+    """Nonzero values for every weight of adapter `name` (they start as the identity)."""
+    rng = np.random.default_rng(seed)
+    for w in injection.adapter_weights_by_key(model.backbone, name).values():
+        w.assign(rng.normal(0, 0.3, w.shape).astype("float32") + (1.0 if w.path.endswith("scale") else 0.0))
+
+
+def _logits(model, ids):
+    return np.asarray(model({"token_ids": ids, "padding_mask": np.ones_like(ids, bool)}), np.float64)
+
+
+def _layer_site(key):
+    layer, site = key.split("/")
+    return int(layer.rsplit("_", 1)[1]), site
+
+
+def test_lora_on_every_projection_computes_the_llama_with_updated_weights(folder):
+    model = AdapterCausalLM.from_preset(folder, method=LoRAConfig(rank=2, alpha=3.0, target_modules=ALL_LINEAR))
+    _randomize(model, "default")
+    reference = NumpyLlama(folder)
+    for key, unit in injection.units_of(model.backbone, "default").items():
+        i, site = _layer_site(key)
+        a, b = unit.lora_a.numpy().astype(np.float64), unit.lora_b.numpy().astype(np.float64)
+        delta = (a @ b) * unit.scaling  # [in, out] over flattened kernel axes (heads-major, as HF's rows)
+        reference.w[f"model.layers.{i}.{HF_MODULES[site]}.weight"] += delta.T
+    assert len(injection.units_of(model.backbone, "default")) == 2 * len(ALL_LINEAR)
+    expected = reference(IDS)
+    np.testing.assert_allclose(_logits(model, IDS), expected, atol=2e-4 * np.abs(expected).max())
+    # And the update matters (an adapter that did nothing would fail above only by luck).
+    assert np.abs(NumpyLlama(folder)(IDS) - expected).max() > 1e-2 * np.abs(expected).max()
+
+
+def test_ia3_scales_keys_values_and_the_down_projection_input(folder):
+    model = AdapterCausalLM.from_preset(folder, method=IA3Config())
+    _randomize(model, "default", seed=1)
+    reference = NumpyLlama(folder)
+    for key, unit in injection.units_of(model.backbone, "default").items():
+        i, site = _layer_site(key)
+        scale = unit.scale.numpy().astype(np.float64).reshape(-1)
+        name = f"model.layers.{i}.{HF_MODULES[site]}.weight"
+        if unit.position == "output":
+            reference.w[name] *= scale[:, None]  # each output row
+        else:
+            reference.w[name] *= scale[None, :]  # each input column
+    expected = reference(IDS)
+    np.testing.assert_allclose(_logits(model, IDS), expected, atol=2e-4 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("method", ["houlsby", "pfeiffer", "parallel", {"method": "lora", "use_dora": True}])
+def test_other_methods_start_as_the_backbone_act_once_trained_and_delete_cleanly(folder, method):
+    model = AdapterCausalLM.from_preset(folder, method=None)
+    before = _logits(model, IDS)
+    model.add_adapter("a", method)
+    model.train_adapter("a")
+    np.testing.assert_allclose(_logits(model, IDS), before, atol=1e-5 * np.abs(before).max())
+    _randomize(model, "a")
+    assert np.abs(_logits(model, IDS) - before).max() > 1e-3 * np.abs(before).max()
+    model.delete_adapter("a")
+    np.testing.assert_array_equal(_logits(model, IDS), before)
+
+
+def test_a_bottleneck_on_the_feed_forward_output_adds_before_the_residual(folder):
+    """Pfeiffer's place on a decoder with no dropout there: the down projection's output."""
+    model = AdapterCausalLM.from_preset(folder, method="pfeiffer")
+    units = injection.units_of(model.backbone, "default")
+    assert sorted(units) == ["transformer_layer_0/feedforward_output_dense", "transformer_layer_1/feedforward_output_dense"]
+    _randomize(model, "default")
+    layer = model.backbone.transformer_layers[0]
+    x = np.random.default_rng(2).normal(0, 1, (1, 4, FFN)).astype("float32")
+    site = layer._feedforward_output_dense
+    unit = site.units["default"]
+    base = np.asarray(site.base(x), np.float64)
+    down, down_bias, up, up_bias = (np.asarray(p, np.float64) for p in unit.projections())
+    expected = base + np.maximum(base @ down + down_bias, 0) @ up + up_bias
+    np.testing.assert_allclose(np.asarray(site(x)), expected, atol=1e-5 * np.abs(expected).max())
+
+
+def _greedy_by_full_forwards(reference, prompt, steps):
+    ids = list(prompt)
+    for _ in range(steps):
+        ids.append(int(np.argmax(reference(np.array([ids]))[0, -1])))
+    return ids[len(prompt):]
+
+
+def test_cached_generation_decodes_what_full_forwards_decode(folder):
+    model = AdapterCausalLM.from_preset(folder, method=LoRAConfig(rank=2, target_modules=("query", "value")))
+    _randomize(model, "default")
+    reference = NumpyLlama(folder)
+    for key, unit in injection.units_of(model.backbone, "default").items():
+        i, site = _layer_site(key)
+        reference.w[f"model.layers.{i}.{HF_MODULES[site]}.weight"] += (
+            unit.lora_a.numpy().astype(np.float64) @ unit.lora_b.numpy() * unit.scaling).T
+    prompts = ["abc ab", "a1"]  # different lengths: the shorter row decodes past the longer's prompt
+    texts = model.generate(prompts, max_new_tokens=6, stop_token_ids=None)
+    for prompt, text in zip(prompts, texts):
+        expected = _greedy_by_full_forwards(reference, model._prompt_ids(prompt), 6)
+        assert text == str(model.tokenizer.detokenize(np.array(expected, np.int32)))
+
+
+def test_labels_are_the_next_tokens_and_only_completions_weigh(folder):
+    model = AdapterCausalLM.from_preset(folder, method=None, sequence_length=64)
+    (inputs, labels, weights), = list(model.dataset(RECORDS[:1], batch_size=1))
+    prompt = [int(t) for t in np.asarray(model.tokenizer("ab c"))]
+    completion = [int(t) for t in np.asarray(model.tokenizer("cab"))] + [TOKENS.index("<|im_end|>")]
+    whole = prompt + completion
+    n = len(whole) - 1
+    assert inputs["token_ids"].shape[1] == data_lib.BUCKET_STEP  # padded to its bucket
+    np.testing.assert_array_equal(inputs["token_ids"][0, :n], whole[:-1])
+    np.testing.assert_array_equal(labels[0, :n], whole[1:])
+    np.testing.assert_array_equal(weights[0], [0] * (len(prompt) - 1) + [1] * len(completion) + [0] * (32 - n))
+    np.testing.assert_array_equal(inputs["padding_mask"][0], [True] * n + [False] * (32 - n))
+
+
+def test_a_conversation_weighs_the_last_answer_as_the_template_writes_it(folder):
+    model = AdapterCausalLM.from_preset(folder, method=None)
+    record = {"messages": [{"role": "user", "content": "ab"}, {"role": "assistant", "content": "c1"}]}
+    (inputs, labels, weights), = list(model.dataset([record], batch_size=1))
+    # The tiny template: <|im_start|>{content}<|im_end|> per message, nothing else.
+    answer = [TOKENS.index("<|im_start|>"), TOKENS.index("c"), TOKENS.index("1"), TOKENS.index("<|im_end|>")]
+    chosen = np.asarray(labels[0])[np.asarray(weights[0]) == 1]
+    assert chosen.tolist() == answer
+
+
+def test_evaluation_loss_and_perplexity_are_the_float64_completion_nll(folder):
+    model = AdapterCausalLM.from_preset(folder, method=None, sequence_length=64)
+    reference = NumpyLlama(folder)
+    total, count = 0.0, 0
+    for record in RECORDS:
+        prompt = [int(t) for t in np.asarray(model.tokenizer(record["prompt"]))]
+        completion = [int(t) for t in np.asarray(model.tokenizer(record["completion"]))] + [2]
+        ids = np.array([prompt + completion])
+        logits = reference(ids[:, :-1])[0]
+        log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+        for position in range(len(prompt) - 1, ids.shape[1] - 1):
+            total -= log_probs[position, ids[0, position + 1]]
+            count += 1
+    report = model.perplexity(RECORDS)
+    assert report["tokens"] == count
+    assert report["loss"] == pytest.approx(total / count, rel=1e-4)
+    assert report["perplexity"] == pytest.approx(np.exp(total / count), rel=1e-4)
+    model.compile()
+    assert model.evaluate(model.dataset(RECORDS, batch_size=3), verbose=0)[0] == pytest.approx(total / count, rel=1e-4)
+
+
+def test_fit_trains_the_adapter_alone_and_lowers_the_completion_loss(folder, tmp_path):
+    model = AdapterCausalLM.from_preset(folder, method="lora", sequence_length=64)
+    originals = {w.path: w.numpy().copy() for w in injection.get_state(model.backbone).original_weights}
+    before = model.perplexity(RECORDS)["loss"]
+    model.compile(learning_rate=1e-2)
+    model.fit(model.dataset(RECORDS * 4, batch_size=4, shuffle=True), epochs=3, verbose=0)
+    assert model.perplexity(RECORDS)["loss"] < 0.7 * before
+    for w in injection.get_state(model.backbone).original_weights:
+        np.testing.assert_array_equal(w.numpy(), originals[w.path], err_msg=w.path)
+    assert all(w.path.split("/")[-1] in ("lora_a", "lora_b") for w in model.trainable_weights)
+
+    model.save_adapter(tmp_path / "adapter")
+    again = AdapterCausalLM.from_adapter(tmp_path / "adapter", preset=folder)
+    np.testing.assert_allclose(_logits(again, IDS), _logits(model, IDS), atol=1e-5)
+    assert again.generate("ab", max_new_tokens=5) == model.generate("ab", max_new_tokens=5)
+
+
+def test_an_adapter_is_refused_on_another_checkpoint(folder, tmp_path):
+    model = AdapterCausalLM.from_preset(folder, method="lora")
+    model.save_adapter(tmp_path / "adapter")
+    other = AdapterCausalLM.from_preset(tiny_llama_folder(tmp_path / "other", seed=1), method=None)
+    with pytest.raises(ValueError, match="different checkpoint"):
+        other.load_adapter(tmp_path / "adapter")
+    assert other.adapter_names == []
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    config["task"]["type"] = "text_classification"
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="load that one with AdapterModel"):
+        model.load_adapter(tmp_path / "adapter", name="b")
+
+
+@pytest.mark.parametrize("method, message", [
+    ("prefix", r"puts units at \['self_attention'\], which llama layers do not have"),
+    ("prompt", "act on the input embeddings.*not on llama layers"),
+    ("bitfit", "has no bias"),
+    ({"method": "pfeiffer", "original_ln_before": True}, "pre-norm"),
+    ({"method": "lora", "target_modules": ["query", "feedforward_gate_dense"]}, None),
+])
+def test_what_a_decoder_cannot_take_is_refused_by_name_and_changes_nothing(folder, method, message):
+    model = AdapterCausalLM.from_preset(folder, method=None)
+    before = _logits(model, IDS)
+    if message is None:
+        model.add_adapter("a", method)  # the gate projection is a Llama site
+        assert sorted(injection.units_of(model.backbone, "a"))[0] == "transformer_layer_0/feedforward_gate_dense"
+        return
+    with pytest.raises(ValueError, match=message):
+        model.add_adapter("a", method)
+    assert model.adapter_names == []
+    np.testing.assert_array_equal(_logits(model, IDS), before)
+
+
+def test_the_gate_projection_is_refused_on_bert():
+    with pytest.raises(ValueError, match=r"puts units at \['feedforward_gate_dense'\], which bert layers do not have"):
+        injection.add_adapter(tiny_backbone(), "a", LoRAConfig(target_modules=("feedforward_gate_dense",)))
+
+
+@pytest.mark.parametrize("line, message", [
+    ("not json", r"data.jsonl:1: not a JSON object"),
+    ('{"prompt": "a"}', r"a record is .*got \['prompt'\]"),
+    ('{"messages": [{"role": "user", "content": "a"}]}', "last message of a conversation is the assistant"),
+])
+def test_bad_records_are_named_with_their_line(tmp_path, line, message):
+    path = tmp_path / "data.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(data_lib.CausalLMDataError, match=message):
+        data_lib.read(path)
+
+
+def test_chat_prompts_are_written_with_the_template(folder):
+    model = AdapterCausalLM.from_preset(folder, method=None)
+    assert model.prompt_texts(["ab"], chat=True) == ["<|im_start|>ab<|im_end|>"]
+    assert model.prompt_texts([[{"role": "user", "content": "c"}]]) == ["<|im_start|>c<|im_end|>"]
+    assert model.prompt_texts(["ab"]) == ["ab"]
+    assert HEADS == 4  # the fixture's grouped-query attention: 4 query heads over 2 key/value heads
