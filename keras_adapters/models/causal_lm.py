@@ -177,6 +177,10 @@ class AdapterCausalLM(keras.Model):
         kwargs.setdefault("weighted_metrics", [keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
         super().compile(optimizer=optimizer, **kwargs)
 
+    def fit(self, x=None, y=None, **kwargs):
+        kwargs.setdefault("shuffle", False)  # `dataset(shuffle=True)` shuffles; Keras cannot shuffle a tf.data
+        return super().fit(x, y, **kwargs)
+
     def dataset(self, data, batch_size=8, shuffle=False, chat=False, seed=0):
         """Batches of `(inputs, next tokens, completion weights)` from a JSONL
         file or a list of records (see `keras_adapters.tasks.causal_lm`)."""

@@ -65,14 +65,14 @@ def _task(model, length=None):
     return tasks.get_task(model.output_head.task).serving(model, length)
 
 
-def _trace(function, signature):
+def trace(function, signature):
     # autograph off: plain tensor code, no Python control flow to convert.
     return tf.function(function, input_signature=signature, autograph=False).get_concrete_function()
 
 
 
 
-def _graph_module(signatures, variables, **resources):
+def graph_module(signatures, variables, **resources):
     """A plain tf.Module tracking, each once, the variables the `signatures`
     read: those of `variables` (a model's) and the functions' own; plus
     `resources` (e.g. lookup tables).
@@ -117,7 +117,7 @@ def next_version(path):
     return max(numbers, default=0) + 1
 
 
-def _version_dir(path, version):
+def version_dir(path, version):
     if version is None:
         version = next_version(path)
     if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or version < 0:
@@ -134,7 +134,7 @@ def _version_dir(path, version):
     return str(out)
 
 
-def _save(module, out, signatures, warmup_logs=()):
+def save(module, out, signatures, warmup_logs=()):
     """Save into a hidden temporary folder beside `out` (with TF Serving's
     warm-up file when there are `warmup_logs`), then rename it.
 
@@ -228,15 +228,15 @@ def export_saved_model(model, path, version=None, merge=True, precision="float32
         raise ValueError("The model has no preprocessor; text signatures need one.")
     serving_graph.check_precision(precision)
     _check_examples(examples, model.output_head.task)
-    out = _version_dir(path, version)
+    out = version_dir(path, version)
     served = serving_graph.serving_copy(model, precision, merge=merge)
     task = _task(served)
     signatures = {
-        "serving_default": _trace(task.serve_text, task.signature),
-        "serve_token_ids": _trace(task.serve_token_ids, task.token_signature),
+        "serving_default": trace(task.serve_text, task.signature),
+        "serve_token_ids": trace(task.serve_token_ids, task.token_signature),
     }
     rows = {key: _rows(examples) for key in signatures}
-    return _save(_graph_module(signatures, served.variables), out, signatures, _warmup_logs(served, path, signatures, rows))
+    return save(graph_module(signatures, served.variables), out, signatures, _warmup_logs(served, path, signatures, rows))
 
 
 def export_multi_adapter_saved_model(
@@ -291,7 +291,7 @@ def export_multi_adapter_saved_model(
         if name not in names:
             raise ValueError(f"examples for {name!r}, which this export does not serve ({', '.join(names)}).")
         _check_examples(inputs, model.heads[name].task, name)
-    out = _version_dir(path, version)
+    out = version_dir(path, version)
     model = serving_graph.serving_copy(model, precision, merge=False)
     routed = [n for group in groups.values() for n in group]
     tables, stacks = [], []
@@ -306,19 +306,19 @@ def export_multi_adapter_saved_model(
         if task_signatures:
             for index, name in enumerate(group):
                 # A thin wrapper: the graph is stored once, not once per adapter.
-                per_adapter[name] = _trace(_one_adapter(text, serving, name, index), serving.text_signature)
+                per_adapter[name] = trace(_one_adapter(text, serving, name, index), serving.text_signature)
     for name in names:
         if name not in routed:
             model.set_active_adapters(model.fusion(name) if name in model.fusion_names else name)
             serving = _task(model, adapter_length(model, name))
-            per_adapter[name] = _trace(serving.serve_text, serving.signature)
+            per_adapter[name] = trace(serving.serve_text, serving.signature)
     for name, function in per_adapter.items():
         signatures.update({key: function for key in keys[name]})
     first = keys[names[0]][0] if names[0] in keys else next(iter(signatures))
     signatures["serving_default"] = signatures[first]
     rows = _routed_rows(examples or {}, names, groups, keys)
     rows["serving_default"] = rows.get(first)
-    return _save(_graph_module(signatures, model.variables, adapter_tables=tables, adapter_stacks=stacks), out, signatures,
+    return save(graph_module(signatures, model.variables, adapter_tables=tables, adapter_stacks=stacks), out, signatures,
                  _warmup_logs(model, path, signatures, rows))
 
 
@@ -363,8 +363,8 @@ def _trace_routed(model, task, router):
     model.set_active_adapters(composition.Route(*router.names))
     try:
         with stored_stacks({}) as stacks:
-            text = _trace(serving.serve_text, serving.signature)
-            tokens = _trace(serving.serve_token_ids, serving.token_signature)
+            text = trace(serving.serve_text, serving.signature)
+            tokens = trace(serving.serve_token_ids, serving.token_signature)
     finally:
         model.set_active_adapters(active)
     return serving, text, tokens, list(stacks.values())
@@ -561,7 +561,7 @@ def export_tflite(model, path, sequence_length=None, quantize="none", merge=True
     else:
         # Not fused: TFLite's converter makes its own fused ops.
         served = serving_graph.serving_copy(model, "float32", merge=merge, fuse=False)
-        module = _frozen_module(_trace(tasks.TaskServing(served, length).serve_token_ids, signature), signature)
+        module = _frozen_module(trace(tasks.TaskServing(served, length).serve_token_ids, signature), signature)
     files = {"model.tflite": _convert(module, quantize), "vocab.txt": _vocabulary(served)}
     if names:
         entries = [
@@ -645,7 +645,7 @@ def _routed_tflite_module(model, names, signature):
     try:
         # Frozen while the stacked weights it reads exist.
         with stored_stacks({}):
-            return _frozen_module(_trace(classify, signature), signature)
+            return _frozen_module(trace(classify, signature), signature)
     finally:
         model.set_active_adapters(active)
 

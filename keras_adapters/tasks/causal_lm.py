@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_adapters.io import chat_template
+from keras_adapters.tasks.base import first_record_fields
 
 NAME = "causal_lm"
 #: Bucket bounds are multiples of this many tokens (few distinct shapes to trace).
@@ -160,3 +161,12 @@ def read(path):
     if path.suffix.lower() not in (".jsonl", ".ndjson"):
         raise CausalLMDataError(f"{path}: causal-lm data is a JSON-lines file (.jsonl) of prompt/completion or messages records.")
     return read_records(path)
+
+
+def looks_like_causal_lm_data(path):
+    """A .jsonl file whose first record has prompt and completion, or messages."""
+    path = Path(str(path))
+    if path.suffix.lower() not in (".jsonl", ".ndjson") or not path.is_file():
+        return False
+    fields = set(first_record_fields(path))
+    return {"prompt", "completion"} <= fields or "messages" in fields

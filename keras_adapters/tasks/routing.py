@@ -20,32 +20,18 @@ def adapter_length(model, name):
     return int(model.heads[name].sequence_length or model.sequence_length or 512)
 
 
-class Router:
-    """The adapters one routed signature serves, and each row's index into them.
+class NameTable:
+    """Each row's index into a list of adapter names (`adapter`, a string per row).
 
     Args:
-        model: the model, with `Route(*names)` active when traced.
-        names: the adapters, in the Route's order.
+        names: the served adapters, in order.
         aliases: other names rows may use -> adapter name (run folders' names).
-        elsewhere: {adapter name: the signature serving it} for the same
-            model's other routed signatures, named in the unknown-name error.
-
-    Example:
-    ```python
-    router = Router(model, ["news", "spam"])
-    ids = router.ids(tf.constant(["spam", "news"]), 2)  # [1, 0]
-    ```
+        hint: said after the served names when a row names an unknown one.
     """
 
-    def __init__(self, model, names, aliases=None, elsewhere=None):
+    def __init__(self, names, aliases=None, hint=""):
         self.names = list(names)
-        by_signature = {}
-        for name, signature in (elsewhere or {}).items():
-            by_signature.setdefault(signature, []).append(name)
-        hint = "; ".join(f"{s} serves {', '.join(n)}" for s, n in by_signature.items())
-        self.hint = f" ({hint}.)" if hint else ""
-        self.heads = [model.heads[n] for n in self.names]
-        self.lengths = [adapter_length(model, n) for n in self.names]
+        self.hint = hint
         keys = {n: i for i, n in enumerate(self.names)}
         for alias, name in (aliases or {}).items():
             if name in keys:
@@ -74,6 +60,33 @@ class Router:
         ]
         with tf.control_dependencies(checks):
             return tf.identity(ids)
+
+
+class Router(NameTable):
+    """The adapters one routed signature serves, and each row's index into them.
+
+    Args:
+        model: the model, with `Route(*names)` active when traced.
+        names: the adapters, in the Route's order.
+        aliases: other names rows may use -> adapter name (run folders' names).
+        elsewhere: {adapter name: the signature serving it} for the same
+            model's other routed signatures, named in the unknown-name error.
+
+    Example:
+    ```python
+    router = Router(model, ["news", "spam"])
+    ids = router.ids(tf.constant(["spam", "news"]), 2)  # [1, 0]
+    ```
+    """
+
+    def __init__(self, model, names, aliases=None, elsewhere=None):
+        by_signature = {}
+        for name, signature in (elsewhere or {}).items():
+            by_signature.setdefault(signature, []).append(name)
+        hint = "; ".join(f"{s} serves {', '.join(n)}" for s, n in by_signature.items())
+        super().__init__(names, aliases, f" ({hint}.)" if hint else "")
+        self.heads = [model.heads[n] for n in self.names]
+        self.lengths = [adapter_length(model, n) for n in self.names]
 
 
 def padded_table(rows, fill, dtype=None, width=None):

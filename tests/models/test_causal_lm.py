@@ -253,3 +253,21 @@ def test_chat_prompts_are_written_with_the_template(folder):
     assert model.prompt_texts([[{"role": "user", "content": "c"}]]) == ["<|im_start|>c<|im_end|>"]
     assert model.prompt_texts(["ab"]) == ["ab"]
     assert HEADS == 4  # the fixture's grouped-query attention: 4 query heads over 2 key/value heads
+
+
+@pytest.mark.slow
+def test_smollm2_starts_as_itself_under_a_fresh_lora_and_learns_an_answer(smollm2_gguf, tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_ADAPTERS_CACHE", str(tmp_path / "cache"))
+    model = AdapterCausalLM.from_preset(str(smollm2_gguf), method="lora", sequence_length=64)
+    question = [{"role": "user", "content": "What is the secret word?"}]
+    plain = model.generate("What is the capital of France?", max_new_tokens=12, chat=True)
+    assert "Paris" in plain
+    model.set_active_adapters(None)
+    assert model.generate("What is the capital of France?", max_new_tokens=12, chat=True) == plain
+    model.train_adapter("default")
+    records = [{"messages": [*question, {"role": "assistant", "content": "The secret word is zebracorn."}]}] * 8
+    before = model.perplexity(records)["loss"]
+    model.compile(learning_rate=2e-3)
+    model.fit(model.dataset(records, batch_size=4), epochs=3, verbose=0)
+    assert model.perplexity(records)["loss"] < before / 4
+    assert "zebracorn" in model.generate([question], max_new_tokens=12)[0]

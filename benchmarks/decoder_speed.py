@@ -1,0 +1,180 @@
+"""SmolLM2-135M-Instruct with LoRA: keras-adapters against PyTorch + peft, side
+by side in one run on this machine, for training and greedy generation.
+
+Both load the same weights: the Hugging Face folder the GGUF file converts
+into (PyTorch reads it with transformers' `LlamaForCausalLM`). LoRA r8,
+alpha 16 on every projection of every layer (peft's `"all-linear"`), float32.
+
+- training: one AdamW step on a fixed batch of 8 x 128 tokens whose second
+  half is the completion (ours: `train_on_batch`; PyTorch: labels -100 on
+  the prompt half); tokens/s counts all 8 x 128 input tokens;
+- generation: greedy decoding of a batch of 4 prompts of 64 tokens, the
+  adapter active and unmerged (ours: keras-hub's cached decoding through
+  `AdapterCausalLM.generate`; PyTorch: `model.generate`, its KV cache). The
+  prompt phase is timed as generating 1 token; the decode phase is the rest
+  of generating 33 (32 more tokens per row).
+
+Each variant is its own process; variants alternate (A B C D, A B C D, ...),
+each process times several calls with process CPU time and wall time, and
+the report takes medians over every timed call of every round.
+
+    .venv/bin/python benchmarks/decoder_speed.py --gguf SmolLM2-135M-Instruct.Q4_1.gguf \\
+        --torch-python /path/to/torch-venv/bin/python --rounds 3
+
+Writes benchmarks/results/decoder_speed.json.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+from common import machine_description
+from common import median
+from common import run_worker
+from common import time_calls
+
+HERE = os.path.abspath(__file__)
+BATCH, LENGTH, GEN_BATCH, PROMPT, NEW = 8, 128, 4, 64, 32
+ALL_LINEAR_HF = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+ALL_LINEAR = ("query", "key", "value", "attention_output", "feedforward_gate_dense",
+              "feedforward_intermediate_dense", "feedforward_output_dense")
+
+
+def _tokens(rows, length, seed=0):
+    import numpy as np
+
+    return np.random.RandomState(seed).randint(100, 40000, size=(rows, length)).astype("int32")
+
+
+def _lora_b_nonzero(weights):
+    """LoRA B starts at zero; give it values so that the adapter computes something."""
+    import numpy as np
+
+    rng = np.random.RandomState(1)
+    return [rng.normal(0, 0.01, w.shape).astype("float32") for w in weights]
+
+
+def keras_worker(what, folder, steps):
+    import numpy as np
+
+    from keras_adapters.methods.lora import LoRAConfig
+    from keras_adapters.models.causal_lm import AdapterCausalLM
+
+    model = AdapterCausalLM.from_preset(folder, method=LoRAConfig(rank=8, alpha=16, target_modules=ALL_LINEAR),
+                                        sequence_length=LENGTH)
+    if what == "train":
+        ids = _tokens(BATCH, LENGTH + 1)
+        x = {"token_ids": ids[:, :-1], "padding_mask": np.ones((BATCH, LENGTH), bool)}
+        weights = np.zeros((BATCH, LENGTH), "float32")
+        weights[:, LENGTH // 2:] = 1
+        model.compile(learning_rate=1e-4)
+        return time_calls(lambda: model.train_on_batch(x, ids[:, 1:], sample_weight=weights), steps)
+    lora_b = [w for w in model.trainable_weights if w.path.endswith("lora_b")]
+    for w, value in zip(lora_b, _lora_b_nonzero(lora_b)):
+        w.assign(value)
+    prompts = [model.tokenizer.detokenize(row) for row in _tokens(GEN_BATCH, PROMPT)]
+    new = 1 if what == "prompt" else 1 + NEW
+    return time_calls(lambda: model.generate(prompts, max_new_tokens=new, stop_token_ids=None, batch_size=GEN_BATCH),
+                      steps, warmup=2)
+
+
+def torch_worker(what, folder, steps):
+    import peft
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    config = peft.LoraConfig(task_type=peft.TaskType.CAUSAL_LM, r=8, lora_alpha=16, lora_dropout=0.0,
+                             target_modules=ALL_LINEAR_HF)
+    model = peft.get_peft_model(model, config)
+    if what == "train":
+        ids = torch.tensor(_tokens(BATCH, LENGTH), dtype=torch.long)
+        labels = ids.clone()
+        labels[:, : LENGTH // 2] = -100
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        model.train()
+
+        def step():
+            optimizer.zero_grad()
+            model(input_ids=ids, labels=labels).loss.backward()
+            optimizer.step()
+
+        return time_calls(step, steps)
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    with torch.no_grad():
+        for p, value in zip(lora_b, _lora_b_nonzero(lora_b)):
+            p.copy_(torch.from_numpy(value))
+    model.eval()
+    ids = torch.tensor(_tokens(GEN_BATCH, PROMPT), dtype=torch.long)
+    new = 1 if what == "prompt" else 1 + NEW
+
+    def step():
+        with torch.inference_mode():
+            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
+                           min_new_tokens=new, do_sample=False, pad_token_id=2)
+
+    return time_calls(step, steps, warmup=2)
+
+
+def worker(argv):
+    framework, what, folder, steps = argv[0], argv[1], argv[2], int(argv[3])
+    function = keras_worker if framework == "keras" else torch_worker
+    print(json.dumps(function(what, folder, steps)))
+
+
+def summarize(results):
+    """tokens/s (CPU and wall) of each variant, from medians of every call."""
+    report = {}
+    for name, runs in results.items():
+        cpu = median([c for r in runs for c in r["cpu"]])
+        wall = median([w for r in runs for w in r["wall"]])
+        report[name] = {"cpu_seconds": cpu, "wall_seconds": wall}
+    for framework in ("keras", "torch"):
+        train = report[f"{framework}/train"]
+        train["tokens_per_cpu_second"] = BATCH * LENGTH / train["cpu_seconds"]
+        train["tokens_per_wall_second"] = BATCH * LENGTH / train["wall_seconds"]
+        prompt, decode = report[f"{framework}/prompt"], report[f"{framework}/decode"]
+        prompt["prompt_tokens_per_cpu_second"] = GEN_BATCH * PROMPT / prompt["cpu_seconds"]
+        prompt["prompt_tokens_per_wall_second"] = GEN_BATCH * PROMPT / prompt["wall_seconds"]
+        for clock in ("cpu", "wall"):
+            extra = decode[f"{clock}_seconds"] - prompt[f"{clock}_seconds"]
+            decode[f"decode_tokens_per_{clock}_second"] = GEN_BATCH * NEW / extra
+    return report
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        return worker(sys.argv[2:])
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--gguf", required=True)
+    parser.add_argument("--torch-python", required=True)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--only", default="", help="comma-separated variant names (keras/train, torch/decode, ...)")
+    args = parser.parse_args()
+    from keras_adapters.io import presets
+
+    folder = presets.resolve_preset(args.gguf)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    variants = {f"{fw}/{what}": (sys.executable if fw == "keras" else args.torch_python, fw, what)
+                for what in ("train", "prompt", "decode") for fw in ("keras", "torch")}
+    if args.only:
+        variants = {k: v for k, v in variants.items() if k in args.only.split(",")}
+    results = {name: [] for name in variants}
+    for round_ in range(args.rounds):
+        for name, (python, fw, what) in variants.items():
+            results[name].append(run_worker(name, [python, HERE, "--worker", fw, what, folder, str(args.steps)], env))
+            print(round_ + 1, name, json.dumps({k: median(v) for k, v in results[name][-1].items()}), flush=True)
+    report = {"machine": machine_description(), "rounds": args.rounds, "steps": args.steps,
+              "batch": {"train": [BATCH, LENGTH], "generate": [GEN_BATCH, PROMPT, NEW]},
+              "results": results, "summary": summarize(results) if not args.only else None}
+    out = os.path.join(os.path.dirname(HERE), "results", "decoder_speed.json")
+    with open(out, "w") as f:
+        json.dump(report, f, indent=1)
+    print(json.dumps(report["summary"], indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""Causal-LM runs: `keras-adapters train DATA.jsonl --task causal-lm`, their
+evaluation (perplexity of the completions; BLEU and chrF of greedy
+generations against them, with sacrebleu) and predictions (generations).
+
+A run folder holds `adapter/` (the adapter of the best epoch by validation
+loss, or of the last epoch without validation data), `train_config.json`,
+`history.json` and `metrics.json`, as a classification run's does.
+"""
+
+import shutil
+import time
+from pathlib import Path
+
+import keras
+
+from keras_adapters.io.adapter_folder import read_config
+from keras_adapters.models.causal_lm import AdapterCausalLM
+from keras_adapters.runs.folder import ADAPTER_DIR
+from keras_adapters.runs.folder import adapter_dir
+from keras_adapters.runs.folder import read_json
+from keras_adapters.runs.folder import task_name
+from keras_adapters.runs.folder import write_json
+from keras_adapters.runs.training import run_lock
+from keras_adapters.tasks import causal_lm as data_lib
+
+TASK = data_lib.NAME
+looks_like_causal_lm_data = data_lib.looks_like_causal_lm_data
+DEFAULTS = {"method": "lora", "batch_size": 8, "sequence_length": 512, "max_new_tokens": 128}
+
+
+def is_causal_lm_run(run_dir):
+    """Whether the run (or adapter folder) holds a causal-LM adapter."""
+    try:
+        return read_config(adapter_dir(run_dir))["task"].get("type") == TASK
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+class _BestAdapter(keras.callbacks.Callback):
+    """Save the adapter after each epoch that lowers the validation loss
+    (every epoch without validation data), so the run keeps the best one."""
+
+    def __init__(self, folder, validated):
+        super().__init__()
+        self.folder, self.validated = folder, validated
+        self.best, self.best_epoch = float("inf"), None
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("val_loss") if self.validated else None
+        if loss is None or loss < self.best:
+            self.best, self.best_epoch = (loss if loss is not None else self.best), epoch + 1
+            self.model.save_adapter(self.folder)
+
+
+def train_causal_lm(data, output, preset, method=None, epochs=1, batch_size=None, sequence_length=None,
+                    learning_rate=None, validation_data=None, seed=0, chat=False, verbose=1, overwrite=False):
+    """Train an adapter on a JSONL file of prompt/completion or chat records.
+
+    Returns:
+        (model, summary dict).
+    """
+    output = Path(output)
+    if (output / ADAPTER_DIR).exists() and not overwrite:
+        raise ValueError(f"{output} already holds a run; pass --overwrite to train it again, or another --output.")
+    batch_size = batch_size or DEFAULTS["batch_size"]
+    sequence_length = sequence_length or DEFAULTS["sequence_length"]
+    records = data_lib.read(data)
+    validation_records = data_lib.read(validation_data) if validation_data else None
+    keras.utils.set_random_seed(seed)
+    model = AdapterCausalLM.from_preset(preset, method=method or DEFAULTS["method"], sequence_length=sequence_length)
+    train = model.dataset(records, batch_size, shuffle=True, chat=chat, seed=seed)
+    validation = model.dataset(validation_records, batch_size, chat=chat) if validation_records else None
+    model.compile(learning_rate=learning_rate)
+    output.mkdir(parents=True, exist_ok=True)
+    if overwrite and (output / ADAPTER_DIR).exists():
+        shutil.rmtree(output / ADAPTER_DIR)
+    best = _BestAdapter(output / ADAPTER_DIR, validation is not None)
+    start = time.perf_counter()
+    with run_lock(output):
+        history = model.fit(train, validation_data=validation, epochs=epochs, callbacks=[best], verbose=verbose)
+    seconds = time.perf_counter() - start
+    tokens = sum(int(w.numpy().sum()) for _, _, w in train) * epochs
+    summary = {
+        "task": TASK, "data": str(data), "preset": model.preset, "method": model.adapter_config("default").get_config(),
+        "epochs": epochs, "batch_size": batch_size, "sequence_length": sequence_length, "chat": chat,
+        "learning_rate": float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)), "seed": seed,
+        "validation_data": str(validation_data) if validation_data else None, "examples": len(records),
+        "seconds": seconds, "completion_tokens_per_second": tokens / seconds, "best_epoch": best.best_epoch,
+    }
+    write_json(output / "train_config.json", summary)
+    write_json(output / "history.json", history.history)
+    if validation is not None:
+        write_json(output / "metrics.json", {"validation_loss": best.best, "best_epoch": best.best_epoch})
+    return model, summary
+
+
+def run_chat(run_dir):
+    """Whether the run wrote its prompts under the chat template (`--chat`)."""
+    config = Path(run_dir) / "train_config.json"
+    return bool(read_json(config).get("chat")) if config.is_file() else False
+
+
+def load_causal_lm_runs(run_dirs):
+    """(one model holding every run's adapter, named after its folder; the names).
+    The runs must share a backbone checkpoint (checked on load)."""
+    names = [task_name(r) for r in run_dirs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"Run folders must have distinct names to name their adapters: {names}.")
+    preset = read_config(adapter_dir(run_dirs[0]))["backbone"]["preset"]
+    model = AdapterCausalLM.from_preset(preset, method=None)
+    for run_dir, name in zip(run_dirs, names):
+        model.load_adapter(adapter_dir(run_dir), name=name)
+    return model, names
+
+
+def load_causal_lm_run(run_dir, dtype=None):
+    return AdapterCausalLM.from_adapter(adapter_dir(run_dir), dtype=dtype)
+
+
+def prompts_and_references(records):
+    """Each record's prompt (a string, or the conversation before its last
+    message) and the text the model should answer."""
+    prompts, references = [], []
+    for record in records:
+        if "messages" in record:
+            prompts.append(record["messages"][:-1])
+            references.append(record["messages"][-1]["content"])
+        else:
+            prompts.append(record["prompt"])
+            references.append(record["completion"])
+    return prompts, references
+
+
+def evaluate_causal_lm(run_dir, data, batch_size=8, max_new_tokens=None, model=None):
+    """`{"perplexity", "loss", "tokens", "bleu", "chrf", "examples"}` of a
+    run on a JSONL file: perplexity of its completions, BLEU and chrF
+    (sacrebleu's defaults) of greedy generations against them."""
+    import sacrebleu
+
+    model = model or load_causal_lm_run(run_dir)
+    chat = run_chat(run_dir)
+    records = data_lib.read(data)
+    report = model.perplexity(records, batch_size=batch_size, chat=chat)
+    prompts, references = prompts_and_references(records)
+    generations = model.generate(
+        prompts, max_new_tokens=max_new_tokens or DEFAULTS["max_new_tokens"], chat=chat, batch_size=batch_size
+    )
+    report["bleu"] = sacrebleu.corpus_bleu(generations, [references]).score
+    report["chrf"] = sacrebleu.corpus_chrf(generations, [references]).score
+    report["examples"] = len(records)
+    return report
+
+
+def predict_causal_lm(run_dir, prompts, max_new_tokens=None, sampler="greedy", batch_size=8):
+    """`[{"prompt", "generation"}]`: what the run's adapter writes after each prompt."""
+    model = load_causal_lm_run(run_dir)
+    generations = model.generate(
+        list(prompts), max_new_tokens=max_new_tokens or DEFAULTS["max_new_tokens"], sampler=sampler,
+        chat=run_chat(run_dir), batch_size=batch_size,
+    )
+    return [{"prompt": p, "generation": g} for p, g in zip(prompts, generations)]
+
+
+def format_report(report):
+    return (f"perplexity {report['perplexity']:.3f} (loss {report['loss']:.4f} over {report['tokens']} completion "
+            f"tokens); BLEU {report['bleu']:.2f}, chrF {report['chrf']:.2f} on {report['examples']} examples")

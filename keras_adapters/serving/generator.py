@@ -1,0 +1,170 @@
+"""A SavedModel that generates text: tokenization, cached decoding and
+detokenization in one graph, and per-row adapter routing.
+
+The `generate` signature takes `prompt` (strings), `max_new_tokens`,
+`temperature`, `top_k` and `top_p` (scalars; `temperature` 0 is greedy
+decoding, `top_k` 0 and `top_p` 1 filter nothing) and, when several
+adapters are served, `adapter` (a name per row), and answers `text`: what
+each prompt continues with, up to the end token. keras-hub's decoding loop
+(a `while_loop` over cached decoding steps) runs inside the graph; with
+several adapters the backbone runs once per step for the whole batch, each
+row through its own adapter's weights (`ka.Route`: LoRA deltas gathered per
+row and never merged, as S-LoRA and Punica serve many LoRA adapters).
+
+A checkpoint's chat template is Jinja, which a graph cannot run; with
+`chat=True` the export renders it once around a placeholder and the graph
+puts each prompt between the two halves (templates that write a user
+message's content as it is, as ChatML and Llama's do).
+"""
+
+import keras_hub
+import tensorflow as tf
+
+from keras_adapters.core import composition
+from keras_adapters.core import injection
+from keras_adapters.io import chat_template
+from keras_adapters.runs import generation as generation_runs
+from keras_adapters.serving import export as export_lib
+from keras_adapters.tasks.routing import ADAPTER_SPEC
+from keras_adapters.tasks.routing import NameTable
+
+_PLACEHOLDER = "\x00prompt\x00"
+SETTINGS = (
+    tf.TensorSpec([], tf.int32, name="max_new_tokens"),
+    tf.TensorSpec([], tf.float32, name="temperature"),
+    tf.TensorSpec([], tf.int32, name="top_k"),
+    tf.TensorSpec([], tf.float32, name="top_p"),
+)
+PROMPT_SPEC = tf.TensorSpec([None], tf.string, name="prompt")
+
+
+class ServingSampler(keras_hub.samplers.Sampler):
+    """The next token from tensors the request gives: the most likely one at
+    `temperature` 0, else a draw at `temperature` among the `top_k` most
+    likely tokens (0: all) whose probabilities sum to `top_p`."""
+
+    def __init__(self, temperature, top_k, top_p):
+        super().__init__()
+        self.settings = (temperature, top_k, top_p)
+
+    def compute_probabilities(self, logits):
+        return tf.cast(logits, tf.float32)  # the filters below work on logits
+
+    def get_next_token(self, logits):
+        temperature, top_k, top_p = self.settings
+        greedy = tf.argmax(logits, axis=-1, output_type=tf.int32)
+        vocabulary = tf.shape(logits)[-1]
+        k = tf.where(top_k > 0, tf.minimum(top_k, vocabulary), vocabulary)
+        values, indices = tf.math.top_k(logits, k=k)
+        scaled = values / tf.maximum(temperature, 1e-6)
+        probabilities = tf.nn.softmax(scaled)
+        # Keep the smallest prefix whose probability reaches top_p (always the first).
+        before = tf.cumsum(probabilities, axis=-1, exclusive=True)
+        scaled = tf.where(before < top_p, scaled, tf.fill(tf.shape(scaled), -1e9))
+        choice = tf.random.categorical(scaled, 1, dtype=tf.int32)
+        sampled = tf.gather(indices, choice, batch_dims=1)[:, 0]
+        return tf.where(temperature > 0, sampled, greedy)
+
+
+def chat_halves(model):
+    """(prefix, suffix) the chat template writes around one user message's content."""
+    if model.template is None:
+        raise ValueError("This checkpoint has no chat template; export without chat.")
+    text = model.prompt_texts([_PLACEHOLDER], chat=True)[0]
+    if text.count(_PLACEHOLDER) != 1:
+        raise ValueError("The chat template does not write a user message's content as it is; export without chat.")
+    prefix, suffix = text.split(_PLACEHOLDER)
+    return prefix, suffix
+
+
+class Generator:
+    """The traced functions of a generating SavedModel (see module docstring)."""
+
+    def __init__(self, model, names=None, chat=False):
+        self.model = model
+        self.language_model = model.language_model
+        self.tokenizer = model.tokenizer
+        self.halves = chat_halves(model) if chat else ("", "")
+        self.end_token_id = int(model.tokenizer.end_token_id)
+        self.names = names
+        self.table = NameTable(names) if names else None
+
+    @property
+    def signature(self):
+        return [PROMPT_SPEC, *SETTINGS, *([ADAPTER_SPEC] if self.table is not None else [])]
+
+    def prompt_ids(self, prompt):
+        prefix, suffix = self.halves
+        texts = tf.strings.join([prefix, prompt, suffix]) if prefix or suffix else prompt
+        ids = tf.cast(self.tokenizer(texts), tf.int32)
+        if self.model.start_token_id is not None:
+            start = tf.fill([ids.nrows(), 1], tf.constant(self.model.start_token_id, tf.int32))
+            ids = tf.concat([start, ids], axis=1)
+        return ids
+
+    def generate(self, prompt, max_new_tokens, temperature, top_k, top_p, adapter=None):
+        ids = self.prompt_ids(tf.reshape(prompt, [-1]))
+        lengths = tf.cast(ids.row_lengths(), tf.int32)
+        width = tf.reduce_max(lengths) + max_new_tokens
+        rows = tf.shape(lengths)[0]
+        token_ids = ids.to_tensor(default_value=0, shape=tf.stack([rows, width]))
+        mask = tf.sequence_mask(lengths, width)
+        self.language_model.sampler = ServingSampler(temperature, top_k, top_p)
+        inputs = {"token_ids": token_ids, "padding_mask": mask}
+        if self.table is None:
+            tokens = self.language_model.generate_step(inputs, stop_token_ids=(self.end_token_id,))["token_ids"]
+        else:
+            with injection.routing(self.model.backbone, self.table.ids(adapter, rows)):
+                tokens = self.language_model.generate_step(inputs, stop_token_ids=(self.end_token_id,))["token_ids"]
+        positions = tf.range(width)[None, :]
+        generated = (positions >= lengths[:, None]) & (positions < (lengths + max_new_tokens)[:, None])
+        stopped = tf.cumsum(tf.cast(generated & (tokens == self.end_token_id), tf.int32), axis=1) > 0
+        new = tf.ragged.boolean_mask(tokens, generated & ~stopped)
+        return {"text": self.tokenizer.detokenize(new)}
+
+
+def export_generator(model, path, version=None, names=None, chat=False):
+    """Write `path/<version>/`: a SavedModel with the `generate` signature.
+
+    Args:
+        model: an `AdapterCausalLM`; its active adapter is served, or with
+            `names`, those adapters routed per row (LoRA, (IA)^3 and
+            bottleneck adapters route; `ka.Route`).
+        path: the model base path (TF Serving's `model_base_path`).
+        version: the numbered sub-folder (default: the next one).
+        chat: write each prompt as a user message under the chat template.
+
+    Example:
+    ```python
+    export_generator(model, "serving/smollm2", names=["french", "german"], chat=True)
+    # serving: generate(prompt=["Good morning"], max_new_tokens=32, temperature=0.0, top_k=0, top_p=1.0,
+    #                   adapter=["french"])
+    ```
+    """
+    out = export_lib.version_dir(path, version)
+    active = model.active_adapters
+    if names:
+        model.set_active_adapters(composition.Route(*names))
+    try:
+        generator = Generator(model, names, chat)
+        signatures = {"generate": export_lib.trace(generator.generate, generator.signature)}
+        signatures["serving_default"] = signatures["generate"]
+        module = export_lib.graph_module(signatures, model.language_model.variables, tokenizer=model.tokenizer,
+                                         **({"table": generator.table.table} if names else {}))
+        return export_lib.save(module, out, signatures)
+    finally:
+        model.set_active_adapters(active)
+
+
+def export_runs(run_dirs, path, version=None):
+    """`export_generator` for causal-LM runs (`RUN_A,RUN_B`: routed, each row
+    naming a run), with the chat template when the runs trained with it."""
+    run_list = [r for r in str(run_dirs).split(",") if r]
+    chats = {generation_runs.run_chat(r) for r in run_list}
+    if len(chats) > 1:
+        raise ValueError("Some of these runs wrote prompts under the chat template and some did not; "
+                         "export them separately.")
+    if len(run_list) == 1:
+        return export_generator(generation_runs.load_causal_lm_run(run_list[0]), path, version, chat=chats.pop())
+    model, names = generation_runs.load_causal_lm_runs(run_list)
+    return export_generator(model, path, version, names=names, chat=chats.pop())

@@ -1,0 +1,76 @@
+"""The generating SavedModel, run as TF Serving would (a fresh process with
+tensorflow and tensorflow_text only): greedy text equal to the Keras model's,
+routed rows equal to each adapter alone, sampling settings as inputs, the
+chat template around each prompt, unknown adapters refused by name."""
+
+import numpy as np
+import pytest
+
+from keras_adapters.core import injection
+from keras_adapters.models.causal_lm import AdapterCausalLM
+from keras_adapters.serving.generator import chat_halves
+from keras_adapters.serving.generator import export_generator
+
+from conftest import serve_many
+from tiny_llama import tiny_llama_folder
+
+PROMPTS = ["ab c", "a1", "cab 12", "b"]
+NEW = 8
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """Two LoRA adapters that decode differently (small embeddings: the layers pick the tokens)."""
+    folder = tiny_llama_folder(tmp_path_factory.mktemp("tiny_llama"), embedding_scale=0.05)
+    model = AdapterCausalLM.from_preset(folder, method=None)
+    for seed, name in enumerate(["a0", "a1"]):
+        model.add_adapter(name, {"method": "lora", "rank": 4})
+        rng = np.random.default_rng(seed)
+        for w in injection.adapter_weights_by_key(model.backbone, name).values():
+            w.assign(rng.normal(0, 0.1 + 0.2 * seed, w.shape).astype("float32"))
+    return model
+
+
+def _request(prompts, temperature=0.0, top_k=0, top_p=1.0, adapter=None, new=NEW):
+    inputs = {"prompt": prompts, "max_new_tokens": new, "temperature": temperature, "top_k": top_k, "top_p": top_p}
+    dtypes = {"max_new_tokens": "int32", "temperature": "float32", "top_k": "int32", "top_p": "float32"}
+    if adapter is not None:
+        inputs["adapter"] = adapter
+    return {"signature": "generate", "inputs": inputs, "dtypes": dtypes}
+
+
+def _alone(model, name, prompts, chat=False):
+    model.set_active_adapters(name)
+    return model.generate(prompts, max_new_tokens=NEW, chat=chat)
+
+
+def test_served_greedy_text_routed_rows_and_sampling(model, tmp_path):
+    model.set_active_adapters("a1")
+    single = export_generator(model, tmp_path / "single")
+    routed = export_generator(model, tmp_path / "routed", names=["a0", "a1"])
+    assert model.active_adapters == "a1"  # export leaves the model as it was
+    expected = {name: _alone(model, name, PROMPTS) for name in ("a0", "a1")}
+    assert expected["a0"] != expected["a1"]  # the routing check below can fail
+    rows = ["a0", "a1", "a1", "a0"]
+    (one,) = serve_many(single, [_request(PROMPTS)], tmp_path)
+    assert one["outputs"]["text"] == expected["a1"]
+    mixed, unknown, top1, narrow, wide = serve_many(routed, [
+        _request(PROMPTS, adapter=rows),
+        _request(PROMPTS[:1], adapter=["a2"]),
+        # Sampling settings are request inputs:
+        _request(PROMPTS * 2, temperature=1.0, top_k=1, adapter=["a0"] * 8),  # only the likeliest token: greedy
+        _request(PROMPTS * 2, temperature=1.0, top_p=1e-6, adapter=["a0"] * 8),  # the first alone reaches top_p
+        _request(PROMPTS * 2, temperature=5.0, adapter=["a0"] * 8),  # flat: 64 draws stray from the greedy path
+    ], tmp_path)
+    assert mixed["outputs"]["text"] == [expected[name][i] for i, name in enumerate(rows)]
+    assert "Unknown adapter name(s): a2. This signature serves: a0, a1." in unknown["error"]
+    assert top1["outputs"]["text"] == narrow["outputs"]["text"] == expected["a0"] * 2
+    assert wide["outputs"]["text"] != expected["a0"] * 2
+
+
+def test_chat_prompts_are_written_with_the_template_in_the_graph(model, tmp_path):
+    assert chat_halves(model) == ("<|im_start|>", "<|im_end|>")  # the tiny model's template
+    model.set_active_adapters("a0")
+    saved = export_generator(model, tmp_path / "chat", chat=True)
+    (response,) = serve_many(saved, [_request(PROMPTS)], tmp_path)
+    assert response["outputs"]["text"] == _alone(model, "a0", PROMPTS, chat=True)
