@@ -18,6 +18,17 @@ from keras_adapters.methods.registry import get_adapter_config
 from keras_adapters.tasks import causal_lm as data_lib
 
 DEFAULT_NAME = "default"
+#: Generation pads the prompts of a batch to a multiple of this many tokens.
+PROMPT_STEP = 16
+
+
+def _sampler_key(sampler):
+    return None if sampler is None else (type(sampler).__name__, id(sampler) if _seeded(sampler) else
+                                         str(sorted(sampler.get_config().items())))
+
+
+def _seeded(sampler):
+    return getattr(sampler, "seed", None) is not None
 
 
 class AdapterCausalLM(keras.Model):
@@ -251,8 +262,11 @@ class AdapterCausalLM(keras.Model):
         texts = self.prompt_texts([prompts] if single else list(prompts), chat)
         if stop_token_ids == "auto":
             stop_token_ids = (self.tokenizer.end_token_id,)
-        self.language_model.sampler = keras_hub.samplers.get(sampler) if isinstance(sampler, str) else sampler
-        self.language_model.generate_function = None
+        sampler = keras_hub.samplers.get(sampler) if isinstance(sampler, str) else sampler
+        if _sampler_key(sampler) != _sampler_key(getattr(self.language_model, "sampler", None)):
+            # The decoding loop is traced (and compiled) with its sampler: a new one needs a new trace.
+            self.language_model.sampler = sampler
+            self.language_model.generate_function = None
         answers = []
         for start in range(0, len(texts), batch_size):
             answers += self._generate_batch(texts[start:start + batch_size], max_new_tokens, stop_token_ids)
@@ -261,7 +275,8 @@ class AdapterCausalLM(keras.Model):
     def _generate_batch(self, texts, max_new_tokens, stop_token_ids):
         rows = [self._prompt_ids(t) for t in texts]
         lengths = [len(r) for r in rows]
-        width = max(lengths) + int(max_new_tokens)
+        # Prompt room in steps of PROMPT_STEP tokens: few shapes to trace and compile.
+        width = -(-max(lengths) // PROMPT_STEP) * PROMPT_STEP + int(max_new_tokens)
         token_ids = np.zeros((len(rows), width), np.int32)
         mask = np.zeros((len(rows), width), bool)
         for i, ids in enumerate(rows):
