@@ -1,8 +1,10 @@
 """The one mechanism that puts named adapters into a keras-hub backbone.
 
-keras-hub's `TransformerEncoder` calls its sublayers through attributes
+keras-hub's transformer layers (BERT's `TransformerEncoder`, Llama's
+`LlamaTransformerDecoder`, ...) call their sublayers through attributes
 (`self._self_attention_dropout(x)`, `self._self_attention_layer._query_dense(x)`
-inside `MultiHeadAttention`, ...). A *site* names one of those attributes.
+inside the attention layer, ...). A *site* names one of those attributes;
+each backbone family says where its sites are (`keras_adapters.backbones.family`).
 The first adapter that acts at a site replaces the layer there by an
 `AdapterSite`, which keeps the original layer and, per named adapter, that
 adapter's *unit* (see `keras_adapters.methods.base.WrappedLayer`). When
