@@ -77,20 +77,65 @@ def from_huggingface(folder, load_weights=True, **kwargs):
     return get_preset_loader(folder).load_backbone(Llama3Backbone, load_weights, layer_norm_epsilon=epsilon, **kwargs)
 
 
+def _tokenizer_json(folder):
+    path = os.path.join(folder, "tokenizer.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _byte_level(tokenizer_json):
+    """Whether a tokenizer.json splits text as byte-level BPE does (GPT-2, Llama 3, SmolLM2)."""
+    text = json.dumps({k: tokenizer_json.get(k) for k in ("pre_tokenizer", "decoder")})
+    return '"ByteLevel"' in text
+
+
 def tokenizer(folder):
-    """keras-hub's `Llama3Tokenizer` (byte-level BPE) for the checkpoint in `folder`."""
+    """keras-hub's `Llama3Tokenizer` (byte-level BPE) for the checkpoint in `folder`.
+
+    Raises:
+        ValueError: the checkpoint's tokenizer is not byte-level BPE (Llama 2
+            and TinyLlama use SentencePiece's, which this tokenizer would read wrongly).
+    """
     from keras_hub.src.models.llama3.llama3_tokenizer import Llama3Tokenizer
     from keras_hub.src.utils.preset_utils import get_preset_loader
 
+    if not _byte_level(_tokenizer_json(folder)):
+        raise ValueError(
+            f"{folder}: tokenizer.json is not a byte-level BPE tokenizer (Llama 3, SmolLM2); SentencePiece-style "
+            "Llama tokenizers (Llama 2, TinyLlama) are not supported yet."
+        )
     return get_preset_loader(folder).load_tokenizer(Llama3Tokenizer)
 
 
 def start_token_id(folder, tokenizer):
-    """The id the checkpoint's tokenizer puts before every text, or None
-    (`add_bos_token` of `tokenizer_config.json`; SmolLM2 adds none)."""
+    """The id the checkpoint's tokenizer puts before every text, or None:
+    `add_bos_token` of `tokenizer_config.json`, else a special token first in
+    `tokenizer.json`'s post-processor (Llama 3's); SmolLM2 adds none."""
     path = os.path.join(folder, "tokenizer_config.json")
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        adds = json.load(f).get("add_bos_token", False)
-    return tokenizer.start_token_id if adds else None
+    settings = {}
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            settings = json.load(f)
+    if "add_bos_token" in settings:
+        return tokenizer.start_token_id if settings["add_bos_token"] else None
+    processor = _tokenizer_json(folder).get("post_processor") or {}
+    processors = processor.get("processors", [processor])
+    for item in processors:
+        single = item.get("single") if item.get("type") == "TemplateProcessing" else None
+        if single and "SpecialToken" in single[0]:
+            return tokenizer.token_to_id(single[0]["SpecialToken"]["id"])
+    return None
+
+
+def stop_token_ids(folder, tokenizer):
+    """The ids that end a generation: the tokenizer's end token(s) and the
+    `eos_token_id`s of `generation_config.json` (Llama 3 Instruct ends turns with another)."""
+    ids = [tokenizer.end_token_id, getattr(tokenizer, "end_token2_id", None)]
+    path = os.path.join(folder, "generation_config.json")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            eos = json.load(f).get("eos_token_id")
+        ids += eos if isinstance(eos, list) else [eos]
+    return tuple(dict.fromkeys(int(i) for i in ids if i is not None))

@@ -51,6 +51,8 @@ class AdapterCausalLM(keras.Model):
         template: the checkpoint's chat template (Jinja), or `None`.
         special_tokens: the texts of its special tokens, for the template.
         start_token_id: the id put before every text, if the checkpoint does.
+        stop_token_ids: the ids that end a generation (default: the
+            tokenizer's end token).
 
     Example:
     ```python
@@ -63,7 +65,7 @@ class AdapterCausalLM(keras.Model):
     """
 
     def __init__(self, backbone, tokenizer=None, method="lora", sequence_length=512, preset=None, template=None,
-                 special_tokens=None, start_token_id=None, **kwargs):
+                 special_tokens=None, start_token_id=None, stop_token_ids=None, **kwargs):
         super().__init__(**kwargs)
         family = family_of(backbone)
         if family.language_model is None:
@@ -75,6 +77,9 @@ class AdapterCausalLM(keras.Model):
         self.template = template
         self.special_tokens = dict(special_tokens or {})
         self.start_token_id = start_token_id
+        if stop_token_ids is None and tokenizer is not None:
+            stop_token_ids = (tokenizer.end_token_id,)
+        self.stop_token_ids = tuple(stop_token_ids or ())
         # The checkpoint's own weights, before any adapter's are among them.
         self._fingerprint = presets.weights_fingerprint(backbone)
         self._nll_function = None
@@ -101,6 +106,7 @@ class AdapterCausalLM(keras.Model):
             backbone, tokenizer, method=method, sequence_length=sequence_length,
             preset=presets.preset_reference(preset), template=template, special_tokens=special_tokens,
             start_token_id=llama.start_token_id(folder, tokenizer),
+            stop_token_ids=llama.stop_token_ids(folder, tokenizer),
         )
 
     @classmethod
@@ -212,7 +218,12 @@ class AdapterCausalLM(keras.Model):
             nll = self._token_nll(inputs, labels).numpy().astype(np.float64)
             total += float(np.sum(nll * weights.numpy()))
             count += float(np.sum(weights.numpy()))
-        loss = total / max(count, 1.0)
+        if not count:
+            raise ValueError(
+                "No completion tokens to score: every example's prompt fills its sequence_length "
+                f"({self.sequence_length} tokens); raise sequence_length or shorten the prompts."
+            )
+        loss = total / count
         return {"perplexity": math.exp(loss), "loss": loss, "tokens": int(count)}
 
     def _token_nll(self, inputs, labels):
@@ -261,7 +272,8 @@ class AdapterCausalLM(keras.Model):
         single = isinstance(prompts, str)
         texts = self.prompt_texts([prompts] if single else list(prompts), chat)
         if stop_token_ids == "auto":
-            stop_token_ids = (self.tokenizer.end_token_id,)
+            stop_token_ids = self.stop_token_ids
+        _check_generation(max_new_tokens, batch_size, sampler)
         sampler = keras_hub.samplers.get(sampler) if isinstance(sampler, str) else sampler
         if _sampler_key(sampler) != _sampler_key(getattr(self.language_model, "sampler", None)):
             # The decoding loop is traced (and compiled) with its sampler: a new one needs a new trace.
@@ -273,6 +285,13 @@ class AdapterCausalLM(keras.Model):
         return answers[0] if single else answers
 
     def _generate_batch(self, texts, max_new_tokens, stop_token_ids):
+        return [
+            str(self.tokenizer.detokenize(np.array(ids, np.int32))) if ids else ""
+            for ids in self._generated_ids(texts, max_new_tokens, stop_token_ids)
+        ]
+
+    def _generated_ids(self, texts, max_new_tokens, stop_token_ids):
+        """Each text's generated token ids, up to (without) the first stop token."""
         rows = [self._prompt_ids(t) for t in texts]
         lengths = [len(r) for r in rows]
         # Prompt room in steps of PROMPT_STEP tokens: few shapes to trace and compile.
@@ -281,22 +300,18 @@ class AdapterCausalLM(keras.Model):
         mask = np.zeros((len(rows), width), bool)
         for i, ids in enumerate(rows):
             token_ids[i, : len(ids)], mask[i, : len(ids)] = ids, True
-        out = self.language_model.generate(
-            {"token_ids": token_ids, "padding_mask": mask}, stop_token_ids=stop_token_ids
-        )
-        answers = []
+        stop_token_ids = tuple(stop_token_ids or ()) or None  # keras-hub takes None for "never stop"
+        out = self.language_model.generate({"token_ids": token_ids, "padding_mask": mask}, stop_token_ids=stop_token_ids)
+        generated = []
         for i, length in enumerate(lengths):
             new = [int(t) for t in np.asarray(out["token_ids"][i])[length : length + int(max_new_tokens)]]
-            for j, token in enumerate(new):
-                if stop_token_ids and token in stop_token_ids:
-                    new = new[:j]
-                    break
-            answers.append(str(self.tokenizer.detokenize(np.array(new, np.int32))) if new else "")
-        return answers
+            ends = [j for j, token in enumerate(new) if stop_token_ids and token in stop_token_ids]
+            generated.append(new[: ends[0]] if ends else new)
+        return generated
 
     def _prompt_ids(self, text):
         ids = [int(t) for t in np.asarray(self.tokenizer(text))]
-        if self.start_token_id is not None:
+        if self.start_token_id is not None and (not ids or ids[0] != self.start_token_id):
             ids = [int(self.start_token_id), *ids]
         if not ids:
             raise ValueError("An empty prompt gives the model nothing to continue; pass some text.")
@@ -369,3 +384,11 @@ class AdapterCausalLM(keras.Model):
         for key, variable in weights.items():
             variable.assign(tensors[key].astype(variable.dtype))
         return name
+
+
+def _check_generation(max_new_tokens, batch_size, sampler):
+    for name, value in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"generate: {name} must be a whole number of at least 1, got {value!r}.")
+    if sampler is None:
+        raise ValueError("generate: pass a sampler: 'greedy', 'top_k', 'top_p', 'random' or a keras_hub Sampler.")

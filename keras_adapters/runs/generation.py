@@ -46,9 +46,15 @@ class _BestAdapter(keras.callbacks.Callback):
         self.best, self.best_epoch = float("inf"), None
 
     def on_epoch_end(self, epoch, logs=None):
+        self.epochs = epoch + 1
         loss = (logs or {}).get("val_loss") if self.validated else None
         if loss is None or loss < self.best:
             self.best, self.best_epoch = (loss if loss is not None else self.best), epoch + 1
+            self.model.save_adapter(self.folder)
+
+    def on_train_end(self, logs=None):
+        if self.best_epoch is None:  # no finite validation loss: keep the last epoch's adapter
+            self.best_epoch = getattr(self, "epochs", None)
             self.model.save_adapter(self.folder)
 
 
@@ -82,7 +88,9 @@ def train_causal_lm(data, output, preset, method=None, epochs=1, batch_size=None
     tokens = sum(int(w.numpy().sum()) for _, _, w in train) * epochs
     summary = {
         "task": TASK, "data": str(data), "preset": model.preset, "method": model.adapter_config("default").get_config(),
-        "epochs": epochs, "batch_size": batch_size, "sequence_length": sequence_length, "chat": chat,
+        # Conversations are always templated: prompts the run answers later are too.
+        "epochs": epochs, "batch_size": batch_size, "sequence_length": sequence_length,
+        "chat": bool(chat or any("messages" in r for r in records)),
         "learning_rate": float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)), "seed": seed,
         "validation_data": str(validation_data) if validation_data else None, "examples": len(records),
         "seconds": seconds, "completion_tokens_per_second": tokens / seconds, "best_epoch": best.best_epoch,

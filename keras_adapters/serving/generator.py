@@ -58,9 +58,11 @@ class ServingSampler(keras_hub.samplers.Sampler):
         values, indices = tf.math.top_k(logits, k=k)
         scaled = values / tf.maximum(temperature, 1e-6)
         probabilities = tf.nn.softmax(scaled)
-        # Keep the smallest prefix whose probability reaches top_p (always the first).
+        # Keep the smallest prefix whose probability reaches top_p, and always the likeliest token
+        # (top_p 0 is greedy, as in transformers).
         before = tf.cumsum(probabilities, axis=-1, exclusive=True)
-        scaled = tf.where(before < top_p, scaled, tf.fill(tf.shape(scaled), -1e9))
+        keep = (before < top_p) | (tf.range(tf.shape(scaled)[-1]) == 0)[None, :]
+        scaled = tf.where(keep, scaled, tf.fill(tf.shape(scaled), -1e9))
         choice = tf.random.categorical(scaled, 1, dtype=tf.int32)
         sampled = tf.gather(indices, choice, batch_dims=1)[:, 0]
         return tf.where(temperature > 0, sampled, greedy)
@@ -85,7 +87,7 @@ class Generator:
         self.language_model = model.language_model
         self.tokenizer = model.tokenizer
         self.halves = chat_halves(model) if chat else ("", "")
-        self.end_token_id = int(model.tokenizer.end_token_id)
+        self.stop_token_ids = tuple(model.stop_token_ids)
         self.names = names
         self.table = NameTable(names) if names else None
 
@@ -97,12 +99,17 @@ class Generator:
         prefix, suffix = self.halves
         texts = tf.strings.join([prefix, prompt, suffix]) if prefix or suffix else prompt
         ids = tf.cast(self.tokenizer(texts), tf.int32)
-        if self.model.start_token_id is not None:
-            start = tf.fill([ids.nrows(), 1], tf.constant(self.model.start_token_id, tf.int32))
-            ids = tf.concat([start, ids], axis=1)
+        if self.model.start_token_id is not None:  # unless the text (its template) starts with it
+            start = tf.constant(self.model.start_token_id, tf.int32)
+            missing = tf.cast(ids.to_tensor(default_value=-1, shape=[None, 1])[:, 0] != start, tf.int32)
+            starts = tf.RaggedTensor.from_row_lengths(tf.fill([tf.reduce_sum(missing)], start), missing)
+            ids = tf.concat([starts, ids], axis=1)
         return ids
 
     def generate(self, prompt, max_new_tokens, temperature, top_k, top_p, adapter=None):
+        check = tf.debugging.assert_positive(max_new_tokens, message="max_new_tokens must be at least 1")
+        with tf.control_dependencies([check]):
+            prompt = tf.identity(prompt)
         ids = self.prompt_ids(tf.reshape(prompt, [-1]))
         lengths = tf.cast(ids.row_lengths(), tf.int32)
         width = tf.reduce_max(lengths) + max_new_tokens
@@ -112,13 +119,14 @@ class Generator:
         self.language_model.sampler = ServingSampler(temperature, top_k, top_p)
         inputs = {"token_ids": token_ids, "padding_mask": mask}
         if self.table is None:
-            tokens = self.language_model.generate_step(inputs, stop_token_ids=(self.end_token_id,))["token_ids"]
+            tokens = self.language_model.generate_step(inputs, stop_token_ids=self.stop_token_ids)["token_ids"]
         else:
             with injection.routing(self.model.backbone, self.table.ids(adapter, rows)):
-                tokens = self.language_model.generate_step(inputs, stop_token_ids=(self.end_token_id,))["token_ids"]
+                tokens = self.language_model.generate_step(inputs, stop_token_ids=self.stop_token_ids)["token_ids"]
         positions = tf.range(width)[None, :]
         generated = (positions >= lengths[:, None]) & (positions < (lengths + max_new_tokens)[:, None])
-        stopped = tf.cumsum(tf.cast(generated & (tokens == self.end_token_id), tf.int32), axis=1) > 0
+        is_stop = tf.reduce_any(tokens[..., None] == tf.constant(self.stop_token_ids, tf.int32), axis=-1)
+        stopped = tf.cumsum(tf.cast(generated & is_stop, tf.int32), axis=1) > 0
         new = tf.ragged.boolean_mask(tokens, generated & ~stopped)
         return {"text": self.tokenizer.detokenize(new)}
 

@@ -116,7 +116,9 @@ def encode(tokenizer, prompt, completion, end_id, sequence_length, start_token_i
     prompt_ids = tf.cast(tokenizer(prompt), tf.int32)
     completion_ids = tf.cast(tokenizer(completion), tf.int32)
     if start_token_id is not None:
-        prompt_ids = tf.concat([[tf.constant(start_token_id, tf.int32)], prompt_ids], 0)
+        start = tf.constant([start_token_id], tf.int32)
+        first = tf.concat([prompt_ids[:1], [-1]], 0)[:1]  # -1 for an empty prompt
+        prompt_ids = tf.concat([tf.boolean_mask(start, tf.not_equal(first, start)), prompt_ids], 0)
     end_id = tf.cast(tf.reshape(end_id, [1]), tf.int32)
     completion_ids = tf.concat([completion_ids, tf.boolean_mask(end_id, end_id >= 0)], 0)
     ids = tf.concat([prompt_ids, completion_ids], 0)[: sequence_length + 1]
@@ -143,6 +145,8 @@ def dataset(records, tokenizer, sequence_length, batch_size=8, template=None, sp
         lambda p, c, e: encode(tokenizer, p, c, e, sequence_length, start_token_id),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
+    # An example whose prompt fills the sequence has nothing to learn (or score): left out.
+    data = data.filter(lambda inputs, labels, weights: tf.reduce_sum(weights) > 0)
     # Bucket i holds lengths below its bound and is padded to bound - 1: few shapes to trace.
     bounds = [*range(BUCKET_STEP + 1, sequence_length + 1, BUCKET_STEP), sequence_length + 1]
     data = data.bucket_by_sequence_length(

@@ -271,3 +271,38 @@ def test_smollm2_starts_as_itself_under_a_fresh_lora_and_learns_an_answer(smollm
     model.fit(model.dataset(records, batch_size=4), epochs=3, verbose=0)
     assert model.perplexity(records)["loss"] < before / 4
     assert "zebracorn" in model.generate([question], max_new_tokens=12)[0]
+
+
+def test_generation_stops_at_a_stop_token_and_checks_its_arguments(folder):
+    model = AdapterCausalLM.from_preset(folder, method=None)
+    ids = model._prompt_ids("ab c")
+    full = _greedy_by_full_forwards(NumpyLlama(folder), ids, 8)
+    stop = full[2]  # a token the greedy path reaches: generation ends before it
+    cut = full[: full.index(stop)]
+    expected = str(model.tokenizer.detokenize(np.array(cut, np.int32))) if cut else ""
+    assert model.generate("ab c", max_new_tokens=8, stop_token_ids=(stop,)) == expected
+    assert model._generated_ids(["ab c"], 8, (stop,)) == [cut]
+    assert model.stop_token_ids == (TOKENS.index("<|im_end|>"),)
+    for bad, message in [({"max_new_tokens": 0}, "max_new_tokens must be a whole number of at least 1"),
+                         ({"batch_size": 0}, "batch_size must be"), ({"sampler": None}, "pass a sampler")]:
+        with pytest.raises(ValueError, match=message):
+            model.generate("ab", **{"max_new_tokens": 4, **bad})
+
+
+def test_examples_without_room_for_their_completion_are_left_out(folder):
+    model = AdapterCausalLM.from_preset(folder, method=None, sequence_length=3)
+    long_prompt = {"prompt": "ab c ab c ab c", "completion": "a"}
+    assert len(list(model.dataset([long_prompt, RECORDS[2]], batch_size=1))) == 1  # "abc" -> "a" fits in 3
+    with pytest.raises(ValueError, match="No completion tokens to score"):
+        model.perplexity([long_prompt])
+
+
+def test_a_sentencepiece_llama_tokenizer_is_refused(folder, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(folder, tmp_path / "spm")
+    tokenizer = json.loads((copy / "tokenizer.json").read_text())
+    tokenizer["pre_tokenizer"], tokenizer["decoder"] = {"type": "Metaspace"}, {"type": "Metaspace"}
+    (copy / "tokenizer.json").write_text(json.dumps(tokenizer))
+    with pytest.raises(ValueError, match="not a byte-level BPE tokenizer"):
+        AdapterCausalLM.from_preset(str(copy), method=None)

@@ -68,3 +68,13 @@ def test_train_evaluate_predict_and_export_a_causal_lm_run(folder, tmp_path, cap
         "max_new_tokens": "int32", "temperature": "float32", "top_k": "int32", "top_p": "float32"}}], tmp_path)
     assert response["outputs"]["text"] == [lines[0]["generation"]]
     assert generation.is_causal_lm_run(run) and not generation.is_causal_lm_run(tmp_path)
+
+
+def test_options_causal_lm_runs_do_not_take_are_refused_before_anything_loads(tmp_path, capsys):
+    data = _write(tmp_path / "train.jsonl", RECORDS)
+    for option, message in [(["--dp-epsilon", "3"], "--dp-epsilon: not supported for causal-lm runs yet"),
+                            (["--precision", "mixed_bfloat16"], "--precision: not supported"),
+                            (["--sequence-length", "0"], "--sequence-length must be at least 1")]:
+        assert cli.main(["train", str(data), "--output", str(tmp_path / "run"), "--preset", "nowhere", *option]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

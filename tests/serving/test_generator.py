@@ -54,23 +54,33 @@ def test_served_greedy_text_routed_rows_and_sampling(model, tmp_path):
     rows = ["a0", "a1", "a1", "a0"]
     (one,) = serve_many(single, [_request(PROMPTS)], tmp_path)
     assert one["outputs"]["text"] == expected["a1"]
-    mixed, unknown, top1, narrow, wide = serve_many(routed, [
+    mixed, unknown, top1, narrow, zero, wide = serve_many(routed, [
         _request(PROMPTS, adapter=rows),
         _request(PROMPTS[:1], adapter=["a2"]),
         # Sampling settings are request inputs:
         _request(PROMPTS * 2, temperature=1.0, top_k=1, adapter=["a0"] * 8),  # only the likeliest token: greedy
         _request(PROMPTS * 2, temperature=1.0, top_p=1e-6, adapter=["a0"] * 8),  # the first alone reaches top_p
+        _request(PROMPTS * 2, temperature=1.0, top_p=0.0, adapter=["a0"] * 8),  # the likeliest is always kept
         _request(PROMPTS * 2, temperature=5.0, adapter=["a0"] * 8),  # flat: 64 draws stray from the greedy path
     ], tmp_path)
     assert mixed["outputs"]["text"] == [expected[name][i] for i, name in enumerate(rows)]
     assert "Unknown adapter name(s): a2. This signature serves: a0, a1." in unknown["error"]
-    assert top1["outputs"]["text"] == narrow["outputs"]["text"] == expected["a0"] * 2
+    assert top1["outputs"]["text"] == narrow["outputs"]["text"] == zero["outputs"]["text"] == expected["a0"] * 2
     assert wide["outputs"]["text"] != expected["a0"] * 2
 
 
-def test_chat_prompts_are_written_with_the_template_in_the_graph(model, tmp_path):
+def test_chat_prompts_are_written_with_the_template_and_stop_tokens_cut_in_the_graph(model, tmp_path):
     assert chat_halves(model) == ("<|im_start|>", "<|im_end|>")  # the tiny model's template
-    model.set_active_adapters("a0")
-    saved = export_generator(model, tmp_path / "chat", chat=True)
+    _alone(model, "a1", PROMPTS, chat=True)  # greedy decoding, adapter a1
+    # A stop token halfway along the first row's greedy path: served rows must end before it too.
+    (path,) = model._generated_ids(model.prompt_texts(PROMPTS[:1], chat=True), NEW, None)
+    stops = model.stop_token_ids
+    model.stop_token_ids = (path[NEW // 2],)
+    try:
+        expected = _alone(model, "a1", PROMPTS, chat=True)
+        saved = export_generator(model, tmp_path / "chat", chat=True)
+    finally:
+        model.stop_token_ids = stops
+    assert expected[0] == str(model.tokenizer.detokenize(np.array(path[: path.index(path[NEW // 2])], np.int32)))
     (response,) = serve_many(saved, [_request(PROMPTS)], tmp_path)
-    assert response["outputs"]["text"] == _alone(model, "a0", PROMPTS, chat=True)
+    assert response["outputs"]["text"] == expected
