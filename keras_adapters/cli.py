@@ -302,8 +302,8 @@ def cmd_train(args):
     if _is_causal_lm(args):
         return cmd_train_causal_lm(args)
     args.method = args.method or "houlsby"
-    args.batch_size = args.batch_size or 32
-    args.sequence_length = args.sequence_length or 128
+    args.batch_size = 32 if args.batch_size is None else args.batch_size
+    args.sequence_length = 128 if args.sequence_length is None else args.sequence_length
     fuse = [r for r in args.fuse.split(",") if r] if args.fuse else None
     if fuse is not None and len(fuse) < 2:
         raise ValueError("--fuse needs at least two run folders, separated by commas.")
