@@ -29,6 +29,7 @@ def _write(path, records):
     return path
 
 
+@pytest.mark.slow  # ~50 s: keeps the default run under 15 minutes (CI runs it with -m slow)
 def test_train_evaluate_predict_and_export_a_causal_lm_run(folder, tmp_path, capsys):
     data = _write(tmp_path / "train.jsonl", RECORDS * 4)
     run = tmp_path / "run"
