@@ -24,7 +24,7 @@ from keras_adapters.methods.registry import config_from_options  # noqa: E402
 from keras_adapters.io.presets import PresetNotFoundError  # noqa: E402
 from keras_adapters.runs.training import train_classifier  # noqa: E402
 
-CAUSAL_LM = "causal-lm"
+CAUSAL_LM = tasks.cli_name(generation.TASK)
 DESCRIPTION = """Fine-tune adapters on a pretrained BERT and use them.
 
   keras-adapters train DATA --output RUN_DIR [--method houlsby] [--epochs 3] [--task auto] ...

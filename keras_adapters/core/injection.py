@@ -119,7 +119,7 @@ def encoder_layers(backbone):
 def resolve_site(encoder, site):
     """(parent layer, attribute name) of `site` inside the transformer layer `encoder`."""
     family = family_of_layer(encoder)
-    path = family.sites.get(family.where(site) or site) if family is not None else None
+    path = family.sites.get(family.where(site)) if family is not None else None
     if path is None:
         raise ValueError(
             f"{encoder.name} ({family.name if family else type(encoder).__name__} layer) has no site {site!r}; "

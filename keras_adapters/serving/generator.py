@@ -150,7 +150,7 @@ def export_generator(model, path, version=None, names=None, chat=False):
     ```
     """
     out = export_lib.version_dir(path, version)
-    active = model.active_adapters
+    active, sampler = model.active_adapters, getattr(model.language_model, "sampler", None)
     if names:
         model.set_active_adapters(composition.Route(*names))
     try:
@@ -161,6 +161,7 @@ def export_generator(model, path, version=None, names=None, chat=False):
                                          **({"table": generator.table.table} if names else {}))
         return export_lib.save(module, out, signatures)
     finally:
+        model.language_model.sampler = sampler  # the trace set a sampler of graph tensors
         model.set_active_adapters(active)
 
 

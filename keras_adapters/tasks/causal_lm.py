@@ -139,14 +139,16 @@ def dataset(records, tokenizer, sequence_length, batch_size=8, template=None, sp
     plain = ("messages" not in r and not chat for r in records)
     ends = [end_token_id if p and end_token_id is not None else -1 for p in plain]
     data = tf.data.Dataset.from_tensor_slices(([p for p, _ in pairs], [c for _, c in pairs], np.array(ends, np.int32)))
-    if shuffle:
-        data = data.shuffle(len(pairs), seed=seed, reshuffle_each_iteration=True)
     data = data.map(
         lambda p, c, e: encode(tokenizer, p, c, e, sequence_length, start_token_id),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     # An example whose prompt fills the sequence has nothing to learn (or score): left out.
     data = data.filter(lambda inputs, labels, weights: tf.reduce_sum(weights) > 0)
+    # Tokenized once, not every epoch (a few hundred ints per example); shuffled after.
+    data = data.cache()
+    if shuffle:
+        data = data.shuffle(len(pairs), seed=seed, reshuffle_each_iteration=True)
     # Bucket i holds lengths below its bound and is padded to bound - 1: few shapes to trace.
     bounds = [*range(BUCKET_STEP + 1, sequence_length + 1, BUCKET_STEP), sequence_length + 1]
     data = data.bucket_by_sequence_length(
