@@ -169,7 +169,8 @@ def main():
         json.dump(data, f)
     references = [r["completion"] for r in data["test"]]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    rows = {}
+    out = os.path.join(os.path.dirname(HERE), "results", "translation_smollm2.json")
+    rows = _earlier_rows(out, args)
     for row in args.rows.split(","):
         python = args.torch_python if row.startswith("torch") else sys.executable
         result = run_worker(row, [python, HERE, "--worker", row, folder, data_file, str(args.lr),
@@ -178,9 +179,21 @@ def main():
         result["chrf"] = sacrebleu.corpus_chrf(result["generations"], [references]).score
         rows[row] = result
         print(row, json.dumps({k: v for k, v in result.items() if k != "generations"}), flush=True)
-    report = {"machine": machine_description(), "settings": vars(args), "rows": rows}
-    with open(os.path.join(os.path.dirname(HERE), "results", "translation_smollm2.json"), "w") as f:
-        json.dump(report, f, indent=1, ensure_ascii=False)
+        # Written after every row: a run stopped part-way keeps the rows it finished.
+        report = {"machine": machine_description(), "settings": vars(args), "rows": rows}
+        with open(out, "w") as f:
+            json.dump(report, f, indent=1, ensure_ascii=False)
+
+
+def _earlier_rows(path, args):
+    """Rows an earlier run with the same data settings recorded (`--rows` adds to them)."""
+    if not os.path.exists(path):
+        return {}
+    earlier = json.load(open(path))
+    same = ("train", "test", "lr", "max_new_tokens", "seed")
+    if any(earlier["settings"].get(key) != getattr(args, key) for key in same):
+        return {}
+    return earlier["rows"]
 
 
 if __name__ == "__main__":
