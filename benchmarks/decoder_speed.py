@@ -8,11 +8,14 @@ alpha 16 on every projection of every layer (peft's `"all-linear"`), float32.
 - training: one AdamW step on a fixed batch of 8 x 128 tokens whose second
   half is the completion (ours: `train_on_batch`; PyTorch: labels -100 on
   the prompt half); tokens/s counts all 8 x 128 input tokens;
-- generation: greedy decoding of a batch of 4 prompts of 64 tokens, the
-  adapter active and unmerged (ours: keras-hub's cached decoding through
-  `AdapterCausalLM.generate`; PyTorch: `model.generate`, its KV cache). The
-  prompt phase is timed as generating 1 token; the decode phase is the rest
-  of generating 33 (32 more tokens per row).
+- generation: greedy decoding of a batch of 4 prompts of 64 tokens (the
+  same ids for both: texts whose tokenization gives exactly these ids), the
+  adapter active and unmerged. Ours three ways: `AdapterCausalLM.generate`
+  (`keras`, the decoding loop compiled with XLA), the exported SavedModel's
+  `generate` signature (`saved`, one adapter), and a SavedModel serving 4
+  LoRA adapters with each row naming another (`routed`); PyTorch:
+  `model.generate`, its KV cache. The prompt phase is timed as generating 1
+  token; the decode phase is the rest of generating 33 (32 more tokens per row).
 
 Each variant is its own process; variants alternate (A B C D, A B C D, ...),
 each process times several calls with process CPU time and wall time, and
@@ -47,15 +50,70 @@ def _tokens(rows, length, seed=0):
     return np.random.RandomState(seed).randint(100, 40000, size=(rows, length)).astype("int32")
 
 
-def _lora_b_nonzero(weights):
+def _lora_b_nonzero(weights, seed=1):
     """LoRA B starts at zero; give it values so that the adapter computes something."""
     import numpy as np
 
-    rng = np.random.RandomState(1)
+    rng = np.random.RandomState(seed)
     return [rng.normal(0, 0.01, w.shape).astype("float32") for w in weights]
 
 
-def keras_worker(what, folder, steps):
+def stable_prompts(tokenizer, rows=GEN_BATCH, length=PROMPT, seed=0):
+    """Token-id rows of `length` that a text round-trips to exactly (random
+    ids often do not: the tokenizer merges them differently)."""
+    import numpy as np
+
+    rng, found = np.random.RandomState(seed), []
+    while len(found) < rows:
+        ids = [int(t) for t in np.asarray(tokenizer(tokenizer.detokenize(rng.randint(100, 40000, 2 * length))))]
+        ids = ids[:length]
+        if len(ids) == length and [int(t) for t in np.asarray(tokenizer(tokenizer.detokenize(ids)))] == ids:
+            found.append(ids)
+    return found
+
+
+def _texts(model, prompts):
+    texts = [str(model.tokenizer.detokenize(row)) for row in prompts]
+    assert [model._prompt_ids(t) for t in texts] == prompts, "the prompts do not round-trip"
+    return texts
+
+
+def saved_worker(what, folder, steps, prompts):
+    """The exported SavedModel's `generate`: one adapter (`saved`) or 4 routed (`routed`)."""
+    import tempfile
+
+    import tensorflow as tf
+
+    from keras_adapters.core import injection
+    from keras_adapters.methods.lora import LoRAConfig
+    from keras_adapters.models.causal_lm import AdapterCausalLM
+    from keras_adapters.serving.generator import export_generator
+
+    kind, phase = what.split("-")
+    model = AdapterCausalLM.from_preset(folder, method=None, sequence_length=LENGTH)
+    names = [f"a{i}" for i in range(GEN_BATCH if kind == "routed" else 1)]
+    for seed, name in enumerate(names):
+        model.add_adapter(name, LoRAConfig(rank=8, alpha=16, target_modules=ALL_LINEAR))
+        lora_b = [w for w in injection.adapter_weights_by_key(model.backbone, name).values()
+                  if w.path.endswith("lora_b")]
+        for w, value in zip(lora_b, _lora_b_nonzero(lora_b, seed + 1)):
+            w.assign(value)
+    texts = _texts(model, prompts)
+    out = tempfile.mkdtemp()
+    if kind == "routed":
+        path = export_generator(model, out, names=names)
+    else:
+        model.set_active_adapters(names[0])
+        path = export_generator(model, out)
+    generate = tf.saved_model.load(path).signatures["generate"]
+    request = {"prompt": tf.constant(texts), "max_new_tokens": tf.constant(1 if phase == "prompt" else 1 + NEW),
+               "temperature": tf.constant(0.0), "top_k": tf.constant(0), "top_p": tf.constant(1.0)}
+    if kind == "routed":
+        request["adapter"] = tf.constant(names)
+    return time_calls(lambda: generate(**request), steps, warmup=2)
+
+
+def keras_worker(what, folder, steps, prompts):
     import numpy as np
 
     from keras_adapters.methods.lora import LoRAConfig
@@ -73,13 +131,13 @@ def keras_worker(what, folder, steps):
     lora_b = [w for w in model.trainable_weights if w.path.endswith("lora_b")]
     for w, value in zip(lora_b, _lora_b_nonzero(lora_b)):
         w.assign(value)
-    prompts = [model.tokenizer.detokenize(row) for row in _tokens(GEN_BATCH, PROMPT)]
+    texts = _texts(model, prompts)
     new = 1 if what == "prompt" else 1 + NEW
-    return time_calls(lambda: model.generate(prompts, max_new_tokens=new, stop_token_ids=None, batch_size=GEN_BATCH),
+    return time_calls(lambda: model.generate(texts, max_new_tokens=new, stop_token_ids=None, batch_size=GEN_BATCH),
                       steps, warmup=2)
 
 
-def torch_worker(what, folder, steps):
+def torch_worker(what, folder, steps, prompts):
     import peft
     import torch
     from transformers import LlamaForCausalLM
@@ -107,7 +165,7 @@ def torch_worker(what, folder, steps):
         for p, value in zip(lora_b, _lora_b_nonzero(lora_b)):
             p.copy_(torch.from_numpy(value))
     model.eval()
-    ids = torch.tensor(_tokens(GEN_BATCH, PROMPT), dtype=torch.long)
+    ids = torch.tensor(prompts, dtype=torch.long)
     new = 1 if what == "prompt" else 1 + NEW
 
     def step():
@@ -119,9 +177,17 @@ def torch_worker(what, folder, steps):
 
 
 def worker(argv):
-    framework, what, folder, steps = argv[0], argv[1], argv[2], int(argv[3])
-    function = keras_worker if framework == "keras" else torch_worker
-    print(json.dumps(function(what, folder, steps)))
+    framework, what, folder, steps, prompts = argv[0], argv[1], argv[2], int(argv[3]), json.load(open(argv[4]))
+    function = {"keras": keras_worker, "saved": saved_worker, "torch": torch_worker}[framework]
+    print(json.dumps(function(what, folder, steps, prompts)))
+
+
+#: Variant -> (framework, what): training, then the two phases of each way of generating.
+VARIANTS = {
+    **{f"{fw}/train": (fw, "train") for fw in ("keras", "torch")},
+    **{f"{fw}/{phase}": (fw, phase) for phase in ("prompt", "decode") for fw in ("keras", "torch")},
+    **{f"{kind}/{phase}": ("saved", f"{kind}-{phase}") for phase in ("prompt", "decode") for kind in ("saved", "routed")},
+}
 
 
 def summarize(results):
@@ -135,6 +201,7 @@ def summarize(results):
         train = report[f"{framework}/train"]
         train["tokens_per_cpu_second"] = BATCH * LENGTH / train["cpu_seconds"]
         train["tokens_per_wall_second"] = BATCH * LENGTH / train["wall_seconds"]
+    for framework in ("keras", "torch", "saved", "routed"):
         prompt, decode = report[f"{framework}/prompt"], report[f"{framework}/decode"]
         prompt["prompt_tokens_per_cpu_second"] = GEN_BATCH * PROMPT / prompt["cpu_seconds"]
         prompt["prompt_tokens_per_wall_second"] = GEN_BATCH * PROMPT / prompt["wall_seconds"]
@@ -154,18 +221,23 @@ def main():
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--only", default="", help="comma-separated variant names (keras/train, torch/decode, ...)")
     args = parser.parse_args()
+    from keras_adapters.backbones import llama
     from keras_adapters.io import presets
 
     folder = presets.resolve_preset(args.gguf)
+    prompts_file = os.path.join(os.path.dirname(HERE), "results", "decoder_speed_prompts.json")
+    with open(prompts_file, "w") as f:
+        json.dump(stable_prompts(llama.tokenizer(folder)), f)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    variants = {f"{fw}/{what}": (sys.executable if fw == "keras" else args.torch_python, fw, what)
-                for what in ("train", "prompt", "decode") for fw in ("keras", "torch")}
+    variants = {name: (args.torch_python if fw == "torch" else sys.executable, fw, what)
+                for name, (fw, what) in VARIANTS.items()}
     if args.only:
         variants = {k: v for k, v in variants.items() if k in args.only.split(",")}
     results = {name: [] for name in variants}
     for round_ in range(args.rounds):
         for name, (python, fw, what) in variants.items():
-            results[name].append(run_worker(name, [python, HERE, "--worker", fw, what, folder, str(args.steps)], env))
+            argv = [python, HERE, "--worker", fw, what, folder, str(args.steps), prompts_file]
+            results[name].append(run_worker(name, argv, env))
             print(round_ + 1, name, json.dumps({k: median(v) for k, v in results[name][-1].items()}), flush=True)
     report = {"machine": machine_description(), "rounds": args.rounds, "steps": args.steps,
               "batch": {"train": [BATCH, LENGTH], "generate": [GEN_BATCH, PROMPT, NEW]},

@@ -35,7 +35,11 @@ class Family:
             a unit can read the normalised sum (`original_ln_before`).
         input_end: input-end adapters (prompt tuning) work on it.
         language_model: for decoders, builds keras-hub's causal LM over a
-            backbone of the family (its generation with a KV cache).
+            backbone of the family (its token embedding and sampling).
+        cached_forward: for decoders, `(language_model, token_ids, cache,
+            index, key_mask) -> (hidden states, cache)`: the decoder over
+            columns `index`... of left-padded rows with a KV cache
+            (`keras_adapters.models.decoding`).
     """
 
     name: str
@@ -45,6 +49,7 @@ class Family:
     post_norm: bool = False
     input_end: bool = False
     language_model: Callable | None = None
+    cached_forward: Callable | None = None
 
     def owns(self, layer):
         return isinstance(layer, self.layer_types())

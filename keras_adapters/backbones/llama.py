@@ -9,6 +9,8 @@ such a folder first (`keras_adapters.io.gguf_checkpoint`).
 import json
 import os
 
+import tensorflow as tf
+
 from keras_adapters.backbones.family import Family
 from keras_adapters.backbones.family import register_family
 from keras_adapters.backbones.huggingface import model_type
@@ -50,7 +52,30 @@ def language_model(backbone):
     return Llama3CausalLM(backbone, preprocessor=None)
 
 
-FAMILY = register_family(Family("llama", _layer_types, SITES, ALIASES, language_model=language_model))
+def cached_forward(language_model, token_ids, cache, index, key_mask):
+    """The decoder over `token_ids` (columns `index`... of the rows), reading
+    and writing the cache, keys masked by `key_mask` `[batch, cache length]`.
+
+    Returns:
+        (final hidden states, updated cache). Rotary position embeddings
+        make attention depend on relative positions only, so rows may be
+        padded on the left (`keras_adapters.models.decoding`).
+    """
+    backbone = language_model.backbone
+    x = backbone.token_embedding(token_ids)
+    shape = tf.stack([tf.shape(token_ids)[0], tf.shape(token_ids)[1], tf.shape(key_mask)[1]])
+    mask = tf.broadcast_to(tf.cast(key_mask, "int32")[:, None, :], shape)
+    caches = []
+    for i, layer in enumerate(backbone.transformer_layers):
+        x, layer_cache = layer(x, decoder_attention_mask=mask, self_attention_cache=cache[:, i, ...],
+                               self_attention_cache_update_index=index)
+        caches.append(layer_cache)
+    return backbone.layer_norm(x), tf.stack(caches, axis=1)
+
+
+FAMILY = register_family(
+    Family("llama", _layer_types, SITES, ALIASES, language_model=language_model, cached_forward=cached_forward)
+)
 
 
 def is_huggingface_llama(folder):

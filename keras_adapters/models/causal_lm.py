@@ -15,6 +15,7 @@ from keras_adapters.io import adapter_folder as adapter_io
 from keras_adapters.io import chat_template
 from keras_adapters.io import presets
 from keras_adapters.methods.registry import get_adapter_config
+from keras_adapters.models import decoding
 from keras_adapters.tasks import causal_lm as data_lib
 
 DEFAULT_NAME = "default"
@@ -71,6 +72,8 @@ class AdapterCausalLM(keras.Model):
         if family.language_model is None:
             raise ValueError(f"{family.name} backbones are encoders: use AdapterModel (they do not generate text).")
         self.language_model = family.language_model(backbone)
+        self._forward = family.cached_forward
+        self._sampler = self._decode = None
         self.tokenizer = tokenizer
         self.sequence_length = int(sequence_length)
         self.preset = preset
@@ -176,7 +179,7 @@ class AdapterCausalLM(keras.Model):
 
     def _reset_functions(self):
         # Which adapters are active is read when a function is traced.
-        self.language_model.generate_function = None
+        self._decode = None
         self.train_function = self.test_function = self.predict_function = None
         self._nll_function = None
 
@@ -275,10 +278,9 @@ class AdapterCausalLM(keras.Model):
             stop_token_ids = self.stop_token_ids
         _check_generation(max_new_tokens, batch_size, sampler)
         sampler = keras_hub.samplers.get(sampler) if isinstance(sampler, str) else sampler
-        if _sampler_key(sampler) != _sampler_key(getattr(self.language_model, "sampler", None)):
+        if _sampler_key(sampler) != _sampler_key(self._sampler):
             # The decoding loop is traced (and compiled) with its sampler: a new one needs a new trace.
-            self.language_model.sampler = sampler
-            self.language_model.generate_function = None
+            self._sampler, self._decode = sampler, None
         answers = []
         for start in range(0, len(texts), batch_size):
             answers += self._generate_batch(texts[start:start + batch_size], max_new_tokens, stop_token_ids)
@@ -293,21 +295,26 @@ class AdapterCausalLM(keras.Model):
     def _generated_ids(self, texts, max_new_tokens, stop_token_ids):
         """Each text's generated token ids, up to (without) the first stop token."""
         rows = [self._prompt_ids(t) for t in texts]
-        lengths = [len(r) for r in rows]
-        # Prompt room in steps of PROMPT_STEP tokens: few shapes to trace and compile.
-        width = -(-max(lengths) // PROMPT_STEP) * PROMPT_STEP + int(max_new_tokens)
-        token_ids = np.zeros((len(rows), width), np.int32)
-        mask = np.zeros((len(rows), width), bool)
-        for i, ids in enumerate(rows):
-            token_ids[i, : len(ids)], mask[i, : len(ids)] = ids, True
-        stop_token_ids = tuple(stop_token_ids or ()) or None  # keras-hub takes None for "never stop"
-        out = self.language_model.generate({"token_ids": token_ids, "padding_mask": mask}, stop_token_ids=stop_token_ids)
+        # Prompts padded (on the left) to a multiple of PROMPT_STEP tokens: few shapes to trace and compile.
+        ids, key_mask = decoding.left_pad(rows, -(-max(map(len, rows)) // PROMPT_STEP) * PROMPT_STEP)
+        stop_token_ids = tuple(int(t) for t in stop_token_ids or ()) or None  # keras-hub's "never stop" is None
+        new = np.asarray(self._decode_function()(ids, key_mask, int(max_new_tokens), stop_token_ids))
         generated = []
-        for i, length in enumerate(lengths):
-            new = [int(t) for t in np.asarray(out["token_ids"][i])[length : length + int(max_new_tokens)]]
-            ends = [j for j, token in enumerate(new) if stop_token_ids and token in stop_token_ids]
-            generated.append(new[: ends[0]] if ends else new)
+        for row in new.tolist():
+            ends = [j for j, token in enumerate(row) if stop_token_ids and token in stop_token_ids]
+            generated.append(row[: ends[0]] if ends else row)
         return generated
+
+    def _decode_function(self):
+        """The compiled decoding loop (`keras_adapters.models.decoding`), traced
+        per prompt width, `max_new_tokens` and stop tokens."""
+        if self._decode is None:
+            def decode(prompt_ids, key_mask, max_new_tokens, stop_token_ids):
+                return decoding.generate(self.language_model, self._forward, prompt_ids, key_mask, max_new_tokens,
+                                         self._sampler, stop_token_ids)
+
+            self._decode = tf.function(decode, jit_compile=True)
+        return self._decode
 
     def _prompt_ids(self, text):
         ids = [int(t) for t in np.asarray(self.tokenizer(text))]

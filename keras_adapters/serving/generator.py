@@ -5,8 +5,9 @@ The `generate` signature takes `prompt` (strings), `max_new_tokens`,
 `temperature`, `top_k` and `top_p` (scalars; `temperature` 0 is greedy
 decoding, `top_k` 0 and `top_p` 1 filter nothing) and, when several
 adapters are served, `adapter` (a name per row), and answers `text`: what
-each prompt continues with, up to the end token. keras-hub's decoding loop
-(a `while_loop` over cached decoding steps) runs inside the graph; with
+each prompt continues with, up to the end token. The decoding loop of
+`keras_adapters.models.decoding` (left-padded prompts, one forward to fill
+the KV cache, a `while_loop` of cached steps) runs inside the graph; with
 several adapters the backbone runs once per step for the whole batch, each
 row through its own adapter's weights (`ka.Route`: LoRA deltas gathered per
 row and never merged, as S-LoRA and Punica serve many LoRA adapters).
@@ -17,12 +18,15 @@ puts each prompt between the two halves (templates that write a user
 message's content as it is, as ChatML and Llama's do).
 """
 
+import functools
+
 import keras_hub
 import tensorflow as tf
 
+from keras_adapters.backbones.family import family_of
 from keras_adapters.core import composition
 from keras_adapters.core import injection
-from keras_adapters.io import chat_template
+from keras_adapters.models import decoding
 from keras_adapters.runs import generation as generation_runs
 from keras_adapters.serving import export as export_lib
 from keras_adapters.tasks.routing import ADAPTER_SPEC
@@ -85,6 +89,7 @@ class Generator:
     def __init__(self, model, names=None, chat=False):
         self.model = model
         self.language_model = model.language_model
+        self.forward = family_of(model.backbone).cached_forward
         self.tokenizer = model.tokenizer
         self.halves = chat_halves(model) if chat else ("", "")
         self.stop_token_ids = tuple(model.stop_token_ids)
@@ -110,25 +115,18 @@ class Generator:
         check = tf.debugging.assert_positive(max_new_tokens, message="max_new_tokens must be at least 1")
         with tf.control_dependencies([check]):
             prompt = tf.identity(prompt)
-        ids = self.prompt_ids(tf.reshape(prompt, [-1]))
-        lengths = tf.cast(ids.row_lengths(), tf.int32)
-        width = tf.reduce_max(lengths) + max_new_tokens
-        rows = tf.shape(lengths)[0]
-        token_ids = ids.to_tensor(default_value=0, shape=tf.stack([rows, width]))
-        mask = tf.sequence_mask(lengths, width)
-        self.language_model.sampler = ServingSampler(temperature, top_k, top_p)
-        inputs = {"token_ids": token_ids, "padding_mask": mask}
+        ids, key_mask = decoding.left_pad_ragged(self.prompt_ids(tf.reshape(prompt, [-1])))
+        sampler = ServingSampler(temperature, top_k, top_p)
+        decode = functools.partial(decoding.generate, self.language_model, self.forward, ids, key_mask,
+                                   max_new_tokens, sampler, self.stop_token_ids)
         if self.table is None:
-            tokens = self.language_model.generate_step(inputs, stop_token_ids=self.stop_token_ids)["token_ids"]
+            tokens = decode()
         else:
-            with injection.routing(self.model.backbone, self.table.ids(adapter, rows)):
-                tokens = self.language_model.generate_step(inputs, stop_token_ids=self.stop_token_ids)["token_ids"]
-        positions = tf.range(width)[None, :]
-        generated = (positions >= lengths[:, None]) & (positions < (lengths + max_new_tokens)[:, None])
+            with injection.routing(self.model.backbone, self.table.ids(adapter, tf.shape(ids)[0])):
+                tokens = decode()
         is_stop = tf.reduce_any(tokens[..., None] == tf.constant(self.stop_token_ids, tf.int32), axis=-1)
-        stopped = tf.cumsum(tf.cast(generated & is_stop, tf.int32), axis=1) > 0
-        new = tf.ragged.boolean_mask(tokens, generated & ~stopped)
-        return {"text": self.tokenizer.detokenize(new)}
+        stopped = tf.cumsum(tf.cast(is_stop, tf.int32), axis=1) > 0
+        return {"text": self.tokenizer.detokenize(tf.ragged.boolean_mask(tokens, ~stopped))}
 
 
 def export_generator(model, path, version=None, names=None, chat=False):
@@ -150,7 +148,7 @@ def export_generator(model, path, version=None, names=None, chat=False):
     ```
     """
     out = export_lib.version_dir(path, version)
-    active, sampler = model.active_adapters, getattr(model.language_model, "sampler", None)
+    active = model.active_adapters
     if names:
         model.set_active_adapters(composition.Route(*names))
     try:
@@ -161,7 +159,6 @@ def export_generator(model, path, version=None, names=None, chat=False):
                                          **({"table": generator.table.table} if names else {}))
         return export_lib.save(module, out, signatures)
     finally:
-        model.language_model.sampler = sampler  # the trace set a sampler of graph tensors
         model.set_active_adapters(active)
 
 
