@@ -206,7 +206,8 @@ def _parser():
                         help="saved_model: no assets.extra/tf_serving_warmup_requests (by default TF Serving "
                              "replays requests made of each run's kept training inputs before serving a version)")
     export.add_argument("--sequence-length", type=_whole_number(3), default=None,
-                        help="tflite: fixed length (at most the backbone's positions)")
+                        help="tflite: fixed length (at most the backbone's positions); causal-lm: the most prompt "
+                             "tokens plus max_new_tokens a request may ask for (default 4096)")
     export.add_argument("--quantize", default="none", choices=["none", "dynamic"])
     export.add_argument("--precision", default="float32", choices=list(serving_graph.PRECISIONS),
                         help="saved_model: what the served graph computes in (bfloat16: faster on CPUs "
@@ -442,7 +443,8 @@ def cmd_export(args):
         if args.format != "saved_model":
             raise ValueError("A causal-lm run exports as a SavedModel with a generate signature (--format "
                              "saved_model); a TFLite decoder is not supported yet.")
-        out = serving_generator.export_runs(run_dirs, args.output, version=args.version)
+        out = serving_generator.export_runs(run_dirs, args.output, version=args.version,
+                                            sequence_length=args.sequence_length)
         inputs = "prompt, max_new_tokens, temperature, top_k, top_p" + (", adapter" if "," in run_dirs else "")
         print(f"SavedModel written to {out} (signature: generate ({inputs}) -> text)")
         return 0

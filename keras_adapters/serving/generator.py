@@ -40,6 +40,8 @@ SETTINGS = (
     tf.TensorSpec([], tf.float32, name="top_p"),
 )
 PROMPT_SPEC = tf.TensorSpec([None], tf.string, name="prompt")
+#: The default most prompt tokens plus new tokens a served request may ask for.
+SEQUENCE_LENGTH = 4096
 
 
 class ServingSampler(keras_hub.samplers.Sampler):
@@ -86,8 +88,9 @@ def chat_halves(model):
 class Generator:
     """The traced functions of a generating SavedModel (see module docstring)."""
 
-    def __init__(self, model, names=None, chat=False):
+    def __init__(self, model, names=None, chat=False, sequence_length=SEQUENCE_LENGTH):
         self.model = model
+        self.sequence_length = int(sequence_length)
         self.language_model = model.language_model
         self.forward = family_of(model.backbone).cached_forward
         self.tokenizer = model.tokenizer
@@ -112,10 +115,18 @@ class Generator:
         return ids
 
     def generate(self, prompt, max_new_tokens, temperature, top_k, top_p, adapter=None):
-        check = tf.debugging.assert_positive(max_new_tokens, message="max_new_tokens must be at least 1")
-        with tf.control_dependencies([check]):
-            prompt = tf.identity(prompt)
         ids, key_mask = decoding.left_pad_ragged(self.prompt_ids(tf.reshape(prompt, [-1])))
+        # The KV cache holds rows x (prompt + new tokens): a request past the limit is refused, not served out of memory.
+        checks = [
+            tf.debugging.assert_positive(max_new_tokens, message="max_new_tokens must be at least 1"),
+            tf.debugging.assert_less_equal(
+                tf.shape(ids)[1] + max_new_tokens, self.sequence_length,
+                message=f"a prompt's tokens plus max_new_tokens exceed {self.sequence_length}, the most this "
+                        "model was exported for (ask for fewer tokens, or export with a larger sequence_length)",
+            ),
+        ]
+        with tf.control_dependencies(checks):
+            ids = tf.identity(ids)
         sampler = ServingSampler(temperature, top_k, top_p)
         decode = functools.partial(decoding.generate, self.language_model, self.forward, ids, key_mask,
                                    max_new_tokens, sampler, self.stop_token_ids)
@@ -129,7 +140,7 @@ class Generator:
         return {"text": self.tokenizer.detokenize(tf.ragged.boolean_mask(tokens, ~stopped))}
 
 
-def export_generator(model, path, version=None, names=None, chat=False):
+def export_generator(model, path, version=None, names=None, chat=False, sequence_length=SEQUENCE_LENGTH):
     """Write `path/<version>/`: a SavedModel with the `generate` signature.
 
     Args:
@@ -139,6 +150,8 @@ def export_generator(model, path, version=None, names=None, chat=False):
         path: the model base path (TF Serving's `model_base_path`).
         version: the numbered sub-folder (default: the next one).
         chat: write each prompt as a user message under the chat template.
+        sequence_length: the most prompt tokens plus `max_new_tokens` a
+            request may ask for (the KV cache's length).
 
     Example:
     ```python
@@ -152,7 +165,7 @@ def export_generator(model, path, version=None, names=None, chat=False):
     if names:
         model.set_active_adapters(composition.Route(*names))
     try:
-        generator = Generator(model, names, chat)
+        generator = Generator(model, names, chat, sequence_length)
         signatures = {"generate": export_lib.trace(generator.generate, generator.signature)}
         signatures["serving_default"] = signatures["generate"]
         module = export_lib.graph_module(signatures, model.language_model.variables, tokenizer=model.tokenizer,
@@ -162,15 +175,18 @@ def export_generator(model, path, version=None, names=None, chat=False):
         model.set_active_adapters(active)
 
 
-def export_runs(run_dirs, path, version=None):
+def export_runs(run_dirs, path, version=None, sequence_length=None):
     """`export_generator` for causal-LM runs (`RUN_A,RUN_B`: routed, each row
-    naming a run), with the chat template when the runs trained with it."""
+    naming a run), with the chat template when the runs trained with it;
+    `sequence_length` as `export_generator`'s (default `SEQUENCE_LENGTH`)."""
+    options = {"sequence_length": sequence_length or SEQUENCE_LENGTH}
     run_list = [r for r in str(run_dirs).split(",") if r]
     chats = {generation_runs.run_chat(r) for r in run_list}
     if len(chats) > 1:
         raise ValueError("Some of these runs wrote prompts under the chat template and some did not; "
                          "export them separately.")
     if len(run_list) == 1:
-        return export_generator(generation_runs.load_causal_lm_run(run_list[0]), path, version, chat=chats.pop())
+        return export_generator(generation_runs.load_causal_lm_run(run_list[0]), path, version, chat=chats.pop(),
+                                **options)
     model, names = generation_runs.load_causal_lm_runs(run_list)
-    return export_generator(model, path, version, names=names, chat=chats.pop())
+    return export_generator(model, path, version, names=names, chat=chats.pop(), **options)

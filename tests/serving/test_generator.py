@@ -1,7 +1,8 @@
 """The generating SavedModel, run as TF Serving would (a fresh process with
 tensorflow and tensorflow_text only): greedy text equal to the Keras model's,
 routed rows equal to each adapter alone, sampling settings as inputs, the
-chat template around each prompt, unknown adapters refused by name."""
+chat template around each prompt, unknown adapters and requests longer than
+the export's sequence length refused by name."""
 
 import numpy as np
 import pytest
@@ -46,14 +47,17 @@ def _alone(model, name, prompts, chat=False):
 
 def test_served_greedy_text_routed_rows_and_sampling(model, tmp_path):
     model.set_active_adapters("a1")
-    single = export_generator(model, tmp_path / "single")
+    # The KV cache's length: the longest prompt and NEW tokens fit exactly, one more is refused.
+    longest = max(len(model._prompt_ids(p)) for p in PROMPTS)
+    single = export_generator(model, tmp_path / "single", sequence_length=longest + NEW)
     routed = export_generator(model, tmp_path / "routed", names=["a0", "a1"])
     assert model.active_adapters == "a1"  # export leaves the model as it was
     expected = {name: _alone(model, name, PROMPTS) for name in ("a0", "a1")}
     assert expected["a0"] != expected["a1"]  # the routing check below can fail
     rows = ["a0", "a1", "a1", "a0"]
-    (one,) = serve_many(single, [_request(PROMPTS)], tmp_path)
+    one, too_long = serve_many(single, [_request(PROMPTS), _request(PROMPTS, new=NEW + 1)], tmp_path)
     assert one["outputs"]["text"] == expected["a1"]
+    assert f"plus max_new_tokens exceed {longest + NEW}, the most this model was exported for" in too_long["error"]
     mixed, unknown, top1, narrow, zero, wide = serve_many(routed, [
         _request(PROMPTS, adapter=rows),
         _request(PROMPTS[:1], adapter=["a2"]),
