@@ -28,11 +28,15 @@ class NumpyLlama:
         self.config = json.load(open(os.path.join(folder, "config.json")))
         self.w = {k: v.astype(np.float64) for k, v in load_file(os.path.join(folder, "model.safetensors")).items()}
 
-    def __call__(self, token_ids):
-        """Next-token logits [batch, length, vocab] for `token_ids` (no padding), float64."""
+    def __call__(self, token_ids, virtual=None):
+        """Next-token logits [batch, length, vocab] for `token_ids` (no padding), float64;
+        `virtual` ([count, hidden]) is put in front of the word vectors (peft's prompt
+        tuning, `inputs_embeds`), and the logits are those of every position."""
         c, w = self.config, self.w
         heads, kv_heads, eps = c["num_attention_heads"], c["num_key_value_heads"], c["rms_norm_eps"]
         x = w["model.embed_tokens.weight"][token_ids]
+        if virtual is not None:
+            x = np.concatenate([np.broadcast_to(virtual, (x.shape[0], *virtual.shape)), x], axis=1)
         batch, length, hidden = x.shape
         head_dim = hidden // heads
         positions = np.arange(length, dtype=np.float64)

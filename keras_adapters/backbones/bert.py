@@ -172,7 +172,10 @@ def _layer_types():
     return (TransformerEncoder,)
 
 
-FAMILY = register_family(Family("bert", _layer_types, SITES, post_norm=True, input_end=True))
+#: What prompt tuning runs of a BERT-style backbone (`keras_adapters.methods.prompt`).
+INPUT_LAYERS = ("token_embedding", "position_embedding", "segment_embedding", "embeddings_add",
+                "embeddings_layer_norm", "embeddings_dropout", "transformer_layers", "pooled_dense")
+FAMILY = register_family(Family("bert", _layer_types, SITES, post_norm=True, input_end=True, input_layers=INPUT_LAYERS))
 
 #: A Hugging Face BERT layer's module names -> our site names (`SITES`).
 HUGGINGFACE_SITES = {

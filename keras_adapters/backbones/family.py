@@ -34,12 +34,17 @@ class Family:
         post_norm: the layer norms come after the residual adds (BERT), so
             a unit can read the normalised sum (`original_ln_before`).
         input_end: input-end adapters (prompt tuning) work on it.
+        input_layers: the backbone attributes they run (a backbone whose
+            layers are of the family but lacks one is refused).
+        prompt_placements: where its prompt adapters may put their virtual
+            tokens (`PromptConfig.placement`); the first is the default.
         language_model: for decoders, builds keras-hub's causal LM over a
             backbone of the family (its token embedding and sampling).
-        cached_forward: for decoders, `(language_model, token_ids, cache,
+        cached_forward: for decoders, `(language_model, embeddings, cache,
             index, key_mask) -> (hidden states, cache)`: the decoder over
             columns `index`... of left-padded rows with a KV cache
-            (`keras_adapters.models.decoding`).
+            (`keras_adapters.models.decoding`); with `cache=None`, over whole
+            right-padded rows (`key_mask` their padding mask).
     """
 
     name: str
@@ -48,6 +53,8 @@ class Family:
     aliases: dict = dataclasses.field(default_factory=dict)
     post_norm: bool = False
     input_end: bool = False
+    input_layers: tuple = ()
+    prompt_placements: tuple = ("after_cls", "before_cls")
     language_model: Callable | None = None
     cached_forward: Callable | None = None
 

@@ -52,18 +52,22 @@ def language_model(backbone):
     return Llama3CausalLM(backbone, preprocessor=None)
 
 
-def cached_forward(language_model, token_ids, cache, index, key_mask):
-    """The decoder over `token_ids` (columns `index`... of the rows), reading
-    and writing the cache, keys masked by `key_mask` `[batch, cache length]`.
+def cached_forward(language_model, x, cache, index, key_mask):
+    """The decoder over embeddings `x` (columns `index`... of the rows),
+    reading and writing the cache, keys masked by `key_mask` `[batch, cache
+    length]`; with `cache=None`, over whole rows (`key_mask` their padding mask).
 
     Returns:
-        (final hidden states, updated cache). Rotary position embeddings
-        make attention depend on relative positions only, so rows may be
-        padded on the left (`keras_adapters.models.decoding`).
+        (final hidden states, updated cache or `None`). Rotary position
+        embeddings make attention depend on relative positions only, so rows
+        may be padded on the left (`keras_adapters.models.decoding`).
     """
     backbone = language_model.backbone
-    x = backbone.token_embedding(token_ids)
-    shape = tf.stack([tf.shape(token_ids)[0], tf.shape(token_ids)[1], tf.shape(key_mask)[1]])
+    if cache is None:
+        for layer in backbone.transformer_layers:
+            x = layer(x, decoder_padding_mask=key_mask)
+        return backbone.layer_norm(x), None
+    shape = tf.stack([tf.shape(x)[0], tf.shape(x)[1], tf.shape(key_mask)[1]])
     mask = tf.broadcast_to(tf.cast(key_mask, "int32")[:, None, :], shape)
     caches = []
     for i, layer in enumerate(backbone.transformer_layers):
@@ -74,7 +78,9 @@ def cached_forward(language_model, token_ids, cache, index, key_mask):
 
 
 FAMILY = register_family(
-    Family("llama", _layer_types, SITES, ALIASES, language_model=language_model, cached_forward=cached_forward)
+    Family("llama", _layer_types, SITES, ALIASES, input_end=True, input_layers=("token_embedding", "transformer_layers"),
+           prompt_placements=("before_cls",),
+           language_model=language_model, cached_forward=cached_forward)
 )
 
 

@@ -27,12 +27,14 @@ it, Keras' traced functions must be reset (the model does this).
 """
 
 import contextlib
+import dataclasses
 import re
 
 import keras
 from keras import ops
 
 from keras_adapters.backbones import bert
+from keras_adapters.backbones.family import families
 from keras_adapters.backbones.family import family_of
 from keras_adapters.backbones.family import family_of_layer
 from keras_adapters.core import composition
@@ -370,11 +372,12 @@ class InputSite(keras.layers.Layer):
 
 def _input_site(state, backbone):
     if _INPUT_KEY not in state.sites:
-        missing = [a for a in (*EMBEDDING_LAYERS, "transformer_layers", "pooled_dense") if not hasattr(backbone, a)]
+        family = family_of(backbone)
+        missing = [a for a in family.input_layers if not hasattr(backbone, a)]
         if missing:
             raise ValueError(
                 f"{type(backbone).__name__} has no {', '.join(missing)}: input-end adapters (prompt tuning) "
-                "need a keras-hub BertBackbone-style backbone."
+                f"need a backbone with the layers of keras-hub's {family.name} models."
             )
         holder = InputSite()
         with unlocked(backbone):
@@ -383,8 +386,13 @@ def _input_site(state, backbone):
     return state.sites[_INPUT_KEY]
 
 
+def input_units(backbone):
+    """The active adapters' input-end units (prompts), in the order the spec applies them."""
+    state = get_state(backbone)
+    return _input_units(state) if state is not None else []
+
+
 def _input_units(state):
-    """The active adapters' input-end units, in the order the spec applies them."""
     holder = state.sites.get(_INPUT_KEY)
     if holder is None or state.active is None or isinstance(state.active, composition.Route):
         return []
@@ -517,6 +525,8 @@ def add_adapter(backbone, name, method):
         )
     family = family_of(backbone)
     encoders = family.layers(backbone)
+    if config.input_end and getattr(config, "placement", "") is None:
+        config = dataclasses.replace(config, placement=family.prompt_placements[0])
     _check_family(family, config)
     if config.input_end:
         return _add_input_end(backbone, state, name, config)
@@ -558,12 +568,17 @@ def _check_family(family, config):
     if config.input_end and not family.input_end:
         raise ValueError(
             f"{config.method!r} adapters act on the input embeddings, which keras-adapters supports on "
-            f"BERT-style encoders only so far, not on {family.name} layers."
+            f"{[f.name for f in families() if f.input_end]} layers so far, not on {family.name} layers."
         )
     if getattr(config, "original_ln_before", False) and not family.post_norm:
         raise ValueError(
             f"original_ln_before reads the layer norm after a residual add; {family.name} layers normalise "
             "before their blocks (pre-norm), so there is no such norm: leave original_ln_before off."
+        )
+    if config.input_end and getattr(config, "placement", None) not in (None, *family.prompt_placements):
+        raise ValueError(
+            f"{family.name} layers take prompt tokens with placement {' or '.join(map(repr, family.prompt_placements))} "
+            f"(decoders have no [CLS]: the virtual tokens go in front of the text), not {config.placement!r}."
         )
     if config.input_end:
         return

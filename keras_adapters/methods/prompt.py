@@ -187,10 +187,12 @@ class PromptConfig(AdapterConfig):
         init_token_ids: the token ids the vectors start from; filled in from
             `init`/`init_text` when the adapter is added to a model.
         seed: draws the `"vocab"` tokens.
-        placement: `"after_cls"` (default) or `"before_cls"`, peft's
-            `PROMPT_TUNING` placement (see `keras_adapters.methods.prompt`);
-            with `"before_cls"` the vectors start as the word embeddings of
-            their tokens, as peft's do.
+        placement: `"after_cls"` or `"before_cls"`, peft's `PROMPT_TUNING`
+            placement (see `keras_adapters.methods.prompt`); with
+            `"before_cls"` the vectors start as the word embeddings of their
+            tokens, as peft's do. `None` (default): the backbone family's
+            first choice, `"after_cls"` on BERT-style encoders and
+            `"before_cls"` (in front of the text) on decoders, their only one.
 
     Example:
     ```python
@@ -210,13 +212,14 @@ class PromptConfig(AdapterConfig):
     init_text: str | None = None
     init_token_ids: tuple | None = None
     seed: int = 0
-    placement: str = "after_cls"
+    placement: str | None = None
 
     def validate(self):
         super().validate()
         check_positive_int("PromptConfig", "num_virtual_tokens", self.num_virtual_tokens)
         check_choice("PromptConfig", "init", self.init, PROMPT_INITS)
-        check_choice("PromptConfig", "placement", self.placement, PROMPT_PLACEMENTS)
+        if self.placement is not None:
+            check_choice("PromptConfig", "placement", self.placement, PROMPT_PLACEMENTS)
         if self.init == "text" and not (self.init_text and str(self.init_text).strip()):
             raise ValueError('PromptConfig(init="text") needs init_text, e.g. "Classify the topic of this article:".')
         if self.init_token_ids is not None:

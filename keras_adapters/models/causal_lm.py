@@ -133,7 +133,14 @@ class AdapterCausalLM(keras.Model):
         self.built = True  # the language model is built with its backbone
 
     def call(self, inputs, training=False):
-        return self.language_model(inputs, training=training)
+        prompts = injection.input_units(self.backbone)
+        if not prompts:
+            return self.language_model(inputs, training=training)
+        # Virtual tokens in front of each row (peft's prompt tuning); the logits of the real tokens only.
+        x, mask = decoding.embed(self.language_model, inputs["token_ids"], inputs["padding_mask"], prompts)
+        hidden, _ = self._forward(self.language_model, x, None, 0, mask)
+        count = sum(unit.num_virtual_tokens for unit in prompts)
+        return self.backbone.token_embedding(hidden[:, count:], reverse=True)
 
     # ------------------------------------------------------------- adapters
     @property
@@ -151,7 +158,8 @@ class AdapterCausalLM(keras.Model):
 
     def add_adapter(self, name, method="lora"):
         """Add a named adapter (not active, frozen)."""
-        injection.add_adapter(self.backbone, name, get_adapter_config(method))
+        config = get_adapter_config(method).prepare(self.tokenizer, int(self.backbone.vocabulary_size))
+        injection.add_adapter(self.backbone, name, config)
         self._reset_functions()
 
     def delete_adapter(self, name):
@@ -234,7 +242,7 @@ class AdapterCausalLM(keras.Model):
 
             @tf.function(reduce_retracing=True)
             def nll(inputs, labels):
-                logits = tf.cast(self.language_model(inputs, training=False), tf.float32)
+                logits = tf.cast(self(inputs, training=False), tf.float32)
                 return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
 
             self._nll_function = nll
@@ -295,10 +303,13 @@ class AdapterCausalLM(keras.Model):
     def _generated_ids(self, texts, max_new_tokens, stop_token_ids):
         """Each text's generated token ids, up to (without) the first stop token."""
         rows = [self._prompt_ids(t) for t in texts]
-        # Prompts padded (on the left) to a multiple of PROMPT_STEP tokens: few shapes to trace and compile.
-        ids, key_mask = decoding.left_pad(rows, -(-max(map(len, rows)) // PROMPT_STEP) * PROMPT_STEP)
+        # Prompts padded to a multiple of PROMPT_STEP tokens: few shapes to trace and compile.
+        ids = np.zeros((len(rows), -(-max(map(len, rows)) // PROMPT_STEP) * PROMPT_STEP), np.int32)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = row
+        lengths = np.array([len(r) for r in rows], np.int32)
         stop_token_ids = tuple(int(t) for t in stop_token_ids or ()) or None  # keras-hub's "never stop" is None
-        new = np.asarray(self._decode_function()(ids, key_mask, int(max_new_tokens), stop_token_ids))
+        new = np.asarray(self._decode_function()(ids, lengths, int(max_new_tokens), stop_token_ids))
         generated = []
         for row in new.tolist():
             ends = [j for j, token in enumerate(row) if stop_token_ids and token in stop_token_ids]
@@ -309,9 +320,13 @@ class AdapterCausalLM(keras.Model):
         """The compiled decoding loop (`keras_adapters.models.decoding`), traced
         per prompt width, `max_new_tokens` and stop tokens."""
         if self._decode is None:
-            def decode(prompt_ids, key_mask, max_new_tokens, stop_token_ids):
-                return decoding.generate(self.language_model, self._forward, prompt_ids, key_mask, max_new_tokens,
-                                         self._sampler, stop_token_ids)
+            import keras_hub
+
+            self._sampler = self._sampler or keras_hub.samplers.get("greedy")
+
+            def decode(token_ids, lengths, max_new_tokens, stop_token_ids):
+                return decoding.generate(self.language_model, self._forward, token_ids, lengths, max_new_tokens,
+                                         self._sampler, stop_token_ids, injection.input_units(self.backbone))
 
             self._decode = tf.function(decode, jit_compile=True)
         return self._decode

@@ -115,12 +115,17 @@ class Generator:
         return ids
 
     def generate(self, prompt, max_new_tokens, temperature, top_k, top_p, adapter=None):
-        ids, key_mask = decoding.left_pad_ragged(self.prompt_ids(tf.reshape(prompt, [-1])))
+        ragged = self.prompt_ids(tf.reshape(prompt, [-1]))
+        lengths = tf.cast(ragged.row_lengths(), tf.int32)
+        ids = ragged.to_tensor(default_value=0)
+        prompts = injection.input_units(self.model.backbone)
+        virtual = sum(unit.num_virtual_tokens for unit in prompts)
         # The KV cache holds rows x (prompt + new tokens): a request past the limit is refused, not served out of memory.
         checks = [
             tf.debugging.assert_positive(max_new_tokens, message="max_new_tokens must be at least 1"),
+            tf.debugging.assert_positive(lengths, message="a prompt has no tokens: pass some text"),
             tf.debugging.assert_less_equal(
-                tf.shape(ids)[1] + max_new_tokens, self.sequence_length,
+                tf.shape(ids)[1] + virtual + max_new_tokens, self.sequence_length,
                 message=f"a prompt's tokens plus max_new_tokens exceed {self.sequence_length}, the most this "
                         "model was exported for (ask for fewer tokens, or export with a larger sequence_length)",
             ),
@@ -128,8 +133,8 @@ class Generator:
         with tf.control_dependencies(checks):
             ids = tf.identity(ids)
         sampler = ServingSampler(temperature, top_k, top_p)
-        decode = functools.partial(decoding.generate, self.language_model, self.forward, ids, key_mask,
-                                   max_new_tokens, sampler, self.stop_token_ids)
+        decode = functools.partial(decoding.generate, self.language_model, self.forward, ids, lengths,
+                                   max_new_tokens, sampler, self.stop_token_ids, prompts)
         if self.table is None:
             tokens = decode()
         else:

@@ -1,7 +1,7 @@
-"""Decoding left-padded prompts (`keras_adapters.models.decoding`): the cache
-filled over a batch of prompts of different lengths gives each row the
+"""Decoding prompts aligned on the left (`keras_adapters.models.decoding`): the
+cache filled over a batch of prompts of different lengths gives each row the
 logits the model gives that prompt alone (the padding masked: attending to
-it changes them), and the graph's padding equals NumPy's."""
+it changes them), with and without a prompt adapter's virtual tokens."""
 
 import numpy as np
 import pytest
@@ -10,6 +10,7 @@ import tensorflow as tf
 from keras_adapters.backbones.llama import cached_forward
 from keras_adapters.core import injection
 from keras_adapters.methods.lora import LoRAConfig
+from keras_adapters.methods.prompt import PromptConfig
 from keras_adapters.models import decoding
 from keras_adapters.models.causal_lm import AdapterCausalLM
 
@@ -22,36 +23,54 @@ ROWS = [[3, 9, 6, 11, 4, 7, 8], [5, 10], [7, 3, 3, 12]]
 def model(tmp_path_factory):
     model = AdapterCausalLM.from_preset(tiny_llama_folder(tmp_path_factory.mktemp("tiny_llama")),
                                         method=LoRAConfig(rank=2, target_modules=("query", "value")))
+    model.add_adapter("prompt", PromptConfig(num_virtual_tokens=3, init="random"))
     rng = np.random.default_rng(0)
-    for w in injection.adapter_weights_by_key(model.backbone, "default").values():
-        w.assign(rng.normal(0, 0.3, w.shape).astype("float32"))
+    for name in ("default", "prompt"):
+        for w in injection.adapter_weights_by_key(model.backbone, name).values():
+            w.assign(rng.normal(0, 0.3, w.shape).astype("float32"))
     return model
 
 
-def _last_logits(model, ids, key_mask):
-    hidden, _, _ = decoding.prefill(model.language_model, cached_forward, tf.constant(ids), tf.constant(key_mask), 3)
+def _right_padded(rows, width=8):
+    ids = np.zeros((len(rows), width), np.int32)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = row
+    return ids, np.array([len(r) for r in rows], np.int32)
+
+
+def _last_logits(model, ids, lengths, masked=True):
+    x, padding_mask = decoding.embed(model.language_model, ids, tf.sequence_mask(lengths, ids.shape[1]),
+                                     injection.input_units(model.backbone))
+    x, key_mask = decoding.left_align(x, tf.reduce_sum(tf.cast(padding_mask, tf.int32), 1))
+    key_mask = key_mask if masked else tf.ones_like(key_mask)
+    hidden, _, _ = decoding.prefill(model.language_model, cached_forward, x, key_mask, 3)
     return np.asarray(model.backbone.token_embedding(hidden[:, -1], reverse=True), np.float64)
 
 
-def test_each_left_padded_row_gets_the_logits_of_its_prompt_alone(model):
-    ids, key_mask = decoding.left_pad(ROWS, 8)
-    batched = _last_logits(model, ids, key_mask)
+@pytest.mark.parametrize("active", ["default", "prompt"])
+def test_each_left_aligned_row_gets_the_logits_of_its_prompt_alone(model, active):
+    model.set_active_adapters(active)
+    ids, lengths = _right_padded(ROWS)
+    batched = _last_logits(model, ids, lengths)
     for i, row in enumerate(ROWS):
         alone = np.asarray(model({"token_ids": np.array([row]), "padding_mask": np.ones((1, len(row)), bool)}))
         np.testing.assert_allclose(batched[i], alone[0, -1], atol=1e-4 * np.abs(alone).max())
     # The check can fail: keys on the padding (token 0) move the shorter rows' logits.
-    unmasked = _last_logits(model, ids, np.ones_like(key_mask))
+    unmasked = _last_logits(model, ids, lengths, masked=False)
     assert np.abs(unmasked[1] - batched[1]).max() > 1e-2 * np.abs(batched[1]).max()
 
 
-def test_greedy_rows_of_a_batch_decode_as_each_prompt_alone(model):
+@pytest.mark.parametrize("active", ["default", "prompt"])
+def test_greedy_rows_of_a_batch_decode_as_each_prompt_alone(model, active):
+    model.set_active_adapters(active)
     texts = [model.tokenizer.detokenize(np.array(r, np.int32)) for r in ROWS]
     batched = model.generate(texts, max_new_tokens=5, stop_token_ids=None)
     assert batched == [model.generate(t, max_new_tokens=5, stop_token_ids=None) for t in texts]
 
 
-def test_the_graph_pads_on_the_left_as_numpy_does():
-    ids, mask = decoding.left_pad_ragged(tf.ragged.constant(ROWS, dtype=tf.int32))
-    expected_ids, expected_mask = decoding.left_pad(ROWS, max(map(len, ROWS)))
-    np.testing.assert_array_equal(ids.numpy(), expected_ids)
-    np.testing.assert_array_equal(mask.numpy(), expected_mask)
+def test_left_align_moves_each_row_to_end_at_the_last_column():
+    ids, lengths = _right_padded(ROWS, width=7)
+    moved, mask = decoding.left_align(tf.constant(ids), lengths)
+    for i, row in enumerate(ROWS):
+        assert moved.numpy()[i, 7 - len(row):].tolist() == row
+        assert mask.numpy()[i].tolist() == [False] * (7 - len(row)) + [True] * len(row)

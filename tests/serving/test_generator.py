@@ -88,3 +88,20 @@ def test_chat_prompts_are_written_with_the_template_and_stop_tokens_cut_in_the_g
     assert expected[0] == str(model.tokenizer.detokenize(np.array(path[: path.index(path[NEW // 2])], np.int32)))
     (response,) = serve_many(saved, [_request(PROMPTS)], tmp_path)
     assert response["outputs"]["text"] == expected
+
+
+def test_a_prompt_adapter_is_served_with_its_virtual_tokens(model, tmp_path):
+    from keras_adapters.methods.prompt import PromptConfig
+
+    model.add_adapter("p", PromptConfig(num_virtual_tokens=3, init="random"))
+    try:
+        for w in injection.adapter_weights_by_key(model.backbone, "p").values():
+            w.assign(np.random.default_rng(5).normal(0, 1.0, w.shape).astype("float32"))
+        plain = _alone(model, None, PROMPTS)
+        expected = _alone(model, "p", PROMPTS)  # and exported: the active adapter
+        assert expected != plain  # the virtual tokens change the text
+        saved = export_generator(model, tmp_path / "prompt")
+    finally:
+        model.delete_adapter("p")
+    (response,) = serve_many(saved, [_request(PROMPTS)], tmp_path)
+    assert response["outputs"]["text"] == expected
