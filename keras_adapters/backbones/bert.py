@@ -172,11 +172,6 @@ def _layer_types():
     return (TransformerEncoder,)
 
 
-#: What prompt tuning runs of a BERT-style backbone (`keras_adapters.methods.prompt`).
-INPUT_LAYERS = ("token_embedding", "position_embedding", "segment_embedding", "embeddings_add",
-                "embeddings_layer_norm", "embeddings_dropout", "transformer_layers", "pooled_dense")
-FAMILY = register_family(Family("bert", _layer_types, SITES, post_norm=True, input_end=True, input_layers=INPUT_LAYERS))
-
 #: A Hugging Face BERT layer's module names -> our site names (`SITES`).
 HUGGINGFACE_SITES = {
     "attention.self.query": "query",
@@ -202,3 +197,11 @@ def unit_key(index, site, weight):
     scope = encoder_name(index) + ("/self_attention_layer" if site in ATTENTION_SITES else "")
     label = site.replace("dropout", "adapter") if site.endswith("_dropout") else site
     return f"{scope}/{label}/{weight}"
+
+
+#: What prompt tuning runs of a BERT-style backbone (`keras_adapters.methods.prompt`).
+INPUT_LAYERS = ("token_embedding", "position_embedding", "segment_embedding", "embeddings_add",
+                "embeddings_layer_norm", "embeddings_dropout", "transformer_layers", "pooled_dense")
+FAMILY = register_family(Family("bert", _layer_types, SITES, post_norm=True, input_end=True, input_layers=INPUT_LAYERS,
+                                huggingface_layers=r"(?:bert\.)?encoder\.layer",
+                                huggingface_sites=HUGGINGFACE_SITES))

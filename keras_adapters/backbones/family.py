@@ -40,6 +40,10 @@ class Family:
             tokens (`PromptConfig.placement`); the first is the default.
         language_model: for decoders, builds keras-hub's causal LM over a
             backbone of the family (its token embedding and sampling).
+        huggingface_layers: a regex of where Hugging Face models of the
+            family keep their layers (`model\\.layers` of `model.layers.3`),
+            for reading peft folders.
+        huggingface_sites: Hugging Face module (within a layer) -> site.
         cached_forward: for decoders, `(language_model, embeddings, cache,
             index, key_mask) -> (hidden states, cache)`: the decoder over
             columns `index`... of left-padded rows with a KV cache
@@ -56,6 +60,8 @@ class Family:
     input_layers: tuple = ()
     prompt_placements: tuple = ("after_cls", "before_cls")
     language_model: Callable | None = None
+    huggingface_layers: str = ""
+    huggingface_sites: dict = dataclasses.field(default_factory=dict)
     cached_forward: Callable | None = None
 
     def owns(self, layer):

@@ -33,6 +33,16 @@ SITES = {
     "feedforward_layer_norm": ("_feedforward_layernorm",),
     "attention_probabilities_dropout": ("_self_attention_layer", "_dropout_layer"),
 }
+#: Hugging Face `LlamaDecoderLayer` module -> site (peft folders name these).
+HUGGINGFACE_SITES = {
+    "self_attn.q_proj": "query",
+    "self_attn.k_proj": "key",
+    "self_attn.v_proj": "value",
+    "self_attn.o_proj": "attention_output",
+    "mlp.gate_proj": "feedforward_gate_dense",
+    "mlp.up_proj": "feedforward_intermediate_dense",
+    "mlp.down_proj": "feedforward_output_dense",
+}
 #: No dropout follows the feed-forward block: what acts on its output (a
 #: bottleneck adapter's place) acts on the output of its last projection.
 ALIASES = {"feedforward_dropout": "feedforward_output_dense"}
@@ -79,7 +89,7 @@ def cached_forward(language_model, x, cache, index, key_mask):
 
 FAMILY = register_family(
     Family("llama", _layer_types, SITES, ALIASES, input_end=True, input_layers=("token_embedding", "transformer_layers"),
-           prompt_placements=("before_cls",),
+           prompt_placements=("before_cls",), huggingface_layers=r"model\.layers", huggingface_sites=HUGGINGFACE_SITES,
            language_model=language_model, cached_forward=cached_forward)
 )
 

@@ -29,15 +29,22 @@ from keras_adapters.backbones import bert
 from keras_adapters.io.adapter_folder import AdapterFormatError
 from keras_adapters.io.adapter_folder import replace_folder
 from keras_adapters.io.torch_tensors import read_tensor_file
-from keras_adapters.methods.base import PROJECTION_SITES
+from keras_adapters.methods.base import LINEAR_SITES
 from keras_adapters.methods.base import pattern_value
 from keras_adapters.methods.lora import LoRAConfig
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
-_LAYER_KEY = re.compile(
-    r"base_model\.model\.((?:bert\.)?encoder\.layer\.(\d+)\.(.+))\.(lora_A\.weight|lora_B\.weight|lora_magnitude_vector|ia3_l)"
-)
+
+
+def _layer_key(family):
+    """A regex of peft's key of a layer tensor: (module, layer index, module within the layer, tensor)."""
+    return re.compile(
+        rf"base_model\.model\.((?:{family.huggingface_layers})\.(\d+)\.(.+))\."
+        r"(lora_A\.weight|lora_B\.weight|lora_magnitude_vector|ia3_l)"
+    )
+
+
 # peft saves a prompt-learning model's classifier without the inner ".model".
 _HEAD_KEY = re.compile(r"base_model\.(?:model\.)?(classifier|score)\.(weight|bias)")
 # BERT's pooler: LoRA on it (peft's "all-linear" includes it) or a trained copy (modules_to_save).
@@ -64,11 +71,15 @@ class PeftFolder:
         base: the peft config's `base_model_name_or_path`.
     """
 
-    def __init__(self, directory, task_types, base_pooler=None):
+    def __init__(self, directory, task_types, base_pooler=None, family=bert.FAMILY, head=True):
         """`task_types`: {peft task_type: our task name} for the tasks that convert;
         `base_pooler`: a function giving the base model's pooler `(kernel [in, out],
-        bias)`, needed when the adapter changes the pooler."""
+        bias)`, needed when the adapter changes the pooler; `family`: the
+        backbone family (where its Hugging Face layers keep their modules);
+        `head=False` for adapters without a head of their own (causal LMs:
+        the language-model head is the checkpoint's)."""
         self.source = str(directory)
+        self._family, self._with_head = family, head
         self._base_pooler = base_pooler
         self._task_types = task_types
         self.peft = json.loads((Path(directory) / CONFIG_FILE).read_text(encoding="utf-8"))
@@ -83,10 +94,12 @@ class PeftFolder:
         if kind not in readers:
             raise AdapterFormatError(
                 f"{self.source}: peft type {kind!r} cannot be read yet (this keras-adapters reads "
-                f"{sorted(readers)} adapters of BERT-family sequence classifiers)."
+                f"{sorted(readers)} adapters of BERT-family sequence classifiers and Llama-family causal LMs)."
             )
-        task = {"type": task_types[self.peft["task_type"]], "num_classes": int(head["weight"].shape[0]), "pooling": "cls",
-                "dropout": 0.1}  # BERT's hidden_dropout_prob, which its classifier uses
+        task = {"type": task_types[self.peft["task_type"]]}
+        if head:
+            task.update(num_classes=int(head["weight"].shape[0]), pooling="cls",
+                        dropout=0.1)  # BERT's hidden_dropout_prob, which its classifier uses
         if self._pooler:  # the adapter's own pooler: our head's hidden layer on the [CLS] token, as BERT's
             task.update(pooling="cls_token", hidden_activation="tanh")
         self.config = {"name": None, "method": readers[kind](), "task": task}
@@ -112,12 +125,13 @@ class PeftFolder:
         units, head, unknown = {}, {}, []
         self._modules = {}  # (layer, site) -> the module name peft matched its patterns against
         self._pooler = {}
+        layer_key, sites = _layer_key(self._family), self._family.huggingface_sites
         for key, value in self._raw.items():
-            layer, head_match, pooler = _LAYER_KEY.fullmatch(key), _HEAD_KEY.fullmatch(key), _POOLER_KEY.fullmatch(key)
+            layer, head_match, pooler = layer_key.fullmatch(key), _HEAD_KEY.fullmatch(key), _POOLER_KEY.fullmatch(key)
             if pooler:
                 self._pooler[pooler.group(1)] = value
-            elif layer and layer.group(3) in bert.HUGGINGFACE_SITES:
-                unit = (int(layer.group(2)), bert.HUGGINGFACE_SITES[layer.group(3)])
+            elif layer and layer.group(3) in sites:
+                unit = (int(layer.group(2)), sites[layer.group(3)])
                 units.setdefault(unit, {})[layer.group(4)] = value
                 self._modules[unit] = layer.group(1)
             elif head_match:
@@ -133,7 +147,10 @@ class PeftFolder:
                 "are not read yet); nothing was loaded."
             )
         task = self.peft.get("task_type")
-        if task not in self._task_types or set(head) != {"weight", "bias"}:
+        if not self._with_head and (task not in self._task_types or head):
+            self._fail(f"task_type {task!r} with head tensors {sorted(head)}: this model loads task_type "
+                       f"{sorted(self._task_types)} adapters, which keep no head of their own.")
+        if self._with_head and (task not in self._task_types or set(head) != {"weight", "bias"}):
             self._fail(
                 f"task_type {task!r} with head tensors {sorted(head)}: only adapters with a head convert (task_type "
                 f"{sorted(self._task_types)}, whose classifier peft saves), since every adapter here carries its head."
@@ -182,7 +199,7 @@ class PeftFolder:
         site_sets = {frozenset(s) for s in by_layer.values()}
         if len(site_sets) > 1:
             self._fail(f"its layers adapt different projections ({by_layer}); one adapter here adapts the same ones in every layer it covers.")
-        sites = tuple(s for s in PROJECTION_SITES if s in next(iter(site_sets)))
+        sites = tuple(s for s in LINEAR_SITES if s in next(iter(site_sets)))
         bad = [s for s in sites if s not in allowed]
         if bad:
             self._fail(f"adapts {bad}, which this method cannot adapt here (it can adapt {list(allowed)}).")
@@ -200,7 +217,7 @@ class PeftFolder:
         for (layer, site), tensors in self._units.items():
             if set(tensors) != needed:
                 self._fail(f"layer {layer} {site} has {sorted(tensors)}, expected {sorted(needed)}.")
-        target_layers, sites = self._layers_and_sites(PROJECTION_SITES)
+        target_layers, sites = self._layers_and_sites(LINEAR_SITES)
         # Each module's rank is its tensors'; its alpha is what peft's alpha_pattern gave it.
         ranks = {unit: int(t["lora_A.weight"].shape[0]) for unit, t in self._units.items()}
         alphas = {unit: float(_peft_pattern_value(p.get("alpha_pattern"), self._modules[unit], p["lora_alpha"])) for unit in ranks}
@@ -222,7 +239,7 @@ class PeftFolder:
         p = self.peft
         prompt = self._units.get("prompt", {}).get(PROMPT_KEY)
         if prompt is None or set(self._units) != {"prompt"}:
-            self._fail(f"a PROMPT_TUNING folder holds '{PROMPT_KEY}' and the classifier; found {sorted(self._raw)}.")
+            self._fail(f"a PROMPT_TUNING folder holds '{PROMPT_KEY}' (and a classifier's head); found {sorted(self._raw)}.")
         if (p.get("num_transformer_submodules") or 1) != 1 or prompt.shape[0] != p.get("num_virtual_tokens", prompt.shape[0]):
             self._fail(
                 f"{PROMPT_KEY} has shape {tuple(prompt.shape)} for num_virtual_tokens={p.get('num_virtual_tokens')} and "
@@ -232,7 +249,7 @@ class PeftFolder:
         return {"method": "prompt", "num_virtual_tokens": int(prompt.shape[0]), "init": "random", "placement": "before_cls"}
 
     def _ia3(self):
-        target_layers, sites = self._layers_and_sites(PROJECTION_SITES)
+        target_layers, sites = self._layers_and_sites(LINEAR_SITES)
         # peft scales a feed-forward module's input ((1, in) vectors), any other module's output.
         inputs = {site for (_, site), t in self._units.items() if t["ia3_l"].shape[0] == 1}
         return {
@@ -244,7 +261,7 @@ class PeftFolder:
 
     def tensors(self, shapes):
         """{our key: array} for the model's expected `shapes` ({key: shape})."""
-        out = {"logits/kernel": self._head["weight"].T, "logits/bias": self._head["bias"]}
+        out = {"logits/kernel": self._head["weight"].T, "logits/bias": self._head["bias"]} if self._head else {}
         if self._pooler:
             out["hidden/kernel"], out["hidden/bias"] = self._pooler_weights()
         names = {"lora_A.weight": "lora_a", "lora_B.weight": "lora_b", "lora_magnitude_vector": "magnitude", "ia3_l": "scale"}
@@ -253,7 +270,7 @@ class PeftFolder:
             return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
         for (layer, site), tensors in self._units.items():
             for peft_name, value in tensors.items():
-                key = bert.unit_key(layer, site, names[peft_name])
+                key = _our_key(shapes, layer, site, names[peft_name])
                 if peft_name.startswith("lora_"):  # torch Linear weights are [out, in]; our kernels [in, out]
                     value = value.T if value.ndim == 2 else value
                 elif key in shapes and value.size == math.prod(shapes[key]):
@@ -261,6 +278,14 @@ class PeftFolder:
                 out[key] = value
         return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
 
+
+
+def _our_key(shapes, layer, site, weight):
+    """The key of the model's unit weight at `site` of layer `layer` (families
+    scope their attention sites differently), or BERT's key when it has none."""
+    pattern = re.compile(rf"{bert.encoder_name(layer)}/(?:[^/]+/)?{site}/{weight}")
+    found = [k for k in shapes if pattern.fullmatch(k)]
+    return found[0] if len(found) == 1 else bert.unit_key(layer, site, weight)
 
 
 def _lora_tensor_names(dora):

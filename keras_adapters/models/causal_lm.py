@@ -13,6 +13,7 @@ from keras_adapters.core import composition
 from keras_adapters.core import injection
 from keras_adapters.io import adapter_folder as adapter_io
 from keras_adapters.io import chat_template
+from keras_adapters.io import peft_format
 from keras_adapters.io import presets
 from keras_adapters.methods.registry import get_adapter_config
 from keras_adapters.models import decoding
@@ -115,8 +116,18 @@ class AdapterCausalLM(keras.Model):
     @classmethod
     def from_adapter(cls, directory, preset=None, dtype=None):
         """A model with the adapter saved in `directory`, active (the backbone
-        from the recorded preset, or `preset`: the same checkpoint, checked)."""
-        config = adapter_io.read_config(directory)
+        from the recorded preset, or `preset`: the same checkpoint, checked).
+        A peft folder names its base model on the Hugging Face Hub, which is
+        not read here: pass `preset`, that checkpoint's folder or GGUF file."""
+        if peft_format.is_peft_folder(directory):
+            if preset is None:
+                raise ValueError(
+                    f"{directory} is a peft adapter of {peft_format.PeftFolder.base_of(directory)!r}: pass preset=, "
+                    "that checkpoint's Hugging Face folder or .gguf file."
+                )
+            config = {"task": {}}
+        else:
+            config = adapter_io.read_config(directory)
         model = cls.from_preset(
             preset if preset is not None else config["backbone"]["preset"], method=None,
             sequence_length=config["task"].get("sequence_length") or 512, dtype=dtype,
@@ -381,11 +392,39 @@ class AdapterCausalLM(keras.Model):
         return active
 
     def load_adapter(self, directory, name=None):
-        """Add the adapter saved in `directory` (checked: its file's sha256,
-        the backbone checkpoint and tokenizer it was trained with, every
-        tensor's name and shape); returns its name (not activated)."""
+        """Add the adapter saved in `directory`; returns its name (not activated).
+
+        Our folders are checked: the file's sha256, the backbone checkpoint
+        and tokenizer it was trained with, every tensor's name and shape. A
+        Hugging Face peft folder of a causal LM (`task_type: CAUSAL_LM`;
+        LoRA, rsLoRA, DoRA, (IA)^3 or prompt tuning, `keras_adapters.io.peft_format`)
+        loads too: it records no checkpoint fingerprint, so the backbone must
+        be the one it was trained on (shapes are checked).
+        """
         self._check_not_merged()
         source = str(directory)
+        config, tensors_for = self._read_adapter_source(directory)
+        name = name or config.get("name") or DEFAULT_NAME
+        self.add_adapter(name, adapter_io.method_config(config, source))
+        weights = injection.adapter_weights_by_key(self.backbone, name)
+        try:
+            shapes = {k: tuple(w.shape) for k, w in weights.items()}
+            tensors = tensors_for(shapes)
+            adapter_io.check_tensors(shapes, tensors, source)
+        except adapter_io.AdapterFormatError:
+            self.delete_adapter(name)
+            raise
+        for key, variable in weights.items():
+            variable.assign(tensors[key].astype(variable.dtype))
+        return name
+
+    def _read_adapter_source(self, directory):
+        """(config, tensors for the expected shapes) of our folder or a peft one."""
+        source = str(directory)
+        if peft_format.is_peft_folder(directory):
+            peft = peft_format.PeftFolder(directory, {"CAUSAL_LM": data_lib.NAME}, family=family_of(self.backbone),
+                                          head=False)
+            return peft.config, peft.tensors
         config, tensors = adapter_io.read_folder(directory)
         kind = config.get("task", {}).get("type")
         if kind != data_lib.NAME:
@@ -395,17 +434,7 @@ class AdapterCausalLM(keras.Model):
             )
         adapter_io.check_backbone(config, presets.architecture_config(self.backbone), self.backbone_fingerprint, source)
         adapter_io.check_tokenizer(config, presets.tokenizer_config(self.tokenizer), source)
-        name = name or config.get("name") or DEFAULT_NAME
-        self.add_adapter(name, adapter_io.method_config(config, source))
-        weights = injection.adapter_weights_by_key(self.backbone, name)
-        try:
-            adapter_io.check_tensors({k: tuple(w.shape) for k, w in weights.items()}, tensors, source)
-        except adapter_io.AdapterFormatError:
-            self.delete_adapter(name)
-            raise
-        for key, variable in weights.items():
-            variable.assign(tensors[key].astype(variable.dtype))
-        return name
+        return config, lambda shapes: tensors
 
 
 def _check_generation(max_new_tokens, batch_size, sampler):
