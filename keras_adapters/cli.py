@@ -499,7 +499,8 @@ def cmd_convert(args):
               f"AutoModelForSequenceClassification.from_pretrained(BASE, num_labels=N), {out!r}))")
         return 0
     out, method = conversion.convert(args.source, args.output, preset=args.preset, sequence_length=args.sequence_length)
-    print(f"{method} adapter written to {out} (load it with AdapterModel.from_adapter, or pass it to "
+    model_class = "AdapterCausalLM" if generation.is_causal_lm_run(out) else "AdapterModel"
+    print(f"{method} adapter written to {out} (load it with {model_class}.from_adapter, or pass it to "
           "evaluate, predict and export as RUN_DIR)")
     return 0
 

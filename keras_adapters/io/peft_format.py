@@ -63,6 +63,12 @@ def is_peft_folder(directory):
         return False
 
 
+def is_causal_lm_folder(directory):
+    """Whether `directory` holds a peft adapter of a causal LM (`task_type: CAUSAL_LM`)."""
+    path = Path(directory) / CONFIG_FILE
+    return is_peft_folder(directory) and json.loads(path.read_text(encoding="utf-8")).get("task_type") == "CAUSAL_LM"
+
+
 class PeftFolder:
     """A peft adapter folder, as our adapter config and tensors.
 

@@ -23,6 +23,7 @@ from keras_adapters.io import gguf_checkpoint
 from keras_adapters.io import peft_format
 from keras_adapters.io import presets
 from keras_adapters.models import AdapterModel
+from keras_adapters.models.causal_lm import AdapterCausalLM
 from keras_adapters.runs.folder import adapter_dir
 
 #: Hub names of the checkpoint embedded as "default" (a peft folder trained on
@@ -56,6 +57,10 @@ def convert(source, output, preset=None, sequence_length=128):
         (output folder, the adapter's method name).
     """
     preset = base_preset(source, preset)
+    if peft_format.is_causal_lm_folder(source):
+        model = AdapterCausalLM.from_adapter(source, preset=preset)
+        model.save_adapter(output)
+        return str(output), model.adapter_config().method
     model = AdapterModel.from_preset(preset, method=None, sequence_length=sequence_length)
     name = model.load_adapter(source)
     model.save_adapter(output, name)

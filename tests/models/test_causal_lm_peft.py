@@ -88,3 +88,15 @@ def test_a_classifier_s_folder_and_a_missing_preset_are_refused_by_name(folder, 
     assert model.adapter_names == []
     with pytest.raises(ValueError, match="peft adapter of 'tiny-llama': pass preset="):
         AdapterCausalLM.from_adapter(peft_folder)
+
+
+def test_the_command_line_converts_a_peft_causal_lm_and_predicts_with_it(folder, tmp_path, capsys):
+    from keras_adapters import cli
+
+    peft_folder, _ = _lora_folder(folder, tmp_path / "peft")
+    assert cli.main(["convert", str(peft_folder), "-o", str(tmp_path / "ours"), "--preset", str(folder)]) == 0
+    assert "load it with AdapterCausalLM.from_adapter" in capsys.readouterr().out
+    expected = AdapterCausalLM.from_adapter(peft_folder, preset=folder).generate(["ab c", "a1"], max_new_tokens=4)
+    assert cli.main(["predict", str(tmp_path / "ours"), "ab c", "a1", "--max-new-tokens", "4", "--json"]) == 0
+    lines = capsys.readouterr().out.splitlines()  # one JSON object per prompt
+    assert [json.loads(line)["generation"] for line in lines] == expected
