@@ -198,10 +198,14 @@ def summarize(results):
         wall = median([w for r in runs for w in r["wall"]])
         report[name] = {"cpu_seconds": cpu, "wall_seconds": wall}
     for framework in ("keras", "torch"):
+        if f"{framework}/train" not in report:
+            continue
         train = report[f"{framework}/train"]
         train["tokens_per_cpu_second"] = BATCH * LENGTH / train["cpu_seconds"]
         train["tokens_per_wall_second"] = BATCH * LENGTH / train["wall_seconds"]
     for framework in ("keras", "torch", "saved", "routed"):
+        if f"{framework}/prompt" not in report or f"{framework}/decode" not in report:
+            continue
         prompt, decode = report[f"{framework}/prompt"], report[f"{framework}/decode"]
         prompt["prompt_tokens_per_cpu_second"] = GEN_BATCH * PROMPT / prompt["cpu_seconds"]
         prompt["prompt_tokens_per_wall_second"] = GEN_BATCH * PROMPT / prompt["wall_seconds"]
@@ -241,7 +245,7 @@ def main():
             print(round_ + 1, name, json.dumps({k: median(v) for k, v in results[name][-1].items()}), flush=True)
     report = {"machine": machine_description(), "rounds": args.rounds, "steps": args.steps,
               "batch": {"train": [BATCH, LENGTH], "generate": [GEN_BATCH, PROMPT, NEW]},
-              "results": results, "summary": summarize(results) if not args.only else None}
+              "results": results, "summary": summarize(results)}
     out = os.path.join(os.path.dirname(HERE), "results", "decoder_speed.json")
     with open(out, "w") as f:
         json.dump(report, f, indent=1)

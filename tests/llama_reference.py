@@ -28,10 +28,13 @@ class NumpyLlama:
         self.config = json.load(open(os.path.join(folder, "config.json")))
         self.w = {k: v.astype(np.float64) for k, v in load_file(os.path.join(folder, "model.safetensors")).items()}
 
-    def __call__(self, token_ids, virtual=None):
+    def __call__(self, token_ids, virtual=None, past=None):
         """Next-token logits [batch, length, vocab] for `token_ids` (no padding), float64;
         `virtual` ([count, hidden]) is put in front of the word vectors (peft's prompt
-        tuning, `inputs_embeds`), and the logits are those of every position."""
+        tuning, `inputs_embeds`), and the logits are those of every position; `past`
+        ([layers, 2, count, kv heads, head_dim]) are keys and values every layer's
+        attention reads first, unrotated, the tokens at positions count... (peft's
+        prefix tuning, `past_key_values`)."""
         c, w = self.config, self.w
         heads, kv_heads, eps = c["num_attention_heads"], c["num_key_value_heads"], c["rms_norm_eps"]
         x = w["model.embed_tokens.weight"][token_ids]
@@ -39,8 +42,10 @@ class NumpyLlama:
             x = np.concatenate([np.broadcast_to(virtual, (x.shape[0], *virtual.shape)), x], axis=1)
         batch, length, hidden = x.shape
         head_dim = hidden // heads
-        positions = np.arange(length, dtype=np.float64)
+        before = 0 if past is None else past.shape[2]
+        positions = np.arange(before, before + length, dtype=np.float64)
         causal = np.where(np.tril(np.ones((length, length), bool)), 0.0, -np.inf)
+        causal = np.concatenate([np.zeros((length, before)), causal], axis=1)
         for i in range(c["num_hidden_layers"]):
             p = f"model.layers.{i}."
             h = _rms_norm(x, w[p + "input_layernorm.weight"], eps)
@@ -48,6 +53,9 @@ class NumpyLlama:
             k = (h @ w[p + "self_attn.k_proj.weight"].T).reshape(batch, length, kv_heads, head_dim)
             v = (h @ w[p + "self_attn.v_proj.weight"].T).reshape(batch, length, kv_heads, head_dim)
             q, k = _rotate(q, positions, c["rope_theta"]), _rotate(k, positions, c["rope_theta"])
+            if past is not None:
+                k = np.concatenate([np.broadcast_to(past[i, 0], (batch, *past.shape[2:])), k], axis=1)
+                v = np.concatenate([np.broadcast_to(past[i, 1], (batch, *past.shape[2:])), v], axis=1)
             k, v = (np.repeat(t, heads // kv_heads, axis=2) for t in (k, v))  # query head j reads kv head j // group
             scores = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(head_dim) + causal
             probs = np.exp(scores - scores.max(-1, keepdims=True))

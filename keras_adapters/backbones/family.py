@@ -49,6 +49,9 @@ class Family:
             columns `index`... of left-padded rows with a KV cache
             (`keras_adapters.models.decoding`); with `cache=None`, over whole
             right-padded rows (`key_mask` their padding mask).
+        rotate_past: for decoders, `(language_model, past, offsets) -> past`:
+            a prefix's cached keys and values for rows whose tokens sit
+            `offsets` columns after their positions (left padding).
     """
 
     name: str
@@ -63,6 +66,7 @@ class Family:
     huggingface_layers: str = ""
     huggingface_sites: dict = dataclasses.field(default_factory=dict)
     cached_forward: Callable | None = None
+    rotate_past: Callable | None = None
 
     def owns(self, layer):
         return isinstance(layer, self.layer_types())

@@ -87,10 +87,25 @@ def cached_forward(language_model, x, cache, index, key_mask):
     return backbone.layer_norm(x), tf.stack(caches, axis=1)
 
 
+def rotate_past(language_model, past, offsets):
+    """A prefix's keys and values (`[batch, layers, 2, length, kv heads,
+    head_dim]`) for rows whose tokens sit `offsets` cache columns after
+    their positions (left padding): keys rotated by each row's offset, so
+    that a token meets them at the distance it has without padding (peft's
+    prefix keys carry no rotation; the tokens after them start at position
+    `length`)."""
+    rotary = language_model.backbone.transformer_layers[0]._self_attention_layer.rotary_embedding_layer
+    shape = tf.shape(past)
+    keys = tf.reshape(past[:, :, 0], tf.stack([shape[0], shape[1] * shape[3], shape[4], shape[5]]))
+    positions = tf.broadcast_to(tf.cast(offsets, tf.float32)[:, None], tf.shape(keys)[:2])
+    keys = tf.reshape(rotary(keys, positions=positions), tf.shape(past[:, :, 0]))
+    return tf.stack([keys, past[:, :, 1]], axis=2)
+
+
 FAMILY = register_family(
     Family("llama", _layer_types, SITES, ALIASES, input_end=True, input_layers=("token_embedding", "transformer_layers"),
            prompt_placements=("before_cls",), huggingface_layers=r"model\.layers", huggingface_sites=HUGGINGFACE_SITES,
-           language_model=language_model, cached_forward=cached_forward)
+           language_model=language_model, cached_forward=cached_forward, rotate_past=rotate_past)
 )
 
 

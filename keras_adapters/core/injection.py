@@ -528,7 +528,7 @@ def add_adapter(backbone, name, method):
     if config.input_end and getattr(config, "placement", "") is None:
         config = dataclasses.replace(config, placement=family.prompt_placements[0])
     _check_family(family, config)
-    if config.input_end:
+    if config.acts_at_input_end(family):
         return _add_input_end(backbone, state, name, config)
     chosen = [e for e in encoders if config.applies_to_layer(e.name)]
     if config.unit_sites() and not chosen:
@@ -580,7 +580,7 @@ def _check_family(family, config):
             f"{family.name} layers take prompt tokens with placement {' or '.join(map(repr, family.prompt_placements))} "
             f"(decoders have no [CLS]: the virtual tokens go in front of the text), not {config.placement!r}."
         )
-    if config.input_end:
+    if config.acts_at_input_end(family):
         return
     missing = [s for s in config.unit_sites() if family.where(s) is None]
     if missing:

@@ -83,6 +83,11 @@ class AdapterConfig:
                 f"expression, got {self.target_layers!r}: {e}"
             ) from None
 
+    def acts_at_input_end(self, family):
+        """Whether this adapter's one unit sits at the backbone's input end on
+        layers of `family` (a `keras_adapters.backbones.family.Family`)."""
+        return self.input_end
+
     def sites(self):
         """The site names this config wraps, in a fixed order."""
         return tuple(self.default_sites)

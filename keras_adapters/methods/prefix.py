@@ -28,6 +28,8 @@ from keras_adapters.methods.base import check_positive_int
 from keras_adapters.methods.base import kernel_split
 
 ATTENTION_SITE = "self_attention"
+#: The site of input-end units (`keras_adapters.core.injection.INPUT_SITE`).
+INPUT_END_SITE = "embedding_output"
 
 
 @keras.saving.register_keras_serializable(package="keras_adapters")
@@ -161,6 +163,89 @@ class PrefixProjection(WrappedLayer):
         return cls(None, **config)
 
 
+@keras.saving.register_keras_serializable(package="keras_adapters")
+class CachePrefix(WrappedLayer):
+    """A decoder's prefix: keys and values every layer's self-attention reads
+    first, written into the front of its KV cache (as peft hands a causal LM
+    `past_key_values`); the model puts them there (`keras_adapters.models.decoding`).
+
+    Args:
+        base: unused (`None`): the unit sits at the backbone's input end.
+        prefix_length: the number of prefix positions.
+        num_layers, num_key_value_heads, head_dim: the decoder's cache shape.
+        reparameterize, hidden_dim, bottleneck_size: compute the prefixes
+            with the MLP `dense(tanh(dense(E)))` (see module docstring).
+
+    Example:
+    ```python
+    unit = CachePrefix(None, 10, num_layers=30, num_key_value_heads=3, head_dim=64)
+    unit.build(None)
+    past = unit.past()  # [30, 2, 10, 3, 64]: keys and values per layer
+    ```
+    """
+
+    def __init__(self, base, prefix_length, num_layers, num_key_value_heads, head_dim, reparameterize=False,
+                 hidden_dim=None, bottleneck_size=512, **kwargs):
+        super().__init__(base, **kwargs)
+        self.prefix_length = prefix_length
+        self.num_layers = num_layers
+        self.num_key_value_heads = num_key_value_heads
+        self.head_dim = head_dim
+        self.reparameterize = reparameterize
+        self.hidden_dim = hidden_dim
+        self.bottleneck_size = bottleneck_size
+
+    @property
+    def _shape(self):
+        return (self.num_layers, 2, self.prefix_length, self.num_key_value_heads, self.head_dim)
+
+    def build(self, input_shape):
+        init = keras.initializers.TruncatedNormal(stddev=0.02)
+        if not self.reparameterize:
+            self.keys = self.add_weight(name="keys", shape=self._shape[:1] + self._shape[2:], initializer=init)
+            self.values = self.add_weight(name="values", shape=self._shape[:1] + self._shape[2:], initializer=init)
+            return
+        self.embedding = self.add_weight(name="embedding", shape=(self.prefix_length, self.hidden_dim), initializer=init)
+        self.encoder = keras.layers.Dense(self.bottleneck_size, activation="tanh", dtype=self.dtype_policy, name="encoder")
+        self.encoder.build((self.prefix_length, self.hidden_dim))
+        self.decoder = keras.layers.Dense(math.prod(self._shape) // self.prefix_length, dtype=self.dtype_policy,
+                                          name="decoder")
+        self.decoder.build((self.prefix_length, self.bottleneck_size))
+
+    def past(self):
+        """The prefix's keys and values, `[layers, 2, prefix_length, kv heads, head_dim]`, float32."""
+        if not self.reparameterize:
+            return ops.stack([ops.cast(self.keys, "float32"), ops.cast(self.values, "float32")], axis=1)
+        flat = ops.cast(self.decoder(self.encoder(ops.cast(self.embedding, "float32"))), "float32")
+        past = ops.reshape(flat, (self.prefix_length, self.num_layers, 2, self.num_key_value_heads, self.head_dim))
+        return ops.transpose(past, (1, 2, 0, 3, 4))
+
+    def keyed_weights(self, scope):
+        if not self.reparameterize:
+            return super().keyed_weights(scope)
+        past = self.past()  # folded: what the MLP computes now
+        return {"keys": past[:, 0], "values": past[:, 1]}
+
+    def call(self, inputs):
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            prefix_length=self.prefix_length, num_layers=self.num_layers,
+            num_key_value_heads=self.num_key_value_heads, head_dim=self.head_dim, reparameterize=self.reparameterize,
+            hidden_dim=self.hidden_dim, bottleneck_size=self.bottleneck_size,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(None, **config)
+
+
 @dataclasses.dataclass
 class PrefixConfig(AdapterConfig):
     """Prefix tuning in every encoder layer's self-attention.
@@ -199,7 +284,17 @@ class PrefixConfig(AdapterConfig):
     def as_saved(self):
         return dataclasses.replace(self, reparameterize=False)
 
+    def acts_at_input_end(self, family):
+        # A decoder's prefix goes in front of its KV cache, which the model fills before the first layer runs.
+        return family.cached_forward is not None
+
     def wrap(self, site, base, *, dtype, hidden_dim, shared):
+        if site == INPUT_END_SITE:  # a decoder: `base` is the backbone
+            return CachePrefix(
+                None, self.prefix_length, int(base.num_layers), int(base.num_key_value_heads),
+                int(base.hidden_dim) // int(base.num_query_heads), reparameterize=self.reparameterize,
+                hidden_dim=hidden_dim, bottleneck_size=self.bottleneck_size, dtype=dtype, name="prefix",
+            )
         if site == ATTENTION_SITE:
             # No reference to the attention layer: Keras' saving walks unit attributes.
             unit = PrefixAttention(

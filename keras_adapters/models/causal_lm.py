@@ -73,7 +73,7 @@ class AdapterCausalLM(keras.Model):
         if family.language_model is None:
             raise ValueError(f"{family.name} backbones are encoders: use AdapterModel (they do not generate text).")
         self.language_model = family.language_model(backbone)
-        self._forward = family.cached_forward
+        self._family = family
         self._sampler = self._decode = None
         self.tokenizer = tokenizer
         self.sequence_length = int(sequence_length)
@@ -144,14 +144,12 @@ class AdapterCausalLM(keras.Model):
         self.built = True  # the language model is built with its backbone
 
     def call(self, inputs, training=False):
-        prompts = injection.input_units(self.backbone)
-        if not prompts:
+        units = injection.input_units(self.backbone)
+        if not units:
             return self.language_model(inputs, training=training)
-        # Virtual tokens in front of each row (peft's prompt tuning); the logits of the real tokens only.
-        x, mask = decoding.embed(self.language_model, inputs["token_ids"], inputs["padding_mask"], prompts)
-        hidden, _ = self._forward(self.language_model, x, None, 0, mask)
-        count = sum(unit.num_virtual_tokens for unit in prompts)
-        return self.backbone.token_embedding(hidden[:, count:], reverse=True)
+        # Virtual tokens in front of each row, or a prefix in the cache (peft's prompt and prefix tuning).
+        hidden = decoding.forward(self.language_model, self._family, inputs["token_ids"], inputs["padding_mask"], units)
+        return self.backbone.token_embedding(hidden, reverse=True)
 
     # ------------------------------------------------------------- adapters
     @property
@@ -336,7 +334,7 @@ class AdapterCausalLM(keras.Model):
             self._sampler = self._sampler or keras_hub.samplers.get("greedy")
 
             def decode(token_ids, lengths, max_new_tokens, stop_token_ids):
-                return decoding.generate(self.language_model, self._forward, token_ids, lengths, max_new_tokens,
+                return decoding.generate(self.language_model, self._family, token_ids, lengths, max_new_tokens,
                                          self._sampler, stop_token_ids, injection.input_units(self.backbone))
 
             self._decode = tf.function(decode, jit_compile=True)

@@ -12,7 +12,11 @@ steps, as PyTorch's `generate` does with left padding.
 Active prompt adapters (`PromptConfig`) put their virtual tokens in front of
 each prompt before the padding moves, so a row sees
 `[padding][virtual tokens][prompt]`: its tokens stand where they stand
-without padding, relative to one another.
+without padding, relative to one another. A prefix adapter (`PrefixConfig`
+on a decoder) is a past: keys and values at the front of every layer's
+cache, `[prefix][padding][virtual tokens][prompt]`, its keys rotated by each
+row's padding (the family's `rotate_past`) so that every token meets them
+as it does without padding.
 
 Left padding shifts a row's positions; a family decodes this way only when
 its attention depends on relative positions (rotary embeddings: Llama). The
@@ -25,14 +29,64 @@ anything that takes a `keras_hub.samplers.Sampler` works here.
 
 import tensorflow as tf
 
+from keras_adapters.methods.prefix import CachePrefix
+from keras_adapters.methods.prompt import PromptEmbedding
+
+
+def _dynamic_update_slice_gradient(op, grad):
+    """The gradient of XLA's dynamic update slice (keras-hub's cached attention
+    writes keys and values with it), which TensorFlow does not register:
+    training a prefix runs the decoder over a cache that holds it."""
+    from tensorflow.compiler.tf2xla.python import xla
+
+    _, update, indices = op.inputs
+    return (xla.dynamic_update_slice(grad, tf.zeros_like(update), indices),
+            xla.dynamic_slice(grad, indices, tf.shape(update)), None)
+
+
+try:
+    tf.RegisterGradient("XlaDynamicUpdateSlice")(_dynamic_update_slice_gradient)
+except KeyError:  # a TensorFlow that has its own
+    pass
+
+
+def split_units(units):
+    """(prompt units, prefix units) of a model's active input-end units."""
+    return ([u for u in units if isinstance(u, PromptEmbedding)], [u for u in units if isinstance(u, CachePrefix)])
+
 
 def embed(language_model, token_ids, padding_mask, prompts=()):
     """(embeddings, padding mask) of right-padded rows with the virtual tokens
-    of `prompts` (input-end units, `PromptEmbedding`) in front."""
+    of `prompts` (`PromptEmbedding` units) in front."""
     x = language_model.backbone.token_embedding(token_ids)
     for unit in prompts:
         x, padding_mask = unit.insert(x, padding_mask)
     return x, padding_mask
+
+
+def past_of(language_model, prefixes, batch):
+    """The prefixes' keys and values for every row, `[batch, layers, 2, length,
+    kv heads, head_dim]` (one after another when several are stacked)."""
+    past = tf.concat([unit.past() for unit in prefixes], axis=2)
+    past = tf.cast(past, language_model.compute_dtype)
+    return tf.broadcast_to(past[None], tf.concat([[batch], tf.shape(past)], 0))
+
+
+def forward(language_model, family, token_ids, padding_mask, units=()):
+    """Hidden states of right-padded rows `[batch, length, hidden]` (training,
+    scoring) with the active input-end units: virtual tokens in front (left
+    out of the result again) and a prefix in a cache of its own."""
+    prompts, prefixes = split_units(units)
+    x, mask = embed(language_model, token_ids, padding_mask, prompts)
+    if not prefixes:
+        hidden, _ = family.cached_forward(language_model, x, None, 0, mask)
+    else:
+        past = past_of(language_model, prefixes, tf.shape(x)[0])
+        room = tf.zeros(tf.concat([tf.shape(past)[:3], [tf.shape(x)[1]], tf.shape(past)[4:]], 0), past.dtype)
+        length = tf.shape(past)[3]
+        key_mask = tf.concat([tf.ones(tf.stack([tf.shape(x)[0], length]), tf.bool), tf.cast(mask, tf.bool)], 1)
+        hidden, _ = family.cached_forward(language_model, x, tf.concat([past, room], axis=3), length, key_mask)
+    return hidden[:, sum(unit.num_virtual_tokens for unit in prompts):]
 
 
 def left_align(x, lengths):
@@ -46,60 +100,70 @@ def left_align(x, lengths):
     return tf.gather(x, source, batch_dims=1), columns >= (width - lengths)[:, None]
 
 
-def prefill(language_model, forward, x, key_mask, max_new_tokens):
-    """Fill a cache with the keys and values of left-aligned embeddings `x`.
+def prefill(language_model, family, x, key_mask, max_new_tokens, prefixes=()):
+    """Fill a cache with the prefixes and the keys and values of left-aligned embeddings `x`.
 
     Returns:
         (hidden states `[batch, width, hidden]`, cache with room for
-        `max_new_tokens` more positions, the key mask over all of them).
+        `max_new_tokens` more positions, the key mask over all of it, the
+        prefixes' length).
     """
     backbone = language_model.backbone
     batch, width = tf.shape(x)[0], tf.shape(x)[1]
     head_dim = backbone.hidden_dim // backbone.num_query_heads
-    shape = [batch, backbone.num_layers, 2, width + max_new_tokens, backbone.num_key_value_heads, head_dim]
-    cache = tf.zeros(tf.stack(shape), language_model.compute_dtype)
+    room = [batch, backbone.num_layers, 2, width + max_new_tokens, backbone.num_key_value_heads, head_dim]
+    cache = tf.zeros(tf.stack(room), language_model.compute_dtype)
     key_mask = tf.concat([tf.cast(key_mask, tf.bool), tf.ones(tf.stack([batch, max_new_tokens]), tf.bool)], axis=1)
-    hidden, cache = forward(language_model, x, cache, 0, key_mask)
-    return hidden, cache, key_mask
+    length = sum(unit.prefix_length for unit in prefixes)
+    if prefixes:
+        padding = width - tf.reduce_sum(tf.cast(key_mask[:, :width], tf.int32), axis=1)
+        past = family.rotate_past(language_model, past_of(language_model, prefixes, batch), padding)
+        cache = tf.concat([past, cache], axis=3)
+        key_mask = tf.concat([tf.ones([batch, length], tf.bool), key_mask], axis=1)
+    hidden, cache = family.cached_forward(language_model, x, cache, length, key_mask)
+    return hidden, cache, key_mask, length
 
 
-def generate(language_model, forward, token_ids, lengths, max_new_tokens, sampler, stop_token_ids=None, prompts=()):
+def generate(language_model, family, token_ids, lengths, max_new_tokens, sampler, stop_token_ids=None, units=()):
     """The tokens generated after each prompt, `[batch, max_new_tokens]`.
 
     Args:
         language_model: a keras-hub `CausalLM` (its backbone and token embedding).
-        forward: the family's `cached_forward`.
+        family: the backbone's family (`cached_forward`, `rotate_past`).
         token_ids: int32 `[batch, width]`, each prompt's ids first (right-padded).
         lengths: int32 `[batch]`, each prompt's length (at least 1).
         max_new_tokens: an int or a scalar int32 tensor.
         sampler: a `keras_hub.samplers.Sampler`.
         stop_token_ids: ids after which a row is done (the loop ends when
             every row is); tokens after a row's stop token are not meaningful.
-        prompts: the active prompt adapters' units (virtual tokens).
+        units: the active input-end units (prompts' virtual tokens, prefixes).
     """
     backbone = language_model.backbone
+    prompts, prefixes = split_units(units)
     lengths = tf.cast(lengths, tf.int32)
     batch = tf.shape(token_ids)[0]
     x, padding_mask = embed(language_model, token_ids, tf.sequence_mask(lengths, tf.shape(token_ids)[1]), prompts)
     x, key_mask = left_align(x, tf.reduce_sum(tf.cast(padding_mask, tf.int32), axis=1))
-    width = tf.shape(x)[1]
-    hidden, cache, full_mask = prefill(language_model, forward, x, key_mask, max_new_tokens)
+    hidden, cache, full_mask, length = prefill(language_model, family, x, key_mask, max_new_tokens, prefixes)
+    start = length + tf.shape(x)[1]  # the first new token's cache column
 
     def next_token_logits(tokens, cache, index):
         token = tf.slice(tokens, tf.stack([0, index - 1]), tf.stack([batch, 1]))
-        states, cache = forward(language_model, backbone.token_embedding(token), cache, index - 1, full_mask)
+        states, cache = family.cached_forward(language_model, backbone.token_embedding(token), cache, index - 1,
+                                              full_mask)
         logits = backbone.token_embedding(states, reverse=True)
         return logits[:, 0], states[:, 0], cache
 
-    # The sampler reads ids: each row's prompt ids end at column `width` as its embeddings do.
+    # The sampler reads ids by cache column: each row's prompt ids end at column `start` as its embeddings do.
     aligned, _ = left_align(token_ids, lengths)
-    front = tf.zeros(tf.stack([batch, width - tf.shape(token_ids)[1]]), token_ids.dtype)
+    front = tf.zeros(tf.stack([batch, start - tf.shape(token_ids)[1]]), token_ids.dtype)
     tokens = tf.concat([front, aligned, tf.zeros(tf.stack([batch, max_new_tokens]), token_ids.dtype)], axis=1)
-    in_prompt = tf.broadcast_to(tf.range(width + max_new_tokens)[None, :] < width, tf.shape(tokens))
-    # Hidden states of every position (contrastive search reads them); the new ones start at zero.
-    states = tf.concat([hidden, tf.zeros(tf.stack([batch, max_new_tokens, tf.shape(hidden)[2]]), hidden.dtype)], 1)
+    in_prompt = tf.broadcast_to(tf.range(start + max_new_tokens)[None, :] < start, tf.shape(tokens))
+    # Hidden states of every column (contrastive search reads them); the others start at zero.
+    states = tf.concat([tf.zeros(tf.stack([batch, length, tf.shape(hidden)[2]]), hidden.dtype), hidden,
+                        tf.zeros(tf.stack([batch, max_new_tokens, tf.shape(hidden)[2]]), hidden.dtype)], 1)
     tokens = sampler(
-        next=next_token_logits, prompt=tokens, cache=cache, index=width, mask=in_prompt,
+        next=next_token_logits, prompt=tokens, cache=cache, index=start, mask=in_prompt,
         stop_token_ids=stop_token_ids, hidden_states=states, model=language_model,
     )
-    return tokens[:, width:]
+    return tokens[:, start:]

@@ -92,7 +92,7 @@ class Generator:
         self.model = model
         self.sequence_length = int(sequence_length)
         self.language_model = model.language_model
-        self.forward = family_of(model.backbone).cached_forward
+        self.family = family_of(model.backbone)
         self.tokenizer = model.tokenizer
         self.halves = chat_halves(model) if chat else ("", "")
         self.stop_token_ids = tuple(model.stop_token_ids)
@@ -118,8 +118,9 @@ class Generator:
         ragged = self.prompt_ids(tf.reshape(prompt, [-1]))
         lengths = tf.cast(ragged.row_lengths(), tf.int32)
         ids = ragged.to_tensor(default_value=0)
-        prompts = injection.input_units(self.model.backbone)
-        virtual = sum(unit.num_virtual_tokens for unit in prompts)
+        units = injection.input_units(self.model.backbone)
+        prompts, prefixes = decoding.split_units(units)
+        virtual = sum(u.num_virtual_tokens for u in prompts) + sum(u.prefix_length for u in prefixes)
         # The KV cache holds rows x (prompt + new tokens): a request past the limit is refused, not served out of memory.
         checks = [
             tf.debugging.assert_positive(max_new_tokens, message="max_new_tokens must be at least 1"),
@@ -133,8 +134,8 @@ class Generator:
         with tf.control_dependencies(checks):
             ids = tf.identity(ids)
         sampler = ServingSampler(temperature, top_k, top_p)
-        decode = functools.partial(decoding.generate, self.language_model, self.forward, ids, lengths,
-                                   max_new_tokens, sampler, self.stop_token_ids, prompts)
+        decode = functools.partial(decoding.generate, self.language_model, self.family, ids, lengths,
+                                   max_new_tokens, sampler, self.stop_token_ids, units)
         if self.table is None:
             tokens = decode()
         else:

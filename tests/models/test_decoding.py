@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_adapters.backbones.llama import cached_forward
+from keras_adapters.backbones.llama import FAMILY
 from keras_adapters.core import injection
 from keras_adapters.methods.lora import LoRAConfig
+from keras_adapters.methods.prefix import PrefixConfig
 from keras_adapters.methods.prompt import PromptConfig
 from keras_adapters.models import decoding
 from keras_adapters.models.causal_lm import AdapterCausalLM
@@ -24,8 +25,9 @@ def model(tmp_path_factory):
     model = AdapterCausalLM.from_preset(tiny_llama_folder(tmp_path_factory.mktemp("tiny_llama")),
                                         method=LoRAConfig(rank=2, target_modules=("query", "value")))
     model.add_adapter("prompt", PromptConfig(num_virtual_tokens=3, init="random"))
+    model.add_adapter("prefix", PrefixConfig(prefix_length=4, reparameterize=False))
     rng = np.random.default_rng(0)
-    for name in ("default", "prompt"):
+    for name in ("default", "prompt", "prefix"):
         for w in injection.adapter_weights_by_key(model.backbone, name).values():
             w.assign(rng.normal(0, 0.3, w.shape).astype("float32"))
     return model
@@ -39,15 +41,15 @@ def _right_padded(rows, width=8):
 
 
 def _last_logits(model, ids, lengths, masked=True):
-    x, padding_mask = decoding.embed(model.language_model, ids, tf.sequence_mask(lengths, ids.shape[1]),
-                                     injection.input_units(model.backbone))
+    prompts, prefixes = decoding.split_units(injection.input_units(model.backbone))
+    x, padding_mask = decoding.embed(model.language_model, ids, tf.sequence_mask(lengths, ids.shape[1]), prompts)
     x, key_mask = decoding.left_align(x, tf.reduce_sum(tf.cast(padding_mask, tf.int32), 1))
     key_mask = key_mask if masked else tf.ones_like(key_mask)
-    hidden, _, _ = decoding.prefill(model.language_model, cached_forward, x, key_mask, 3)
+    hidden, _, _, _ = decoding.prefill(model.language_model, FAMILY, x, key_mask, 3, prefixes)
     return np.asarray(model.backbone.token_embedding(hidden[:, -1], reverse=True), np.float64)
 
 
-@pytest.mark.parametrize("active", ["default", "prompt"])
+@pytest.mark.parametrize("active", ["default", "prompt", "prefix"])
 def test_each_left_aligned_row_gets_the_logits_of_its_prompt_alone(model, active):
     model.set_active_adapters(active)
     ids, lengths = _right_padded(ROWS)
@@ -60,7 +62,7 @@ def test_each_left_aligned_row_gets_the_logits_of_its_prompt_alone(model, active
     assert np.abs(unmasked[1] - batched[1]).max() > 1e-2 * np.abs(batched[1]).max()
 
 
-@pytest.mark.parametrize("active", ["default", "prompt"])
+@pytest.mark.parametrize("active", ["default", "prompt", "prefix"])
 def test_greedy_rows_of_a_batch_decode_as_each_prompt_alone(model, active):
     model.set_active_adapters(active)
     texts = [model.tokenizer.detokenize(np.array(r, np.int32)) for r in ROWS]
@@ -74,3 +76,17 @@ def test_left_align_moves_each_row_to_end_at_the_last_column():
     for i, row in enumerate(ROWS):
         assert moved.numpy()[i, 7 - len(row):].tolist() == row
         assert mask.numpy()[i].tolist() == [False] * (7 - len(row)) + [True] * len(row)
+
+
+def test_the_cache_write_passes_gradients_to_the_cache_and_the_written_values():
+    from tensorflow.compiler.tf2xla.python import xla
+
+    rng = np.random.default_rng(0)
+    cache, update, weights = (tf.constant(rng.normal(size=s)) for s in ((2, 6, 3), (2, 2, 3), (2, 6, 3)))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([cache, update])
+        loss = tf.reduce_sum(weights * xla.dynamic_update_slice(cache, update, tf.constant([0, 3, 0])))
+    expected = weights.numpy().copy()
+    expected[:, 3:5] = 0.0  # overwritten: no gradient to the cache there
+    np.testing.assert_array_equal(tape.gradient(loss, cache).numpy(), expected)
+    np.testing.assert_array_equal(tape.gradient(loss, update).numpy(), weights.numpy()[:, 3:5])

@@ -90,10 +90,14 @@ def test_chat_prompts_are_written_with_the_template_and_stop_tokens_cut_in_the_g
     assert response["outputs"]["text"] == expected
 
 
-def test_a_prompt_adapter_is_served_with_its_virtual_tokens(model, tmp_path):
+@pytest.mark.parametrize("method", ["prompt", "prefix"])
+def test_input_end_adapters_are_served_with_their_virtual_tokens_or_prefix(model, tmp_path, method):
+    from keras_adapters.methods.prefix import PrefixConfig
     from keras_adapters.methods.prompt import PromptConfig
 
-    model.add_adapter("p", PromptConfig(num_virtual_tokens=3, init="random"))
+    config = {"prompt": PromptConfig(num_virtual_tokens=3, init="random"),
+              "prefix": PrefixConfig(prefix_length=3, reparameterize=False)}[method]
+    model.add_adapter("p", config)
     try:
         for w in injection.adapter_weights_by_key(model.backbone, "p").values():
             w.assign(np.random.default_rng(5).normal(0, 1.0, w.shape).astype("float32"))
