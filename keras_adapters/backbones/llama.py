@@ -94,7 +94,8 @@ def rotate_past(language_model, past, offsets):
     that a token meets them at the distance it has without padding (peft's
     prefix keys carry no rotation; the tokens after them start at position
     `length`)."""
-    rotary = language_model.backbone.transformer_layers[0]._self_attention_layer.rotary_embedding_layer
+    attention = getattr(language_model.backbone.transformer_layers[0], SITES["query"][0])  # by the site path
+    rotary = attention.rotary_embedding_layer
     shape = tf.shape(past)
     keys = tf.reshape(past[:, :, 0], tf.stack([shape[0], shape[1] * shape[3], shape[4], shape[5]]))
     positions = tf.broadcast_to(tf.cast(offsets, tf.float32)[:, None], tf.shape(keys)[:2])

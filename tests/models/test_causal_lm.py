@@ -181,6 +181,7 @@ def test_evaluation_loss_and_perplexity_are_the_float64_completion_nll(folder):
     assert model.evaluate(model.dataset(RECORDS, batch_size=3), verbose=0)[0] == pytest.approx(total / count, rel=1e-4)
 
 
+@pytest.mark.slow  # a few trainings or exports: CI runs it with the slow tests
 def test_fit_trains_the_adapter_alone_and_lowers_the_completion_loss(folder, tmp_path):
     model = AdapterCausalLM.from_preset(folder, method="lora", sequence_length=64)
     originals = {w.path: w.numpy().copy() for w in injection.get_state(model.backbone).original_weights}
@@ -210,6 +211,7 @@ def test_prompt_tuning_puts_virtual_tokens_in_front_as_peft_does(folder):
     assert np.abs(NumpyLlama(folder)(IDS) - expected).max() > 1e-2 * np.abs(expected).max()
 
 
+@pytest.mark.slow  # a few trainings or exports: CI runs it with the slow tests
 def test_a_prompt_adapter_trains_alone_and_its_folder_reloads(folder, tmp_path):
     model = AdapterCausalLM.from_preset(folder, method=PromptConfig(num_virtual_tokens=4, init="text",
                                                                      init_text="abc"), sequence_length=64)
@@ -240,6 +242,7 @@ def test_prefix_tuning_puts_keys_and_values_in_front_of_every_layer_s_cache_as_p
     assert np.abs(NumpyLlama(folder)(IDS) - expected).max() > 1e-2 * np.abs(expected).max()
 
 
+@pytest.mark.slow  # a few trainings or exports: CI runs it with the slow tests
 def test_a_prefix_trains_through_its_mlp_and_saves_the_prefixes_it_computes(folder, tmp_path):
     model = AdapterCausalLM.from_preset(folder, method=PrefixConfig(prefix_length=4, bottleneck_size=8),
                                         sequence_length=64)

@@ -73,6 +73,7 @@ def test_served_greedy_text_routed_rows_and_sampling(model, tmp_path):
     assert wide["outputs"]["text"] != expected["a0"] * 2
 
 
+@pytest.mark.slow  # a few trainings or exports: CI runs it with the slow tests
 def test_chat_prompts_are_written_with_the_template_and_stop_tokens_cut_in_the_graph(model, tmp_path):
     assert chat_halves(model) == ("<|im_start|>", "<|im_end|>")  # the tiny model's template
     _alone(model, "a1", PROMPTS, chat=True)  # greedy decoding, adapter a1
@@ -90,6 +91,7 @@ def test_chat_prompts_are_written_with_the_template_and_stop_tokens_cut_in_the_g
     assert response["outputs"]["text"] == expected
 
 
+@pytest.mark.slow  # a few trainings or exports: CI runs it with the slow tests
 @pytest.mark.parametrize("method", ["prompt", "prefix"])
 def test_input_end_adapters_are_served_with_their_virtual_tokens_or_prefix(model, tmp_path, method):
     from keras_adapters.methods.prefix import PrefixConfig
