@@ -318,6 +318,18 @@ class WrappedLayer(UnitHooks, keras.layers.Layer):
         return self.base.compute_output_shape(input_shape)
 
 
+class InputEndUnit(WrappedLayer):
+    """A unit at the backbone's input end (virtual tokens, a decoder's cache
+    prefix): the model reads its weights where it builds the input, so as a
+    layer it passes its input through."""
+
+    def call(self, inputs):
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
 class RoutedUnits(UnitHooks):
     """Units of several adapters at one site, each row computing its own.
 

@@ -22,6 +22,7 @@ import keras
 from keras import ops
 
 from keras_adapters.methods.base import AdapterConfig
+from keras_adapters.methods.base import InputEndUnit
 from keras_adapters.methods.base import WrappedLayer
 from keras_adapters.methods.base import Shared
 from keras_adapters.methods.base import check_positive_int
@@ -164,7 +165,7 @@ class PrefixProjection(WrappedLayer):
 
 
 @keras.saving.register_keras_serializable(package="keras_adapters")
-class CachePrefix(WrappedLayer):
+class CachePrefix(InputEndUnit):
     """A decoder's prefix: keys and values every layer's self-attention reads
     first, written into the front of its KV cache (as peft hands a causal LM
     `past_key_values`); the model puts them there (`keras_adapters.models.decoding`).
@@ -225,12 +226,6 @@ class CachePrefix(WrappedLayer):
             return super().keyed_weights(scope)
         past = self.past()  # folded: what the MLP computes now
         return {"keys": past[:, 0], "values": past[:, 1]}
-
-    def call(self, inputs):
-        return inputs
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
 
     def get_config(self):
         config = super().get_config()

@@ -28,7 +28,7 @@ import numpy as np
 from keras import ops
 
 from keras_adapters.methods.base import AdapterConfig
-from keras_adapters.methods.base import WrappedLayer
+from keras_adapters.methods.base import InputEndUnit
 from keras_adapters.methods.base import check_choice
 from keras_adapters.methods.base import check_positive_int
 
@@ -98,7 +98,7 @@ def strip_prompts(sequence, units):
 
 
 @keras.saving.register_keras_serializable(package="keras_adapters")
-class PromptEmbedding(WrappedLayer):
+class PromptEmbedding(InputEndUnit):
     """Trainable virtual tokens for the embedding output.
 
     Args:
@@ -148,12 +148,6 @@ class PromptEmbedding(WrappedLayer):
             return ops.concatenate([prompt, x], axis=1), ops.concatenate([on, padding_mask], axis=1)
         x = ops.concatenate([x[:, :1], prompt, x[:, 1:]], axis=1)
         return x, ops.concatenate([padding_mask[:, :1], on, padding_mask[:, 1:]], axis=1)
-
-    def call(self, inputs):
-        return inputs
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
 
     def get_config(self):
         config = super().get_config()
