@@ -184,6 +184,7 @@ def test_impossible_options_are_refused_before_anything_loads(tiny_preset, tmp_p
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # the default run's budget (15 min on 2 cores): CI runs it with the slow tests
 def test_a_diverging_run_fails_and_saves_nothing_non_finite(tiny_preset, tmp_path):
     data = write_class_folders(tmp_path / "data", per_class=6)
     run = tmp_path / "run"

@@ -51,7 +51,18 @@ class Family:
             right-padded rows (`key_mask` their padding mask).
         rotate_past: for decoders, `(language_model, past, offsets) -> past`:
             a prefix's cached keys and values for rows whose tokens sit
-            `offsets` columns after their positions (left padding).
+            `offsets` columns after their positions (left padding); `None`
+            where cached keys carry no position (absolute embeddings).
+        cache_shape: for decoders, `backbone -> (layers, kv heads, head_dim)`
+            of its KV cache.
+        add_positions: for decoders with absolute position embeddings
+            (GPT-2), `(language_model, embeddings, positions) -> embeddings`
+            with each column's position embedding added (`positions`
+            `[batch, columns]`); `None` where attention places tokens itself
+            (rotary embeddings).
+        max_positions: `backbone -> the most positions it has` (`None`: no limit).
+        model_types: the Hugging Face `model_type`s of the family's checkpoints.
+        tokenizer: `folder -> keras-hub tokenizer` of such a checkpoint.
     """
 
     name: str
@@ -67,6 +78,11 @@ class Family:
     huggingface_sites: dict = dataclasses.field(default_factory=dict)
     cached_forward: Callable | None = None
     rotate_past: Callable | None = None
+    cache_shape: Callable | None = None
+    add_positions: Callable | None = None
+    max_positions: Callable | None = None
+    model_types: tuple = ()
+    tokenizer: Callable | None = None
 
     def owns(self, layer):
         return isinstance(layer, self.layer_types())
@@ -114,9 +130,14 @@ def family_of(backbone):
     raise ValueError(
         f"{type(backbone).__name__} has no transformer layers keras-adapters knows where to put adapters in; "
         f"the supported families are {[f.name for f in _FAMILIES]} (keras-hub BertBackbone-style encoders "
-        "and Llama-family decoders such as Llama3Backbone)."
+        "and the decoders of Llama3Backbone and GPT2Backbone)."
     )
 
 
 def families():
     return list(_FAMILIES)
+
+
+def family_of_checkpoint(model_type):
+    """The family whose Hugging Face checkpoints have `model_type`, or `None`."""
+    return next((f for f in _FAMILIES if model_type in f.model_types), None)

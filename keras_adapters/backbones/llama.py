@@ -4,6 +4,11 @@ keras-hub's `Llama3Backbone` computes these models; its Hugging Face loader
 leaves the RMS-norm epsilon at its default (1e-6), so the checkpoint's own
 `rms_norm_eps` is passed here (SmolLM2's is 1e-5). A `.gguf` file becomes
 such a folder first (`keras_adapters.io.gguf_checkpoint`).
+
+Rotary position embeddings make attention depend on distances only, so rows
+padded on the left decode as they are (`keras_adapters.models.decoding`);
+only a prefix's cached keys, which carry no rotation, are turned by each
+row's padding (`rotate_past`).
 """
 
 import json
@@ -11,9 +16,11 @@ import os
 
 import tensorflow as tf
 
+from keras_adapters.backbones.decoder import cached_forward
 from keras_adapters.backbones.family import Family
 from keras_adapters.backbones.family import register_family
 from keras_adapters.backbones.huggingface import model_type
+from keras_adapters.backbones.huggingface import tokenizer_json
 
 #: Site name -> attribute path from a keras-hub `LlamaTransformerDecoder`
 #: (Llama3Backbone's layers too). The layer is pre-norm with a gated
@@ -62,29 +69,9 @@ def language_model(backbone):
     return Llama3CausalLM(backbone, preprocessor=None)
 
 
-def cached_forward(language_model, x, cache, index, key_mask):
-    """The decoder over embeddings `x` (columns `index`... of the rows),
-    reading and writing the cache, keys masked by `key_mask` `[batch, cache
-    length]`; with `cache=None`, over whole rows (`key_mask` their padding mask).
-
-    Returns:
-        (final hidden states, updated cache or `None`). Rotary position
-        embeddings make attention depend on relative positions only, so rows
-        may be padded on the left (`keras_adapters.models.decoding`).
-    """
-    backbone = language_model.backbone
-    if cache is None:
-        for layer in backbone.transformer_layers:
-            x = layer(x, decoder_padding_mask=key_mask)
-        return backbone.layer_norm(x), None
-    shape = tf.stack([tf.shape(x)[0], tf.shape(x)[1], tf.shape(key_mask)[1]])
-    mask = tf.broadcast_to(tf.cast(key_mask, "int32")[:, None, :], shape)
-    caches = []
-    for i, layer in enumerate(backbone.transformer_layers):
-        x, layer_cache = layer(x, decoder_attention_mask=mask, self_attention_cache=cache[:, i, ...],
-                               self_attention_cache_update_index=index)
-        caches.append(layer_cache)
-    return backbone.layer_norm(x), tf.stack(caches, axis=1)
+def cache_shape(backbone):
+    """(layers, kv heads, head_dim) of the decoder's KV cache (grouped-query attention)."""
+    return int(backbone.num_layers), int(backbone.num_key_value_heads), int(backbone.hidden_dim) // int(backbone.num_query_heads)
 
 
 def rotate_past(language_model, past, offsets):
@@ -101,13 +88,6 @@ def rotate_past(language_model, past, offsets):
     positions = tf.broadcast_to(tf.cast(offsets, tf.float32)[:, None], tf.shape(keys)[:2])
     keys = tf.reshape(rotary(keys, positions=positions), tf.shape(past[:, :, 0]))
     return tf.stack([keys, past[:, :, 1]], axis=2)
-
-
-FAMILY = register_family(
-    Family("llama", _layer_types, SITES, ALIASES, input_end=True, input_layers=("token_embedding", "transformer_layers"),
-           prompt_placements=("before_cls",), huggingface_layers=r"model\.layers", huggingface_sites=HUGGINGFACE_SITES,
-           language_model=language_model, cached_forward=cached_forward, rotate_past=rotate_past)
-)
 
 
 def is_huggingface_llama(folder):
@@ -134,17 +114,9 @@ def from_huggingface(folder, load_weights=True, **kwargs):
     return get_preset_loader(folder).load_backbone(Llama3Backbone, load_weights, layer_norm_epsilon=epsilon, **kwargs)
 
 
-def _tokenizer_json(folder):
-    path = os.path.join(folder, "tokenizer.json")
-    if not os.path.exists(path):
-        return {}
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def _byte_level(tokenizer_json):
+def _byte_level(settings):
     """Whether a tokenizer.json splits text as byte-level BPE does (GPT-2, Llama 3, SmolLM2)."""
-    text = json.dumps({k: tokenizer_json.get(k) for k in ("pre_tokenizer", "decoder")})
+    text = json.dumps({k: settings.get(k) for k in ("pre_tokenizer", "decoder")})
     return '"ByteLevel"' in text
 
 
@@ -158,7 +130,7 @@ def tokenizer(folder):
     from keras_hub.src.models.llama3.llama3_tokenizer import Llama3Tokenizer
     from keras_hub.src.utils.preset_utils import get_preset_loader
 
-    if not _byte_level(_tokenizer_json(folder)):
+    if not _byte_level(tokenizer_json(folder)):
         raise ValueError(
             f"{folder}: tokenizer.json is not a byte-level BPE tokenizer (Llama 3, SmolLM2); SentencePiece-style "
             "Llama tokenizers (Llama 2, TinyLlama) are not supported yet."
@@ -166,33 +138,9 @@ def tokenizer(folder):
     return get_preset_loader(folder).load_tokenizer(Llama3Tokenizer)
 
 
-def start_token_id(folder, tokenizer):
-    """The id the checkpoint's tokenizer puts before every text, or None:
-    `add_bos_token` of `tokenizer_config.json`, else a special token first in
-    `tokenizer.json`'s post-processor (Llama 3's); SmolLM2 adds none."""
-    path = os.path.join(folder, "tokenizer_config.json")
-    settings = {}
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            settings = json.load(f)
-    if "add_bos_token" in settings:
-        return tokenizer.start_token_id if settings["add_bos_token"] else None
-    processor = _tokenizer_json(folder).get("post_processor") or {}
-    processors = processor.get("processors", [processor])
-    for item in processors:
-        single = item.get("single") if item.get("type") == "TemplateProcessing" else None
-        if single and "SpecialToken" in single[0]:
-            return tokenizer.token_to_id(single[0]["SpecialToken"]["id"])
-    return None
-
-
-def stop_token_ids(folder, tokenizer):
-    """The ids that end a generation: the tokenizer's end token(s) and the
-    `eos_token_id`s of `generation_config.json` (Llama 3 Instruct ends turns with another)."""
-    ids = [tokenizer.end_token_id, getattr(tokenizer, "end_token2_id", None)]
-    path = os.path.join(folder, "generation_config.json")
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            eos = json.load(f).get("eos_token_id")
-        ids += eos if isinstance(eos, list) else [eos]
-    return tuple(dict.fromkeys(int(i) for i in ids if i is not None))
+FAMILY = register_family(
+    Family("llama", _layer_types, SITES, ALIASES, input_end=True, input_layers=("token_embedding", "transformer_layers"),
+           prompt_placements=("before_cls",), huggingface_layers=r"model\.layers", huggingface_sites=HUGGINGFACE_SITES,
+           language_model=language_model, cached_forward=cached_forward, rotate_past=rotate_past,
+           cache_shape=cache_shape, model_types=("llama",), tokenizer=tokenizer)
+)

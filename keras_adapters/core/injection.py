@@ -600,7 +600,11 @@ def _check_family(family, config):
 def _add_input_end(backbone, state, name, config):
     holder = _input_site(state, backbone)
     hidden_dim = int(backbone.hidden_dim)
-    unit = config.make_unit(INPUT_SITE, backbone, dtype=backbone.dtype_policy, hidden_dim=hidden_dim)
+    shared = Shared()
+    family = family_of(backbone)
+    if family.cache_shape is not None:  # a decoder's prefix is shaped like its KV cache
+        shared.update(cache_shape=family.cache_shape(backbone))
+    unit = config.make_unit(INPUT_SITE, backbone, dtype=backbone.dtype_policy, hidden_dim=hidden_dim, shared=shared)
     _build_under(f"{holder.scope}/{name}", unit, (None, None, hidden_dim))
     with unlocked(holder):
         holder.units[name] = unit

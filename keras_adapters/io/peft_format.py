@@ -15,7 +15,9 @@ modules) is refused with its name, never dropped. Per-module ranks and alphas
 (`rank_pattern`, `alpha_pattern`) become the same options of `LoRAConfig`,
 one exact unit name per module that differs. A `PROMPT_TUNING` folder's
 `prompt_embeddings` become a `PromptConfig(placement="before_cls")`, peft's
-placement; peft's prefix tuning is refused with the reason (see `_NOT_READ`).
+placement. A causal LM's `PREFIX_TUNING` folder (the keys and values peft
+hands it as `past_key_values`) becomes a `PrefixConfig` at the front of the
+KV cache; a BERT classifier's is refused with the reason (see `_NOT_READ`).
 """
 
 import json
@@ -52,6 +54,8 @@ _POOLER_KEY = re.compile(r"base_model\.(?:model\.)?bert\.pooler\.dense\.(lora_A\
 PROMPT_KEY = "prompt_embeddings"
 #: Our key of a prompt adapter's vectors (its unit at the embedding output).
 _OUR_PROMPT_KEY = "embeddings/embedding_output/prompt"
+#: Our keys of a decoder prefix's keys and values (its unit at the embedding output).
+_OUR_PREFIX_KEYS = ("embeddings/embedding_output/keys", "embeddings/embedding_output/values")
 
 
 def is_peft_folder(directory):
@@ -91,12 +95,12 @@ class PeftFolder:
         self.peft = json.loads((Path(directory) / CONFIG_FILE).read_text(encoding="utf-8"))
         self.base = self.peft.get("base_model_name_or_path")
         kind = self.peft["peft_type"]
-        if kind in _NOT_READ:
+        if kind in _NOT_READ and head:  # a causal LM's prefix is its KV cache's front: read below
             self._fail(f"peft type {kind!r}: {_NOT_READ[kind]}")
         self._raw = read_tensor_file(Path(directory), WEIGHT_FILES, self.source)
         self._units, head = self._parse()
         self._head = head
-        readers = {"LORA": self._lora, "IA3": self._ia3, "PROMPT_TUNING": self._prompt}
+        readers = {"LORA": self._lora, "IA3": self._ia3, "PROMPT_TUNING": self._prompt, "PREFIX_TUNING": self._prefix}
         if kind not in readers:
             raise AdapterFormatError(
                 f"{self.source}: peft type {kind!r} cannot be read yet (this keras-adapters reads "
@@ -137,12 +141,13 @@ class PeftFolder:
             if pooler:
                 self._pooler[pooler.group(1)] = value
             elif layer and layer.group(3) in sites:
-                unit = (int(layer.group(2)), sites[layer.group(3)])
-                units.setdefault(unit, {})[layer.group(4)] = value
-                self._modules[unit] = layer.group(1)
+                for site, part in _split_fused(sites[layer.group(3)], layer.group(4), value):
+                    unit = (int(layer.group(2)), site)
+                    units.setdefault(unit, {})[layer.group(4)] = part
+                    self._modules[unit] = layer.group(1)
             elif head_match:
                 head[head_match.group(2)] = value
-            elif key == PROMPT_KEY and self.peft.get("peft_type") == "PROMPT_TUNING":
+            elif key == PROMPT_KEY and self.peft.get("peft_type") in ("PROMPT_TUNING", "PREFIX_TUNING"):
                 units["prompt"] = {key: value}
             else:
                 unknown.append(key)
@@ -254,6 +259,27 @@ class PeftFolder:
         # peft puts word vectors before [CLS] (PromptConfig's "before_cls"); the vectors are read, so no init is replayed.
         return {"method": "prompt", "num_virtual_tokens": int(prompt.shape[0]), "init": "random", "placement": "before_cls"}
 
+    def _prefix(self):
+        """A causal LM's prefix: peft saves the keys and values it hands the
+        model as `past_key_values` (the MLP's output when it trained through
+        one), `[virtual tokens, layers x 2 x kv heads x head_dim]`."""
+        prompt = self._units.get("prompt", {}).get(PROMPT_KEY)
+        if prompt is None or set(self._units) != {"prompt"} or prompt.ndim != 2:
+            self._fail(f"a PREFIX_TUNING folder holds '{PROMPT_KEY}' [virtual tokens, layers x 2 x hidden]; "
+                       f"found {sorted(self._raw)}.")
+        return {"method": "prefix", "prefix_length": int(prompt.shape[0]), "reparameterize": False}
+
+    def _prefix_tensors(self, shapes):
+        """Our prefix's keys and values `[layers, length, kv heads, head_dim]` from peft's rows, whose
+        columns are (layer, key or value, head, dim) in that order (peft's `get_prompt`)."""
+        prompt = self._units["prompt"][PROMPT_KEY]
+        layers, length, heads, dim = shapes[_OUR_PREFIX_KEYS[0]]
+        if prompt.shape != (length, layers * 2 * heads * dim):
+            self._fail(f"{PROMPT_KEY} has shape {tuple(prompt.shape)}; this model's cache needs {length} rows of "
+                       f"{layers} layers x 2 x {heads} heads x {dim} = {layers * 2 * heads * dim} (another checkpoint?).")
+        past = prompt.reshape(length, layers, 2, heads, dim).transpose(1, 2, 0, 3, 4)
+        return {_OUR_PREFIX_KEYS[0]: past[:, 0], _OUR_PREFIX_KEYS[1]: past[:, 1]}
+
     def _ia3(self):
         target_layers, sites = self._layers_and_sites(LINEAR_SITES)
         # peft scales a feed-forward module's input ((1, in) vectors), any other module's output.
@@ -271,6 +297,9 @@ class PeftFolder:
         if self._pooler:
             out["hidden/kernel"], out["hidden/bias"] = self._pooler_weights()
         names = {"lora_A.weight": "lora_a", "lora_B.weight": "lora_b", "lora_magnitude_vector": "magnitude", "ia3_l": "scale"}
+        if "prompt" in self._units and self.peft["peft_type"] == "PREFIX_TUNING":
+            out.update(self._prefix_tensors(shapes))
+            return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
         if "prompt" in self._units:
             out[_OUR_PROMPT_KEY] = self._units["prompt"][PROMPT_KEY]
             return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
@@ -284,6 +313,19 @@ class PeftFolder:
                 out[key] = value
         return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
 
+
+
+def _split_fused(sites, tensor, value):
+    """(site, tensor part) pairs of a module's tensor: the tensor itself for
+    a module that is one site; for a fused module (GPT-2's `c_attn`, whose
+    output rows are q, k and v one after another) each site's rows of what
+    is per output (LoRA's B, DoRA's magnitudes, (IA)^3's output scales) and
+    the whole of what is per input (LoRA's A, a feed-forward input scale)."""
+    if isinstance(sites, str):
+        return [(sites, value)]
+    per_output = tensor in ("lora_B.weight", "lora_magnitude_vector") or (tensor == "ia3_l" and value.shape[0] != 1)
+    parts = np.split(value, len(sites), axis=0) if per_output else [value] * len(sites)
+    return list(zip(sites, parts))
 
 
 def _our_key(shapes, layer, site, weight):

@@ -286,8 +286,7 @@ class PrefixConfig(AdapterConfig):
     def wrap(self, site, base, *, dtype, hidden_dim, shared):
         if site == INPUT_END_SITE:  # a decoder: `base` is the backbone
             return CachePrefix(
-                None, self.prefix_length, int(base.num_layers), int(base.num_key_value_heads),
-                int(base.hidden_dim) // int(base.num_query_heads), reparameterize=self.reparameterize,
+                None, self.prefix_length, *shared["cache_shape"], reparameterize=self.reparameterize,
                 hidden_dim=hidden_dim, bottleneck_size=self.bottleneck_size, dtype=dtype, name="prefix",
             )
         if site == ATTENTION_SITE:

@@ -7,8 +7,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_adapters.backbones import llama
+from keras_adapters.backbones import huggingface
+from keras_adapters.backbones.family import families
 from keras_adapters.backbones.family import family_of
+from keras_adapters.backbones.family import family_of_checkpoint
+from keras_adapters.backbones.huggingface import model_type
 from keras_adapters.core import composition
 from keras_adapters.core import injection
 from keras_adapters.io import adapter_folder as adapter_io
@@ -34,7 +37,7 @@ def _seeded(sampler):
 
 
 class AdapterCausalLM(keras.Model):
-    """A decoder (Llama family: SmolLM2, Llama 2/3) with named adapters.
+    """A decoder (Llama family: SmolLM2, Llama 3; GPT-2 family) with named adapters.
 
     The backbone stays frozen and unchanged; each adapter (LoRA/DoRA/rsLoRA,
     (IA)^3, Houlsby, Pfeiffer, parallel bottlenecks) is a set of units at
@@ -44,7 +47,7 @@ class AdapterCausalLM(keras.Model):
     the cached decoding steps run them too.
 
     Args:
-        backbone: a keras-hub decoder backbone (`Llama3Backbone`).
+        backbone: a keras-hub decoder backbone (`Llama3Backbone`, `GPT2Backbone`).
         tokenizer: its keras-hub tokenizer.
         method: the first adapter's method (name, dict or `AdapterConfig`),
             added as `"default"`, active and trainable; `None` for none.
@@ -94,23 +97,25 @@ class AdapterCausalLM(keras.Model):
 
     @classmethod
     def from_preset(cls, preset, method="lora", sequence_length=512, dtype=None, load_weights=True):
-        """A decoder checkpoint (a Hugging Face Llama folder, or a `.gguf`
-        file, converted once into a cached folder) with its tokenizer and
+        """A decoder checkpoint (a Hugging Face Llama or GPT-2 folder, or a
+        Llama `.gguf` file, converted once into a cached folder) with its tokenizer and
         chat template, and a first adapter of `method` (`None`: none)."""
         folder = presets.resolve_preset(preset)
-        if not llama.is_huggingface_llama(folder):
+        family = family_of_checkpoint(model_type(folder))
+        if family is None or family.language_model is None:
+            decoders = sorted(t for f in families() if f.language_model is not None for t in f.model_types)
             raise ValueError(
-                f"{preset!r} is not a Llama-family checkpoint (config.json model_type 'llama', or a .gguf file); "
-                "AdapterCausalLM adapts decoders."
+                f"{preset!r} is not a decoder checkpoint keras-adapters adapts (config.json model_type "
+                f"{model_type(folder)!r}; AdapterCausalLM takes {decoders}, or a Llama .gguf file)."
             )
         backbone = presets.load_backbone(folder, dtype=dtype, load_weights=load_weights)
-        tokenizer = llama.tokenizer(folder)
+        tokenizer = family.tokenizer(folder)
         template, special_tokens = chat_template.read_settings(folder)
         return cls(
             backbone, tokenizer, method=method, sequence_length=sequence_length,
             preset=presets.preset_reference(preset), template=template, special_tokens=special_tokens,
-            start_token_id=llama.start_token_id(folder, tokenizer),
-            stop_token_ids=llama.stop_token_ids(folder, tokenizer),
+            start_token_id=huggingface.start_token_id(folder, tokenizer),
+            stop_token_ids=huggingface.stop_token_ids(folder, tokenizer),
         )
 
     @classmethod
@@ -139,6 +144,22 @@ class AdapterCausalLM(keras.Model):
     @property
     def backbone(self):
         return self.language_model.backbone
+
+    @property
+    def max_positions(self):
+        """The most positions (virtual tokens, prefix, prompt and new tokens)
+        a row may have: a GPT-2's position table; `None` for rotary decoders."""
+        return self._family.max_positions(self.backbone) if self._family.max_positions else None
+
+    def _check_positions(self, tokens, what):
+        units = injection.input_units(self.backbone)
+        prompts, prefixes = decoding.split_units(units)
+        used = tokens + sum(u.num_virtual_tokens for u in prompts) + sum(u.prefix_length for u in prefixes)
+        if self.max_positions is not None and used > self.max_positions:
+            raise ValueError(
+                f"{what} need {used} positions (with the active adapters' virtual tokens and prefix), more than "
+                f"the {self.max_positions} this backbone's position embeddings have; use fewer tokens."
+            )
 
     def build(self, input_shape=None):
         self.built = True  # the language model is built with its backbone
@@ -221,6 +242,7 @@ class AdapterCausalLM(keras.Model):
     def dataset(self, data, batch_size=8, shuffle=False, chat=False, seed=0):
         """Batches of `(inputs, next tokens, completion weights)` from a JSONL
         file or a list of records (see `keras_adapters.tasks.causal_lm`)."""
+        self._check_positions(self.sequence_length, f"Examples of sequence_length {self.sequence_length}")
         records = data_lib.read(data) if isinstance(data, (str, bytes)) or hasattr(data, "__fspath__") else [
             data_lib.check_record(r, f"record {i}") for i, r in enumerate(data)
         ]
@@ -312,6 +334,7 @@ class AdapterCausalLM(keras.Model):
     def _generated_ids(self, texts, max_new_tokens, stop_token_ids):
         """Each text's generated token ids, up to (without) the first stop token."""
         rows = [self._prompt_ids(t) for t in texts]
+        self._check_positions(max(map(len, rows)) + int(max_new_tokens), "The prompt and max_new_tokens")
         # Prompts padded to a multiple of PROMPT_STEP tokens: few shapes to trace and compile.
         ids = np.zeros((len(rows), -(-max(map(len, rows)) // PROMPT_STEP) * PROMPT_STEP), np.int32)
         for i, row in enumerate(rows):

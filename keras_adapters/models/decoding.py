@@ -18,10 +18,13 @@ cache, `[prefix][padding][virtual tokens][prompt]`, its keys rotated by each
 row's padding (the family's `rotate_past`) so that every token meets them
 as it does without padding.
 
-Left padding shifts a row's positions; a family decodes this way only when
-its attention depends on relative positions (rotary embeddings: Llama). The
-family's `cached_forward` runs its decoder over a slice of the row with a
-key mask (see `keras_adapters.backbones.llama.cached_forward`).
+Left padding shifts a row's columns, not its positions: a token at cache
+column `c` of a row padded by `p` has position `c - p` (a prefix holds
+positions 0...). Rotary families (Llama) need nothing for that, attention
+depending on distances only; a family with absolute position embeddings
+(GPT-2) adds each column's own (`Family.add_positions`). The family's
+`cached_forward` runs its decoder over a slice of the row with a key mask
+(`keras_adapters.backbones.decoder.cached_forward`).
 
 keras-hub's samplers (greedy, top-k, top-p, ...) choose the tokens, so
 anything that takes a `keras_hub.samplers.Sampler` works here.
@@ -72,12 +75,23 @@ def past_of(language_model, prefixes, batch):
     return tf.broadcast_to(past[None], tf.concat([[batch], tf.shape(past)], 0))
 
 
+def positioned(language_model, family, x, positions):
+    """Embeddings `x` with their `positions` (`[batch, columns]`) where the
+    family adds position embeddings itself (GPT-2); `x` otherwise."""
+    if family.add_positions is None:
+        return x
+    return family.add_positions(language_model, x, positions)
+
+
 def forward(language_model, family, token_ids, padding_mask, units=()):
     """Hidden states of right-padded rows `[batch, length, hidden]` (training,
     scoring) with the active input-end units: virtual tokens in front (left
     out of the result again) and a prefix in a cache of its own."""
     prompts, prefixes = split_units(units)
     x, mask = embed(language_model, token_ids, padding_mask, prompts)
+    start = sum(unit.prefix_length for unit in prefixes)  # tokens after a prefix start at its length
+    positions = start + tf.broadcast_to(tf.range(tf.shape(x)[1])[None, :], tf.shape(x)[:2])
+    x = positioned(language_model, family, x, positions)
     if not prefixes:
         hidden, _ = family.cached_forward(language_model, x, None, 0, mask)
     else:
@@ -101,23 +115,25 @@ def left_align(x, lengths):
 
 
 def prefill(language_model, family, x, key_mask, max_new_tokens, prefixes=()):
-    """Fill a cache with the prefixes and the keys and values of left-aligned embeddings `x`.
+    """Fill a cache with the prefixes and the keys and values of left-aligned
+    token embeddings `x` (`key_mask` their real columns).
 
     Returns:
         (hidden states `[batch, width, hidden]`, cache with room for
         `max_new_tokens` more positions, the key mask over all of it, the
         prefixes' length).
     """
-    backbone = language_model.backbone
     batch, width = tf.shape(x)[0], tf.shape(x)[1]
-    head_dim = backbone.hidden_dim // backbone.num_query_heads
-    room = [batch, backbone.num_layers, 2, width + max_new_tokens, backbone.num_key_value_heads, head_dim]
-    cache = tf.zeros(tf.stack(room), language_model.compute_dtype)
+    layers, heads, head_dim = family.cache_shape(language_model.backbone)
+    cache = tf.zeros(tf.stack([batch, layers, 2, width + max_new_tokens, heads, head_dim]), language_model.compute_dtype)
+    padding = width - tf.reduce_sum(tf.cast(key_mask, tf.int32), axis=1)
     key_mask = tf.concat([tf.cast(key_mask, tf.bool), tf.ones(tf.stack([batch, max_new_tokens]), tf.bool)], axis=1)
     length = sum(unit.prefix_length for unit in prefixes)
+    x = positioned(language_model, family, x, length + tf.range(width)[None, :] - padding[:, None])
     if prefixes:
-        padding = width - tf.reduce_sum(tf.cast(key_mask[:, :width], tf.int32), axis=1)
-        past = family.rotate_past(language_model, past_of(language_model, prefixes, batch), padding)
+        past = past_of(language_model, prefixes, batch)
+        if family.rotate_past is not None:
+            past = family.rotate_past(language_model, past, padding)
         cache = tf.concat([past, cache], axis=3)
         key_mask = tf.concat([tf.ones([batch, length], tf.bool), key_mask], axis=1)
     hidden, cache = family.cached_forward(language_model, x, cache, length, key_mask)
@@ -129,7 +145,7 @@ def generate(language_model, family, token_ids, lengths, max_new_tokens, sampler
 
     Args:
         language_model: a keras-hub `CausalLM` (its backbone and token embedding).
-        family: the backbone's family (`cached_forward`, `rotate_past`).
+        family: the backbone's family (`cached_forward`, `cache_shape`, ...).
         token_ids: int32 `[batch, width]`, each prompt's ids first (right-padded).
         lengths: int32 `[batch]`, each prompt's length (at least 1).
         max_new_tokens: an int or a scalar int32 tensor.
@@ -146,18 +162,22 @@ def generate(language_model, family, token_ids, lengths, max_new_tokens, sampler
     x, key_mask = left_align(x, tf.reduce_sum(tf.cast(padding_mask, tf.int32), axis=1))
     hidden, cache, full_mask, length = prefill(language_model, family, x, key_mask, max_new_tokens, prefixes)
     start = length + tf.shape(x)[1]  # the first new token's cache column
+    padding = tf.shape(x)[1] - tf.reduce_sum(tf.cast(key_mask, tf.int32), axis=1)
 
     def next_token_logits(tokens, cache, index):
         token = tf.slice(tokens, tf.stack([0, index - 1]), tf.stack([batch, 1]))
-        states, cache = family.cached_forward(language_model, backbone.token_embedding(token), cache, index - 1,
-                                              full_mask)
+        embedded = positioned(language_model, family, backbone.token_embedding(token), index - 1 - padding[:, None])
+        states, cache = family.cached_forward(language_model, embedded, cache, index - 1, full_mask)
         logits = backbone.token_embedding(states, reverse=True)
         return logits[:, 0], states[:, 0], cache
 
     # The sampler reads ids by cache column: each row's prompt ids end at column `start` as its embeddings do.
     aligned, _ = left_align(token_ids, lengths)
     front = tf.zeros(tf.stack([batch, start - tf.shape(token_ids)[1]]), token_ids.dtype)
-    tokens = tf.concat([front, aligned, tf.zeros(tf.stack([batch, max_new_tokens]), token_ids.dtype)], axis=1)
+    # The slots of new tokens start at -1: the sampler ends the loop once every row holds a stop id outside its
+    # prompt, and a checkpoint whose stop id is 0 would otherwise be done before it starts.
+    room = tf.fill(tf.stack([batch, max_new_tokens]), tf.constant(-1, token_ids.dtype))
+    tokens = tf.concat([front, aligned, room], axis=1)
     in_prompt = tf.broadcast_to(tf.range(start + max_new_tokens)[None, :] < start, tf.shape(tokens))
     # Hidden states of every column (contrastive search reads them); the others start at zero.
     states = tf.concat([tf.zeros(tf.stack([batch, length, tf.shape(hidden)[2]]), hidden.dtype), hidden,

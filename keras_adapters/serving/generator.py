@@ -90,7 +90,8 @@ class Generator:
 
     def __init__(self, model, names=None, chat=False, sequence_length=SEQUENCE_LENGTH):
         self.model = model
-        self.sequence_length = int(sequence_length)
+        # A family with position embeddings (GPT-2) has no positions past its table.
+        self.sequence_length = min(int(sequence_length), model.max_positions or int(sequence_length))
         self.language_model = model.language_model
         self.family = family_of(model.backbone)
         self.tokenizer = model.tokenizer
@@ -128,7 +129,8 @@ class Generator:
             tf.debugging.assert_less_equal(
                 tf.shape(ids)[1] + virtual + max_new_tokens, self.sequence_length,
                 message=f"a prompt's tokens plus max_new_tokens exceed {self.sequence_length}, the most this "
-                        "model was exported for (ask for fewer tokens, or export with a larger sequence_length)",
+                        "model was exported for (ask for fewer tokens, or export with a larger sequence_length, "
+                        f"up to the {self.model.max_positions or 'unlimited'} positions its backbone has)",
             ),
         ]
         with tf.control_dependencies(checks):

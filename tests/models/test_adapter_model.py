@@ -52,6 +52,7 @@ def test_each_adapter_does_its_task(three_tasks, tiny_preset, tmp_path):
     assert reader.answer("the news", "the bank won the cup today") == pytest.approx(answer)
 
 
+@pytest.mark.slow  # the default run's budget (15 min on 2 cores): CI runs it with the slow tests
 def test_one_saved_model_serves_the_three_tasks(three_tasks, tmp_path):
     model = three_tasks
     out = ka.export_multi_adapter_saved_model(model, str(tmp_path / "three"))

@@ -358,6 +358,7 @@ def test_rerun_with_other_settings_is_refused_unless_asked_to_start_over(tiny_pr
     assert len(json.loads((run / "history.json").read_text())["loss"]) == 1
 
 
+@pytest.mark.slow  # the default run's budget (15 min on 2 cores): CI runs it with the slow tests
 def test_a_run_keeps_its_learning_rate_when_a_newer_default_differs(tiny_preset, tmp_path, monkeypatch):
     """A run started before `tasks.defaults` changed its (task, method) rate
     resumes (here: is found complete) at its own rate, not refused as changed."""
@@ -375,6 +376,7 @@ def test_a_run_keeps_its_learning_rate_when_a_newer_default_differs(tiny_preset,
     assert json.loads((tmp_path / "fresh" / "train_config.json").read_text())["learning_rate"] == 5e-3
 
 
+@pytest.mark.slow  # the default run's budget (15 min on 2 cores): CI runs it with the slow tests
 def test_a_run_keeps_its_precision_when_auto_picks_another(tiny_preset, tmp_path, monkeypatch):
     """`--precision auto` picked mixed_bfloat16 before 0.12: such a run resumes
     in it (here: is found complete), while a new run gets today's pick."""
@@ -449,6 +451,7 @@ def test_mixed_float16_end_to_end(tiny_preset, text_folder, tmp_path):
     np.testing.assert_allclose(served["probabilities"].numpy(), reference, atol=5e-3)
 
 
+@pytest.mark.slow  # the default run's budget (15 min on 2 cores): CI runs it with the slow tests
 def test_a_model_that_predicts_one_class_is_warned_about(tiny_preset):
     """The first symptom users hit (a tagger answering O everywhere): said
     during training, and only when it happens."""

@@ -111,3 +111,34 @@ def test_input_end_adapters_are_served_with_their_virtual_tokens_or_prefix(model
         model.delete_adapter("p")
     (response,) = serve_many(saved, [_request(PROMPTS)], tmp_path)
     assert response["outputs"]["text"] == expected
+
+
+@pytest.mark.slow  # exports: CI runs it with the slow tests
+def test_a_gpt2_is_served_routed_with_positions_per_row_and_its_position_limit(tmp_path):
+    """GPT-2 adds absolute position embeddings itself: served rows padded on the
+    left must decode as the Keras model does, and the export's length limit is
+    the position table's."""
+    from keras_adapters.methods.prompt import PromptConfig
+    from tiny_gpt2 import POSITIONS, tiny_gpt2_folder
+
+    model = AdapterCausalLM.from_preset(tiny_gpt2_folder(tmp_path / "gpt2"), method=None)
+    for seed, name in enumerate(["a0", "a1"]):
+        model.add_adapter(name, {"method": "lora", "rank": 4})
+        rng = np.random.default_rng(seed)
+        for w in injection.adapter_weights_by_key(model.backbone, name).values():
+            w.assign(rng.normal(0, 0.3 + 0.3 * seed, w.shape).astype("float32"))
+    model.add_adapter("p", PromptConfig(num_virtual_tokens=3, init="random"))
+    for w in injection.adapter_weights_by_key(model.backbone, "p").values():
+        w.assign(np.random.default_rng(5).normal(0, 1.0, w.shape).astype("float32"))
+    expected = {name: _alone(model, name, PROMPTS) for name in ("a0", "a1", "p")}
+    assert len({tuple(texts) for texts in expected.values()}) == 3
+    routed = export_generator(model, tmp_path / "routed", names=["a0", "a1"])  # default sequence_length: 4096
+    model.set_active_adapters("p")
+    prompt = export_generator(model, tmp_path / "prompt")
+    rows = ["a1", "a0", "a0", "a1"]
+    mixed, too_long = serve_many(routed, [_request(PROMPTS, adapter=rows),
+                                          _request(PROMPTS, adapter=rows, new=POSITIONS)], tmp_path)
+    assert mixed["outputs"]["text"] == [expected[name][i] for i, name in enumerate(rows)]
+    assert f"exceed {POSITIONS}, the most this model was exported for" in too_long["error"]
+    (virtual,) = serve_many(prompt, [_request(PROMPTS)], tmp_path)
+    assert virtual["outputs"]["text"] == expected["p"]

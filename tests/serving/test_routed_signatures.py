@@ -113,6 +113,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow  # the default run's budget (15 min on 2 cores): CI runs it with the slow tests
 def test_each_task_routes_its_adapters_in_one_saved_model(every_task, tmp_path):
     model = every_task
     expected = _references(model)

@@ -79,6 +79,7 @@ def adapter_runs(tiny_preset, tmp_path_factory):
     return [root / name for name in data]
 
 
+@pytest.mark.slow  # the default run's budget (15 min on 2 cores): CI runs it with the slow tests
 def test_an_export_of_several_runs_warms_up_every_signature(adapter_runs, tmp_path, capsys):
     runs_ = adapter_runs
     kept = {runs.task_name(r): json.loads((r / "examples.json").read_text())["inputs"] for r in runs_}

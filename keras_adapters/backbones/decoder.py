@@ -1,0 +1,35 @@
+"""What keras-hub's decoder families share: their layers' cached call.
+
+keras-hub's `LlamaTransformerDecoder` and its generic `TransformerDecoder`
+(GPT-2's layers) take the same arguments (`decoder_padding_mask`,
+`decoder_attention_mask`, `self_attention_cache`,
+`self_attention_cache_update_index`) and their backbones end with
+`layer_norm`, so one forward serves both; a family adds what differs (how
+positions enter) around it.
+"""
+
+import tensorflow as tf
+
+
+def cached_forward(language_model, x, cache, index, key_mask):
+    """The decoder's layers over embeddings `x` (columns `index`... of the
+    rows, positions already in them where the family adds them), reading and
+    writing the cache, keys masked by `key_mask` `[batch, cache length]`;
+    with `cache=None`, over whole rows (`key_mask` their padding mask).
+
+    Returns:
+        (final hidden states, updated cache or `None`).
+    """
+    backbone = language_model.backbone
+    if cache is None:
+        for layer in backbone.transformer_layers:
+            x = layer(x, decoder_padding_mask=key_mask)
+        return backbone.layer_norm(x), None
+    shape = tf.stack([tf.shape(x)[0], tf.shape(x)[1], tf.shape(key_mask)[1]])
+    mask = tf.broadcast_to(tf.cast(key_mask, "int32")[:, None, :], shape)
+    caches = []
+    for i, layer in enumerate(backbone.transformer_layers):
+        x, layer_cache = layer(x, decoder_attention_mask=mask, self_attention_cache=cache[:, i, ...],
+                               self_attention_cache_update_index=index)
+        caches.append(layer_cache)
+    return backbone.layer_norm(x), tf.stack(caches, axis=1)
