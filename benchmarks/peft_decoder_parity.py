@@ -6,7 +6,10 @@ random layer norms and biases, the fused `c_attn` projection, learned
 positions) — is trained 6 AdamW steps in PyTorch with peft (LoRA on
 all-linear with rsLoRA, DoRA, (IA)^3 at peft's defaults, prompt tuning),
 saved with `save_pretrained`; `AdapterCausalLM.from_adapter` loads each
-folder and its logits are compared with PyTorch's on the same ids.
+folder and its logits are compared with PyTorch's on the same ids. The other
+way, our adapters (random weights; LoRA on GPT-2's query and value only, a
+part of its fused `c_attn`; per-unit ranks; DoRA; (IA)^3; prompt; prefix) are
+written with `convert --to peft` and run by `PeftModel.from_pretrained`.
 
     .venv/bin/python benchmarks/peft_decoder_parity.py --torch-python PTENV/bin/python --family gpt2
 
@@ -60,9 +63,69 @@ def torch_side(base, out, kind, family):
         np.save(os.path.join(out, "logits.npy"), model(input_ids=ids).logits[:, -len(IDS[0]):].numpy())
 
 
+def torch_load(base, folder):
+    """PyTorch + peft's logits for our adapter written as a peft folder."""
+    import numpy as np
+    import peft
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = peft.PeftModel.from_pretrained(model, folder).eval()
+    with torch.no_grad():
+        np.save(os.path.join(folder, "logits.npy"), model(input_ids=torch.tensor(IDS)).logits[:, -len(IDS[0]):].numpy())
+
+
+#: Our adapters written for peft (`keras-adapters convert --to peft`): name -> method config per family.
+BACK = {
+    # Query and value only: two thirds of GPT-2's c_attn.
+    "lora_qv": lambda family: {"method": "lora", "rank": 4, "alpha": 8, "target_modules": ["query", "value"]},
+    "lora_all_rs": lambda family: {"method": "lora", "rank": 4, "alpha": 8, "use_rslora": True,
+                                   "rank_pattern": {"value": 2}, "target_modules": ALL_LINEAR[family]},
+    "dora": lambda family: {"method": "lora", "rank": 2, "alpha": 4, "use_dora": True,
+                            "target_modules": ["query", "key", "value", "feedforward_output_dense"]},
+    "ia3": lambda family: {"method": "ia3"},
+    "prompt": lambda family: {"method": "prompt", "num_virtual_tokens": 4, "init": "random"},
+    "prefix": lambda family: {"method": "prefix", "prefix_length": 3, "reparameterize": False},
+}
+ALL_LINEAR = {"llama": ["query", "key", "value", "attention_output", "feedforward_gate_dense",
+                        "feedforward_intermediate_dense", "feedforward_output_dense"],
+              "gpt2": ["query", "key", "value", "attention_output", "feedforward_intermediate_dense",
+                       "feedforward_output_dense"]}
+
+
+def back_rows(args, base, work, inputs, plain):
+    """Our adapters, random weights, written as peft folders and run by PyTorch + peft."""
+    import numpy as np
+
+    from keras_adapters.core import injection
+    from keras_adapters.models.causal_lm import AdapterCausalLM
+    from keras_adapters.runs import conversion
+
+    rows = {}
+    for kind, method in BACK.items():
+        model = AdapterCausalLM.from_preset(base, method=method(args.family))
+        rng = np.random.default_rng(0)
+        for w in injection.adapter_weights_by_key(model.backbone, "default").values():
+            w.assign((rng.normal(0, 0.3, w.shape) + (1.0 if w.path.endswith(("scale", "magnitude")) else 0.0))
+                     .astype("float32"))
+        model.save_adapter(work / f"ours_{kind}")
+        conversion.to_peft(work / f"ours_{kind}", work / f"peft_{kind}")
+        subprocess.run([args.torch_python, HERE, "--torch-load", base, str(work / f"peft_{kind}")], check=True,
+                       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+        expected = np.load(work / f"peft_{kind}" / "logits.npy")
+        ours = np.asarray(model(inputs))
+        rows[kind] = {"max_abs_difference": float(np.abs(ours - expected).max()),
+                      "adapter_effect": float(np.abs(plain - ours).max()), "largest_logit": float(np.abs(ours).max())}
+        print("back", kind, json.dumps(rows[kind]), flush=True)
+    return rows
+
+
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--torch-side":
         return torch_side(*sys.argv[2:6])
+    if len(sys.argv) > 1 and sys.argv[1] == "--torch-load":
+        return torch_load(*sys.argv[2:4])
     parser = argparse.ArgumentParser()
     parser.add_argument("--torch-python", required=True)
     parser.add_argument("--family", choices=["llama", "gpt2"], default="llama")
@@ -94,7 +157,8 @@ def main():
                       "adapter_effect": float(np.abs(plain - expected).max()),
                       "largest_logit": float(np.abs(expected).max())}
         print(kind, json.dumps(rows[kind]), flush=True)
-    report = {"machine": machine_description(), "family": args.family, "rows": rows}
+    report = {"machine": machine_description(), "family": args.family, "rows": rows,
+              "ours_to_peft": back_rows(args, base, work, inputs, plain)}
     with open(os.path.join(os.path.dirname(HERE), "results", f"peft_{args.family}_parity.json"), "w") as f:
         json.dump(report, f, indent=1)
 

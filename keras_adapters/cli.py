@@ -8,6 +8,7 @@ import sys
 from keras_adapters.runs import conversion  # noqa: E402
 from keras_adapters.runs import evaluation  # noqa: E402
 from keras_adapters.runs import generation  # noqa: E402
+from keras_adapters.serving import decoder_tflite  # noqa: E402
 from keras_adapters.serving import export  # noqa: E402
 from keras_adapters.core import precision  # noqa: E402
 from keras_adapters.core import privacy  # noqa: E402
@@ -17,6 +18,7 @@ from keras_adapters.serving import generator as serving_generator  # noqa: E402
 from keras_adapters import tasks  # noqa: E402
 from keras_adapters.io.adapter_folder import AdapterFormatError  # noqa: E402
 from keras_adapters.io import gguf_checkpoint  # noqa: E402
+from keras_adapters.io import peft_format  # noqa: E402
 from keras_adapters.io.text_data import DatasetError  # noqa: E402
 from keras_adapters.runs.distribute import STRATEGIES  # noqa: E402
 from keras_adapters.methods.registry import available_methods  # noqa: E402
@@ -207,7 +209,7 @@ def _parser():
                              "replays requests made of each run's kept training inputs before serving a version)")
     export.add_argument("--sequence-length", type=_whole_number(3), default=None,
                         help="tflite: fixed length (at most the backbone's positions); causal-lm: the most prompt "
-                             "tokens plus max_new_tokens a request may ask for (default 4096)")
+                             "tokens plus max_new_tokens a request may ask for (default 4096; tflite: 256)")
     export.add_argument("--quantize", default="none", choices=["none", "dynamic"])
     export.add_argument("--precision", default="float32", choices=list(serving_graph.PRECISIONS),
                         help="saved_model: what the served graph computes in (bfloat16: faster on CPUs "
@@ -440,9 +442,8 @@ def cmd_export(args):
     if not run_dirs:
         raise ValueError("Pass RUN_DIR, or --adapters RUN_A,RUN_B for a multi-adapter SavedModel.")
     if any(generation.is_causal_lm_run(r) for r in run_dirs.split(",") if r):
-        if args.format != "saved_model":
-            raise ValueError("A causal-lm run exports as a SavedModel with a generate signature (--format "
-                             "saved_model); a TFLite decoder is not supported yet.")
+        if args.format == "tflite":
+            return _export_decoder_tflite(args, run_dirs)
         out = serving_generator.export_runs(run_dirs, args.output, version=args.version,
                                             sequence_length=args.sequence_length)
         inputs = "prompt, max_new_tokens, temperature, top_k, top_p" + (", adapter" if "," in run_dirs else "")
@@ -486,6 +487,15 @@ def cmd_export(args):
     return 0
 
 
+def _export_decoder_tflite(args, run_dir):
+    if "," in run_dir:
+        raise ValueError("A TFLite decoder serves one adapter: pass one causal-lm run (several route in a SavedModel).")
+    path = decoder_tflite.export_run_tflite(run_dir, args.output, args.sequence_length, args.quantize)
+    print(f"TFLite decoder written to {path} ({os.path.getsize(path) / 1e6:.1f} MB; signatures start and step, "
+          "the app runs the loop), with generation.json and the tokenizer's files")
+    return 0
+
+
 def cmd_convert(args):
     if gguf_checkpoint.is_gguf_file(args.source):
         if args.to != "keras-adapters":
@@ -495,8 +505,9 @@ def cmd_convert(args):
         return 0
     if args.to == "peft":
         out, method = conversion.to_peft(args.source, args.output)
-        print(f"{method} adapter written to {out} as a peft folder (PeftModel.from_pretrained("
-              f"AutoModelForSequenceClassification.from_pretrained(BASE, num_labels=N), {out!r}))")
+        base = ("AutoModelForCausalLM.from_pretrained(BASE)" if peft_format.is_causal_lm_folder(out)
+                else "AutoModelForSequenceClassification.from_pretrained(BASE, num_labels=N)")
+        print(f"{method} adapter written to {out} as a peft folder (PeftModel.from_pretrained({base}, {out!r}))")
         return 0
     out, method = conversion.convert(args.source, args.output, preset=args.preset, sequence_length=args.sequence_length)
     model_class = "AdapterCausalLM" if generation.is_causal_lm_run(out) else "AdapterModel"

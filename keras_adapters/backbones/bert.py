@@ -17,6 +17,7 @@ import keras
 import keras_hub
 from keras_hub.src.utils.keras_utils import gelu_approximate  # keras-hub's own (serializable)
 
+from keras_adapters.backbones.family import TRANSFORMER_LAYER_SITES
 from keras_adapters.backbones.family import Family
 from keras_adapters.backbones.family import register_family
 from keras_adapters.backbones.huggingface import model_type
@@ -147,23 +148,9 @@ class BertTextClassifierPreprocessor(keras_hub.models.BertTextClassifierPreproce
     tokenizer_cls = BertTokenizer
 
 
-#: Site name -> attribute path from a keras-hub `TransformerEncoder` (see `backbones.family`).
-SITES = {
-    "self_attention": ("_self_attention_layer",),
-    "self_attention_dropout": ("_self_attention_dropout",),
-    "feedforward_dropout": ("_feedforward_dropout",),
-    "query": ("_self_attention_layer", "_query_dense"),
-    "key": ("_self_attention_layer", "_key_dense"),
-    "value": ("_self_attention_layer", "_value_dense"),
-    "attention_output": ("_self_attention_layer", "_output_dense"),
-    "feedforward_intermediate_dense": ("_feedforward_intermediate_dense",),
-    "feedforward_output_dense": ("_feedforward_output_dense",),
-    "self_attention_layer_norm": ("_self_attention_layer_norm",),
-    "feedforward_layer_norm": ("_feedforward_layer_norm",),
-    # What the attention probabilities pass through on their way to the
-    # probability-value product.
-    "attention_probabilities_dropout": ("_self_attention_layer", "_dropout_layer"),
-}
+#: Site name -> attribute path from a keras-hub `TransformerEncoder` (see `backbones.family`);
+#: `self_attention` is the attention layer itself (prefix tuning's place on encoders).
+SITES = {"self_attention": ("_self_attention_layer",), **TRANSFORMER_LAYER_SITES}
 
 
 def _layer_types():

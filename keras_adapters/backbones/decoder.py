@@ -14,11 +14,13 @@ import tensorflow as tf
 def cached_forward(language_model, x, cache, index, key_mask):
     """The decoder's layers over embeddings `x` (columns `index`... of the
     rows, positions already in them where the family adds them), reading and
-    writing the cache, keys masked by `key_mask` `[batch, cache length]`;
-    with `cache=None`, over whole rows (`key_mask` their padding mask).
+    writing the cache (`[batch, layers, 2, length, kv heads, head_dim]`, or a
+    list of each layer's `[batch, 2, ...]`, for runtimes without 6-D slices:
+    TFLite), keys masked by `key_mask` `[batch, cache length]`; with
+    `cache=None`, over whole rows (`key_mask` their padding mask).
 
     Returns:
-        (final hidden states, updated cache or `None`).
+        (final hidden states, updated cache in the form given, or `None`).
     """
     backbone = language_model.backbone
     if cache is None:
@@ -27,9 +29,11 @@ def cached_forward(language_model, x, cache, index, key_mask):
         return backbone.layer_norm(x), None
     shape = tf.stack([tf.shape(x)[0], tf.shape(x)[1], tf.shape(key_mask)[1]])
     mask = tf.broadcast_to(tf.cast(key_mask, "int32")[:, None, :], shape)
+    layered = isinstance(cache, (list, tuple))
     caches = []
     for i, layer in enumerate(backbone.transformer_layers):
-        x, layer_cache = layer(x, decoder_attention_mask=mask, self_attention_cache=cache[:, i, ...],
+        layer_cache = cache[i] if layered else cache[:, i]
+        x, layer_cache = layer(x, decoder_attention_mask=mask, self_attention_cache=layer_cache,
                                self_attention_cache_update_index=index)
         caches.append(layer_cache)
-    return backbone.layer_norm(x), tf.stack(caches, axis=1)
+    return backbone.layer_norm(x), caches if layered else tf.stack(caches, axis=1)

@@ -43,7 +43,10 @@ class Family:
         huggingface_layers: a regex of where Hugging Face models of the
             family keep their layers (`model\\.layers` of `model.layers.3`),
             for reading peft folders.
-        huggingface_sites: Hugging Face module (within a layer) -> site.
+        huggingface_sites: Hugging Face module (within a layer) -> site
+            (a tuple of sites for a module fusing them, their outputs in order).
+        huggingface_layer_name: the name layer `i`'s modules start with in
+            the family's Hugging Face causal LM, before `.i` (`model.layers`).
         cached_forward: for decoders, `(language_model, embeddings, cache,
             index, key_mask) -> (hidden states, cache)`: the decoder over
             columns `index`... of left-padded rows with a KV cache
@@ -76,6 +79,7 @@ class Family:
     language_model: Callable | None = None
     huggingface_layers: str = ""
     huggingface_sites: dict = dataclasses.field(default_factory=dict)
+    huggingface_layer_name: str = ""
     cached_forward: Callable | None = None
     rotate_past: Callable | None = None
     cache_shape: Callable | None = None
@@ -100,6 +104,24 @@ class Family:
     def site_names(self):
         return sorted({*self.sites, *self.aliases})
 
+
+#: Site name -> attribute path in keras-hub's generic `TransformerEncoder` and
+#: `TransformerDecoder` (BERT's and GPT-2's layers), which name their sublayers alike.
+TRANSFORMER_LAYER_SITES = {
+    "self_attention_dropout": ("_self_attention_dropout",),
+    "feedforward_dropout": ("_feedforward_dropout",),
+    "query": ("_self_attention_layer", "_query_dense"),
+    "key": ("_self_attention_layer", "_key_dense"),
+    "value": ("_self_attention_layer", "_value_dense"),
+    "attention_output": ("_self_attention_layer", "_output_dense"),
+    "feedforward_intermediate_dense": ("_feedforward_intermediate_dense",),
+    "feedforward_output_dense": ("_feedforward_output_dense",),
+    "self_attention_layer_norm": ("_self_attention_layer_norm",),
+    "feedforward_layer_norm": ("_feedforward_layer_norm",),
+    # What the attention probabilities pass through on their way to the
+    # probability-value product.
+    "attention_probabilities_dropout": ("_self_attention_layer", "_dropout_layer"),
+}
 
 _FAMILIES = []
 

@@ -22,24 +22,13 @@ rows across them (`HUGGINGFACE_SITES`).
 from keras import ops
 
 from keras_adapters.backbones.decoder import cached_forward
+from keras_adapters.backbones.family import TRANSFORMER_LAYER_SITES
 from keras_adapters.backbones.family import Family
 from keras_adapters.backbones.family import register_family
 from keras_adapters.backbones.huggingface import model_type
 
 #: Site name -> attribute path from a keras-hub `TransformerDecoder` (see `backbones.family`).
-SITES = {
-    "self_attention_dropout": ("_self_attention_dropout",),
-    "feedforward_dropout": ("_feedforward_dropout",),
-    "query": ("_self_attention_layer", "_query_dense"),
-    "key": ("_self_attention_layer", "_key_dense"),
-    "value": ("_self_attention_layer", "_value_dense"),
-    "attention_output": ("_self_attention_layer", "_output_dense"),
-    "feedforward_intermediate_dense": ("_feedforward_intermediate_dense",),
-    "feedforward_output_dense": ("_feedforward_output_dense",),
-    "self_attention_layer_norm": ("_self_attention_layer_norm",),
-    "feedforward_layer_norm": ("_feedforward_layer_norm",),
-    "attention_probabilities_dropout": ("_self_attention_layer", "_dropout_layer"),
-}
+SITES = dict(TRANSFORMER_LAYER_SITES)
 #: Hugging Face `GPT2Block` module -> site; a tuple for a fused module whose
 #: output rows are those sites' outputs one after another (`c_attn`: q, k, v).
 HUGGINGFACE_SITES = {
@@ -110,7 +99,7 @@ FAMILY = register_family(
     Family("gpt2", _layer_types, SITES, input_end=True,
            input_layers=("token_embedding", "position_embedding", "embeddings_add", "transformer_layers"),
            prompt_placements=("before_cls",), huggingface_layers=r"(?:transformer\.)?h",
-           huggingface_sites=HUGGINGFACE_SITES, language_model=language_model, cached_forward=cached_forward,
-           cache_shape=cache_shape, add_positions=add_positions, max_positions=max_positions, model_types=("gpt2",),
-           tokenizer=tokenizer)
+           huggingface_layer_name="transformer.h", huggingface_sites=HUGGINGFACE_SITES, language_model=language_model,
+           cached_forward=cached_forward, cache_shape=cache_shape, add_positions=add_positions,
+           max_positions=max_positions, model_types=("gpt2",), tokenizer=tokenizer)
 )

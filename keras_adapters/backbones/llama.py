@@ -71,7 +71,8 @@ def language_model(backbone):
 
 def cache_shape(backbone):
     """(layers, kv heads, head_dim) of the decoder's KV cache (grouped-query attention)."""
-    return int(backbone.num_layers), int(backbone.num_key_value_heads), int(backbone.hidden_dim) // int(backbone.num_query_heads)
+    head_dim = int(backbone.hidden_dim) // int(backbone.num_query_heads)
+    return int(backbone.num_layers), int(backbone.num_key_value_heads), head_dim
 
 
 def rotate_past(language_model, past, offsets):
@@ -140,7 +141,7 @@ def tokenizer(folder):
 
 FAMILY = register_family(
     Family("llama", _layer_types, SITES, ALIASES, input_end=True, input_layers=("token_embedding", "transformer_layers"),
-           prompt_placements=("before_cls",), huggingface_layers=r"model\.layers", huggingface_sites=HUGGINGFACE_SITES,
-           language_model=language_model, cached_forward=cached_forward, rotate_past=rotate_past,
-           cache_shape=cache_shape, model_types=("llama",), tokenizer=tokenizer)
+           prompt_placements=("before_cls",), huggingface_layers=r"model\.layers", huggingface_layer_name="model.layers",
+           huggingface_sites=HUGGINGFACE_SITES, language_model=language_model, cached_forward=cached_forward,
+           rotate_past=rotate_past, cache_shape=cache_shape, model_types=("llama",), tokenizer=tokenizer)
 )

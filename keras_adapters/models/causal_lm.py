@@ -23,6 +23,8 @@ from keras_adapters.models import decoding
 from keras_adapters.tasks import causal_lm as data_lib
 
 DEFAULT_NAME = "default"
+#: The most tokens a training example keeps unless told (fewer where a backbone has fewer positions).
+DEFAULT_SEQUENCE_LENGTH = 512
 #: Generation pads the prompts of a batch to a multiple of this many tokens.
 PROMPT_STEP = 16
 
@@ -51,7 +53,8 @@ class AdapterCausalLM(keras.Model):
         tokenizer: its keras-hub tokenizer.
         method: the first adapter's method (name, dict or `AdapterConfig`),
             added as `"default"`, active and trainable; `None` for none.
-        sequence_length: the most tokens a training example keeps.
+        sequence_length: the most tokens a training example keeps (default
+            512, or the backbone's positions if it has fewer).
         preset: where the backbone came from (recorded in adapter folders).
         template: the checkpoint's chat template (Jinja), or `None`.
         special_tokens: the texts of its special tokens, for the template.
@@ -69,7 +72,7 @@ class AdapterCausalLM(keras.Model):
     ```
     """
 
-    def __init__(self, backbone, tokenizer=None, method="lora", sequence_length=512, preset=None, template=None,
+    def __init__(self, backbone, tokenizer=None, method="lora", sequence_length=None, preset=None, template=None,
                  special_tokens=None, start_token_id=None, stop_token_ids=None, **kwargs):
         super().__init__(**kwargs)
         family = family_of(backbone)
@@ -79,7 +82,8 @@ class AdapterCausalLM(keras.Model):
         self._family = family
         self._sampler = self._decode = None
         self.tokenizer = tokenizer
-        self.sequence_length = int(sequence_length)
+        positions = (family.max_positions(backbone) if family.max_positions else None) or DEFAULT_SEQUENCE_LENGTH
+        self.sequence_length = int(sequence_length or min(DEFAULT_SEQUENCE_LENGTH, positions))
         self.preset = preset
         self.template = template
         self.special_tokens = dict(special_tokens or {})
@@ -91,12 +95,13 @@ class AdapterCausalLM(keras.Model):
         self._fingerprint = presets.weights_fingerprint(backbone)
         self._nll_function = None
         self.merged_adapter = None
+        self.checkpoint_folder = None
         if method is not None:
             self.add_adapter(DEFAULT_NAME, method)
             self.train_adapter(DEFAULT_NAME)
 
     @classmethod
-    def from_preset(cls, preset, method="lora", sequence_length=512, dtype=None, load_weights=True):
+    def from_preset(cls, preset, method="lora", sequence_length=None, dtype=None, load_weights=True):
         """A decoder checkpoint (a Hugging Face Llama or GPT-2 folder, or a
         Llama `.gguf` file, converted once into a cached folder) with its tokenizer and
         chat template, and a first adapter of `method` (`None`: none)."""
@@ -111,12 +116,14 @@ class AdapterCausalLM(keras.Model):
         backbone = presets.load_backbone(folder, dtype=dtype, load_weights=load_weights)
         tokenizer = family.tokenizer(folder)
         template, special_tokens = chat_template.read_settings(folder)
-        return cls(
+        model = cls(
             backbone, tokenizer, method=method, sequence_length=sequence_length,
             preset=presets.preset_reference(preset), template=template, special_tokens=special_tokens,
             start_token_id=huggingface.start_token_id(folder, tokenizer),
             stop_token_ids=huggingface.stop_token_ids(folder, tokenizer),
         )
+        model.checkpoint_folder = folder  # its tokenizer files go beside a TFLite export
+        return model
 
     @classmethod
     def from_adapter(cls, directory, preset=None, dtype=None):

@@ -125,7 +125,8 @@ def prefill(language_model, family, x, key_mask, max_new_tokens, prefixes=()):
     """
     batch, width = tf.shape(x)[0], tf.shape(x)[1]
     layers, heads, head_dim = family.cache_shape(language_model.backbone)
-    cache = tf.zeros(tf.stack([batch, layers, 2, width + max_new_tokens, heads, head_dim]), language_model.compute_dtype)
+    room = tf.stack([batch, layers, 2, width + max_new_tokens, heads, head_dim])
+    cache = tf.zeros(room, language_model.compute_dtype)
     padding = width - tf.reduce_sum(tf.cast(key_mask, tf.int32), axis=1)
     key_mask = tf.concat([tf.cast(key_mask, tf.bool), tf.ones(tf.stack([batch, max_new_tokens]), tf.bool)], axis=1)
     length = sum(unit.prefix_length for unit in prefixes)

@@ -17,14 +17,17 @@ from pathlib import Path
 
 from keras_adapters import tasks
 from keras_adapters.backbones import bert
+from keras_adapters.backbones.family import family_of
 from keras_adapters.io import adapter_folder as adapter_io
 from keras_adapters.io import adapterhub_format
 from keras_adapters.io import gguf_checkpoint
+from keras_adapters.io import peft_causal_lm
 from keras_adapters.io import peft_format
 from keras_adapters.io import presets
 from keras_adapters.models import AdapterModel
 from keras_adapters.models.causal_lm import AdapterCausalLM
 from keras_adapters.runs.folder import adapter_dir
+from keras_adapters.tasks import causal_lm as causal_lm_data
 
 #: Hub names of the checkpoint embedded as "default" (a peft folder trained on
 #: it in PyTorch names it so).
@@ -88,6 +91,8 @@ def to_peft(source, output):
     """
     directory = adapter_dir(source)
     config, tensors = adapter_io.read_folder(directory)
+    if config.get("task", {}).get("type") == causal_lm_data.NAME:
+        return _causal_lm_to_peft(directory, config, tensors, output)
     architecture = config["backbone"]["architecture"]
     activation = bert.recorded_activation(architecture)
     if activation not in (None, "gelu"):
@@ -101,4 +106,16 @@ def to_peft(source, output):
     peft_format.write_peft_folder(
         output, config, tensors, architecture["num_layers"], os.path.abspath(base), task.peft_task_type
     )
+    return str(output), config["method"]["method"]
+
+
+def _causal_lm_to_peft(directory, config, tensors, output):
+    """A decoder adapter as peft's CAUSAL_LM folder: the model is loaded (its
+    family and cache shape say where peft keeps each tensor)."""
+    model = AdapterCausalLM.from_adapter(directory)
+    backbone = model.backbone
+    family = family_of(backbone)
+    base = os.path.abspath(model.checkpoint_folder or presets.resolve_preset(config["backbone"]["preset"]))
+    peft_causal_lm.write_causal_lm_folder(output, config["method"], tensors, family, family.cache_shape(backbone),
+                                          int(backbone.hidden_dim), base)
     return str(output), config["method"]["method"]

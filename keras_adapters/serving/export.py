@@ -577,7 +577,7 @@ def export_tflite(model, path, sequence_length=None, quantize="none", merge=True
         files["adapters.json"] = json.dumps({"adapters": entries}, indent=2) + "\n"
     else:
         files.update(tasks.get_task(served.output_head.task).tflite_files(served.output_head))
-    _replace_files(path, files, stale=("adapters.json", "labels.txt", "thresholds.txt"))
+    replace_files(path, files, stale=("adapters.json", "labels.txt", "thresholds.txt"))
     return os.path.join(path, "model.tflite")
 
 
@@ -590,7 +590,7 @@ def _check_length(model, length):
         )
 
 
-def _replace_files(folder, files, stale=()):
+def replace_files(folder, files, stale=()):
     """Write every file to a temporary name first, then rename them all.
 
     A killed or disk-full export leaves the previous model, vocabulary and

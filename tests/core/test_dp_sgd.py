@@ -149,6 +149,7 @@ def test_noise_has_the_planned_deviation_over_the_expected_batch(tiny_preset):
     assert noised.std() == pytest.approx(1.3 * 0.7 / 50, rel=0.02)
 
 
+@pytest.mark.slow  # the default run's budget (15 min on 2 cores): CI runs it with the slow tests
 def test_private_fit_reports_epsilon_per_epoch_and_keeps_it_with_the_adapter(tiny_preset, tmp_path):
     keras.utils.set_random_seed(0)
     model = ka.AdapterModel.from_preset(tiny_preset, num_classes=4, method="lora", sequence_length=16)

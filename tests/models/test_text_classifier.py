@@ -486,6 +486,7 @@ def test_pairs_are_read_as_one_sequence_with_segment_ids(tiny_preset):
     assert np.abs(other - reference).max() > 1e-3
 
 
+@pytest.mark.slow  # the default run's budget (15 min on 2 cores): CI runs it with the slow tests
 def test_pair_adapters_fit_evaluate_and_round_trip(tiny_preset, tmp_path):
     model = _pair_model(tiny_preset)
     labels = np.array([0, 1, 0, 1])

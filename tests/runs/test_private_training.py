@@ -60,6 +60,7 @@ def test_what_breaks_a_private_run_is_refused_before_training(tiny_preset, tmp_p
     assert not (tmp_path / "run" / "adapter").exists()
 
 
+@pytest.mark.slow  # the default run's budget (15 min on 2 cores): CI runs it with the slow tests
 def test_public_validation_data_chooses_the_epoch_and_the_adapter_states_the_whole_runs_guarantee(
     tiny_preset, tmp_path
 ):

@@ -116,8 +116,8 @@ def test_lora_and_ia3_export_merged(tiny_preset, tmp_path, method):
     np.testing.assert_allclose(response["outputs"]["probabilities"], expected, atol=1e-4)
 
 
-@pytest.mark.parametrize("method", ["prompt", *[pytest.param(m, marks=pytest.mark.slow)
-                                              for m in ("mam", "bitfit", "parallel", "compacter++")]])
+@pytest.mark.slow  # the default run's budget (15 min on 2 cores): CI runs it with the slow tests
+@pytest.mark.parametrize("method", ["prompt", "mam", "bitfit", "parallel", "compacter++"])
 def test_new_methods_export_to_saved_model_and_tflite(tiny_preset, tmp_path, method):
     config = ka.PromptConfig(num_virtual_tokens=3) if method == "prompt" else "bitfit"
     model = _trained(tiny_preset, config, seed=2, pooling="mean")
@@ -451,6 +451,7 @@ def _pair_model(preset):
     return model
 
 
+@pytest.mark.slow  # the default run's budget (15 min on 2 cores): CI runs it with the slow tests
 def test_pair_signatures_take_two_texts_and_match_keras(tiny_preset, tmp_path):
     model = _pair_model(tiny_preset)
     out = ka.export_saved_model(model, str(tmp_path / "pairs"))
@@ -589,6 +590,7 @@ def test_question_answering_tflite_gives_start_and_end_probabilities(answerer, t
     assert lite.shape == (1, 2, 16)
 
 
+@pytest.mark.slow  # the default run's budget (15 min on 2 cores): CI runs it with the slow tests
 def test_multi_adapter_export_gives_a_question_answerer_its_own_signature(tiny_preset, tmp_path):
     keras.utils.set_random_seed(5)
     model = ka.AdapterQuestionAnswerer.from_preset(tiny_preset, method="lora", sequence_length=16, stride=3)

@@ -45,6 +45,7 @@ def _alone(model, name, prompts, chat=False):
     return model.generate(prompts, max_new_tokens=NEW, chat=chat)
 
 
+@pytest.mark.slow  # the default run's budget (15 min on 2 cores): CI runs it with the slow tests
 def test_served_greedy_text_routed_rows_and_sampling(model, tmp_path):
     model.set_active_adapters("a1")
     # The KV cache's length: the longest prompt and NEW tokens fit exactly, one more is refused.

@@ -160,6 +160,7 @@ def length_run(length_files, tiny_preset, tmp_path_factory):
     return run, model, summary
 
 
+@pytest.mark.slow  # the default run's budget (15 min on 2 cores): CI runs it with the slow tests
 def test_a_registered_task_is_detected_listed_and_trains(length_run, length_files, capsys):
     run, model, summary = length_run
     assert ka.tasks.detect_task(length_files[0]) == "text_length"
@@ -174,6 +175,7 @@ def test_a_registered_task_is_detected_listed_and_trains(length_run, length_file
     assert -history["val_closeness"][-1] < 0.6 * -history["val_closeness"][0]
 
 
+@pytest.mark.slow  # the default run's budget (15 min on 2 cores): CI runs it with the slow tests
 def test_its_adapter_saves_loads_and_evaluates_as_the_model(length_run, length_files, tmp_path):
     run, model, _ = length_run
     texts = _read(length_files[1])
@@ -200,6 +202,7 @@ def test_its_adapter_saves_loads_and_evaluates_as_the_model(length_run, length_f
     assert "REFUSED" in out.stdout and "'text_length'" in out.stdout and "register that task" in out.stdout
 
 
+@pytest.mark.slow  # the default run's budget (15 min on 2 cores): CI runs it with the slow tests
 def test_cli_predict_and_evaluate_use_the_task(length_run, length_files, capsys):
     run, model, _ = length_run
     assert cli.main(["predict", str(run), "a b c", "--json"]) == 0
@@ -209,6 +212,7 @@ def test_cli_predict_and_evaluate_use_the_task(length_run, length_files, capsys)
     assert json.loads(capsys.readouterr().out)["num_examples"] == 16
 
 
+@pytest.mark.slow  # the default run's budget (15 min on 2 cores): CI runs it with the slow tests
 def test_its_saved_model_serves_the_task_signature(length_run, tmp_path):
     run, model, _ = length_run
     texts = ["the cat", "the cat sat on a mat by the door"]
