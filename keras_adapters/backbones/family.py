@@ -47,6 +47,8 @@ class Family:
             (a tuple of sites for a module fusing them, their outputs in order).
         huggingface_layer_name: the name layer `i`'s modules start with in
             the family's Hugging Face causal LM, before `.i` (`model.layers`).
+        huggingface_fan_in_fan_out: its Hugging Face projections keep their
+            weights `[in, out]` (GPT-2's Conv1D), as peft records it.
         cached_forward: for decoders, `(language_model, embeddings, cache,
             index, key_mask) -> (hidden states, cache)`: the decoder over
             columns `index`... of left-padded rows with a KV cache
@@ -80,6 +82,7 @@ class Family:
     huggingface_layers: str = ""
     huggingface_sites: dict = dataclasses.field(default_factory=dict)
     huggingface_layer_name: str = ""
+    huggingface_fan_in_fan_out: bool = False
     cached_forward: Callable | None = None
     rotate_past: Callable | None = None
     cache_shape: Callable | None = None

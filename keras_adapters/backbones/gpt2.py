@@ -25,7 +25,6 @@ from keras_adapters.backbones.decoder import cached_forward
 from keras_adapters.backbones.family import TRANSFORMER_LAYER_SITES
 from keras_adapters.backbones.family import Family
 from keras_adapters.backbones.family import register_family
-from keras_adapters.backbones.huggingface import model_type
 
 #: Site name -> attribute path from a keras-hub `TransformerDecoder` (see `backbones.family`).
 SITES = dict(TRANSFORMER_LAYER_SITES)
@@ -82,11 +81,6 @@ def add_positions(language_model, x, positions):
     return backbone.embeddings_dropout(backbone.embeddings_add((x, at)))
 
 
-def is_huggingface_gpt2(folder):
-    """Whether `folder` holds a Hugging Face GPT-2 checkpoint (`model_type: gpt2`)."""
-    return model_type(folder) == "gpt2"
-
-
 def tokenizer(folder):
     """keras-hub's `GPT2Tokenizer` (byte-level BPE, `vocab.json` and `merges.txt`) for the checkpoint in `folder`."""
     from keras_hub.src.models.gpt2.gpt2_tokenizer import GPT2Tokenizer
@@ -99,7 +93,8 @@ FAMILY = register_family(
     Family("gpt2", _layer_types, SITES, input_end=True,
            input_layers=("token_embedding", "position_embedding", "embeddings_add", "transformer_layers"),
            prompt_placements=("before_cls",), huggingface_layers=r"(?:transformer\.)?h",
-           huggingface_layer_name="transformer.h", huggingface_sites=HUGGINGFACE_SITES, language_model=language_model,
+           huggingface_layer_name="transformer.h", huggingface_fan_in_fan_out=True, huggingface_sites=HUGGINGFACE_SITES,
+           language_model=language_model,
            cached_forward=cached_forward, cache_shape=cache_shape, add_positions=add_positions,
            max_positions=max_positions, model_types=("gpt2",), tokenizer=tokenizer)
 )

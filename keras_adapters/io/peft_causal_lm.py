@@ -137,6 +137,7 @@ class CausalLMWriter:
         config = {
             "r": lora.rank, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout, "use_rslora": lora.use_rslora,
             "use_dora": lora.use_dora, "bias": "none", "target_modules": _exact(ranks),
+            "fan_in_fan_out": self.family.huggingface_fan_in_fan_out,
             "rank_pattern": {_anchored(n): r for n, r in ranks.items() if r != lora.rank},
             "alpha_pattern": {_anchored(n): a for n, a in alphas.items() if not math.isclose(a, lora.alpha)},
         }
@@ -159,7 +160,8 @@ class CausalLMWriter:
                 continue
             scales = [sites[s]["scale"].reshape(-1) if s in sites else np.ones(self._site_width(s)) for s in all_sites]
             out[f"base_model.model.{name}.ia3_l"] = np.concatenate(scales).reshape(-1, 1)
-        return {"target_modules": _exact(names), "feedforward_modules": _exact(feedforward) if feedforward else []}, out
+        return {"target_modules": _exact(names), "feedforward_modules": _exact(feedforward) if feedforward else [],
+                "fan_in_fan_out": self.family.huggingface_fan_in_fan_out}, out
 
     # --------------------------------------------------------- input-end units
     def _prompt_config(self):

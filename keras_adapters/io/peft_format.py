@@ -104,7 +104,7 @@ class PeftFolder:
         if kind not in readers:
             raise AdapterFormatError(
                 f"{self.source}: peft type {kind!r} cannot be read yet (this keras-adapters reads "
-                f"{sorted(readers)} adapters of BERT-family sequence classifiers and Llama-family causal LMs)."
+                f"{sorted(readers)} adapters of BERT-family sequence classifiers and Llama- and GPT-2-family causal LMs)."
             )
         task = {"type": task_types[self.peft["task_type"]]}
         if head:
@@ -265,7 +265,7 @@ class PeftFolder:
         one), `[virtual tokens, layers x 2 x kv heads x head_dim]`."""
         prompt = self._units.get("prompt", {}).get(PROMPT_KEY)
         if prompt is None or set(self._units) != {"prompt"} or prompt.ndim != 2:
-            self._fail(f"a PREFIX_TUNING folder holds '{PROMPT_KEY}' [virtual tokens, layers x 2 x hidden]; "
+            self._fail(f"a PREFIX_TUNING folder holds '{PROMPT_KEY}' [virtual tokens, layers x 2 x kv heads x head_dim]; "
                        f"found {sorted(self._raw)}.")
         return {"method": "prefix", "prefix_length": int(prompt.shape[0]), "reparameterize": False}
 

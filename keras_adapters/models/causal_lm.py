@@ -142,7 +142,7 @@ class AdapterCausalLM(keras.Model):
             config = adapter_io.read_config(directory)
         model = cls.from_preset(
             preset if preset is not None else config["backbone"]["preset"], method=None,
-            sequence_length=config["task"].get("sequence_length") or 512, dtype=dtype,
+            sequence_length=config["task"].get("sequence_length"), dtype=dtype,
         )
         model.train_adapter(model.load_adapter(directory))
         model.compile()
@@ -158,14 +158,17 @@ class AdapterCausalLM(keras.Model):
         a row may have: a GPT-2's position table; `None` for rotary decoders."""
         return self._family.max_positions(self.backbone) if self._family.max_positions else None
 
-    def _check_positions(self, tokens, what):
+    def _check_positions(self, tokens, what, fix):
+        """Refuse `tokens` positions (plus the active input-end units') past the
+        position table; `fix(room)` says what to lower, `room` being the most `tokens` that fit."""
         units = injection.input_units(self.backbone)
         prompts, prefixes = decoding.split_units(units)
         used = tokens + sum(u.num_virtual_tokens for u in prompts) + sum(u.prefix_length for u in prefixes)
         if self.max_positions is not None and used > self.max_positions:
             raise ValueError(
                 f"{what} need {used} positions (with the active adapters' virtual tokens and prefix), more than "
-                f"the {self.max_positions} this backbone's position embeddings have; use fewer tokens."
+                f"the {self.max_positions} this backbone's position embeddings have; "
+                + fix(self.max_positions - used + tokens) + "."
             )
 
     def build(self, input_shape=None):
@@ -249,7 +252,8 @@ class AdapterCausalLM(keras.Model):
     def dataset(self, data, batch_size=8, shuffle=False, chat=False, seed=0):
         """Batches of `(inputs, next tokens, completion weights)` from a JSONL
         file or a list of records (see `keras_adapters.tasks.causal_lm`)."""
-        self._check_positions(self.sequence_length, f"Examples of sequence_length {self.sequence_length}")
+        self._check_positions(self.sequence_length, f"Examples of sequence_length {self.sequence_length}",
+                              lambda room: f"pass sequence_length={room} or less")
         records = data_lib.read(data) if isinstance(data, (str, bytes)) or hasattr(data, "__fspath__") else [
             data_lib.check_record(r, f"record {i}") for i, r in enumerate(data)
         ]
@@ -341,7 +345,10 @@ class AdapterCausalLM(keras.Model):
     def _generated_ids(self, texts, max_new_tokens, stop_token_ids):
         """Each text's generated token ids, up to (without) the first stop token."""
         rows = [self._prompt_ids(t) for t in texts]
-        self._check_positions(max(map(len, rows)) + int(max_new_tokens), "The prompt and max_new_tokens")
+        # The last new token is never fed back: it takes no position.
+        longest = max(map(len, rows))
+        self._check_positions(longest + int(max_new_tokens) - 1, "The prompt and max_new_tokens",
+                              lambda room: f"ask for max_new_tokens={room - longest + 1} or fewer")
         # Prompts padded to a multiple of PROMPT_STEP tokens: few shapes to trace and compile.
         ids = np.zeros((len(rows), -(-max(map(len, rows)) // PROMPT_STEP) * PROMPT_STEP), np.int32)
         for i, row in enumerate(rows):
@@ -426,7 +433,7 @@ class AdapterCausalLM(keras.Model):
         and tokenizer it was trained with, every tensor's name and shape. A
         Hugging Face peft folder of a causal LM (`task_type: CAUSAL_LM`;
         LoRA, rsLoRA, DoRA, (IA)^3 or prompt tuning, `keras_adapters.io.peft_format`)
-        loads too: it records no checkpoint fingerprint, so the backbone must
+        loads too (and PREFIX_TUNING): it records no checkpoint fingerprint, so the backbone must
         be the one it was trained on (shapes are checked).
         """
         self._check_not_merged()

@@ -115,7 +115,7 @@ def _causal_lm_to_peft(directory, config, tensors, output):
     model = AdapterCausalLM.from_adapter(directory)
     backbone = model.backbone
     family = family_of(backbone)
-    base = os.path.abspath(model.checkpoint_folder or presets.resolve_preset(config["backbone"]["preset"]))
+    base = os.path.abspath(model.checkpoint_folder)
     peft_causal_lm.write_causal_lm_folder(output, config["method"], tensors, family, family.cache_shape(backbone),
                                           int(backbone.hidden_dim), base)
     return str(output), config["method"]["method"]

@@ -25,7 +25,7 @@ from keras_adapters.tasks import causal_lm as data_lib
 
 TASK = data_lib.NAME
 looks_like_causal_lm_data = data_lib.looks_like_causal_lm_data
-DEFAULTS = {"method": "lora", "batch_size": 8, "sequence_length": 512, "max_new_tokens": 128}
+DEFAULTS = {"method": "lora", "batch_size": 8, "max_new_tokens": 128}
 
 
 def is_causal_lm_run(run_dir):
@@ -69,10 +69,10 @@ def train_causal_lm(data, output, preset, method=None, epochs=1, batch_size=None
     if (output / ADAPTER_DIR).exists() and not overwrite:
         raise ValueError(f"{output} already holds a run; pass --overwrite to train it again, or another --output.")
     batch_size = batch_size or DEFAULTS["batch_size"]
-    sequence_length = sequence_length or DEFAULTS["sequence_length"]
     records = data_lib.read(data)
     validation_records = data_lib.read(validation_data) if validation_data else None
     keras.utils.set_random_seed(seed)
+    # Unless told: 512 tokens, or the backbone's positions if it has fewer (AdapterCausalLM's default).
     model = AdapterCausalLM.from_preset(preset, method=method or DEFAULTS["method"], sequence_length=sequence_length)
     train = model.dataset(records, batch_size, shuffle=True, chat=chat, seed=seed)
     validation = model.dataset(validation_records, batch_size, chat=chat) if validation_records else None
@@ -89,7 +89,7 @@ def train_causal_lm(data, output, preset, method=None, epochs=1, batch_size=None
     summary = {
         "task": TASK, "data": str(data), "preset": model.preset, "method": model.adapter_config("default").get_config(),
         # Conversations are always templated: prompts the run answers later are too.
-        "epochs": epochs, "batch_size": batch_size, "sequence_length": sequence_length,
+        "epochs": epochs, "batch_size": batch_size, "sequence_length": model.sequence_length,
         "chat": bool(chat or any("messages" in r for r in records)),
         "learning_rate": float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)), "seed": seed,
         "validation_data": str(validation_data) if validation_data else None, "examples": len(records),

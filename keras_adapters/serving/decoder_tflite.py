@@ -56,18 +56,21 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "mer
 class DecoderSteps:
     """The step function and the starting cache of `model`'s active adapter (see module docstring)."""
 
-    def __init__(self, model, sequence_length=SEQUENCE_LENGTH):
-        self.model, self.length = model, int(sequence_length)
+    def __init__(self, model, sequence_length=None):
+        self.model = model
         self.language_model = model.language_model
         self.family = family_of(model.backbone)
         self.prompts, self.prefixes = decoding.split_units(injection.input_units(model.backbone))
         self.before = sum(u.prefix_length for u in self.prefixes)
         self.virtual = sum(u.num_virtual_tokens for u in self.prompts)
+        room = None if model.max_positions is None else model.max_positions - self.before - self.virtual
+        self.length = int(sequence_length or min(SEQUENCE_LENGTH, room or SEQUENCE_LENGTH))
         self.columns = self.before + self.virtual + self.length
-        if model.max_positions is not None and self.columns > model.max_positions:
+        if room is not None and self.length > room:
             raise ValueError(
                 f"sequence_length {self.length} with {self.before + self.virtual} virtual tokens and prefix "
-                f"positions needs {self.columns} positions; this backbone has {model.max_positions}."
+                f"positions needs {self.columns} positions; this backbone has {model.max_positions}: "
+                f"pass a sequence_length of {room} or less (--sequence-length)."
             )
         layers, heads, head_dim = self.family.cache_shape(model.backbone)
         # No batch axis: TensorFlow's TFLite interpreter slices at most 5-D tensors.
@@ -152,14 +155,15 @@ def convert(steps, quantize="none"):
         return converter.convert()
 
 
-def export_decoder_tflite(model, path, sequence_length=SEQUENCE_LENGTH, quantize="none", tokenizer_folder=None):
+def export_decoder_tflite(model, path, sequence_length=None, quantize="none", tokenizer_folder=None):
     """Write `model.tflite` (signatures `start` and `step`), `generation.json`
     and the checkpoint's tokenizer files (from `tokenizer_folder`, default the
     checkpoint folder the model was loaded from) into `path`.
 
     Args:
         model: an `AdapterCausalLM`; its active adapter is built in.
-        sequence_length: the most prompt tokens plus new tokens.
+        sequence_length: the most prompt tokens plus new tokens (default
+            256, or what the backbone's positions leave if fewer).
         quantize: `"none"` (float32) or `"dynamic"` (int8 weights).
 
     Example:
@@ -216,4 +220,4 @@ def greedy(model_path, prompt_ids, max_new_tokens, stop_token_ids=(), interprete
 def export_run_tflite(run_dir, path, sequence_length=None, quantize="none"):
     """`export_decoder_tflite` for a causal-LM run folder's adapter."""
     model = generation_runs.load_causal_lm_run(run_dir)
-    return export_decoder_tflite(model, path, sequence_length or SEQUENCE_LENGTH, quantize)
+    return export_decoder_tflite(model, path, sequence_length, quantize)

@@ -129,8 +129,9 @@ class Generator:
             tf.debugging.assert_less_equal(
                 tf.shape(ids)[1] + virtual + max_new_tokens, self.sequence_length,
                 message=f"a prompt's tokens plus max_new_tokens exceed {self.sequence_length}, the most this "
-                        "model was exported for (ask for fewer tokens, or export with a larger sequence_length, "
-                        f"up to the {self.model.max_positions or 'unlimited'} positions its backbone has)",
+                        "model was exported for (ask for fewer tokens, or export with a larger sequence_length"
+                        + (f", up to the {self.model.max_positions} positions its backbone has)"
+                           if self.model.max_positions else ")"),
             ),
         ]
         with tf.control_dependencies(checks):
@@ -159,7 +160,8 @@ def export_generator(model, path, version=None, names=None, chat=False, sequence
         version: the numbered sub-folder (default: the next one).
         chat: write each prompt as a user message under the chat template.
         sequence_length: the most prompt tokens plus `max_new_tokens` a
-            request may ask for (the KV cache's length).
+            request may ask for (the KV cache's length); at most the
+            backbone's positions where it has a table of them (GPT-2).
 
     Example:
     ```python

@@ -93,3 +93,40 @@ def test_what_peft_cannot_hold_is_refused_by_name(folders, tmp_path):
     with pytest.raises(AdapterFormatError, match="method 'pfeiffer' has no peft type"):
         conversion.to_peft(tmp_path / "bottleneck", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_peft_s_own_pattern_rules_give_each_module_the_rank_and_scaling_of_its_units(folders, tmp_path, family):
+    """peft picks a module by `re.fullmatch(target_modules, name)` and its rank and
+    alpha by the first pattern key with `re.match(rf"(.*\\.)?({key})$", name)`:
+    applied here to the written folder, they give every module its tensors' rank
+    and the scaling our units computed (the read-back test cannot see this: our
+    reader takes ranks from the tensors)."""
+    import math
+    import re
+
+    model = _trained(folders[family], METHODS["lora_all_patterns"], tmp_path / "ours")
+    conversion.to_peft(tmp_path / "ours", tmp_path / "peft")
+    config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    tensors = load_file(str(tmp_path / "peft" / "adapter_model.safetensors"))
+
+    def pattern(patterns, name, default):
+        return next((v for k, v in patterns.items() if re.match(rf"(.*\.)?({k})$", name)), default)
+
+    layer_name = {"gpt2": "transformer.h", "llama": "model.layers"}[family]
+    scalings = {key: unit.scaling for key, unit in injection.units_of(model.backbone, "default").items()}
+    for key, a in tensors.items():
+        name = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
+        if not key.endswith("lora_A.weight"):
+            continue
+        assert re.fullmatch(config["target_modules"], name)
+        rank = pattern(config["rank_pattern"], name, config["r"])
+        alpha = pattern(config["alpha_pattern"], name, config["lora_alpha"])
+        assert rank == a.shape[0]
+        layer = int(name.removeprefix(layer_name + ".").split(".")[0])
+        first_site = {"attn.c_attn": "query", "attn.c_proj": "attention_output", "mlp.c_proj": "feedforward_output_dense",
+                      "self_attn.q_proj": "query", "self_attn.k_proj": "key", "self_attn.v_proj": "value",
+                      "self_attn.o_proj": "attention_output", "mlp.down_proj": "feedforward_output_dense"}[
+            name.split(f".{layer}.", 1)[1]]
+        assert alpha / math.sqrt(rank) == pytest.approx(scalings[f"transformer_layer_{layer}/{first_site}"], rel=1e-6)
+    assert config["fan_in_fan_out"] is (family == "gpt2")

@@ -229,11 +229,14 @@ def test_a_peft_prefix_is_the_past_key_values_peft_hands_the_model(folder, tmp_p
 
 def test_rows_longer_than_the_position_table_are_refused_by_name(folder):
     model = _model(folder, PromptConfig(num_virtual_tokens=4, init="random"))
-    with pytest.raises(ValueError, match=f"more than the {POSITIONS} this backbone's position embeddings have"):
-        model.generate("ab", max_new_tokens=POSITIONS - 4)  # 4 virtual + 1 prompt token + 36 new = 41 positions
-    with pytest.raises(ValueError, match="position embeddings"):
-        AdapterCausalLM.from_preset(folder, method="lora", sequence_length=POSITIONS + 1).dataset(RECORDS)
-    assert len(model.generate("ab", max_new_tokens=POSITIONS - 5, stop_token_ids=None)) > 0  # 40 fit
+    # 4 virtual tokens, 1 prompt token and 36 new ones take positions 0..39 (the last new token is not fed back).
+    with pytest.raises(ValueError, match=f"more than the {POSITIONS} this backbone's position embeddings have; "
+                                         "ask for max_new_tokens=36 or fewer"):
+        model.generate("ab", max_new_tokens=37)
+    assert len(model._generated_ids(["ab"], 36, None)[0]) == 36  # the whole table
+    with pytest.raises(ValueError, match="pass sequence_length=36 or less"):
+        AdapterCausalLM.from_preset(folder, method=PromptConfig(num_virtual_tokens=4), sequence_length=37).dataset(RECORDS)
+    assert AdapterCausalLM.from_preset(folder, method=None).sequence_length == POSITIONS  # the default fits
 
 
 @pytest.mark.slow  # a training: CI runs it with the slow tests

@@ -60,8 +60,8 @@ def test_train_evaluate_predict_and_export_a_causal_lm_run(folder, tmp_path, cap
     # A finished run is not trained over; it exports a generate signature a fresh process serves.
     assert cli.main(["train", str(data), "--task", "causal-lm", "--preset", folder, "--output", str(run)]) != 0
     assert "already holds a run; pass --overwrite" in capsys.readouterr().err
-    assert cli.main(["export", str(run), "--format", "tflite", "--output", str(tmp_path / "out")]) != 0
-    assert "a TFLite decoder is not supported yet" in capsys.readouterr().err
+    assert cli.main(["export", "--adapters", f"{run},{run}", "--format", "tflite", "--output", str(tmp_path / "out")]) != 0
+    assert "A TFLite decoder serves one adapter" in capsys.readouterr().err
     assert cli.main(["export", str(run), "--format", "saved_model", "--output", str(tmp_path / "out")]) == 0
     assert "signature: generate (prompt, max_new_tokens, temperature, top_k, top_p) -> text" in capsys.readouterr().out
     (response,) = serve_many(str(tmp_path / "out" / "1"), [{"signature": "generate", "inputs": {

@@ -78,7 +78,7 @@ def test_prefill_and_decode_steps_give_the_keras_model_s_logits_and_tokens(tmp_p
 
 def test_a_prompt_too_long_for_the_export_and_a_composition_are_refused(tmp_path):
     model = _model(tmp_path, "gpt2", "lora")
-    with pytest.raises(ValueError, match="needs 41 positions; this backbone has 40"):
+    with pytest.raises(ValueError, match="needs 41 positions; this backbone has 40: pass a sequence_length of 40 or less"):
         decoder_tflite.export_decoder_tflite(model, tmp_path / "x", sequence_length=41)
     model.add_adapter("p", METHODS["prompt"])
     model.set_active_adapters("p")
