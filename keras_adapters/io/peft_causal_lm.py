@@ -72,9 +72,6 @@ class CausalLMWriter:
             units.setdefault((layer, module), {}).setdefault(site, {})[weight] = value
         return units
 
-    def _out_width(self, site):
-        return self.kv_heads * self.head_dim if site in ("key", "value") else None
-
     # ------------------------------------------------------------------ LoRA
     def _lora(self):
         lora = LoRAConfig.from_config(self.method)
@@ -129,7 +126,8 @@ class CausalLMWriter:
         return np.concatenate(rows, axis=0)
 
     def _site_width(self, site):
-        return self._out_width(site) or self.hidden_dim
+        """A site's output width: grouped-query attention's keys and values are narrower."""
+        return self.kv_heads * self.head_dim if site in ("key", "value") else self.hidden_dim
 
     def _lora_config(self):
         tensors, ranks, alphas = self._lora()
@@ -138,8 +136,8 @@ class CausalLMWriter:
             "r": lora.rank, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout, "use_rslora": lora.use_rslora,
             "use_dora": lora.use_dora, "bias": "none", "target_modules": _exact(ranks),
             "fan_in_fan_out": self.family.huggingface_fan_in_fan_out,
-            "rank_pattern": {_anchored(n): r for n, r in ranks.items() if r != lora.rank},
-            "alpha_pattern": {_anchored(n): a for n, a in alphas.items() if not math.isclose(a, lora.alpha)},
+            "rank_pattern": {re.escape(n): r for n, r in ranks.items() if r != lora.rank},
+            "alpha_pattern": {re.escape(n): a for n, a in alphas.items() if not math.isclose(a, lora.alpha)},
         }
         return config, tensors
 
@@ -186,10 +184,6 @@ class CausalLMWriter:
         config = {"peft_type": self.kind, "task_type": "CAUSAL_LM", "base_model_name_or_path": base,
                   "inference_mode": True, **config}
         return config, {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
-
-
-def _anchored(name):
-    return re.escape(name)
 
 
 def _exact(names):
