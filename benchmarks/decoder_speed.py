@@ -1,8 +1,9 @@
-"""SmolLM2-135M-Instruct with LoRA: keras-adapters against PyTorch + peft, side
-by side in one run on this machine, for training and greedy generation.
+"""A decoder with LoRA (SmolLM2-135M-Instruct, Gemma 3 270M): keras-adapters
+against PyTorch + peft, side by side in one run on this machine, for
+training and greedy generation.
 
 Both load the same weights: the Hugging Face folder the GGUF file converts
-into (PyTorch reads it with transformers' `LlamaForCausalLM`). LoRA r8,
+into (PyTorch reads it with transformers' `AutoModelForCausalLM`). LoRA r8,
 alpha 16 on every projection of every layer (peft's `"all-linear"`), float32.
 
 - training: one AdamW step on a fixed batch of 8 x 128 tokens whose second
@@ -23,8 +24,10 @@ the report takes medians over every timed call of every round.
 
     .venv/bin/python benchmarks/decoder_speed.py --gguf SmolLM2-135M-Instruct.Q4_1.gguf \\
         --torch-python /path/to/torch-venv/bin/python --rounds 3
+    .venv/bin/python benchmarks/decoder_speed.py --gguf data/cache/gemma-3-270m-q4_k_m.gguf ...
 
-Writes benchmarks/results/decoder_speed.json.
+Writes benchmarks/results/decoder_speed.json (Llama family: SmolLM2) or
+decoder_speed_<family>.json.
 """
 
 import argparse
@@ -73,13 +76,16 @@ def stable_prompts(tokenizer, rows=GEN_BATCH, length=PROMPT, seed=0):
 
 
 def _texts(model, prompts):
-    texts = [str(model.tokenizer.detokenize(row)) for row in prompts]
+    """The texts whose prompt ids (the start token first, where the checkpoint adds one) are `prompts`."""
+    start = 1 if model.start_token_id is not None else 0
+    texts = [str(model.tokenizer.detokenize(row[start:])) for row in prompts]
     assert [model._prompt_ids(t) for t in texts] == prompts, "the prompts do not round-trip"
     return texts
 
 
 def saved_worker(what, folder, steps, prompts):
-    """The exported SavedModel's `generate`: one adapter (`saved`) or 4 routed (`routed`)."""
+    """The exported SavedModel's `generate`: one adapter (`saved`) or 4 routed (`routed`);
+    `..._xla`: exported with the decoding loop compiled by XLA."""
     import tempfile
 
     import tensorflow as tf
@@ -90,6 +96,8 @@ def saved_worker(what, folder, steps, prompts):
     from keras_adapters.serving.generator import export_generator
 
     kind, phase = what.split("-")
+    xla = kind.endswith("_xla")
+    kind = kind.removesuffix("_xla")
     model = AdapterCausalLM.from_preset(folder, method=None, sequence_length=LENGTH)
     names = [f"a{i}" for i in range(GEN_BATCH if kind == "routed" else 1)]
     for seed, name in enumerate(names):
@@ -101,10 +109,10 @@ def saved_worker(what, folder, steps, prompts):
     texts = _texts(model, prompts)
     out = tempfile.mkdtemp()
     if kind == "routed":
-        path = export_generator(model, out, names=names)
+        path = export_generator(model, out, names=names, xla=xla)
     else:
         model.set_active_adapters(names[0])
-        path = export_generator(model, out)
+        path = export_generator(model, out, xla=xla)
     generate = tf.saved_model.load(path).signatures["generate"]
     request = {"prompt": tf.constant(texts), "max_new_tokens": tf.constant(1 if phase == "prompt" else 1 + NEW),
                "temperature": tf.constant(0.0), "top_k": tf.constant(0), "top_p": tf.constant(1.0)}
@@ -140,10 +148,10 @@ def keras_worker(what, folder, steps, prompts):
 def torch_worker(what, folder, steps, prompts):
     import peft
     import torch
-    from transformers import LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     config = peft.LoraConfig(task_type=peft.TaskType.CAUSAL_LM, r=8, lora_alpha=16, lora_dropout=0.0,
                              target_modules=ALL_LINEAR_HF)
     model = peft.get_peft_model(model, config)
@@ -171,7 +179,7 @@ def torch_worker(what, folder, steps, prompts):
     def step():
         with torch.inference_mode():
             model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
-                           min_new_tokens=new, do_sample=False, pad_token_id=2)
+                           min_new_tokens=new, do_sample=False, pad_token_id=model.config.eos_token_id)
 
     return time_calls(step, steps, warmup=2)
 
@@ -186,7 +194,8 @@ def worker(argv):
 VARIANTS = {
     **{f"{fw}/train": (fw, "train") for fw in ("keras", "torch")},
     **{f"{fw}/{phase}": (fw, phase) for phase in ("prompt", "decode") for fw in ("keras", "torch")},
-    **{f"{kind}/{phase}": ("saved", f"{kind}-{phase}") for phase in ("prompt", "decode") for kind in ("saved", "routed")},
+    **{f"{kind}/{phase}": ("saved", f"{kind}-{phase}") for phase in ("prompt", "decode")
+       for kind in ("saved", "routed", "saved_xla", "routed_xla")},
 }
 
 
@@ -203,7 +212,7 @@ def summarize(results):
         train = report[f"{framework}/train"]
         train["tokens_per_cpu_second"] = BATCH * LENGTH / train["cpu_seconds"]
         train["tokens_per_wall_second"] = BATCH * LENGTH / train["wall_seconds"]
-    for framework in ("keras", "torch", "saved", "routed"):
+    for framework in ("keras", "torch", "saved", "routed", "saved_xla", "routed_xla"):
         if f"{framework}/prompt" not in report or f"{framework}/decode" not in report:
             continue
         prompt, decode = report[f"{framework}/prompt"], report[f"{framework}/decode"]
@@ -224,14 +233,23 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--only", default="", help="comma-separated variant names (keras/train, torch/decode, ...)")
+    parser.add_argument("--output", default=None, help="the results file's name in benchmarks/results "
+                                                         "(default: decoder_speed[_<family>].json)")
     args = parser.parse_args()
-    from keras_adapters.backbones import llama
+    from keras_adapters.backbones.family import family_of_checkpoint
+    from keras_adapters.backbones.huggingface import model_type
+    from keras_adapters.backbones.huggingface import start_token_id
     from keras_adapters.io import presets
 
     folder = presets.resolve_preset(args.gguf)
-    prompts_file = os.path.join(os.path.dirname(HERE), "results", "decoder_speed_prompts.json")
+    family = family_of_checkpoint(model_type(folder))
+    stem = "decoder_speed" if family.name == "llama" else f"decoder_speed_{family.name}"
+    prompts_file = os.path.join(os.path.dirname(HERE), "results", f"{stem}_prompts.json")
+    tokenizer = family.tokenizer(folder)
+    start = start_token_id(folder, tokenizer)  # the same ids for both: PyTorch's rows start with it too
+    prompts = stable_prompts(tokenizer, length=PROMPT - (start is not None))
     with open(prompts_file, "w") as f:
-        json.dump(stable_prompts(llama.tokenizer(folder)), f)
+        json.dump([([start] if start is not None else []) + row for row in prompts], f)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     variants = {name: (args.torch_python if fw == "torch" else sys.executable, fw, what)
                 for name, (fw, what) in VARIANTS.items()}
@@ -246,7 +264,7 @@ def main():
     report = {"machine": machine_description(), "rounds": args.rounds, "steps": args.steps,
               "batch": {"train": [BATCH, LENGTH], "generate": [GEN_BATCH, PROMPT, NEW]},
               "results": results, "summary": summarize(results)}
-    out = os.path.join(os.path.dirname(HERE), "results", "decoder_speed.json")
+    out = os.path.join(os.path.dirname(HERE), "results", args.output or f"{stem}.json")
     with open(out, "w") as f:
         json.dump(report, f, indent=1)
     print(json.dumps(report["summary"], indent=1))

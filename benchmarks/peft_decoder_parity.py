@@ -1,9 +1,11 @@
 """Adapters of a decoder trained with PyTorch + peft compute the same here.
 
 A tiny random decoder of each family — Llama (the tests' `tiny_llama_folder`:
-random RMS-norm scales, grouped-query attention) or GPT-2 (`tiny_gpt2_folder`:
+random RMS-norm scales, grouped-query attention), GPT-2 (`tiny_gpt2_folder`:
 random layer norms and biases, the fused `c_attn` projection, learned
-positions) — is trained 6 AdamW steps in PyTorch with peft (LoRA on
+positions) or Gemma 3 (`tiny_gemma3_folder`: scaled token vectors, query/key
+norms, sliding-window layers shorter than the rows, heads wider than
+hidden / heads) — is trained 6 AdamW steps in PyTorch with peft (LoRA on
 all-linear with rsLoRA, DoRA, (IA)^3 at peft's defaults, prompt tuning),
 saved with `save_pretrained`; `AdapterCausalLM.from_adapter` loads each
 folder and its logits are compared with PyTorch's on the same ids. The other
@@ -28,7 +30,8 @@ HERE = os.path.abspath(__file__)
 IDS = [[3, 9, 6, 11, 4, 7, 8], [5, 5, 10, 3, 6, 9, 4]]
 KINDS = ("lora", "dora", "ia3", "prompt", "prefix", "prefix_mlp")
 #: DoRA's modules per family (Hugging Face names).
-DORA_MODULES = {"llama": ["q_proj", "v_proj", "down_proj"], "gpt2": ["c_attn", "mlp.c_proj"]}
+DORA_MODULES = {"llama": ["q_proj", "v_proj", "down_proj"], "gpt2": ["c_attn", "mlp.c_proj"],
+                "gemma3": ["q_proj", "v_proj", "down_proj"]}
 
 
 def torch_side(base, out, kind, family):
@@ -92,6 +95,7 @@ ALL_LINEAR = {"llama": ["query", "key", "value", "attention_output", "feedforwar
                         "feedforward_intermediate_dense", "feedforward_output_dense"],
               "gpt2": ["query", "key", "value", "attention_output", "feedforward_intermediate_dense",
                        "feedforward_output_dense"]}
+ALL_LINEAR["gemma3"] = ALL_LINEAR["llama"]
 
 
 def back_rows(args, base, work, inputs, plain):
@@ -128,11 +132,12 @@ def main():
         return torch_load(*sys.argv[2:4])
     parser = argparse.ArgumentParser()
     parser.add_argument("--torch-python", required=True)
-    parser.add_argument("--family", choices=["llama", "gpt2"], default="llama")
+    parser.add_argument("--family", choices=["llama", "gpt2", "gemma3"], default="llama")
     args = parser.parse_args()
     import numpy as np
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "tests"))
+    from tiny_gemma3 import tiny_gemma3_folder
     from tiny_gpt2 import tiny_gpt2_folder
     from tiny_llama import tiny_llama_folder
 
@@ -140,7 +145,8 @@ def main():
     from keras_adapters.models.causal_lm import AdapterCausalLM
 
     work = Path(tempfile.mkdtemp())
-    base = str({"llama": tiny_llama_folder, "gpt2": tiny_gpt2_folder}[args.family](work / "base"))
+    folders = {"llama": tiny_llama_folder, "gpt2": tiny_gpt2_folder, "gemma3": tiny_gemma3_folder}
+    base = str(folders[args.family](work / "base"))
     ids = np.array(IDS)
     inputs = {"token_ids": ids, "padding_mask": np.ones_like(ids, bool)}
     plain = np.asarray(AdapterCausalLM.from_preset(base, method=None)(inputs))

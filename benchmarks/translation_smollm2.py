@@ -153,7 +153,8 @@ def main():
     parser.add_argument("--test", type=int, default=200)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--max-new-tokens", type=int, default=96)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="initialisation and order of training")
+    parser.add_argument("--data-seed", type=int, default=0, help="the sample of training and test pairs")
     parser.add_argument("--rows", default="none,lora,pfeiffer,torch-lora")
     args = parser.parse_args()
     import sacrebleu
@@ -163,13 +164,17 @@ def main():
 
     folder = presets.resolve_preset(args.gguf)
     split = translation_split()
-    data = {"train": _sample(split["train"], args.train, args.seed), "test": _sample(split["test"], args.test, args.seed)}
-    data_file = os.path.join(os.path.dirname(HERE), "results", "translation_smollm2_data.json")
+    data = {"train": _sample(split["train"], args.train, args.data_seed),
+            "test": _sample(split["test"], args.test, args.data_seed)}
+    data_file = os.path.join(os.path.dirname(HERE), "results", f"translation_smollm2_data{args.data_seed}.json")
     with open(data_file, "w") as f:
         json.dump(data, f)
     references = [r["completion"] for r in data["test"]]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    out = os.path.join(os.path.dirname(HERE), "results", "translation_smollm2.json")
+    # One file per (seed, data seed): a file's rows share both, so they read the same pairs.
+    suffix = (f"_seed{args.seed}" if args.seed else "") + (f"_data{args.data_seed}" if args.data_seed else "")
+    name = f"translation_smollm2{suffix}.json"
+    out = os.path.join(os.path.dirname(HERE), "results", name)
     rows = _earlier_rows(out, args)
     for row in args.rows.split(","):
         python = args.torch_python if row.startswith("torch") else sys.executable
@@ -177,7 +182,7 @@ def main():
                                   str(args.max_new_tokens), str(args.seed)], env)
         result["bleu"] = sacrebleu.corpus_bleu(result["generations"], [references]).score
         result["chrf"] = sacrebleu.corpus_chrf(result["generations"], [references]).score
-        rows[row] = result
+        rows[row] = {**result, "machine": machine_description()}  # rows kept from earlier runs keep theirs
         print(row, json.dumps({k: v for k, v in result.items() if k != "generations"}), flush=True)
         # Written after every row: a run stopped part-way keeps the rows it finished.
         report = {"machine": machine_description(), "settings": vars(args), "rows": rows}
@@ -190,8 +195,9 @@ def _earlier_rows(path, args):
     if not os.path.exists(path):
         return {}
     earlier = json.load(open(path))
-    same = ("train", "test", "lr", "max_new_tokens", "seed")
-    if any(earlier["settings"].get(key) != getattr(args, key) for key in same):
+    same = ("train", "test", "lr", "max_new_tokens", "seed", "data_seed")
+    settings = {"data_seed": earlier["settings"]["seed"], **earlier["settings"]}  # files before --data-seed
+    if any(settings.get(key) != getattr(args, key) for key in same):
         return {}
     return earlier["rows"]
 

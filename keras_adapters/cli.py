@@ -210,6 +210,9 @@ def _parser():
     export.add_argument("--sequence-length", type=_whole_number(3), default=None,
                         help="tflite: fixed length (at most the backbone's positions); causal-lm: the most prompt "
                              "tokens plus max_new_tokens a request may ask for (default 4096; tflite: 256)")
+    export.add_argument("--xla", action="store_true",
+                        help="causal-lm saved_model: compile the decoding loop with XLA (TF Serving then needs "
+                             "--xla_cpu_compilation_enabled=true)")
     export.add_argument("--quantize", default="none", choices=["none", "dynamic"])
     export.add_argument("--precision", default="float32", choices=list(serving_graph.PRECISIONS),
                         help="saved_model: what the served graph computes in (bfloat16: faster on CPUs "
@@ -217,12 +220,14 @@ def _parser():
 
     convert = sub.add_parser("convert", help="turn a peft or AdapterHub adapter folder into ours, ours into a "
                                              "peft folder, or a GGUF checkpoint into a Hugging Face folder")
-    convert.add_argument("source", metavar="SRC", help="a peft or AdapterHub adapter folder; with --to peft, our "
-                                                       "adapter or run folder; or a .gguf file (Llama family)")
+    convert.add_argument("source", metavar="SRC", help="a peft or AdapterHub adapter folder; with --to peft or adapterhub, our "
+                                                       "adapter or run folder; or a .gguf file (Llama family, Gemma 3)")
     convert.add_argument("--output", "-o", required=True, metavar="DST", help="the folder to write")
-    convert.add_argument("--to", default="keras-adapters", choices=["keras-adapters", "peft"],
+    convert.add_argument("--to", default="keras-adapters", choices=["keras-adapters", "peft", "adapterhub"],
                          help="peft: a folder PeftModel.from_pretrained loads onto "
-                              "AutoModelForSequenceClassification (LoRA, rsLoRA, DoRA, IA3 with pooling 'cls')")
+                              "AutoModelForSequenceClassification (LoRA, rsLoRA, DoRA, IA3 with pooling 'cls'); "
+                              "adapterhub: a folder AdapterHub's model.load_adapter loads with its head "
+                              "(Pfeiffer, Houlsby with frozen layer norms, parallel, LoRA, IA3, prefix, prompt)")
     convert.add_argument("--preset", default=None,
                          help="the checkpoint SRC was trained on, when its base_model_name_or_path is not a "
                               "folder here")
@@ -445,7 +450,7 @@ def cmd_export(args):
         if args.format == "tflite":
             return _export_decoder_tflite(args, run_dirs)
         out = serving_generator.export_runs(run_dirs, args.output, version=args.version,
-                                            sequence_length=args.sequence_length)
+                                            sequence_length=args.sequence_length, xla=args.xla)
         inputs = "prompt, max_new_tokens, temperature, top_k, top_p" + (", adapter" if "," in run_dirs else "")
         print(f"SavedModel written to {out} (signature: generate ({inputs}) -> text)")
         return 0
@@ -508,6 +513,11 @@ def cmd_convert(args):
         base = ("AutoModelForCausalLM.from_pretrained(BASE)" if peft_format.is_causal_lm_folder(out)
                 else "AutoModelForSequenceClassification.from_pretrained(BASE, num_labels=N)")
         print(f"{method} adapter written to {out} as a peft folder (PeftModel.from_pretrained({base}, {out!r}))")
+        return 0
+    if args.to == "adapterhub":
+        out, method = conversion.to_adapterhub(args.source, args.output)
+        print(f"{method} adapter written to {out} as an AdapterHub folder with its head "
+              f"(AutoAdapterModel.from_pretrained(BASE).load_adapter({out!r}))")
         return 0
     out, method = conversion.convert(args.source, args.output, preset=args.preset, sequence_length=args.sequence_length)
     model_class = "AdapterCausalLM" if generation.is_causal_lm_run(out) else "AdapterModel"

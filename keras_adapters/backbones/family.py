@@ -53,7 +53,8 @@ class Family:
             index, key_mask) -> (hidden states, cache)`: the decoder over
             columns `index`... of left-padded rows with a KV cache
             (`keras_adapters.models.decoding`); with `cache=None`, over whole
-            right-padded rows (`key_mask` their padding mask).
+            right-padded rows (`key_mask` their padding mask). A family with
+            `masked_writes` also takes `write_mask`.
         rotate_past: for decoders, `(language_model, past, offsets) -> past`:
             a prefix's cached keys and values for rows whose tokens sit
             `offsets` columns after their positions (left padding); `None`
@@ -68,6 +69,23 @@ class Family:
         max_positions: `backbone -> the most positions it has` (`None`: no limit).
         model_types: the Hugging Face `model_type`s of the family's checkpoints.
         tokenizer: `folder -> keras-hub tokenizer` of such a checkpoint.
+        masked_writes: for decoders whose `cached_forward` also takes
+            `write_mask` (`[batch, columns]` of the slice: only those columns'
+            keys and values are written) and whose attention has a window: a
+            prefix then sits right before each row's tokens, after its
+            padding, so that the window measures the distances it has
+            without padding (`keras_adapters.models.decoding.prefill`).
+        layer_prefix: how keras-hub names the family's layers before their
+            index (`transformer_layer_` of `transformer_layer_3`; Gemma's
+            `decoder_block_`): unit names (`target_layers`, `rank_pattern`)
+            and adapter weight keys start with it.
+        weight_labels: site -> the name of its sublayer in adapter weight
+            keys, where that is not the site's own (Gemma's gate projection
+            is `ffw_gating`: `decoder_block_0/ffw_gating/lora_a`).
+        embed_tokens: for decoders whose token vectors enter the layers
+            changed (Gemma scales them by `sqrt(hidden_dim)`), `(backbone,
+            token_ids) -> embeddings` as its backbone computes them; `None`:
+            the token embedding's own output (see `Family.embed`).
     """
 
     name: str
@@ -90,6 +108,26 @@ class Family:
     max_positions: Callable | None = None
     model_types: tuple = ()
     tokenizer: Callable | None = None
+    masked_writes: bool = False
+    layer_prefix: str = "transformer_layer_"
+    weight_labels: dict = dataclasses.field(default_factory=dict)
+    embed_tokens: Callable | None = None
+
+    def layer_name(self, index):
+        """The name of the backbone's layer `index` (`transformer_layer_3`)."""
+        return f"{self.layer_prefix}{index}"
+
+    def site_of_label(self, label):
+        """The site whose units adapter weight keys name `label` (see `weight_labels`)."""
+        return next((site for site, name in self.weight_labels.items() if name == label), label)
+
+    def embed(self, backbone, token_ids):
+        """The vectors of `token_ids` as the backbone's first layer receives
+        them (before position embeddings; a prompt's virtual tokens go beside
+        them as they are, as in peft's `inputs_embeds`)."""
+        if self.embed_tokens is not None:
+            return self.embed_tokens(backbone, token_ids)
+        return backbone.token_embedding(token_ids)
 
     def owns(self, layer):
         return isinstance(layer, self.layer_types())
@@ -155,7 +193,7 @@ def family_of(backbone):
     raise ValueError(
         f"{type(backbone).__name__} has no transformer layers keras-adapters knows where to put adapters in; "
         f"the supported families are {[f.name for f in _FAMILIES]} (keras-hub BertBackbone-style encoders "
-        "and the decoders of Llama3Backbone and GPT2Backbone)."
+        "and the decoders of Llama3Backbone, GPT2Backbone and Gemma3Backbone)."
     )
 
 

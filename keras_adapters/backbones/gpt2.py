@@ -21,6 +21,7 @@ rows across them (`HUGGINGFACE_SITES`).
 
 from keras import ops
 
+from keras_adapters.backbones.byte_pair import fix_special_token_stand_ins
 from keras_adapters.backbones.decoder import cached_forward
 from keras_adapters.backbones.family import TRANSFORMER_LAYER_SITES
 from keras_adapters.backbones.family import Family
@@ -86,6 +87,7 @@ def tokenizer(folder):
     from keras_hub.src.models.gpt2.gpt2_tokenizer import GPT2Tokenizer
     from keras_hub.src.utils.preset_utils import get_preset_loader
 
+    fix_special_token_stand_ins()
     return get_preset_loader(folder).load_tokenizer(GPT2Tokenizer)
 
 

@@ -16,6 +16,7 @@ import os
 
 import tensorflow as tf
 
+from keras_adapters.backbones.byte_pair import fix_special_token_stand_ins
 from keras_adapters.backbones.decoder import cached_forward
 from keras_adapters.backbones.family import Family
 from keras_adapters.backbones.family import register_family
@@ -136,6 +137,7 @@ def tokenizer(folder):
             f"{folder}: tokenizer.json is not a byte-level BPE tokenizer (Llama 3, SmolLM2); SentencePiece-style "
             "Llama tokenizers (Llama 2, TinyLlama) are not supported yet."
         )
+    fix_special_token_stand_ins()
     return get_preset_loader(folder).load_tokenizer(Llama3Tokenizer)
 
 

@@ -21,9 +21,8 @@ import numpy as np
 from keras_adapters.io.adapter_folder import AdapterFormatError
 from keras_adapters.io.adapter_folder import replace_folder
 from keras_adapters.methods.lora import LoRAConfig
+from keras_adapters.methods.prompt import PROMPT_KEY
 
-_OUR_KEY = re.compile(r"transformer_layer_(\d+)/(?:[^/]+/)?(\w+)/(lora_a|lora_b|magnitude|scale)")
-_PROMPT_KEY = "embeddings/embedding_output/prompt"
 _PREFIX_KEYS = ("embeddings/embedding_output/keys", "embeddings/embedding_output/values")
 PEFT_TYPES = {"lora": "LORA", "ia3": "IA3", "prompt": "PROMPT_TUNING", "prefix": "PREFIX_TUNING"}
 
@@ -63,11 +62,13 @@ class CausalLMWriter:
     def _units(self):
         """{(layer, module): {site: {weight: array}}} of the adapter's layer units."""
         units = {}
+        ours = re.compile(rf"{self.family.layer_prefix}(\d+)/(?:[^/]+/)?(\w+)/(lora_a|lora_b|magnitude|scale)")
         for key, value in self.tensors.items():
-            match = _OUR_KEY.fullmatch(key)
-            if not match or match.group(2) not in self.modules:
+            match = ours.fullmatch(key)
+            site = match and self.family.site_of_label(match.group(2))
+            if not match or site not in self.modules:
                 _fail(f"no peft name for {key!r}")
-            layer, site, weight = int(match.group(1)), match.group(2), match.group(3)
+            layer, weight = int(match.group(1)), match.group(3)
             module, _ = self.modules[site]
             units.setdefault((layer, module), {}).setdefault(site, {})[weight] = value
         return units
@@ -79,7 +80,7 @@ class CausalLMWriter:
         out, ranks, alphas = {}, {}, {}
         for (layer, module), sites in sorted(self._units().items()):
             order = [s for s in self.modules[next(iter(sites))][1] if s in sites]
-            units = {s: lora.for_unit(f"transformer_layer_{layer}/{s}") for s in order}
+            units = {s: lora.for_unit(f"{self.family.layer_name(layer)}/{s}") for s in order}
             rank = sum(u.rank for u in units.values())
             # One scaling for the module: the first unit's; the others' B carry the ratio.
             scaling = units[order[0]].alpha / (math.sqrt(units[order[0]].rank) if rs else units[order[0]].rank)
@@ -163,7 +164,7 @@ class CausalLMWriter:
 
     # --------------------------------------------------------- input-end units
     def _prompt_config(self):
-        prompt = self.tensors[_PROMPT_KEY]
+        prompt = self.tensors[PROMPT_KEY]
         config = {"num_virtual_tokens": int(prompt.shape[0]), "token_dim": int(prompt.shape[1]),
                   "num_transformer_submodules": 1, "num_layers": self.layers,
                   "num_attention_heads": self.kv_heads, "prompt_tuning_init": "RANDOM"}

@@ -34,6 +34,7 @@ from keras_adapters.io.torch_tensors import read_tensor_file
 from keras_adapters.methods.base import LINEAR_SITES
 from keras_adapters.methods.base import pattern_value
 from keras_adapters.methods.lora import LoRAConfig
+from keras_adapters.methods.prompt import PROMPT_KEY as OUR_PROMPT_KEY
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -52,8 +53,6 @@ _HEAD_KEY = re.compile(r"base_model\.(?:model\.)?(classifier|score)\.(weight|bia
 # BERT's pooler: LoRA on it (peft's "all-linear" includes it) or a trained copy (modules_to_save).
 _POOLER_KEY = re.compile(r"base_model\.(?:model\.)?bert\.pooler\.dense\.(lora_A\.weight|lora_B\.weight|lora_magnitude_vector|weight|bias)")
 PROMPT_KEY = "prompt_embeddings"
-#: Our key of a prompt adapter's vectors (its unit at the embedding output).
-_OUR_PROMPT_KEY = "embeddings/embedding_output/prompt"
 #: Our keys of a decoder prefix's keys and values (its unit at the embedding output).
 _OUR_PREFIX_KEYS = ("embeddings/embedding_output/keys", "embeddings/embedding_output/values")
 
@@ -104,7 +103,8 @@ class PeftFolder:
         if kind not in readers:
             raise AdapterFormatError(
                 f"{self.source}: peft type {kind!r} cannot be read yet (this keras-adapters reads "
-                f"{sorted(readers)} adapters of BERT-family sequence classifiers and Llama- and GPT-2-family causal LMs)."
+                f"{sorted(readers)} adapters of BERT-family sequence classifiers and Llama-, GPT-2- and Gemma 3-family "
+                "causal LMs)."
             )
         task = {"type": task_types[self.peft["task_type"]]}
         if head:
@@ -216,7 +216,7 @@ class PeftFolder:
             self._fail(f"adapts {bad}, which this method cannot adapt here (it can adapt {list(allowed)}).")
         if self.peft.get("layers_to_transform") is None:  # peft adapted every layer
             return ".*", sites
-        return "(" + "|".join(bert.encoder_name(i) for i in sorted(by_layer)) + ")", sites
+        return "(" + "|".join(self._family.layer_name(i) for i in sorted(by_layer)) + ")", sites
 
     def _lora(self):
         p = self.peft
@@ -237,8 +237,8 @@ class PeftFolder:
             "method": "lora",
             "rank": int(rank),
             "alpha": float(p["lora_alpha"]),
-            "rank_pattern": _unit_patterns(ranks, rank),
-            "alpha_pattern": _unit_patterns(alphas, float(p["lora_alpha"])),
+            "rank_pattern": _unit_patterns(self._family, ranks, rank),
+            "alpha_pattern": _unit_patterns(self._family, alphas, float(p["lora_alpha"])),
             "dropout": float(p.get("lora_dropout") or 0.0),
             "target_modules": list(sites),
             "use_rslora": bool(p.get("use_rslora")),
@@ -301,11 +301,11 @@ class PeftFolder:
             out.update(self._prefix_tensors(shapes))
             return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
         if "prompt" in self._units:
-            out[_OUR_PROMPT_KEY] = self._units["prompt"][PROMPT_KEY]
+            out[OUR_PROMPT_KEY] = self._units["prompt"][PROMPT_KEY]
             return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
         for (layer, site), tensors in self._units.items():
             for peft_name, value in tensors.items():
-                key = _our_key(shapes, layer, site, names[peft_name])
+                key = _our_key(shapes, self._family, layer, site, names[peft_name])
                 if peft_name.startswith("lora_"):  # torch Linear weights are [out, in]; our kernels [in, out]
                     value = value.T if value.ndim == 2 else value
                 elif key in shapes and value.size == math.prod(shapes[key]):
@@ -328,10 +328,11 @@ def _split_fused(sites, tensor, value):
     return list(zip(sites, parts))
 
 
-def _our_key(shapes, layer, site, weight):
+def _our_key(shapes, family, layer, site, weight):
     """The key of the model's unit weight at `site` of layer `layer` (families
     scope their attention sites differently), or BERT's key when it has none."""
-    pattern = re.compile(rf"{bert.encoder_name(layer)}/(?:[^/]+/)?{site}/{weight}")
+    label = family.weight_labels.get(site, site)
+    pattern = re.compile(rf"{family.layer_name(layer)}/(?:[^/]+/)?{label}/{weight}")
     found = [k for k in shapes if pattern.fullmatch(k)]
     return found[0] if len(found) == 1 else bert.unit_key(layer, site, weight)
 
@@ -348,9 +349,9 @@ def _peft_pattern_value(patterns, module, default):
     return default if value is None else value
 
 
-def _unit_patterns(values, default):
+def _unit_patterns(family, values, default):
     """{our unit name: value} for the units whose value is not `default` (None if none)."""
-    return {f"{bert.encoder_name(layer)}/{site}": v for (layer, site), v in sorted(values.items()) if v != default} or None
+    return {f"{family.layer_name(layer)}/{site}": v for (layer, site), v in sorted(values.items()) if v != default} or None
 
 
 #: peft types whose BERT classifiers compute what nothing here computes, and why.
@@ -455,7 +456,7 @@ def peft_tensors(method, tensors):
             out[f"{head}.{'weight' if key.endswith('kernel') else 'bias'}"] = value.T
         elif key in ("hidden/kernel", "hidden/bias"):  # a head's own pooler (see _own_pooler)
             out[f"{head.rsplit('.', 1)[0]}.bert.pooler.dense.{'weight' if key.endswith('kernel') else 'bias'}"] = value.T
-        elif key == _OUR_PROMPT_KEY:
+        elif key == OUR_PROMPT_KEY:
             out[PROMPT_KEY] = value
         elif not match or match.group(2) not in _MODULES:
             unknown.append(key)

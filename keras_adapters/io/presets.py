@@ -81,14 +81,14 @@ def resolve_preset(preset):
             "preset names and kaggle:// or hf:// handles are not fetched. Where there is network, "
             f"save it once to a folder (keras_hub.models.Backbone.from_preset({preset!r}).save_to_preset(DIR) "
             "and the same with keras_hub.models.TextClassifierPreprocessor), then pass DIR; or pass "
-            "a Hugging Face BERT or Llama folder, a .gguf file, or 'default'."
+            "a Hugging Face BERT or decoder (Llama, GPT-2, Gemma 3) folder, a .gguf file, or 'default'."
         )
     if gguf_checkpoint.is_gguf_file(preset):
         return str(gguf_checkpoint.cached_folder(preset, cache_dir()))
     if not os.path.isdir(preset):
         raise PresetNotFoundError(
             f"Preset folder {preset!r} does not exist. Pass a keras-hub "
-            "preset folder, a Hugging Face BERT or Llama folder (config.json, "
+            "preset folder, a Hugging Face BERT or decoder folder (config.json, "
             "model.safetensors, tokenizer files), a .gguf file or 'default'."
         )
     if not os.path.isfile(os.path.join(preset, "config.json")):

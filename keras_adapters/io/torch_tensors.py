@@ -12,6 +12,7 @@ PyTorch is not imported.
 import collections
 import io
 import pickle
+import struct
 import zipfile
 
 import numpy as np
@@ -143,3 +144,52 @@ def read_tensor_file(directory, names, source):
         except Exception as e:
             raise AdapterFormatError(f"{path} is not a readable safetensors file: {e}") from None
     raise AdapterFormatError(f"{source} has none of {list(names)}.")
+
+
+def _global(module, name):
+    return pickle.GLOBAL + f"{module}\n{name}\n".encode()
+
+
+def _text(text):
+    data = text.encode()
+    return pickle.BINUNICODE + struct.pack("<I", len(data)) + data
+
+
+def _tuple(items):
+    return pickle.MARK + b"".join(items) + pickle.TUPLE
+
+
+def _int(number):
+    return pickle.BININT + struct.pack("<i", number)
+
+
+def _ints(numbers):
+    return _tuple(_int(n) for n in numbers)
+
+
+def _tensor(key, array):
+    """`torch._utils._rebuild_tensor_v2(storage, 0, shape, strides, False, OrderedDict())` as pickle opcodes."""
+    strides = [s // array.itemsize for s in array.strides]
+    storage = _tuple([_text("storage"), _global("torch", "FloatStorage"), _text(key), _text("cpu"),
+                      _int(array.size)]) + pickle.BINPERSID
+    hooks = _global("collections", "OrderedDict") + pickle.EMPTY_TUPLE + pickle.REDUCE
+    return (_global("torch._utils", "_rebuild_tensor_v2") + pickle.MARK + storage + _int(0)
+            + _ints(array.shape) + _ints(strides) + pickle.NEWFALSE + hooks + pickle.TUPLE + pickle.REDUCE)
+
+
+def save_torch_tensors(path, tensors):
+    """Write `tensors` ({name: array}, as float32) as `torch.save` writes a
+    state dict, which `torch.load` (`weights_only=True` too) reads. The pickle is
+    written opcode by opcode, naming only what the reader above accepts;
+    PyTorch is not imported."""
+    arrays = {name: np.array(value, dtype="<f4", order="C") for name, value in tensors.items()}  # "byteorder" says little
+    body = [pickle.PROTO + b"\x02", _global("collections", "OrderedDict"), pickle.EMPTY_TUPLE, pickle.REDUCE, pickle.MARK]
+    for key, (name, array) in enumerate(arrays.items()):
+        body += [_text(name), _tensor(str(key), array)]
+    body += [pickle.SETITEMS, pickle.STOP]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("archive/data.pkl", b"".join(body))
+        archive.writestr("archive/byteorder", "little")
+        for key, array in enumerate(arrays.values()):
+            archive.writestr(f"archive/data/{key}", array.tobytes())
+        archive.writestr("archive/version", "3\n")

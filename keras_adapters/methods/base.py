@@ -10,6 +10,7 @@ way for every method.
 
 import contextlib
 import dataclasses
+import inspect
 import re
 from typing import ClassVar
 
@@ -446,6 +447,17 @@ class RoutedLayerNorm(RoutedUnits):
         return ops.cast(outputs, self.base.compute_dtype)
 
 
+def _config_of(layer):
+    """`layer.get_config()`, or for a layer that keeps none (keras-hub's Gemma
+    RMS norm, made with a dtype policy object) its constructor's arguments
+    read back from the attributes of the same names."""
+    try:
+        return layer.get_config()
+    except NotImplementedError:
+        names = inspect.signature(type(layer).__init__).parameters
+        return {n: getattr(layer, n) for n in names if n not in ("self", "kwargs", "name", "dtype") and hasattr(layer, n)}
+
+
 @keras.saving.register_keras_serializable(package="keras_adapters")
 class TrainableCopy(WrappedLayer):
     """A per-adapter copy of an original layer that the method trains.
@@ -464,9 +476,7 @@ class TrainableCopy(WrappedLayer):
         return RoutedLayerNorm
 
     def build(self, input_shape):
-        self.layer = type(self.base).from_config(
-            {**self.base.get_config(), "name": self.base.name, "dtype": self.dtype_policy}
-        )
+        self.layer = type(self.base).from_config({**_config_of(self.base), "name": self.base.name, "dtype": self.dtype_policy})
         self.layer.build(input_shape)
         for target, source in zip(self.layer.weights, self.base.weights):
             target.assign(source)
@@ -505,31 +515,61 @@ def _takes_training(layer):
 
 
 def kernel_split(layer):
-    """Split a projection's kernel shape into (input dims, output dims).
+    """Split a projection's kernel shape into (input dims, output dims), in
+    the order the kernel's axes take in `canonical_kernel` (see `kernel_axes`).
 
     Works for `Dense` and for the `EinsumDense` projections of keras-hub
-    attention (`abc,cde->abde`, `abcd,cde->abe`): the kernel's leading dims
-    contract with the input's trailing dims, the rest become the output's
-    trailing dims. Anything else is refused, since a low-rank or scaling
-    update on it would have no clear meaning.
+    attention (`abc,cde->abde`, `abcd,cde->abe`, Gemma's `btd,ndh->btnh`):
+    the kernel's contracted dims meet the input's trailing dims, the rest
+    become the output's trailing dims. Anything else is refused, since a
+    low-rank or scaling update on it would have no clear meaning.
     """
     kernel_shape = tuple(int(d) for d in layer.kernel.shape)
+    n_in, axes = _kernel_layout(layer)
+    shape = tuple(kernel_shape[a] for a in axes)
+    return shape[:n_in], shape[n_in:]
+
+
+def kernel_axes(layer):
+    """The kernel's axes in (input dims..., output dims...) order: `(0, 1, ...)`
+    but for kernels that keep an output dim first (Gemma's query, key and
+    value kernels `[heads, hidden, head_dim]` give `(1, 0, 2)`)."""
+    return _kernel_layout(layer)[1]
+
+
+def canonical_kernel(layer):
+    """`layer.kernel` in float32 with its axes in `kernel_axes` order (input dims first)."""
+    kernel = ops.cast(layer.kernel, "float32")
+    axes = kernel_axes(layer)
+    return kernel if axes == tuple(range(len(axes))) else ops.transpose(kernel, axes)
+
+
+def layout_kernel(layer, kernel):
+    """A kernel in `canonical_kernel` order (or flat `[inputs, outputs]`) laid out as `layer.kernel` is."""
+    axes = kernel_axes(layer)
+    in_shape, out_shape = kernel_split(layer)
+    kernel = ops.reshape(kernel, (*in_shape, *out_shape))
+    if axes == tuple(range(len(axes))):
+        return kernel
+    return ops.transpose(kernel, tuple(axes.index(i) for i in range(len(axes))))
+
+
+def _kernel_layout(layer):
+    """(number of input dims, `kernel_axes`) of a `Dense` or plain `EinsumDense` projection."""
     if isinstance(layer, keras.layers.Dense):
-        return kernel_shape[:1], kernel_shape[1:]
+        return 1, (0, 1)
     if isinstance(layer, keras.layers.EinsumDense):
         inputs, rest = layer.equation.replace(" ", "").split(",")
         kernel, output = rest.split("->")
-        n_in = sum(1 for c in kernel if c in inputs)
-        if (
-            n_in
-            and inputs.endswith(kernel[:n_in])
-            and output == inputs[: len(inputs) - n_in] + kernel[n_in:]
-        ):
-            return kernel_shape[:n_in], kernel_shape[n_in:]
+        contracted = "".join(c for c in inputs if c in kernel)
+        free = "".join(c for c in kernel if c not in inputs)
+        batch = inputs[: len(inputs) - len(contracted)]
+        if contracted and inputs.endswith(contracted) and output == batch + free and len(set(kernel)) == len(kernel):
+            return len(contracted), tuple(kernel.index(c) for c in contracted + free)
         raise ValueError(
             f"Layer {layer.name!r} uses the einsum equation {layer.equation!r}, "
             "which is not a plain projection (input trailing dims x kernel "
-            "leading dims); adapters cannot target it."
+            "dims into output trailing dims); adapters cannot target it."
         )
     raise ValueError(
         f"Layer {layer.name!r} is a {type(layer).__name__}; only Dense and "

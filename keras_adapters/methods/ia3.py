@@ -13,7 +13,9 @@ from keras_adapters.methods.base import WrappedLayer
 from keras_adapters.methods.base import per_row
 from keras_adapters.methods.base import check_sites
 from keras_adapters.methods.base import check_choice
+from keras_adapters.methods.base import canonical_kernel
 from keras_adapters.methods.base import kernel_split
+from keras_adapters.methods.base import layout_kernel
 
 
 class RoutedIA3(RoutedUnits):
@@ -82,16 +84,16 @@ class IA3Scaling(WrappedLayer):
         return y
 
     def merge(self):
-        kernel = ops.cast(self.base.kernel, "float32")
+        kernel = canonical_kernel(self.base)  # input dims first, then output dims
         scale = ops.cast(self.scale, "float32")
         if self.position == "output":
-            self.base.kernel.assign(kernel * scale)
+            self.base.kernel.assign(layout_kernel(self.base, kernel * scale))
             if getattr(self.base, "bias", None) is not None:
                 self.base.bias.assign(ops.cast(self.base.bias, "float32") * scale)
         else:
             n_out = len(kernel.shape) - self._n_in
             scale = ops.reshape(scale, tuple(scale.shape) + (1,) * n_out)
-            self.base.kernel.assign(kernel * scale)
+            self.base.kernel.assign(layout_kernel(self.base, kernel * scale))
 
     def get_config(self):
         config = super().get_config()

@@ -19,7 +19,9 @@ from keras_adapters.methods.base import check_patterns
 from keras_adapters.methods.base import pattern_value
 from keras_adapters.methods.base import LINEAR_SITES
 from keras_adapters.methods.base import PROJECTION_SITES
+from keras_adapters.methods.base import canonical_kernel
 from keras_adapters.methods.base import kernel_split
+from keras_adapters.methods.base import layout_kernel
 from keras_adapters.methods import per_example
 
 #: LoRA's default sites (all projections of a keras-hub TransformerEncoder;
@@ -141,7 +143,7 @@ class LoRALayer(WrappedLayer):
             self.magnitude.assign(self._column_norms(self._flat_kernel()))
 
     def _flat_kernel(self):
-        return ops.reshape(ops.cast(self.base.kernel, "float32"), (math.prod(self._in_shape), -1))
+        return ops.reshape(canonical_kernel(self.base), (math.prod(self._in_shape), -1))
 
     @staticmethod
     def _column_norms(kernel):
@@ -180,9 +182,8 @@ class LoRALayer(WrappedLayer):
         """The update as a kernel shaped like `base.kernel` (float32)."""
         if self.use_dora:
             scale = ops.reshape(self.column_scale(), (1, -1))
-            return ops.reshape(self._adapted_kernel() * scale - self._flat_kernel(), tuple(self.base.kernel.shape))
-        delta = ops.matmul(self.lora_a, self.lora_b) * self.scaling
-        return ops.reshape(delta, tuple(self.base.kernel.shape))
+            return layout_kernel(self.base, self._adapted_kernel() * scale - self._flat_kernel())
+        return layout_kernel(self.base, ops.matmul(self.lora_a, self.lora_b) * self.scaling)
 
     def merge(self):
         kernel = self.base.kernel

@@ -27,6 +27,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_adapters.backbones.family import family_of
 from keras_adapters.methods.base import AdapterConfig
 from keras_adapters.methods.base import InputEndUnit
 from keras_adapters.methods.base import check_choice
@@ -34,6 +35,8 @@ from keras_adapters.methods.base import check_positive_int
 
 PROMPT_INITS = ("vocab", "text", "random")
 PROMPT_PLACEMENTS = ("after_cls", "before_cls")
+#: The adapter-folder key of a prompt adapter's vectors `[virtual tokens, hidden]`.
+PROMPT_KEY = "embeddings/embedding_output/prompt"
 
 #: The backbone attributes the embedding output is computed from (keras-hub
 #: `BertBackbone`), in the order they are applied.
@@ -247,7 +250,8 @@ class PromptConfig(AdapterConfig):
         (positions and segments are added when the model runs)."""
         initial = None
         if self.init_token_ids is not None and self.placement == "before_cls":
-            initial = ops.convert_to_numpy(base.token_embedding(np.asarray(self.init_token_ids, "int32")))
+            # As peft starts them: the words' vectors as the first layer gets them (Gemma scales them).
+            initial = ops.convert_to_numpy(family_of(base).embed(base, np.asarray(self.init_token_ids, "int32")))
         elif self.init_token_ids is not None:
             ids = np.stack([np.zeros(self.num_virtual_tokens, "int32"), np.asarray(self.init_token_ids, "int32")], 1)
             initial = ops.convert_to_numpy(embedding_output(base, ids, np.zeros_like(ids))[:, 1])

@@ -39,7 +39,7 @@ def _seeded(sampler):
 
 
 class AdapterCausalLM(keras.Model):
-    """A decoder (Llama family: SmolLM2, Llama 3; GPT-2 family) with named adapters.
+    """A decoder (Llama family: SmolLM2, Llama 3; GPT-2 family; Gemma 3) with named adapters.
 
     The backbone stays frozen and unchanged; each adapter (LoRA/DoRA/rsLoRA,
     (IA)^3, Houlsby, Pfeiffer, parallel bottlenecks) is a set of units at
@@ -88,6 +88,11 @@ class AdapterCausalLM(keras.Model):
         self.template = template
         self.special_tokens = dict(special_tokens or {})
         self.start_token_id = start_token_id
+        if start_token_id is not None and "bos_token" in self.special_tokens:
+            # The start id goes in as an id (as Hugging Face tokenizes a rendered chat with
+            # add_special_tokens=False): a template's `{{ bos_token }}` written as text would be
+            # read as characters by tokenizers that keep it a control piece (Gemma's SentencePiece).
+            self.special_tokens["bos_token"] = ""
         if stop_token_ids is None and tokenizer is not None:
             stop_token_ids = (tokenizer.end_token_id,)
         self.stop_token_ids = tuple(stop_token_ids or ())
@@ -102,16 +107,17 @@ class AdapterCausalLM(keras.Model):
 
     @classmethod
     def from_preset(cls, preset, method="lora", sequence_length=None, dtype=None, load_weights=True):
-        """A decoder checkpoint (a Hugging Face Llama or GPT-2 folder, or a
-        Llama `.gguf` file, converted once into a cached folder) with its tokenizer and
-        chat template, and a first adapter of `method` (`None`: none)."""
+        """A decoder checkpoint (a Hugging Face Llama, GPT-2 or Gemma 3 folder,
+        or a Llama or Gemma 3 `.gguf` file, converted once into a cached folder)
+        with its tokenizer and chat template, and a first adapter of `method`
+        (`None`: none)."""
         folder = presets.resolve_preset(preset)
         family = family_of_checkpoint(model_type(folder))
         if family is None or family.language_model is None:
             decoders = sorted(t for f in families() if f.language_model is not None for t in f.model_types)
             raise ValueError(
                 f"{preset!r} is not a decoder checkpoint keras-adapters adapts (config.json model_type "
-                f"{model_type(folder)!r}; AdapterCausalLM takes {decoders}, or a Llama .gguf file)."
+                f"{model_type(folder)!r}; AdapterCausalLM takes {decoders}, or a Llama or Gemma 3 .gguf file)."
             )
         backbone = presets.load_backbone(folder, dtype=dtype, load_weights=load_weights)
         tokenizer = family.tokenizer(folder)
@@ -234,7 +240,8 @@ class AdapterCausalLM(keras.Model):
     # ------------------------------------------------------------- training
     def compile(self, optimizer="auto", learning_rate=None, **kwargs):
         """AdamW at the active adapter's method's default learning rate, and
-        the mean negative log-likelihood of the completion tokens."""
+        the mean negative log-likelihood of the completion tokens (the loss;
+        `nll` among the metrics: the same mean over all of an epoch's tokens)."""
         if optimizer == "auto":
             names = composition.adapter_names(self.active_adapters) if self.active_adapters else []
             default = self.adapter_config(names[0]).default_learning_rate if names else 1e-4
@@ -242,7 +249,10 @@ class AdapterCausalLM(keras.Model):
         kwargs.setdefault(
             "loss", keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight")
         )
-        kwargs.setdefault("weighted_metrics", [keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+        # `nll` is the mean over every completion token of the data; Keras' `loss` averages per-batch
+        # means, which weighs a token of a short batch more (runs pick their best epoch by `val_nll`).
+        kwargs.setdefault("weighted_metrics", [keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+                                               keras.metrics.SparseCategoricalCrossentropy(from_logits=True, name="nll")])
         super().compile(optimizer=optimizer, **kwargs)
 
     def fit(self, x=None, y=None, **kwargs):

@@ -16,7 +16,9 @@ without padding, relative to one another. A prefix adapter (`PrefixConfig`
 on a decoder) is a past: keys and values at the front of every layer's
 cache, `[prefix][padding][virtual tokens][prompt]`, its keys rotated by each
 row's padding (the family's `rotate_past`) so that every token meets them
-as it does without padding.
+as it does without padding; for a family whose attention has a window
+(Gemma 3), `[padding][prefix][virtual tokens][prompt]`, so that the window
+sees the prefix where it is without padding (`Family.masked_writes`).
 
 Left padding shifts a row's columns, not its positions: a token at cache
 column `c` of a row padded by `p` has position `c - p` (a prefix holds
@@ -58,10 +60,10 @@ def split_units(units):
     return ([u for u in units if isinstance(u, PromptEmbedding)], [u for u in units if isinstance(u, CachePrefix)])
 
 
-def embed(language_model, token_ids, padding_mask, prompts=()):
+def embed(language_model, family, token_ids, padding_mask, prompts=()):
     """(embeddings, padding mask) of right-padded rows with the virtual tokens
     of `prompts` (`PromptEmbedding` units) in front."""
-    x = language_model.backbone.token_embedding(token_ids)
+    x = family.embed(language_model.backbone, token_ids)
     for unit in prompts:
         x, padding_mask = unit.insert(x, padding_mask)
     return x, padding_mask
@@ -88,7 +90,7 @@ def forward(language_model, family, token_ids, padding_mask, units=()):
     scoring) with the active input-end units: virtual tokens in front (left
     out of the result again) and a prefix in a cache of its own."""
     prompts, prefixes = split_units(units)
-    x, mask = embed(language_model, token_ids, padding_mask, prompts)
+    x, mask = embed(language_model, family, token_ids, padding_mask, prompts)
     start = sum(unit.prefix_length for unit in prefixes)  # tokens after a prefix start at its length
     positions = start + tf.broadcast_to(tf.range(tf.shape(x)[1])[None, :], tf.shape(x)[:2])
     x = positioned(language_model, family, x, positions)
@@ -128,7 +130,8 @@ def prefill(language_model, family, x, key_mask, max_new_tokens, prefixes=()):
     room = tf.stack([batch, layers, 2, width + max_new_tokens, heads, head_dim])
     cache = tf.zeros(room, language_model.compute_dtype)
     padding = width - tf.reduce_sum(tf.cast(key_mask, tf.int32), axis=1)
-    key_mask = tf.concat([tf.cast(key_mask, tf.bool), tf.ones(tf.stack([batch, max_new_tokens]), tf.bool)], axis=1)
+    written = tf.cast(key_mask, tf.bool)
+    key_mask = tf.concat([written, tf.ones(tf.stack([batch, max_new_tokens]), tf.bool)], axis=1)
     length = sum(unit.prefix_length for unit in prefixes)
     x = positioned(language_model, family, x, length + tf.range(width)[None, :] - padding[:, None])
     if prefixes:
@@ -137,7 +140,12 @@ def prefill(language_model, family, x, key_mask, max_new_tokens, prefixes=()):
             past = family.rotate_past(language_model, past, padding)
         cache = tf.concat([past, cache], axis=3)
         key_mask = tf.concat([tf.ones([batch, length], tf.bool), key_mask], axis=1)
-    hidden, cache = family.cached_forward(language_model, x, cache, length, key_mask)
+        if family.masked_writes:  # [padding][prefix][tokens]: see Family.masked_writes
+            columns = tf.range(tf.shape(cache)[3])[None, :]
+            cache = tf.gather(cache, (columns - padding[:, None]) % tf.shape(cache)[3], axis=3, batch_dims=1)
+            key_mask = columns >= padding[:, None]
+    writes = {"write_mask": written} if family.masked_writes else {}
+    hidden, cache = family.cached_forward(language_model, x, cache, length, key_mask, **writes)
     return hidden, cache, key_mask, length
 
 
@@ -159,7 +167,7 @@ def generate(language_model, family, token_ids, lengths, max_new_tokens, sampler
     prompts, prefixes = split_units(units)
     lengths = tf.cast(lengths, tf.int32)
     batch = tf.shape(token_ids)[0]
-    x, padding_mask = embed(language_model, token_ids, tf.sequence_mask(lengths, tf.shape(token_ids)[1]), prompts)
+    x, padding_mask = embed(language_model, family, token_ids, tf.sequence_mask(lengths, tf.shape(token_ids)[1]), prompts)
     x, key_mask = left_align(x, tf.reduce_sum(tf.cast(padding_mask, tf.int32), axis=1))
     hidden, cache, full_mask, length = prefill(language_model, family, x, key_mask, max_new_tokens, prefixes)
     start = length + tf.shape(x)[1]  # the first new token's cache column
@@ -167,7 +175,7 @@ def generate(language_model, family, token_ids, lengths, max_new_tokens, sampler
 
     def next_token_logits(tokens, cache, index):
         token = tf.slice(tokens, tf.stack([0, index - 1]), tf.stack([batch, 1]))
-        embedded = positioned(language_model, family, backbone.token_embedding(token), index - 1 - padding[:, None])
+        embedded = positioned(language_model, family, family.embed(backbone, token), index - 1 - padding[:, None])
         states, cache = family.cached_forward(language_model, embedded, cache, index - 1, full_mask)
         logits = backbone.token_embedding(states, reverse=True)
         return logits[:, 0], states[:, 0], cache

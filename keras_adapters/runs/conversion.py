@@ -1,13 +1,13 @@
 """`keras-adapters convert`: adapters trained with other libraries, as our
-adapter folders, and ours as peft folders; GGUF checkpoints as Hugging Face
+adapter folders, and ours as peft or AdapterHub folders; GGUF checkpoints as Hugging Face
 folders.
 
 A peft or AdapterHub folder is read by the model (`AdapterModel.load_adapter`,
 which knows both), on the checkpoint it was trained on, and written with
 `save_adapter`, so the result carries everything our own folders do: the
 backbone's fingerprint, the tokenizer, the head, a checksum. The other way,
-our folder's tensors are renamed and transposed into peft's layout
-(`io.peft_format`); no model is built.
+our folder's tensors are renamed and transposed into peft's or
+AdapterHub's layout (`io.peft_format`, `io.adapterhub_format`); no model is built.
 """
 
 import json
@@ -93,20 +93,49 @@ def to_peft(source, output):
     config, tensors = adapter_io.read_folder(directory)
     if config.get("task", {}).get("type") == causal_lm_data.NAME:
         return _causal_lm_to_peft(directory, config, tensors, output)
-    architecture = config["backbone"]["architecture"]
-    activation = bert.recorded_activation(architecture)
-    if activation not in (None, "gelu"):
-        warnings.warn(
-            f"{directory} was trained on a backbone computing {activation!r}; BertForSequenceClassification "
-            "computes the checkpoint's exact GELU, so PyTorch's outputs will differ slightly (about 1e-3).",
-            stacklevel=2,
-        )
+    architecture = _bert_architecture(directory, config, "BertForSequenceClassification")
     base = presets.resolve_preset(config["backbone"]["preset"])
     task = tasks.get_task(adapter_io.task_type(config, directory, tasks.available_tasks()))
     peft_format.write_peft_folder(
         output, config, tensors, architecture["num_layers"], os.path.abspath(base), task.peft_task_type
     )
     return str(output), config["method"]["method"]
+
+
+def to_adapterhub(source, output):
+    """Write our bottleneck, LoRA, (IA)^3, prefix or prompt adapter in `source` (an
+    adapter or run folder) with its classification head as an AdapterHub folder `output`.
+
+    Returns:
+        (output folder, the adapter's method name).
+    """
+    directory = adapter_dir(source)
+    config, tensors = adapter_io.read_folder(directory)
+    if config.get("task", {}).get("type") == causal_lm_data.NAME:
+        raise adapter_io.AdapterFormatError(
+            f"{directory} is a decoder adapter; AdapterHub folders are written for BERT-family classifiers "
+            "(convert it --to peft)."
+        )
+    architecture = _bert_architecture(directory, config, "AdapterHub's BertAdapterModel")
+    base = os.path.abspath(presets.resolve_preset(config["backbone"]["preset"]))
+    task = tasks.get_task(adapter_io.task_type(config, directory, tasks.available_tasks()))
+    adapterhub_format.write_adapterhub_folder(output, config, tensors, architecture["num_layers"],
+                                              architecture["hidden_dim"], base, task.adapterhub_head_type)
+    return str(output), config["method"]["method"]
+
+
+def _bert_architecture(directory, config, pytorch_model):
+    """The BERT backbone's recorded architecture; a warning when it computed
+    another activation than the exact GELU PyTorch's BERT computes."""
+    architecture = config["backbone"]["architecture"]
+    activation = bert.recorded_activation(architecture)
+    if activation not in (None, "gelu"):
+        warnings.warn(
+            f"{directory} was trained on a backbone computing {activation!r}; {pytorch_model} "
+            "computes the checkpoint's exact GELU, so PyTorch's outputs will differ slightly (about 1e-3).",
+            stacklevel=3,
+        )
+    return architecture
 
 
 def _causal_lm_to_peft(directory, config, tensors, output):

@@ -37,8 +37,9 @@ def is_causal_lm_run(run_dir):
 
 
 class _BestAdapter(keras.callbacks.Callback):
-    """Save the adapter after each epoch that lowers the validation loss
-    (every epoch without validation data), so the run keeps the best one."""
+    """Save the adapter after each epoch that lowers the validation loss, the
+    mean negative log-likelihood per completion token (`val_nll`), so the run
+    keeps the best one (without validation data: every epoch, the last stays)."""
 
     def __init__(self, folder, validated):
         super().__init__()
@@ -47,7 +48,7 @@ class _BestAdapter(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.epochs = epoch + 1
-        loss = (logs or {}).get("val_loss") if self.validated else None
+        loss = (logs or {}).get("val_nll") if self.validated else None
         if loss is None or loss < self.best:
             self.best, self.best_epoch = (loss if loss is not None else self.best), epoch + 1
             self.model.save_adapter(self.folder)

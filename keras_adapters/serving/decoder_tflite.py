@@ -50,7 +50,7 @@ from keras_adapters.serving.export import replace_files
 #: The default most prompt tokens plus new tokens of a TFLite decoder.
 SEQUENCE_LENGTH = 256
 #: Tokenizer files copied beside the model, where the checkpoint has them.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "tokenizer.model")
 
 
 class DecoderSteps:
@@ -87,7 +87,7 @@ class DecoderSteps:
 
     def step(self, token_ids, index, cache):
         """Tokens `[1, n]` at cache columns `index`...: the last one's next-token logits, the cache, `index + n`."""
-        hidden, cache = self._forward(self.model.backbone.token_embedding(token_ids), cache, index[0])
+        hidden, cache = self._forward(self.family.embed(self.model.backbone, token_ids), cache, index[0])
         logits = self.model.backbone.token_embedding(hidden[:, -1], reverse=True)
         return {"logits": tf.cast(logits, tf.float32), "cache": cache, "index": index + tf.shape(token_ids)[1]}
 
@@ -100,8 +100,8 @@ class DecoderSteps:
         if self.prefixes:  # [layers, 2, prefix length, kv heads, head_dim] each
             cache = tf.concat([unit.past() for unit in self.prefixes] + [cache], axis=2)
         if self.prompts:
-            x, _ = decoding.embed(self.language_model, tf.zeros([1, 0], tf.int32), tf.ones([1, 0], tf.bool),
-                                  self.prompts)
+            x, _ = decoding.embed(self.language_model, self.family, tf.zeros([1, 0], tf.int32),
+                                  tf.ones([1, 0], tf.bool), self.prompts)
             _, cache = self._forward(x, cache, self.before)
         return cache.numpy(), self.before + self.virtual
 

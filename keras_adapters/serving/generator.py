@@ -27,6 +27,7 @@ from keras_adapters.backbones.family import family_of
 from keras_adapters.core import composition
 from keras_adapters.core import injection
 from keras_adapters.models import decoding
+from keras_adapters.models.causal_lm import PROMPT_STEP
 from keras_adapters.runs import generation as generation_runs
 from keras_adapters.serving import export as export_lib
 from keras_adapters.tasks.routing import ADAPTER_SPEC
@@ -57,8 +58,13 @@ class ServingSampler(keras_hub.samplers.Sampler):
         return tf.cast(logits, tf.float32)  # the filters below work on logits
 
     def get_next_token(self, logits):
+        # Only one branch runs: greedy requests skip the sort over the whole vocabulary
+        # (262,144 tokens a row on Gemma 3, at every step).
+        return tf.cond(self.settings[0] > 0, lambda: self._sampled(logits),
+                       lambda: tf.argmax(logits, axis=-1, output_type=tf.int32))
+
+    def _sampled(self, logits):
         temperature, top_k, top_p = self.settings
-        greedy = tf.argmax(logits, axis=-1, output_type=tf.int32)
         vocabulary = tf.shape(logits)[-1]
         k = tf.where(top_k > 0, tf.minimum(top_k, vocabulary), vocabulary)
         values, indices = tf.math.top_k(logits, k=k)
@@ -70,8 +76,7 @@ class ServingSampler(keras_hub.samplers.Sampler):
         keep = (before < top_p) | (tf.range(tf.shape(scaled)[-1]) == 0)[None, :]
         scaled = tf.where(keep, scaled, tf.fill(tf.shape(scaled), -1e9))
         choice = tf.random.categorical(scaled, 1, dtype=tf.int32)
-        sampled = tf.gather(indices, choice, batch_dims=1)[:, 0]
-        return tf.where(temperature > 0, sampled, greedy)
+        return tf.gather(indices, choice, batch_dims=1)[:, 0]
 
 
 def chat_halves(model):
@@ -88,7 +93,7 @@ def chat_halves(model):
 class Generator:
     """The traced functions of a generating SavedModel (see module docstring)."""
 
-    def __init__(self, model, names=None, chat=False, sequence_length=SEQUENCE_LENGTH):
+    def __init__(self, model, names=None, chat=False, sequence_length=SEQUENCE_LENGTH, xla=False):
         self.model = model
         # A family with position embeddings (GPT-2) has no positions past its table.
         self.sequence_length = min(int(sequence_length), model.max_positions or int(sequence_length))
@@ -99,6 +104,9 @@ class Generator:
         self.stop_token_ids = tuple(model.stop_token_ids)
         self.names = names
         self.table = NameTable(names) if names else None
+        self.xla = xla
+        # Compiled per prompt width (a multiple of PROMPT_STEP), batch size and max_new_tokens.
+        self._decode = tf.function(self._decode_rows, jit_compile=True) if xla else self._decode_rows
 
     @property
     def signature(self):
@@ -111,9 +119,22 @@ class Generator:
         if self.model.start_token_id is not None:  # unless the text (its template) starts with it
             start = tf.constant(self.model.start_token_id, tf.int32)
             missing = tf.cast(ids.to_tensor(default_value=-1, shape=[None, 1])[:, 0] != start, tf.int32)
-            starts = tf.RaggedTensor.from_row_lengths(tf.fill([tf.reduce_sum(missing)], start), missing)
+            # Tokenizers differ in their row splits' dtype (SentencePiece's int32, BPE's int64).
+            starts = tf.RaggedTensor.from_row_lengths(tf.fill([tf.reduce_sum(missing)], start),
+                                                      tf.cast(missing, ids.row_splits.dtype))
             ids = tf.concat([starts, ids], axis=1)
         return ids
+
+    def _decode_rows(self, ids, lengths, max_new_tokens, temperature, top_k, top_p, row_ids=None):
+        """The new tokens of right-padded prompt ids (each row through adapter `row_ids[i]` when routed)."""
+        sampler = ServingSampler(temperature, top_k, top_p)
+        units = injection.input_units(self.model.backbone)
+        decode = functools.partial(decoding.generate, self.language_model, self.family, ids, lengths,
+                                   max_new_tokens, sampler, self.stop_token_ids, units)
+        if row_ids is None:
+            return decode()
+        with injection.routing(self.model.backbone, row_ids):
+            return decode()
 
     def generate(self, prompt, max_new_tokens, temperature, top_k, top_p, adapter=None):
         ragged = self.prompt_ids(tf.reshape(prompt, [-1]))
@@ -136,20 +157,17 @@ class Generator:
         ]
         with tf.control_dependencies(checks):
             ids = tf.identity(ids)
-        sampler = ServingSampler(temperature, top_k, top_p)
-        decode = functools.partial(decoding.generate, self.language_model, self.family, ids, lengths,
-                                   max_new_tokens, sampler, self.stop_token_ids, units)
-        if self.table is None:
-            tokens = decode()
-        else:
-            with injection.routing(self.model.backbone, self.table.ids(adapter, tf.shape(ids)[0])):
-                tokens = decode()
+        if self.xla:  # few shapes to compile: prompts padded to a multiple of PROMPT_STEP tokens
+            width = -(-tf.shape(ids)[1] // PROMPT_STEP) * PROMPT_STEP
+            ids = tf.pad(ids, [[0, 0], [0, width - tf.shape(ids)[1]]])
+        row_ids = None if self.table is None else self.table.ids(adapter, tf.shape(ids)[0])
+        tokens = self._decode(ids, lengths, max_new_tokens, temperature, top_k, top_p, row_ids)
         is_stop = tf.reduce_any(tokens[..., None] == tf.constant(self.stop_token_ids, tf.int32), axis=-1)
         stopped = tf.cumsum(tf.cast(is_stop, tf.int32), axis=1) > 0
         return {"text": self.tokenizer.detokenize(tf.ragged.boolean_mask(tokens, ~stopped))}
 
 
-def export_generator(model, path, version=None, names=None, chat=False, sequence_length=SEQUENCE_LENGTH):
+def export_generator(model, path, version=None, names=None, chat=False, sequence_length=SEQUENCE_LENGTH, xla=False):
     """Write `path/<version>/`: a SavedModel with the `generate` signature.
 
     Args:
@@ -162,6 +180,10 @@ def export_generator(model, path, version=None, names=None, chat=False, sequence
         sequence_length: the most prompt tokens plus `max_new_tokens` a
             request may ask for (the KV cache's length); at most the
             backbone's positions where it has a table of them (GPT-2).
+        xla: compile the decoding loop with XLA (`jit_compile`; once per
+            batch size, prompt width rounded up to a multiple of 16 tokens and
+            `max_new_tokens`). TF Serving runs such a model only when started
+            with `--xla_cpu_compilation_enabled=true`.
 
     Example:
     ```python
@@ -175,7 +197,7 @@ def export_generator(model, path, version=None, names=None, chat=False, sequence
     if names:
         model.set_active_adapters(composition.Route(*names))
     try:
-        generator = Generator(model, names, chat, sequence_length)
+        generator = Generator(model, names, chat, sequence_length, xla)
         signatures = {"generate": export_lib.trace(generator.generate, generator.signature)}
         signatures["serving_default"] = signatures["generate"]
         module = export_lib.graph_module(signatures, model.language_model.variables, tokenizer=model.tokenizer,
@@ -185,11 +207,11 @@ def export_generator(model, path, version=None, names=None, chat=False, sequence
         model.set_active_adapters(active)
 
 
-def export_runs(run_dirs, path, version=None, sequence_length=None):
+def export_runs(run_dirs, path, version=None, sequence_length=None, xla=False):
     """`export_generator` for causal-LM runs (`RUN_A,RUN_B`: routed, each row
     naming a run), with the chat template when the runs trained with it;
     `sequence_length` as `export_generator`'s (default `SEQUENCE_LENGTH`)."""
-    options = {"sequence_length": sequence_length or SEQUENCE_LENGTH}
+    options = {"sequence_length": sequence_length or SEQUENCE_LENGTH, "xla": xla}
     run_list = [r for r in str(run_dirs).split(",") if r]
     chats = {generation_runs.run_chat(r) for r in run_list}
     if len(chats) > 1:

@@ -158,3 +158,88 @@ def test_smollm2_computes_what_transformers_loads_from_the_same_gguf(smollm2_ggu
         hidden = backbone({"token_ids": np.array([ids]), "padding_mask": np.ones((1, len(ids)), "int32")})
         logits = backbone.token_embedding(hidden, reverse=True)[0, -1].numpy()
         np.testing.assert_allclose(logits, expected, atol=1e-4)
+
+
+# ------------------------------------------------------------------ Gemma 3
+def test_a_gemma3_file_becomes_a_gemma3_text_folder_with_its_norms_less_one(tmp_path):
+    from safetensors.numpy import load_file
+
+    import tiny_gemma3
+
+    expected = tiny_gemma3.write_tiny_gguf(tmp_path / "g.gguf", chat_template="{{ messages }}")
+    folder = Path(gguf_checkpoint.convert_gguf(tmp_path / "g.gguf", tmp_path / "hf"))
+    got = load_file(str(folder / "model.safetensors"))
+    assert sorted(got) == sorted(expected)
+    for key in expected:  # the file holds norms plus one
+        np.testing.assert_allclose(got[key], expected[key], atol=1e-7, err_msg=key)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "gemma3_text" and config["head_dim"] == tiny_gemma3.HEAD_DIM
+    assert config["layer_types"] == ["sliding_attention"] * 5 + ["full_attention"]
+    assert (config["sliding_window"], config["query_pre_attn_scalar"]) == (tiny_gemma3.WINDOW, tiny_gemma3.HEAD_DIM)
+    # A chat model also stops at <end_of_turn>.
+    stops = json.loads((folder / "generation_config.json").read_text())["eos_token_id"]
+    assert stops == [tiny_gemma3.TOKENS.index("<eos>"), tiny_gemma3.TOKENS.index("<end_of_turn>")]
+
+
+def test_the_gemma3_tokenizer_is_rebuilt_as_sentencepiece_reads_it(tmp_path):
+    import sentencepiece
+
+    import tiny_gemma3
+    from keras_adapters.backbones import gemma3
+
+    tiny_gemma3.write_tiny_gguf(tmp_path / "g.gguf")
+    folder = gguf_checkpoint.convert_gguf(tmp_path / "g.gguf", tmp_path / "hf")
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(Path(folder) / "tokenizer.model"))
+    ours = gemma3.tokenizer(folder)
+    tokens = tiny_gemma3.TOKENS
+    # BPE by score ("abc", then " ab"), a run of two spaces as its own piece (llama.cpp stores it as
+    # spaces), a chat marker written in text as its id, a character without a piece as its UTF-8 bytes.
+    text = "abc ab  c<start_of_turn>\né"
+    expected = ["abc", "▁ab", "  ", "c", "<start_of_turn>", "\n", "<0xC3>", "<0xA9>"]
+    assert [tokens[i] for i in np.asarray(ours(text)).tolist()] == expected
+    assert processor.encode(text) == np.asarray(ours(text)).tolist()
+    assert processor.decode(processor.encode(text)) == text
+    assert (processor.unk_id(), processor.bos_id(), processor.eos_id()) == (3, 2, 1)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda w: w.add_tensor("v.patch_embd.weight", np.ones(4, np.float32)), "vision tower"),
+    (lambda w: w.add_string("gemma3.rope.scaling.type", "linear"), "rope scaling \\(linear"),
+    (lambda w: w.add_tensor("blk.0.attn_sinks.weight", np.ones(4, np.float32)), "no place in a Gemma 3 model"),
+    (34, "it has 34 layers: Gemma 3 4B and larger"),
+])
+def test_what_a_gemma3_file_cannot_convert_is_refused(tmp_path, edit, message):
+    import tiny_gemma3
+
+    if isinstance(edit, int):  # a block count: what the file says of the model's size
+        tiny_gemma3.write_tiny_gguf(tmp_path / "bad.gguf", block_count=edit)
+    else:
+        tiny_gemma3.write_tiny_gguf(tmp_path / "bad.gguf", edit=edit)
+    with pytest.raises(gguf_checkpoint.GGUFError, match=message):
+        gguf_checkpoint.convert_gguf(tmp_path / "bad.gguf", tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.slow  # converts 270M parameters (about 30 s) and runs transformers beside it
+def test_gemma3_computes_what_transformers_loads_from_the_same_gguf(gemma3_gguf, tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    reference = transformers.AutoModelForCausalLM.from_pretrained(
+        str(gemma3_gguf.parent), gguf_file=gemma3_gguf.name, dtype=torch.float32).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(gemma3_gguf.parent), gguf_file=gemma3_gguf.name)
+    folder = gguf_checkpoint.convert_gguf(gemma3_gguf, tmp_path / "hf")
+    from keras_adapters.models.causal_lm import AdapterCausalLM
+
+    model = AdapterCausalLM.from_preset(folder, method=None)
+    texts = ["The capital of France is", "Hello world!  Numbers 12345 and émigré café.\nNew line\ttab",
+             "<start_of_turn>user\nBonjour, ça va ?<end_of_turn>\n", "def f(x):\n    return x ** 2  # 日本語 😀"]
+    for text in texts:
+        ids = tokenizer(text)["input_ids"]  # <bos> first
+        assert [model.start_token_id] + np.asarray(model.tokenizer(text)).tolist() == ids, text
+        with torch.no_grad():
+            expected = reference(torch.tensor([ids])).logits[0, -1].numpy()
+        logits = np.asarray(model({"token_ids": np.array([ids]), "padding_mask": np.ones((1, len(ids)), bool)}))
+        np.testing.assert_allclose(logits[0, -1], expected, atol=1e-4 * np.abs(expected).max())
+    ids = tokenizer(texts[0], return_tensors="pt")
+    greedy = reference.generate(**ids, max_new_tokens=16, do_sample=False)[0, ids["input_ids"].shape[1]:]
+    assert model.generate(texts[0], max_new_tokens=16) == tokenizer.decode(greedy)

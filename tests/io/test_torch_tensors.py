@@ -4,6 +4,7 @@ import collections
 import io
 import os
 import pickle
+import pickletools
 import sys
 import types
 import zipfile
@@ -148,3 +149,33 @@ def test_real_torch_save_files_read_as_torch_wrote_them(tmp_path):
     got = load_torch_tensors(tmp_path / "m.bin")
     for key, value in state.items():
         np.testing.assert_array_equal(got[key], value.float().numpy() if key == "b16" else value.numpy())
+
+
+def test_tensors_written_as_torch_save_lays_them_out_read_back_unchanged(tmp_path):
+    from keras_adapters.io.torch_tensors import save_torch_tensors
+
+    rng = np.random.default_rng(0)
+    tensors = {"a.weight": rng.normal(size=(3, 4)), "b": rng.normal(size=5).astype(np.float32),
+               "scalar": np.array(2.5), "transposed": rng.normal(size=(2, 3, 4)).transpose(2, 0, 1)}
+    save_torch_tensors(tmp_path / "x.bin", tensors)
+    back = load_torch_tensors(tmp_path / "x.bin")
+    assert list(back) == list(tensors)
+    for name, value in tensors.items():
+        assert back[name].dtype == np.float32 and back[name].shape == value.shape
+        np.testing.assert_array_equal(back[name], value.astype(np.float32))
+    with zipfile.ZipFile(tmp_path / "x.bin") as z:
+        assert z.read("archive/version") == b"3\n" and z.read("archive/byteorder") == b"little"
+        globals_named = {a for op, a, _ in pickletools.genops(z.read("archive/data.pkl")) if op.name == "GLOBAL"}
+    assert globals_named == {"collections OrderedDict", "torch._utils _rebuild_tensor_v2", "torch FloatStorage"}
+
+
+def test_torch_reads_the_written_file_with_weights_only(tmp_path):
+    torch = pytest.importorskip("torch")  # the torch-parity extra
+    from keras_adapters.io.torch_tensors import save_torch_tensors
+
+    tensors = {"w": np.arange(12, dtype=np.float32).reshape(3, 4).T, "s": np.array(1.5, np.float32)}
+    save_torch_tensors(tmp_path / "x.bin", tensors)
+    state = torch.load(tmp_path / "x.bin", weights_only=True)
+    assert list(state) == ["w", "s"]
+    for name, value in tensors.items():
+        np.testing.assert_array_equal(state[name].numpy(), value)

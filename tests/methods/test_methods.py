@@ -190,10 +190,47 @@ def test_layers_serialize_their_hyperparameters():
 def test_kernel_split_refuses_unusual_einsum():
     from keras_adapters.methods.base import kernel_split
 
-    odd = keras.layers.EinsumDense("abc,dc->abd", output_shape=(None, 4))
+    odd = keras.layers.EinsumDense("abc,cd->ad", output_shape=(4,))  # sums over the sequence too
     odd.build((None, None, 3))
     with pytest.raises(ValueError, match="not a plain projection"):
         kernel_split(odd)
+
+
+@pytest.mark.parametrize("kind", ["lora", "dora", "ia3_output", "ia3_input"])
+def test_a_heads_first_kernel_is_adapted_and_merged_in_its_own_layout(kind):
+    """Gemma's query kernel is `[heads, hidden, head_dim]` (`btd,ndh->btnh`): the
+    update must act on x @ W with W read as [hidden, heads * head_dim], and a
+    merge must put it back heads first (float64 reference, then the merged layer)."""
+    heads, hidden, size = 3, 5, 4
+    base = keras.layers.EinsumDense("btd,ndh->btnh", output_shape=(None, heads, size))
+    base.build((None, None, hidden))
+    rng = np.random.default_rng(0)
+    base.kernel.assign(rng.normal(size=(heads, hidden, size)).astype("float32"))
+    from keras_adapters.methods.base import kernel_split
+
+    assert kernel_split(base) == ((hidden,), (heads, size))
+    if kind.startswith("ia3"):
+        unit = ka.IA3Scaling(base, position=kind.split("_")[1])
+    else:
+        unit = ka.LoRALayer(base, rank=2, alpha=3, use_dora=kind == "dora")
+    unit.build((None, None, hidden))
+    for w in unit.weights:
+        w.assign(rng.normal(1.0 if kind.startswith("ia3") else 0.0, 0.5, w.shape).astype("float32"))
+    x = rng.normal(size=(2, 3, hidden)).astype("float32")
+    kernel = np.transpose(base.kernel.numpy().astype(np.float64), (1, 0, 2)).reshape(hidden, heads * size)
+    if kind == "ia3_output":
+        kernel = kernel * unit.scale.numpy().reshape(1, -1)
+    elif kind == "ia3_input":
+        kernel = kernel * unit.scale.numpy().reshape(-1, 1)
+    else:
+        kernel = kernel + unit.lora_a.numpy() @ unit.lora_b.numpy() * unit.scaling
+        if kind == "dora":
+            kernel = kernel * unit.magnitude.numpy() / np.linalg.norm(kernel, axis=0)
+    expected = (x.astype(np.float64) @ kernel).reshape(2, 3, heads, size)
+    np.testing.assert_allclose(np.asarray(unit(x)), expected, rtol=1e-4, atol=1e-4)
+    assert np.abs(expected - np.asarray(base(x))).max() > 0.1  # the unit changes the output
+    unit.merge()
+    np.testing.assert_allclose(np.asarray(base(x)), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_rslora_scales_by_the_square_root_of_the_rank():

@@ -8,8 +8,11 @@ import json
 
 import numpy as np
 import pytest
+import tokenizers
 
 from keras_adapters.core import injection
+from keras_adapters.io import chat_template
+from keras_adapters.io import presets
 from keras_adapters.methods.ia3 import IA3Config
 from keras_adapters.methods.lora import LoRAConfig
 from keras_adapters.methods.prefix import PrefixConfig
@@ -18,6 +21,7 @@ from keras_adapters.models.causal_lm import AdapterCausalLM
 from keras_adapters.tasks import causal_lm as data_lib
 
 from conftest import tiny_backbone
+from decoder_checks import assert_adapted_logits
 from llama_reference import NumpyLlama
 from tiny_llama import FFN, HEADS, TOKENS, tiny_llama_folder
 
@@ -64,9 +68,7 @@ def test_lora_on_every_projection_computes_the_llama_with_updated_weights(folder
         reference.w[f"model.layers.{i}.{HF_MODULES[site]}.weight"] += delta.T
     assert len(injection.units_of(model.backbone, "default")) == 2 * len(ALL_LINEAR)
     expected = reference(IDS)
-    np.testing.assert_allclose(_logits(model, IDS), expected, atol=2e-4 * np.abs(expected).max())
-    # And the update matters (an adapter that did nothing would fail above only by luck).
-    assert np.abs(NumpyLlama(folder)(IDS) - expected).max() > 1e-2 * np.abs(expected).max()
+    assert_adapted_logits(_logits(model, IDS), expected, NumpyLlama(folder)(IDS))
 
 
 def test_ia3_scales_keys_values_and_the_down_projection_input(folder):
@@ -206,9 +208,7 @@ def test_prompt_tuning_puts_virtual_tokens_in_front_as_peft_does(folder):
     (prompt,) = injection.adapter_weights_by_key(model.backbone, "default").values()
     expected = NumpyLlama(folder)(IDS, virtual=prompt.numpy().astype(np.float64))[:, 3:]
     got = _logits(model, IDS)
-    np.testing.assert_allclose(got, expected, atol=2e-4 * np.abs(expected).max())
-    # The check can fail: without the virtual tokens the logits are the backbone's.
-    assert np.abs(NumpyLlama(folder)(IDS) - expected).max() > 1e-2 * np.abs(expected).max()
+    assert_adapted_logits(got, expected, NumpyLlama(folder)(IDS))
 
 
 @pytest.mark.slow  # a few trainings or exports: CI runs it with the slow tests
@@ -237,9 +237,7 @@ def test_prefix_tuning_puts_keys_and_values_in_front_of_every_layer_s_cache_as_p
     weights = injection.adapter_weights_by_key(model.backbone, "default")
     past = np.stack([weights[f"embeddings/embedding_output/{k}"].numpy() for k in ("keys", "values")], axis=1)
     expected = NumpyLlama(folder)(IDS, past=past.astype(np.float64))
-    np.testing.assert_allclose(_logits(model, IDS), expected, atol=2e-4 * np.abs(expected).max())
-    # The check can fail: without the prefix the logits are the backbone's.
-    assert np.abs(NumpyLlama(folder)(IDS) - expected).max() > 1e-2 * np.abs(expected).max()
+    assert_adapted_logits(_logits(model, IDS), expected, NumpyLlama(folder)(IDS))
 
 
 @pytest.mark.slow  # a few trainings or exports: CI runs it with the slow tests
@@ -326,6 +324,13 @@ def test_smollm2_starts_as_itself_under_a_fresh_lora_and_learns_an_answer(smollm
     assert model.generate("What is the capital of France?", max_new_tokens=12, chat=True) == plain
     model.train_adapter("default")
     records = [{"messages": [*question, {"role": "assistant", "content": "The secret word is zebracorn."}]}] * 8
+    # Trained on the tokens Hugging Face's tokenizer writes (17 special tokens: keras-hub's graph
+    # tokenizer split some of them, which ones changing with each process's string hashing).
+    reference = tokenizers.Tokenizer.from_file(f"{presets.resolve_preset(str(smollm2_gguf))}/tokenizer.json")
+    expected = reference.encode(chat_template.render(model.template, records[0]["messages"],
+                                                     special_tokens=model.special_tokens)).ids[:-1]
+    inputs, _, _ = next(iter(model.dataset(records[:1], batch_size=1)))
+    assert inputs["token_ids"][0, : len(expected)].numpy().tolist() == expected
     before = model.perplexity(records)["loss"]
     model.compile(learning_rate=2e-3)
     model.fit(model.dataset(records, batch_size=4), epochs=3, verbose=0)

@@ -42,7 +42,7 @@ def _right_padded(rows, width=8):
 
 def _last_logits(model, ids, lengths, masked=True):
     prompts, prefixes = decoding.split_units(injection.input_units(model.backbone))
-    x, padding_mask = decoding.embed(model.language_model, ids, tf.sequence_mask(lengths, ids.shape[1]), prompts)
+    x, padding_mask = decoding.embed(model.language_model, FAMILY, ids, tf.sequence_mask(lengths, ids.shape[1]), prompts)
     x, key_mask = decoding.left_align(x, tf.reduce_sum(tf.cast(padding_mask, tf.int32), 1))
     key_mask = key_mask if masked else tf.ones_like(key_mask)
     hidden, _, _, _ = decoding.prefill(model.language_model, FAMILY, x, key_mask, 3, prefixes)

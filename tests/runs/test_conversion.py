@@ -94,3 +94,36 @@ def test_a_prompt_whose_head_has_its_own_pooler_does_not_go_to_peft(minilm_prese
     with pytest.raises(ka.AdapterFormatError, match="reads \\[CLS\\] through its own pooler"):
         conversion.to_peft(tmp_path / "ours", tmp_path / "peft")
     assert not (tmp_path / "peft").exists()
+
+
+def test_convert_to_adapterhub_from_the_command_line_and_back(minilm_preset, tmp_path, capsys):
+    model = ka.AdapterModel.from_preset(minilm_preset, method=None, sequence_length=16)
+    model.add_adapter("news", method={"method": "pfeiffer", "original_ln_before": True}, num_classes=2,
+                      pooling="cls_token", hidden_activation="tanh")
+    model.save_adapter(tmp_path / "ours", "news")
+    assert cli.main(["convert", str(tmp_path / "ours"), "--to", "adapterhub", "-o", str(tmp_path / "hub")]) == 0
+    assert "pfeiffer adapter written to" in capsys.readouterr().out
+    written = json.loads((tmp_path / "hub" / "adapter_config.json").read_text())
+    assert written["config"]["original_ln_before"] and not written["config"]["mh_adapter"]
+    assert written["config"]["reduction_factor"] == 16 and written["model_name"] == os.path.abspath(minilm_preset)
+    # and back: AdapterHub's folder converts to ours with the same tensors
+    assert cli.main(["convert", str(tmp_path / "hub"), "-o", str(tmp_path / "again")]) == 0
+    from keras_adapters.io import adapter_folder
+
+    (_, before), (_, after) = (adapter_folder.read_folder(tmp_path / d) for d in ("ours", "again"))
+    assert sorted(before) == sorted(after)
+    for key in before:
+        np.testing.assert_array_equal(after[key], before[key])
+
+
+def test_a_decoder_adapter_is_sent_to_peft_not_adapterhub(tmp_path, capsys):
+    from tiny_llama import tiny_llama_folder
+
+    from keras_adapters.models.causal_lm import AdapterCausalLM
+
+    model = AdapterCausalLM.from_preset(tiny_llama_folder(tmp_path / "llama"), method="lora", sequence_length=16)
+    model.save_adapter(tmp_path / "ours")
+    assert cli.main(["convert", str(tmp_path / "ours"), "--to", "adapterhub", "-o", str(tmp_path / "hub")]) == 2
+    assert "is a decoder adapter; AdapterHub folders are written for BERT-family classifiers (convert it --to peft)" in (
+        capsys.readouterr().err)
+    assert not (tmp_path / "hub").exists()

@@ -71,6 +71,21 @@ def test_train_evaluate_predict_and_export_a_causal_lm_run(folder, tmp_path, cap
     assert generation.is_causal_lm_run(run) and not generation.is_causal_lm_run(tmp_path)
 
 
+def test_a_run_keeps_the_epoch_whose_validation_loss_per_token_is_lowest(folder, tmp_path):
+    # Batches of 2 with 1-token and 6-token completions: a mean of per-batch means is not the
+    # mean per token, which `perplexity` computes (float64) for the adapter the run kept.
+    validation = [{"prompt": "ab", "completion": "c"}, {"prompt": "c", "completion": "ab ab ab"},
+                  {"prompt": "a", "completion": "b"}]
+    data, held_out = _write(tmp_path / "train.jsonl", RECORDS * 2), _write(tmp_path / "val.jsonl", validation)
+    _, summary = generation.train_causal_lm(data, tmp_path / "run", folder, method="lora", epochs=3, batch_size=2,
+                                            learning_rate=0.02, validation_data=held_out, verbose=0)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert metrics["best_epoch"] == summary["best_epoch"] == 1 + int(np.argmin(history["val_nll"]))
+    kept = AdapterCausalLM.from_adapter(tmp_path / "run" / "adapter").perplexity(validation, batch_size=2)
+    assert metrics["validation_loss"] == pytest.approx(kept["loss"], rel=1e-5)
+
+
 def test_options_causal_lm_runs_do_not_take_are_refused_before_anything_loads(tmp_path, capsys):
     data = _write(tmp_path / "train.jsonl", RECORDS)
     for option, message in [(["--dp-epsilon", "3"], "--dp-epsilon: not supported for causal-lm runs yet"),

@@ -1,7 +1,7 @@
 """The TFLite decoder (`keras_adapters.serving.decoder_tflite`): its `start`
 and `step` signatures, run by TensorFlow's TFLite interpreter as an app's
 loop would, give the Keras model's next-token logits and greedy tokens, for
-both decoder families and the adapters that change the cache (a prefix) or
+the three decoder families and the adapters that change the cache (a prefix) or
 the positions (virtual tokens); the command line writes it with the files
 an app needs."""
 
@@ -15,6 +15,7 @@ from keras_adapters.models.causal_lm import AdapterCausalLM
 from keras_adapters.serving import decoder_tflite
 
 from conftest import cli_process
+from tiny_gemma3 import tiny_gemma3_folder
 from tiny_gpt2 import tiny_gpt2_folder
 from tiny_llama import tiny_llama_folder
 
@@ -26,7 +27,8 @@ METHODS = {"lora": {"method": "lora", "rank": 2, "target_modules": ["query", "va
 
 def _model(tmp_path, family, method):
     # Small word vectors: the layers, not each token's own embedding, choose the next token.
-    folder = (tiny_llama_folder if family == "llama" else tiny_gpt2_folder)(tmp_path / family, embedding_scale=0.05)
+    folders = {"llama": tiny_llama_folder, "gpt2": tiny_gpt2_folder, "gemma3": tiny_gemma3_folder}
+    folder = folders[family](tmp_path / family, embedding_scale=0.05)
     model = AdapterCausalLM.from_preset(folder, method=METHODS[method])
     rng, scale = np.random.default_rng(0), 0.1 if method == "prefix" else 0.5  # strong prefixes pick one token
     for w in injection.adapter_weights_by_key(model.backbone, "default").values():
@@ -61,6 +63,8 @@ def _check(model, path, steps=6):
 @pytest.mark.parametrize("family, method", [
     ("llama", "prefix"),  # rotary positions, keys at the cache's front
     ("gpt2", "prompt"),  # absolute positions, virtual tokens first
+    ("gemma3", "prompt"),  # scaled token vectors beside unscaled virtual ones, sliding windows
+    pytest.param("gemma3", "prefix", marks=pytest.mark.slow),
     pytest.param("llama", "lora", marks=pytest.mark.slow),
     pytest.param("llama", "prompt", marks=pytest.mark.slow),
     pytest.param("gpt2", "lora", marks=pytest.mark.slow),

@@ -74,6 +74,29 @@ def test_served_greedy_text_routed_rows_and_sampling(model, tmp_path):
     assert wide["outputs"]["text"] != expected["a0"] * 2
 
 
+@pytest.mark.slow  # exports and XLA compilations: CI runs it with the slow tests
+def test_an_xla_export_serves_what_the_plain_one_serves(model, tmp_path):
+    """`xla=True` compiles the decoding loop (per batch, prompt width rounded to 16
+    tokens and max_new_tokens): routed greedy rows and the sampling settings as
+    without it, and requests of other shapes compile again and still agree."""
+    compiled = export_generator(model, tmp_path / "xla", names=["a0", "a1"], xla=True)
+    expected = {name: _alone(model, name, PROMPTS) for name in ("a0", "a1")}
+    rows = ["a1", "a0", "a1", "a0"]
+    mixed, fewer, longer, top1, wide = serve_many(compiled, [
+        _request(PROMPTS, adapter=rows),
+        _request(PROMPTS[:2], adapter=rows[:2]),  # another batch size
+        _request(PROMPTS, adapter=rows, new=NEW + 3),  # another max_new_tokens
+        _request(PROMPTS * 2, temperature=1.0, top_k=1, adapter=["a0"] * 8),
+        _request(PROMPTS * 2, temperature=5.0, adapter=["a0"] * 8),
+    ], tmp_path)
+    assert mixed["outputs"]["text"] == [expected[name][i] for i, name in enumerate(rows)]
+    assert fewer["outputs"]["text"] == mixed["outputs"]["text"][:2]
+    model.set_active_adapters("a1")
+    assert longer["outputs"]["text"][0] == model.generate(PROMPTS[0], max_new_tokens=NEW + 3)
+    assert top1["outputs"]["text"] == expected["a0"] * 2
+    assert wide["outputs"]["text"] != expected["a0"] * 2
+
+
 @pytest.mark.slow  # a few trainings or exports: CI runs it with the slow tests
 def test_chat_prompts_are_written_with_the_template_and_stop_tokens_cut_in_the_graph(model, tmp_path):
     assert chat_halves(model) == ("<|im_start|>", "<|im_end|>")  # the tiny model's template
@@ -143,3 +166,34 @@ def test_a_gpt2_is_served_routed_with_positions_per_row_and_its_position_limit(t
     assert f"exceed {POSITIONS}, the most this model was exported for" in too_long["error"]
     (virtual,) = serve_many(prompt, [_request(PROMPTS)], tmp_path)
     assert virtual["outputs"]["text"] == expected["p"]
+
+
+@pytest.mark.slow  # exports: CI runs it with the slow tests
+def test_a_gemma3_is_served_routed_and_with_a_prefix_after_each_row_s_padding(tmp_path):
+    """Gemma 3's served graph computes what the Keras model does (itself checked
+    against a NumPy Gemma 3 in test_causal_lm_gemma3.py): routed LoRA rows padded
+    on the left, and a prefix placed after each row's padding (the window, 4
+    tokens, shorter than the rows)."""
+    from keras_adapters.methods.prefix import PrefixConfig
+    from tiny_gemma3 import tiny_gemma3_folder
+
+    model = AdapterCausalLM.from_preset(tiny_gemma3_folder(tmp_path / "gemma3", embedding_scale=0.05), method=None)
+    for seed, name in enumerate(["a0", "a1"]):
+        model.add_adapter(name, {"method": "lora", "rank": 4})
+        rng = np.random.default_rng(seed)
+        for w in injection.adapter_weights_by_key(model.backbone, name).values():
+            w.assign(rng.normal(0, 0.3 + 0.3 * seed, w.shape).astype("float32"))
+    model.add_adapter("p", PrefixConfig(prefix_length=3, reparameterize=False))
+    for w in injection.adapter_weights_by_key(model.backbone, "p").values():
+        w.assign(np.random.default_rng(5).normal(0, 0.5, w.shape).astype("float32"))
+    prompts = ["ab c abc a1", "a1", "cab 12", "b"]
+    expected = {name: _alone(model, name, prompts) for name in ("a0", "a1", "p")}
+    assert len({tuple(texts) for texts in expected.values()}) == 3
+    routed = export_generator(model, tmp_path / "routed", names=["a0", "a1"], sequence_length=32)
+    model.set_active_adapters("p")
+    prefix = export_generator(model, tmp_path / "prefix", sequence_length=32)
+    rows = ["a1", "a0", "a0", "a1"]
+    mixed, = serve_many(routed, [_request(prompts, adapter=rows)], tmp_path)
+    assert mixed["outputs"]["text"] == [expected[name][i] for i, name in enumerate(rows)]
+    (served,) = serve_many(prefix, [_request(prompts)], tmp_path)
+    assert served["outputs"]["text"] == expected["p"]
