@@ -1,10 +1,26 @@
 """What the decoder families' tests share: an adapter's weights made nonzero,
 the logits of whole rows, greedy decoding by full forwards of a reference
-model (what the cached loop must reproduce), a unit's layer and site."""
+model (what the cached loop must reproduce), left-padded batches checked
+against it, a unit's layer and site."""
 
 import numpy as np
 
 from keras_adapters.core import injection
+from keras_adapters.methods.lora import LoRAConfig
+from keras_adapters.methods.prefix import PrefixConfig
+from keras_adapters.methods.prompt import PromptConfig
+
+ALL_LINEAR = ("query", "key", "value", "attention_output", "feedforward_gate_dense",
+              "feedforward_intermediate_dense", "feedforward_output_dense")
+#: The methods a left-padded batch is decoded with (`assert_left_padded_decoding`).
+LEFT_PADDING_METHODS = ("lora", "prompt", "prefix")
+
+
+def left_padding_config(method, lora_modules=ALL_LINEAR):
+    """The adapter config of one of `LEFT_PADDING_METHODS` (LoRA on `lora_modules`)."""
+    return {"lora": lambda: LoRAConfig(rank=2, target_modules=lora_modules),
+            "prompt": lambda: PromptConfig(num_virtual_tokens=2, init="random"),
+            "prefix": lambda: PrefixConfig(prefix_length=2, reparameterize=False)}[method]()
 
 
 def randomize(model, name, seed=0, scales_around_one=False):
@@ -27,6 +43,33 @@ def greedy_by_full_forwards(reference, prompt, steps, **kwargs):
     for _ in range(steps):
         ids.append(int(np.argmax(reference(np.array([ids]), **kwargs)[0, -1])))
     return ids[len(prompt):]
+
+
+def prefix_past(model, name="default"):
+    """A prefix adapter's keys and values `[layers, 2, ...]` in float64, as references take them."""
+    weights = injection.adapter_weights_by_key(model.backbone, name)
+    keys, values = (weights[f"embeddings/embedding_output/{k}"].numpy() for k in ("keys", "values"))
+    return np.stack([keys, values], axis=1).astype(np.float64)
+
+
+def assert_left_padded_decoding(model, method, reference, lora_reference, prompts, steps):
+    """Rows of `prompts` (different lengths: the shorter padded on the left)
+    decode in one batch what `reference` decodes for each alone by full
+    forwards; `method` one of `LEFT_PADDING_METHODS`, the model's adapter
+    with nonzero weights, `lora_reference(model)` the reference carrying its LoRA.
+    Rows reading another row's positions or padding would decode otherwise."""
+    kwargs = {}
+    if method == "lora":
+        reference = lora_reference(model)
+    elif method == "prompt":
+        vectors = next(iter(injection.adapter_weights_by_key(model.backbone, "default").values()))
+        kwargs["virtual"] = vectors.numpy().astype(np.float64)
+    else:
+        kwargs["past"] = prefix_past(model)
+    texts = model.generate(prompts, max_new_tokens=steps, stop_token_ids=None)
+    expected = [greedy_by_full_forwards(reference, model._prompt_ids(p), steps, **kwargs) for p in prompts]
+    assert [model.tokenizer.detokenize(np.array(e, np.int32)) for e in expected] == texts
+    assert len(set(texts)) > 1  # rows that decode alike would not show a row reading another's positions
 
 
 def layer_site(key):

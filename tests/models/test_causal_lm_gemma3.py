@@ -20,10 +20,13 @@ from keras_adapters.methods.prefix import PrefixConfig
 from keras_adapters.methods.prompt import PromptConfig
 from keras_adapters.models.causal_lm import AdapterCausalLM
 
+from decoder_checks import LEFT_PADDING_METHODS
 from decoder_checks import assert_adapted_logits
-from decoder_checks import greedy_by_full_forwards
+from decoder_checks import assert_left_padded_decoding
 from decoder_checks import layer_site
+from decoder_checks import left_padding_config
 from decoder_checks import logits
+from decoder_checks import prefix_past
 from decoder_checks import randomize
 from gemma3_reference import NumpyGemma3
 from tiny_gemma3 import CHAT_TEMPLATE, LAYERS, PIECES, TOKENS, tiny_gemma3_folder
@@ -159,34 +162,18 @@ def test_a_prompt_from_text_starts_as_the_words_scaled_vectors(folder):
 def test_prefix_tuning_reads_unrotated_keys_first(folder):
     model = _model(folder, PrefixConfig(prefix_length=3, reparameterize=False))
     randomize(model, "default")
-    weights = injection.adapter_weights_by_key(model.backbone, "default")
-    past = np.stack([weights[f"embeddings/embedding_output/{k}"].numpy() for k in ("keys", "values")], axis=1)
-    expected = NumpyGemma3(folder)(IDS, past=past.astype(np.float64))
+    past = prefix_past(model)
+    expected = NumpyGemma3(folder)(IDS, past=past)
     assert_adapted_logits(_logits(model), expected, NumpyGemma3(folder)(IDS))
 
 
-@pytest.mark.parametrize("method", ["lora", "prompt", "prefix"])
+@pytest.mark.parametrize("method", LEFT_PADDING_METHODS)
 def test_left_padded_batches_decode_what_full_forwards_decode(folder, method):
     """Rows of different lengths, one longer than the window, share a cache padded on the left."""
-    configs = {"lora": LoRAConfig(rank=2, target_modules=ALL_LINEAR),
-               "prompt": PromptConfig(num_virtual_tokens=2, init="random"),
-               "prefix": PrefixConfig(prefix_length=2, reparameterize=False)}
-    model = _model(folder, configs[method])
+    model = _model(folder, left_padding_config(method, ALL_LINEAR))
     randomize(model, "default", seed=4)
-    weights = injection.adapter_weights_by_key(model.backbone, "default")
-    reference, kwargs = NumpyGemma3(folder), {}
-    if method == "lora":
-        reference = _with_lora(folder, model)
-    elif method == "prompt":
-        kwargs["virtual"] = next(iter(weights.values())).numpy().astype(np.float64)
-    else:
-        kwargs["past"] = np.stack([weights[f"embeddings/embedding_output/{k}"].numpy() for k in ("keys", "values")],
-                                  axis=1).astype(np.float64)
-    prompts = ["abc ab c a12", "a1", "b"]  # 7, 3 and 2 tokens (with <bos>): two rows padded
-    texts = model.generate(prompts, max_new_tokens=6, stop_token_ids=None)
-    expected = [greedy_by_full_forwards(reference, model._prompt_ids(p), 6, **kwargs) for p in prompts]
-    assert [model.tokenizer.detokenize(np.array(e, np.int32)) for e in expected] == texts
-    assert len(set(texts)) > 1
+    assert_left_padded_decoding(model, method, NumpyGemma3(folder), lambda m: _with_lora(folder, m),
+                                ["abc ab c a12", "a1", "b"], 6)  # 7, 3 and 2 tokens (with <bos>): two rows padded
 
 
 def test_a_peft_lora_folder_of_gemma3_loads(folder, tmp_path):

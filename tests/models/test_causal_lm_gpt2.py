@@ -20,9 +20,12 @@ from keras_adapters.methods.prefix import PrefixConfig
 from keras_adapters.methods.prompt import PromptConfig
 from keras_adapters.models.causal_lm import AdapterCausalLM
 
+from decoder_checks import LEFT_PADDING_METHODS
 from decoder_checks import assert_adapted_logits
-from decoder_checks import greedy_by_full_forwards
+from decoder_checks import assert_left_padded_decoding
+from decoder_checks import left_padding_config
 from decoder_checks import logits
+from decoder_checks import prefix_past
 from decoder_checks import randomize
 from gpt2_reference import NumpyGPT2
 from tiny_gpt2 import HIDDEN, POSITIONS, tiny_gpt2_folder
@@ -119,35 +122,19 @@ def test_prompt_tuning_gives_the_virtual_tokens_the_first_positions(folder):
 def test_prefix_tuning_numbers_the_tokens_after_the_prefix(folder):
     model = _model(folder, PrefixConfig(prefix_length=3, reparameterize=False))
     randomize(model, "default")
-    weights = injection.adapter_weights_by_key(model.backbone, "default")
-    past = np.stack([weights[f"embeddings/embedding_output/{k}"].numpy() for k in ("keys", "values")], axis=1)
-    expected = NumpyGPT2(folder)(IDS, past=past.astype(np.float64))
+    past = prefix_past(model)
+    expected = NumpyGPT2(folder)(IDS, past=past)
     assert_adapted_logits(_logits(model), expected, NumpyGPT2(folder)(IDS))
 
 
-@pytest.mark.parametrize("method", ["lora", "prompt", "prefix"])
+@pytest.mark.parametrize("method", LEFT_PADDING_METHODS)
 def test_left_padded_batches_decode_what_full_forwards_decode(folder, method):
     """Rows of different lengths share a cache padded on the left: each row's
     positions must still start at 0 (after virtual tokens or a prefix)."""
-    configs = {"lora": LoRAConfig(rank=2, target_modules=ALL_LINEAR),
-               "prompt": PromptConfig(num_virtual_tokens=2, init="random"),
-               "prefix": PrefixConfig(prefix_length=2, reparameterize=False)}
-    model = _model(folder, configs[method])
+    model = _model(folder, left_padding_config(method, ALL_LINEAR))
     randomize(model, "default", seed=4)
-    weights = injection.adapter_weights_by_key(model.backbone, "default")
-    reference, kwargs = NumpyGPT2(folder), {}
-    if method == "lora":
-        reference = _with_lora(folder, model)
-    elif method == "prompt":
-        kwargs["virtual"] = next(iter(weights.values())).numpy().astype(np.float64)
-    else:
-        kwargs["past"] = np.stack([weights[f"embeddings/embedding_output/{k}"].numpy() for k in ("keys", "values")],
-                                  axis=1).astype(np.float64)
-    prompts = ["abc ab", "a1", "b"]  # 4, 2 and 1 tokens: two rows padded
-    texts = model.generate(prompts, max_new_tokens=5, stop_token_ids=None)
-    expected = [greedy_by_full_forwards(reference, model._prompt_ids(p), 5, **kwargs) for p in prompts]
-    assert [model.tokenizer.detokenize(np.array(e, np.int32)) for e in expected] == texts
-    assert len(set(texts)) > 1  # rows that decode alike would not show a row reading another's positions
+    assert_left_padded_decoding(model, method, NumpyGPT2(folder), lambda m: _with_lora(folder, m),
+                                ["abc ab", "a1", "b"], 5)  # 4, 2 and 1 tokens: two rows padded
 
 
 def _peft_folder(path, config, tensors):
