@@ -282,7 +282,7 @@ def _is_causal_lm(args):
 
 #: Training options causal-lm runs do not take yet, with the value that means "not given".
 _NOT_FOR_CAUSAL_LM = {"dp_epsilon": None, "dp_noise_multiplier": None, "precision": "auto", "strategy": "default",
-                      "validation_split": None, "early_stopping": None, "fuse": None, "bucket_by_length": False,
+                      "validation_split": None, "early_stopping": None, "fuse": None,
                       "cache_frozen_layers": False, "pooling": "auto"}
 
 
@@ -290,7 +290,7 @@ def cmd_train_causal_lm(args):
     given = ["--" + k.replace("_", "-") for k, v in _NOT_FOR_CAUSAL_LM.items() if getattr(args, k) != v]
     if given:
         raise ValueError(f"{', '.join(given)}: not supported for causal-lm runs yet (they train in float32 on one "
-                         "device, choose the best epoch by --validation-data, and always batch by length).")
+                         "device, and choose the best epoch by --validation-data).")
     for name in ("batch_size", "sequence_length"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
@@ -298,6 +298,7 @@ def cmd_train_causal_lm(args):
         args.data, args.output, args.preset, method=config_from_options(args.method or "lora", args.method_option),
         epochs=args.epochs, batch_size=args.batch_size, sequence_length=args.sequence_length,
         learning_rate=args.learning_rate, validation_data=args.validation_data, seed=args.seed, chat=args.chat,
+        bucket_by_sequence_length=args.bucket_by_length,
         verbose=_progress(args.quiet), overwrite=args.overwrite,
     )
     print(f"trained {summary['method']['method']} on {summary['examples']} examples in {summary['seconds']:.1f} s "

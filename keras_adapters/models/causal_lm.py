@@ -259,9 +259,10 @@ class AdapterCausalLM(keras.Model):
         kwargs.setdefault("shuffle", False)  # `dataset(shuffle=True)` shuffles; Keras cannot shuffle a tf.data
         return super().fit(x, y, **kwargs)
 
-    def dataset(self, data, batch_size=8, shuffle=False, chat=False, seed=0):
+    def dataset(self, data, batch_size=8, shuffle=False, chat=False, seed=0, bucket_by_sequence_length=False):
         """Batches of `(inputs, next tokens, completion weights)` from a JSONL
-        file or a list of records (see `keras_adapters.tasks.causal_lm`)."""
+        file or a list of records (see `keras_adapters.tasks.causal_lm`;
+        `bucket_by_sequence_length` batches examples of similar length)."""
         self._check_positions(self.sequence_length, f"Examples of sequence_length {self.sequence_length}",
                               lambda room: f"pass sequence_length={room} or less")
         records = data_lib.read(data) if isinstance(data, (str, bytes)) or hasattr(data, "__fspath__") else [
@@ -271,6 +272,7 @@ class AdapterCausalLM(keras.Model):
             records, self.tokenizer, self.sequence_length, batch_size=batch_size, template=self.template,
             special_tokens=self.special_tokens, chat=chat, end_token_id=self.tokenizer.end_token_id,
             start_token_id=self.start_token_id, shuffle=shuffle, seed=seed,
+            bucket_by_sequence_length=bucket_by_sequence_length,
         )
 
     def perplexity(self, data, batch_size=8, chat=False):

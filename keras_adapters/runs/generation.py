@@ -60,7 +60,8 @@ class _BestAdapter(keras.callbacks.Callback):
 
 
 def train_causal_lm(data, output, preset, method=None, epochs=1, batch_size=None, sequence_length=None,
-                    learning_rate=None, validation_data=None, seed=0, chat=False, verbose=1, overwrite=False):
+                    learning_rate=None, validation_data=None, seed=0, chat=False, verbose=1, overwrite=False,
+                    bucket_by_sequence_length=False):
     """Train an adapter on a JSONL file of prompt/completion or chat records.
 
     Returns:
@@ -75,7 +76,8 @@ def train_causal_lm(data, output, preset, method=None, epochs=1, batch_size=None
     keras.utils.set_random_seed(seed)
     # Unless told: 512 tokens, or the backbone's positions if it has fewer (AdapterCausalLM's default).
     model = AdapterCausalLM.from_preset(preset, method=method or DEFAULTS["method"], sequence_length=sequence_length)
-    train = model.dataset(records, batch_size, shuffle=True, chat=chat, seed=seed)
+    train = model.dataset(records, batch_size, shuffle=True, chat=chat, seed=seed,
+                          bucket_by_sequence_length=bucket_by_sequence_length)
     validation = model.dataset(validation_records, batch_size, chat=chat) if validation_records else None
     model.compile(learning_rate=learning_rate)
     output.mkdir(parents=True, exist_ok=True)
@@ -93,6 +95,7 @@ def train_causal_lm(data, output, preset, method=None, epochs=1, batch_size=None
         "epochs": epochs, "batch_size": batch_size, "sequence_length": model.sequence_length,
         "chat": bool(chat or any("messages" in r for r in records)),
         "learning_rate": float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)), "seed": seed,
+        "bucket_by_sequence_length": bool(bucket_by_sequence_length),
         "validation_data": str(validation_data) if validation_data else None, "examples": len(records),
         "seconds": seconds, "completion_tokens_per_second": tokens / seconds, "best_epoch": best.best_epoch,
     }

@@ -16,8 +16,11 @@ inside `Dataset.map`). Each example is `(inputs, next tokens, weights)`:
 the tokens but the first, and the weight 1 where the label is a completion
 token, so a `mean_with_sample_weight` loss is the mean negative
 log-likelihood of the completions (as PyTorch's cross-entropy with the
-prompt's labels set to -100). Batches group examples of similar length
-(length bucketing), padded to the bucket's bound.
+prompt's labels set to -100). Batches take examples in the data's (shuffled)
+order, as PyTorch loops and Hugging Face's Trainer do, padded to a multiple of
+`BUCKET_STEP`; `bucket_by_sequence_length=True` groups examples of similar
+length instead (less padding, but each batch is then one length: short and
+long examples no longer train together).
 """
 
 import json
@@ -128,12 +131,13 @@ def encode(tokenizer, prompt, completion, end_id, sequence_length, start_token_i
 
 
 def dataset(records, tokenizer, sequence_length, batch_size=8, template=None, special_tokens=None, chat=False,
-            end_token_id=None, start_token_id=None, shuffle=False, seed=0):
+            end_token_id=None, start_token_id=None, shuffle=False, seed=0, bucket_by_sequence_length=False):
     """A batched `tf.data.Dataset` of `(inputs, labels, weights)` from records.
 
     Plain prompt/completion records get `end_token_id` after the completion
-    (the chat template writes a conversation's own end). Batches hold
-    examples of similar length, padded to a multiple of `BUCKET_STEP`.
+    (the chat template writes a conversation's own end). Batches are padded
+    to a multiple of `BUCKET_STEP`; with `bucket_by_sequence_length` they
+    hold examples of similar length.
     """
     pairs = [texts(r, template, special_tokens, chat) for r in records]
     plain = ("messages" not in r and not chat for r in records)
@@ -149,16 +153,31 @@ def dataset(records, tokenizer, sequence_length, batch_size=8, template=None, sp
     data = data.cache()
     if shuffle:
         data = data.shuffle(len(pairs), seed=seed, reshuffle_each_iteration=True)
-    # Bucket i holds lengths below its bound and is padded to bound - 1: few shapes to trace.
-    bounds = [*range(BUCKET_STEP + 1, sequence_length + 1, BUCKET_STEP), sequence_length + 1]
-    data = data.bucket_by_sequence_length(
-        lambda inputs, labels, weights: tf.shape(labels)[0],
-        bucket_boundaries=bounds,
-        bucket_batch_sizes=[batch_size] * (len(bounds) + 1),
-        padded_shapes=({"token_ids": [None], "padding_mask": [None]}, [None], [None]),
-        pad_to_bucket_boundary=True,
-    )
+    padded_shapes = ({"token_ids": [None], "padding_mask": [None]}, [None], [None])
+    if bucket_by_sequence_length:
+        # Bucket i holds lengths below its bound and is padded to bound - 1: few shapes to trace.
+        bounds = [*range(BUCKET_STEP + 1, sequence_length + 1, BUCKET_STEP), sequence_length + 1]
+        data = data.bucket_by_sequence_length(
+            lambda inputs, labels, weights: tf.shape(labels)[0],
+            bucket_boundaries=bounds,
+            bucket_batch_sizes=[batch_size] * (len(bounds) + 1),
+            padded_shapes=padded_shapes,
+            pad_to_bucket_boundary=True,
+        )
+    else:
+        data = data.padded_batch(batch_size, padded_shapes=padded_shapes).map(
+            lambda inputs, labels, weights: _pad_to_step(inputs, labels, weights, sequence_length))
     return data.prefetch(tf.data.AUTOTUNE)
+
+
+def _pad_to_step(inputs, labels, weights, sequence_length):
+    """A batch padded on the right to a multiple of `BUCKET_STEP` (at most
+    `sequence_length`): few distinct shapes, so few traces of the model."""
+    width = tf.shape(labels)[1]
+    target = tf.minimum((width + BUCKET_STEP - 1) // BUCKET_STEP * BUCKET_STEP, sequence_length)
+    pad = [[0, 0], [0, target - width]]
+    inputs = {"token_ids": tf.pad(inputs["token_ids"], pad), "padding_mask": tf.pad(inputs["padding_mask"], pad)}
+    return inputs, tf.pad(labels, pad), tf.pad(weights, pad)
 
 
 def read(path):

@@ -22,6 +22,8 @@ from keras_adapters.tasks import causal_lm as data_lib
 
 from conftest import tiny_backbone
 from decoder_checks import assert_adapted_logits
+from decoder_checks import greedy_by_full_forwards
+from decoder_checks import prefix_past
 from llama_reference import NumpyLlama
 from tiny_llama import FFN, HEADS, TOKENS, tiny_llama_folder
 
@@ -116,13 +118,6 @@ def test_a_bottleneck_on_the_feed_forward_output_adds_before_the_residual(folder
     np.testing.assert_allclose(np.asarray(site(x)), expected, atol=1e-5 * np.abs(expected).max())
 
 
-def _greedy_by_full_forwards(reference, prompt, steps):
-    ids = list(prompt)
-    for _ in range(steps):
-        ids.append(int(np.argmax(reference(np.array([ids]))[0, -1])))
-    return ids[len(prompt):]
-
-
 def test_cached_generation_decodes_what_full_forwards_decode(folder):
     model = AdapterCausalLM.from_preset(folder, method=LoRAConfig(rank=2, target_modules=("query", "value")))
     _randomize(model, "default")
@@ -134,7 +129,7 @@ def test_cached_generation_decodes_what_full_forwards_decode(folder):
     prompts = ["abc ab", "a1"]  # different lengths: the shorter row decodes past the longer's prompt
     texts = model.generate(prompts, max_new_tokens=6, stop_token_ids=None)
     for prompt, text in zip(prompts, texts):
-        expected = _greedy_by_full_forwards(reference, model._prompt_ids(prompt), 6)
+        expected = greedy_by_full_forwards(reference, model._prompt_ids(prompt), 6)
         assert text == str(model.tokenizer.detokenize(np.array(expected, np.int32)))
 
 
@@ -145,11 +140,29 @@ def test_labels_are_the_next_tokens_and_only_completions_weigh(folder):
     completion = [int(t) for t in np.asarray(model.tokenizer("cab"))] + [TOKENS.index("<|im_end|>")]
     whole = prompt + completion
     n = len(whole) - 1
-    assert inputs["token_ids"].shape[1] == data_lib.BUCKET_STEP  # padded to its bucket
+    assert inputs["token_ids"].shape[1] == data_lib.BUCKET_STEP  # padded to a multiple of the step
     np.testing.assert_array_equal(inputs["token_ids"][0, :n], whole[:-1])
     np.testing.assert_array_equal(labels[0, :n], whole[1:])
     np.testing.assert_array_equal(weights[0], [0] * (len(prompt) - 1) + [1] * len(completion) + [0] * (32 - n))
     np.testing.assert_array_equal(inputs["padding_mask"][0], [True] * n + [False] * (32 - n))
+
+
+def test_batches_keep_the_data_order_unless_bucketed_by_length(folder):
+    model = AdapterCausalLM.from_preset(folder, method=None, sequence_length=64)
+    short, long = {"prompt": "ab", "completion": "c"}, {"prompt": "ab " * 20, "completion": "c"}
+    records = [short, long, short, long]
+
+    def widths_and_lengths(**options):
+        batches = list(model.dataset(records, batch_size=2, **options))
+        return [(int(x["token_ids"].shape[1]), np.asarray(x["padding_mask"]).sum(1).tolist()) for x, _, _ in batches]
+
+    short_n, long_n = widths_and_lengths()[0][1]
+    assert short_n < data_lib.BUCKET_STEP < long_n <= 2 * data_lib.BUCKET_STEP
+    # In order, as PyTorch loops batch: each batch one short and one long example, padded to 2 steps.
+    assert widths_and_lengths() == [(2 * data_lib.BUCKET_STEP, [short_n, long_n])] * 2
+    # Bucketed: the short examples train together, padded to one step, the long ones to two.
+    assert sorted(widths_and_lengths(bucket_by_sequence_length=True)) == [
+        (data_lib.BUCKET_STEP, [short_n, short_n]), (2 * data_lib.BUCKET_STEP, [long_n, long_n])]
 
 
 def test_a_conversation_weighs_the_last_answer_as_the_template_writes_it(folder):
@@ -234,9 +247,7 @@ def test_a_prompt_adapter_trains_alone_and_its_folder_reloads(folder, tmp_path):
 def test_prefix_tuning_puts_keys_and_values_in_front_of_every_layer_s_cache_as_peft_does(folder):
     model = AdapterCausalLM.from_preset(folder, method=PrefixConfig(prefix_length=3, reparameterize=False))
     _randomize(model, "default")
-    weights = injection.adapter_weights_by_key(model.backbone, "default")
-    past = np.stack([weights[f"embeddings/embedding_output/{k}"].numpy() for k in ("keys", "values")], axis=1)
-    expected = NumpyLlama(folder)(IDS, past=past.astype(np.float64))
+    expected = NumpyLlama(folder)(IDS, past=prefix_past(model))
     assert_adapted_logits(_logits(model, IDS), expected, NumpyLlama(folder)(IDS))
 
 
@@ -341,7 +352,7 @@ def test_smollm2_starts_as_itself_under_a_fresh_lora_and_learns_an_answer(smollm
 def test_generation_stops_at_a_stop_token_and_checks_its_arguments(folder):
     model = AdapterCausalLM.from_preset(folder, method=None)
     ids = model._prompt_ids("ab c")
-    full = _greedy_by_full_forwards(NumpyLlama(folder), ids, 8)
+    full = greedy_by_full_forwards(NumpyLlama(folder), ids, 8)
     stop = full[2]  # a token the greedy path reaches: generation ends before it
     cut = full[: full.index(stop)]
     expected = str(model.tokenizer.detokenize(np.array(cut, np.int32))) if cut else ""

@@ -34,10 +34,11 @@ def test_train_evaluate_predict_and_export_a_causal_lm_run(folder, tmp_path, cap
     data = _write(tmp_path / "train.jsonl", RECORDS * 4)
     run = tmp_path / "run"
     assert cli.main(["train", str(data), "--preset", folder, "--output", str(run), "--epochs", "2",
-                     "--learning-rate", "0.01", "--method-option", "rank=4", "--quiet"]) == 0  # told from the records
+                     "--learning-rate", "0.01", "--method-option", "rank=4", "--bucket-by-length", "--quiet"]) == 0  # told from the records
     assert "trained lora on 16 examples" in capsys.readouterr().out
     config = json.loads((run / "train_config.json").read_text())
     assert (config["task"], config["method"]["rank"], config["best_epoch"]) == ("causal_lm", 4, 2)
+    assert config["bucket_by_sequence_length"] is True
 
     assert cli.main(["evaluate", str(run), str(data), "--json", "--max-new-tokens", "6"]) == 0
     report = json.loads(capsys.readouterr().out)
