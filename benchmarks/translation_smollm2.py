@@ -8,8 +8,8 @@ message ("Translate to French: ...") and the answer under the checkpoint's
 chat template; the loss covers the answer only. Rows train one epoch, batch
 8, AdamW at `--lr` (the same for all LoRA rows; Pfeiffer at its method's
 default), no tuning on the test pairs. Our rows batch the shuffled pairs in
-order, as the PyTorch loop does; `lora-bucketed` batches pairs of similar
-length (`bucket_by_sequence_length=True`, the default before 0.25). Scores: sacrebleu's corpus BLEU and
+order, as the PyTorch loop does; `lora-bucketed` and `pfeiffer-bucketed` batch
+pairs of similar length (`bucket_by_sequence_length=True`, the default before 0.25). Scores: sacrebleu's corpus BLEU and
 chrF of greedy generations (at most `--max-new-tokens`), computed here for
 every row, and the perplexity of the test answers.
 
@@ -50,14 +50,15 @@ def keras_worker(method, folder, train, test, lr, max_new, seed):
 
     keras.utils.set_random_seed(seed)
     lora = LoRAConfig(rank=8, alpha=16, target_modules=ALL_LINEAR)
-    config = {"lora": lora, "lora-bucketed": lora, "pfeiffer": "pfeiffer", "none": None}
+    config = {"lora": lora, "lora-bucketed": lora, "pfeiffer": "pfeiffer", "pfeiffer-bucketed": "pfeiffer",
+              "none": None}
     model = AdapterCausalLM.from_preset(folder, method=config[method], sequence_length=192)
     seconds = 0.0
     if method != "none":
         model.compile(learning_rate=lr if method.startswith("lora") else None)
         start = time.perf_counter()
         data = model.dataset(train, batch_size=8, shuffle=True, chat=True, seed=seed,
-                             bucket_by_sequence_length=method == "lora-bucketed")
+                             bucket_by_sequence_length=method.endswith("-bucketed"))
         model.fit(data, epochs=1, verbose=2)
         seconds = time.perf_counter() - start
     report = model.perplexity(test, chat=True)

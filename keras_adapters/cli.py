@@ -26,7 +26,6 @@ from keras_adapters.methods.registry import config_from_options  # noqa: E402
 from keras_adapters.io.presets import PresetNotFoundError  # noqa: E402
 from keras_adapters.runs.training import train_classifier  # noqa: E402
 
-CAUSAL_LM = tasks.cli_name(generation.TASK)
 DESCRIPTION = """Fine-tune adapters on a pretrained BERT and use them.
 
   keras-adapters train DATA --output RUN_DIR [--method houlsby] [--epochs 3] [--task auto] ...
@@ -82,7 +81,7 @@ def _parser():
     train = sub.add_parser("train", help="fine-tune an adapter on a dataset")
     train.add_argument("data", metavar="DATA")
     train.add_argument("--task", default="auto",
-                       choices=["auto", *map(tasks.cli_name, tasks.available_tasks()), CAUSAL_LM],
+                       choices=["auto", *map(tasks.cli_name, tasks.available_tasks())],
                        help="auto: told from DATA (a folder or tfds:NAME: text-classification; a .jsonl/.csv/"
                             ".tsv file with a text_b column: pair-classification; 'word<TAB>tag' lines: "
                             "token-classification; SQuAD JSON: question-answering; a .jsonl file of prompt/"
@@ -180,8 +179,8 @@ def _parser():
     predict.add_argument("--json", action="store_true")
     predict.add_argument("--max-new-tokens", type=POSITIVE, default=None,
                          help="causal-lm: the most tokens generated per prompt (default 128)")
-    predict.add_argument("--sampler", default="greedy", choices=["greedy", "top_k", "top_p", "random"],
-                         help="causal-lm: how each next token is chosen")
+    predict.add_argument("--sampler", default=None, choices=["greedy", "top_k", "top_p", "random"],
+                         help="causal-lm: how each next token is chosen (default greedy)")
     export = sub.add_parser("export", help="export a run for TF Serving or TFLite")
     export.add_argument("run", metavar="RUN_DIR", nargs="?")
     export.add_argument("--format", required=True, choices=["saved_model", "tflite"])
@@ -274,12 +273,25 @@ def _progress(quiet):
     return 1 if sys.stdout.isatty() else 2
 
 
-def _is_causal_lm(args):
-    if args.task == CAUSAL_LM:
-        return True
-    return args.task == "auto" and generation.looks_like_causal_lm_data(args.data)
+def _train_task(args):
+    """The task to train: --task, or the one DATA's format says."""
+    return tasks.get_task(tasks.detect_task(args.data, **_data_options(args)) if args.task == "auto" else args.task)
 
 
+def _run_options(task, args):
+    """The options of `task.evaluate`/`task.predict` given on the command line;
+    an error for one the run's task does not take (`--max-new-tokens` of a classifier)."""
+    given = {k: getattr(args, k) for k in RUN_OPTIONS if getattr(args, k, None) is not None}
+    refused = ["--" + k.replace("_", "-") for k in given if k not in task.run_options]
+    if refused:
+        takers = [t for t in map(tasks.get_task, tasks.available_tasks()) if set(given) <= set(t.run_options)]
+        raise ValueError(f"{', '.join(refused)}: for {' and '.join(t.cli_name for t in takers) or 'no'} runs; "
+                         f"this run does {task.cli_name}.")
+    return given
+
+
+#: The options some tasks' `evaluate`/`predict` take (`Task.run_options`).
+RUN_OPTIONS = ("max_new_tokens", "sampler")
 #: Training options causal-lm runs do not take yet, with the value that means "not given".
 _NOT_FOR_CAUSAL_LM = {"dp_epsilon": None, "dp_noise_multiplier": None, "precision": "auto", "strategy": "default",
                       "validation_split": None, "early_stopping": None, "fuse": None,
@@ -308,7 +320,7 @@ def cmd_train_causal_lm(args):
 
 
 def cmd_train(args):
-    if _is_causal_lm(args):
+    if _train_task(args).decoder:
         return cmd_train_causal_lm(args)
     args.method = args.method or "houlsby"
     args.batch_size = 32 if args.batch_size is None else args.batch_size
@@ -374,16 +386,9 @@ def _privacy(args):
 
 
 def cmd_evaluate(args):
-    if generation.is_causal_lm_run(args.run):
-        result = generation.evaluate_causal_lm(args.run, args.data, batch_size=args.batch_size,
-                                               max_new_tokens=args.max_new_tokens)
-        print(json.dumps(runs.finite(result), allow_nan=False) if args.json else generation.format_report(result))
-        sys.stdout.flush()
-        runs.update_metrics_file(args.run, "evaluation", {"data": str(args.data), **result})
-        return 0
     task = tasks.get_task(runs.run_task(args.run))
     result = evaluation.evaluate_run(
-        args.run, args.data, batch_size=args.batch_size, **_data_options(args)
+        args.run, args.data, batch_size=args.batch_size, **_data_options(args), **_run_options(task, args)
     )
     if args.json:
         print(json.dumps(runs.finite(result), allow_nan=False))
@@ -424,17 +429,10 @@ def _columns(task, args):
 def cmd_predict(args):
     if not args.texts and not args.file:
         raise ValueError("No texts to classify: pass TEXT arguments or --file F.")
-    if generation.is_causal_lm_run(args.run):
-        prompts = list(args.texts) + (tasks.get_task("text_classification").read_inputs(args.file, {})[0]
-                                      if args.file else [])
-        results = generation.predict_causal_lm(args.run, prompts, max_new_tokens=args.max_new_tokens,
-                                               sampler=args.sampler, batch_size=args.batch_size)
-        for result in results:
-            print(json.dumps(result) if args.json else result["generation"])
-        return 0
+    task = tasks.get_task(runs.run_task(args.run))
+    options = _run_options(task, args)
     model = runs.load_run(args.run)
-    task = tasks.get_task(model.task)
-    results = task.predict(model, _columns(task, args), batch_size=args.batch_size)
+    results = task.predict(model, _columns(task, args), batch_size=args.batch_size, **options)
     if args.json:
         print(json.dumps(runs.finite(results), allow_nan=False))
     else:
@@ -447,7 +445,7 @@ def cmd_export(args):
     run_dirs = args.adapters or args.run
     if not run_dirs:
         raise ValueError("Pass RUN_DIR, or --adapters RUN_A,RUN_B for a multi-adapter SavedModel.")
-    if any(generation.is_causal_lm_run(r) for r in run_dirs.split(",") if r):
+    if any(tasks.get_task(runs.run_task(r)).decoder for r in run_dirs.split(",") if r):
         if args.format == "tflite":
             return _export_decoder_tflite(args, run_dirs)
         out = serving_generator.export_runs(run_dirs, args.output, version=args.version,
@@ -521,7 +519,7 @@ def cmd_convert(args):
               f"(AutoAdapterModel.from_pretrained(BASE).load_adapter({out!r}))")
         return 0
     out, method = conversion.convert(args.source, args.output, preset=args.preset, sequence_length=args.sequence_length)
-    model_class = "AdapterCausalLM" if generation.is_causal_lm_run(out) else "AdapterModel"
+    model_class = "AdapterCausalLM" if tasks.get_task(runs.run_task(out)).decoder else "AdapterModel"
     print(f"{method} adapter written to {out} (load it with {model_class}.from_adapter, or pass it to "
           "evaluate, predict and export as RUN_DIR)")
     return 0

@@ -10,7 +10,8 @@ import keras_adapters as ka
 PACKAGE = Path(ka.__file__).parent
 #: Floors, lowest first: a module imports only from its own floor and below.
 FLOORS = ["version", "startup", "backbones", "methods", "core", "io", "tasks", "models", "runs", "serving", "cli", "__init__"]
-TASK_CONSTANTS = {"TEXT_CLASSIFICATION", "PAIR_CLASSIFICATION", "TOKEN_CLASSIFICATION", "QUESTION_ANSWERING"}
+TASK_CONSTANTS = {"TEXT_CLASSIFICATION", "PAIR_CLASSIFICATION", "TOKEN_CLASSIFICATION", "QUESTION_ANSWERING",
+                  "CAUSAL_LM", "NAME"}
 #: Private names of other libraries used on purpose (each with its reason where it is used).
 THIRD_PARTY_PRIVATE = {
     "_tracker", "_save_state", "_keras_adapters_multi_worker", "_maybe_symbolic_build", "_initial_epoch",

@@ -68,8 +68,7 @@ def is_peft_folder(directory):
 
 def is_causal_lm_folder(directory):
     """Whether `directory` holds a peft adapter of a causal LM (`task_type: CAUSAL_LM`)."""
-    path = Path(directory) / CONFIG_FILE
-    return is_peft_folder(directory) and json.loads(path.read_text(encoding="utf-8")).get("task_type") == "CAUSAL_LM"
+    return is_peft_folder(directory) and PeftFolder.task_type_of(directory) == "CAUSAL_LM"
 
 
 class PeftFolder:
@@ -113,6 +112,11 @@ class PeftFolder:
         if self._pooler:  # the adapter's own pooler: our head's hidden layer on the [CLS] token, as BERT's
             task.update(pooling="cls_token", hidden_activation="tanh")
         self.config = {"name": None, "method": readers[kind](), "task": task}
+
+    @staticmethod
+    def task_type_of(directory):
+        """The `task_type` a peft folder names (`None` if it names none)."""
+        return json.loads((Path(directory) / CONFIG_FILE).read_text(encoding="utf-8")).get("task_type")
 
     @staticmethod
     def base_of(directory):

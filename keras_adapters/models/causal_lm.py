@@ -1,7 +1,9 @@
 """`AdapterCausalLM`: named adapters on a pretrained decoder, trained with
 `fit` on completions, generating with a KV cache."""
 
+import json
 import math
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -19,6 +21,7 @@ from keras_adapters.io import chat_template
 from keras_adapters.io import peft_format
 from keras_adapters.io import presets
 from keras_adapters.methods.registry import get_adapter_config
+from keras_adapters import tasks
 from keras_adapters.models import decoding
 from keras_adapters.tasks import causal_lm as data_lib
 
@@ -61,6 +64,9 @@ class AdapterCausalLM(keras.Model):
         start_token_id: the id put before every text, if the checkpoint does.
         stop_token_ids: the ids that end a generation (default: the
             tokenizer's end token).
+        chat: plain-string prompts are user messages under the chat
+            template (`generate`, `perplexity`, `dataset` unless told);
+            saved with the adapter, so a loaded one is prompted as it was trained.
 
     Example:
     ```python
@@ -72,8 +78,11 @@ class AdapterCausalLM(keras.Model):
     ```
     """
 
+    #: The task of its adapters (`keras_adapters.tasks`).
+    default_task = tasks.CAUSAL_LM
+
     def __init__(self, backbone, tokenizer=None, method="lora", sequence_length=None, preset=None, template=None,
-                 special_tokens=None, start_token_id=None, stop_token_ids=None, **kwargs):
+                 special_tokens=None, start_token_id=None, stop_token_ids=None, chat=False, **kwargs):
         super().__init__(**kwargs)
         family = family_of(backbone)
         if family.language_model is None:
@@ -96,6 +105,7 @@ class AdapterCausalLM(keras.Model):
         if stop_token_ids is None and tokenizer is not None:
             stop_token_ids = (tokenizer.end_token_id,)
         self.stop_token_ids = tuple(stop_token_ids or ())
+        self.chat = bool(chat)
         # The checkpoint's own weights, before any adapter's are among them.
         self._fingerprint = presets.weights_fingerprint(backbone)
         self._nll_function = None
@@ -150,6 +160,7 @@ class AdapterCausalLM(keras.Model):
             preset if preset is not None else config["backbone"]["preset"], method=None,
             sequence_length=config["task"].get("sequence_length"), dtype=dtype,
         )
+        model.chat = trained_chat(directory, config["task"])
         model.train_adapter(model.load_adapter(directory))
         model.compile()
         return model
@@ -157,6 +168,15 @@ class AdapterCausalLM(keras.Model):
     @property
     def backbone(self):
         return self.language_model.backbone
+
+    @property
+    def task(self):
+        """The task of its adapters (every one: a decoder's head is its own token output)."""
+        return self.default_task
+
+    def privacy_report(self):
+        """`None`: decoder adapters train without differential privacy here."""
+        return None
 
     @property
     def max_positions(self):
@@ -259,7 +279,7 @@ class AdapterCausalLM(keras.Model):
         kwargs.setdefault("shuffle", False)  # `dataset(shuffle=True)` shuffles; Keras cannot shuffle a tf.data
         return super().fit(x, y, **kwargs)
 
-    def dataset(self, data, batch_size=8, shuffle=False, chat=False, seed=0, bucket_by_sequence_length=False):
+    def dataset(self, data, batch_size=8, shuffle=False, chat=None, seed=0, bucket_by_sequence_length=False):
         """Batches of `(inputs, next tokens, completion weights)` from a JSONL
         file or a list of records (see `keras_adapters.tasks.causal_lm`;
         `bucket_by_sequence_length` batches examples of similar length)."""
@@ -270,12 +290,12 @@ class AdapterCausalLM(keras.Model):
         ]
         return data_lib.dataset(
             records, self.tokenizer, self.sequence_length, batch_size=batch_size, template=self.template,
-            special_tokens=self.special_tokens, chat=chat, end_token_id=self.tokenizer.end_token_id,
+            special_tokens=self.special_tokens, chat=self.chat if chat is None else chat, end_token_id=self.tokenizer.end_token_id,
             start_token_id=self.start_token_id, shuffle=shuffle, seed=seed,
             bucket_by_sequence_length=bucket_by_sequence_length,
         )
 
-    def perplexity(self, data, batch_size=8, chat=False):
+    def perplexity(self, data, batch_size=8, chat=None):
         """`{"perplexity", "loss", "tokens"}` of the completions in `data` (the
         mean negative log-likelihood per completion token, summed in float64)."""
         total, count = 0.0, 0.0
@@ -303,13 +323,13 @@ class AdapterCausalLM(keras.Model):
         return self._nll_function(inputs, labels)
 
     # ------------------------------------------------------------ generating
-    def prompt_texts(self, prompts, chat=False):
+    def prompt_texts(self, prompts, chat=None):
         """Each prompt as the text the model continues: a string as it is (a
         user message under the chat template with `chat=True`), a list of
         messages under the template, ready for the assistant's answer."""
         texts = []
         for prompt in prompts:
-            if isinstance(prompt, str) and not chat:
+            if isinstance(prompt, str) and not (self.chat if chat is None else chat):
                 texts.append(prompt)
                 continue
             messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
@@ -318,7 +338,7 @@ class AdapterCausalLM(keras.Model):
             texts.append(chat_template.render(self.template, messages, True, self.special_tokens))
         return texts
 
-    def generate(self, prompts, max_new_tokens=64, sampler="greedy", chat=False, batch_size=8, stop_token_ids="auto"):
+    def generate(self, prompts, max_new_tokens=64, sampler="greedy", chat=None, batch_size=8, stop_token_ids="auto"):
         """The text each prompt continues with (prompt not included).
 
         Args:
@@ -328,7 +348,8 @@ class AdapterCausalLM(keras.Model):
             sampler: `"greedy"`, `"top_k"`, `"top_p"`, `"random"`, or a
                 `keras_hub.samplers.Sampler` (e.g. `TopPSampler(p=0.9,
                 temperature=0.7, seed=1)`).
-            chat: write plain-string prompts as user messages under the chat template.
+            chat: write plain-string prompts as user messages under the chat
+                template (`None`: as the model's `chat` says).
             stop_token_ids: ids that end a generation (`"auto"`: the
                 tokenizer's end token); `None` to always generate `max_new_tokens`.
         """
@@ -418,7 +439,7 @@ class AdapterCausalLM(keras.Model):
         config = {
             "name": name,
             "backbone": self._backbone_record(),
-            "task": {"type": data_lib.NAME, "sequence_length": self.sequence_length},
+            "task": {"type": self.task, "sequence_length": self.sequence_length, "chat": self.chat},
             "method": self.adapter_config(name).as_saved().get_config(),
         }
         weights = injection.adapter_weights_by_key(self.backbone, name)
@@ -469,19 +490,33 @@ class AdapterCausalLM(keras.Model):
         """(config, tensors for the expected shapes) of our folder or a peft one."""
         source = str(directory)
         if peft_format.is_peft_folder(directory):
-            peft = peft_format.PeftFolder(directory, {"CAUSAL_LM": data_lib.NAME}, family=family_of(self.backbone),
+            task = tasks.get_task(self.task)
+            peft = peft_format.PeftFolder(directory, {task.peft_task_type: task.name}, family=family_of(self.backbone),
                                           head=False)
             return peft.config, peft.tensors
         config, tensors = adapter_io.read_folder(directory)
-        kind = config.get("task", {}).get("type")
-        if kind != data_lib.NAME:
+        task = tasks.get_task(adapter_io.task_type(config, source, tasks.available_tasks()))
+        if not task.decoder:
             raise adapter_io.AdapterFormatError(
-                f"{source} holds a {kind!r} adapter; a causal LM loads causal_lm adapters "
-                "(load that one with AdapterModel)."
+                f"{source} holds a {task.cli_name} adapter; a causal LM loads {tasks.cli_name(self.task)} "
+                "adapters (load that one with AdapterModel)."
             )
+        adapter_io.warn_unknown_keys(config, source, task.head_settings)
         adapter_io.check_backbone(config, presets.architecture_config(self.backbone), self.backbone_fingerprint, source)
         adapter_io.check_tokenizer(config, presets.tokenizer_config(self.tokenizer), source)
         return config, lambda shapes: tensors
+
+
+def trained_chat(directory, record):
+    """Whether the adapter was trained on templated prompts: its folder says
+    (0.26 and later), or else its run's `train_config.json` beside it."""
+    if "chat" in record:
+        return bool(record["chat"])
+    run_config = Path(directory).parent / "train_config.json"
+    try:
+        return bool(json.loads(run_config.read_text(encoding="utf-8")).get("chat"))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _check_generation(max_new_tokens, batch_size, sampler):

@@ -27,7 +27,6 @@ from keras_adapters.io import presets
 from keras_adapters.models import AdapterModel
 from keras_adapters.models.causal_lm import AdapterCausalLM
 from keras_adapters.runs.folder import adapter_dir
-from keras_adapters.tasks import causal_lm as causal_lm_data
 
 #: Hub names of the checkpoint embedded as "default" (a peft folder trained on
 #: it in PyTorch names it so).
@@ -91,11 +90,11 @@ def to_peft(source, output):
     """
     directory = adapter_dir(source)
     config, tensors = adapter_io.read_folder(directory)
-    if config.get("task", {}).get("type") == causal_lm_data.NAME:
+    task = tasks.get_task(adapter_io.task_type(config, directory, tasks.available_tasks()))
+    if task.decoder:
         return _causal_lm_to_peft(directory, config, tensors, output)
     architecture = _bert_architecture(directory, config, "BertForSequenceClassification")
     base = presets.resolve_preset(config["backbone"]["preset"])
-    task = tasks.get_task(adapter_io.task_type(config, directory, tasks.available_tasks()))
     peft_format.write_peft_folder(
         output, config, tensors, architecture["num_layers"], os.path.abspath(base), task.peft_task_type
     )
@@ -111,14 +110,14 @@ def to_adapterhub(source, output):
     """
     directory = adapter_dir(source)
     config, tensors = adapter_io.read_folder(directory)
-    if config.get("task", {}).get("type") == causal_lm_data.NAME:
+    task = tasks.get_task(adapter_io.task_type(config, directory, tasks.available_tasks()))
+    if task.decoder:
         raise adapter_io.AdapterFormatError(
             f"{directory} is a decoder adapter; AdapterHub folders are written for BERT-family classifiers "
             "(convert it --to peft)."
         )
     architecture = _bert_architecture(directory, config, "AdapterHub's BertAdapterModel")
     base = os.path.abspath(presets.resolve_preset(config["backbone"]["preset"]))
-    task = tasks.get_task(adapter_io.task_type(config, directory, tasks.available_tasks()))
     adapterhub_format.write_adapterhub_folder(output, config, tensors, architecture["num_layers"],
                                               architecture["hidden_dim"], base, task.adapterhub_head_type)
     return str(output), config["method"]["method"]

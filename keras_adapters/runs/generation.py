@@ -13,25 +13,28 @@ from pathlib import Path
 
 import keras
 
+from keras_adapters import tasks
 from keras_adapters.io.adapter_folder import read_config
 from keras_adapters.models.causal_lm import AdapterCausalLM
+from keras_adapters.models.causal_lm import trained_chat
 from keras_adapters.runs.folder import ADAPTER_DIR
 from keras_adapters.runs.folder import adapter_dir
-from keras_adapters.runs.folder import read_json
+from keras_adapters.runs.folder import run_task
 from keras_adapters.runs.folder import task_name
 from keras_adapters.runs.folder import write_json
 from keras_adapters.runs.training import run_lock
 from keras_adapters.tasks import causal_lm as data_lib
+from keras_adapters.tasks.causal_lm import prompts_and_references  # noqa: F401  (0.25's name)
 
-TASK = data_lib.NAME
+TASK = tasks.CAUSAL_LM  # the task's name (0.25)
 looks_like_causal_lm_data = data_lib.looks_like_causal_lm_data
-DEFAULTS = {"method": "lora", "batch_size": 8, "max_new_tokens": 128}
+DEFAULTS = {"method": "lora", "batch_size": 8, "max_new_tokens": data_lib.MAX_NEW_TOKENS}
 
 
 def is_causal_lm_run(run_dir):
-    """Whether the run (or adapter folder) holds a causal-LM adapter."""
+    """Whether the run (or adapter folder) holds a decoder's adapter."""
     try:
-        return read_config(adapter_dir(run_dir))["task"].get("type") == TASK
+        return tasks.get_task(run_task(run_dir)).decoder
     except (OSError, ValueError, KeyError):
         return False
 
@@ -79,6 +82,8 @@ def train_causal_lm(data, output, preset, method=None, epochs=1, batch_size=None
     train = model.dataset(records, batch_size, shuffle=True, chat=chat, seed=seed,
                           bucket_by_sequence_length=bucket_by_sequence_length)
     validation = model.dataset(validation_records, batch_size, chat=chat) if validation_records else None
+    # Saved with the adapter: prompts it answers later are written as in training (conversations always are).
+    model.chat = bool(chat or any("messages" in r for r in records))
     model.compile(learning_rate=learning_rate)
     output.mkdir(parents=True, exist_ok=True)
     if overwrite and (output / ADAPTER_DIR).exists():
@@ -91,9 +96,7 @@ def train_causal_lm(data, output, preset, method=None, epochs=1, batch_size=None
     tokens = sum(int(w.numpy().sum()) for _, _, w in train) * epochs
     summary = {
         "task": TASK, "data": str(data), "preset": model.preset, "method": model.adapter_config("default").get_config(),
-        # Conversations are always templated: prompts the run answers later are too.
-        "epochs": epochs, "batch_size": batch_size, "sequence_length": model.sequence_length,
-        "chat": bool(chat or any("messages" in r for r in records)),
+        "epochs": epochs, "batch_size": batch_size, "sequence_length": model.sequence_length, "chat": model.chat,
         "learning_rate": float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)), "seed": seed,
         "bucket_by_sequence_length": bool(bucket_by_sequence_length),
         "validation_data": str(validation_data) if validation_data else None, "examples": len(records),
@@ -107,9 +110,9 @@ def train_causal_lm(data, output, preset, method=None, epochs=1, batch_size=None
 
 
 def run_chat(run_dir):
-    """Whether the run wrote its prompts under the chat template (`--chat`)."""
-    config = Path(run_dir) / "train_config.json"
-    return bool(read_json(config).get("chat")) if config.is_file() else False
+    """Whether the run wrote its prompts under the chat template (`--chat`, or conversations)."""
+    directory = adapter_dir(run_dir)
+    return trained_chat(directory, read_config(directory)["task"])
 
 
 def load_causal_lm_runs(run_dirs):
@@ -129,50 +132,18 @@ def load_causal_lm_run(run_dir, dtype=None):
     return AdapterCausalLM.from_adapter(adapter_dir(run_dir), dtype=dtype)
 
 
-def prompts_and_references(records):
-    """Each record's prompt (a string, or the conversation before its last
-    message) and the text the model should answer."""
-    prompts, references = [], []
-    for record in records:
-        if "messages" in record:
-            prompts.append(record["messages"][:-1])
-            references.append(record["messages"][-1]["content"])
-        else:
-            prompts.append(record["prompt"])
-            references.append(record["completion"])
-    return prompts, references
-
-
 def evaluate_causal_lm(run_dir, data, batch_size=8, max_new_tokens=None, model=None):
-    """`{"perplexity", "loss", "tokens", "bleu", "chrf", "examples"}` of a
-    run on a JSONL file: perplexity of its completions, BLEU and chrF
-    (sacrebleu's defaults) of greedy generations against them."""
-    import sacrebleu
-
+    """The run's report on a JSONL file (`keras_adapters.tasks.causal_lm.CausalLM.evaluate`:
+    perplexity, and BLEU and chrF of greedy generations)."""
     model = model or load_causal_lm_run(run_dir)
-    chat = run_chat(run_dir)
-    records = data_lib.read(data)
-    report = model.perplexity(records, batch_size=batch_size, chat=chat)
-    prompts, references = prompts_and_references(records)
-    generations = model.generate(
-        prompts, max_new_tokens=max_new_tokens or DEFAULTS["max_new_tokens"], chat=chat, batch_size=batch_size
-    )
-    report["bleu"] = sacrebleu.corpus_bleu(generations, [references]).score
-    report["chrf"] = sacrebleu.corpus_chrf(generations, [references]).score
-    report["examples"] = len(records)
-    return report
+    return data_lib.TASK.evaluate(model, data, batch_size=batch_size, max_new_tokens=max_new_tokens)
 
 
 def predict_causal_lm(run_dir, prompts, max_new_tokens=None, sampler="greedy", batch_size=8):
     """`[{"prompt", "generation"}]`: what the run's adapter writes after each prompt."""
-    model = load_causal_lm_run(run_dir)
-    generations = model.generate(
-        list(prompts), max_new_tokens=max_new_tokens or DEFAULTS["max_new_tokens"], sampler=sampler,
-        chat=run_chat(run_dir), batch_size=batch_size,
-    )
-    return [{"prompt": p, "generation": g} for p, g in zip(prompts, generations)]
+    return data_lib.TASK.predict(load_causal_lm_run(run_dir), [list(prompts)], batch_size=batch_size,
+                                        max_new_tokens=max_new_tokens, sampler=sampler)
 
 
 def format_report(report):
-    return (f"perplexity {report['perplexity']:.3f} (loss {report['loss']:.4f} over {report['tokens']} completion "
-            f"tokens); BLEU {report['bleu']:.2f}, chrF {report['chrf']:.2f} on {report['examples']} examples")
+    return data_lib.TASK.format_report(report)

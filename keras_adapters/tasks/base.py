@@ -28,6 +28,7 @@ TEXT_CLASSIFICATION = "text_classification"
 PAIR_CLASSIFICATION = "pair_classification"
 TOKEN_CLASSIFICATION = "token_classification"
 QUESTION_ANSWERING = "question_answering"
+CAUSAL_LM = "causal_lm"
 #: Tasks a `ClassificationHead` does (one label per text, or per pair).
 CLASSIFICATION_TASKS = (TEXT_CLASSIFICATION, PAIR_CLASSIFICATION)
 #: File suffixes of tabular data (JSON lines, comma- and tab-separated values).
@@ -72,6 +73,12 @@ class Task:
         served_outputs: what its text signature answers, when not a class
             (`"entities"`), for messages.
         data_formats: the data files it reads, for error messages.
+        decoder: its adapters live on a decoder (`AdapterCausalLM`), whose
+            own token output layer is the head: no `head_class`; runs
+            train, load and export it as a causal language model.
+        run_options: what its `evaluate` and `predict` take beyond batch
+            size and data options, by Python name (the CLI's
+            `--max-new-tokens` is `max_new_tokens`).
 
     Example:
     ```python
@@ -105,6 +112,8 @@ class Task:
     adapterhub_head_type = None
     served_outputs = ""
     data_formats = ""
+    decoder = False
+    run_options = ()
 
     @property
     def cli_name(self):
@@ -132,9 +141,18 @@ class Task:
             )
 
     # ------------------------------------------------------------- the head
+    def require_head(self):
+        """Refuse a head for a task that has none (a decoder's: its token output is the head)."""
+        if self.head_class is None:
+            raise ValueError(
+                f"{self.cli_name} adapters have no head layer of their own (the decoder's token output is "
+                "theirs): add and load them on keras_adapters.AdapterCausalLM, not AdapterModel."
+            )
+
     def make_head(self, record, **layer_kwargs):
         """The head a task record describes (`task_config()`, or an adapter
         folder's `task` section with `type` as `task`)."""
+        self.require_head()
         keys = (*COMMON_HEAD_KEYS, *self.head_settings)
         return self.head_class(**{k: v for k, v in record.items() if k in keys}, **layer_kwargs)
 
@@ -148,6 +166,7 @@ class Task:
             given: the arguments the caller passed (`None`: unset).
             settings: task-specific keyword arguments.
         """
+        self.require_head()
         unknown = sorted(set(settings) - set(self.head_settings))
         if unknown:
             takers = [t.cli_name for t in _REGISTRY.values() if set(unknown) <= set(t.head_settings)]
@@ -353,8 +372,9 @@ def register_task(task):
     Returns `task`. A second task under a taken name is an error, unless it is
     of the same class (re-importing a module).
     """
-    if not isinstance(task, Task) or not task.name or task.head_class is None:
-        raise TypeError(f"register_task takes a Task instance with a name and a head_class, got {task!r}.")
+    if not isinstance(task, Task) or not task.name or (task.head_class is None and not task.decoder):
+        raise TypeError(f"register_task takes a Task instance with a name and a head_class (or decoder=True), "
+                        f"got {task!r}.")
     if not re.fullmatch(r"[a-z][a-z0-9_]*", task.name):
         raise ValueError(f"A task name is lower case letters, digits and '_', got {task.name!r}.")
     known = _REGISTRY.get(task.name)

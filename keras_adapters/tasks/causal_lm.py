@@ -1,6 +1,10 @@
 """Causal language modelling data: prompt/completion and chat JSONL files as
 `tf.data` batches whose loss covers the completion tokens only.
 
+`CausalLM` is the registered `Task`: what runs, the CLI and export ask of a
+causal-LM adapter (detection, evaluation, predictions); its model is
+`keras_adapters.AdapterCausalLM` and its head the decoder's own token output.
+
 A record is one of:
 
 - `{"prompt": "...", "completion": "..."}`: the two texts as they are (the
@@ -30,9 +34,15 @@ import numpy as np
 import tensorflow as tf
 
 from keras_adapters.io import chat_template
+from keras_adapters.tasks.base import CAUSAL_LM
+from keras_adapters.tasks.base import SAMPLE_SIZE
+from keras_adapters.tasks.base import Task
 from keras_adapters.tasks.base import first_record_fields
+from keras_adapters.tasks.base import register_task
 
-NAME = "causal_lm"
+NAME = CAUSAL_LM
+#: Tokens generated per prompt unless told (evaluation's BLEU/chrF, predictions).
+MAX_NEW_TOKENS = 128
 #: Bucket bounds are multiples of this many tokens (few distinct shapes to trace).
 BUCKET_STEP = 32
 
@@ -195,3 +205,86 @@ def looks_like_causal_lm_data(path):
         return False
     fields = set(first_record_fields(path))
     return {"prompt", "completion"} <= fields or "messages" in fields
+
+
+def prompts_and_references(records):
+    """Each record's prompt (a string, or the conversation before its last
+    message) and the text the model should answer."""
+    prompts, references = [], []
+    for record in records:
+        if "messages" in record:
+            prompts.append(record["messages"][:-1])
+            references.append(record["messages"][-1]["content"])
+        else:
+            prompts.append(record["prompt"])
+            references.append(record["completion"])
+    return prompts, references
+
+
+class CausalLM(Task):
+    """Causal language modelling: an adapter on a decoder learns the
+    completions of prompts (or the answers of conversations), and is judged
+    by its perplexity on held-out completions and, for translation and other
+    texts with one right answer, by BLEU and chrF of its greedy generations.
+
+    Its model is `AdapterCausalLM` (`decoder`): the hooks below take one.
+    """
+
+    name = CAUSAL_LM
+    decoder = True
+    #: Kept in adapter folders: whether plain prompts were written under the chat template.
+    head_settings = ("chat",)
+    input_fields = ("prompt",)
+    unit = "record"
+    signature_verb = "generate"
+    served_outputs = "text"
+    peft_task_type = "CAUSAL_LM"
+    run_options = ("max_new_tokens", "sampler")
+    data_formats = "a .jsonl file of prompt/completion or messages records (causal-lm, with a decoder's --preset)"
+
+    def detect(self, path, options):
+        return looks_like_causal_lm_data(path)
+
+    def check_data(self, data):
+        read(data)
+
+    def count_examples(self, data, options):
+        return len(read(data))
+
+    def sample_inputs(self, data, options, count=SAMPLE_SIZE):
+        return [prompts_and_references(read(data)[:count])[0]]
+
+    def evaluate(self, model, data, batch_size=8, max_new_tokens=None, **options):
+        """`{"perplexity", "loss", "tokens", "bleu", "chrf", "examples"}` of
+        `model`'s active adapter on a JSONL file: the perplexity of its
+        completions, BLEU and chrF (sacrebleu's defaults) of greedy
+        generations against them. Prompts are written as the adapter was
+        trained (`model.chat`)."""
+        import sacrebleu
+
+        records = read(data)
+        report = model.perplexity(records, batch_size=batch_size)
+        prompts, references = prompts_and_references(records)
+        generations = model.generate(prompts, max_new_tokens=max_new_tokens or MAX_NEW_TOKENS, batch_size=batch_size)
+        report["bleu"] = sacrebleu.corpus_bleu(generations, [references]).score
+        report["chrf"] = sacrebleu.corpus_chrf(generations, [references]).score
+        report["examples"] = len(records)
+        return report
+
+    def format_report(self, report):
+        return (f"perplexity {report['perplexity']:.3f} (loss {report['loss']:.4f} over {report['tokens']} "
+                f"completion tokens); BLEU {report['bleu']:.2f}, chrF {report['chrf']:.2f} on "
+                f"{report['examples']} examples")
+
+    def predict(self, model, columns, batch_size=8, max_new_tokens=None, sampler=None):
+        """`[{"prompt", "generation"}]`: what the adapter writes after each prompt."""
+        prompts = list(columns[0])
+        generations = model.generate(prompts, max_new_tokens=max_new_tokens or MAX_NEW_TOKENS,
+                                     sampler=sampler or "greedy", batch_size=batch_size)
+        return [{"prompt": p, "generation": g} for p, g in zip(prompts, generations)]
+
+    def format_prediction(self, result):
+        return result["generation"]
+
+
+TASK = register_task(CausalLM())

@@ -97,5 +97,5 @@ def test_the_command_line_converts_a_peft_causal_lm_and_predicts_with_it(folder,
     assert "load it with AdapterCausalLM.from_adapter" in capsys.readouterr().out
     expected = AdapterCausalLM.from_adapter(peft_folder, preset=folder).generate(["ab c", "a1"], max_new_tokens=4)
     assert cli.main(["predict", str(tmp_path / "ours"), "ab c", "a1", "--max-new-tokens", "4", "--json"]) == 0
-    lines = capsys.readouterr().out.splitlines()  # one JSON object per prompt
-    assert [json.loads(line)["generation"] for line in lines] == expected
+    results = json.loads(capsys.readouterr().out)  # one JSON list, as every task's predict --json
+    assert [r["generation"] for r in results] == expected

@@ -1,15 +1,21 @@
 """Causal-LM runs from the command line, on the tiny Llama: train writes a run
 whose adapter reproduces the model, evaluate reports the perplexity that
 `AdapterCausalLM.perplexity` computes and sacrebleu's BLEU/chrF of the
-generations `predict` prints; what is not supported is refused by name."""
+generations `predict` prints, through the registered `causal_lm` task as every
+task's runs are; what is not supported is refused by name."""
 
 import json
 
 import numpy as np
 import pytest
 
+import keras_adapters as ka
 from keras_adapters import cli
+from keras_adapters import tasks
+from keras_adapters.core import injection
 from keras_adapters.models.causal_lm import AdapterCausalLM
+from keras_adapters.runs import evaluation
+from keras_adapters.runs import folder as runs
 from keras_adapters.runs import generation
 
 from conftest import serve_many
@@ -48,7 +54,7 @@ def test_train_evaluate_predict_and_export_a_causal_lm_run(folder, tmp_path, cap
     assert report["tokens"] == expected["tokens"]
 
     assert cli.main(["predict", str(run), "ab c", "a1b2", "--json", "--max-new-tokens", "6"]) == 0
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    lines = json.loads(capsys.readouterr().out)  # one JSON list, as every task's predict --json
     assert [line["generation"] for line in lines] == model.generate(["ab c", "a1b2"], max_new_tokens=6)
     import sacrebleu
 
@@ -95,3 +101,71 @@ def test_options_causal_lm_runs_do_not_take_are_refused_before_anything_loads(tm
         assert cli.main(["train", str(data), "--output", str(tmp_path / "run"), "--preset", "nowhere", *option]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def _saved_run(folder, run, chat):
+    """A run folder holding a LoRA with nonzero weights, saved as trained with or without chat."""
+    model = AdapterCausalLM.from_preset(folder, method={"method": "lora", "rank": 2})
+    rng = np.random.default_rng(0)
+    for w in injection.adapter_weights_by_key(model.backbone, "default").values():
+        w.assign(rng.normal(0, 0.3, w.shape).astype("float32"))
+    model.chat = chat
+    model.save_adapter(run / "adapter")
+    return model
+
+
+def test_a_causal_lm_run_is_evaluated_and_predicted_through_its_task(folder, tmp_path, capsys):
+    """The CLI asks the run's task (`causal_lm`, registered like every task)
+    and loads the run into `AdapterCausalLM`; prompts are written as the
+    adapter was trained (its folder records `chat`)."""
+    model = _saved_run(folder, tmp_path / "run", chat=True)
+    data = _write(tmp_path / "data.jsonl", RECORDS)
+    assert tasks.detect_task(data) == "causal_lm"
+    loaded = runs.load_run(tmp_path / "run")
+    assert isinstance(loaded, AdapterCausalLM) and loaded.chat and loaded.task == "causal_lm"
+
+    report = evaluation.evaluate_run(tmp_path / "run", data, batch_size=2, max_new_tokens=4)
+    templated, plain = model.perplexity(RECORDS, chat=True), model.perplexity(RECORDS, chat=False)
+    assert report["perplexity"] == pytest.approx(templated["perplexity"], rel=1e-6)
+    assert abs(templated["loss"] - plain["loss"]) > 1e-3  # the template changes what is scored
+    import sacrebleu
+
+    generations = model.generate([r["prompt"] for r in RECORDS], max_new_tokens=4, chat=True)
+    assert report["chrf"] == pytest.approx(sacrebleu.corpus_chrf(generations, [[r["completion"] for r in RECORDS]]).score)
+
+    assert cli.main(["predict", str(tmp_path / "run"), "ab c", "a1b2", "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.splitlines() == model.generate(["ab c", "a1b2"], max_new_tokens=4, chat=True)
+
+
+def test_an_adapter_folder_of_0_25_takes_chat_from_its_run(folder, tmp_path):
+    _saved_run(folder, tmp_path / "run", chat=True)
+    path = tmp_path / "run" / "adapter" / "adapter_config.json"
+    config = json.loads(path.read_text())
+    del config["task"]["chat"]  # 0.25 kept it in train_config.json only
+    path.write_text(json.dumps(config))
+    assert not AdapterCausalLM.from_adapter(tmp_path / "run" / "adapter").chat
+    (tmp_path / "run" / "train_config.json").write_text(json.dumps({"chat": True}))
+    assert AdapterCausalLM.from_adapter(tmp_path / "run" / "adapter").chat
+    assert generation.run_chat(tmp_path / "run")
+
+
+def test_decoder_adapters_stay_out_of_encoder_models_and_options_stay_with_their_task(folder, tmp_path, tiny_preset,
+                                                                                      capsys):
+    _saved_run(folder, tmp_path / "run", chat=False)
+    encoder = ka.AdapterModel.from_preset(tiny_preset, method=None)
+    with pytest.raises(ValueError, match="add and load them on keras_adapters.AdapterCausalLM"):
+        encoder.add_adapter("x", "lora", task="causal-lm")
+    peft = tmp_path / "peft"
+    peft.mkdir()
+    (peft / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 2}))
+    for source in (tmp_path / "run" / "adapter", peft):
+        with pytest.raises(ValueError, match="holds a causal-lm adapter of a decoder: load it with "
+                                             "keras_adapters.AdapterCausalLM.from_adapter"):
+            encoder.load_adapter(source)
+    assert encoder.adapter_names == []
+
+    classifier = ka.AdapterModel.from_preset(tiny_preset, method="lora", num_classes=2, sequence_length=16)
+    classifier.save_adapter(tmp_path / "classifier")
+    for option in (["--max-new-tokens", "4"], ["--sampler", "top_k"]):
+        assert cli.main(["predict", str(tmp_path / "classifier"), "a text", *option]) == 2
+        assert f"{option[0]}: for causal-lm runs; this run does text-classification" in capsys.readouterr().err

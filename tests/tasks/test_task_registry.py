@@ -252,5 +252,5 @@ def test_the_registry_refuses_what_it_cannot_hold():
 
 def test_the_built_in_tasks_are_registered_in_detection_order():
     names = ka.tasks.available_tasks()
-    assert names[:5] == ["text_classification", "pair_classification", "token_classification",
-                         "question_answering", "multi_label_classification"]
+    assert names[:6] == ["text_classification", "pair_classification", "token_classification",
+                         "question_answering", "multi_label_classification", "causal_lm"]
