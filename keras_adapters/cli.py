@@ -164,7 +164,7 @@ def _parser():
     evaluate.add_argument("--max-new-tokens", type=POSITIVE, default=None,
                           help="causal-lm: the most tokens generated per prompt for BLEU/chrF (default 128)")
 
-    predict = sub.add_parser("predict", help="classify texts with a run's adapter")
+    predict = sub.add_parser("predict", help="classify, tag, answer or generate with a run's adapter")
     predict.add_argument("run", metavar="RUN_DIR")
     predict.add_argument("texts", nargs="*", metavar="TEXT",
                          help="texts; for a pair run, TEXT_A TEXT_B ...; for a question-answering run, "
@@ -320,7 +320,8 @@ def cmd_train_causal_lm(args):
 
 
 def cmd_train(args):
-    if _train_task(args).decoder:
+    task = _train_task(args)
+    if task.decoder:
         return cmd_train_causal_lm(args)
     args.method = args.method or "houlsby"
     args.batch_size = 32 if args.batch_size is None else args.batch_size
@@ -349,7 +350,7 @@ def cmd_train(args):
         fuse=fuse,
         overwrite=args.overwrite,
         cache_frozen_layers=args.cache_frozen_layers,
-        task=args.task,
+        task=task.name,
         privacy=_privacy(args),
         **_data_options(args),
         **{k: v for k, v in _qa_options(args).items() if v is not None},
@@ -428,7 +429,7 @@ def _columns(task, args):
 
 def cmd_predict(args):
     if not args.texts and not args.file:
-        raise ValueError("No texts to classify: pass TEXT arguments or --file F.")
+        raise ValueError("No texts to predict: pass TEXT arguments or --file F.")
     task = tasks.get_task(runs.run_task(args.run))
     options = _run_options(task, args)
     model = runs.load_run(args.run)
@@ -445,14 +446,9 @@ def cmd_export(args):
     run_dirs = args.adapters or args.run
     if not run_dirs:
         raise ValueError("Pass RUN_DIR, or --adapters RUN_A,RUN_B for a multi-adapter SavedModel.")
-    if any(tasks.get_task(runs.run_task(r)).decoder for r in run_dirs.split(",") if r):
-        if args.format == "tflite":
-            return _export_decoder_tflite(args, run_dirs)
-        out = serving_generator.export_runs(run_dirs, args.output, version=args.version,
-                                            sequence_length=args.sequence_length, xla=args.xla)
-        inputs = "prompt, max_new_tokens, temperature, top_k, top_p" + (", adapter" if "," in run_dirs else "")
-        print(f"SavedModel written to {out} (signature: generate ({inputs}) -> text)")
-        return 0
+    decoders = {r: tasks.get_task(runs.run_task(r)).decoder for r in run_dirs.split(",") if r}
+    if any(decoders.values()):
+        return _export_decoder(args, run_dirs, decoders)
     several = "," in run_dirs
     names = ", ".join(runs.task_name(r) for r in run_dirs.split(",") if r)
     if args.format == "saved_model":
@@ -488,6 +484,31 @@ def cmd_export(args):
     )
     extra = f"adapters.json (adapter_id 0.. = {names})" if several else "labels.txt"
     print(f"TFLite model written to {path} ({os.path.getsize(path) / 1e6:.1f} MB), with vocab.txt and {extra}")
+    return 0
+
+
+#: Export options a decoder's export does not take, with the value that means "not given".
+_NOT_FOR_DECODERS = {"serving_config": None, "label": [], "precision": "float32", "no_merge": False,
+                     "no_warmup": False, "no_task_signatures": False}
+
+
+def _export_decoder(args, run_dirs, decoders):
+    encoders = [r for r, decoder in decoders.items() if not decoder]
+    if encoders:
+        raise ValueError(f"{', '.join(encoders)} adapt an encoder and {', '.join(r for r in decoders if r not in encoders)} "
+                         "a decoder: one export serves one backbone, so export them separately.")
+    given = ["--" + k.replace("_", "-") for k, v in _NOT_FOR_DECODERS.items() if getattr(args, k) != v]
+    if args.format == "saved_model" and args.quantize != "none":
+        given.append("--quantize")
+    if given:
+        raise ValueError(f"{', '.join(given)}: not supported for causal-lm exports yet (a float32 generate "
+                         "signature; --quantize for --format tflite).")
+    if args.format == "tflite":
+        return _export_decoder_tflite(args, run_dirs)
+    out = serving_generator.export_runs(run_dirs, args.output, version=args.version,
+                                        sequence_length=args.sequence_length, xla=args.xla)
+    inputs = "prompt, max_new_tokens, temperature, top_k, top_p" + (", adapter" if "," in run_dirs else "")
+    print(f"SavedModel written to {out} (signature: generate ({inputs}) -> text)")
     return 0
 
 

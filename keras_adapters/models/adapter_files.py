@@ -149,7 +149,7 @@ class AdapterFilesMixin:
             types = tasks.peft_task_types()
             kind = types.get(peft_format.PeftFolder.task_type_of(directory))
             if kind is not None:
-                _refuse_decoder_task(tasks.get_task(kind), source)
+                refuse_decoder_task(tasks.get_task(kind), source)
             encoder_types = {t: n for t, n in types.items() if not tasks.get_task(n).decoder}
             peft = peft_format.PeftFolder(directory, encoder_types, base_pooler=self._base_pooler)
             return peft.config, peft.tensors
@@ -157,8 +157,7 @@ class AdapterFilesMixin:
             hub = adapterhub_format.AdapterHubFolder(directory, tasks.adapterhub_head_types())
             return hub.config, hub.tensors
         config, tensors = adapter_io.read_folder(directory)
-        task = tasks.get_task(adapter_io.task_type(config, source, tasks.available_tasks()))
-        _refuse_decoder_task(task, source)
+        task = encoder_task(config, source)
         adapter_io.warn_unknown_keys(config, source, task.head_settings)
         adapter_io.check_backbone(config, presets.architecture_config(self.backbone), self.backbone_fingerprint, source)
         adapter_io.check_tokenizer(config, presets.tokenizer_config(getattr(self.preprocessor, "tokenizer", None)), source)
@@ -190,9 +189,18 @@ class AdapterFilesMixin:
         return self
 
 
-def _refuse_decoder_task(task, source):
+
+def refuse_decoder_task(task, source):
+    """Refuse a decoder's adapter (`task.decoder`): it lives in `AdapterCausalLM`."""
     if task.decoder:
         raise adapter_io.AdapterFormatError(
             f"{source} holds a {task.cli_name} adapter of a decoder: load it with "
             "keras_adapters.AdapterCausalLM.from_adapter (AdapterModel holds encoder tasks' adapters)."
         )
+
+
+def encoder_task(config, source):
+    """The task of one of our folders (its JSON `config`), refused when a decoder's."""
+    task = tasks.get_task(adapter_io.task_type(config, source, tasks.available_tasks()))
+    refuse_decoder_task(task, source)
+    return task

@@ -21,6 +21,7 @@ from keras_adapters.methods.registry import get_adapter_config
 from keras_adapters.core.prefix_cache import PREFIX_DEPTH
 from keras_adapters.core.prefix_cache import PREFIX_OUTPUT
 from keras_adapters.models.adapter_files import AdapterFilesMixin
+from keras_adapters.models.adapter_files import encoder_task
 from keras_adapters.models.adapters import AdaptersMixin
 from keras_adapters.models.answers import AnswersMixin
 from keras_adapters.models.private_training import PrivateTrainingMixin
@@ -233,6 +234,7 @@ class AdapterModel(
         in keras-hub's tanh form).
         """
         config = adapter_io.read_config(directory)
+        encoder_task(config, str(directory))  # a decoder's is refused before its checkpoint loads
         model = cls.from_preset(
             preset if preset is not None else config["backbone"]["preset"],
             method=None,

@@ -3,6 +3,7 @@
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import keras
@@ -22,12 +23,17 @@ from keras_adapters.io import peft_format
 from keras_adapters.io import presets
 from keras_adapters.methods.registry import get_adapter_config
 from keras_adapters import tasks
-from keras_adapters.models import decoding
+from keras_adapters.models.decoding import forward as decoder_forward
+from keras_adapters.models.decoding import generate as decode_tokens
+from keras_adapters.models.decoding import split_units
 from keras_adapters.tasks import causal_lm as data_lib
 
 DEFAULT_NAME = "default"
 #: The most tokens a training example keeps unless told (fewer where a backbone has fewer positions).
 DEFAULT_SEQUENCE_LENGTH = 512
+#: The adapter folder inside a run folder (`keras_adapters.runs.folder`), whose
+#: `train_config.json` said `chat` before adapter folders did (0.25).
+RUN_ADAPTER_DIR = "adapter"
 #: Generation pads the prompts of a batch to a multiple of this many tokens.
 PROMPT_STEP = 16
 
@@ -116,11 +122,11 @@ class AdapterCausalLM(keras.Model):
             self.train_adapter(DEFAULT_NAME)
 
     @classmethod
-    def from_preset(cls, preset, method="lora", sequence_length=None, dtype=None, load_weights=True):
+    def from_preset(cls, preset, method="lora", sequence_length=None, dtype=None, load_weights=True, chat=False):
         """A decoder checkpoint (a Hugging Face Llama, GPT-2 or Gemma 3 folder,
         or a Llama or Gemma 3 `.gguf` file, converted once into a cached folder)
         with its tokenizer and chat template, and a first adapter of `method`
-        (`None`: none)."""
+        (`None`: none); `chat`: plain prompts go under the chat template."""
         folder = presets.resolve_preset(preset)
         family = family_of_checkpoint(model_type(folder))
         if family is None or family.language_model is None:
@@ -136,7 +142,7 @@ class AdapterCausalLM(keras.Model):
             backbone, tokenizer, method=method, sequence_length=sequence_length,
             preset=presets.preset_reference(preset), template=template, special_tokens=special_tokens,
             start_token_id=huggingface.start_token_id(folder, tokenizer),
-            stop_token_ids=huggingface.stop_token_ids(folder, tokenizer),
+            stop_token_ids=huggingface.stop_token_ids(folder, tokenizer), chat=chat,
         )
         model.checkpoint_folder = folder  # its tokenizer files go beside a TFLite export
         return model
@@ -156,6 +162,7 @@ class AdapterCausalLM(keras.Model):
             config = {"task": {}}
         else:
             config = adapter_io.read_config(directory)
+            decoder_task(config, str(directory))  # an encoder's is refused before any checkpoint loads
         model = cls.from_preset(
             preset if preset is not None else config["backbone"]["preset"], method=None,
             sequence_length=config["task"].get("sequence_length"), dtype=dtype,
@@ -188,7 +195,7 @@ class AdapterCausalLM(keras.Model):
         """Refuse `tokens` positions (plus the active input-end units') past the
         position table; `fix(room)` says what to lower, `room` being the most `tokens` that fit."""
         units = injection.input_units(self.backbone)
-        prompts, prefixes = decoding.split_units(units)
+        prompts, prefixes = split_units(units)
         used = tokens + sum(u.num_virtual_tokens for u in prompts) + sum(u.prefix_length for u in prefixes)
         if self.max_positions is not None and used > self.max_positions:
             raise ValueError(
@@ -205,7 +212,7 @@ class AdapterCausalLM(keras.Model):
         if not units:
             return self.language_model(inputs, training=training)
         # Virtual tokens in front of each row, or a prefix in the cache (peft's prompt and prefix tuning).
-        hidden = decoding.forward(self.language_model, self._family, inputs["token_ids"], inputs["padding_mask"], units)
+        hidden = decoder_forward(self.language_model, self._family, inputs["token_ids"], inputs["padding_mask"], units)
         return self.backbone.token_embedding(hidden, reverse=True)
 
     # ------------------------------------------------------------- adapters
@@ -404,7 +411,7 @@ class AdapterCausalLM(keras.Model):
             self._sampler = self._sampler or keras_hub.samplers.get("greedy")
 
             def decode(token_ids, lengths, max_new_tokens, stop_token_ids):
-                return decoding.generate(self.language_model, self._family, token_ids, lengths, max_new_tokens,
+                return decode_tokens(self.language_model, self._family, token_ids, lengths, max_new_tokens,
                                          self._sampler, stop_token_ids, injection.input_units(self.backbone))
 
             self._decode = tf.function(decode, jit_compile=True)
@@ -473,6 +480,11 @@ class AdapterCausalLM(keras.Model):
         source = str(directory)
         config, tensors_for = self._read_adapter_source(directory)
         name = name or config.get("name") or DEFAULT_NAME
+        trained = config.get("task", {}).get("chat")
+        if trained is not None and bool(trained) != self.chat:
+            warnings.warn(
+                f"{source} was trained with chat={bool(trained)}, and this model writes plain prompts with "
+                f"chat={self.chat}: set model.chat = {bool(trained)} to prompt it as it was trained.", stacklevel=2)
         self.add_adapter(name, adapter_io.method_config(config, source))
         weights = injection.adapter_weights_by_key(self.backbone, name)
         try:
@@ -495,24 +507,33 @@ class AdapterCausalLM(keras.Model):
                                           head=False)
             return peft.config, peft.tensors
         config, tensors = adapter_io.read_folder(directory)
-        task = tasks.get_task(adapter_io.task_type(config, source, tasks.available_tasks()))
-        if not task.decoder:
-            raise adapter_io.AdapterFormatError(
-                f"{source} holds a {task.cli_name} adapter; a causal LM loads {tasks.cli_name(self.task)} "
-                "adapters (load that one with AdapterModel)."
-            )
+        task = decoder_task(config, source)
         adapter_io.warn_unknown_keys(config, source, task.head_settings)
         adapter_io.check_backbone(config, presets.architecture_config(self.backbone), self.backbone_fingerprint, source)
         adapter_io.check_tokenizer(config, presets.tokenizer_config(self.tokenizer), source)
         return config, lambda shapes: tensors
 
 
+def decoder_task(config, source):
+    """The task of one of our folders (its JSON `config`), refused when an encoder's."""
+    task = tasks.get_task(adapter_io.task_type(config, source, tasks.available_tasks()))
+    if not task.decoder:
+        raise adapter_io.AdapterFormatError(
+            f"{source} holds a {task.cli_name} adapter; a causal LM loads a decoder's adapters "
+            "(load that one with AdapterModel)."
+        )
+    return task
+
+
 def trained_chat(directory, record):
     """Whether the adapter was trained on templated prompts: its folder says
-    (0.26 and later), or else its run's `train_config.json` beside it."""
+    (0.26 and later), or else, for a run's `adapter/` folder, the run's
+    `train_config.json`."""
     if "chat" in record:
         return bool(record["chat"])
     run_config = Path(directory).parent / "train_config.json"
+    if Path(directory).name != RUN_ADAPTER_DIR or not run_config.is_file():
+        return False
     try:
         return bool(json.loads(run_config.read_text(encoding="utf-8")).get("chat"))
     except (OSError, ValueError, AttributeError):

@@ -19,8 +19,9 @@ from keras_adapters.tasks.token_classification import token_report  # noqa: F401
 
 def evaluate_run(run_dir, data, batch_size=32, dtype=None, **data_options):
     """The report of the run's adapter on `data` (its task's data files:
-    a folder or `tfds:NAME`, a pair file, a CoNLL file, a SQuAD file);
-    labels are matched by name. See each task's `evaluate`."""
+    a folder or `tfds:NAME`, a pair file, a CoNLL file, a SQuAD file, a
+    JSONL file of prompts and completions for a decoder's run); labels are
+    matched by name. See each task's `evaluate`."""
     model = load_run(run_dir, dtype=dtype)
     result = tasks.get_task(model.task).evaluate(model, data, batch_size=batch_size, **data_options)
     if model.privacy_report():  # trained with DP-SGD: the guarantee its adapter folder records

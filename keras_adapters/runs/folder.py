@@ -63,6 +63,10 @@ def load_runs(run_dirs, dtype=None, sequence_length=None):
     if len(set(names)) != len(names):
         raise ValueError(f"Run folders must have distinct names to name their adapters: {names}.")
     configs = [read_config(adapter_dir(r)) for r in run_dirs]
+    decoders = [r for r in run_dirs if tasks.get_task(run_task(r)).decoder]
+    if decoders:
+        raise ValueError(f"{', '.join(decoders)}: decoder runs load with "
+                         "keras_adapters.runs.generation.load_causal_lm_runs, not beside encoder runs.")
     lengths = [c["task"].get("sequence_length") or 128 for c in configs]
     model = AdapterTextClassifier.from_preset(
         configs[0]["backbone"]["preset"],

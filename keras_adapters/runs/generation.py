@@ -24,7 +24,7 @@ from keras_adapters.runs.folder import task_name
 from keras_adapters.runs.folder import write_json
 from keras_adapters.runs.training import run_lock
 from keras_adapters.tasks import causal_lm as data_lib
-from keras_adapters.tasks.causal_lm import prompts_and_references  # noqa: F401  (0.25's name)
+from keras_adapters.tasks.causal_lm import prompts_and_references  # noqa: F401  (its 0.25 home)
 
 TASK = tasks.CAUSAL_LM  # the task's name (0.25)
 looks_like_causal_lm_data = data_lib.looks_like_causal_lm_data
@@ -121,8 +121,12 @@ def load_causal_lm_runs(run_dirs):
     names = [task_name(r) for r in run_dirs]
     if len(set(names)) != len(names):
         raise ValueError(f"Run folders must have distinct names to name their adapters: {names}.")
+    chats = {run_chat(r) for r in run_dirs}
+    if len(chats) > 1:
+        raise ValueError("Some of these runs wrote prompts under the chat template and some did not; "
+                         "load (or export) them separately.")
     preset = read_config(adapter_dir(run_dirs[0]))["backbone"]["preset"]
-    model = AdapterCausalLM.from_preset(preset, method=None)
+    model = AdapterCausalLM.from_preset(preset, method=None, chat=chats.pop())
     for run_dir, name in zip(run_dirs, names):
         model.load_adapter(adapter_dir(run_dir), name=name)
     return model, names

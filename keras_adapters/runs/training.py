@@ -445,7 +445,9 @@ def train_classifier(
             (`keras_adapters.tasks.question_answering.data`).
         task: `"text_classification"`, `"pair_classification"`,
             `"token_classification"`, `"question_answering"`, or
-            `"auto"`: told from `data` (`keras_adapters.tasks.detect_task`).
+            `"auto"`: told from `data` (`keras_adapters.tasks.detect_task`);
+            a decoder's task (causal-lm data) is refused: it trains with
+            `keras_adapters.runs.generation.train_causal_lm`.
         fuse: run folders of finished adapters (same backbone, checked): train
             an AdapterFusion over them for this task instead of a new adapter
             (`method` is then unused; the backbone is the runs').
@@ -597,6 +599,11 @@ def _run_record(model, data, fuse, train, validation, **options):
 def resolve_task(data, task, text_b_key="text_b"):
     """The task to train: `task`, or the one `data` is for when `"auto"`."""
     task = tasks.detect_task(data, text_b_key) if task in (None, "auto") else tasks.canonical_task(task)
+    if tasks.get_task(task).decoder:
+        raise ValueError(
+            f"{data} is {tasks.cli_name(task)} data, which trains an adapter on a decoder: "
+            "keras_adapters.runs.generation.train_causal_lm, or keras-adapters train DATA --preset DECODER."
+        )
     tasks.get_task(task).check_data(data)
     return task
 

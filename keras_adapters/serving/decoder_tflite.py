@@ -31,6 +31,11 @@ out of every step (a copy of every layer's keys and values); TFLite's
 stateful variables would avoid that copy but are not portable across
 interpreters yet. The cache has no batch axis because TensorFlow's own TFLite
 interpreter slices at most 5-D tensors.
+
+`generation.json` says what the app does around the model: the start and
+stop ids, and with `"chat": true` (the adapter trained on templated
+prompts) the texts the chat template writes before and after a user
+message (`chat_prefix`, `chat_suffix`), to put around each prompt.
 """
 
 import json
@@ -46,6 +51,7 @@ from keras_adapters.core import injection
 from keras_adapters.models import decoding
 from keras_adapters.runs import generation as generation_runs
 from keras_adapters.serving.export import replace_files
+from keras_adapters.serving.generator import chat_halves
 
 #: The default most prompt tokens plus new tokens of a TFLite decoder.
 SEQUENCE_LENGTH = 256
@@ -116,7 +122,16 @@ class DecoderSteps:
             "first_prompt_column": self.before + self.virtual,
             "vocabulary_size": int(self.model.backbone.vocabulary_size),
             "start_token_id": self.model.start_token_id, "stop_token_ids": list(self.model.stop_token_ids),
+            **self.chat_settings(),
         }
+
+    def chat_settings(self):
+        """Whether the app writes a prompt as a user message under the chat
+        template (the adapter trained so), and the texts around its content."""
+        if not self.model.chat:
+            return {"chat": False}
+        before, after = chat_halves(self.model)
+        return {"chat": True, "chat_prefix": before, "chat_suffix": after}
 
 
 def _frozen(function, specs):

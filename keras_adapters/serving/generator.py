@@ -167,7 +167,7 @@ class Generator:
         return {"text": self.tokenizer.detokenize(tf.ragged.boolean_mask(tokens, ~stopped))}
 
 
-def export_generator(model, path, version=None, names=None, chat=False, sequence_length=SEQUENCE_LENGTH, xla=False):
+def export_generator(model, path, version=None, names=None, chat=None, sequence_length=SEQUENCE_LENGTH, xla=False):
     """Write `path/<version>/`: a SavedModel with the `generate` signature.
 
     Args:
@@ -176,7 +176,8 @@ def export_generator(model, path, version=None, names=None, chat=False, sequence
             bottleneck adapters route; `ka.Route`).
         path: the model base path (TF Serving's `model_base_path`).
         version: the numbered sub-folder (default: the next one).
-        chat: write each prompt as a user message under the chat template.
+        chat: write each prompt as a user message under the chat template
+            (`None`: as the model's `chat` says, how its adapter was trained).
         sequence_length: the most prompt tokens plus `max_new_tokens` a
             request may ask for (the KV cache's length); at most the
             backbone's positions where it has a table of them (GPT-2).
@@ -197,7 +198,7 @@ def export_generator(model, path, version=None, names=None, chat=False, sequence
     if names:
         model.set_active_adapters(composition.Route(*names))
     try:
-        generator = Generator(model, names, chat, sequence_length, xla)
+        generator = Generator(model, names, model.chat if chat is None else chat, sequence_length, xla)
         signatures = {"generate": export_lib.trace(generator.generate, generator.signature)}
         signatures["serving_default"] = signatures["generate"]
         module = export_lib.graph_module(signatures, model.language_model.variables, tokenizer=model.tokenizer,
@@ -213,12 +214,7 @@ def export_runs(run_dirs, path, version=None, sequence_length=None, xla=False):
     `sequence_length` as `export_generator`'s (default `SEQUENCE_LENGTH`)."""
     options = {"sequence_length": sequence_length or SEQUENCE_LENGTH, "xla": xla}
     run_list = [r for r in str(run_dirs).split(",") if r]
-    chats = {generation_runs.run_chat(r) for r in run_list}
-    if len(chats) > 1:
-        raise ValueError("Some of these runs wrote prompts under the chat template and some did not; "
-                         "export them separately.")
     if len(run_list) == 1:
-        return export_generator(generation_runs.load_causal_lm_run(run_list[0]), path, version, chat=chats.pop(),
-                                **options)
+        return export_generator(generation_runs.load_causal_lm_run(run_list[0]), path, version, **options)
     model, names = generation_runs.load_causal_lm_runs(run_list)
-    return export_generator(model, path, version, names=names, chat=chats.pop(), **options)
+    return export_generator(model, path, version, names=names, **options)

@@ -2,7 +2,10 @@
 
 A task is everything one kind of head means: the head layer, its loss and
 metrics, the readers that turn files into `tf.data`, label checks, the
-evaluation report, predictions for people and the serving functions. Each
+evaluation report, predictions for people and the serving functions. A
+decoder's task (`decoder = True`: causal language modelling) has no head
+layer: the decoder's own token output is its head, and its adapters live in
+`AdapterCausalLM`. Each
 task is one module in this package that subclasses `Task` and registers an
 instance next to its code (`register_task`), as peft registers its methods;
 nothing outside `keras_adapters.tasks` tests which task it holds.
@@ -169,7 +172,8 @@ class Task:
         self.require_head()
         unknown = sorted(set(settings) - set(self.head_settings))
         if unknown:
-            takers = [t.cli_name for t in _REGISTRY.values() if set(unknown) <= set(t.head_settings)]
+            takers = [t.cli_name for t in _REGISTRY.values()
+                      if t.head_class is not None and set(unknown) <= set(t.head_settings)]
             who = f"only {' and '.join(takers)} heads take" if takers else "no task's heads take"
             raise TypeError(f"add_adapter got {unknown}, which {who} (this adapter's task: {self.cli_name}).")
         same = base.get("task") == self.name

@@ -248,6 +248,13 @@ class CausalLM(Task):
     def check_data(self, data):
         read(data)
 
+    def read_inputs(self, path, options):
+        """Prompts to continue: a JSONL file's records' prompts (as `evaluate`
+        reads them), else each line of a text file (`"-"`: standard input)."""
+        if Path(str(path)).suffix.lower() in (".jsonl", ".ndjson"):
+            return [prompts_and_references(read(path))[0]]
+        return super().read_inputs(path, options)
+
     def count_examples(self, data, options):
         return len(read(data))
 

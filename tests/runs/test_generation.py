@@ -5,6 +5,7 @@ generations `predict` prints, through the registered `causal_lm` task as every
 task's runs are; what is not supported is refused by name."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -147,6 +148,8 @@ def test_an_adapter_folder_of_0_25_takes_chat_from_its_run(folder, tmp_path):
     (tmp_path / "run" / "train_config.json").write_text(json.dumps({"chat": True}))
     assert AdapterCausalLM.from_adapter(tmp_path / "run" / "adapter").chat
     assert generation.run_chat(tmp_path / "run")
+    (tmp_path / "run" / "adapter").rename(tmp_path / "run" / "mine")  # a folder of its own, beside some run's file
+    assert not AdapterCausalLM.from_adapter(tmp_path / "run" / "mine").chat
 
 
 def test_decoder_adapters_stay_out_of_encoder_models_and_options_stay_with_their_task(folder, tmp_path, tiny_preset,
@@ -169,3 +172,40 @@ def test_decoder_adapters_stay_out_of_encoder_models_and_options_stay_with_their
     for option in (["--max-new-tokens", "4"], ["--sampler", "top_k"]):
         assert cli.main(["predict", str(tmp_path / "classifier"), "a text", *option]) == 2
         assert f"{option[0]}: for causal-lm runs; this run does text-classification" in capsys.readouterr().err
+
+
+def test_encoder_and_decoder_runs_are_refused_where_the_other_belongs(folder, tmp_path, tiny_preset, capsys):
+    _saved_run(folder, tmp_path / "causal", chat=False)
+    classifier = ka.AdapterModel.from_preset(tiny_preset, method="lora", num_classes=2, sequence_length=16)
+    classifier.save_adapter(tmp_path / "classifier")
+    with pytest.raises(ValueError, match="holds a causal-lm adapter of a decoder"):
+        ka.AdapterModel.from_adapter(tmp_path / "causal" / "adapter")
+    with pytest.raises(ValueError, match="holds a text-classification adapter; a causal LM loads a decoder's"):
+        AdapterCausalLM.from_adapter(tmp_path / "classifier")
+    with pytest.raises(ValueError, match="decoder runs load with keras_adapters.runs.generation.load_causal_lm_runs"):
+        runs.load_runs([tmp_path / "classifier", tmp_path / "causal"])
+    data = _write(tmp_path / "train.jsonl", RECORDS)
+    with pytest.raises(ValueError, match="is causal-lm data, which trains an adapter on a decoder"):
+        ka.train_classifier(data, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+    out = tmp_path / "out"
+    for args, message in [
+        (["--adapters", f"{tmp_path / 'classifier'},{tmp_path / 'causal'}"], "adapt an encoder and .*causal a decoder"),
+        ([str(tmp_path / "causal"), "--serving-config", str(tmp_path / "config")], "--serving-config: not supported for causal-lm"),
+        ([str(tmp_path / "causal"), "--quantize", "dynamic"], "--quantize: not supported for causal-lm exports"),
+    ]:
+        assert cli.main(["export", *args, "--format", "saved_model", "--output", str(out)]) == 2
+        assert re.search(message, capsys.readouterr().err)
+    assert not out.exists() and not (tmp_path / "config").exists()
+
+
+def test_a_chat_adapter_loaded_beside_a_plain_model_warns_and_predict_reads_jsonl_prompts(folder, tmp_path, capsys):
+    model = _saved_run(folder, tmp_path / "run", chat=True)
+    plain = AdapterCausalLM.from_preset(folder, method=None)
+    with pytest.warns(UserWarning, match="trained with chat=True.*set model.chat = True"):
+        plain.load_adapter(tmp_path / "run" / "adapter")
+    records = _write(tmp_path / "prompts.jsonl", RECORDS[:2])
+    assert cli.main(["predict", str(tmp_path / "run"), "--file", str(records), "--max-new-tokens", "3"]) == 0
+    expected = model.generate([r["prompt"] for r in RECORDS[:2]], max_new_tokens=3)
+    assert capsys.readouterr().out.splitlines() == expected

@@ -72,8 +72,12 @@ def _check(model, path, steps=6):
 ])
 def test_prefill_and_decode_steps_give_the_keras_model_s_logits_and_tokens(tmp_path, family, method):
     model = _model(tmp_path, family, method)
+    model.chat = family == "llama"  # the tiny Llama has a chat template
     path = decoder_tflite.export_decoder_tflite(model, tmp_path / "tflite", sequence_length=24)
     settings = json.loads((tmp_path / "tflite" / "generation.json").read_text())
+    assert settings["chat"] == model.chat
+    if model.chat:  # what the app puts around a prompt is what generate writes
+        assert settings["chat_prefix"] + "ab" + settings["chat_suffix"] == model.prompt_texts(["ab"])[0]
     virtual = 3 if method in ("prompt", "prefix") else 0
     assert (settings["sequence_length"], settings["cache_columns"], settings["first_prompt_column"]) == (24, 24 + virtual,
                                                                                                        virtual)

@@ -104,12 +104,12 @@ def test_chat_prompts_are_written_with_the_template_and_stop_tokens_cut_in_the_g
     # A stop token halfway along the first row's greedy path: served rows must end before it too.
     (path,) = model._generated_ids(model.prompt_texts(PROMPTS[:1], chat=True), NEW, None)
     stops = model.stop_token_ids
-    model.stop_token_ids = (path[NEW // 2],)
+    model.stop_token_ids, model.chat = (path[NEW // 2],), True
     try:
         expected = _alone(model, "a1", PROMPTS, chat=True)
-        saved = export_generator(model, tmp_path / "chat", chat=True)
+        saved = export_generator(model, tmp_path / "chat")  # chat as the model's (its adapter trained so)
     finally:
-        model.stop_token_ids = stops
+        model.stop_token_ids, model.chat = stops, False
     assert expected[0] == str(model.tokenizer.detokenize(np.array(path[: path.index(path[NEW // 2])], np.int32)))
     (response,) = serve_many(saved, [_request(PROMPTS)], tmp_path)
     assert response["outputs"]["text"] == expected
