@@ -226,6 +226,7 @@ def test_minilm_clipping_equals_the_float64_loop(minilm_preset):
             np.testing.assert_allclose(got.numpy(), want, rtol=1e-3, atol=1e-5 * scale)
 
 
+@pytest.mark.slow  # ~30 s: keeps the default run under 15 minutes (CI runs it with -m slow)
 @pytest.mark.parametrize("how", ["loop", "batched"])
 def test_an_empty_poisson_batch_is_a_noise_only_step(tiny_preset, how):
     model = private_model(tiny_preset)

@@ -147,6 +147,7 @@ def test_labels_are_the_next_tokens_and_only_completions_weigh(folder):
     np.testing.assert_array_equal(inputs["padding_mask"][0], [True] * n + [False] * (32 - n))
 
 
+@pytest.mark.slow  # ~25 s: keeps the default run under 15 minutes (CI runs it with -m slow)
 def test_batches_keep_the_data_order_unless_bucketed_by_length(folder):
     model = AdapterCausalLM.from_preset(folder, method=None, sequence_length=64)
     short, long = {"prompt": "ab", "completion": "c"}, {"prompt": "ab " * 20, "completion": "c"}
@@ -365,6 +366,7 @@ def test_generation_stops_at_a_stop_token_and_checks_its_arguments(folder):
             model.generate("ab", **{"max_new_tokens": 4, **bad})
 
 
+@pytest.mark.slow  # ~25 s: keeps the default run under 15 minutes (CI runs it with -m slow)
 def test_examples_without_room_for_their_completion_are_left_out(folder):
     model = AdapterCausalLM.from_preset(folder, method=None, sequence_length=3)
     long_prompt = {"prompt": "ab c ab c ab c", "completion": "a"}

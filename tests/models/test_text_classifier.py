@@ -119,6 +119,7 @@ def test_mean_pooling_is_the_mean_of_the_unpadded_tokens(tiny_preset):
     np.testing.assert_allclose(model.predict(tokens, verbose=0), expected, atol=1e-6)
 
 
+@pytest.mark.slow  # ~21 s: keeps the default run under 15 minutes (CI runs it with -m slow)
 def test_keras_save_and_load_model_round_trip(tiny_preset, tmp_path):
     keras.utils.set_random_seed(2)
     model = _model(tiny_preset, "lora", class_names=["sport", "business", "tech", "politics"])

@@ -79,6 +79,7 @@ def test_train_evaluate_predict_and_export_a_causal_lm_run(folder, tmp_path, cap
     assert generation.is_causal_lm_run(run) and not generation.is_causal_lm_run(tmp_path)
 
 
+@pytest.mark.slow  # ~40 s: keeps the default run under 15 minutes (CI runs it with -m slow)
 def test_a_run_keeps_the_epoch_whose_validation_loss_per_token_is_lowest(folder, tmp_path):
     # Batches of 2 with 1-token and 6-token completions: a mean of per-batch means is not the
     # mean per token, which `perplexity` computes (float64) for the adapter the run kept.
@@ -115,6 +116,7 @@ def _saved_run(folder, run, chat):
     return model
 
 
+@pytest.mark.slow  # ~40 s: keeps the default run under 15 minutes (CI runs it with -m slow)
 def test_a_causal_lm_run_is_evaluated_and_predicted_through_its_task(folder, tmp_path, capsys):
     """The CLI asks the run's task (`causal_lm`, registered like every task)
     and loads the run into `AdapterCausalLM`; prompts are written as the

@@ -46,6 +46,7 @@ def test_labels_sit_on_first_word_pieces(conll_file):
     assert inputs["padding_mask"].numpy().sum() == 7
 
 
+@pytest.mark.slow  # ~38 s: keeps the default run under 15 minutes (CI runs it with -m slow)
 def test_datasets_split_and_map_back_to_words(conll_file, tiny_preprocessor):
     ds = ka.token_dataset_from_file(conll_file, tiny_preprocessor, batch_size=2, shuffle=False)
     (x, y), = list(ds)
