@@ -159,7 +159,8 @@ def row(name, seed, train_dir, test_dir, torch_python, data):
     out = subprocess.run(argv, capture_output=True, text=True, env=minilm_env(), check=False)
     if out.returncode != 0:
         raise SystemExit(f"{name} seed {seed} failed:\n{out.stderr[-3000:]}")
-    return {"row": name, **json.loads(out.stdout.strip().splitlines()[-1])}
+    # rows of one table come from several releases: each row says which
+    return {"row": name, "revision": git_revision(), **json.loads(out.stdout.strip().splitlines()[-1])}
 
 
 def main():
