@@ -119,7 +119,7 @@ def ours_worker(args):
     privacy = None if args.epsilon == "none" else ka.DPConfig(epsilon=float(args.epsilon), delta=DELTA, clip_norm=CLIP)
     cpu, wall = time.process_time(), time.perf_counter()
     model, summary = ka.train_classifier(
-        args.train, run, method=args.method, epochs=EPOCHS, batch_size=args.batch_size, sequence_length=args.length,
+        args.train, run, method=args.method, epochs=args.epochs, batch_size=args.batch_size, sequence_length=args.length,
         validation_split=None, seed=args.seed, verbose=0, tensorboard=False, privacy=privacy,
         bucket_by_sequence_length=args.bucket and privacy is None,
     )
@@ -173,6 +173,7 @@ def main():
     parser.add_argument("--length", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--bucket", action="store_true")
+    parser.add_argument("--epochs", type=int, default=EPOCHS, help="(worker) epochs to train")
     parser.add_argument("--worker", action="store_true")
     parser.add_argument("--method"), parser.add_argument("--epsilon"), parser.add_argument("--seed", type=int)
     parser.add_argument("--train"), parser.add_argument("--test")

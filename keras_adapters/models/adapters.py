@@ -98,6 +98,7 @@ class AdaptersMixin:
 
     def _add(self, name, method, head_config, class_prior=None):
         injection.check_name(name, self._taken())  # before the name becomes a layer name
+        self.forget_privacy(name)  # a new adapter: no earlier one's private fits count for it
         head = make_head(head_config, dtype=self.backbone.dtype_policy, name=f"{name}_head")
         head.build(self.backbone.hidden_dim)
         start_from_prior(head, class_prior)  # a refused prior leaves the model as it was
@@ -117,6 +118,7 @@ class AdaptersMixin:
         with injection.unlocked(self):
             for gone in removed:
                 self.heads.pop(gone)
+                self.forget_privacy(gone)
         self._apply_trained({k: [n for n in v if n not in removed] for k, v in self._trained.items()})
 
     def add_adapter_fusion(self, fuse, num_classes=None, class_names=None, config=None, class_prior=None, **head):
@@ -142,6 +144,7 @@ class AdaptersMixin:
 
     def _add_fusion(self, fuse, config, head_config, class_prior=None):
         injection.check_name(fuse.name, self._taken())
+        self.forget_privacy(fuse.name)
         head = make_head(head_config, dtype=self.backbone.dtype_policy, name=f"{fuse.name}_head")
         head.build(self.backbone.hidden_dim)
         start_from_prior(head, class_prior)

@@ -1,5 +1,7 @@
 """`fit` under differential privacy: `model.compile(privacy=ka.DPConfig(...))`."""
 
+import contextlib
+
 import keras
 import tensorflow as tf
 
@@ -13,29 +15,38 @@ from keras_adapters.core import privacy as privacy_lib
 class PrivacyAccountant(keras.callbacks.Callback):
     """Epsilon spent so far in every epoch's logs (`epsilon`, so in the
     history too), the guarantee kept with the trained adapter, and the run
-    stopped at the last step within the budget."""
+    stopped at the last step within the budget.
 
-    def __init__(self, plan, name, unit):
+    The fit's steps are the optimizer's since `start` (its count when the fit
+    began): a resumed run restores them with its weights, so they are counted
+    too."""
+
+    def __init__(self, plan, name, unit, start=0):
         super().__init__()
-        self.plan, self.name, self.unit = plan, name, unit
+        self.plan, self.name, self.unit, self.start = plan, name, unit, start
 
     def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations.numpy()) >= self.plan.max_steps:
+        if self._steps() >= self.plan.max_steps:
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
-        report = self._report()
+        report = self.record()
         if logs is not None:
             logs["epsilon"] = report["epsilon"]
 
     def on_train_end(self, logs=None):
-        self._report()  # a resumed run that had no epoch left to run counts its restored steps too
+        self.record()  # a resumed run that had no epoch left to run counts its restored steps too
 
-    def _report(self):
-        # The optimizer's steps: a resumed run restores them with its weights.
-        report = self.plan.report(int(self.model.optimizer.iterations.numpy()), self.unit)
+    def record(self):
+        """The guarantee after the steps taken so far, kept with the adapter."""
+        report = self.plan.report(self._steps(), self.unit)
         self.model.set_privacy_report(self.name, report)
         return report
+
+    def _steps(self):
+        # Never below 0: Keras' BackupAndRestore retried in the same process
+        # can restore fewer steps than the optimizer had when this fit began.
+        return max(0, int(self.model.optimizer.iterations.numpy()) - self.start)
 
 
 class PrivateTrainingMixin:
@@ -52,12 +63,25 @@ class PrivateTrainingMixin:
         return dict((getattr(self, "_privacy_reports", None) or {}).get(name or self._trained_name()) or {}) or None
 
     def set_privacy_report(self, name, report):
+        """Record adapter `name`'s guarantee; `None`: it no longer holds (the
+        adapter trained on without privacy). Its private fits are kept
+        either way: a later private fit composes with them."""
         if getattr(self, "_privacy_reports", None) is None:
-            self._privacy_reports = {}
+            self._privacy_reports, self._private_fits = {}, {}
         if report is None:
             self._privacy_reports.pop(name, None)
         else:
             self._privacy_reports[name] = dict(report)
+            self._private_fits[name] = privacy_lib.fits_of(report)
+
+    def forget_privacy(self, name):
+        """Adapter `name` is gone or new: nothing of an earlier one's private fits applies to it."""
+        for kept in (getattr(self, "_privacy_reports", None), getattr(self, "_private_fits", None)):
+            if kept is not None:
+                kept.pop(name, None)
+
+    def _previous_fits(self, name):
+        return (getattr(self, "_private_fits", None) or {}).get(name, ())
 
     def _trained_name(self):
         active = self.active_adapters
@@ -101,25 +125,13 @@ class PrivateTrainingMixin:
             self.set_privacy_report(self._trained_name(), None)  # what it said no longer holds
         return super().train_on_batch(*args, **kwargs)
 
-    def _check_fresh_privacy(self):
-        """One private fit per adapter and optimizer: the accountant counts the
-        optimizer's steps from 0, for one plan."""
-        name = self._trained_name()
-        spent = self.privacy_report(name)
-        if spent:
+    def _check_one_step_per_batch(self):
+        """The accountant counts the optimizer's steps, one per Poisson batch."""
+        if int(getattr(self, "steps_per_execution", 1) or 1) > 1:
             raise ValueError(
-                f"Adapter {name!r} was already trained privately ({spent['steps']} steps, "
-                f"epsilon {spent['epsilon']:.3g}); a second private fit would need both "
-                "budgets composed, which this release does not do. Train a new adapter (add_adapter) instead."
+                "Private training counts the optimizer's steps, one per batch: compile again with "
+                "privacy=... and without steps_per_execution."
             )
-        if int(self.optimizer.iterations.numpy()) != 0 or self._steps_per_execution_above_one():
-            raise ValueError(
-                "Private training counts the optimizer's steps from 0, one per batch: compile again "
-                "(a new optimizer) with privacy=..., and without steps_per_execution."
-            )
-
-    def _steps_per_execution_above_one(self):
-        return int(getattr(self, "steps_per_execution", 1) or 1) > 1
 
     def _fit_privately(self, x, y, batch_size, sample_weight, validation_split, fit, **kwargs):
         """`fit` on Poisson-sampled batches drawn from all of `x` (expected
@@ -136,21 +148,31 @@ class PrivateTrainingMixin:
             batch_size = batch_size or 32
             packed = keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
             dataset = tf.data.Dataset.from_tensor_slices(packed).batch(256)
-        self._check_fresh_privacy()
+        self._check_one_step_per_batch()
         dataset = dataset.map(lambda *e: self.preprocess_samples(*e))
         examples = dp_sgd.examples_in_memory(dataset)
         count = len(tf.nest.flatten(examples)[0])
         epochs = kwargs.pop("epochs", 1)
-        plan = self.privacy.plan(count, batch_size, epochs)
+        name = self._trained_name()
+        # An adapter trained privately before: this fit spends what its budget has left.
+        plan = self.privacy.plan(count, batch_size, epochs, self._previous_fits(name))
         task = tasks.get_task(self.task)
         dp_sgd.prepare(self, plan, examples, task)
-        name = self._trained_name()
-        self.set_privacy_report(name, plan.report(0, task.privacy_unit))
+        # A dataset read one row per question (`privacy_unit`) protects whole questions.
+        unit = getattr(x, "privacy_unit", None) or task.privacy_unit
+        self.set_privacy_report(name, plan.report(0, unit))
         self.train_function = None  # traced again, through dp_sgd.train_step
-        callbacks = [PrivacyAccountant(plan, name, task.privacy_unit), *(kwargs.pop("callbacks", None) or [])]
+        start = int(self.optimizer.iterations.numpy())
+        accountant = PrivacyAccountant(plan, name, unit, start)
+        accountant.set_model(self)  # for `record` below, whether or not fit got as far as the callbacks
+        callbacks = [accountant, *(kwargs.pop("callbacks", None) or [])]
         batches = dp_sgd.poisson_batches(examples, plan.sampling_rate, plan.steps_per_epoch)
         try:
             return fit(batches, epochs=epochs, callbacks=callbacks, **{**kwargs, "shuffle": False})
+        except BaseException:
+            with contextlib.suppress(Exception):  # the error that stopped the fit is the one to see
+                accountant.record()  # the steps it took are spent
+            raise
         finally:
             self.dp_state = None
             self.train_function = None

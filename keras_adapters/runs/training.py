@@ -392,13 +392,15 @@ class CollapseWarning(keras.callbacks.Callback):
 
 # ------------------------------------------------------------------- train
 def training_datasets(data, preprocessor, validation_split, task=tasks.TEXT_CLASSIFICATION, validation_data=None,
-                      **kwargs):
+                      private=False, **kwargs):
     """(train, validation or None) from the data files of `task` (a name or
     `Task`): see its `datasets`. With `validation_data` (files of the same
     format), the validation set is read from them, in the training data's
-    classes (a class the training data lacks is refused)."""
+    classes (a class the training data lacks is refused). `private`: the
+    training data is read with the task's `private_data_options`."""
     task = tasks.get_task(task)
-    train, validation = task.datasets(data, preprocessor, validation_split, **kwargs)
+    private_options = task.private_data_options if private else {}
+    train, validation = task.datasets(data, preprocessor, validation_split, **kwargs, **private_options)
     if validation_data is not None:
         task.check_data(validation_data)
         options = {**kwargs, "shuffle": False, "class_names": train.class_names}
@@ -526,6 +528,7 @@ def train_classifier(
             validation_split,
             task=task,
             validation_data=validation_data,
+            private=privacy is not None,
             batch_size=global_batch,
             seed=seed,
             bucket_by_sequence_length=bucket_by_sequence_length,

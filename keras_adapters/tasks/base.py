@@ -104,6 +104,9 @@ class Task:
     token_outputs = False
     #: What one training row is, the unit a DP guarantee protects.
     privacy_unit = "example"
+    #: Data options a private run reads its training data with (`datasets`),
+    #: e.g. one row per question, so the guarantee covers a whole question.
+    private_data_options = {}
     bf16_safe = True
     routable = False
     signature_verb = "classify"

@@ -13,7 +13,9 @@ from conftest import token_batch
 import keras_adapters as ka
 from keras_adapters.core import dp_sgd
 from keras_adapters.methods import per_example
+from keras_adapters.core import privacy
 from keras_adapters.core.privacy import DPConfig
+from keras_adapters.core.privacy import PrivacyBudgetError
 from keras_adapters.core.privacy import spent_epsilon
 
 
@@ -241,18 +243,97 @@ def test_an_empty_poisson_batch_is_a_noise_only_step(tiny_preset, how):
     assert all(not np.allclose(b, w.numpy()) for b, w in zip(before, model.trainable_variables))
 
 
-def test_a_private_model_trains_only_through_fit_and_only_once(tiny_preset):
+def test_a_private_model_trains_only_through_fit_one_step_per_batch(tiny_preset):
     model = ka.AdapterModel.from_preset(tiny_preset, num_classes=4, method="lora", sequence_length=16)
     model.compile(privacy=DPConfig(noise_multiplier=1.0, delta=1e-3))
     with pytest.raises(ValueError, match="train_on_batch and custom loops would train without privacy"):
         model.train_on_batch(batch_of(model, TEXTS), LABELS)
-    model.fit(TEXTS * 4, np.tile(LABELS, 4), batch_size=8, epochs=1, verbose=0)
-    with pytest.raises(ValueError, match="already trained privately"):  # its budget would restart at 0
-        model.fit(TEXTS * 4, np.tile(LABELS, 4), batch_size=8, epochs=1, verbose=0)
     other = ka.AdapterModel.from_preset(tiny_preset, num_classes=4, method="lora", sequence_length=16)
     other.compile(privacy=DPConfig(noise_multiplier=1.0, delta=1e-3), steps_per_execution=2)
     with pytest.raises(ValueError, match="without steps_per_execution"):
         other.fit(TEXTS * 4, np.tile(LABELS, 4), batch_size=8, epochs=1, verbose=0)
+
+
+@pytest.mark.slow  # ~25 s (three private fits); the accounting itself is tested fast in test_privacy.py
+def test_later_private_fits_are_composed_with_the_adapters_earlier_ones(tiny_preset, tmp_path):
+    texts, labels = TEXTS * 4, np.tile(LABELS, 4)
+    model = ka.AdapterModel.from_preset(tiny_preset, num_classes=4, method="lora", sequence_length=16)
+    model.compile(privacy=DPConfig(noise_multiplier=1.0, delta=1e-3))
+    model.fit(texts, labels, batch_size=8, epochs=1, verbose=0)  # 4 steps of 32 examples
+    first = model.privacy_report()
+    model.fit(texts, labels, batch_size=8, epochs=2, verbose=0)  # 8 more, counted from where the optimizer was
+    second = model.privacy_report()
+    assert (first["steps"], second["steps"]) == (4, 8)
+    assert second["previous_fits"] == [{k: first[k] for k in privacy.FIT_FIELDS}]
+    # two fits of the same noise and rate compose to one fit of all their steps
+    assert second["epsilon"] == pytest.approx(spent_epsilon(1.0, 0.25, 12, 1e-3), rel=1e-9)
+    model.save_adapter(tmp_path / "adapter")
+    again = ka.AdapterModel.from_adapter(tmp_path / "adapter", preset=tiny_preset)
+    total = second["epsilon"] + 1.0
+    again.compile(privacy=DPConfig(epsilon=total, delta=1e-3))  # the adapter's whole budget
+    again.fit(texts, labels, batch_size=8, epochs=1, verbose=0)
+    third = again.privacy_report()
+    assert len(third["previous_fits"]) == 2 and third["target_epsilon"] == total
+    want = reference_epsilon_of_fits([(1.0, 0.25, 4), (1.0, 0.25, 8), (third["noise_multiplier"], 0.25, 4)])
+    assert third["epsilon"] == pytest.approx(want, rel=1e-9)
+    assert third["epsilon"] <= total and third["epsilon"] == pytest.approx(total, rel=0.01)
+    # the budget is spent: a further fit is refused before it changes anything
+    before = [w.numpy().copy() for w in again.trainable_variables]
+    with pytest.raises(PrivacyBudgetError, match="earlier private fit"):
+        again.fit(texts, labels, batch_size=8, epochs=1, verbose=0)
+    assert all(np.array_equal(b, w.numpy()) for b, w in zip(before, again.trainable_variables))
+    assert again.privacy_report() == third
+
+
+def test_a_fit_stopped_by_an_error_still_counts_the_steps_it_took(tiny_preset):
+    class Stop(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 2:
+                raise KeyboardInterrupt
+
+    model = private_model(tiny_preset)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(TEXTS * 4, np.tile(LABELS, 4), batch_size=8, epochs=1, verbose=0, callbacks=[Stop()])
+    assert int(model.optimizer.iterations.numpy()) == 3 == model.privacy_report()["steps"]
+    assert model.privacy_report()["epsilon"] == pytest.approx(spent_epsilon(1.0, 0.25, 3, 1e-3), rel=1e-9)
+
+
+@pytest.mark.slow  # ~20 s
+def test_earlier_private_fits_count_until_the_adapter_is_deleted(tiny_preset):
+    texts, labels = TEXTS * 4, np.tile(LABELS, 4)
+    model = ka.AdapterModel.from_preset(tiny_preset, num_classes=4, method="lora", sequence_length=16)
+    earlier = DPConfig(epsilon=3.0, delta=1e-3).plan(32, 8, 10)
+    model.set_privacy_report("default", earlier.report(earlier.planned_steps))  # as load_adapter does
+    model.compile(privacy=DPConfig(epsilon=2.0, delta=1e-3))
+    before = [w.numpy().copy() for w in model.trainable_variables]
+    spent = r"1 earlier private fit\(s\) already spent epsilon 3 .*leaves nothing of epsilon 2"
+    with pytest.raises(PrivacyBudgetError, match=spent):
+        model.fit(texts, labels, batch_size=8, epochs=1, verbose=0)
+    assert all(np.array_equal(b, w.numpy()) for b, w in zip(before, model.trainable_variables))
+    model.compile()
+    model.train_on_batch(batch_of(model, TEXTS), LABELS)  # without privacy: the guarantee is void ...
+    assert model.privacy_report() is None
+    model.compile(privacy=DPConfig(epsilon=2.0, delta=1e-3))
+    with pytest.raises(PrivacyBudgetError, match="leaves nothing"):  # ... but what the private fits spent stays
+        model.fit(texts, labels, batch_size=8, epochs=1, verbose=0)
+    model.delete_adapter("default")  # a new adapter of the same name owes nothing
+    model.add_adapter("default", method="lora", num_classes=4)
+    model.train_adapter("default")
+    model.compile(privacy=DPConfig(epsilon=2.0, delta=1e-3))
+    model.fit(texts, labels, batch_size=8, epochs=1, verbose=0)
+    assert "previous_fits" not in model.privacy_report() and model.privacy_report()["epsilon"] <= 2.0
+
+
+def reference_epsilon_of_fits(fits, delta=1e-3):
+    """RDP of several fits composed, with dp-accounting's own objects."""
+    import dp_accounting
+    from dp_accounting import rdp
+
+    account = rdp.RdpAccountant()
+    for sigma, q, steps in fits:
+        event = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma))
+        account.compose(dp_accounting.SelfComposedDpEvent(event, steps))
+    return account.get_epsilon(delta)
 
 
 def test_float16_loss_scaling_is_refused_however_it_comes(tiny_preset):

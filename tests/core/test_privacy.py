@@ -114,3 +114,79 @@ def test_epsilon_against_the_exact_gaussian_mechanism(sigma, steps):
     rdp_epsilon = privacy.spent_epsilon(sigma, 1.0, steps, 1e-5, "rdp")
     assert exact <= pld_epsilon <= exact * 1.01  # PLD: tight, never below the truth
     assert exact <= rdp_epsilon <= exact * 1.5  # RDP: an upper bound, looser
+
+
+# ------------------------------------------------- several private fits of one adapter
+def reference_composed(fits, delta, accountant):
+    """Epsilon of several fits' steps composed, with dp-accounting's own objects."""
+    account = rdp.RdpAccountant() if accountant == "rdp" else pld.PLDAccountant()
+    for sigma, q, steps in fits:
+        event = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma))
+        account.compose(dp_accounting.SelfComposedDpEvent(event, steps))
+    return account.get_epsilon(delta)
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "pld"])
+def test_a_later_fit_is_composed_with_the_earlier_ones(accountant):
+    first = DPConfig(noise_multiplier=1.1, delta=1e-5, accountant=accountant).plan(2000, 50, 1)
+    earlier = privacy.fits_of(first.report(30))
+    second = DPConfig(noise_multiplier=1.4, delta=1e-5, accountant=accountant).plan(1500, 100, 2, earlier)
+    report = second.report(20)
+    want = reference_composed([(1.1, 0.025, 30), (1.4, 100 / 1500, 20)], 1e-5, accountant)
+    assert report["epsilon"] == pytest.approx(want, rel=1e-9)
+    assert report["epsilon"] > max(first.epsilon_after(30), second.epsilon_after(0) + 0.01)
+    assert report["previous_fits"] == [dict(noise_multiplier=1.1, sampling_rate=0.025, steps=30, clip_norm=1.0,
+                                            num_examples=2000, expected_batch_size=50)]
+    # a third fit composes all three; a fit that took no step adds nothing
+    third = DPConfig(noise_multiplier=2.0, delta=1e-5, accountant=accountant).plan(1500, 100, 1,
+                                                                                   privacy.fits_of(report))
+    assert len(third.report(0)["previous_fits"]) == 2
+    assert privacy.fits_of(third.report(0)) == privacy.fits_of(report)
+    assert third.report(0)["epsilon"] == pytest.approx(report["epsilon"], rel=1e-9)
+    assert "over 3 private fits" in privacy.describe(third.report(5))
+
+
+def test_composed_epsilon_against_the_exact_gaussian_mechanism():
+    """Two fits on every example (q = 1) compose to one Gaussian mechanism of
+    mu = sqrt(k1 / s1^2 + k2 / s2^2): the exact epsilon, no dp-accounting."""
+    earlier = [dict(noise_multiplier=3.0, sampling_rate=1.0, steps=10)]
+    spent = privacy.spent_epsilon(5.0, 1.0, 40, 1e-5, "pld", earlier)  # (plans keep q below 1)
+    exact = analytic_gaussian_epsilon((10 / 9 + 40 / 25) ** -0.5, 1, 1e-5)
+    assert spent == pytest.approx(exact, rel=0.01)
+
+
+def test_a_guarantee_that_cannot_be_composed_is_refused():
+    report = DPConfig(noise_multiplier=1.0, delta=1e-5).plan(100, 10, 1).report(10)
+    del report["sampling_rate"]
+    with pytest.raises(PrivacyBudgetError, match="lacks sampling_rate"):
+        privacy.fits_of(report)
+
+
+@pytest.mark.parametrize("accountant", ["rdp", pytest.param("pld", marks=pytest.mark.slow)])
+def test_calibration_spends_what_the_earlier_fits_left(accountant):
+    first = DPConfig(epsilon=3.0, delta=1e-5, accountant=accountant).plan(1780, 64, 1)
+    earlier = privacy.fits_of(first.report(first.planned_steps))
+    second = DPConfig(epsilon=5.0, delta=1e-5, accountant=accountant).plan(1780, 64, 2, earlier)
+    fits = [(first.noise_multiplier, first.sampling_rate, first.planned_steps)]
+    spent = reference_composed([*fits, (second.noise_multiplier, second.sampling_rate, second.planned_steps)],
+                               1e-5, accountant)
+    assert spent <= 5.0 and spent == pytest.approx(5.0, rel=0.01)
+    less = reference_composed([*fits, (0.98 * second.noise_multiplier, second.sampling_rate, second.planned_steps)],
+                              1e-5, accountant)
+    assert less > 5.0
+    # with both noise and a total budget, training stops where the total is reached
+    capped = DPConfig(epsilon=5.0, noise_multiplier=1.0, delta=1e-5).plan(1780, 64, 40, earlier)
+    assert 0 < capped.max_steps < capped.planned_steps
+    assert reference_composed([*fits, (1.0, capped.sampling_rate, capped.max_steps)], 1e-5, "rdp") <= 5.0
+    assert reference_composed([*fits, (1.0, capped.sampling_rate, capped.max_steps + 1)], 1e-5, "rdp") > 5.0
+
+
+def test_a_budget_the_earlier_fits_spent_is_refused_with_what_they_spent():
+    first = DPConfig(epsilon=3.0, delta=1e-5).plan(1780, 64, 1)
+    earlier = privacy.fits_of(first.report(first.planned_steps))
+    spent = first.epsilon_after(first.planned_steps)
+    with pytest.raises(PrivacyBudgetError, match=f"already spent epsilon {spent:.3g}.*leaves nothing of epsilon 2"):
+        DPConfig(epsilon=2.0, delta=1e-5).plan(1780, 64, 1, earlier)
+    with pytest.raises(PrivacyBudgetError, match=f"earlier private fits already spent {spent:.3g} of it"):
+        DPConfig(epsilon=3.0, delta=1e-5).plan(1780, 64, 10, earlier)  # what is left is too little for any noise
+    DPConfig(noise_multiplier=2.0, delta=1e-5).plan(1780, 64, 1, earlier)  # no target: it reports, no refusal

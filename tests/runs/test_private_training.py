@@ -5,6 +5,7 @@ import json
 import keras
 import pytest
 from conftest import write_class_folders
+from conftest import write_squad
 
 import keras_adapters as ka
 from keras_adapters import cli
@@ -98,3 +99,15 @@ def test_the_command_line_validates_a_private_run_on_public_data(tiny_preset, tm
     assert "best val_accuracy" in printed and "privacy: (3, 0.001)-DP per example" in printed
     config = json.loads((run / "train_config.json").read_text())
     assert config["validation_data"] == str(public.resolve()) and config["num_validation_examples"] == 9
+
+
+@pytest.mark.slow  # ~15 s
+def test_a_private_question_answering_run_protects_whole_questions(tiny_preset, tmp_path, capsys):
+    data = write_squad(tmp_path / "squad.json", count=24)  # at 16 tokens most contexts need two windows
+    run = tmp_path / "run"
+    assert train(data, run, tiny_preset, "--dp-epsilon", "3", "--dp-delta", "1e-3") == 0
+    assert "privacy: (3, 0.001)-DP per question" in capsys.readouterr().out
+    report = json.loads((run / "metrics.json").read_text())["privacy"]
+    # Poisson sampling draws questions (24), not windows: one row per question.
+    assert report["unit"] == "question" and report["num_examples"] == 24
+    assert report["sampling_rate"] == pytest.approx(8 / 24) and report["steps"] == 6

@@ -206,3 +206,24 @@ def test_answers_are_the_best_span_over_all_windows():
     assert expected[1] == ("", 0, 0, 0.0)  # no context token: an empty answer
     with pytest.raises(ValueError, match="max_answer_length must be an integer >= 1"):
         qa_data.GraphAnswers(0)
+
+
+def test_one_window_per_question_is_the_first_holding_its_answer(preprocessor, tmp_path):
+    """Private training reads a question as one row: checked against the
+    first answer-holding window among all its windows, picked here in Python."""
+    path = write_squad(tmp_path / "s.json", 20, seed=4)
+    options = dict(batch_size=64, stride=2, max_question_length=3, shuffle=False)
+    every = qa_data.window_dataset(qa_data.read_squad(path), _windows(preprocessor, 2, 3), with_offsets=True)
+    first = {}
+    for x, labels, offsets in every.batch(256):
+        for i, row in enumerate(offsets["example"].numpy()):
+            if labels[i, 0] > 0 and row not in first:
+                first[row] = (x["token_ids"][i].numpy(), labels[i].numpy())
+    one = ka.question_dataset_from_file(path, preprocessor, answer_window_only=True, **options)
+    x, labels = next(iter(one))
+    assert one.privacy_unit == "question" and one.num_windows == one.num_examples == 20 == len(first)
+    assert sum(1 for _ in every) > 20  # some contexts need two windows
+    for row in range(20):
+        np.testing.assert_array_equal(x["token_ids"][row].numpy(), first[row][0])
+        np.testing.assert_array_equal(labels[row].numpy(), first[row][1])
+    assert not hasattr(ka.question_dataset_from_file(path, preprocessor, **options), "privacy_unit")

@@ -237,8 +237,10 @@ class QuestionAnswering(Task):
     served_outputs = "answer, start, end, score"
     unit = "article"
     token_outputs = True
-    #: A long context is split into several windows, each a training row.
+    #: A long context is split into several windows, each a training row
+    #: (a private run reads one window per question: `private_data_options`).
     privacy_unit = "window"
+    private_data_options = {"answer_window_only": True}
     #: Trains in autocast_bfloat16 on bf16 CPUs (float32 residual stream),
     #: not Keras' mixed_bfloat16: on SQuAD autocast scored as float32 (F1
     #: 54.6 against 54.7) in 27% less CPU time (BENCHMARKS.md).
@@ -271,7 +273,8 @@ class QuestionAnswering(Task):
             raise ValueError(f"Question answering reads a SQuAD v1.1 JSON file; {str(data)!r} is not a file.")
 
     def datasets(self, data, preprocessor, validation_split, **options):
-        kept = {k: options[k] for k in (*QA_DATA_OPTIONS, "batch_size", "seed", "shuffle", "cache") if k in options}
+        names = (*QA_DATA_OPTIONS, "batch_size", "seed", "shuffle", "cache", "answer_window_only")
+        kept = {k: options[k] for k in names if k in options}
         read = qa_data.question_dataset_from_file
         if not validation_split:
             return read(data, preprocessor, **kept), None

@@ -235,9 +235,11 @@ def _answer_spans(examples):
     return np.array(spans, np.int32).reshape([-1, 2])
 
 
-def window_dataset(examples, windows, with_offsets=False):
+def window_dataset(examples, windows, with_offsets=False, answer_window_only=False):
     """Unbatched windows of `examples` (in order): `(inputs, labels)`, or
-    with `with_offsets` `(inputs, labels, {"starts", "ends", "example"})`."""
+    with `with_offsets` `(inputs, labels, {"starts", "ends", "example"})`.
+    With `answer_window_only`, one window per question: the first that holds
+    its answer whole (the first window when none does)."""
     spans = _answer_spans(examples)
     ds = tf.data.Dataset.from_tensor_slices((
         [e["question"] for e in examples], [e["context"] for e in examples],
@@ -246,6 +248,9 @@ def window_dataset(examples, windows, with_offsets=False):
 
     def one(question, context, start, end, row):
         inputs, labels, offsets = windows(data_lib.clean_text(question), context, start, end)
+        if answer_window_only:
+            chosen = tf.argmax(tf.cast(labels[:, 0] > 0, tf.int32), output_type=tf.int32)  # 0 when none holds it
+            inputs, labels, offsets = tf.nest.map_structure(lambda t: t[chosen][None], (inputs, labels, offsets))
         if not with_offsets:
             return inputs, labels
         return inputs, labels, {**offsets, "example": tf.fill(tf.shape(labels)[:1], row)}
@@ -264,6 +269,7 @@ def question_dataset_from_file(
     max_question_length=None,
     shuffle=True,
     cache=True,
+    answer_window_only=False,
 ):
     """A `tf.data.Dataset` of `(token inputs, [start, end] labels)` window batches from a SQuAD file.
 
@@ -275,11 +281,18 @@ def question_dataset_from_file(
             of the articles (titles) is held out, so no article is on both
             sides (`subset`: `"training"`, `"validation"` or `"both"`).
         stride, max_question_length: see `QuestionWindows`.
+        answer_window_only: one window per question, the first holding its
+            answer, instead of every window of its context: each training
+            row is then a question, which differentially private training
+            needs for a guarantee per question (`privacy_unit`) rather than
+            per window. A context longer than a window loses its other
+            windows (most SQuAD contexts fit one window of 384 tokens).
 
     Returns:
         A dataset (two for `subset="both"`) of windows, with `examples` (the
         questions it holds, in order), `num_examples` (questions),
-        `num_windows`, `stride` and `max_question_length`.
+        `num_windows`, `stride`, `max_question_length` and, with
+        `answer_window_only`, `privacy_unit = "question"`.
     """
     examples = read_squad(path)
     titles = list(dict.fromkeys(e["title"] for e in examples))
@@ -289,7 +302,7 @@ def question_dataset_from_file(
     for rows, training in zip(parts, data_lib.training_flags(subset if validation_split else None, shuffle)):
         chosen = {titles[i] for i in rows}
         part = [e for e in examples if e["title"] in chosen]
-        ds = window_dataset(part, windows)
+        ds = window_dataset(part, windows, answer_window_only=answer_window_only)
         if cache:
             ds = ds.cache()
         # Counted once (windows per question vary), so fit knows each epoch's
@@ -302,6 +315,8 @@ def question_dataset_from_file(
         ds.examples, ds.num_examples, ds.num_windows = part, len(part), num_windows
         ds.class_names = ["start", "end"]  # as every dataset here names its labels
         ds.stride, ds.max_question_length = windows.stride, windows.max_question
+        if answer_window_only:
+            ds.privacy_unit = "question"
         outputs.append(ds)
     return tuple(outputs) if subset == "both" else outputs[0]
 
