@@ -27,7 +27,7 @@ from keras_adapters.backbones.family import family_of
 from keras_adapters.core import composition
 from keras_adapters.core import injection
 from keras_adapters.models import decoding
-from keras_adapters.models.causal_lm import PROMPT_STEP
+from keras_adapters.models.generating import PROMPT_STEP
 from keras_adapters.runs import generation as generation_runs
 from keras_adapters.serving import export as export_lib
 from keras_adapters.tasks.routing import ADAPTER_SPEC
