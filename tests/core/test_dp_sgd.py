@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import LABELS
+from conftest import reference_dp_epsilon
 from conftest import TEXTS
 from conftest import token_batch
 
@@ -274,7 +275,7 @@ def test_later_private_fits_are_composed_with_the_adapters_earlier_ones(tiny_pre
     again.fit(texts, labels, batch_size=8, epochs=1, verbose=0)
     third = again.privacy_report()
     assert len(third["previous_fits"]) == 2 and third["target_epsilon"] == total
-    want = reference_epsilon_of_fits([(1.0, 0.25, 4), (1.0, 0.25, 8), (third["noise_multiplier"], 0.25, 4)])
+    want = reference_dp_epsilon([(1.0, 0.25, 4), (1.0, 0.25, 8), (third["noise_multiplier"], 0.25, 4)], 1e-3)
     assert third["epsilon"] == pytest.approx(want, rel=1e-9)
     assert third["epsilon"] <= total and third["epsilon"] == pytest.approx(total, rel=0.01)
     # the budget is spent: a further fit is refused before it changes anything
@@ -322,18 +323,6 @@ def test_earlier_private_fits_count_until_the_adapter_is_deleted(tiny_preset):
     model.compile(privacy=DPConfig(epsilon=2.0, delta=1e-3))
     model.fit(texts, labels, batch_size=8, epochs=1, verbose=0)
     assert "previous_fits" not in model.privacy_report() and model.privacy_report()["epsilon"] <= 2.0
-
-
-def reference_epsilon_of_fits(fits, delta=1e-3):
-    """RDP of several fits composed, with dp-accounting's own objects."""
-    import dp_accounting
-    from dp_accounting import rdp
-
-    account = rdp.RdpAccountant()
-    for sigma, q, steps in fits:
-        event = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma))
-        account.compose(dp_accounting.SelfComposedDpEvent(event, steps))
-    return account.get_epsilon(delta)
 
 
 def test_float16_loss_scaling_is_refused_however_it_comes(tiny_preset):

@@ -2,10 +2,8 @@
 
 import math
 
-import dp_accounting
 import pytest
-from dp_accounting import pld
-from dp_accounting import rdp
+from conftest import reference_dp_epsilon
 
 from keras_adapters.core import privacy
 from keras_adapters.core.privacy import DPConfig
@@ -13,11 +11,7 @@ from keras_adapters.core.privacy import PrivacyBudgetError
 
 
 def reference_epsilon(sigma, q, steps, delta, accountant):
-    """Epsilon computed here with dp-accounting's own objects, not through the library."""
-    account = rdp.RdpAccountant() if accountant == "rdp" else pld.PLDAccountant()
-    event = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma))
-    account.compose(dp_accounting.SelfComposedDpEvent(event, steps))
-    return account.get_epsilon(delta)
+    return reference_dp_epsilon([(sigma, q, steps)], delta, accountant)
 
 
 @pytest.mark.parametrize("accountant", ["rdp", "pld"])
@@ -117,22 +111,13 @@ def test_epsilon_against_the_exact_gaussian_mechanism(sigma, steps):
 
 
 # ------------------------------------------------- several private fits of one adapter
-def reference_composed(fits, delta, accountant):
-    """Epsilon of several fits' steps composed, with dp-accounting's own objects."""
-    account = rdp.RdpAccountant() if accountant == "rdp" else pld.PLDAccountant()
-    for sigma, q, steps in fits:
-        event = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma))
-        account.compose(dp_accounting.SelfComposedDpEvent(event, steps))
-    return account.get_epsilon(delta)
-
-
 @pytest.mark.parametrize("accountant", ["rdp", "pld"])
 def test_a_later_fit_is_composed_with_the_earlier_ones(accountant):
     first = DPConfig(noise_multiplier=1.1, delta=1e-5, accountant=accountant).plan(2000, 50, 1)
     earlier = privacy.fits_of(first.report(30))
     second = DPConfig(noise_multiplier=1.4, delta=1e-5, accountant=accountant).plan(1500, 100, 2, earlier)
     report = second.report(20)
-    want = reference_composed([(1.1, 0.025, 30), (1.4, 100 / 1500, 20)], 1e-5, accountant)
+    want = reference_dp_epsilon([(1.1, 0.025, 30), (1.4, 100 / 1500, 20)], 1e-5, accountant)
     assert report["epsilon"] == pytest.approx(want, rel=1e-9)
     assert report["epsilon"] > max(first.epsilon_after(30), second.epsilon_after(0) + 0.01)
     assert report["previous_fits"] == [dict(noise_multiplier=1.1, sampling_rate=0.025, steps=30, clip_norm=1.0,
@@ -168,17 +153,17 @@ def test_calibration_spends_what_the_earlier_fits_left(accountant):
     earlier = privacy.fits_of(first.report(first.planned_steps))
     second = DPConfig(epsilon=5.0, delta=1e-5, accountant=accountant).plan(1780, 64, 2, earlier)
     fits = [(first.noise_multiplier, first.sampling_rate, first.planned_steps)]
-    spent = reference_composed([*fits, (second.noise_multiplier, second.sampling_rate, second.planned_steps)],
+    spent = reference_dp_epsilon([*fits, (second.noise_multiplier, second.sampling_rate, second.planned_steps)],
                                1e-5, accountant)
     assert spent <= 5.0 and spent == pytest.approx(5.0, rel=0.01)
-    less = reference_composed([*fits, (0.98 * second.noise_multiplier, second.sampling_rate, second.planned_steps)],
+    less = reference_dp_epsilon([*fits, (0.98 * second.noise_multiplier, second.sampling_rate, second.planned_steps)],
                               1e-5, accountant)
     assert less > 5.0
     # with both noise and a total budget, training stops where the total is reached
     capped = DPConfig(epsilon=5.0, noise_multiplier=1.0, delta=1e-5).plan(1780, 64, 40, earlier)
     assert 0 < capped.max_steps < capped.planned_steps
-    assert reference_composed([*fits, (1.0, capped.sampling_rate, capped.max_steps)], 1e-5, "rdp") <= 5.0
-    assert reference_composed([*fits, (1.0, capped.sampling_rate, capped.max_steps + 1)], 1e-5, "rdp") > 5.0
+    assert reference_dp_epsilon([*fits, (1.0, capped.sampling_rate, capped.max_steps)], 1e-5, "rdp") <= 5.0
+    assert reference_dp_epsilon([*fits, (1.0, capped.sampling_rate, capped.max_steps + 1)], 1e-5, "rdp") > 5.0
 
 
 def test_a_budget_the_earlier_fits_spent_is_refused_with_what_they_spent():
