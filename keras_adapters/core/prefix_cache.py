@@ -83,8 +83,9 @@ def cache_frozen_prefix(model, dataset, batch_size=None, shuffle=True, seed=None
     if shuffle:
         cached = cached.shuffle(len(hidden), seed=seed, reshuffle_each_iteration=True)
     cached = cached.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    if hasattr(dataset, "class_names"):
-        cached.class_names = dataset.class_names
+    for name in ("class_names", "privacy_unit"):  # what training reads off the dataset
+        if hasattr(dataset, name):
+            setattr(cached, name, getattr(dataset, name))
     return cached
 
 

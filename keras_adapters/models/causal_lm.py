@@ -23,9 +23,9 @@ from keras_adapters.io import peft_format
 from keras_adapters.io import presets
 from keras_adapters.methods.registry import get_adapter_config
 from keras_adapters import tasks
-from keras_adapters.models.generating import GenerationMixin
 from keras_adapters.models.decoding import forward as decoder_forward
 from keras_adapters.models.decoding import split_units
+from keras_adapters.models.generating import GenerationMixin
 from keras_adapters.tasks import causal_lm as data_lib
 
 DEFAULT_NAME = "default"

@@ -47,8 +47,10 @@ class GenerationMixin:
                 temperature=0.7, seed=1)`).
             chat: write plain-string prompts as user messages under the chat
                 template (`None`: as the model's `chat` says).
+            batch_size: prompts decoded together.
             stop_token_ids: ids that end a generation (`"auto"`: the
-                tokenizer's end token); `None` to always generate `max_new_tokens`.
+                checkpoint's, `model.stop_token_ids`); `None` to always
+                generate `max_new_tokens`.
         """
         import keras_hub
 

@@ -400,7 +400,7 @@ def training_datasets(data, preprocessor, validation_split, task=tasks.TEXT_CLAS
     training data is read with the task's `private_data_options`."""
     task = tasks.get_task(task)
     private_options = task.private_data_options if private else {}
-    train, validation = task.datasets(data, preprocessor, validation_split, **kwargs, **private_options)
+    train, validation = task.datasets(data, preprocessor, validation_split, **{**kwargs, **private_options})
     if validation_data is not None:
         task.check_data(validation_data)
         options = {**kwargs, "shuffle": False, "class_names": train.class_names}

@@ -55,7 +55,10 @@ def _dataset(model, batch=3):
 def test_the_model_gives_the_same_outputs_from_the_cache(tiny_preset):
     model = _model(tiny_preset, ka.HoulsbyConfig(target_layers=TOP))
     randomize_adapter_weights(model.backbone, scale=0.3)
-    cached = ka.cache_frozen_prefix(model, _dataset(model), shuffle=False)
+    data = _dataset(model)
+    data.class_names, data.privacy_unit = ["a", "b", "c", "d"], "question"  # as a private QA run reads them
+    cached = ka.cache_frozen_prefix(model, data, shuffle=False)
+    assert (cached.class_names, cached.privacy_unit) == (data.class_names, "question")
     got = np.concatenate([model(x, training=False).numpy() for x, _ in cached])
     want = np.concatenate([model(x, training=False).numpy() for x, _ in _dataset(model)])
     np.testing.assert_allclose(got, want, atol=1e-6)
