@@ -179,7 +179,9 @@ def bbc_small(tmp_path_factory):
     return root / "train", root / "test"
 
 
-NEW_METHODS = ["bitfit", "prompt", "prefix", "mam", "parallel", "compacter", "compacter++"]
+# mam (prefix + parallel, each learning below) and compacter++ (compacter's variant) learn BBC News
+# in benchmarks/bbc_methods.py (BENCHMARKS.md: 96.8% each); left out here for CI's time.
+NEW_METHODS = ["bitfit", "prompt", "prefix", "parallel", "compacter"]
 
 
 @pytest.mark.parametrize("method, options", [(m, []) for m in NEW_METHODS] + [

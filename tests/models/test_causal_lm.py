@@ -330,11 +330,9 @@ def test_smollm2_starts_as_itself_under_a_fresh_lora_and_learns_an_answer(smollm
     monkeypatch.setenv("KERAS_ADAPTERS_CACHE", str(tmp_path / "cache"))
     model = AdapterCausalLM.from_preset(str(smollm2_gguf), method="lora", sequence_length=64)
     question = [{"role": "user", "content": "What is the secret word?"}]
-    plain = model.generate("What is the capital of France?", max_new_tokens=12, chat=True)
-    assert "Paris" in plain
-    model.set_active_adapters(None)
-    assert model.generate("What is the capital of France?", max_new_tokens=12, chat=True) == plain
-    model.train_adapter("default")
+    prompts = ["What is the capital of France?", question]  # one batch: one compiled decoding loop
+    paris, secret = model.generate(prompts, max_new_tokens=12, chat=True)
+    assert "Paris" in paris and "zebracorn" not in secret
     records = [{"messages": [*question, {"role": "assistant", "content": "The secret word is zebracorn."}]}] * 8
     # Trained on the tokens Hugging Face's tokenizer writes (17 special tokens: keras-hub's graph
     # tokenizer split some of them, which ones changing with each process's string hashing).
@@ -343,11 +341,11 @@ def test_smollm2_starts_as_itself_under_a_fresh_lora_and_learns_an_answer(smollm
                                                      special_tokens=model.special_tokens)).ids[:-1]
     inputs, _, _ = next(iter(model.dataset(records[:1], batch_size=1)))
     assert inputs["token_ids"][0, : len(expected)].numpy().tolist() == expected
-    before = model.perplexity(records)["loss"]
     model.compile(learning_rate=2e-3)
-    model.fit(model.dataset(records, batch_size=4), epochs=3, verbose=0)
-    assert model.perplexity(records)["loss"] < before / 4
-    assert "zebracorn" in model.generate([question], max_new_tokens=12)[0]
+    history = model.fit(model.dataset(records, batch_size=4), epochs=3, verbose=0).history
+    assert history["loss"][-1] < history["loss"][0] / 4
+    paris, secret = model.generate(prompts, max_new_tokens=12, chat=True)
+    assert "zebracorn" in secret
 
 
 def test_generation_stops_at_a_stop_token_and_checks_its_arguments(folder):
