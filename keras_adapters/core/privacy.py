@@ -132,17 +132,18 @@ class DPConfig:
             steps, max_steps(sigma, rate, self.epsilon, self.delta, self.accountant, steps, previous_fits)
         )
         if last < 1:
+            earlier = _spent_before(previous_fits, self.delta, self.accountant)
             raise PrivacyBudgetError(
                 f"noise_multiplier {sigma:g} spends more than epsilon {self.epsilon:g} in a single step at "
                 f"sampling rate {rate:.3g}: raise noise_multiplier, lower the batch size, or leave "
-                f"noise_multiplier out to have it calibrated.{_spent_before(self, previous_fits)}"
+                f"noise_multiplier out to have it calibrated.{earlier}"
             )
         return PrivacyPlan(self, sigma, rate, steps, last, num_examples, batch_size, previous_fits)
 
     def _check_budget_left(self, previous_fits):
         if self.epsilon is None or not previous_fits:
             return
-        spent = spent_epsilon(1.0, 0.0, 0, self.delta, self.accountant, previous_fits)
+        spent = _spent_by(previous_fits, self.delta, self.accountant)
         if spent >= self.epsilon:
             raise PrivacyBudgetError(
                 f"This adapter's {len(previous_fits)} earlier private fit(s) already spent epsilon {spent:.3g} at "
@@ -245,7 +246,7 @@ def calibrate_noise(epsilon, delta, sampling_rate, steps, accountant="rdp", prev
 
     reachable = spent_epsilon(MAX_NOISE_MULTIPLIER, sampling_rate, steps, delta, accountant, previous_fits)
     if reachable > epsilon:
-        earlier = _spent_before(DPConfig(epsilon, delta, accountant=accountant), previous_fits)
+        earlier = _spent_before(previous_fits, delta, accountant)
         raise PrivacyBudgetError(
             f"epsilon {epsilon:g} at delta {delta:g} needs a noise multiplier above {MAX_NOISE_MULTIPLIER:g} "
             f"for {steps} steps at sampling rate {sampling_rate:.3g}: noise that large drowns the gradients. "
@@ -283,13 +284,17 @@ def max_steps(noise_multiplier, sampling_rate, epsilon, delta, accountant="rdp",
     return low
 
 
-def _spent_before(config, previous_fits):
+def _spent_by(previous_fits, delta, accountant):
+    """Epsilon at `delta` of the earlier private fits alone (this fit's noise and rate do not matter at 0 steps)."""
+    return spent_epsilon(None, None, 0, delta, accountant, previous_fits)
+
+
+def _spent_before(previous_fits, delta, accountant):
     """What a refusal adds when the adapter's earlier private fits spent part of the budget."""
     if not previous_fits:
         return ""
-    before = spent_epsilon(1.0, 0.0, 0, config.delta, config.accountant, previous_fits)
-    return (f" The adapter's earlier private fits already spent {before:.3g} of it (DPConfig.epsilon is the "
-            "adapter's whole budget over all its private fits).")
+    return (f" The adapter's earlier private fits already spent {_spent_by(previous_fits, delta, accountant):.3g} "
+            "of it (DPConfig.epsilon is the adapter's whole budget over all its private fits).")
 
 
 def _event(noise_multiplier, sampling_rate, steps):
