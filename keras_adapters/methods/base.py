@@ -11,6 +11,7 @@ way for every method.
 import contextlib
 import dataclasses
 import inspect
+import math
 import re
 from typing import ClassVar
 
@@ -494,20 +495,55 @@ class TrainableCopy(WrappedLayer):
 def apply_linear(base, x, adjust, training=None):
     """`base(x)` with `adjust` applied to its linear part (before activation).
 
-    `adjust=None` calls `base` as it is. A `Dense` with a non-linear
-    activation is computed by hand so that the adjustment goes in before it.
+    A `Dense` or plain `EinsumDense` projection is computed here, as one 2-D
+    product (`_linear_2d`), so that the adjustment goes in before its
+    activation; other layers are called as they are (`adjust=None`: no
+    adjustment).
     """
     if base is None:
         return x if adjust is None else adjust(x)
-    if adjust is None:
+    pre = _linear_2d(base, x)
+    if pre is None and adjust is None:
         return base(x, training=training) if _takes_training(base) else base(x)
+    adjust = adjust or (lambda y: y)
     activation = getattr(base, "activation", None)
-    if activation is None or activation is keras.activations.linear:
-        return adjust(base(x))
-    pre = ops.matmul(x, ops.cast(base.kernel, x.dtype))
-    if base.use_bias:
-        pre = ops.add(pre, ops.cast(base.bias, x.dtype))
-    return activation(adjust(pre))
+    linear = activation is None or activation is keras.activations.linear
+    if pre is None:
+        if linear:
+            return adjust(base(x))
+        pre = ops.matmul(x, ops.cast(base.kernel, x.dtype))
+        if base.use_bias:
+            pre = ops.add(pre, ops.cast(base.bias, x.dtype))
+    return adjust(pre) if linear else activation(adjust(pre))
+
+
+def _linear_2d(base, x):
+    """The linear part of a `Dense` or plain `EinsumDense` projection, computed
+    as one 2-D `MatMul` -> `BiasAdd` on `[tokens, inputs]` and shaped back
+    (None for other layers). Einsum runs it through transposes and a weight
+    reorder, and its gradient through more, at about 1.4x the product's time
+    on [4096, 384] x [384, 384] in bfloat16 (BENCHMARKS.md "The step's cost")."""
+    if not isinstance(base, (keras.layers.Dense, keras.layers.EinsumDense)):
+        return None
+    if getattr(base, "quantization_mode", None):
+        return None  # its kernel is stored quantized; only its own call applies the scales
+    try:
+        n_in, axes = _kernel_layout(base)
+    except ValueError:
+        return None
+    in_shape, out_shape = kernel_split(base)
+    bias = getattr(base, "bias", None)
+    if axes != tuple(range(len(axes))) or (bias is not None and tuple(bias.shape) != out_shape):
+        return None  # a reordered kernel, or a bias over part of the outputs
+    if any(got is not None and got != want for got, want in zip(x.shape[len(x.shape) - n_in :], in_shape)):
+        return None  # let the layer's own call say what is wrong
+    inputs, outputs = math.prod(in_shape), math.prod(out_shape)
+    x = ops.cast(x, base.compute_dtype)  # as `base(x)` would
+    lead = ops.shape(x)[: len(x.shape) - n_in]
+    y = tf.matmul(tf.reshape(x, [-1, inputs]), tf.reshape(ops.cast(base.kernel, x.dtype), [inputs, outputs]))
+    if bias is not None:
+        y = tf.nn.bias_add(y, tf.reshape(ops.cast(bias, y.dtype), [outputs]))
+    return ops.reshape(y, (*lead, *out_shape))
 
 
 def _takes_training(layer):

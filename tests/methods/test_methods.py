@@ -437,3 +437,66 @@ def test_patterns_are_read_as_json_options():
     assert config.rank_pattern == {"query": 16} and config.alpha_pattern is None
     with pytest.raises(ValueError, match="rank_pattern takes a JSON object"):
         config_from_options("lora", ["rank_pattern=query:16"])
+
+
+def _projection(kind):
+    """A projection as adapter sites meet them, with non-trivial weights and biases."""
+    layers = {
+        "dense_gelu": (keras.layers.Dense(6, activation="gelu"), (2, 3, 4)),
+        "into_heads": (keras.layers.EinsumDense("abc,cde->abde", output_shape=(None, 3, 2), bias_axes="de"), (2, 3, 4)),
+        "out_of_heads": (
+            keras.layers.EinsumDense("abcd,cde->abe", output_shape=(None, 5), bias_axes="e"), (2, 3, 3, 2)
+        ),
+        "heads_first": (keras.layers.EinsumDense("btd,ndh->btnh", output_shape=(None, 3, 2)), (2, 3, 4)),
+        "part_bias": (keras.layers.EinsumDense("abc,cde->abde", output_shape=(None, 3, 2), bias_axes="e"), (2, 3, 4)),
+    }
+    layer, shape = layers[kind]
+    layer.build((None, *shape[1:]))
+    rng = np.random.default_rng(3)
+    for w in layer.weights:
+        w.assign(rng.normal(0.0, 0.7, w.shape).astype("float32"))
+    return layer, rng.normal(size=shape).astype("float32")
+
+
+@pytest.mark.parametrize("kind", ["dense_gelu", "into_heads", "out_of_heads", "heads_first", "part_bias"])
+def test_a_wrapped_projection_computes_what_the_layer_computes(kind):
+    """`apply_linear` runs plain projections as one 2-D product (others as
+    they are); the adjustment goes in before the activation, on the linear
+    part laid out as the layer's output."""
+    from keras_adapters.methods.base import _linear_2d
+    from keras_adapters.methods.base import apply_linear
+
+    layer, x = _projection(kind)
+    assert (_linear_2d(layer, x) is None) == (kind in ("heads_first", "part_bias"))  # the others take one product
+    for adjust in (None, lambda y: y):
+        same = np.asarray(apply_linear(layer, x, adjust))
+        np.testing.assert_allclose(same, np.asarray(layer(x)), rtol=1e-5, atol=1e-5)
+    shifted = np.asarray(apply_linear(layer, x, lambda y: 2.0 * y + 1.0))
+    if kind == "dense_gelu":
+        linear = x.astype(np.float64) @ layer.kernel.numpy() + layer.bias.numpy()
+        want = np.asarray(keras.activations.gelu(2.0 * linear + 1.0))
+    else:
+        want = 2.0 * np.asarray(layer(x)) + 1.0
+    np.testing.assert_allclose(shifted, want, rtol=1e-5, atol=1e-5)
+
+
+def test_in_mixed_precision_a_wrapped_projection_computes_in_its_compute_dtype():
+    from keras_adapters.methods.base import apply_linear
+
+    layer = keras.layers.Dense(6, dtype="mixed_bfloat16")
+    layer.build((None, 3, 4))
+    x = np.random.default_rng(4).normal(size=(2, 3, 4)).astype("float32")
+    got = apply_linear(layer, x, lambda y: y)
+    assert got.dtype == "bfloat16"
+    np.testing.assert_allclose(np.asarray(got, "float32"), np.asarray(layer(x), "float32"), rtol=2e-2, atol=2e-2)
+
+
+def test_a_quantized_projection_is_computed_by_its_own_call():
+    """An int8 kernel needs its scales: the 2-D product must not read it raw."""
+    from keras_adapters.methods.base import apply_linear
+
+    layer = keras.layers.Dense(6, activation="gelu")
+    layer.build((None, 3, 4))
+    layer.quantize("int8")
+    x = np.random.default_rng(6).normal(size=(2, 3, 4)).astype("float32")
+    np.testing.assert_allclose(np.asarray(apply_linear(layer, x, None)), np.asarray(layer(x)), rtol=1e-5, atol=1e-5)

@@ -55,6 +55,31 @@ def test_each_examples_gradient_equals_a_backward_pass_of_its_own(dtype):
             np.testing.assert_allclose(got[i].numpy(), want.numpy(), rtol=tol * 100, atol=tol)
 
 
+def test_in_bfloat16_each_examples_gradient_is_float32_within_rounding():
+    """bfloat16 maps multiply their per-example products in bfloat16 (one
+    rounding of a float32 sum): each example's gradient must still be its own,
+    against a float64 copy's pass of that example alone."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((6, 8, 3))
+    y = rng.standard_normal((6, 2))
+    half, exact = Toy(dtype="mixed_bfloat16"), Toy(dtype="float64")
+    half.build(x.shape)
+    exact.build(x.shape)
+    for h, e in zip(half.weights, exact.weights):
+        e.assign(h.numpy().astype("float64"))
+    with per_example.recording() as notes, tf.GradientTape() as tape:
+        scores = tf.cast(half(tf.constant(x, "float32")), "float32")
+        total = tf.reduce_sum(tf.square(scores - tf.constant(y, "float32")))
+    each = notes.gradients(tape, total, half.trainable_variables, 6)
+    assert all(g.dtype == tf.float32 for g in each)
+    for i in range(6):
+        with tf.GradientTape() as single:
+            loss = tf.reduce_sum(losses(exact, tf.constant(x[i : i + 1]), tf.constant(y[i : i + 1])))
+        for got, want in zip(each, single.gradient(loss, exact.trainable_variables)):
+            error = np.abs(got[i].numpy() - want.numpy()).max() / np.abs(want.numpy()).max()
+            assert error < 3e-2  # bfloat16 keeps 8 bits; another example's gradient is off by O(1)
+
+
 def test_outside_recording_the_layers_compute_as_they_are():
     toy = Toy()
     x = tf.constant(np.random.default_rng(2).standard_normal((2, 4, 3)), "float32")
