@@ -1,6 +1,7 @@
 """A training step's cost in two source trees, in alternating processes.
 
-Times `train_on_batch` of MiniLM + our default LoRA (the default precision)
+Times `train_on_batch` of MiniLM + our default LoRA (`--precision`, default
+what `train` picks: `mixed_bfloat16` on CPUs with bf16 instructions)
 on the same 64 BBC News articles at length 128 (DP-SGD's expected batch on
 BBC News; nearly every article fills the 128 tokens), plainly and under
 DP-SGD (`privacy=`: the batched per-example pass), one process per (tree,
@@ -15,7 +16,7 @@ Make the tree to compare against with git, e.g.
     .venv/bin/python benchmarks/step_revisions.py /tmp/before . --rounds 3
 
 Each worker imports `keras_adapters` from its tree (checked) and the BBC
-texts and model recipe from `dp_step.py`. Writes
+texts from `dp_step.py`. Writes
 benchmarks/results/step_revisions.json.
 """
 
@@ -29,21 +30,25 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 KINDS = ("plain", "private")
 
 
-def worker(root, kind, steps, batch):
+def worker(root, kind, steps, batch, precision):
     root = os.path.abspath(root)
     sys.path[:0] = [root, HERE, os.path.join(HERE, "..", "examples")]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
     import numpy as np
 
     import keras_adapters as ka
     from common import time_calls
     from dp_step import bbc_texts
-    from dp_step import model
     from keras_adapters.core import dp_sgd
 
     if not os.path.abspath(ka.__file__).startswith(root + os.sep):
         raise SystemExit(f"keras_adapters came from {ka.__file__}, not from {root}")
-    made = model(128, None if kind == "plain" else ka.DPConfig(epsilon=8.0, delta=1e-5))
+    keras.utils.set_random_seed(0)
+    made = ka.AdapterModel.from_preset(
+        ka.default_preset(), num_classes=5, method="lora", sequence_length=128, dtype=precision
+    )
+    made.compile(privacy=None if kind == "plain" else ka.DPConfig(epsilon=8.0, delta=1e-5))
     x = made.preprocessor(bbc_texts(batch, False))
     x = {k: np.asarray(v) for k, v in (x[0] if isinstance(x, tuple) else x).items()}
     y = np.arange(batch) % 5
@@ -67,10 +72,11 @@ def main():
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--kinds", default=",".join(KINDS))
+    parser.add_argument("--precision", default="auto", help="the model's dtype (`auto`: what `train` picks)")
     parser.add_argument("--worker", nargs=2, metavar=("TREE", "KIND"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(*args.worker, args.steps, args.batch)))
+        print(json.dumps(worker(*args.worker, args.steps, args.batch, args.precision)))
         return
     sys.path.insert(0, HERE)
     from common import machine_description
@@ -82,11 +88,12 @@ def main():
     for round_ in range(args.rounds):
         for tree, kind in runs:  # trees alternate within each kind
             argv = [sys.executable, __file__, *args.trees, "--steps", str(args.steps), "--batch", str(args.batch),
-                    "--worker", tree, kind]
+                    "--precision", args.precision, "--worker", tree, kind]
             runs[tree, kind].append(run_worker(f"{tree} {kind}", argv, env))
             print(round_, tree, kind, runs[tree, kind][-1], flush=True)
     rows = [
-        {"tree": tree, "revision": revision(tree), "kind": kind, "batch": args.batch, "length": 128,
+        {"tree": tree, "revision": revision(tree), "kind": kind, "precision": args.precision, "batch": args.batch,
+         "length": 128,
          "cpu_s": round(median([r["cpu"] for r in got]), 3), "wall_s": round(median([r["wall"] for r in got]), 3),
          "cpu_s_each": [round(r["cpu"], 3) for r in got], "wall_s_each": [round(r["wall"], 3) for r in got]}
         for (tree, kind), got in runs.items()
