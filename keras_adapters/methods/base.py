@@ -521,8 +521,8 @@ def _linear_2d(base, x):
     """The linear part of a `Dense` or plain `EinsumDense` projection, computed
     as one 2-D `MatMul` -> `BiasAdd` on `[tokens, inputs]` and shaped back
     (None for other layers). Einsum runs it through transposes and a weight
-    reorder, and its gradient through more, at about 1.4x the product's time
-    on [4096, 384] x [384, 384] in bfloat16 (BENCHMARKS.md "The step's cost")."""
+    reorder, and its gradient through more (BENCHMARKS.md "0.28: fewer and
+    cheaper ops in the step")."""
     if not isinstance(base, (keras.layers.Dense, keras.layers.EinsumDense)):
         return None
     if getattr(base, "quantization_mode", None):
