@@ -557,7 +557,8 @@ def export_tflite(model, path, sequence_length=None, quantize="none", merge=True
     if names:
         names = list(names)
         signature.append(tf.TensorSpec([None], tf.int32, name="adapter_id"))
-        served, module = model, _routed_tflite_module(model, names, signature)
+        served = serving_graph.serving_copy(model, "float32", merge=False, fuse=False)
+        module = _routed_tflite_module(served, names, signature)
     else:
         # Not fused: TFLite's converter makes its own fused ops.
         served = serving_graph.serving_copy(model, "float32", merge=merge, fuse=False)

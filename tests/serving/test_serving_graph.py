@@ -12,6 +12,7 @@ from conftest import randomize_adapter_weights
 from conftest import token_batch
 
 import keras_adapters as ka
+from keras_adapters.backbones import activations
 from keras_adapters.serving import graph as serving_graph
 
 LAYERS = 2  # tiny_backbone's
@@ -85,9 +86,14 @@ def test_feed_forward_and_adapter_layers_become_matmul_then_bias_add_for_the_one
         0, 4 * LAYERS)
     # The checkpoint's exact GELU, in the erfc form grappler fuses into the MatMul
     # (`_FusedMatMul` with BiasAdd and GeluExact), not the tanh approximation.
+    # The chain itself: the training GELU's custom gradient (an IdentityN with a
+    # gradient override) would stand between the chain and the MatMul.
+    assert model.backbone.transformer_layers[0]._feedforward_intermediate_dense.activation is activations.gelu
     for copy in (fused, plain):
-        types = [op.type for op in _served(copy).graph.get_operations() if "feedforward" in op.name]
+        graph_ops = _served(copy).graph.get_operations()
+        types = [op.type for op in graph_ops if "feedforward" in op.name]
         assert "Erfc" in types and "Tanh" not in types and "Sigmoid" not in types
+        assert [op.name for op in graph_ops if "_gradient_op_type" in op.node_def.attr] == []
 
 
 def _attention_ops(function, op_type, inputs=None):
