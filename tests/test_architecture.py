@@ -23,6 +23,9 @@ THIRD_PARTY_PRIVATE = {
     "_loss_tracker",
     # The feed-forward layer whose activation a BERT checkpoint fixes (backbones/bert.py).
     "_feedforward_intermediate_dense",
+    # Keras' build of the optimizer and metrics before the first trace, from the epoch
+    # iterator's dataset (models/tracing.py).
+    "_symbolic_build", "_distributed_dataset",
 }
 
 

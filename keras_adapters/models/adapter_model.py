@@ -25,6 +25,7 @@ from keras_adapters.models.adapter_files import encoder_task
 from keras_adapters.models.adapters import AdaptersMixin
 from keras_adapters.models.answers import AnswersMixin
 from keras_adapters.models.private_training import PrivateTrainingMixin
+from keras_adapters.models.tracing import BuildFirstMixin
 from keras_adapters.models.inputs import DEFAULT_NAME
 from keras_adapters.models.inputs import TOKEN_INPUTS
 from keras_adapters.models.inputs import as_tensors
@@ -35,7 +36,7 @@ from keras_adapters.models.inputs import complete_token_inputs
 
 @keras.saving.register_keras_serializable(package="keras_adapters")
 class AdapterModel(
-    AdaptersMixin, AdapterFilesMixin, AnswersMixin, PrivateTrainingMixin, keras_hub.models.TextClassifier
+    AdaptersMixin, AdapterFilesMixin, AnswersMixin, PrivateTrainingMixin, BuildFirstMixin, keras_hub.models.TextClassifier
 ):
     """Named adapters of any tasks on one frozen backbone.
 

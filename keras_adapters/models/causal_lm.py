@@ -26,6 +26,7 @@ from keras_adapters import tasks
 from keras_adapters.models.decoding import forward as decoder_forward
 from keras_adapters.models.decoding import split_units
 from keras_adapters.models.generating import GenerationMixin
+from keras_adapters.models.tracing import BuildFirstMixin
 from keras_adapters.tasks import causal_lm as data_lib
 
 DEFAULT_NAME = "default"
@@ -36,7 +37,7 @@ DEFAULT_SEQUENCE_LENGTH = 512
 RUN_ADAPTER_DIR = "adapter"
 
 
-class AdapterCausalLM(GenerationMixin, keras.Model):
+class AdapterCausalLM(GenerationMixin, BuildFirstMixin, keras.Model):
     """A decoder (Llama family: SmolLM2, Llama 3; GPT-2 family; Gemma 3) with named adapters.
 
     The backbone stays frozen and unchanged; each adapter (LoRA/DoRA/rsLoRA,
