@@ -17,7 +17,7 @@ import keras
 import keras_hub
 from keras_hub.src.utils.keras_utils import gelu_approximate  # keras-hub's own (serializable)
 
-from keras_adapters.backbones import activations
+from keras_adapters.backbones.activations import gelu
 from keras_adapters.backbones.family import TRANSFORMER_LAYER_SITES
 from keras_adapters.backbones.family import Family
 from keras_adapters.backbones.family import register_family
@@ -25,7 +25,7 @@ from keras_adapters.backbones.huggingface import model_type
 
 #: Activation name (as saved in our config) -> function.
 ACTIVATIONS = {
-    "gelu": activations.gelu,  # exact; keras.activations.gelu's values, a cheaper gradient
+    "gelu": gelu,  # exact; keras.activations.gelu's values, a cheaper gradient
     "gelu_approximate": gelu_approximate,
     "relu": keras.activations.relu,
     "silu": keras.activations.silu,

@@ -30,7 +30,11 @@ def _model(tiny_preset, privacy=None):
     return model
 
 
-@pytest.mark.parametrize("privacy", [None, DPConfig(noise_multiplier=1.0, delta=1e-3)], ids=["plain", "private"])
+@pytest.mark.parametrize("privacy", [
+    None,
+    # (over 10 s on 2 cores: CI runs it with the slow tests)
+    pytest.param(DPConfig(noise_multiplier=1.0, delta=1e-3), marks=pytest.mark.slow),
+], ids=["plain", "private"])
 def test_fit_and_evaluate_trace_their_step_once(tiny_preset, privacy):
     model = _model(tiny_preset, privacy)
     trained, tested = _counting(model, "train_step"), _counting(model, "test_step")
@@ -43,6 +47,7 @@ def test_fit_and_evaluate_trace_their_step_once(tiny_preset, privacy):
     assert len(tested) == 1
 
 
+@pytest.mark.slow  # two fits, over 10 s on 2 cores
 def test_building_reads_the_datas_structure_not_a_batch(tiny_preset):
     """The batches trained on are Keras' own: drawing one to build from
     would move a reshuffled dataset on to another order."""
