@@ -10,6 +10,8 @@ built before the first trace, as Keras does under a strategy, from the
 structure of the data.
 """
 
+import tensorflow as tf
+
 
 class BuildFirstMixin:
     """Builds the optimizer and compiled metrics before Keras traces a step
@@ -20,7 +22,22 @@ class BuildFirstMixin:
             return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
         if iterator is not None:
             # The dataset's element spec, not a batch drawn from it: drawing
-            # one would move the shuffling and the Poisson draws on.
+            # one would move a reshuffled dataset and the Poisson draws on.
             data_batch = getattr(getattr(iterator, "_distributed_dataset", None), "element_spec", None)
-        if data_batch is not None:
+        if _shaped(data_batch):
             self._symbolic_build(data_batch=data_batch)
+        # Otherwise (a spec of unknown rank, Python lists) Keras builds in the first trace.
+
+
+def _shaped(structure):
+    """Whether every part of `structure` has a dtype and a shape of known
+    rank (what `_symbolic_build` makes its symbolic inputs from)."""
+    parts = [] if structure is None else tf.nest.flatten(structure)
+    return bool(parts) and all(part is None or (_rank(part) is not None and hasattr(part, "dtype")) for part in parts)
+
+
+def _rank(part):
+    try:
+        return tf.TensorShape(getattr(part, "shape", None)).rank
+    except (TypeError, ValueError):
+        return None

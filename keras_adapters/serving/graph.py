@@ -99,8 +99,9 @@ def _graph_activations(model):
     chains they stand for: a served graph has no gradient, grappler fuses
     the chain into the matmul before it, and TFLite's converter knows it."""
     for layer in model._flatten_layers(include_self=False):
-        if getattr(layer, "activation", None) is not None:
-            layer.activation = activations.graph_form(layer.activation)
+        activation = getattr(layer, "activation", None)
+        if activation is not None and activations.graph_form(activation) is not activation:
+            layer.activation = activations.graph_form(activation)
 
 
 def _copy(model, precision):

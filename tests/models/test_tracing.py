@@ -9,6 +9,7 @@ from conftest import TEXTS
 
 import keras_adapters as ka
 from keras_adapters.core.privacy import DPConfig
+from keras_adapters.models import tracing
 
 
 def _counting(model, name):
@@ -53,6 +54,7 @@ def test_building_reads_the_datas_structure_not_a_batch(tiny_preset):
     would move a reshuffled dataset on to another order."""
     runs = []
     for keras_alone in (False, True):
+        keras.utils.set_random_seed(0)  # the shuffle's global seed, whichever test ran before
         data = tf.data.Dataset.from_tensor_slices((TEXTS * 2, np.tile(LABELS, 2)))
         data = data.shuffle(64, seed=1, reshuffle_each_iteration=True).batch(4)
         model = _model(tiny_preset)
@@ -62,3 +64,13 @@ def test_building_reads_the_datas_structure_not_a_batch(tiny_preset):
         runs.append([w.numpy() for w in model.trainable_variables])
     for ours, keras_alone in zip(*runs):
         np.testing.assert_allclose(ours, keras_alone, rtol=1e-6, atol=1e-7)
+
+
+def test_data_without_a_known_structure_is_built_by_keras_in_the_first_trace():
+    """A spec of unknown rank (a `tf.py_function` without `set_shape`) or
+    Python lists cannot be built from: they are left to Keras, as before."""
+    assert tracing._shaped((tf.TensorSpec([None, 16], tf.int32), tf.TensorSpec([None], tf.int64), None))
+    assert tracing._shaped({"token_ids": np.zeros([2, 16], "int32")})
+    assert not tracing._shaped((tf.TensorSpec(None, tf.int32), tf.TensorSpec([None], tf.int64)))
+    assert not tracing._shaped((["a text"], [1]))
+    assert not tracing._shaped(None)
