@@ -94,6 +94,17 @@ def test_feed_forward_and_adapter_layers_become_matmul_then_bias_add_for_the_one
         types = [op.type for op in graph_ops if "feedforward" in op.name]
         assert "Erfc" in types and "Tanh" not in types and "Sigmoid" not in types
         assert [op.name for op in graph_ops if "_gradient_op_type" in op.node_def.attr] == []
+    # And it takes the BiasAdd's output itself: a Reshape in between also hides the pattern.
+    erfcs = [op for op in _served(fused).graph.get_operations() if op.type == "Erfc" and "feedforward" in op.name]
+    assert erfcs and all(_gelu_input(op) == "BiasAdd" for op in erfcs)
+
+
+def _gelu_input(erfc):
+    """The op GELU's chain starts from, walking back from its Erfc."""
+    op = erfc.inputs[0].op
+    while op.type in ("Mul", "Neg", "Cast"):
+        op = op.inputs[0].op
+    return op.type
 
 
 def _attention_ops(function, op_type, inputs=None):
