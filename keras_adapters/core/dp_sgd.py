@@ -80,7 +80,12 @@ def poisson_batches(examples, sampling_rate, steps, generator=None):
         chosen = tf.where(generator.uniform([count]) < sampling_rate)[:, 0]
         return tf.nest.map_structure(lambda v: tf.gather(v, chosen), held)
 
-    batches = tf.data.Dataset.range(steps).map(draw)
+    # Nothing here to tune, and with autotuning on, deleting an epoch's
+    # iterator (as `fit` does at the next epoch) sometimes waits out the
+    # tuning thread's sleep: 31-35 s with no CPU in BENCHMARKS.md's runs.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    batches = tf.data.Dataset.range(steps).map(draw).with_options(options)
     batches.held_variables = held  # alive as long as the dataset
     return batches
 

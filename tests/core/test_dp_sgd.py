@@ -145,6 +145,14 @@ def test_poisson_batches_have_the_sizes_and_shares_the_sampling_rate_gives():
     assert abs(seen.mean() / (2 * steps) - rate) < 0.005 and seen.min() > 5  # every example is drawn
 
 
+def test_poisson_batches_start_no_autotuning_thread():
+    # With tf.data autotuning on, `fit` deleting an epoch's iterator sometimes
+    # waits out the tuning thread's sleep (31-35 s with no CPU on BBC News).
+    batches = dp_sgd.poisson_batches((np.arange(10, dtype=np.int32),), 0.5, 3)
+    assert batches.options().autotune.enabled is False
+    assert len(list(batches)) == 3
+
+
 def test_noise_has_the_planned_deviation_over_the_expected_batch(tiny_preset):
     plan = DPConfig(noise_multiplier=1.3, clip_norm=0.7, delta=1e-4).plan(1000, 50, 1)
     noised = dp_sgd.noised_mean([tf.zeros([200, 100])], plan, dp_sgd.secret_generator())[0].numpy()
