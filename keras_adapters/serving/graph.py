@@ -100,8 +100,9 @@ def _graph_activations(model):
     the chain into the matmul before it, and TFLite's converter knows it."""
     for layer in model._flatten_layers(include_self=False):
         activation = getattr(layer, "activation", None)
-        if activation is not None and activations.graph_form(activation) is not activation:
-            layer.activation = activations.graph_form(activation)
+        served = activations.graph_form(activation)
+        if served is not activation:
+            layer.activation = served
 
 
 def _copy(model, precision):
