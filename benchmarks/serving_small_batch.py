@@ -140,6 +140,19 @@ def _unfused_attention():
 
 
 @contextlib.contextmanager
+def _float_transposes():
+    """Exports inside transpose the attention's tensors as floats (oneDNN's
+    `_MklTranspose`: the 0.15 graph) instead of as integers (0.31)."""
+    from keras_adapters.serving import graph
+
+    original, graph._INTEGER_TRANSPOSES = graph._INTEGER_TRANSPOSES, False
+    try:
+        yield
+    finally:
+        graph._INTEGER_TRANSPOSES = original
+
+
+@contextlib.contextmanager
 def _einsum_projections():
     """Exports inside keep the attention projections as keras' einsums (before 0.14)."""
     from keras_adapters.serving import graph
@@ -176,17 +189,19 @@ def export_models(folder, needed):
 
     houlsby = _model("houlsby")
     graphs = {"": contextlib.nullcontext, "_unfused": _unfused_attention, "_einsum": _einsum_projections,
-              "_xla": _xla_forward}
+              "_xla": _xla_forward, "_floatT": _float_transposes}
+    models = {"houlsby": houlsby}
     paths = {}
     for key in needed:
         if key == "tflite_int8":
             paths[key] = export.export_tflite(houlsby, f"{folder}/tflite", sequence_length=128, quantize="dynamic")
-        elif key.startswith("lora_"):
-            paths[key] = str(ka.export_saved_model(_model("lora"), f"{folder}/{key}", precision=key[5:]))
-        else:
-            precision, graph = key.split("_", 1)[0], "_" + key.split("_", 1)[1] if "_" in key else ""
-            with graphs[graph]():
-                paths[key] = str(ka.export_saved_model(houlsby, f"{folder}/{key}", precision=precision))
+            continue
+        method = "lora" if key.startswith("lora_") else "houlsby"
+        rest = key[5:] if method == "lora" else key
+        precision, graph = rest.split("_", 1)[0], "_" + rest.split("_", 1)[1] if "_" in rest else ""
+        model = models.setdefault(method, houlsby if method == "houlsby" else _model(method))
+        with graphs[graph]():
+            paths[key] = str(ka.export_saved_model(model, f"{folder}/{key}", precision=precision))
     return paths
 
 
@@ -202,6 +217,9 @@ def variants(torch_python):
         "ours_float32_xla": ("float32_xla", 0, {}),
         "ours_bfloat16_frozen": ("bfloat16", 0, frozen),
         "ours_bfloat16_lora_frozen": ("lora_bfloat16", 0, frozen),
+        "ours_bfloat16_floatT_frozen": ("bfloat16_floatT", 0, frozen),
+        "ours_bfloat16_lora_floatT_frozen": ("lora_bfloat16_floatT", 0, frozen),
+        "ours_float32_floatT_frozen": ("float32_floatT", 0, frozen),
         "ours_float32_frozen": ("float32", 0, frozen),
         "ours_bfloat16_unfused": ("bfloat16_unfused", 0, {}),
         "ours_bfloat16_unfused_frozen": ("bfloat16_unfused", 0, frozen),

@@ -58,6 +58,9 @@ _MHA_INTERNALS = _FUSED_PROJECTIONS + (
 #: Rewrite plain self-attention as one query/key/value product (module doc).
 #: A switch for the benchmarks that measure the graph without it.
 _FUSE_SELF_ATTENTION = True
+#: Transpose attention tensors as integers (`_transpose`). A switch for the
+#: benchmarks that measure oneDNN's float transposes.
+_INTEGER_TRANSPOSES = True
 #: The projections' equations (Keras' MultiHeadAttention on [batch, length,
 #: features]): into heads, and back out of them.
 _INTO_HEADS, _OUT_OF_HEADS = "abc,cde->abde", "abcd,cde->abe"
@@ -226,13 +229,26 @@ def _self_attention_call(layer):
         shape = tf.shape(query)
         x = tf.nn.bias_add(tf.matmul(tf.reshape(query, [-1, features]), kernel), bias)
         # [batch, length, 3, heads, size] -> [3, batch, heads, length, size]
-        x = tf.transpose(tf.reshape(x, [shape[0], shape[1], 3, heads, size]), [2, 0, 3, 1, 4])
+        x = _transpose(tf.reshape(x, [shape[0], shape[1], 3, heads, size]), [2, 0, 3, 1, 4])
         q, k, v = tf.unstack(x)
         probabilities = layer._masked_softmax(tf.matmul(q, k, transpose_b=True), mask)
-        context = tf.transpose(tf.matmul(probabilities, v), [0, 2, 1, 3])
+        context = _transpose(tf.matmul(probabilities, v), [0, 2, 1, 3])
         return layer._output_dense(context)
 
     return call
+
+
+def _transpose(x, perm):
+    """`tf.transpose` of `x`'s bits viewed as integers of its width.
+
+    oneDNN's graph pass claims every float transpose (`_MklTranspose`), whose
+    fixed cost per call is about 65 us on 2 cores where TensorFlow's own
+    kernel moves a batch-1 attention tensor in 3-4 us; no oneDNN kernel takes
+    integers. The bits move unchanged (BENCHMARKS.md "Transposes")."""
+    if not _INTEGER_TRANSPOSES:
+        return tf.transpose(x, perm)
+    bits = {2: tf.int16, 4: tf.int32, 8: tf.int64}[x.dtype.size]
+    return tf.bitcast(tf.transpose(tf.bitcast(x, bits), perm), x.dtype)
 
 
 def _plain_self_attention(layer, query, value, key, training, return_attention_scores, use_causal_mask):

@@ -128,9 +128,33 @@ def test_self_attention_becomes_one_projection_and_two_transposes(tiny_preset):
     assert _attention_ops(plain, "BiasAdd", "MatMul") == 0 and _attention_ops(plain, "Einsum") == 4 * LAYERS
     assert _attention_ops(fused, "BiasAdd", "MatMul") == 2 * LAYERS and _attention_ops(fused, "Einsum") == 0
     assert (_attention_ops(plain, "Transpose"), _attention_ops(fused, "Transpose")) == (5 * LAYERS, 2 * LAYERS)
+    assert _transposed_dtypes(fused) == {tf.int32}  # oneDNN takes no integer transpose
     batch = token_batch(batch=3, length=10)
     batch["padding_mask"][1, 6:] = 0  # a padded row: the heads' reshapes keep rows and positions apart
     np.testing.assert_allclose(_run(fused, batch), model.predict(batch, verbose=0), atol=1e-6)
+
+
+def _transposed_dtypes(function):
+    return {op.get_attr("T") for op in function.graph.get_operations()
+            if op.type == "Transpose" and re.search(r"self_attention_layer(_\d+)?/", op.name)}
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16", "float32"])
+def test_the_attention_transposes_move_the_same_bits_as_integers(tiny_preset, monkeypatch, precision):
+    """The fused attention transposes its tensors viewed as integers of their
+    width (oneDNN's float transpose costs 20x more at batch 1): bit for bit
+    what a float transpose gives, padded rows included."""
+    model = _model(tiny_preset)
+    batch = token_batch(batch=3, length=10)
+    batch["padding_mask"][2, 4:] = 0
+    served = {}
+    for integer in (True, False):
+        monkeypatch.setattr(serving_graph, "_INTEGER_TRANSPOSES", integer)
+        function = _served(serving_graph.serving_copy(model, precision))
+        served[integer] = _run(function, batch)
+        expected = {tf.int32 if precision == "float32" else tf.int16} if integer else {tf.as_dtype(precision)}
+        assert _transposed_dtypes(function) == expected
+    np.testing.assert_array_equal(served[True], served[False])
 
 
 def test_the_fused_attention_of_the_real_minilm_serves_what_keras_computes(minilm_preset):
