@@ -20,7 +20,8 @@ the forward pass compiled by XLA (`jit_compile=True`, `_xla_forward`), with
 `TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1` in the serving process (oneDNN keeps
 the weights' reordered copies between calls), with
 `TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD=1` (oneDNN runs part of each op on
-the calling thread), with one intra-op thread;
+the calling thread), with one intra-op thread, with one inter-op thread
+(`_inter1`);
 and the int8 TFLite model (batch 1, 128 tokens: its length is fixed).
 
     .venv/bin/python benchmarks/serving_small_batch.py --torch-python /path/to/torch-venv/bin/python --rounds 3
@@ -80,6 +81,8 @@ def keras_worker(path, threads):
 
     if threads:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
+    if os.environ.get("INTER_OP_THREADS"):  # as tensorflow_model_server's --tensorflow_inter_op_parallelism
+        tf.config.threading.set_inter_op_parallelism_threads(int(os.environ["INTER_OP_THREADS"]))
     loaded = tf.saved_model.load(path)
     serve = loaded.signatures["serve_token_ids"]
     out = {}
@@ -217,6 +220,8 @@ def variants(torch_python):
         "ours_float32_xla": ("float32_xla", 0, {}),
         "ours_bfloat16_frozen": ("bfloat16", 0, frozen),
         "ours_bfloat16_lora_frozen": ("lora_bfloat16", 0, frozen),
+        "ours_bfloat16_frozen_inter1": ("bfloat16", 0, {**frozen, "INTER_OP_THREADS": "1"}),
+        "ours_bfloat16_lora_frozen_inter1": ("lora_bfloat16", 0, {**frozen, "INTER_OP_THREADS": "1"}),
         "ours_bfloat16_floatT_frozen": ("bfloat16_floatT", 0, frozen),
         "ours_bfloat16_lora_floatT_frozen": ("lora_bfloat16_floatT", 0, frozen),
         "ours_float32_floatT_frozen": ("float32_floatT", 0, frozen),

@@ -22,9 +22,10 @@ model's config, weights copied) that
 - runs self-attention whose query, key and value projections are plain
   (no adapter site on them) as one `[features, 3 * heads * head size]`
   product, one transpose into heads and one out of them (Keras' einsums
-  take five transposes per layer; a 16-token oneDNN transpose costs about
-  as much as a projection), the query's `1/sqrt(head size)` folded into
-  its weights. The fused weights are new variables; the export stores the
+  take five transposes per layer), the query's `1/sqrt(head size)` folded
+  into its weights. The two transposes move the tensors' bits as integers
+  (`_transpose`): oneDNN's float transpose costs about as much as a
+  16-token projection, TensorFlow's own kernel a twentieth of that. The fused weights are new variables; the export stores the
   variables its graphs read, so the SavedModel keeps its size.
 
 keras-hub's `Dense` multiplies the
