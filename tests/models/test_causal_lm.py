@@ -176,6 +176,7 @@ def test_a_conversation_weighs_the_last_answer_as_the_template_writes_it(folder)
     assert chosen.tolist() == answer
 
 
+@pytest.mark.slow  # 16-21 s: the default run stays under 15 minutes
 def test_evaluation_loss_and_perplexity_are_the_float64_completion_nll(folder):
     model = AdapterCausalLM.from_preset(folder, method=None, sequence_length=64)
     reference = NumpyLlama(folder)

@@ -61,6 +61,7 @@ class _Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt("simulated interruption")
 
 
+@pytest.mark.slow  # 16-21 s: the default run stays under 15 minutes
 def test_interrupted_run_resumes_where_it_stopped(tiny_preset, text_folder, tmp_path):
     run = tmp_path / "run"
     kwargs = dict(

@@ -165,6 +165,7 @@ def test_each_task_routes_its_adapters_in_one_saved_model(every_task, tmp_path):
     assert served["empty"] == []
 
 
+@pytest.mark.slow  # 16-21 s: the default run stays under 15 minutes
 def test_routed_rows_do_not_depend_on_their_neighbours(every_task, tmp_path):
     """Each row is what it is alone, whichever adapters share its batch."""
     import tensorflow as tf

@@ -110,6 +110,7 @@ def test_an_export_of_several_runs_warms_up_every_signature(adapter_runs, tmp_pa
     assert len(tagged["outputs"]["num_entities"]) == 8
 
 
+@pytest.mark.slow  # 16-21 s: the default run stays under 15 minutes
 def test_a_routed_request_mixes_the_adapters_of_its_task(tiny_preset, tmp_path):
     model = ka.AdapterModel.from_preset(tiny_preset, num_classes=2, method="houlsby", sequence_length=16)
     model.add_adapter("spam", "lora", num_classes=3)
