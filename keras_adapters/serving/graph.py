@@ -25,8 +25,9 @@ model's config, weights copied) that
   take five transposes per layer), the query's `1/sqrt(head size)` folded
   into its weights. The two transposes move the tensors' bits as integers
   (`_transpose`): oneDNN's float transpose costs about as much as a
-  16-token projection, TensorFlow's own kernel a twentieth of that. The fused weights are new variables; the export stores the
-  variables its graphs read, so the SavedModel keeps its size.
+  16-token projection, TensorFlow's own kernel a twentieth of that. The
+  fused weights are new variables; the export stores the variables its
+  graphs read, so the SavedModel keeps its size.
 
 keras-hub's `Dense` multiplies the
   3-D hidden states through `tensordot` (reshape, matmul, reshape, then the
@@ -245,7 +246,7 @@ def _transpose(x, perm):
     oneDNN's graph pass claims every float transpose (`_MklTranspose`), whose
     fixed cost per call is about 65 us on 2 cores where TensorFlow's own
     kernel moves a batch-1 attention tensor in 3-4 us; no oneDNN kernel takes
-    integers. The bits move unchanged (BENCHMARKS.md "Transposes")."""
+    integers. The bits move unchanged (BENCHMARKS.md "Integer transposes")."""
     if not _INTEGER_TRANSPOSES:
         return tf.transpose(x, perm)
     bits = {2: tf.int16, 4: tf.int32, 8: tf.int64}[x.dtype.size]
