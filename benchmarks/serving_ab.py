@@ -31,14 +31,15 @@ SHAPES = "1x16,1x32,1x64,1x128,8x128,32x128"
 
 def alternate(paths, shapes, calls):
     """{shape: {key: [wall ms, CPU ms]}}: medians over alternated calls."""
-    import numpy as np
     import tensorflow as tf
     import tensorflow_text  # noqa: F401 (the SavedModels' tokenizer ops)
+
+    from serving_small_batch import _ids
 
     serve = {key: tf.saved_model.load(path).signatures["serve_token_ids"] for key, path in paths.items()}
     out = {}
     for batch, length in shapes:
-        ids = tf.constant(np.random.RandomState(0).randint(1000, 30000, size=(batch, length)).astype("int32"))
+        ids = tf.constant(_ids(batch, length))
         x = {"token_ids": ids, "segment_ids": tf.zeros_like(ids), "padding_mask": tf.ones_like(ids)}
         for function in serve.values():
             for _ in range(5):

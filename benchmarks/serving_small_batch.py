@@ -31,6 +31,7 @@ Writes benchmarks/results/serving_small_batch.json.
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import statistics
@@ -131,41 +132,27 @@ def _xla_forward():
 
 
 @contextlib.contextmanager
-def _unfused_attention():
-    """Exports inside keep keras' self-attention (its projections in 2-D: the 0.14 graph)."""
+def _graph_switch(**values):
+    """Exports inside trace `keras_adapters.serving.graph` with its module
+    switches set to `values`, e.g. `_FUSE_SELF_ATTENTION=False`."""
     from keras_adapters.serving import graph
 
-    original, graph._FUSE_SELF_ATTENTION = graph._FUSE_SELF_ATTENTION, False
+    originals = {name: getattr(graph, name) for name in values}
+    for name, value in values.items():
+        setattr(graph, name, value)
     try:
         yield
     finally:
-        graph._FUSE_SELF_ATTENTION = original
+        for name, value in originals.items():
+            setattr(graph, name, value)
 
 
-@contextlib.contextmanager
-def _float_transposes():
-    """Exports inside transpose the attention's tensors as floats (oneDNN's
-    `_MklTranspose`: the 0.15 graph) instead of as integers (0.31)."""
-    from keras_adapters.serving import graph
-
-    original, graph._INTEGER_TRANSPOSES = graph._INTEGER_TRANSPOSES, False
-    try:
-        yield
-    finally:
-        graph._INTEGER_TRANSPOSES = original
-
-
-@contextlib.contextmanager
-def _einsum_projections():
-    """Exports inside keep the attention projections as keras' einsums (before 0.14)."""
-    from keras_adapters.serving import graph
-
-    original, graph._FUSED_PROJECTIONS = graph._FUSED_PROJECTIONS, ()
-    try:
-        with _unfused_attention():
-            yield
-    finally:
-        graph._FUSED_PROJECTIONS = original
+#: Graph variants: Keras' self-attention with 2-D projections (the 0.14
+#: graph), the projections as Keras' einsums too (before 0.14), oneDNN's
+#: float transposes (0.15-0.30).
+_unfused_attention = functools.partial(_graph_switch, _FUSE_SELF_ATTENTION=False)
+_einsum_projections = functools.partial(_graph_switch, _FUSE_SELF_ATTENTION=False, _FUSED_PROJECTIONS=())
+_float_transposes = functools.partial(_graph_switch, _INTEGER_TRANSPOSES=False)
 
 
 def _model(method):
@@ -202,7 +189,9 @@ def export_models(folder, needed):
         method = "lora" if key.startswith("lora_") else "houlsby"
         rest = key[5:] if method == "lora" else key
         precision, graph = rest.split("_", 1)[0], "_" + rest.split("_", 1)[1] if "_" in rest else ""
-        model = models.setdefault(method, houlsby if method == "houlsby" else _model(method))
+        if method not in models:
+            models[method] = _model(method)
+        model = models[method]
         with graphs[graph]():
             paths[key] = str(ka.export_saved_model(model, f"{folder}/{key}", precision=precision))
     return paths

@@ -107,14 +107,18 @@ def _gelu_input(erfc):
     return op.type
 
 
-def _attention_ops(function, op_type, inputs=None):
+def _attention_op_list(function, op_type, inputs=None):
     """Ops of `op_type` (with a first input from an `inputs` op) inside the
     attention layers (not their layer norms: `self_attention_layer_norm`)."""
-    return sum(
-        1 for op in function.graph.get_operations()
+    return [
+        op for op in function.graph.get_operations()
         if op.type == op_type and re.search(r"self_attention_layer(_\d+)?/", op.name)
         and (inputs is None or op.inputs[0].op.type == inputs)
-    )
+    ]
+
+
+def _attention_ops(function, op_type, inputs=None):
+    return len(_attention_op_list(function, op_type, inputs))
 
 
 def test_self_attention_becomes_one_projection_and_two_transposes(tiny_preset):
@@ -135,8 +139,7 @@ def test_self_attention_becomes_one_projection_and_two_transposes(tiny_preset):
 
 
 def _transposed_dtypes(function):
-    return {op.get_attr("T") for op in function.graph.get_operations()
-            if op.type == "Transpose" and re.search(r"self_attention_layer(_\d+)?/", op.name)}
+    return {op.get_attr("T") for op in _attention_op_list(function, "Transpose")}
 
 
 @pytest.mark.parametrize("precision", ["bfloat16", "float16", "float32"])
