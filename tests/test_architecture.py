@@ -19,6 +19,10 @@ THIRD_PARTY_PRIVATE = {
     # graph's fused self-attention reads (serving/graph.py checks they exist).
     "_flatten_layers", "_inverse_sqrt_key_dim", "_query_dense", "_output_dense", "_compute_attention_mask",
     "_masked_softmax", "_dropout",
+    # keras-hub's TransformerEncoder sublayers the served graph's 2-D encoder call
+    # reads (serving/graph.py checks they exist).
+    "_self_attention_layer", "_self_attention_layer_norm", "_self_attention_dropout", "_feedforward_layer_norm",
+    "_feedforward_output_dense", "_feedforward_dropout",
     # The loss metric Keras' own train_step updates; DP-SGD's step (core/dp_sgd.py) replaces that step.
     "_loss_tracker",
     # The feed-forward layer whose activation a BERT checkpoint fixes (backbones/bert.py).

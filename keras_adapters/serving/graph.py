@@ -25,28 +25,50 @@ model's config, weights copied) that
   take five transposes per layer), the query's `1/sqrt(head size)` folded
   into its weights. The two transposes move the tensors' bits as integers
   (`_transpose`): oneDNN's float transpose costs about as much as a
-  16-token projection, TensorFlow's own kernel a twentieth of that. The
-  fused weights are new variables; the export stores the variables its
-  graphs read, so the SavedModel keeps its size.
+  16-token projection, TensorFlow's own kernel a twentieth of that;
+- computes a lone bottleneck adapter's down-projection (Houlsby, Pfeiffer)
+  in the product of the linear layer whose output it reads (the
+  attention's output projection, the feed-forward output): `y = xW + b`
+  and `down(y) = x(W W_d) + (b W_d + b_d)` as one `[W, W W_d]` product
+  (`_fold_bottleneck_downs`), 12 matmuls fewer in a 6-layer Houlsby model.
+  A site holding several adapters keeps its plain product, so that the
+  SavedModel stores the base weights once;
+- computes each layer norm as Keras does (in float32 for every precision)
+  in fewer and cheaper ops (`_layer_norm_call`): its scale and offset as
+  float32 variables (Keras casts them on every call), and the variance
+  from the centred input it already needs rather than through
+  `SquaredDifference`'s broadcast;
+- runs each keras-hub encoder layer whose self-attention is fused on
+  `[batch * length, features]` tensors (`_encoder_2d_call`), which drops
+  the reshapes and shape ops around every projection; a composition
+  (per-row routing, parallel) keeps the 3-D call.
 
-keras-hub's `Dense` multiplies the
-  3-D hidden states through `tensordot` (reshape, matmul, reshape, then the
-  bias), which hides the pattern from grappler's oneDNN remapper; in 2-D it
-  fuses the three into one `_MklFusedMatMul` (GELU included), which took the
-  bf16 MiniLM batch from 284 to 243 ms of summed op time (BENCHMARKS.md).
-  Only plain `Dense` and `EinsumDense` layers are rewritten: a layer
-  wrapped by an adapter site runs as it is (inside an attention layer that
-  prefix tuning wraps, its plain query and output projections are rewritten).
+keras-hub's `Dense` multiplies the 3-D hidden states through `tensordot`
+(reshape, matmul, reshape, then the bias), which hides the pattern from
+grappler's oneDNN remapper; in 2-D it fuses the three into one
+`_MklFusedMatMul` (GELU included), which took the bf16 MiniLM batch from 284
+to 243 ms of summed op time (BENCHMARKS.md). Only plain `Dense` and
+`EinsumDense` layers are rewritten: a layer wrapped by an adapter site runs
+as it is (inside an attention layer that prefix tuning wraps, its plain
+query and output projections are rewritten).
+
+The fused weights are new variables; the export stores the variables its
+graphs read, so the SavedModel keeps its size (a folded feed-forward
+down-projection stores `W W_d`, [intermediate, bottleneck], for `W_d`,
+[hidden, bottleneck]: 166k values, 0.7% of MiniLM's).
 
 The rewrite changes how the same function is computed, not the function: the
 copy's outputs equal the model's up to rounding (checked in the tests).
 """
 
 import keras
+import keras_hub
 import tensorflow as tf
+from keras_hub.src.layers.modeling.transformer_layer_utils import merge_padding_and_attention_mask
 
 from keras_adapters.backbones import activations
 from keras_adapters.core import injection
+from keras_adapters.methods.bottleneck import BottleneckAdapter
 
 PRECISIONS = ("float32", "bfloat16", "float16")
 
@@ -63,6 +85,19 @@ _FUSE_SELF_ATTENTION = True
 #: Transpose attention tensors as integers (`_transpose`). A switch for the
 #: benchmarks that measure oneDNN's float transposes.
 _INTEGER_TRANSPOSES = True
+#: Fold a lone bottleneck's down-projection into the product before it
+#: (`_fold_bottleneck_downs`). A switch for the benchmarks.
+_FOLD_BOTTLENECK_DOWNS = True
+#: Layer norms through `_layer_norm_call`. A switch for the benchmarks.
+_LAYER_NORMS = True
+#: Run keras-hub's encoder layers on 2-D tensors (`_encoder_2d_call`). A switch for the benchmarks.
+_TWO_D_ENCODERS = True
+#: What the 2-D encoder call reads of keras-hub's TransformerEncoder.
+_ENCODER_INTERNALS = ("normalize_first", "_self_attention_layer_norm", "_self_attention_dropout",
+                      "_feedforward_layer_norm", "_feedforward_intermediate_dense", "_feedforward_output_dense",
+                      "_feedforward_dropout")
+#: (linear layer, the site reading its output through a dropout), by site name.
+_FOLDS = (("attention_output", "self_attention_dropout"), ("feedforward_output_dense", "feedforward_dropout"))
 #: The projections' equations (Keras' MultiHeadAttention on [batch, length,
 #: features]): into heads, and back out of them.
 _INTO_HEADS, _OUT_OF_HEADS = "abc,cde->abde", "abcd,cde->abe"
@@ -136,7 +171,9 @@ def _mergeable(model):
 
 def fuse_dense_layers(backbone):
     """Run each encoder layer's plain `Dense` layers (feed-forward, adapters')
-    and attention projections in 2-D, and plain self-attention fused (module doc).
+    and attention projections in 2-D, plain self-attention fused, a lone
+    bottleneck's down-projection inside the product before it, and layer
+    norms in fewer ops (module doc).
 
     Changes `backbone` in place (its layers' `call`); meant for a serving
     copy only: the change is not part of the layers' config.
@@ -145,6 +182,10 @@ def fuse_dense_layers(backbone):
         The number of layers rewritten.
     """
     count = 0
+    for layer in backbone._flatten_layers(include_self=False):
+        if _LAYER_NORMS and _plain_layer_norm(layer):
+            layer.call = _layer_norm_call(layer)
+            count += 1
     for encoder in injection.encoder_layers(backbone):
         for layer in _plain_dense_layers(encoder):
             layer.call = _dense_2d_call(layer)
@@ -154,13 +195,18 @@ def fuse_dense_layers(backbone):
             attention = attention.base
         for attribute in _FUSED_PROJECTIONS:
             layer = getattr(attention, attribute, None)
-            if (type(layer) is keras.layers.EinsumDense and layer.equation in (_INTO_HEADS, _OUT_OF_HEADS)
-                    and layer.bias is not None and layer.activation in (None, keras.activations.linear)):
+            if _plain_projection(layer):
                 layer.call = _projection_2d_call(layer)
                 count += 1
         if _FUSE_SELF_ATTENTION and _fusable_attention(attention):
-            attention.call = _self_attention_call(attention)
+            attend = _fused_attention(attention)
+            attention.call = _self_attention_call(attention, attend)
             count += 1
+            if _TWO_D_ENCODERS and _plain_encoder(encoder, attention):
+                encoder.call = _encoder_2d_call(encoder, attend)
+                count += 1
+        if _FOLD_BOTTLENECK_DOWNS:
+            count += _fold_bottleneck_downs(encoder)
     return count
 
 
@@ -209,13 +255,31 @@ def _fused_qkv(layer):
             tf.Variable(tf.cast(bias, dtype), trainable=False, name="fused_qkv_bias"))
 
 
-def _self_attention_call(layer):
-    """Self-attention as Keras computes it (same masks, same masked softmax,
-    the output projection as its layer), with one projection and two
-    transposes. Anything else (cross-attention, attention scores, a causal
-    mask, dropout in training) runs the layer's own call."""
+def _fused_attention(layer):
+    """`attend(x, shape, mask)`: self-attention of `x`, [batch * length,
+    features] (`shape`: [batch, length, ...]), as Keras computes it (same
+    mask, same masked softmax) with one query/key/value product and two
+    transposes; the context [batch, length, heads, size], before the output
+    projection."""
     kernel, bias = _fused_qkv(layer)
     features, heads, size = layer._query_dense.kernel.shape
+
+    def attend(x, shape, mask):
+        x = tf.nn.bias_add(tf.matmul(x, kernel), bias)
+        # [batch, length, 3, heads, size] -> [3, batch, heads, length, size]
+        x = _transpose(tf.reshape(x, [shape[0], shape[1], 3, heads, size]), [2, 0, 3, 1, 4])
+        q, k, v = tf.unstack(x)
+        probabilities = layer._masked_softmax(tf.matmul(q, k, transpose_b=True), mask)
+        return _transpose(tf.matmul(probabilities, v), [0, 2, 1, 3])
+
+    return attend
+
+
+def _self_attention_call(layer, attend):
+    """Self-attention through `attend` (`_fused_attention`) and the layer's
+    output projection. Anything else (cross-attention, attention scores, a
+    causal mask, dropout in training) runs the layer's own call."""
+    features = layer._query_dense.kernel.shape[0]
     original = layer.call
 
     def call(query, value, key=None, query_mask=None, value_mask=None, key_mask=None, attention_mask=None,
@@ -228,14 +292,62 @@ def _self_attention_call(layer):
                             use_causal_mask=use_causal_mask)
         mask = layer._compute_attention_mask(query, value, value_mask=value_mask, key_mask=key_mask,
                                              attention_mask=attention_mask)
-        shape = tf.shape(query)
-        x = tf.nn.bias_add(tf.matmul(tf.reshape(query, [-1, features]), kernel), bias)
-        # [batch, length, 3, heads, size] -> [3, batch, heads, length, size]
-        x = _transpose(tf.reshape(x, [shape[0], shape[1], 3, heads, size]), [2, 0, 3, 1, 4])
-        q, k, v = tf.unstack(x)
-        probabilities = layer._masked_softmax(tf.matmul(q, k, transpose_b=True), mask)
-        context = _transpose(tf.matmul(probabilities, v), [0, 2, 1, 3])
-        return layer._output_dense(context)
+        return layer._output_dense(attend(tf.reshape(query, [-1, features]), tf.shape(query), mask))
+
+    return call
+
+
+def _one_adapter_at_most(encoder):
+    """No adapter, or one by name: a composition (per-row routing gathers
+    each batch row's weights; parallel splits the batch) runs on 3-D tensors."""
+    sites = [layer for layer in encoder._flatten_layers(include_self=False) if isinstance(layer, injection.AdapterSite)]
+    return all(site.state is None or site.state.active is None or isinstance(site.state.active, str)
+               for site in sites)
+
+
+def _plain_projection(layer):
+    return (type(layer) is keras.layers.EinsumDense and layer.equation in (_INTO_HEADS, _OUT_OF_HEADS)
+            and layer.bias is not None and layer.activation in (None, keras.activations.linear))
+
+
+def _plain_encoder(encoder, attention):
+    # Its output projection takes 2-D inputs once rewritten (`_projection_2d_call`).
+    return (type(encoder) is keras_hub.layers.TransformerEncoder and encoder._self_attention_layer is attention
+            and _plain_projection(attention._output_dense) and all(hasattr(encoder, a) for a in _ENCODER_INTERNALS))
+
+
+def _encoder_2d_call(encoder, attend):
+    """keras-hub's `TransformerEncoder.call` on [batch * length, features]:
+    the reshapes and shape ops around every projection go (389 ops per
+    call where there were 477: BENCHMARKS.md "Folded bottlenecks and cheaper
+    layer norms"). Training and attention scores run the layer's own call."""
+    original = encoder.call
+    attention = encoder._self_attention_layer
+    heads, size = attention._query_dense.kernel.shape[1:]
+
+    def call(inputs, padding_mask=None, attention_mask=None, training=None, return_attention_scores=False):
+        if (training or return_attention_scores or getattr(inputs, "_keras_mask", None) is not None
+                or not _one_adapter_at_most(encoder)):
+            return original(inputs, padding_mask=padding_mask, attention_mask=attention_mask, training=training,
+                            return_attention_scores=return_attention_scores)
+        mask = attention._compute_attention_mask(
+            inputs, inputs, attention_mask=merge_padding_and_attention_mask(inputs, padding_mask, attention_mask))
+        shape = tf.shape(inputs)
+        first = encoder.normalize_first
+        x = residual = tf.reshape(inputs, [-1, inputs.shape[-1]])
+        x = encoder._self_attention_layer_norm(x) if first else x
+        with tf.name_scope(attention.name):  # the ops' names as under Keras' calls
+            context = tf.reshape(attend(x, shape, mask), [-1, heads * size])
+            with tf.name_scope(attention._output_dense.name):
+                # Its rewritten call itself: Keras' call would check the 4-D input spec.
+                x = attention._output_dense.call(context)
+        x = encoder._self_attention_dropout(x, training=training) + residual
+        x = residual = x if first else encoder._self_attention_layer_norm(x)
+        x = encoder._feedforward_layer_norm(x) if first else x
+        x = encoder._feedforward_output_dense(encoder._feedforward_intermediate_dense(x))
+        x = encoder._feedforward_dropout(x, training=training) + residual
+        x = x if first else encoder._feedforward_layer_norm(x)
+        return tf.reshape(x, shape)
 
     return call
 
@@ -274,6 +386,8 @@ def _projection_2d_call(layer):
         x = tf.nn.bias_add(x, tf.reshape(tf.cast(layer.bias, x.dtype), [outputs]))
         if layer.equation == _INTO_HEADS:
             return tf.reshape(x, tf.concat([shape[:-1], layer.kernel.shape[1:]], 0))
+        if inputs.shape.rank == 2:  # heads already merged (`_encoder_2d_call`)
+            return x
         return tf.reshape(x, tf.concat([shape[:2], [outputs]], 0))
 
     return call
@@ -288,5 +402,125 @@ def _dense_2d_call(layer):
         if layer.activation is not None:
             x = layer.activation(x)
         return tf.reshape(x, tf.concat([shape[:-1], [layer.units]], 0))
+
+    return call
+
+
+def _plain_layer_norm(layer):
+    if type(layer) is not keras.layers.LayerNormalization:
+        return False
+    axis = list(layer.axis) if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+    return layer.built and axis == [-1] and layer.center and layer.scale and not layer.rms_scaling
+
+
+def _layer_norm_call(layer):
+    """Keras' layer norm over the last axis, in float32 for every precision,
+    from float32 copies of the layer's scale and offset (their values
+    unchanged). 20-35% less time per layer norm than Keras' ops at 16-4096
+    rows (BENCHMARKS.md "Folded bottlenecks and cheaper layer norms")."""
+    gamma = tf.Variable(tf.cast(layer.gamma, "float32"), trainable=False, name="layer_norm_gamma")
+    beta = tf.Variable(tf.cast(layer.beta, "float32"), trainable=False, name="layer_norm_beta")
+
+    def call(inputs):
+        x = tf.cast(inputs, "float32")
+        centred = x - tf.reduce_mean(x, axis=-1, keepdims=True)
+        variance = tf.reduce_mean(tf.square(centred), axis=-1, keepdims=True)
+        y = centred * tf.math.rsqrt(variance + layer.epsilon) * gamma + beta
+        return tf.cast(y, layer.compute_dtype)
+
+    return call
+
+
+def _fold_bottleneck_downs(encoder):
+    """At each dropout site whose one unit is a plain bottleneck and whose
+    input is a plain linear layer's output, compute the unit's
+    down-projection in that layer's product (module doc). Returns the
+    number of sites folded."""
+    count = 0
+    for producer_site, reader_site in _FOLDS:
+        producer, site = (_sublayer(encoder, name) for name in (producer_site, reader_site))
+        linear = _linear_2d(producer)
+        if linear is None or not isinstance(site, injection.AdapterSite) or type(site.base) is not keras.layers.Dropout:
+            continue
+        if len(site.units) != 1 or not _foldable(next(iter(site.units.values()))):
+            continue
+        slot = {}
+        producer.call = _folded_linear_call(producer, site, linear, slot)
+        site.call = _folded_site_call(site, slot)
+        count += 1
+    return count
+
+
+def _sublayer(encoder, site):
+    try:
+        parent, attribute = injection.resolve_site(encoder, site)
+    except (ValueError, RuntimeError):  # a family without the site
+        return None
+    return getattr(parent, attribute)
+
+
+def _linear_2d(layer):
+    """A plain linear layer's (kernel as [inputs, outputs], bias), float32,
+    and its output shape from its input's; None for any other layer."""
+    linear = layer is not None and getattr(layer, "activation", None) in (None, keras.activations.linear)
+    if type(layer) is keras.layers.Dense and layer.use_bias and linear:
+        return tf.cast(layer.kernel, "float32"), tf.cast(layer.bias, "float32"), lambda shape: shape[:-1]
+    if (type(layer) is keras.layers.EinsumDense and layer.equation == _OUT_OF_HEADS and layer.bias is not None
+            and linear):
+        heads, size, outputs = layer.kernel.shape
+        kernel = tf.reshape(tf.cast(layer.kernel, "float32"), [heads * size, outputs])
+        return kernel, tf.cast(layer.bias, "float32"), lambda shape: shape[:-2]
+    return None
+
+
+def _foldable(unit):
+    # Exactly the plain bottleneck: its subclasses read other inputs (the
+    # normed sum, the block's input) or project otherwise (Compacter).
+    return (type(unit) is BottleneckAdapter and type(unit.down) is keras.layers.Dense and unit.down.use_bias
+            and unit.down.activation in (None, keras.activations.linear))
+
+
+def _folded_linear_call(layer, site, linear, slot):
+    """`layer`'s output `y = xW + b` and, while the site's unit is active,
+    the unit's `down(y)` from one `[W, W W_d]` product (weights folded in
+    float32, rounded once); `down(y)` waits in `slot` for the site."""
+    kernel, bias, leading = linear
+    name, unit = next(iter(site.units.items()))
+    down_kernel, down_bias = tf.cast(unit.down.kernel, "float32"), tf.cast(unit.down.bias, "float32")
+    folded_kernel = tf.Variable(tf.cast(tf.concat([kernel, kernel @ down_kernel], 1), layer.kernel.dtype),
+                                trainable=False, name="folded_kernel")
+    folded_bias = tf.Variable(
+        tf.cast(tf.concat([bias, tf.linalg.matvec(down_kernel, bias, transpose_a=True) + down_bias], 0),
+                layer.kernel.dtype), trainable=False, name="folded_bias")
+    inputs_in, outputs = kernel.shape
+    plain = layer.call
+
+    def call(inputs, training=None):
+        if training or site.state is None or site.state.active != name:
+            return plain(inputs, training=training)
+        shape = tf.shape(inputs)
+        x = tf.nn.bias_add(tf.matmul(tf.reshape(inputs, [-1, inputs_in]), folded_kernel), folded_bias)
+        y, down = tf.split(x, [outputs, unit.down.units], axis=1)
+        if inputs.shape.rank != 2:
+            y = tf.reshape(y, tf.concat([leading(shape), [outputs]], 0))
+        slot["down"] = (y, down)
+        return y
+
+    return call
+
+
+def _folded_site_call(site, slot):
+    """The site's `y + up(activation(down(y)))` from the `down(y)` its
+    linear layer left in `slot`, when `y` is that layer's output (the
+    dropout between is the identity when serving); else its own call."""
+    original = site.call
+    name, unit = next(iter(site.units.items()))
+
+    def call(inputs, training=None):
+        y, down = slot.pop("down", (None, None))
+        if y is not inputs or training or site.state is None or site.state.active != name:
+            return original(inputs, training=training)
+        residual = unit.up(unit.activation(down))
+        return tf.add(y, tf.reshape(residual, tf.shape(y)))
 
     return call

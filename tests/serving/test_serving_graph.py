@@ -16,6 +16,7 @@ from keras_adapters.backbones import activations
 from keras_adapters.serving import graph as serving_graph
 
 LAYERS = 2  # tiny_backbone's
+LAYER_NORMS = 2 * LAYERS + 1  # two a layer, and the embeddings'
 
 
 def _model(preset, method="houlsby", seed=0):
@@ -73,7 +74,9 @@ def _bias_adds_on_a_matmul(function, scope=r"feedforward_(intermediate|output)_d
     )
 
 
-def test_feed_forward_and_adapter_layers_become_matmul_then_bias_add_for_the_oneDNN_fusion(tiny_preset):
+def test_feed_forward_and_adapter_layers_become_matmul_then_bias_add_for_the_oneDNN_fusion(tiny_preset, monkeypatch):
+    # The adapters' down-projections as their own layers (not folded into the product before them).
+    monkeypatch.setattr(serving_graph, "_FOLD_BOTTLENECK_DOWNS", False)
     model = _model(tiny_preset)
     fused = serving_graph.serving_copy(model, "float32")
     plain = serving_graph.serving_copy(model, "float32", fuse=False)
@@ -97,6 +100,87 @@ def test_feed_forward_and_adapter_layers_become_matmul_then_bias_add_for_the_one
     # And it takes the BiasAdd's output itself: a Reshape in between also hides the pattern.
     erfcs = [op for op in _served(fused).graph.get_operations() if op.type == "Erfc" and "feedforward" in op.name]
     assert erfcs and all(_gelu_input(op) == "BiasAdd" for op in erfcs)
+
+
+def _sequence(model, batch):
+    """The backbone's float32 sequence output (the near-uniform tiny head would hide the encoder)."""
+    inputs = {k: tf.constant(np.asarray(batch[k], np.int32)) for k in ("token_ids", "padding_mask", "segment_ids")}
+    function = tf.function(lambda x: model.backbone(x)["sequence_output"], autograph=False)
+    concrete = function.get_concrete_function({k: tf.TensorSpec([None, None], tf.int32) for k in inputs})
+    matmuls = sum(op.type == "MatMul" for op in concrete.graph.get_operations())
+    return tf.cast(concrete(inputs), tf.float32).numpy(), matmuls
+
+
+@pytest.mark.parametrize("method, sites", [("houlsby", 2), ("pfeiffer", 1)])
+def test_a_lone_bottlenecks_down_projection_is_computed_in_the_product_before_it(tiny_preset, monkeypatch,
+                                                                                 method, sites):
+    """`down(xW + b)` as the extra columns of one `[W, W W_d]` product: one
+    matmul fewer per bottleneck, the same encoder output as Keras computes
+    (float32), and no more bf16 rounding than the two products."""
+    model = _model(tiny_preset, method)
+    batch = token_batch(batch=3, length=10)
+    batch["padding_mask"][1, 6:] = 0
+    reference, _ = _sequence(model, batch)
+    served = {}
+    for fold in (True, False):
+        monkeypatch.setattr(serving_graph, "_FOLD_BOTTLENECK_DOWNS", fold)
+        for precision in ("float32", "bfloat16"):
+            served[fold, precision] = _sequence(serving_graph.serving_copy(model, precision), batch)
+    assert served[False, "float32"][1] - served[True, "float32"][1] == sites * LAYERS
+    model.set_active_adapters(None)
+    adapters_effect = np.abs(_sequence(model, batch)[0] - reference).max()
+    assert adapters_effect > 0.1  # a fold that lost the down-projection or its bias would show
+    np.testing.assert_allclose(served[True, "float32"][0], reference, atol=1e-5)
+    folded, plain = (np.abs(served[f, "bfloat16"][0] - reference).max() for f in (True, False))
+    assert folded <= 1.5 * plain, (folded, plain)
+
+
+def test_a_site_with_several_adapters_keeps_its_plain_products(tiny_preset, monkeypatch):
+    """Folding there would store the base weights once per adapter."""
+    model = _model(tiny_preset)
+    model.add_adapter("second", "houlsby")
+    randomize_adapter_weights(model.backbone, scale=0.3)
+    batch = token_batch(batch=2, length=8)
+    counts = {}
+    for fold in (True, False):
+        monkeypatch.setattr(serving_graph, "_FOLD_BOTTLENECK_DOWNS", fold)
+        for active in model.adapter_names:
+            model.set_active_adapters(active)
+            reference, _ = _sequence(model, batch)
+            served, counts[fold, active] = _sequence(serving_graph.serving_copy(model, "float32"), batch)
+            np.testing.assert_allclose(served, reference, atol=1e-5)
+    assert len(set(counts.values())) == 1, counts
+
+
+def _weight_casts(layer, x):
+    graph = tf.function(layer, autograph=False).get_concrete_function(tf.TensorSpec(x.shape, x.dtype)).graph
+    return sum(op.type == "Cast" and op.inputs[0].op.type == "ReadVariableOp" for op in graph.get_operations())
+
+
+def test_a_half_precision_layer_norm_reads_float32_weights_and_computes_what_keras_does():
+    layer = keras.layers.LayerNormalization(epsilon=1e-12, dtype="bfloat16")
+    rng = np.random.default_rng(0)
+    x = tf.constant(3 * rng.standard_normal((2, 5, 64)) + 1, tf.bfloat16)
+    layer.build(x.shape)
+    layer.gamma.assign(1 + rng.standard_normal(64))
+    layer.beta.assign(rng.standard_normal(64))
+    keras_casts, want = _weight_casts(layer, x), layer(x).numpy().astype(np.float32)
+    assert serving_graph._plain_layer_norm(layer)
+    layer.call = serving_graph._layer_norm_call(layer)
+    got = layer(x)
+    assert got.dtype == tf.bfloat16 and (keras_casts, _weight_casts(layer, x)) == (2, 0)
+    # float32 sums in another order: at most one bf16 rounding step apart.
+    ulp = 2.0 ** (np.floor(np.log2(np.abs(want) + 1e-30)) - 7)
+    assert np.all(np.abs(got.numpy().astype(np.float32) - want) <= ulp)
+    assert np.mean(got.numpy().astype(np.float32) == want) > 0.9
+
+
+def test_only_a_plain_layer_norm_over_the_last_axis_is_rewritten():
+    for settings in ({"axis": 1}, {"center": False}, {"scale": False}):
+        layer = keras.layers.LayerNormalization(**settings)
+        layer.build((2, 5, 8))
+        assert not serving_graph._plain_layer_norm(layer), settings
+    assert not serving_graph._plain_layer_norm(keras.layers.Dense(4))
 
 
 def _gelu_input(erfc):
@@ -206,7 +290,7 @@ def test_the_fused_attention_runs_the_layers_own_call_for_anything_but_self_atte
     fused = []
     plain = serving_graph._plain_self_attention
     monkeypatch.setattr(serving_graph, "_plain_self_attention", lambda *a: fused.append(plain(*a)) or fused[-1])
-    layer.call = serving_graph._self_attention_call(layer)
+    layer.call = serving_graph._self_attention_call(layer, serving_graph._fused_attention(layer))
     for name, (call, takes_fused_path) in calls.items():
         fused.clear()
         got = outputs(call)
@@ -234,7 +318,9 @@ def test_a_layer_without_attention_dropout_is_not_fused():
 def test_a_saved_model_stores_what_its_graphs_read_once(tiny_preset, tmp_path):
     """The fused query/key/value variables replace the layers' own in the
     SavedModel: it stores as many values as the unfused graph reads (not the
-    layer norms a Houlsby adapter replaces with its own, nor dropout seeds)."""
+    layer norms a Houlsby adapter replaces with its own, nor dropout seeds).
+    Folding a feed-forward adapter's down-projection into the output product
+    stores `W W_d`, [intermediate, bottleneck], where `W_d` was [hidden, bottleneck]."""
     model = _model(tiny_preset)
     plain = serving_graph.serving_copy(model, "float32", fuse=False)
     captured = {id(tensor) for tensor, _ in _served(plain).graph.captures}
@@ -245,7 +331,9 @@ def test_a_saved_model_stores_what_its_graphs_read_once(tiny_preset, tmp_path):
     dtypes = reader.get_variable_to_dtype_map()
     stored = sum(int(np.prod(shape)) for name, shape in reader.get_variable_to_shape_map().items()
                  if dtypes[name].is_floating)
-    assert stored == read
+    backbone = model.backbone
+    bottleneck = model.adapter_config().size_for(backbone.hidden_dim)
+    assert stored == read + LAYERS * (backbone.intermediate_dim - backbone.hidden_dim) * bottleneck
 
 
 def test_a_layer_an_adapter_wraps_is_not_rewritten(tiny_preset):
@@ -255,7 +343,7 @@ def test_a_layer_an_adapter_wraps_is_not_rewritten(tiny_preset):
     # (IA)^3's sites: keys, values, the feed-forward output. The rest is rewritten: the
     # intermediate dense and the query and output projections of each layer; the
     # attention is not fused (its keys and values go through their sites).
-    assert serving_graph.fuse_dense_layers(copy.backbone) == 3 * LAYERS
+    assert serving_graph.fuse_dense_layers(copy.backbone) == 3 * LAYERS + LAYER_NORMS
     batch = token_batch(batch=3, length=10)
     np.testing.assert_allclose(_run(_served(copy), batch), model.predict(batch, verbose=0), atol=1e-6)
 
@@ -268,7 +356,7 @@ def test_inside_prefix_tunings_attention_site_the_plain_projections_are_rewritte
     copy = serving_graph.serving_copy(model, "float32", merge=False, fuse=False)
     # Feed-forward, query and output projections: 4 a layer; and the prefix's
     # reparameterisation MLP (a decoder a layer, one shared encoder), plain Dense layers too.
-    assert serving_graph.fuse_dense_layers(copy.backbone) == 4 * LAYERS + LAYERS + 1
+    assert serving_graph.fuse_dense_layers(copy.backbone) == 4 * LAYERS + LAYERS + 1 + LAYER_NORMS
     assert _bias_adds_on_a_matmul(_served(copy), r"/(query|attention_output)(_\d+)?/BiasAdd") == 2 * LAYERS
     batch = token_batch(batch=3, length=10)
     batch["padding_mask"][1, 6:] = 0
@@ -311,7 +399,11 @@ def test_a_bfloat16_saved_model_is_half_the_weights_and_answers_like_float32(tin
     assert weights[1] < 0.75 * weights[0], weights
     loaded = tf.saved_model.load(bf16)
     stored = tf.train.load_checkpoint(os.path.join(bf16, "variables", "variables")).get_variable_to_dtype_map()
-    assert {d for d in stored.values() if d.is_floating} == {tf.bfloat16}
+    shapes = tf.train.load_checkpoint(os.path.join(bf16, "variables", "variables")).get_variable_to_shape_map()
+    # Only the layer norms' scales and offsets are float32 (layer norms compute in it).
+    float32 = [shapes[name] for name, dtype in stored.items() if dtype == tf.float32]
+    assert {d for d in stored.values() if d.is_floating} == {tf.bfloat16, tf.float32}
+    assert len(float32) == 2 * LAYER_NORMS and all(s == [model.backbone.hidden_dim] for s in float32), float32
     text = tf.constant(TEXTS)
     got = loaded.signatures["serving_default"](text=text)
     want = tf.saved_model.load(f32).signatures["serving_default"](text=text)
