@@ -132,6 +132,7 @@ def topic_run(tiny_preset, tmp_path_factory):
     return run, model, test
 
 
+@pytest.mark.slow  # its run trains 30 epochs (75 s)
 def test_a_run_learns_tunes_and_saves_thresholds(topic_run):
     run, model, test = topic_run
     config = json.loads((run / "adapter" / "adapter_config.json").read_text())
@@ -152,6 +153,7 @@ def test_a_run_learns_tunes_and_saves_thresholds(topic_run):
     assert report["per_label"].keys() == expected["per_label"].keys()
 
 
+@pytest.mark.slow  # its run trains 30 epochs (75 s)
 def test_cli_detects_predicts_and_evaluates(topic_run, capsys):
     run, model, test = topic_run
     assert ka.tasks.detect_task(test) == "multi_label_classification"
@@ -165,6 +167,7 @@ def test_cli_detects_predicts_and_evaluates(topic_run, capsys):
     assert "micro-F1" in out and "threshold" in out and "confusion" not in out
 
 
+@pytest.mark.slow  # its run trains 30 epochs (75 s)
 def test_saved_model_and_tflite_serve_scores_and_labels_over_threshold(topic_run, tmp_path):
     run, model, test = topic_run
     loaded = ka.load_run(run)
