@@ -7,9 +7,10 @@ loaded, and at every shape the calls alternate between them. Reports the
 medians of wall and process CPU time per call (ms).
 
 Variants are `benchmarks/serving_small_batch.py` model keys, e.g.
-`lora_bfloat16` (0.31's graph) against `lora_bfloat16_floatT` (the same
-with oneDNN's float transposes). Run it in the serving process'
-environment (`TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1`).
+`lora_bfloat16` (the current graph) against `lora_bfloat16_floatT` (0.30's:
+oneDNN's float transposes), or `bfloat16` (Houlsby) against
+`bfloat16_unfolded` (0.31's: the down-projections as their own products).
+Run it in the serving process' environment (`TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1`).
 
     TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1 .venv/bin/python benchmarks/serving_ab.py \
         --keys lora_bfloat16,lora_bfloat16_floatT,bfloat16,bfloat16_floatT

@@ -21,7 +21,10 @@ the forward pass compiled by XLA (`jit_compile=True`, `_xla_forward`), with
 the weights' reordered copies between calls), with
 `TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD=1` (oneDNN runs part of each op on
 the calling thread), with one intra-op thread, with one inter-op thread
-(`_inter1`);
+(`_inter1`), with oneDNN's float transposes (0.15-0.30: `_floatT`), with
+the bottlenecks' down-projections as their own products, Keras' layer norms
+and 3-D encoder layers (0.31: `_unfolded`), with Keras' layer norms alone
+(`_kerasLN`), with 3-D encoder layers alone (`_3d`);
 and the int8 TFLite model (batch 1, 128 tokens: its length is fixed).
 
     .venv/bin/python benchmarks/serving_small_batch.py --torch-python /path/to/torch-venv/bin/python --rounds 3
@@ -149,10 +152,15 @@ def _graph_switch(**values):
 
 #: Graph variants: Keras' self-attention with 2-D projections (the 0.14
 #: graph), the projections as Keras' einsums too (before 0.14), oneDNN's
-#: float transposes (0.15-0.30).
-_unfused_attention = functools.partial(_graph_switch, _FUSE_SELF_ATTENTION=False)
-_einsum_projections = functools.partial(_graph_switch, _FUSE_SELF_ATTENTION=False, _FUSED_PROJECTIONS=())
-_float_transposes = functools.partial(_graph_switch, _INTEGER_TRANSPOSES=False)
+#: float transposes (0.15-0.30), the bottlenecks' down-projections as their
+#: own products, Keras' layer norms and 3-D encoder layers (0.31); Keras'
+#: layer norms alone; 3-D encoder layers alone.
+_keras_layer_norms = functools.partial(_graph_switch, _LAYER_NORMS=False)
+_three_d = functools.partial(_graph_switch, _TWO_D_ENCODERS=False)
+_unfolded = functools.partial(_keras_layer_norms, _FOLD_BOTTLENECK_DOWNS=False, _TWO_D_ENCODERS=False)
+_float_transposes = functools.partial(_unfolded, _INTEGER_TRANSPOSES=False)
+_unfused_attention = functools.partial(_unfolded, _FUSE_SELF_ATTENTION=False)
+_einsum_projections = functools.partial(_unfused_attention, _FUSED_PROJECTIONS=())
 
 
 def _model(method):
@@ -179,7 +187,8 @@ def export_models(folder, needed):
 
     houlsby = _model("houlsby")
     graphs = {"": contextlib.nullcontext, "_unfused": _unfused_attention, "_einsum": _einsum_projections,
-              "_xla": _xla_forward, "_floatT": _float_transposes}
+              "_xla": _xla_forward, "_floatT": _float_transposes, "_unfolded": _unfolded,
+              "_kerasLN": _keras_layer_norms, "_3d": _three_d}
     models = {"houlsby": houlsby}
     paths = {}
     for key in needed:
@@ -214,6 +223,9 @@ def variants(torch_python):
         "ours_bfloat16_floatT_frozen": ("bfloat16_floatT", 0, frozen),
         "ours_bfloat16_lora_floatT_frozen": ("lora_bfloat16_floatT", 0, frozen),
         "ours_float32_floatT_frozen": ("float32_floatT", 0, frozen),
+        "ours_bfloat16_unfolded_frozen": ("bfloat16_unfolded", 0, frozen),
+        "ours_bfloat16_lora_kerasLN_frozen": ("lora_bfloat16_kerasLN", 0, frozen),
+        "ours_bfloat16_lora_unfolded_frozen": ("lora_bfloat16_unfolded", 0, frozen),
         "ours_float32_frozen": ("float32", 0, frozen),
         "ours_bfloat16_unfused": ("bfloat16_unfused", 0, {}),
         "ours_bfloat16_unfused_frozen": ("bfloat16_unfused", 0, frozen),
