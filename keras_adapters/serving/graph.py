@@ -465,8 +465,7 @@ def _linear_2d(layer):
     linear = layer is not None and getattr(layer, "activation", None) in (None, keras.activations.linear)
     if type(layer) is keras.layers.Dense and layer.use_bias and linear:
         return tf.cast(layer.kernel, "float32"), tf.cast(layer.bias, "float32"), lambda shape: shape[:-1]
-    if (type(layer) is keras.layers.EinsumDense and layer.equation == _OUT_OF_HEADS and layer.bias is not None
-            and linear):
+    if _plain_projection(layer) and layer.equation == _OUT_OF_HEADS:
         heads, size, outputs = layer.kernel.shape
         kernel = tf.reshape(tf.cast(layer.kernel, "float32"), [heads * size, outputs])
         return kernel, tf.cast(layer.bias, "float32"), lambda shape: shape[:-2]
