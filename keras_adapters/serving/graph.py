@@ -22,10 +22,13 @@ model's config, weights copied) that
 - runs self-attention whose query, key and value projections are plain
   (no adapter site on them) as one `[features, 3 * heads * head size]`
   product, one transpose into heads and one out of them (Keras' einsums
-  take five transposes per layer), the query's `1/sqrt(head size)` folded
-  into its weights. The two transposes move the tensors' bits as integers
-  (`_transpose`): oneDNN's float transpose costs about as much as a
-  16-token projection, TensorFlow's own kernel a twentieth of that;
+  take five transposes per layer). The two transposes move the tensors'
+  bits as integers (`_transpose`): oneDNN's float transpose costs about as
+  much as a 16-token projection, TensorFlow's own kernel a twentieth of
+  that. In float32 and bfloat16 the scores are scaled and masked inside
+  oneDNN's batch matmul (`_added_mask_context`), where Keras takes two
+  `where`s over them; in float16 the query's `1/sqrt(head size)` is folded
+  into its weights and Keras' masked softmax runs;
 - computes a lone bottleneck adapter's down-projection (Houlsby, Pfeiffer)
   in the product of the linear layer whose output it reads (the
   attention's output projection, the feed-forward output): `y = xW + b`
@@ -33,11 +36,13 @@ model's config, weights copied) that
   (`_fold_bottleneck_downs`), 12 matmuls fewer in a 6-layer Houlsby model.
   A site holding several adapters keeps its plain product, so that the
   SavedModel stores the base weights once;
-- computes each layer norm as Keras does (in float32 for every precision)
-  in fewer and cheaper ops (`_layer_norm_call`): its scale and offset as
-  float32 variables (Keras casts them on every call), and the variance
-  from the centred input it already needs rather than through
-  `SquaredDifference`'s broadcast;
+- computes each layer norm as Keras does (statistics in float32 for every
+  precision) in fewer and cheaper ops than Keras' (`_float32_layer_norm`),
+  and, in a float32 or bfloat16 call of 256 rows (batch x length) or
+  more, as one oneDNN op (`_onednn_layer_norm`: the ops grappler's remapper
+  fuses, scale and offset as constants of the graph). That op's fixed cost
+  is more than a small call's whole layer norm, so one
+  `tf.cond` on the rows picks the formulation for the call (`_sized_call`);
 - runs each keras-hub encoder layer whose self-attention is fused on
   `[batch * length, features]` tensors (`_encoder_2d_call`), which drops
   the reshapes and shape ops around every projection; a composition
@@ -60,6 +65,8 @@ down-projection stores `W W_d`, [intermediate, bottleneck], for `W_d`,
 The rewrite changes how the same function is computed, not the function: the
 copy's outputs equal the model's up to rounding (checked in the tests).
 """
+
+import threading
 
 import keras
 import keras_hub
@@ -90,6 +97,19 @@ _INTEGER_TRANSPOSES = True
 _FOLD_BOTTLENECK_DOWNS = True
 #: Layer norms through `_layer_norm_call`. A switch for the benchmarks.
 _LAYER_NORMS = True
+#: Float32 and bfloat16 layer norms of large calls as one oneDNN op
+#: (`_onednn_layer_norm`). A switch for the benchmarks.
+_ONEDNN_LAYER_NORMS = True
+#: The rows (batch x length) from which a call's layer norms are oneDNN's op
+#: (`_sized_call`): one bf16 layer norm of 384 features takes 187 / 230 / 354
+#: us at 16 / 128 / 512 rows in it, 70 / 132 / 835 us in the float32 ops (2
+#: cores); they cross near 200. 0: every call, without the cond (the tests
+#: and benchmarks).
+_ONEDNN_LAYER_NORM_ROWS = 256
+#: The branch `_sized_call` is tracing.
+_TRACING = threading.local()
+#: Attention scores scaled and masked inside oneDNN's batch matmul (`_fused_attention`). A switch for the benchmarks.
+_ADDED_MASKS = True
 #: Run keras-hub's encoder layers on 2-D tensors (`_encoder_2d_call`). A switch for the benchmarks.
 _TWO_D_ENCODERS = True
 #: What the 2-D encoder call reads of keras-hub's TransformerEncoder.
@@ -182,10 +202,14 @@ def fuse_dense_layers(backbone):
         The number of layers rewritten.
     """
     count = 0
+    sized = False
     for layer in backbone._flatten_layers(include_self=False):
         if _LAYER_NORMS and _plain_layer_norm(layer):
             layer.call = _layer_norm_call(layer)
             count += 1
+            sized |= _onednn_dtype(layer)
+    if sized and _ONEDNN_LAYER_NORM_ROWS:
+        backbone.call = _sized_call(backbone)
     for encoder in injection.encoder_layers(backbone):
         for layer in _plain_dense_layers(encoder):
             layer.call = _dense_2d_call(layer)
@@ -239,13 +263,13 @@ def _fusable_attention(layer):
         and tuple(p.kernel.shape) == tuple(projections[0].kernel.shape) for p in projections)
 
 
-def _fused_qkv(layer):
+def _fused_qkv(layer, fold_scale):
     """New variables: the query, key and value kernels side by side, [features,
-    3 * heads * size], and their biases; the query's scale folded in (in
-    float32, rounded once to the layer's dtype)."""
+    3 * heads * size], and their biases; with `fold_scale`, the query's scale
+    folded in (in float32, rounded once to the layer's dtype)."""
     projections = [getattr(layer, a) for a in _QKV]
     features, heads, size = projections[0].kernel.shape
-    scales = [float(layer._inverse_sqrt_key_dim), 1.0, 1.0]
+    scales = [float(layer._inverse_sqrt_key_dim) if fold_scale else 1.0, 1.0, 1.0]
     kernel = tf.concat([tf.reshape(tf.cast(p.kernel, "float32"), [features, heads * size]) * s
                         for p, s in zip(projections, scales)], 1)
     bias = tf.concat([tf.reshape(tf.cast(p.bias, "float32"), [heads * size]) * s
@@ -258,21 +282,53 @@ def _fused_qkv(layer):
 def _fused_attention(layer):
     """`attend(x, shape, mask)`: self-attention of `x`, [batch * length,
     features] (`shape`: [batch, length, ...]), as Keras computes it (same
-    mask, same masked softmax) with one query/key/value product and two
-    transposes; the context [batch, length, heads, size], before the output
-    projection."""
-    kernel, bias = _fused_qkv(layer)
+    mask, same answers for masked keys) with one query/key/value product and
+    two transposes; the context [batch, length, heads, size], before the
+    output projection. In float32 and bfloat16 the scores are scaled and
+    masked inside oneDNN's batch matmul (`_added_mask_context`); in float16
+    through Keras' masked softmax."""
+    added = _ADDED_MASKS and layer.compute_dtype in ("float32", "bfloat16")
+    kernel, bias = _fused_qkv(layer, fold_scale=not added)
     features, heads, size = layer._query_dense.kernel.shape
+    scale = float(layer._inverse_sqrt_key_dim)
 
     def attend(x, shape, mask):
         x = tf.nn.bias_add(tf.matmul(x, kernel), bias)
         # [batch, length, 3, heads, size] -> [3, batch, heads, length, size]
         x = _transpose(tf.reshape(x, [shape[0], shape[1], 3, heads, size]), [2, 0, 3, 1, 4])
         q, k, v = tf.unstack(x)
-        probabilities = layer._masked_softmax(tf.matmul(q, k, transpose_b=True), mask)
-        return _transpose(tf.matmul(probabilities, v), [0, 2, 1, 3])
+        scores = tf.matmul(q, k, transpose_b=True)
+        if added:
+            context = _added_mask_context(scores, v, mask, scale)
+        else:
+            context = tf.matmul(layer._masked_softmax(scores, mask), v)
+        return _transpose(context, [0, 2, 1, 3])
 
     return attend
+
+
+def _added_mask_context(scores, values, mask, scale):
+    """softmax(scores * scale + mask) @ values, the mask 0 for kept keys and
+    -1e9 for masked ones (Keras' value). Written as `BatchMatMulV2 -> Mul ->
+    AddV2`, the pattern grappler's oneDNN remapper computes as one
+    `_MklFusedBatchMatMulV2`: Keras' two `where`s over the [batch, heads,
+    length, length] scores go (BENCHMARKS.md "Masked scores inside the batch
+    matmul"). Keras gives a query whose keys are all masked zero
+    probabilities, where the added mask gives it the mean of the values:
+    its context is zeroed instead (a [batch, heads, length, size] product)."""
+    dtype = scores.dtype
+    scores = scores * tf.constant(scale, dtype)
+    if mask is None:
+        return tf.matmul(tf.nn.softmax(scores), values)
+    keep = mask if mask.dtype == tf.bool else mask > tf.cast(0.5, mask.dtype)  # as Keras' Softmax
+    for _ in range(scores.shape.rank - keep.shape.rank):  # as `_masked_softmax`: heads, then queries
+        keep = tf.expand_dims(keep, axis=-3)
+    # The remapper fuses only a mask it knows to be [batch, 1, queries or 1,
+    # keys]; grappler's shape inference loses the rank of Keras' mask.
+    penalty = tf.where(keep, tf.constant(0, dtype), tf.constant(-1e9, dtype))
+    scores = scores + tf.ensure_shape(penalty, [None, 1, None, None])
+    context = tf.matmul(tf.nn.softmax(scores), values)
+    return context * tf.cast(tf.reduce_any(keep, axis=-1, keepdims=True), dtype)
 
 
 def _self_attention_call(layer, attend):
@@ -414,10 +470,62 @@ def _plain_layer_norm(layer):
 
 
 def _layer_norm_call(layer):
-    """Keras' layer norm over the last axis, in float32 for every precision,
-    from float32 copies of the layer's scale and offset (their values
-    unchanged). 20-35% less time per layer norm than Keras' ops at 16-4096
-    rows (BENCHMARKS.md "Folded bottlenecks and cheaper layer norms")."""
+    """Keras' layer norm over the last axis, from the layer's own scale and
+    offset, statistics in float32. In a float32 or bfloat16 call of at least
+    `_ONEDNN_LAYER_NORM_ROWS` rows (`_sized_call`) as one oneDNN op
+    (`_onednn_layer_norm`); otherwise in float32 ops (`_float32_layer_norm`)."""
+    plain = _float32_layer_norm(layer)
+    if not _onednn_dtype(layer):
+        return plain
+    onednn = _onednn_layer_norm(layer)
+
+    def call(inputs):
+        return onednn(inputs) if _large_call() else plain(inputs)
+
+    return call
+
+
+def _onednn_dtype(layer):
+    # oneDNN's layer norm takes float32 and bfloat16.
+    return _ONEDNN_LAYER_NORMS and layer.compute_dtype in ("float32", "bfloat16")
+
+
+def _large_call():
+    # Set while `_sized_call` traces its branches.
+    return getattr(_TRACING, "large", _ONEDNN_LAYER_NORM_ROWS == 0)
+
+
+def _sized_call(backbone):
+    """The backbone's call as a `tf.cond` on its rows (batch x length): from
+    `_ONEDNN_LAYER_NORM_ROWS` its layer norms are oneDNN's op, below it the
+    plain ops. One cond per call (a cond per layer norm costs more than the
+    choice saves at batch 1). Both branches are the same network; the
+    SavedModel stores its variables once."""
+    original = backbone.call
+
+    def call(inputs, *args, **kwargs):
+        ids = inputs.get("token_ids") if isinstance(inputs, dict) else None
+        if ids is None:
+            return original(inputs, *args, **kwargs)
+
+        def branch(large):
+            def traced():
+                _TRACING.large = large
+                try:
+                    return original(inputs, *args, **kwargs)
+                finally:
+                    del _TRACING.large
+            return traced
+
+        return tf.cond(tf.size(ids) >= _ONEDNN_LAYER_NORM_ROWS, branch(True), branch(False))
+
+    return call
+
+
+def _float32_layer_norm(layer):
+    """The layer norm in float32 ops, from float32 copies of the scale and
+    offset (Keras casts both per call): 20-35% less time than Keras' ops
+    (BENCHMARKS.md "Folded bottlenecks and cheaper layer norms")."""
     gamma = tf.Variable(tf.cast(layer.gamma, "float32"), trainable=False, name="layer_norm_gamma")
     beta = tf.Variable(tf.cast(layer.beta, "float32"), trainable=False, name="layer_norm_beta")
 
@@ -427,6 +535,38 @@ def _layer_norm_call(layer):
         variance = tf.reduce_mean(tf.square(centred), axis=-1, keepdims=True)
         y = centred * tf.math.rsqrt(variance + layer.epsilon) * gamma + beta
         return tf.cast(y, layer.compute_dtype)
+
+    return call
+
+
+def _onednn_layer_norm(layer):
+    """The layer norm as tf.keras 2 wrote it: a training-mode
+    `FusedBatchNormV3` over `[1, rows, features, 1]` with unit scale and zero
+    offset, then `* gamma + beta`. TensorFlow 2.21's remapper rewrites
+    exactly this (the scale and offset as constants: it leaves variables
+    alone) into one oneDNN layer norm, statistics in float32 for bfloat16
+    inputs, where the plain formula takes 9 ops. That op has a large fixed
+    cost (187 us at 16 rows), so it serves large calls only (`_sized_call`;
+    BENCHMARKS.md "Masked scores inside the batch matmul, oneDNN's layer
+    norm for large calls"). Without oneDNN the same ops run as they are.
+
+    The scale and offset become constants of the traced graph (2 x 384
+    values per layer norm in MiniLM); `FusedBatchNormV3` is called raw
+    because `tf.nn.fused_batch_norm` raises epsilon to 1.001e-5."""
+    gamma, beta = (tf.cast(w, layer.compute_dtype).numpy() for w in (layer.gamma, layer.beta))
+
+    def call(inputs):
+        # The remapper checks that the output has the input's shape; grappler's
+        # shape inference loses the rank of the embeddings' sum.
+        inputs = tf.ensure_shape(inputs, inputs.shape)
+        shape = tf.shape(inputs)
+        rows = tf.reduce_prod(shape[:-1])
+        x = tf.reshape(inputs, tf.stack([1, rows, inputs.shape[-1], 1]))
+        y = tf.raw_ops.FusedBatchNormV3(
+            x=x, scale=tf.ones(tf.expand_dims(rows, 0)), offset=tf.zeros(tf.expand_dims(rows, 0)),
+            mean=tf.constant([], "float32"), variance=tf.constant([], "float32"), epsilon=layer.epsilon,
+            data_format="NCHW", is_training=True).y
+        return tf.reshape(y, shape) * tf.constant(gamma) + tf.constant(beta)
 
     return call
 

@@ -1,5 +1,6 @@
 """The serving copy: precision, merging, the 2-D feed-forward and projection rewrites and the fused self-attention."""
 
+import collections
 import os
 import re
 
@@ -14,9 +15,23 @@ from conftest import token_batch
 import keras_adapters as ka
 from keras_adapters.backbones import activations
 from keras_adapters.serving import graph as serving_graph
+from keras_adapters.serving.graph import PRECISIONS
+
+# oneDNN's graph rewrites are on by default on x86 (TF_ENABLE_ONEDNN_OPTS=0 turns them off).
+_ONEDNN = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1") != "0"
 
 LAYERS = 2  # tiny_backbone's
 LAYER_NORMS = 2 * LAYERS + 1  # two a layer, and the embeddings'
+#: The rows from which an export's layer norms are oneDNN's (the autouse `_one_graph` sets 0).
+SIZED_ROWS = serving_graph._ONEDNN_LAYER_NORM_ROWS
+
+
+@pytest.fixture(autouse=True)
+def _one_graph(monkeypatch):
+    """Every call's layer norms as oneDNN's op, without the cond on the rows
+    that picks them (`_sized_call`): the graph tests read one graph. The
+    cond's own tests set it back."""
+    monkeypatch.setattr(serving_graph, "_ONEDNN_LAYER_NORM_ROWS", 0)
 
 
 def _model(preset, method="houlsby", seed=0):
@@ -157,22 +172,73 @@ def _weight_casts(layer, x):
     return sum(op.type == "Cast" and op.inputs[0].op.type == "ReadVariableOp" for op in graph.get_operations())
 
 
-def test_a_half_precision_layer_norm_reads_float32_weights_and_computes_what_keras_does():
-    layer = keras.layers.LayerNormalization(epsilon=1e-12, dtype="bfloat16")
+def _layer_norm(dtype):
+    """A layer norm with non-trivial scale and offset (grappler drops a `* 1`
+    and a `+ 0`, and with them the pattern it fuses) and its input."""
+    layer = keras.layers.LayerNormalization(epsilon=1e-12, dtype=dtype)
     rng = np.random.default_rng(0)
-    x = tf.constant(3 * rng.standard_normal((2, 5, 64)) + 1, tf.bfloat16)
+    x = tf.constant(3 * rng.standard_normal((2, 5, 64)) + 1, dtype)
     layer.build(x.shape)
     layer.gamma.assign(1 + rng.standard_normal(64))
     layer.beta.assign(rng.standard_normal(64))
+    return layer, x
+
+
+def _traced(call, x):
+    """`call` as a served graph runs it: traced for any batch and length."""
+    return tf.function(call, input_signature=[tf.TensorSpec([None, None, x.shape[-1]], x.dtype)], autograph=False)
+
+
+@pytest.mark.parametrize("dtype, rows", [("float32", 0), ("bfloat16", 0), ("float32", SIZED_ROWS),
+                                         ("bfloat16", SIZED_ROWS), ("float16", 0)])
+def test_a_served_layer_norm_computes_what_keras_does(dtype, rows, monkeypatch):
+    """Both formulations (rows 0: oneDNN's; outside `_sized_call`'s large
+    branch: float32 ops; float16 has the ops only)."""
+    monkeypatch.setattr(serving_graph, "_ONEDNN_LAYER_NORM_ROWS", rows)
+    layer, x = _layer_norm(dtype)
     keras_casts, want = _weight_casts(layer, x), layer(x).numpy().astype(np.float32)
     assert serving_graph._plain_layer_norm(layer)
     layer.call = serving_graph._layer_norm_call(layer)
-    got = layer(x)
-    assert got.dtype == tf.bfloat16 and (keras_casts, _weight_casts(layer, x)) == (2, 0)
-    # float32 sums in another order: at most one bf16 rounding step apart.
-    ulp = 2.0 ** (np.floor(np.log2(np.abs(want) + 1e-30)) - 7)
-    assert np.all(np.abs(got.numpy().astype(np.float32) - want) <= ulp)
-    assert np.mean(got.numpy().astype(np.float32) == want) > 0.9
+    got = _traced(layer.call, x)(x)
+    assert got.dtype == x.dtype and (keras_casts, _weight_casts(layer, x)) == ((0, 2, 2)[PRECISIONS.index(dtype)], 0)
+    got = got.numpy().astype(np.float32)
+    if dtype == "float32":
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+        return
+    # Statistics in float32, summed in another order: at most one rounding step apart.
+    ulp = 2.0 ** (np.floor(np.log2(np.abs(want) + 1e-30)) - (7 if dtype == "bfloat16" else 10))
+    assert np.all(np.abs(got - want) <= ulp)
+    assert np.mean(got == want) > 0.9
+
+
+def _grappler_nodes(function):
+    """A concrete function's graph after grappler's optimizers (the remapper
+    among them), placed on the CPU as a served graph is: {name: NodeDef}."""
+    from tensorflow.core.protobuf import config_pb2
+    from tensorflow.python.framework import meta_graph
+    from tensorflow.python.grappler import tf_optimizer
+
+    graph = function.graph
+    graph_def = graph.as_graph_def()
+    for node in graph_def.node:
+        node.device = "/job:localhost/replica:0/task:0/device:CPU:0"
+    item = meta_graph.create_meta_graph_def(graph_def=graph_def, graph=graph)
+    item.collection_def["train_op"].node_list.value.extend(t.name.split(":")[0] for t in graph.outputs)
+    return {node.name: node for node in tf_optimizer.OptimizeGraph(config_pb2.ConfigProto(), item).node}
+
+
+def _grappler_op_types(function):
+    return collections.Counter(node.op for node in _grappler_nodes(function).values())
+
+
+@pytest.mark.skipif(not _ONEDNN, reason="TensorFlow without oneDNN's graph rewrites")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_grappler_fuses_a_served_layer_norm_into_one_onednn_op(dtype):
+    layer, x = _layer_norm(dtype)
+    traced = lambda call: _traced(call, x).get_concrete_function()  # noqa: E731
+    assert _grappler_op_types(traced(layer.call))["_MklLayerNorm"] == 0  # Keras' ops stay as they are
+    types = _grappler_op_types(traced(serving_graph._layer_norm_call(layer)))
+    assert types["_MklLayerNorm"] == 1 and types["FusedBatchNormV3"] == types["Mul"] == types["AddV2"] == 0, types
 
 
 def test_only_a_plain_layer_norm_over_the_last_axis_is_rewritten():
@@ -220,6 +286,55 @@ def test_self_attention_becomes_one_projection_and_two_transposes(tiny_preset):
     batch = token_batch(batch=3, length=10)
     batch["padding_mask"][1, 6:] = 0  # a padded row: the heads' reshapes keep rows and positions apart
     np.testing.assert_allclose(_run(fused, batch), model.predict(batch, verbose=0), atol=1e-6)
+
+
+@pytest.mark.skipif(not _ONEDNN, reason="TensorFlow without oneDNN's graph rewrites")
+@pytest.mark.parametrize("precision", ["bfloat16", "float32"])
+def test_grappler_scales_and_masks_the_attention_scores_inside_the_batch_matmul(tiny_preset, precision):
+    """Each layer's scores `q k^T * scale + mask` are one oneDNN batch matmul,
+    which the softmax reads: no `where` over the scores before or after it.
+    And every layer norm, the embeddings' included, is one oneDNN op."""
+    nodes = _grappler_nodes(_served(serving_graph.serving_copy(_model(tiny_preset), precision)))
+    types = collections.Counter(node.op for node in nodes.values())
+    assert types["_MklFusedBatchMatMulV2"] == LAYERS and types["BatchMatMulV2"] == LAYERS, types
+    softmaxes = [n for n in nodes.values() if n.op == "Softmax" and "self_attention_layer" in n.name]
+    assert [nodes[n.input[0]].op for n in softmaxes] == ["_MklFusedBatchMatMulV2"] * LAYERS
+    assert all(nodes[i.split(":")[0]].op != "Softmax" for n in nodes.values() if n.op == "SelectV2" for i in n.input)
+    assert types["_MklLayerNorm"] == LAYER_NORMS and types["FusedBatchNormV3"] == 0, types
+
+
+def _branch_op_types(function):
+    """{branch: op type counts} of the served graph's one cond."""
+    graph_def = function.graph.as_graph_def()
+    conds = [n for n in graph_def.node if n.op in ("If", "StatelessIf")]
+    assert len(conds) == 1, [n.name for n in conds]
+    library = {f.signature.name: f for f in graph_def.library.function}
+    return {branch: collections.Counter(n.op for n in library[conds[0].attr[branch].func.name].node_def)
+            for branch in ("then_branch", "else_branch")}
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_a_large_call_takes_onednn_layer_norms_and_both_sizes_answer_like_keras(tiny_preset, monkeypatch,
+                                                                                 precision):
+    """One cond on the rows (batch x length) picks the formulation: oneDNN's
+    layer norm has a large fixed cost, the float32 ops grow with the rows."""
+    monkeypatch.setattr(serving_graph, "_ONEDNN_LAYER_NORM_ROWS", 64)
+    model = _model(tiny_preset)
+    function = _served(serving_graph.serving_copy(model, precision))
+    branches = _branch_op_types(function)
+    assert branches["then_branch"]["FusedBatchNormV3"] == LAYER_NORMS  # one `_MklLayerNorm` each after grappler
+    assert branches["else_branch"]["FusedBatchNormV3"] == 0 and branches["else_branch"]["Rsqrt"] == LAYER_NORMS
+    if precision == "bfloat16":
+        return
+    small, large = token_batch(batch=3, length=10), token_batch(batch=8, length=10)  # 30 rows and 80
+    for tokens in (small, large):
+        np.testing.assert_allclose(_run(function, tokens), model.predict(tokens, verbose=0), atol=1e-6)
+    # Which branch runs at which size: a oneDNN formulation that zeroes its
+    # output changes the large call's answer only.
+    monkeypatch.setattr(serving_graph, "_onednn_layer_norm", lambda layer: tf.zeros_like)
+    function = _served(serving_graph.serving_copy(model, precision))
+    np.testing.assert_allclose(_run(function, small), model.predict(small, verbose=0), atol=1e-6)
+    assert np.abs(_run(function, large) - model.predict(large, verbose=0)).max() > 1e-3
 
 
 def _transposed_dtypes(function):
@@ -315,12 +430,15 @@ def test_a_layer_without_attention_dropout_is_not_fused():
     assert serving_graph._fusable_attention(layer)
 
 
-def test_a_saved_model_stores_what_its_graphs_read_once(tiny_preset, tmp_path):
+def test_a_saved_model_stores_what_its_graphs_read_once(tiny_preset, tmp_path, monkeypatch):
     """The fused query/key/value variables replace the layers' own in the
     SavedModel: it stores as many values as the unfused graph reads (not the
-    layer norms a Houlsby adapter replaces with its own, nor dropout seeds).
-    Folding a feed-forward adapter's down-projection into the output product
-    stores `W W_d`, [intermediate, bottleneck], where `W_d` was [hidden, bottleneck]."""
+    layer norms a Houlsby adapter replaces with its own, nor dropout seeds;
+    the layer norms' float32 copies replace theirs, and the oneDNN layer
+    norms' scales and offsets are constants of the graph). Folding a
+    feed-forward adapter's down-projection into the output product stores
+    `W W_d`, [intermediate, bottleneck], where `W_d` was [hidden, bottleneck]."""
+    monkeypatch.setattr(serving_graph, "_ONEDNN_LAYER_NORM_ROWS", SIZED_ROWS)  # as exports run
     model = _model(tiny_preset)
     plain = serving_graph.serving_copy(model, "float32", fuse=False)
     captured = {id(tensor) for tensor, _ in _served(plain).graph.captures}
@@ -386,8 +504,10 @@ def _folder_bytes(path):
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
-def test_a_bfloat16_saved_model_is_half_the_weights_and_answers_like_float32(tiny_preset, tmp_path):
+def test_a_bfloat16_saved_model_is_half_the_weights_and_answers_like_float32(tiny_preset, tmp_path, monkeypatch):
     from conftest import LABELS
+
+    monkeypatch.setattr(serving_graph, "_ONEDNN_LAYER_NORM_ROWS", SIZED_ROWS)  # as exports run
 
     model = _model(tiny_preset)
     model.fit(TEXTS, LABELS, epochs=2, batch_size=4, verbose=0)
@@ -400,7 +520,8 @@ def test_a_bfloat16_saved_model_is_half_the_weights_and_answers_like_float32(tin
     loaded = tf.saved_model.load(bf16)
     stored = tf.train.load_checkpoint(os.path.join(bf16, "variables", "variables")).get_variable_to_dtype_map()
     shapes = tf.train.load_checkpoint(os.path.join(bf16, "variables", "variables")).get_variable_to_shape_map()
-    # Only the layer norms' scales and offsets are float32 (layer norms compute in it).
+    # Only the small calls' layer norms' scales and offsets are float32 (they
+    # compute in it; the large calls' oneDNN layer norms read constants).
     float32 = [shapes[name] for name, dtype in stored.items() if dtype == tf.float32]
     assert {d for d in stored.values() if d.is_floating} == {tf.bfloat16, tf.float32}
     assert len(float32) == 2 * LAYER_NORMS and all(s == [model.backbone.hidden_dim] for s in float32), float32
