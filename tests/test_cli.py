@@ -263,8 +263,7 @@ def test_ctrl_c_stops_train_with_how_to_resume(tiny_preset, tmp_path):
 
 
 # ------------------------------------------------------------- text pairs
-@pytest.fixture(scope="module")
-def pair_run(tiny_preset, tmp_path_factory):
+def _pair_run(tiny_preset, tmp_path_factory, epochs):
     from conftest import topic_pairs
     from conftest import write_pair_file
 
@@ -273,14 +272,26 @@ def pair_run(tiny_preset, tmp_path_factory):
     run = root / "run"
     code = cli.main([
         "train", data, "--output", str(run), "--backbone", tiny_preset, "--method", "full",
-        # 60 epochs: with the tiny backbone's non-identity norms 20 stop on a plateau (0.73), and so
-        # do 40 on an Intel Xeon with AMX (40 got past it on an AMD EPYC).
-        "--learning-rate", "5e-3", "--epochs", "60", "--batch-size", "8", "--sequence-length", "16",
+        "--learning-rate", "5e-3", "--epochs", str(epochs), "--batch-size", "8", "--sequence-length", "16",
         "--validation-split", "0",
         "--precision", "float32", "--quiet",
     ])
     assert code == 0
     return run, data
+
+
+@pytest.fixture(scope="module")
+def pair_run(tiny_preset, tmp_path_factory):
+    """A pair run that learned its task: 60 epochs (with the tiny backbone's
+    non-identity norms 20 stop on a plateau at 0.73, and so do 40 on an Intel
+    Xeon with AMX; 40 got past it on an AMD EPYC)."""
+    return _pair_run(tiny_preset, tmp_path_factory, epochs=60)
+
+
+@pytest.fixture(scope="module")
+def short_pair_run(tiny_preset, tmp_path_factory):
+    """A complete pair run, two epochs: for what reads a run, not what it learned."""
+    return _pair_run(tiny_preset, tmp_path_factory, epochs=2)
 
 
 @pytest.mark.slow  # its run trains 60 epochs (37 s)
@@ -343,13 +354,13 @@ def test_task_errors_name_the_fix(tiny_preset, text_folder, tmp_path, capsys):
         assert message in capsys.readouterr().err
 
 
-def test_export_a_pair_run(pair_run, capsys, tmp_path):
+def test_export_a_pair_run(short_pair_run, capsys, tmp_path):
     import numpy as np
     import tensorflow as tf
 
     from keras_adapters.runs import folder as runs
 
-    run, _ = pair_run
+    run, _ = short_pair_run
     assert cli.main(["export", str(run), "--format", "saved_model", "--output", str(tmp_path / "sm")]) == 0
     assert "serving_default (text_a, text_b)" in capsys.readouterr().out
     texts_a, texts_b = ["the vote", "the cup", ""], ["a team goal", "a bank profit", "a vote"]
@@ -417,11 +428,11 @@ def test_squad_files_train_evaluate_predict_and_export(qa_run, capsys, tmp_path)
     assert "question, context -> answer, start, end, score" in capsys.readouterr().out
 
 
-def test_predict_files_answer_every_row_in_order_empty_texts_included(pair_run, qa_run, capsys, tmp_path):
+def test_predict_files_answer_every_row_in_order_empty_texts_included(short_pair_run, qa_run, capsys, tmp_path):
     pairs = tmp_path / "pairs.jsonl"
     rows = [("the cup", "a bank profit"), ("the vote", ""), ("", "a team goal")]
     pairs.write_text("".join(json.dumps({"text_a": a, "text_b": b}) + "\n" for a, b in rows))
-    assert cli.main(["predict", str(pair_run[0]), "--file", str(pairs), "--json"]) == 0
+    assert cli.main(["predict", str(short_pair_run[0]), "--file", str(pairs), "--json"]) == 0
     assert [(r["text_a"], r["text_b"]) for r in json.loads(capsys.readouterr().out)] == rows
     questions = tmp_path / "q.csv"
     questions.write_text("question,context\nthe news,the film won the great award today\nthe news,\n,the cup\n")
