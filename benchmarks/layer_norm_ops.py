@@ -1,16 +1,21 @@
 """One layer norm's time in the served graph's formulations, op for op (issue 29).
 
 A bf16 `keras.layers.LayerNormalization` over MiniLM's 384 features, 12
-chained in one `tf.function` (so the per-call overhead spreads), at 16, 128
-and 4096 rows (batch 1 × 16 and × 128 tokens, batch 32 × 128), the variants'
-calls alternated, medians per layer norm:
+chained in one `tf.function` traced for any batch and length (as a served
+graph is: with a static shape grappler folds the ones and zeros the oneDNN
+pattern needs), at 16, 128, 512 and 4096 rows (batch 1 × 16 and × 128
+tokens, 4 × 128, 32 × 128), the variants' calls alternated, medians per
+layer norm:
 
 - `keras`: Keras' own ops (casts of both weights, `tf.nn.moments`'
   `SquaredDifference`, the normalisation through `x * inv + (beta - mean * inv)`);
-- `served`: `keras_adapters.serving.graph._layer_norm_call`, what an export runs;
+- `served`: `keras_adapters.serving.graph._float32_layer_norm`, what an
+  export runs below 256 rows;
+- `served_onednn`: `keras_adapters.serving.graph._onednn_layer_norm`, what
+  it runs from 256 rows (one `_MklLayerNorm` after grappler's remapper);
 - `moments_f32`: float32 weights with `tf.nn.moments` (tried first);
-- `fused_batch_norm`: `FusedBatchNormV3` over `[1, rows, features, 1]`, then
-  scale and offset (tf.keras 2's formulation).
+- `fused_batch_norm`: `FusedBatchNormV3` over `[1, rows, features, 1]` in
+  float32 from float32 weight variables (0.32's try: the remapper leaves it).
 
     .venv/bin/python benchmarks/layer_norm_ops.py
 
@@ -51,7 +56,8 @@ def variants(layer):
                                         is_training=True)[0]
         return tf.cast(tf.reshape(y, shape) * gamma + beta, tf.bfloat16)
 
-    return {"keras": layer.call, "served": graph._layer_norm_call(layer), "moments_f32": moments_f32,
+    return {"keras": layer.call, "served": graph._float32_layer_norm(layer),
+            "served_onednn": graph._onednn_layer_norm(layer), "moments_f32": moments_f32,
             "fused_batch_norm": fused_batch_norm}
 
 
@@ -76,7 +82,7 @@ def measure(rows_list, calls):
                     x = norm(x)
                 return x
             functions[name] = tf.function(chain, autograph=False).get_concrete_function(
-                tf.TensorSpec(x.shape, x.dtype))
+                tf.TensorSpec([None, None, FEATURES], x.dtype))
         reference = tf.cast(functions["keras"](x), tf.float32)
         times = {name: [] for name in functions}
         for _ in range(max(10, calls // rows)):
@@ -94,7 +100,7 @@ def measure(rows_list, calls):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", default="16,128,4096")
+    parser.add_argument("--rows", default="16,128,512,4096")
     parser.add_argument("--calls", type=int, default=6000, help="divided by the rows")
     parser.add_argument("--output", default="benchmarks/results/layer_norm_ops.json")
     args = parser.parse_args()

@@ -154,10 +154,15 @@ def _graph_switch(**values):
 #: graph), the projections as Keras' einsums too (before 0.14), oneDNN's
 #: float transposes (0.15-0.30), the bottlenecks' down-projections as their
 #: own products, Keras' layer norms and 3-D encoder layers (0.31); Keras'
-#: layer norms alone; 3-D encoder layers alone.
+#: layer norms alone; 3-D encoder layers alone; Keras' masked softmax and
+#: the float32 layer-norm ops (0.32); each of those two alone.
 _keras_layer_norms = functools.partial(_graph_switch, _LAYER_NORMS=False)
 _three_d = functools.partial(_graph_switch, _TWO_D_ENCODERS=False)
-_unfolded = functools.partial(_keras_layer_norms, _FOLD_BOTTLENECK_DOWNS=False, _TWO_D_ENCODERS=False)
+_where_masks = functools.partial(_graph_switch, _ADDED_MASKS=False)
+_float32_layer_norms = functools.partial(_graph_switch, _ONEDNN_LAYER_NORMS=False)
+_v032 = functools.partial(_graph_switch, _ADDED_MASKS=False, _ONEDNN_LAYER_NORMS=False)
+_unfolded = functools.partial(_keras_layer_norms, _FOLD_BOTTLENECK_DOWNS=False, _TWO_D_ENCODERS=False,
+                              _ADDED_MASKS=False)
 _float_transposes = functools.partial(_unfolded, _INTEGER_TRANSPOSES=False)
 _unfused_attention = functools.partial(_unfolded, _FUSE_SELF_ATTENTION=False)
 _einsum_projections = functools.partial(_unfused_attention, _FUSED_PROJECTIONS=())
@@ -188,7 +193,8 @@ def export_models(folder, needed):
     houlsby = _model("houlsby")
     graphs = {"": contextlib.nullcontext, "_unfused": _unfused_attention, "_einsum": _einsum_projections,
               "_xla": _xla_forward, "_floatT": _float_transposes, "_unfolded": _unfolded,
-              "_kerasLN": _keras_layer_norms, "_3d": _three_d}
+              "_kerasLN": _keras_layer_norms, "_3d": _three_d, "_whereMask": _where_masks,
+              "_f32LN": _float32_layer_norms, "_032": _v032}
     models = {"houlsby": houlsby}
     paths = {}
     for key in needed:
@@ -226,6 +232,9 @@ def variants(torch_python):
         "ours_bfloat16_unfolded_frozen": ("bfloat16_unfolded", 0, frozen),
         "ours_bfloat16_lora_kerasLN_frozen": ("lora_bfloat16_kerasLN", 0, frozen),
         "ours_bfloat16_lora_unfolded_frozen": ("lora_bfloat16_unfolded", 0, frozen),
+        "ours_bfloat16_032_frozen": ("bfloat16_032", 0, frozen),
+        "ours_bfloat16_lora_032_frozen": ("lora_bfloat16_032", 0, frozen),
+        "ours_float32_lora_frozen": ("lora_float32", 0, frozen),
         "ours_float32_frozen": ("float32", 0, frozen),
         "ours_bfloat16_unfused": ("bfloat16_unfused", 0, {}),
         "ours_bfloat16_unfused_frozen": ("bfloat16_unfused", 0, frozen),
