@@ -110,6 +110,8 @@ _ONEDNN_LAYER_NORM_ROWS = 256
 _TRACING = threading.local()
 #: Attention scores scaled and masked inside oneDNN's batch matmul (`_fused_attention`). A switch for the benchmarks.
 _ADDED_MASKS = True
+#: The dtypes oneDNN's fused layer norm and masked batch matmul take.
+_ONEDNN_DTYPES = ("float32", "bfloat16")
 #: Run keras-hub's encoder layers on 2-D tensors (`_encoder_2d_call`). A switch for the benchmarks.
 _TWO_D_ENCODERS = True
 #: What the 2-D encoder call reads of keras-hub's TransformerEncoder.
@@ -287,7 +289,7 @@ def _fused_attention(layer):
     output projection. In float32 and bfloat16 the scores are scaled and
     masked inside oneDNN's batch matmul (`_added_mask_context`); in float16
     through Keras' masked softmax."""
-    added = _ADDED_MASKS and layer.compute_dtype in ("float32", "bfloat16")
+    added = _ADDED_MASKS and layer.compute_dtype in _ONEDNN_DTYPES
     kernel, bias = _fused_qkv(layer, fold_scale=not added)
     features, heads, size = layer._query_dense.kernel.shape
     scale = float(layer._inverse_sqrt_key_dim)
@@ -486,8 +488,7 @@ def _layer_norm_call(layer):
 
 
 def _onednn_dtype(layer):
-    # oneDNN's layer norm takes float32 and bfloat16.
-    return _ONEDNN_LAYER_NORMS and layer.compute_dtype in ("float32", "bfloat16")
+    return _ONEDNN_LAYER_NORMS and layer.compute_dtype in _ONEDNN_DTYPES
 
 
 def _large_call():
