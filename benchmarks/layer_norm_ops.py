@@ -17,7 +17,7 @@ layer norm:
 - `fused_batch_norm`: `FusedBatchNormV3` over `[1, rows, features, 1]` in
   float32 from float32 weight variables (0.32's try: the remapper leaves it).
 
-    .venv/bin/python benchmarks/layer_norm_ops.py
+    .venv/bin/python benchmarks/layer_norm_ops.py [--intra-op-threads 1]
 
 Writes benchmarks/results/layer_norm_ops.json.
 """
@@ -103,13 +103,20 @@ def main():
     parser.add_argument("--rows", default="16,128,512,4096")
     parser.add_argument("--calls", type=int, default=6000, help="divided by the rows")
     parser.add_argument("--output", default="benchmarks/results/layer_norm_ops.json")
+    parser.add_argument("--intra-op-threads", type=int, default=0,
+                        help="TensorFlow's intra-op threads (0: one per core); TF Serving's batching runs 1")
     args = parser.parse_args()
+    if args.intra_op_threads:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
     from common import git_revision
     from common import machine_description
 
     results = measure([int(r) for r in args.rows.split(",")], args.calls)
     with open(args.output, "w") as f:
         json.dump({"machine": machine_description(), "git": git_revision(),
+                   "intra_op_threads": args.intra_op_threads or "one per core",
                    "units": "us per layer norm (median); max_gap_after_12: largest difference from keras' "
                             "output after 12 chained layer norms", "results": results}, f, indent=2)
 

@@ -63,7 +63,13 @@ def main():
     parser.add_argument("--shapes", default=SHAPES)
     parser.add_argument("--calls", type=int, default=300, help="per variant and shape, divided by the batch")
     parser.add_argument("--output", default="benchmarks/results/serving_transposes_ab.json")
+    parser.add_argument("--intra-op-threads", type=int, default=0,
+                        help="TensorFlow's intra-op threads (0: one per core; the README's server runs 1)")
     args = parser.parse_args()
+    if args.intra_op_threads:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
     from common import git_revision
     from common import machine_description
     from serving_small_batch import export_models
@@ -73,6 +79,7 @@ def main():
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     report = {"machine": machine_description(), "git": git_revision(), "units": "[wall ms, CPU ms] medians",
               "environment": {k: v for k, v in os.environ.items() if k.startswith("TF_ONEDNN")},
+              "intra_op_threads": args.intra_op_threads or "one per core",
               "results": alternate(paths, shapes, args.calls)}
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output, "w") as f:

@@ -21,15 +21,19 @@ import tempfile
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-def profile(path, batch, length, calls):
+def profile(path, batch, length, calls, text=None):
     import numpy as np
     import tensorflow as tf
     import tensorflow_text  # noqa: F401 (the SavedModel's tokenizer ops)
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    serve = tf.saved_model.load(path).signatures["serve_token_ids"]
-    ids = tf.constant(np.random.RandomState(0).randint(1000, 30000, size=(batch, length)).astype("int32"))
-    x = {"token_ids": ids, "segment_ids": tf.zeros_like(ids), "padding_mask": tf.ones_like(ids)}
+    signatures = tf.saved_model.load(path).signatures
+    if text is None:
+        serve = signatures["serve_token_ids"]
+        ids = tf.constant(np.random.RandomState(0).randint(1000, 30000, size=(batch, length)).astype("int32"))
+        x = {"token_ids": ids, "segment_ids": tf.zeros_like(ids), "padding_mask": tf.ones_like(ids)}
+    else:
+        serve, x = signatures["serving_default"], {"text": tf.constant([text] * batch)}
     for _ in range(5):
         serve(**x)
     logdir = tempfile.mkdtemp(prefix="serving_profile_")
@@ -75,8 +79,9 @@ def main():
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--text", help="profile `serving_default` on this text (tokenization included) instead")
     args = parser.parse_args()
-    table = profile(args.path, args.batch, args.length, args.calls)
+    table = profile(args.path, args.batch, args.length, args.calls, args.text)
     rows = sorted(((statistics.median(ms), statistics.median(n), k) for k, (ms, n) in table.items()), reverse=True)
     print(f"{'op type':40s} {'ms/call':>8s} {'ops/call':>8s}")
     for ms, n, kind in rows[: args.top]:

@@ -9,8 +9,10 @@ bf16 autocast or float32), fixed random token ids.
 
 Shapes: batch 1 at 16, 32, 64 and 128 tokens; batches 2, 4, 8, 16, 32 at
 128 tokens. Ours through the SavedModel's `serve_token_ids` (tokenization
-not timed on either side), and `serving_default` on one real short text
-(tokenization included, trimmed to the text's own length).
+not timed on either side); and texts, tokenization included on both sides
+(PyTorch through its fast tokenizer, padded to the longest text): one real
+short text (`text`) and a batch of eight (`texts8`), ours through
+`serving_default`.
 
 Our variants: the export's precision (float32, bfloat16), with the
 self-attention fused into one query/key/value product (0.15), without it
@@ -24,7 +26,11 @@ the calling thread), with one intra-op thread, with one inter-op thread
 (`_inter1`), with oneDNN's float transposes (0.15-0.30: `_floatT`), with
 the bottlenecks' down-projections as their own products, Keras' layer norms
 and 3-D encoder layers (0.31: `_unfolded`), with Keras' layer norms alone
-(`_kerasLN`), with 3-D encoder layers alone (`_3d`);
+(`_kerasLN`), with 3-D encoder layers alone (`_3d`), with the scores'
+mask as Keras' `where`s (`_whereMask`), without oneDNN's layer norm
+(`_f32LN`), both (0.32: `_032`), with oneDNN's layer norm from 64 or 128
+rows instead of 256 (`_rows64`, `_rows128`), with texts served at the
+whole sequence length (0.33 and before: `_padded`);
 and the int8 TFLite model (batch 1, 128 tokens: its length is fixed).
 
     .venv/bin/python benchmarks/serving_small_batch.py --torch-python /path/to/torch-venv/bin/python --rounds 3
@@ -47,6 +53,12 @@ HERE = os.path.abspath(__file__)
 CLASSES = 5
 SHAPES = [(1, 16), (1, 32), (1, 64), (1, 128), (2, 128), (4, 128), (8, 128), (16, 128), (32, 128)]
 TEXT = "Shares in the bank fell 5% after it reported lower profits for the third quarter."
+#: Eight short texts of different lengths (4 to 27 words), served as one batch.
+TEXTS = [TEXT, "Rain stops play at Lord's.", "Ministers agree a new deal on farm subsidies after two days of talks.",
+         "The band's third album tops the charts.", "Mobile phone sales rose sharply in the last three months of the "
+         "year, as cheaper handsets with cameras and music players drew new buyers.",
+         "Striker ruled out for six weeks.", "Oil prices hit a record high.",
+         "Voters in the north will choose a new mayor on Thursday, after the previous one resigned in March."]
 
 
 def _calls(batch):
@@ -62,6 +74,7 @@ def _ids(batch, length):
 # ----------------------------------------------------------------- workers
 def torch_worker(bf16):
     import torch
+    from transformers import AutoTokenizer
     from transformers import BertForSequenceClassification
 
     model = BertForSequenceClassification.from_pretrained(os.environ["MODEL_DIR"], num_labels=CLASSES).eval()
@@ -75,6 +88,13 @@ def torch_worker(bf16):
                 model(**inputs)
 
         out[f"{batch}x{length}"] = time_calls(step, _calls(batch))
+    tokenizer = AutoTokenizer.from_pretrained(os.environ["MODEL_DIR"])
+    for name, texts in (("text", [TEXT]), ("texts8", TEXTS)):
+        def read(texts=texts):  # tokenization included, padded to the longest text as ours
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                model(**tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=128))
+
+        out[name] = time_calls(read, _calls(len(texts)))
     return out
 
 
@@ -94,8 +114,9 @@ def keras_worker(path, threads):
         ids = tf.constant(_ids(batch, length))
         x = {"token_ids": ids, "segment_ids": tf.zeros_like(ids), "padding_mask": tf.ones_like(ids)}
         out[f"{batch}x{length}"] = time_calls(lambda: serve(**x), _calls(batch))
-    text = tf.constant([TEXT])
-    out["text"] = time_calls(lambda: loaded.signatures["serving_default"](text=text), _calls(1))
+    for name, texts in (("text", [TEXT]), ("texts8", TEXTS)):
+        text = tf.constant(texts)
+        out[name] = time_calls(lambda: loaded.signatures["serving_default"](text=text), _calls(len(texts)))
     return out
 
 
@@ -160,6 +181,22 @@ _keras_layer_norms = functools.partial(_graph_switch, _LAYER_NORMS=False)
 _three_d = functools.partial(_graph_switch, _TWO_D_ENCODERS=False)
 _where_masks = functools.partial(_graph_switch, _ADDED_MASKS=False)
 _float32_layer_norms = functools.partial(_graph_switch, _ONEDNN_LAYER_NORMS=False)
+_rows64 = functools.partial(_graph_switch, _ONEDNN_LAYER_NORM_ROWS=64)
+_rows128 = functools.partial(_graph_switch, _ONEDNN_LAYER_NORM_ROWS=128)
+@contextlib.contextmanager
+def _padded_texts():
+    """Exports inside serve texts at the whole sequence length (0.33 and
+    before), not cut after the batch's longest text."""
+    from keras_adapters.tasks import classification
+
+    original = classification.without_padding_columns
+    classification.without_padding_columns = lambda inputs: inputs
+    try:
+        yield
+    finally:
+        classification.without_padding_columns = original
+
+
 _v032 = functools.partial(_graph_switch, _ADDED_MASKS=False, _ONEDNN_LAYER_NORMS=False)
 _unfolded = functools.partial(_keras_layer_norms, _FOLD_BOTTLENECK_DOWNS=False, _TWO_D_ENCODERS=False,
                               _ADDED_MASKS=False)
@@ -194,7 +231,8 @@ def export_models(folder, needed):
     graphs = {"": contextlib.nullcontext, "_unfused": _unfused_attention, "_einsum": _einsum_projections,
               "_xla": _xla_forward, "_floatT": _float_transposes, "_unfolded": _unfolded,
               "_kerasLN": _keras_layer_norms, "_3d": _three_d, "_whereMask": _where_masks,
-              "_f32LN": _float32_layer_norms, "_032": _v032}
+              "_f32LN": _float32_layer_norms, "_032": _v032, "_rows64": _rows64, "_rows128": _rows128,
+              "_padded": _padded_texts}
     models = {"houlsby": houlsby}
     paths = {}
     for key in needed:
@@ -235,6 +273,7 @@ def variants(torch_python):
         "ours_bfloat16_032_frozen": ("bfloat16_032", 0, frozen),
         "ours_bfloat16_lora_032_frozen": ("lora_bfloat16_032", 0, frozen),
         "ours_float32_lora_frozen": ("lora_float32", 0, frozen),
+        "ours_bfloat16_lora_padded_frozen": ("lora_bfloat16_padded", 0, frozen),
         "ours_float32_frozen": ("float32", 0, frozen),
         "ours_bfloat16_unfused": ("bfloat16_unfused", 0, {}),
         "ours_bfloat16_unfused_frozen": ("bfloat16_unfused", 0, frozen),
