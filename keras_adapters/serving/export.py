@@ -19,7 +19,9 @@ SavedModel signatures (tokenization inside, so clients send text):
 
 Texts are cleaned in the graph as in training (cut to the bytes the sequence
 length can use, invalid UTF-8 replaced) and truncated by the tokenizer, so
-empty, huge or malformed inputs get an answer, never an error. The model's
+empty, huge or malformed inputs get an answer, never an error. Each batch
+runs at its longest row's length, not the sequence length (padding every
+row has is cut; a classifier's `serve_token_ids` cuts it too). The model's
 active adapters are exported; a lone LoRA or (IA)^3 adapter is merged into
 the base weights first (no extra latency), bottleneck adapters export as
 they are. A model with several named adapters exports them into one

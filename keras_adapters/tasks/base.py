@@ -336,6 +336,11 @@ class TaskServing:
     """
 
     text_signature = ()
+    #: `serve_token_ids` cuts the padding columns every row has before the
+    #: model (`without_padding_columns`): for tasks with one output per row,
+    #: whose answers the cut cannot change. Per-token outputs keep the width
+    #: the client sent.
+    cuts_token_padding = False
 
     def __init__(self, model, length, router=None):
         self.model = model
@@ -376,6 +381,8 @@ class TaskServing:
     def serve_token_ids(self, token_ids, segment_ids, padding_mask, *adapter):
         inputs = token_inputs(token_ids, segment_ids, padding_mask)
         _, ids = self.route([token_ids, *adapter], tf.shape(token_ids)[0])
+        if self.cuts_token_padding:
+            inputs = without_padding_columns(inputs)
         return self.token_outputs(self.run(inputs, ids), ids)
 
     def token_outputs(self, probabilities, ids):

@@ -482,6 +482,8 @@ class ClassificationServing(TaskServing):
     a row's columns past its adapter's classes are 0.
     """
 
+    cuts_token_padding = True
+
     def __init__(self, model, length, router=None):
         super().__init__(model, length, router)
         self.class_names = padded_table([h.label_names() for h in self.heads], "")

@@ -348,6 +348,7 @@ class MultiLabelServing(TaskServing):
     """
 
     text_signature = [tf.TensorSpec([None], tf.string, name="text")]
+    cuts_token_padding = True
 
     def __init__(self, model, length, router=None):
         super().__init__(model, length, router)

@@ -75,11 +75,8 @@ def _longest(model, texts):
     return int(max(pieces)) + 1 + len(texts)
 
 
-@pytest.mark.parametrize("task", [tasks.TEXT_CLASSIFICATION, MULTI_LABEL_CLASSIFICATION,
-                                  tasks.PAIR_CLASSIFICATION, tasks.TOKEN_CLASSIFICATION, tasks.QUESTION_ANSWERING])
-def test_text_signatures_run_each_batch_at_its_longest_row(tiny_preset, task, monkeypatch):
-    model = MODELS[task](tiny_preset) if task in MODELS else _classifier(tiny_preset, task)
-    serving = tasks.get_task(task).serving(model, None)
+def _spied(serving):
+    """`serving` with its model recording the width of the tokens it is handed."""
     width, keras_model = tf.Variable(0), serving.model
 
     def spy(inputs, training=False):
@@ -87,6 +84,14 @@ def test_text_signatures_run_each_batch_at_its_longest_row(tiny_preset, task, mo
         return keras_model(inputs, training=training)
 
     serving.model = spy
+    return serving, width
+
+
+@pytest.mark.parametrize("task", [tasks.TEXT_CLASSIFICATION, MULTI_LABEL_CLASSIFICATION,
+                                  tasks.PAIR_CLASSIFICATION, tasks.TOKEN_CLASSIFICATION, tasks.QUESTION_ANSWERING])
+def test_text_signatures_run_each_batch_at_its_longest_row(tiny_preset, task, monkeypatch):
+    model = MODELS[task](tiny_preset) if task in MODELS else _classifier(tiny_preset, task)
+    serving, width = _spied(tasks.get_task(task).serving(model, None))
     texts = TEXTS.get(task, (SHORT,))
 
     def serve():  # traced anew each time, as an export traces
@@ -106,3 +111,24 @@ def test_text_signatures_run_each_batch_at_its_longest_row(tiny_preset, task, mo
             np.testing.assert_array_equal(got, value, err_msg=key)
         else:
             np.testing.assert_allclose(got, value, atol=1e-6, err_msg=key)
+
+
+@pytest.mark.parametrize("task", [tasks.TEXT_CLASSIFICATION, MULTI_LABEL_CLASSIFICATION, tasks.TOKEN_CLASSIFICATION])
+def test_token_id_signatures_cut_padding_only_for_one_output_per_row(tiny_preset, task, monkeypatch):
+    model = MODELS[task](tiny_preset) if task in MODELS else _classifier(tiny_preset, task)
+    serving, width = _spied(tasks.get_task(task).serving(model, None))
+    # As a client pads them: to the sequence length, padding masked.
+    padded = {k: tf.cast(v, tf.int32) for k, v in model.preprocessor(SHORT).items()}
+    longest = int(np.asarray(padded["padding_mask"]).sum(axis=1).max())
+
+    def serve():
+        return tf.function(serving.serve_token_ids, input_signature=serving.token_signature,
+                           autograph=False)(*(padded[k] for k in ("token_ids", "segment_ids", "padding_mask")))
+
+    served = serve()
+    assert int(width.numpy()) == (16 if task == tasks.TOKEN_CLASSIFICATION else longest) and longest < 16
+    monkeypatch.setattr(sys.modules["keras_adapters.tasks.base"], "without_padding_columns", lambda inputs: inputs)
+    whole = serve()
+    assert int(width.numpy()) == 16
+    for key, value in whole.items():
+        np.testing.assert_allclose(served[key], value, atol=1e-6, err_msg=key)
