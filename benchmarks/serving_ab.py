@@ -30,8 +30,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 SHAPES = "1x16,1x32,1x64,1x128,8x128,32x128"
 
 
-def alternate(paths, shapes, calls):
-    """{shape: {key: [wall ms, CPU ms]}}: medians over alternated calls."""
+def alternate(paths, shapes, calls, pad_to=None):
+    """{shape: {key: [wall ms, CPU ms]}}: medians over alternated calls;
+    with `pad_to`, each row padded to that length with 0 ids and a 0 mask."""
+    import numpy as np
     import tensorflow as tf
     import tensorflow_text  # noqa: F401 (the SavedModels' tokenizer ops)
 
@@ -40,8 +42,10 @@ def alternate(paths, shapes, calls):
     serve = {key: tf.saved_model.load(path).signatures["serve_token_ids"] for key, path in paths.items()}
     out = {}
     for batch, length in shapes:
-        ids = tf.constant(_ids(batch, length))
-        x = {"token_ids": ids, "segment_ids": tf.zeros_like(ids), "padding_mask": tf.ones_like(ids)}
+        ids = _ids(batch, length)
+        mask = np.pad(np.ones_like(ids), [[0, 0], [0, max(0, (pad_to or 0) - length)]])
+        ids = tf.constant(np.pad(ids, [[0, 0], [0, mask.shape[1] - length]]))
+        x = {"token_ids": ids, "segment_ids": tf.zeros_like(ids), "padding_mask": tf.constant(mask)}
         for function in serve.values():
             for _ in range(5):
                 function(**x)
@@ -63,6 +67,7 @@ def main():
     parser.add_argument("--shapes", default=SHAPES)
     parser.add_argument("--calls", type=int, default=300, help="per variant and shape, divided by the batch")
     parser.add_argument("--output", default="benchmarks/results/serving_transposes_ab.json")
+    parser.add_argument("--pad-to", type=int, help="pad every row to this length (0 ids, 0 mask), as clients do")
     parser.add_argument("--intra-op-threads", type=int, default=0,
                         help="TensorFlow's intra-op threads (0: one per core; the README's server runs 1)")
     args = parser.parse_args()
@@ -79,8 +84,8 @@ def main():
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     report = {"machine": machine_description(), "git": git_revision(), "units": "[wall ms, CPU ms] medians",
               "environment": {k: v for k, v in os.environ.items() if k.startswith("TF_ONEDNN")},
-              "intra_op_threads": args.intra_op_threads or "one per core",
-              "results": alternate(paths, shapes, args.calls)}
+              "intra_op_threads": args.intra_op_threads or "one per core", "pad_to": args.pad_to,
+              "results": alternate(paths, shapes, args.calls, args.pad_to)}
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output, "w") as f:
         json.dump(report, f, indent=2)

@@ -185,16 +185,18 @@ _rows64 = functools.partial(_graph_switch, _ONEDNN_LAYER_NORM_ROWS=64)
 _rows128 = functools.partial(_graph_switch, _ONEDNN_LAYER_NORM_ROWS=128)
 @contextlib.contextmanager
 def _padded_texts():
-    """Exports inside serve texts at the whole sequence length (0.33 and
-    before), not cut after the batch's longest text."""
+    """Exports inside run texts and padded token ids at the whole sequence
+    length (0.33 and before), not cut after the batch's longest row."""
     from keras_adapters.tasks import classification
 
     original = classification.without_padding_columns
     classification.without_padding_columns = lambda inputs: inputs
+    classification.ClassificationServing.cuts_token_padding = False
     try:
         yield
     finally:
         classification.without_padding_columns = original
+        classification.ClassificationServing.cuts_token_padding = True
 
 
 _v032 = functools.partial(_graph_switch, _ADDED_MASKS=False, _ONEDNN_LAYER_NORMS=False)
