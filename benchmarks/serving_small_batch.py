@@ -187,16 +187,14 @@ _rows128 = functools.partial(_graph_switch, _ONEDNN_LAYER_NORM_ROWS=128)
 def _padded_texts():
     """Exports inside run texts and padded token ids at the whole sequence
     length (0.33 and before), not cut after the batch's longest row."""
-    from keras_adapters.tasks import classification
+    from keras_adapters.tasks import base
 
-    original = classification.without_padding_columns
-    classification.without_padding_columns = lambda inputs: inputs
-    classification.ClassificationServing.cuts_token_padding = False
+    original = base.without_padding_columns
+    base.without_padding_columns = lambda inputs: inputs
     try:
         yield
     finally:
-        classification.without_padding_columns = original
-        classification.ClassificationServing.cuts_token_padding = True
+        base.without_padding_columns = original
 
 
 _v032 = functools.partial(_graph_switch, _ADDED_MASKS=False, _ONEDNN_LAYER_NORMS=False)

@@ -378,12 +378,22 @@ class TaskServing:
             inputs = {**inputs, "adapter_id": ids}
         return tf.cast(self.model(inputs, training=False), tf.float32)
 
+    def run_cut(self, inputs, ids, token_axis=None):
+        """`run` on `inputs` without the padding columns every row has
+        (`without_padding_columns`). Per-token outputs (`token_axis`: the
+        outputs' axis over tokens) are padded back to the inputs' width, with
+        zeros where only padding sits."""
+        outputs = self.run(without_padding_columns(inputs), ids)
+        if token_axis is None:
+            return outputs
+        cut = tf.shape(inputs["token_ids"])[1] - tf.shape(outputs)[token_axis]
+        return tf.pad(outputs, [[0, cut] if axis == token_axis else [0, 0] for axis in range(outputs.shape.rank)])
+
     def serve_token_ids(self, token_ids, segment_ids, padding_mask, *adapter):
         inputs = token_inputs(token_ids, segment_ids, padding_mask)
         _, ids = self.route([token_ids, *adapter], tf.shape(token_ids)[0])
-        if self.cuts_token_padding:
-            inputs = without_padding_columns(inputs)
-        return self.token_outputs(self.run(inputs, ids), ids)
+        run = self.run_cut if self.cuts_token_padding else self.run
+        return self.token_outputs(run(inputs, ids), ids)
 
     def token_outputs(self, probabilities, ids):
         """`serve_token_ids`' outputs from the model's and each row's adapter index."""

@@ -18,7 +18,6 @@ from keras_adapters.tasks.base import PAIR_CLASSIFICATION
 from keras_adapters.tasks.base import TEXT_CLASSIFICATION
 from keras_adapters.tasks.base import Task
 from keras_adapters.tasks.base import TaskServing
-from keras_adapters.tasks.base import without_padding_columns
 from keras_adapters.tasks.routing import padded_table
 from keras_adapters.tasks.routing import settings_index
 
@@ -503,7 +502,7 @@ class ClassificationServing(TaskServing):
             tokens = self.inputs(*texts, tf.gather(self.length_index, ids))
         else:
             tokens = self.inputs(texts[0], tf.gather(self.lengths, ids))
-        return self._outputs(self.run(without_padding_columns(tokens), ids), ids)
+        return self._outputs(self.run_cut(tokens, ids), ids)
 
     def token_outputs(self, probabilities, ids):
         if self.router is None:  # one output, as before (TF Serving's REST answers it bare)

@@ -39,7 +39,6 @@ from keras_adapters.io import text_data as data_lib
 from keras_adapters.tasks.base import SAMPLE_SIZE
 from keras_adapters.tasks.base import Task
 from keras_adapters.tasks.base import TaskServing
-from keras_adapters.tasks.base import without_padding_columns
 from keras_adapters.tasks.routing import padded_table
 from keras_adapters.tasks.base import first_record_fields
 from keras_adapters.tasks.base import register_task
@@ -358,7 +357,7 @@ class MultiLabelServing(TaskServing):
 
     def serve_text(self, *inputs):
         (text,), ids = self.route(inputs, tf.size(tf.reshape(inputs[0], [-1])))
-        scores = self.run(without_padding_columns(self.inputs(text, tf.gather(self.lengths, ids))), ids)
+        scores = self.run_cut(self.inputs(text, tf.gather(self.lengths, ids)), ids)
         predicted = scores >= tf.gather(self.thresholds, ids)
         labels = tf.where(predicted, tf.gather(self.names, ids), "")
         count = tf.reduce_sum(tf.cast(predicted, tf.int32), axis=1)

@@ -16,7 +16,6 @@ from keras_adapters.tasks.base import Task
 from keras_adapters.tasks.base import TaskServing
 from keras_adapters.tasks.base import looks_like_squad
 from keras_adapters.tasks.base import register_task
-from keras_adapters.tasks.base import without_padding_columns
 from keras_adapters.tasks.routing import settings_index
 from keras_adapters.tasks.classification import POOLINGS
 from keras_adapters.tasks.classification import ClassificationHead
@@ -207,10 +206,8 @@ class AnswerServing(TaskServing):
         example = tf.cast(windows[0].value_rowids(), tf.int32)
         tokens = {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask}
         window_ids = tf.gather(ids, example)
-        probabilities = self.run(without_padding_columns(tokens), window_ids)
-        # Back to the windows' width: the cut columns are padding, where the head's softmax is 0.
-        cut = tf.shape(token_ids)[1] - tf.shape(probabilities)[2]
-        probabilities = tf.pad(probabilities, [[0, 0], [0, 0], [0, cut]])
+        # Padded back to the windows' width: the cut columns are padding, where the head's softmax is 0.
+        probabilities = self.run_cut(tokens, window_ids, token_axis=2)
         found = self.answers(context, probabilities, starts, ends, example, tf.gather(self.max_answer, window_ids))
         return {k: v[:rows] for k, v in found.items()}
 

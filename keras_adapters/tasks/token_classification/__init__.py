@@ -18,7 +18,6 @@ from keras_adapters.tasks.base import Task
 from keras_adapters.tasks.base import TaskServing
 from keras_adapters.tasks.base import looks_like_conll
 from keras_adapters.tasks.base import register_task
-from keras_adapters.tasks.base import without_padding_columns
 from keras_adapters.tasks.classification import POOLINGS
 from keras_adapters.tasks.classification import ClassificationHead
 from keras_adapters.tasks.classification import check_classes
@@ -173,11 +172,8 @@ class TokenServing(TaskServing):
         cut = data_lib.BYTES_PER_TOKEN * lengths
         text = data_lib.clean_text(tf.strings.substr(tf.reshape(text, [-1]), tf.zeros_like(cut), cut))
         starts, ends, tokens, labels = self.entities.inputs(text, lengths)
-        probabilities = self.run(without_padding_columns(tokens), ids)
-        # Back to the labels' width: the cut columns are padding, which no word reads.
-        cut = tf.shape(labels)[1] - tf.shape(probabilities)[1]
-        probabilities = tf.pad(probabilities, [[0, 0], [0, cut], [0, 0]])
-        return self.entities(text, probabilities, starts, ends, labels, ids)
+        # Padded back to the labels' width: the cut columns are padding, which no word reads.
+        return self.entities(text, self.run_cut(tokens, ids, token_axis=1), starts, ends, labels, ids)
 
 
 class TokenClassification(Task):
