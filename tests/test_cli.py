@@ -296,7 +296,7 @@ def short_pair_run(tiny_preset, tmp_path_factory):
     return _pair_run(tiny_preset, tmp_path_factory, epochs=2)
 
 
-@pytest.mark.slow  # its run trains MiniLM 8 epochs (25 s)
+@pytest.mark.slow  # its run trains MiniLM 8 epochs (about 30 s)
 def test_pair_files_train_evaluate_and_learn_from_the_second_text(pair_run, capsys, tmp_path):
     run, data = pair_run
     assert json.loads((run / "train_config.json").read_text())["task"] == "pair_classification"
@@ -314,7 +314,7 @@ def test_pair_files_train_evaluate_and_learn_from_the_second_text(pair_run, caps
     assert json.loads(capsys.readouterr().out)["num_examples"] == 12
 
 
-@pytest.mark.slow  # its run trains MiniLM 8 epochs (25 s)
+@pytest.mark.slow  # its run trains MiniLM 8 epochs (about 30 s)
 def test_predict_pairs_from_arguments_and_files(pair_run, capsys, tmp_path):
     run, _ = pair_run
     pairs = tmp_path / "unlabelled.tsv"
