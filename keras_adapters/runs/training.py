@@ -47,6 +47,12 @@ class BestAdapterCheckpoint(keras.callbacks.Callback):
     """Save the adapter folder whenever the monitored metric improves
     (`monitor=None`: after every epoch, so the last one is kept).
 
+    An epoch that ties the best value wins when its loss is lower (the
+    validation loss when the monitor is a validation metric): a small
+    validation set saturates accuracy or F1 early (a tagger's held-out
+    sentences without one entity type scored F1 1.0 from an epoch that never
+    predicted that type), and the loss still tells the epochs apart.
+
     A resumed run starts from the best value recorded in its backup
     (`restore`), so it never overwrites a better adapter saved before the
     interruption. An epoch with a non-finite loss or weights is never the
@@ -59,14 +65,26 @@ class BestAdapterCheckpoint(keras.callbacks.Callback):
         self.monitor = monitor
         self.better = np.greater if mode == "max" else np.less
         self.best = -np.inf if mode == "max" else np.inf
+        self.best_loss = np.inf
         self.best_epoch = None
 
     def state(self):
-        return {"monitor": self.monitor, "value": self.best, "epoch": self.best_epoch}
+        return {"monitor": self.monitor, "value": self.best, "loss": self.best_loss, "epoch": self.best_epoch}
 
     def restore(self, state):
         if state and state.get("monitor") == self.monitor and state.get("epoch"):
             self.best, self.best_epoch = state["value"], state["epoch"]
+            loss = state.get("loss")  # None: no loss logged, or a backup from before 0.35
+            self.best_loss = np.inf if loss is None else loss
+
+    def _tie_loss(self, logs):
+        key = "val_loss" if self.monitor.startswith("val_") else "loss"
+        return float(logs.get(key, np.inf))
+
+    def _improves(self, value, logs):
+        if self.better(value, self.best):
+            return True
+        return value == self.best and self._tie_loss(logs) < self.best_loss
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -77,10 +95,10 @@ class BestAdapterCheckpoint(keras.callbacks.Callback):
             with _disk_errors(f"the adapter of epoch {epoch + 1} in {self.directory}", epoch):
                 self.model.save_adapter(self.directory)
             self.best_epoch = epoch + 1
-        elif self.better(value, self.best):
+        elif self._improves(value, logs):
             with _disk_errors(f"the best adapter of epoch {epoch + 1} in {self.directory}", epoch):
                 self.model.save_adapter(self.directory)
-            self.best, self.best_epoch = float(value), epoch + 1
+            self.best, self.best_loss, self.best_epoch = float(value), self._tie_loss(logs), epoch + 1
 
     def _weights_finite(self):
         return all(np.isfinite(w.numpy()).all() for w in self.model.trainable_weights)

@@ -264,6 +264,50 @@ def test_multi_worker_without_tf_config_says_what_to_set(tiny_preset, text_folde
     assert not (tmp_path / "r").exists()
 
 
+class _SavingModel:
+    """What `BestAdapterCheckpoint` uses of a model: it records the epochs saved."""
+
+    trainable_weights = ()
+
+    def __init__(self):
+        self.saved, self.epoch = [], None
+
+    def save_adapter(self, directory):
+        self.saved.append(self.epoch)
+
+
+def _epochs(checkpoint, logs):
+    model = _SavingModel()
+    checkpoint.set_model(model)
+    for epoch, entry in enumerate(logs):
+        model.epoch = epoch + 1
+        checkpoint.on_epoch_end(epoch, entry)
+    return model.saved
+
+
+def test_a_tie_on_the_monitored_metric_goes_to_the_lower_loss(tmp_path):
+    from keras_adapters.runs import folder as runs
+    from keras_adapters.runs.training import BestAdapterCheckpoint
+
+    logs = [{"val_accuracy": a, "val_loss": vl, "loss": tl} for a, vl, tl in
+            [(0.8, 0.5, 0.9), (1.0, 0.4, 0.8), (1.0, 0.3, 0.9), (1.0, 0.35, 0.1), (0.9, 0.1, 0.1)]]
+    checkpoint = BestAdapterCheckpoint(tmp_path / "a", monitor="val_accuracy")
+    assert _epochs(checkpoint, logs) == [1, 2, 3]  # epoch 4 ties at a higher validation loss
+    assert (checkpoint.best, checkpoint.best_loss, checkpoint.best_epoch) == (1.0, 0.3, 3)
+    # Without validation, the training loss breaks the tie.
+    training = [{"accuracy": e["val_accuracy"], "loss": e["loss"]} for e in logs]
+    assert _epochs(BestAdapterCheckpoint(tmp_path / "b", monitor="accuracy"), training) == [1, 2, 4]
+    # A resumed run keeps the tie's loss from its backup (written as JSON, as a backup is) ...
+    runs.write_json(tmp_path / "state.json", checkpoint.state())
+    resumed = BestAdapterCheckpoint(tmp_path / "a", monitor="val_accuracy")
+    resumed.restore(json.loads((tmp_path / "state.json").read_text()))
+    assert _epochs(resumed, [{"val_accuracy": 1.0, "val_loss": 0.31, "loss": 0.0}]) == []
+    # ... and a backup from before it recorded one lets the next tie win.
+    old = BestAdapterCheckpoint(tmp_path / "a", monitor="val_accuracy")
+    old.restore({"monitor": "val_accuracy", "value": 1.0, "epoch": 3})
+    assert _epochs(old, [{"val_accuracy": 1.0, "val_loss": 0.31, "loss": 0.0}]) == [1]
+
+
 def _killed(pattern, when, nth, args):
     return subprocess.run(
         [sys.executable, "-c", KILL_AT, pattern, when, str(nth), *args],
@@ -277,7 +321,8 @@ def _check_complete_run(run, data, preset, epochs):
     history = json.loads((run / "history.json").read_text())
     train = json.loads((run / "metrics.json").read_text())["train"]
     assert len(history["loss"]) == epochs and train["epochs_run"] == epochs
-    best = int(np.argmax(history["val_accuracy"]))
+    top = [i for i, v in enumerate(history["val_accuracy"]) if v == max(history["val_accuracy"])]
+    best = min(top, key=lambda i: history["val_loss"][i])  # a tie goes to the lower validation loss
     assert train["best_epoch"] == best + 1 and train["best_value"] == history["val_accuracy"][best]
     assert not (run / "backup").exists()
     assert not [p.name for p in run.iterdir() if p.name.startswith(".") and p.name != ".lock"]
