@@ -126,13 +126,15 @@ def topic_run(tiny_preset, tmp_path_factory):
     run = folder / "run"
     model, summary = ka.train_classifier(
         # Full fine-tuning: the tiny random backbone learns the topics in 30 epochs (LoRA needs far more).
+        # At 5e-3 six training seeds all reached micro F1 1.0 on the test texts; at 2e-3 they scored
+        # 0.53-0.98 (still learning at epoch 30, or kept an early epoch whose validation AUC spiked).
         str(train), str(run), preset=tiny_preset, method="full", epochs=30, batch_size=16, sequence_length=16,
-        learning_rate=2e-3, pooling="mean", validation_split=0.25, precision="float32", tensorboard=False, verbose=0,
+        learning_rate=5e-3, pooling="mean", validation_split=0.25, precision="float32", tensorboard=False, verbose=0,
     )
     return run, model, test
 
 
-@pytest.mark.slow  # its run trains 30 epochs (75 s)
+@pytest.mark.slow  # its run trains 30 epochs (about 20 s)
 def test_a_run_learns_tunes_and_saves_thresholds(topic_run):
     run, model, test = topic_run
     config = json.loads((run / "adapter" / "adapter_config.json").read_text())
@@ -142,7 +144,7 @@ def test_a_run_learns_tunes_and_saves_thresholds(topic_run):
     loaded = ka.load_run(run)
     assert loaded.output_head.thresholds == thresholds
     report = ka.runs.evaluation.evaluate_run(run, test)
-    assert report["micro_f1"] > 0.75, report  # every label for every text would score about 0.5
+    assert report["micro_f1"] > 0.9, report  # every label for every text would score about 0.5
     # The report uses the saved thresholds on the loaded model's probabilities.
     texts, sets = ml.read_multi_label(test)
     probabilities = loaded.predict(texts, verbose=0)
@@ -153,7 +155,7 @@ def test_a_run_learns_tunes_and_saves_thresholds(topic_run):
     assert report["per_label"].keys() == expected["per_label"].keys()
 
 
-@pytest.mark.slow  # its run trains 30 epochs (75 s)
+@pytest.mark.slow  # its run trains 30 epochs (about 20 s)
 def test_cli_detects_predicts_and_evaluates(topic_run, capsys):
     run, model, test = topic_run
     assert ka.tasks.detect_task(test) == "multi_label_classification"
@@ -167,7 +169,7 @@ def test_cli_detects_predicts_and_evaluates(topic_run, capsys):
     assert "micro-F1" in out and "threshold" in out and "confusion" not in out
 
 
-@pytest.mark.slow  # its run trains 30 epochs (75 s)
+@pytest.mark.slow  # its run trains 30 epochs (about 20 s)
 def test_saved_model_and_tflite_serve_scores_and_labels_over_threshold(topic_run, tmp_path):
     run, model, test = topic_run
     loaded = ka.load_run(run)
